@@ -1,0 +1,89 @@
+"""The one place where the package meets Airflow: connections -> DSNs and clients.
+
+DAG tasks call these inside task bodies (never at parse time). Everything
+else in the package takes plain DSNs and client objects so it runs and is
+tested without Airflow.
+
+Connections (airflow_settings.yaml):
+- ``returns_db``: postgres; the ledger database.
+- ``rebound_api``: http; host = base URL, login/password = OAuth client id/secret,
+  extra ``{"flow_key", "page_size", "timeout"}``.
+- ``amazon_sp_api``: generic; host = SP-API endpoint, login/password = LWA client id/secret,
+  extra ``{"refresh_token", "lwa_url", "marketplace_id", "region", "rate_per_s", "burst",
+  "party_id", "warehouse_id", "currency"}``.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+DB_CONN_ID = "returns_db"
+REBOUND_CONN_ID = "rebound_api"
+AMAZON_CONN_ID = "amazon_sp_api"
+AMAZON_POOL = "amazon_sp_api"
+
+
+def get_dsn(conn_id: str = DB_CONN_ID) -> str:
+    """A libpq DSN for psycopg 3 built from the Airflow connection."""
+    from airflow.sdk import BaseHook
+
+    c = BaseHook.get_connection(conn_id)
+    extra = c.extra_dejson or {}
+    parts = {"host": c.host or "127.0.0.1", "port": c.port or 5432, "user": c.login or "postgres",
+             "dbname": c.schema or "postgres"}
+    if c.password:
+        parts["password"] = c.password
+    for key in ("sslmode", "options"):
+        if key in extra:
+            parts[key] = extra[key]
+    import psycopg
+
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()})
+
+
+def _base_url(c) -> str:
+    host = c.host or "127.0.0.1"
+    if "://" not in host:
+        host = f"{c.schema or 'http'}://{host}"
+    return f"{host}:{c.port}" if c.port else host
+
+
+def rebound_client():
+    from airflow.sdk import BaseHook
+
+    from returnledger.clients.rebound import ReboundClient
+
+    c = BaseHook.get_connection(REBOUND_CONN_ID)
+    extra = c.extra_dejson or {}
+    return ReboundClient(_base_url(c), c.login, c.password, flow_key=extra.get("flow_key"),
+                         timeout=float(extra.get("timeout", 10)), page_size=int(extra.get("page_size", 500)))
+
+
+def amazon_settings() -> dict:
+    """Vendor identity for payloads (party id, warehouse id, currency) from the connection extra."""
+    from airflow.sdk import BaseHook
+
+    extra = BaseHook.get_connection(AMAZON_CONN_ID).extra_dejson or {}
+    return {"party_id": extra.get("party_id", ""), "warehouse_id": extra.get("warehouse_id", ""),
+            "currency": extra.get("currency", "GBP")}
+
+
+def amazon_client():
+    from airflow.sdk import BaseHook
+
+    from returnledger.clients.amazon import AmazonVendorClient
+
+    c = BaseHook.get_connection(AMAZON_CONN_ID)
+    extra = c.extra_dejson or {}
+    return AmazonVendorClient(_base_url(c), lwa_url=extra["lwa_url"], refresh_token=extra["refresh_token"],
+                              lwa_client_id=c.login, lwa_client_secret=c.password,
+                              marketplace_id=extra.get("marketplace_id", "A1F83G8C2ARO7P"),
+                              region=extra.get("region", "eu"), rate_per_s=float(extra.get("rate_per_s", 10)),
+                              burst=int(extra.get("burst", 10)))
+
+
+def default_args(owner: str = "returnledger") -> dict:
+    """default_args every DAG of the project uses: owner, retries, failure notifiers."""
+    from returnledger.notify import failure_callbacks
+
+    return {"owner": owner, "retries": 2, "retry_delay": timedelta(minutes=2),
+            "retry_exponential_backoff": True, "on_failure_callback": failure_callbacks()}
