@@ -20,6 +20,9 @@ DB_CONN_ID = "returns_db"
 REBOUND_CONN_ID = "rebound_api"
 AMAZON_CONN_ID = "amazon_sp_api"
 AMAZON_POOL = "amazon_sp_api"
+#: the ledger Asset returns_sync emits and returns_reconciliation follows
+LEDGER_ASSET_NAME = "returns_ledger"
+LEDGER_ASSET_URI = "returnledger://ledger/return_line"
 
 
 def get_dsn(conn_id: str = DB_CONN_ID) -> str:

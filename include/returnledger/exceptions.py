@@ -4,13 +4,24 @@ Owners and SLAs come from ``ledger.owner_team`` (loaded from
 include/reference/owners.yaml). The partial unique index
 ``exception_open_once`` guarantees one open exception per type and subject,
 so raising is idempotent: a rerun or a second detector adds nothing.
+
+People then work the queue (console page, ``returnledger exceptions ...``):
+resolve, dismiss, retry a rejected credit note, or fix the cause and
+resolve in one step (add the reason mapping, add the SKU). Each action is
+one transaction that also writes ``ledger.audit_log``; the sync releases
+held events on its next run.
 """
 from __future__ import annotations
 
+import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
+from typing import Any, Iterator
 
 import psycopg
+from psycopg.rows import dict_row
 
 from returnledger.models import ExceptionType
 
@@ -93,3 +104,478 @@ def resolve_open(conn: psycopg.Connection, type_: ExceptionType, subject_keys: l
         (at, actor, resolution, str(type_), subject_keys),
     )
     return cur.rowcount
+
+
+# --- The human lifecycle: resolve, dismiss, retry, fix-and-resolve ----------------------------------
+#
+# People act on exceptions from the console (plugins/) or the CLI. Every action locks the exception
+# row, refuses a transition that makes no sense (resolving twice, retrying something Amazon did not
+# reject), and writes who / when / what / why to ledger.audit_log in the same transaction.
+
+#: SLA in days per type when owners.yaml has not been loaded (same values as include/reference/owners.yaml)
+DEFAULT_SLA_DAYS = {
+    "UNMAPPED_REASON_CODE": 2, "SKU_MISMATCH": 2, "INVALID_EVENT": 3, "OUT_OF_SEQUENCE": 3,
+    "QUANTITY_MISMATCH": 5, "AMAZON_REJECTED": 2, "CREDIT_MISSING": 5, "DARK_RETURN": 3,
+    "CREDIT_MISMATCH": 5, "SYNC_STALLED": 1,
+}
+
+_EXC_COLUMNS = ("exception_id, type, owner, status, subject_key, return_id, line, sku, amazon_return_id, raw_id,"
+                " detail, opened_at, opened_by_batch, resolved_at, resolved_by, resolution")
+
+
+class ExceptionNotFound(LookupError):
+    """No exception with that id."""
+
+
+class ExceptionActionError(ValueError):
+    """The requested action does not apply to the exception in its current state."""
+
+
+@contextmanager
+def _unit_of_work(dsn_or_conn) -> Iterator[psycopg.Connection]:
+    """A transaction on the caller's connection (a savepoint if one is open), or on a new one from a DSN."""
+    if isinstance(dsn_or_conn, psycopg.Connection):
+        with dsn_or_conn.transaction():
+            yield dsn_or_conn
+        return
+    from returnledger.store.db import connect
+
+    with connect(dsn_or_conn) as conn:
+        with conn.transaction():
+            yield conn
+
+
+def _require(value: str | None, what: str) -> str:
+    if value is None or not str(value).strip():
+        raise ExceptionActionError(f"{what} must not be empty")
+    return str(value).strip()
+
+
+def _lock_open(conn: psycopg.Connection, exception_id: int, *, types: set[str] | None = None,
+               action: str) -> dict:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(f"SELECT {_EXC_COLUMNS} FROM ledger.exception WHERE exception_id = %s FOR UPDATE",
+                          (exception_id,)).fetchone()
+    if row is None:
+        raise ExceptionNotFound(f"exception {exception_id} does not exist")
+    if row["status"] != "open":
+        raise ExceptionActionError(
+            f"cannot {action} exception {exception_id}: it is already {row['status']}"
+            f" (by {row['resolved_by']} at {row['resolved_at']:%Y-%m-%d %H:%M} UTC: {row['resolution']})")
+    if types is not None and row["type"] not in types:
+        raise ExceptionActionError(
+            f"cannot {action} exception {exception_id}: it is {row['type']}, this action applies to "
+            + " / ".join(sorted(types)))
+    return row
+
+
+def _close(conn: psycopg.Connection, exception_id: int, *, status: str, actor: str, resolution: str,
+           at: datetime) -> dict:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "UPDATE ledger.exception SET status = %s, resolved_at = %s, resolved_by = %s, resolution = %s"
+            f" WHERE exception_id = %s RETURNING {_EXC_COLUMNS}",
+            (status, at, actor, resolution, exception_id)).fetchone()
+
+
+def _audit(conn: psycopg.Connection, *, at: datetime, actor: str, action: str, subject: str, detail: dict) -> None:
+    conn.execute("INSERT INTO ledger.audit_log (at, actor, action, subject, detail) VALUES (%s, %s, %s, %s, %s)",
+                 (at, actor, action, subject, json.dumps(detail, default=str)))
+
+
+def exception_subject(exception_id: int) -> str:
+    """The audit_log subject of one exception."""
+    return f"exception:{exception_id}"
+
+
+def resolve_exception(dsn_or_conn, exception_id: int, *, actor: str, resolution: str, at: datetime) -> dict:
+    """Record that a person fixed the cause. Holding exceptions release their events on the next sync run
+    (the sync raises the exception again if the cause is in fact still there)."""
+    actor, resolution = _require(actor, "actor"), _require(resolution, "resolution")
+    with _unit_of_work(dsn_or_conn) as conn:
+        row = _lock_open(conn, exception_id, action="resolve")
+        out = _close(conn, exception_id, status="resolved", actor=actor, resolution=resolution, at=at)
+        _audit(conn, at=at, actor=actor, action="exception.resolve", subject=exception_subject(exception_id),
+               detail={"type": row["type"], "subject_key": row["subject_key"], "why": resolution})
+    return out
+
+
+def dismiss_exception(dsn_or_conn, exception_id: int, *, actor: str, reason: str, at: datetime) -> dict:
+    """Close an exception that needs no fix (a known test return, a duplicate report); the reason is kept."""
+    actor, reason = _require(actor, "actor"), _require(reason, "reason")
+    with _unit_of_work(dsn_or_conn) as conn:
+        row = _lock_open(conn, exception_id, action="dismiss")
+        out = _close(conn, exception_id, status="dismissed", actor=actor, resolution=reason, at=at)
+        _audit(conn, at=at, actor=actor, action="exception.dismiss", subject=exception_subject(exception_id),
+               detail={"type": row["type"], "subject_key": row["subject_key"], "why": reason})
+    return out
+
+
+_RETRY_RESET_SQL = """
+WITH mine AS (
+    SELECT document_id FROM ledger.amazon_submission
+    WHERE return_id = %(rid)s AND line = %(line)s AND kind = 'CREDIT_NOTE' AND status = 'FAILED'
+      AND document_id IS NOT NULL
+), target AS (
+    SELECT s.submission_id FROM ledger.amazon_submission s
+    WHERE s.status = 'FAILED'
+      AND ((s.return_id = %(rid)s AND s.line = %(line)s)
+           OR (s.kind = 'CREDIT_NOTE' AND s.document_id IN (SELECT document_id FROM mine)))
+    FOR UPDATE
+)
+UPDATE ledger.amazon_submission s
+SET status = 'PENDING', transaction_id = NULL, submitted_at = NULL, resolved_at = NULL
+FROM target t WHERE s.submission_id = t.submission_id
+RETURNING s.submission_id, s.idempotency_key, s.kind, s.return_id, s.line, s.document_id, s.attempts,
+          s.last_error
+"""
+
+_RETRY_LINES_SQL = """
+WITH l AS (SELECT * FROM unnest(%(rid)s::text[], %(line)s::int[]) AS l(return_id, line)),
+moved AS (
+    UPDATE ledger.return_line r SET state = 'DISPOSITIONED', updated_at = %(at)s
+    FROM l WHERE r.return_id = l.return_id AND r.line = l.line
+      AND r.state = 'REJECTED' AND r.disposition IS DISTINCT FROM 'REJECTED'
+    RETURNING r.return_id, r.line
+)
+INSERT INTO ledger.line_history (return_id, line, from_state, to_state, event_id, cause, batch_id, at, detail)
+SELECT m.return_id, m.line, 'REJECTED', 'DISPOSITIONED', NULL, 'RETRY_SUBMISSION', %(batch)s, %(at)s, %(detail)s
+FROM moved m
+RETURNING return_id, line
+"""
+
+
+def retry_submission(dsn_or_conn, exception_id: int, *, actor: str, at: datetime) -> dict:
+    """Send a rejected credit note / inventory update again after the cause was fixed on Amazon's side.
+
+    The line's FAILED submissions go back to PENDING with the same idempotency key and credit-note id
+    (attempts kept), so the next sync run resubmits exactly the same document and never a second one.
+    Lines that share the credit note (one note per returns notice) go back with it: a credit note is
+    resubmitted whole or not at all. Their open AMAZON_REJECTED exceptions are resolved too.
+    """
+    actor = _require(actor, "actor")
+    with _unit_of_work(dsn_or_conn) as conn:
+        row = _lock_open(conn, exception_id, types={"AMAZON_REJECTED"}, action="retry")
+        if row["return_id"] is None or row["line"] is None:
+            raise ExceptionActionError(f"cannot retry exception {exception_id}: it names no return line")
+        with conn.cursor(row_factory=dict_row) as cur:
+            reset = cur.execute(_RETRY_RESET_SQL, {"rid": row["return_id"], "line": row["line"]}).fetchall()
+        if not reset:
+            states = conn.execute(
+                "SELECT kind || '=' || status FROM ledger.amazon_submission WHERE return_id = %s AND line = %s"
+                " ORDER BY kind", (row["return_id"], row["line"])).fetchall()
+            raise ExceptionActionError(
+                f"cannot retry exception {exception_id}: line {row['subject_key']} has no FAILED submission"
+                f" (submissions: {', '.join(s[0] for s in states) or 'none'})")
+        lines = sorted({(r["return_id"], r["line"]) for r in reset})
+        batch = f"manual:retry:{exception_id}"
+        moved = conn.execute(_RETRY_LINES_SQL, {
+            "rid": [x[0] for x in lines], "line": [x[1] for x in lines], "at": at, "batch": batch,
+            "detail": json.dumps({"actor": actor, "exception_id": exception_id})}).fetchall()
+        why = f"retry requested by {actor}: {len(reset)} submission(s) back to PENDING for the next sync run"
+        out = _close(conn, exception_id, status="resolved", actor=actor, resolution=why, at=at)
+        siblings = conn.execute(
+            "UPDATE ledger.exception e SET status = 'resolved', resolved_at = %(at)s, resolved_by = %(actor)s,"
+            " resolution = %(why)s"
+            " FROM unnest(%(rid)s::text[], %(line)s::int[]) AS l(return_id, line)"
+            " WHERE e.status = 'open' AND e.type = 'AMAZON_REJECTED' AND e.return_id = l.return_id"
+            " AND e.line = l.line AND e.exception_id <> %(id)s RETURNING e.exception_id",
+            {"at": at, "actor": actor, "why": f"{why} (with exception {exception_id})",
+             "rid": [x[0] for x in lines], "line": [x[1] for x in lines], "id": exception_id}).fetchall()
+        detail = {"type": row["type"], "subject_key": row["subject_key"],
+                  "submissions": [{"idempotency_key": r["idempotency_key"], "kind": r["kind"],
+                                   "document_id": r["document_id"], "attempts": r["attempts"],
+                                   "last_error": r["last_error"]} for r in reset],
+                  "lines_back_to_dispositioned": [line_subject(*m) for m in moved],
+                  "also_resolved": [s[0] for s in siblings]}
+        _audit(conn, at=at, actor=actor, action="exception.retry", subject=exception_subject(exception_id),
+               detail=detail)
+        for s in siblings:
+            _audit(conn, at=at, actor=actor, action="exception.retry", subject=exception_subject(s[0]),
+                   detail={"with_exception": exception_id, "why": why})
+    out.update({"submissions_reset": [r["idempotency_key"] for r in reset],
+                "lines_reset": [line_subject(*m) for m in moved],
+                "also_resolved": [s[0] for s in siblings]})
+    return out
+
+
+def _line_reason(conn: psycopg.Connection, row: dict) -> str:
+    if row["return_id"] is None or row["line"] is None:
+        raise ExceptionActionError(f"exception {row['exception_id']} names no return line")
+    found = conn.execute("SELECT reason FROM ledger.return_line WHERE return_id = %s AND line = %s",
+                         (row["return_id"], row["line"])).fetchone()
+    if found is None:  # the line may be known only from the return order's payload
+        found = conn.execute(
+            "SELECT l->>'reason' FROM ledger.return_order o, jsonb_array_elements(o.payload->'lines') l"
+            " WHERE o.return_id = %s AND (l->>'line')::int = %s", (row["return_id"], row["line"])).fetchone()
+    if found is None or not found[0]:
+        raise ExceptionActionError(f"exception {row['exception_id']}: the ReBound reason of line "
+                                   f"{row['subject_key']} is not in the ledger")
+    return found[0]
+
+
+def resolve_with_mapping(dsn, exception_id: int, amazon_reason: str, *, actor: str, at: datetime) -> dict:
+    """Add the missing reason-code mapping and resolve the UNMAPPED_REASON_CODE exception, atomically.
+
+    The held events of every line with that reason are released by the next sync run.
+    """
+    from returnledger import reference
+
+    actor, amazon_reason = _require(actor, "actor"), _require(amazon_reason, "amazon_reason")
+    with _unit_of_work(dsn) as conn:
+        row = _lock_open(conn, exception_id, types={"UNMAPPED_REASON_CODE"}, action="resolve with a mapping")
+        rebound_reason = _line_reason(conn, row)
+        reference.add_reason_mapping(conn, rebound_reason, amazon_reason, at=at, actor=actor,
+                                     why=f"resolves exception {exception_id}")
+        why = f"mapped ReBound reason {rebound_reason} to {amazon_reason}"
+        out = _close(conn, exception_id, status="resolved", actor=actor, resolution=why, at=at)
+        _audit(conn, at=at, actor=actor, action="exception.resolve_with_mapping",
+               subject=exception_subject(exception_id),
+               detail={"type": row["type"], "subject_key": row["subject_key"], "why": why,
+                       "rebound_reason": rebound_reason, "amazon_reason": amazon_reason})
+    out["mapping"] = {"rebound_reason": rebound_reason, "amazon_reason": amazon_reason}
+    return out
+
+
+def resolve_with_sku(dsn, exception_id: int, asin: str, unit_cost, available: int, *, actor: str,
+                     at: datetime) -> dict:
+    """Add the missing SKU to the catalog and resolve the SKU_MISMATCH exception, atomically."""
+    from returnledger import reference
+
+    actor, asin = _require(actor, "actor"), _require(asin, "asin")
+    with _unit_of_work(dsn) as conn:
+        row = _lock_open(conn, exception_id, types={"SKU_MISMATCH"}, action="resolve with a SKU")
+        sku = row["sku"]
+        if not sku and row["return_id"] is not None:
+            found = conn.execute("SELECT sku FROM ledger.return_line WHERE return_id = %s AND line = %s",
+                                 (row["return_id"], row["line"])).fetchone()
+            sku = found[0] if found else None
+        if not sku:
+            raise ExceptionActionError(f"exception {exception_id} names no SKU")
+        reference.add_sku(conn, sku, asin, Decimal(str(unit_cost)), int(available), at=at, actor=actor)
+        why = f"added SKU {sku} (ASIN {asin}, unit cost {unit_cost}, available {available}) to the catalog"
+        out = _close(conn, exception_id, status="resolved", actor=actor, resolution=why, at=at)
+        _audit(conn, at=at, actor=actor, action="exception.resolve_with_sku", subject=exception_subject(exception_id),
+               detail={"type": row["type"], "subject_key": row["subject_key"], "why": why, "sku": sku,
+                       "asin": asin, "unit_cost": str(unit_cost), "available": int(available)})
+    out["sku_added"] = {"sku": sku, "asin": asin, "unit_cost": Decimal(str(unit_cost)), "available": int(available)}
+    return out
+
+
+# --- Reading the queue -----------------------------------------------------------------------------
+
+_LIST_SQL = f"""
+WITH sla AS (
+    SELECT d.type, COALESCE(o.sla_days, d.sla_days) AS sla_days, o.what_to_do
+    FROM unnest(%(dtype)s::text[], %(dsla)s::int[]) AS d(type, sla_days)
+    LEFT JOIN ledger.owner_team o ON o.exception_type = d.type
+)
+SELECT {", ".join("e." + c.strip() for c in _EXC_COLUMNS.split(","))},
+       sla.sla_days, sla.what_to_do,
+       floor(extract(epoch FROM (COALESCE(e.resolved_at, %(as_of)s) - e.opened_at)) / 86400)::int AS age_days,
+       e.opened_at + make_interval(days => sla.sla_days) AS sla_due_at,
+       (COALESCE(e.resolved_at, %(as_of)s) > e.opened_at + make_interval(days => sla.sla_days)) AS sla_breached
+FROM ledger.exception e
+JOIN sla ON sla.type = e.type
+WHERE (%(owner)s::text IS NULL OR e.owner = %(owner)s)
+  AND (%(type)s::text IS NULL OR e.type = %(type)s)
+  AND (%(status)s::text IS NULL OR e.status = %(status)s)
+  AND (%(min_age)s::int IS NULL
+       OR COALESCE(e.resolved_at, %(as_of)s) - e.opened_at >= make_interval(days => %(min_age)s::int))
+ORDER BY (e.status = 'open') DESC, e.opened_at, e.exception_id
+LIMIT %(limit)s
+"""
+
+
+def list_exceptions(conn: psycopg.Connection, *, owner: str | None = None, type: str | None = None,
+                    status: str | None = None, min_age_days: int | None = None, as_of: datetime,
+                    limit: int = 500) -> list[dict]:
+    """The queue as people see it: open first, oldest first; age and SLA breach measured at ``as_of``.
+
+    ``age_days`` of a closed exception is how long it stayed open. The SLA comes from ledger.owner_team
+    (owners.yaml), falling back to DEFAULT_SLA_DAYS.
+    """
+    if status is not None and status not in {"open", "resolved", "dismissed"}:
+        raise ValueError(f"unknown status {status!r}: use open, resolved or dismissed")
+    if type is not None and type not in DEFAULT_SLA_DAYS:
+        raise ValueError(f"unknown exception type {type!r}")
+    params = {"dtype": list(DEFAULT_SLA_DAYS), "dsla": list(DEFAULT_SLA_DAYS.values()), "as_of": as_of,
+              "owner": owner, "type": None if type is None else str(type), "status": status,
+              "min_age": min_age_days, "limit": limit}
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(_LIST_SQL, params).fetchall()
+
+
+def exception_detail(conn: psycopg.Connection, exception_id: int) -> dict:
+    """Everything a person needs to act on one exception: the exception, the line and its returns notice,
+    the line's history, the raw ReBound payloads, held events, Amazon submissions, the Amazon return
+    record and the audit trail."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        exc = cur.execute(
+            f"SELECT {', '.join('e.' + c.strip() for c in _EXC_COLUMNS.split(','))}, o.sla_days, o.what_to_do"
+            " FROM ledger.exception e LEFT JOIN ledger.owner_team o ON o.exception_type = e.type"
+            " WHERE e.exception_id = %s", (exception_id,)).fetchone()
+        if exc is None:
+            raise ExceptionNotFound(f"exception {exception_id} does not exist")
+        if exc["sla_days"] is None:
+            exc["sla_days"] = DEFAULT_SLA_DAYS.get(exc["type"])
+        rid, line = exc["return_id"], exc["line"]
+        out: dict[str, Any] = {"exception": exc, "return_order": None, "line": None, "history": [],
+                               "raw_events": [], "held_events": [], "submissions": [], "amazon_return": None,
+                               "audit": []}
+        if rid is not None:
+            out["return_order"] = cur.execute(
+                "SELECT return_id, order_reference, created_at, returns_notice, rma_id, vret, source,"
+                " amazon_return_id FROM ledger.return_order WHERE return_id = %s", (rid,)).fetchone()
+        if rid is not None and line is not None:
+            out["line"] = cur.execute("SELECT * FROM ledger.return_line WHERE return_id = %s AND line = %s",
+                                      (rid, line)).fetchone()
+            out["history"] = cur.execute(
+                "SELECT history_id, from_state, to_state, event_id, cause, batch_id, at, detail"
+                " FROM ledger.line_history WHERE return_id = %s AND line = %s ORDER BY at, history_id",
+                (rid, line)).fetchall()
+            out["submissions"] = cur.execute(
+                "SELECT submission_id, idempotency_key, kind, sku, asin, quantity, unit_amount, currency,"
+                " document_id, status, transaction_id, attempts, last_error, created_at, submitted_at,"
+                " resolved_at FROM ledger.amazon_submission WHERE return_id = %s AND line = %s"
+                " ORDER BY kind", (rid, line)).fetchall()
+        out["held_events"] = cur.execute(
+            "SELECT raw_id, return_id, line, reason, exception_id, held_at FROM ledger.held_event"
+            " WHERE exception_id = %(id)s OR (return_id = %(rid)s AND (%(line)s::int IS NULL"
+            " OR line IS NULL OR line = %(line)s)) ORDER BY held_at, raw_id",
+            {"id": exception_id, "rid": rid, "line": line}).fetchall()
+        # raw payloads: the exception's own event, held events, and every event of the line (or return)
+        out["raw_events"] = cur.execute(
+            "SELECT raw_id, event_key, event_id, payload, delivered_at, received_at, batch_id, deliveries,"
+            " status, status_detail FROM ledger.raw_event r"
+            " WHERE r.raw_id = %(raw)s"
+            "    OR r.raw_id IN (SELECT raw_id FROM ledger.held_event WHERE exception_id = %(id)s)"
+            "    OR (%(rid)s::text IS NOT NULL AND r.payload->>'return_id' = %(rid)s"
+            "        AND (%(line)s::int IS NULL OR NOT (r.payload ? 'line')"
+            "             OR r.payload->>'line' = %(line)s::text))"
+            " ORDER BY r.delivered_at NULLS LAST, r.raw_id",
+            {"raw": exc["raw_id"], "id": exception_id, "rid": rid, "line": line}).fetchall()
+        if exc["amazon_return_id"] is not None:
+            out["amazon_return"] = cur.execute("SELECT * FROM ledger.amazon_return WHERE amazon_return_id = %s",
+                                               (exc["amazon_return_id"],)).fetchone()
+        out["audit"] = cur.execute(
+            "SELECT audit_id, at, actor, action, subject, detail FROM ledger.audit_log WHERE subject = %s"
+            " ORDER BY at, audit_id", (exception_subject(exception_id),)).fetchall()
+    return out
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+
+def _cli_now() -> datetime:
+    # An operator action happens now: the CLI is the one edge where wall-clock time is the right time.
+    from datetime import timezone
+
+    return datetime.now(timezone.utc)
+
+
+def _cli_actor(args) -> str:
+    import getpass
+
+    return args.actor or getpass.getuser()
+
+
+def _cli_list(args) -> int:
+    from returnledger.store.db import connect, resolve_dsn
+
+    with connect(resolve_dsn(getattr(args, "dsn", None))) as conn:
+        rows = list_exceptions(conn, owner=args.owner, type=args.type, status=args.status,
+                               min_age_days=args.min_age, as_of=_cli_now(), limit=args.limit)
+    print(f"{'id':>6}  {'type':<22} {'owner':<12} {'status':<9} {'age':>4} {'sla':<4} subject / detail")
+    for r in rows:
+        print(f"{r['exception_id']:>6}  {r['type']:<22} {r['owner']:<12} {r['status']:<9} {r['age_days']:>4}"
+              f" {'LATE' if r['sla_breached'] and r['status'] == 'open' else '':<4} {r['subject_key']}: {r['detail']}")
+    print(f"{len(rows)} exception(s)")
+    return 0
+
+
+def _cli_action(args) -> int:
+    from returnledger.store.db import resolve_dsn
+
+    dsn, actor, at = resolve_dsn(getattr(args, "dsn", None)), _cli_actor(args), _cli_now()
+    try:
+        if args.action == "resolve":
+            out = resolve_exception(dsn, args.id, actor=actor, resolution=args.why, at=at)
+        elif args.action == "dismiss":
+            out = dismiss_exception(dsn, args.id, actor=actor, reason=args.why, at=at)
+        elif args.action == "retry":
+            out = retry_submission(dsn, args.id, actor=actor, at=at)
+        elif args.action == "map":
+            out = resolve_with_mapping(dsn, args.id, args.amazon_reason, actor=actor, at=at)
+        elif args.action == "sku":
+            out = resolve_with_sku(dsn, args.id, args.asin, args.unit_cost, args.available, actor=actor, at=at)
+        else:  # pragma: no cover - argparse restricts the choices
+            raise SystemExit(f"unknown action {args.action}")
+    except (ExceptionNotFound, ExceptionActionError) as exc:
+        print(f"refused: {exc}")
+        return 2
+    print(f"exception {out['exception_id']} {out['status']} by {out['resolved_by']}: {out['resolution']}")
+    return 0
+
+
+def _cli_show(args) -> int:
+    from returnledger.store.db import connect, resolve_dsn
+
+    with connect(resolve_dsn(getattr(args, "dsn", None))) as conn:
+        try:
+            d = exception_detail(conn, args.id)
+        except ExceptionNotFound as exc:
+            print(str(exc))
+            return 2
+    print(json.dumps(d, default=str, indent=2))
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """``returnledger exceptions list|show|resolve|dismiss|retry|map|sku``."""
+    p = subparsers.add_parser("exceptions", help="work the exception queue")
+    sub = p.add_subparsers(dest="exceptions_command", required=True)
+
+    def common(sp):
+        sp.add_argument("--dsn", default=None, help="ledger DSN (default: RETURNLEDGER_DSN or embedded)")
+        sp.add_argument("--actor", default=None, help="who acts (default: the login name)")
+
+    ls = sub.add_parser("list", help="list exceptions, open and oldest first")
+    common(ls)
+    ls.add_argument("--owner")
+    ls.add_argument("--type", choices=sorted(DEFAULT_SLA_DAYS))
+    ls.add_argument("--status", choices=["open", "resolved", "dismissed"])
+    ls.add_argument("--min-age", type=int, default=None, help="only exceptions at least this many days old")
+    ls.add_argument("--limit", type=int, default=500)
+    ls.set_defaults(func=_cli_list)
+
+    show = sub.add_parser("show", help="one exception with its line, history and raw payloads (JSON)")
+    common(show)
+    show.add_argument("id", type=int)
+    show.set_defaults(func=_cli_show)
+
+    for name, help_ in (("resolve", "mark resolved: you fixed the cause"),
+                        ("dismiss", "dismiss: nothing to fix")):
+        sp = sub.add_parser(name, help=help_)
+        common(sp)
+        sp.add_argument("id", type=int)
+        sp.add_argument("--why", required=True, help="what was done, or why nothing is needed")
+        sp.set_defaults(func=_cli_action, action=name)
+
+    rt = sub.add_parser("retry", help="AMAZON_REJECTED: resubmit the same credit note on the next sync run")
+    common(rt)
+    rt.add_argument("id", type=int)
+    rt.set_defaults(func=_cli_action, action="retry")
+
+    mp = sub.add_parser("map", help="UNMAPPED_REASON_CODE: add the reason mapping and resolve")
+    common(mp)
+    mp.add_argument("id", type=int)
+    mp.add_argument("amazon_reason", help="Amazon reason code, e.g. CR-UNWANTED_ITEM")
+    mp.set_defaults(func=_cli_action, action="map")
+
+    sk = sub.add_parser("sku", help="SKU_MISMATCH: add the SKU to the catalog and resolve")
+    common(sk)
+    sk.add_argument("id", type=int)
+    sk.add_argument("asin")
+    sk.add_argument("unit_cost")
+    sk.add_argument("available", type=int)
+    sk.set_defaults(func=_cli_action, action="sku")

@@ -1,32 +1,134 @@
-"""Failure notifications for every task and DAG of the project.
+"""Mail from returnledger: failure notifications and the operating digests.
 
-Mail goes through Airflow's SmtpNotifier on the ``smtp_default`` connection
-to the owner team's address (Airflow Variable ``returnledger_alert_to``,
-default ``integration@localhost``). A notifier that cannot send only logs:
-an unreachable mail server must never fail a task.
+Everything goes through Airflow's SmtpNotifier on the ``smtp_default``
+connection. Addresses are configuration (Airflow Variables), resolved when a
+mail is sent, never at parse time:
+- ``returnledger_alert_to``: who hears about failed tasks and DAG runs
+  (default ``integration@localhost``);
+- ``returnledger_team_emails``: JSON ``{"finance": "finance@example.com", ...}``
+  for the digests (default ``<team>@localhost``);
+- the sender is the connection's ``from_email`` extra, else ``returnledger@localhost``.
+
+A failure notifier that cannot send only logs: an unreachable mail server must
+never hide the original failure. Messages are built in Python from the context
+(task-level and DAG-level callbacks get different contexts; a DAG run that
+failed has no single ``exception``), so nothing depends on Jinja finding keys.
 """
 from __future__ import annotations
 
+import html
+import json
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
-SUBJECT = "[returnledger] {{ dag.dag_id }} / {{ ti.task_id }} failed for {{ ds }}"
-BODY = """
-<p>Task <b>{{ ti.task_id }}</b> of DAG <b>{{ dag.dag_id }}</b> failed for run {{ run_id }}
-(try {{ ti.try_number }}).</p>
-<p>Exception: <pre>{{ exception }}</pre></p>
-<p>Rerunning is safe: every step of returnledger is idempotent. Clear the task in the Airflow UI once
-the cause is fixed.</p>
-"""
+SMTP_CONN_ID = "smtp_default"
+DEFAULT_ALERT_TO = "integration@localhost"
+DEFAULT_FROM = "returnledger@localhost"
 
 
-def failure_callbacks(to: str = "{{ var.value.get('returnledger_alert_to', 'integration@localhost') }}") -> list:
-    """Callbacks for ``on_failure_callback`` of tasks and DAGs (import lazily: Airflow only)."""
-    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+def _variable(name: str, default: str | None = None) -> str | None:
+    """An Airflow Variable, or the default outside Airflow / when the Variable is not set."""
+    env = os.environ.get(f"AIRFLOW_VAR_{name.upper()}")
+    if env is not None:
+        return env
+    try:
+        from airflow.sdk import Variable
 
-    return [SmtpNotifier(to=to, subject=SUBJECT, html_content=BODY, smtp_conn_id="smtp_default"),
-            log_failure]
+        return Variable.get(name, default=default)
+    except Exception:  # no Airflow context (tests, CLI): fall back quietly
+        return default
+
+
+def _from_email(smtp_conn_id: str) -> str:
+    try:
+        from airflow.sdk import BaseHook
+
+        return (BaseHook.get_connection(smtp_conn_id).extra_dejson or {}).get("from_email") or DEFAULT_FROM
+    except Exception:
+        return DEFAULT_FROM
+
+
+def team_address(owner: str) -> str:
+    """Mail address of an owner team (Variable ``returnledger_team_emails``, else ``<team>@localhost``)."""
+    raw = _variable("returnledger_team_emails")
+    if raw:
+        try:
+            mapping = json.loads(raw)
+            if owner in mapping:
+                return mapping[owner]
+        except ValueError:
+            log.warning("Variable returnledger_team_emails is not JSON; using the default address")
+    return f"{owner}@localhost"
+
+
+def _esc(value) -> str:
+    # escaped and brace-free: SmtpNotifier renders its fields with Jinja when it is called as a notifier
+    return html.escape("" if value is None else str(value)).replace("{", "&#123;").replace("}", "&#125;")
+
+
+def failure_message(context, level: str) -> tuple[str, str]:
+    """Subject and HTML body for a failed task (level 'task') or a failed DAG run (level 'dag')."""
+    ti = context.get("ti") or context.get("task_instance")
+    dag = context.get("dag")
+    dag_id = getattr(dag, "dag_id", None) or getattr(ti, "dag_id", None) or "?"
+    run_id = context.get("run_id") or getattr(ti, "run_id", None) or "?"
+    when = context.get("ds") or run_id
+    task_id = getattr(ti, "task_id", None)
+    if level == "dag":
+        subject = f"[returnledger] DAG {dag_id} failed for {when}"
+        what = (f"<p>The run <b>{_esc(run_id)}</b> of DAG <b>{_esc(dag_id)}</b> failed"
+                f" ({_esc(context.get('reason') or 'failed')}).</p>")
+        if task_id:
+            what += f"<p>Last failed task: <b>{_esc(task_id)}</b>.</p>"
+    else:
+        subject = f"[returnledger] {dag_id} / {task_id or '?'} failed for {when}"
+        what = (f"<p>Task <b>{_esc(task_id)}</b> of DAG <b>{_esc(dag_id)}</b> failed for run {_esc(run_id)}"
+                f" (try {_esc(getattr(ti, 'try_number', '?'))}).</p>"
+                f"<p>Exception:</p><pre>{_esc(context.get('exception'))}</pre>")
+    body = (what + "<p>Rerunning is safe: every step of returnledger is idempotent (idempotency keys on Amazon"
+            " submissions, events deduplicated by event id, upserts, windows from the run's data interval)."
+            " Clear the failed task in the Airflow UI once the cause is fixed. See docs/operating-guide.md.</p>")
+    return subject, body
+
+
+class FailureNotifier:
+    """``on_failure_callback`` for tasks (level='task') and DAG runs (level='dag') that mails the alert address.
+
+    A fresh SmtpNotifier per failure: Airflow renders notifier fields in place, so one shared instance
+    would carry the first failure's text into the next.
+    """
+
+    def __init__(self, level: str = "task", to: str | None = None, smtp_conn_id: str = SMTP_CONN_ID):
+        if level not in ("task", "dag"):
+            raise ValueError("level must be 'task' or 'dag'")
+        self.level, self.to, self.smtp_conn_id = level, to, smtp_conn_id
+        self.__name__ = f"returnledger_{level}_failure_mail"
+
+    def __call__(self, context) -> None:
+        try:
+            from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+            subject, body = failure_message(context, self.level)
+            to = self.to or _variable("returnledger_alert_to", DEFAULT_ALERT_TO)
+            SmtpNotifier(to=to, from_email=_from_email(self.smtp_conn_id), subject=subject, html_content=body,
+                         smtp_conn_id=self.smtp_conn_id).notify(context)
+        except Exception:
+            log.exception("returnledger: could not send the %s failure mail", self.level)
+
+    def __repr__(self) -> str:
+        return f"FailureNotifier(level={self.level!r}, to={self.to!r})"
+
+
+def failure_callbacks(to: str | None = None) -> list:
+    """Callbacks for a task's ``on_failure_callback`` (``default_args``): a mail and a log line."""
+    return [FailureNotifier("task", to), log_failure]
+
+
+def dag_failure_callbacks(to: str | None = None) -> list:
+    """Callbacks for a DAG's ``on_failure_callback`` (the ``@dag(...)`` argument): a mail and a log line."""
+    return [FailureNotifier("dag", to), log_dag_failure]
 
 
 def log_failure(context) -> None:
@@ -35,3 +137,36 @@ def log_failure(context) -> None:
     log.error("returnledger task failed: dag=%s task=%s run=%s exception=%s",
               getattr(ti, "dag_id", None), getattr(ti, "task_id", None), context.get("run_id"),
               context.get("exception"))
+
+
+def log_dag_failure(context) -> None:
+    dag = context.get("dag")
+    log.error("returnledger DAG run failed: dag=%s run=%s reason=%s", getattr(dag, "dag_id", None),
+              context.get("run_id"), context.get("reason"))
+
+
+def digest_notifier(digest, to: str | None = None, smtp_conn_id: str = SMTP_CONN_ID):
+    """An SmtpNotifier that mails one operating digest (returnledger.operating_checks.Digest) to its team.
+
+    Call it with a context (``notifier(context)``) or ``notifier.notify({})`` outside a task. The digest's
+    HTML carries no Jinja markers (braces are entities), so Airflow's rendering leaves it as built.
+    """
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    return SmtpNotifier(to=to or team_address(digest.owner), from_email=_from_email(smtp_conn_id),
+                        subject=digest.subject, html_content=digest.html, smtp_conn_id=smtp_conn_id,
+                        custom_headers={"X-Returnledger-Digest": f"{digest.kind}:{digest.owner}"})
+
+
+def send_digest(summary: dict, context=None) -> str:
+    """Mail one digest written by operating_checks.write_digests (its summary dict); returns the address."""
+    from returnledger.operating_checks import digest_from_file
+
+    digest = digest_from_file(summary)
+    to = team_address(digest.owner)
+    notifier = digest_notifier(digest, to=to)
+    if context is None:
+        notifier.notify({})
+    else:
+        notifier(context)  # renders template fields (nothing to render: the digest has no Jinja markers)
+    return to

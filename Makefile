@@ -1,0 +1,72 @@
+# returnledger: every target works from a fresh clone with only Python 3.11.
+# The venv (.venv) is created on first use from requirements.txt.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+SCENARIO ?= $(firstword $(wildcard ../shared/scenarios/small-month.json) scenarios/small-month.json)
+OUT ?= out
+PYTEST_ARGS ?=
+export GX_ANALYTICS_ENABLED := false
+export AIRFLOW__CORE__LOAD_EXAMPLES := false
+
+.PHONY: help venv test demo db db-stop migrate reference sandbox sandbox-stop airflow lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "returnledger needs Python 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
+	$(VENV)/bin/pip check
+	@touch $@
+
+venv: $(VENV)/.installed ## create .venv and install the pinned stack
+
+test: venv ## run the whole test suite (fresh PostgreSQL database per run; embedded server if none configured)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: venv ## run SCENARIO (default small-month) through Airflow into OUT and print the summary
+	$(VENV)/bin/returnledger demo --scenario $(SCENARIO) --out $(OUT)
+
+db: venv ## start the embedded PostgreSQL under .local/ and print its DSN
+	$(VENV)/bin/returnledger db start
+
+db-stop: venv ## stop the embedded PostgreSQL
+	$(VENV)/bin/returnledger db stop
+
+migrate: venv ## apply schema migrations (idempotent) and load reference data
+	$(VENV)/bin/returnledger migrate
+	$(VENV)/bin/returnledger reference load
+
+sandbox: venv ## start both simulators (ReBound :8701, SP-API :8702) for SCENARIO in the background
+	$(VENV)/bin/returnledger sandbox start --scenario $(SCENARIO) --out $(OUT)
+
+sandbox-stop: venv ## stop the simulators
+	$(VENV)/bin/returnledger sandbox stop
+
+airflow: migrate ## local airflow standalone with this project's DAGs, plugin, connections and pools (Ctrl-C stops)
+	@mkdir -p .local/airflow
+	@eval "$$($(VENV)/bin/returnledger airflow-settings)"; \
+	export AIRFLOW_HOME=$(CURDIR)/.local/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	       AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins AIRFLOW__CORE__PARALLELISM=4 \
+	       AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG=2 AIRFLOW__SCHEDULER__PARSING_PROCESSES=1 PATH=$(CURDIR)/$(VENV)/bin:$$PATH; \
+	airflow db migrate >/dev/null && \
+	$(VENV)/bin/returnledger airflow-settings --pools | while IFS=$$'\t' read -r name slots desc; do \
+	  airflow pools set "$$name" "$$slots" "$$desc" >/dev/null; done && \
+	($(MAKE) --no-print-directory sandbox || true) && \
+	exec airflow standalone
+
+lint: venv ## ruff with the Airflow rules
+	$(VENV)/bin/ruff check dags include plugins tests bench
+
+bench: venv ## benchmarks (print ratios against baselines measured in the same run)
+	$(PY) bench/bench_sync.py
+	$(PY) bench/bench_reconcile.py
+
+clean: ## remove outputs and the local state (embedded database included)
+	-$(VENV)/bin/returnledger db stop
+	rm -rf .local out test-output

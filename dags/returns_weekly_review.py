@@ -1,0 +1,84 @@
+"""
+# returns_weekly_review
+
+The weekly review of the returns ledger: one HTML digest per owner team by mail,
+for the team's weekly meeting.
+
+**When**: Mondays at 07:00 UTC, covering the 7 days before the run's time (its
+data interval end). Every number is computed as of that moment.
+
+**What each team gets**
+- every team: exceptions opened / resolved per week by type (last 4 weeks),
+  and what is still open at week end with SLA breaches;
+- the owner of reason codes (operations): top 10 returned SKUs and return
+  reasons of the week, and reason mappings not reviewed in 90 days;
+- the owner of dark returns (warehouse): dark returns still unresolved.
+Routing follows `ledger.owner_team` (include/reference/owners.yaml).
+
+**Steps**: `build` writes the HTML files to Variable `returnledger_digest_dir`
+(default `.local/digests`); `send` mails each team through `smtp_default`
+(addresses: Variable `returnledger_team_emails`), one mapped task per team.
+
+**Rerunning is safe**: the review only reads the ledger; a rerun for the same
+week rebuilds the same digest (as-of counts) and overwrites its files. It does
+send the mails again.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import dag, task
+
+from returnledger.airflow_adapter import default_args
+from returnledger.notify import dag_failure_callbacks
+
+
+def _as_of() -> datetime:
+    """The run's moment: data interval end, else logical date, else (manual run) run_after."""
+    from airflow.sdk import get_current_context
+
+    ctx = get_current_context()
+    return ctx.get("data_interval_end") or ctx.get("logical_date") or ctx["dag_run"].run_after
+
+
+def _digest_dir() -> str:
+    from airflow.sdk import Variable
+
+    from returnledger.store.db import local_dir
+
+    return Variable.get("returnledger_digest_dir", default=str(local_dir() / "digests"))
+
+
+@dag(
+    dag_id="returns_weekly_review",
+    schedule="0 7 * * 1",
+    start_date=datetime(2026, 10, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(owner="operations"),
+    on_failure_callback=dag_failure_callbacks(),
+    tags=["returnledger", "operations", "digest"],
+    doc_md=__doc__,
+)
+def returns_weekly_review():
+    @task
+    def build() -> list[dict]:
+        from returnledger.airflow_adapter import get_dsn
+        from returnledger.operating_checks import build_and_write
+
+        return build_and_write(get_dsn(), as_of=_as_of(), kind="weekly", out_dir=_digest_dir())
+
+    @task(map_index_template="{{ team }}")
+    def send(digest: dict) -> str:
+        from airflow.sdk import get_current_context
+
+        from returnledger.notify import send_digest
+
+        ctx = get_current_context()
+        ctx["team"] = digest["owner"]
+        return send_digest(digest, ctx)
+
+    send.expand(digest=build())
+
+
+returns_weekly_review()

@@ -1,0 +1,313 @@
+"""Amazon Vendor Central client: python-amazon-sp-api with rate limits and safe retries.
+
+The same code talks to Amazon and to the sandbox's simulated SP-API; only the
+endpoint and the Login-with-Amazon (LWA) URL differ. python-amazon-sp-api has no
+base-URL option, so the endpoint goes in as a marketplace-like object and the
+LWA host as an ``AccessTokenClient`` subclass built from ``lwa_url``.
+
+Retries and idempotency: throttling (429), Amazon's 5xx, timeouts and
+connection errors are retried with exponential back-off behind a client-side
+token bucket per operation; a 400 never is (it raises ``AmazonRequestError``
+with Amazon's ``errors``). A retry resends exactly the body it was given. That
+is safe only because callers give every credit note a deterministic ``id``
+derived from the line and the action, and Amazon (and the simulator) treats a
+credit note whose ``id`` it already holds as the same credit note. Inventory
+updates carry absolute quantities, so a resend sets the same stock. This module
+is payload-agnostic: building credit notes is the sync pipeline's job.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+EU_ENDPOINT = "https://sellingpartnerapi-eu.amazon.com"
+LWA_URL = "https://api.amazon.com/auth/o2/token"
+UK_MARKETPLACE_ID = "A1F83G8C2ARO7P"
+DF_TRANSACTIONS_VERSION = "2021-12-28"
+OPERATIONS = ("submitInvoices", "getTransaction", "submitInventoryUpdate", "getTransactionStatus")
+
+
+class AmazonRequestError(Exception):
+    """Amazon refused the request (4xx, or retries ran out); ``errors`` is Amazon's error list."""
+
+    def __init__(self, operation: str, errors: list[dict], status: int | None = None):
+        self.operation, self.errors, self.status = operation, list(errors or []), status
+        first = self.errors[0] if self.errors else {}
+        super().__init__(f"{operation}: {status or ''} {first.get('code', '')} {first.get('message', '')}".strip())
+
+
+@dataclass(frozen=True)
+class TransactionStatus:
+    """Outcome of an asynchronous submission: Processing, Success or Failure (with Amazon's errors)."""
+
+    status: str
+    errors: list[dict] = field(default_factory=list)
+    transaction_id: str = ""
+
+    @property
+    def final(self) -> bool:
+        return self.status in ("Success", "Failure")
+
+
+@dataclass(frozen=True)
+class _Marketplace:
+    """What sp_api reads from a ``Marketplaces`` member."""
+
+    endpoint: str
+    marketplace_id: str
+    region: str
+
+
+class TokenBucket:
+    """Client-side usage plan: wait for a token rather than spend Amazon's 429s."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = float(rate), max(1, int(burst))
+        self.tokens = float(self.burst)
+        self.updated = time.monotonic()
+        self.lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                wait = (1 - self.tokens) / self.rate
+            time.sleep(wait)
+
+    def drain(self) -> None:
+        """Amazon said 429: spend what we thought we had, so the next call waits a refill."""
+        with self.lock:
+            self.tokens = min(self.tokens, 0.0)
+            self.updated = time.monotonic()
+
+
+def token_client_class(lwa_url: str):
+    """An ``AccessTokenClient`` for the LWA endpoint at ``lwa_url`` (Amazon's or the simulator's).
+
+    The library caches access tokens in a process-wide cache keyed by the
+    refresh token alone; this subclass keys by LWA URL and client id too, so two
+    endpoints never share a token, and ``forget_token`` drops a token that the
+    API refused (an expired token, or a restarted simulator).
+    """
+    from sp_api.auth import AccessTokenClient
+
+    parts = urlsplit(lwa_url)
+    if not parts.scheme or not parts.netloc:
+        raise ValueError(f"lwa_url must be an absolute URL, got {lwa_url!r}")
+    path = parts.path if parts.path not in ("", "/") else "/auth/o2/token"
+
+    def _get_cache_key(self, token_flavor=""):
+        raw = "|".join((lwa_url, self.cred.client_id or "", self.cred.refresh_token or "", token_flavor))
+        return "access_token_" + hashlib.sha256(raw.encode()).hexdigest()
+
+    def forget_token(self):
+        from sp_api.auth import access_token_client
+
+        access_token_client.cache.pop(self._get_cache_key(), None)
+
+    return type("ReturnLedgerAccessTokenClient", (AccessTokenClient,),
+                {"scheme": parts.scheme + "://", "host": parts.netloc, "path": path,
+                 "_get_cache_key": _get_cache_key, "forget_token": forget_token})
+
+
+class _Retry(Exception):
+    """An attempt that may succeed when repeated (429, 5xx, transport trouble)."""
+
+    def __init__(self, reason: str, throttled: bool = False):
+        super().__init__(reason)
+        self.throttled = throttled
+
+
+class AmazonVendorClient:
+    """Vendor Central operations the ledger needs, over python-amazon-sp-api.
+
+    Safe to share between threads: each thread gets its own sp_api clients
+    (they keep per-request state), the token buckets are shared.
+    """
+
+    def __init__(self, endpoint: str, *, lwa_url: str, refresh_token: str, lwa_client_id: str,
+                 lwa_client_secret: str, marketplace_id: str = UK_MARKETPLACE_ID, region: str = "eu",
+                 rate_per_s: float = 10.0, burst: int = 10, max_attempts: int = 8, backoff_max_s: float = 10.0,
+                 timeout: float = 30.0):
+        self.marketplace = _Marketplace(endpoint.rstrip("/"), marketplace_id, region)
+        self.credentials = {"refresh_token": refresh_token, "lwa_app_id": lwa_client_id,
+                            "lwa_client_secret": lwa_client_secret}
+        self.token_client_class = token_client_class(lwa_url)
+        self.max_attempts = max(1, int(max_attempts))
+        self.backoff_max_s = backoff_max_s
+        self.backoff_base_s = min(1.0, 1.0 / max(rate_per_s, 0.001))
+        self.timeout = timeout
+        self.buckets = {op: TokenBucket(rate_per_s, burst) for op in OPERATIONS}
+        self.attempts = {op: 0 for op in OPERATIONS}  # requests sent, for run statistics
+        self._local = threading.local()
+        self._jitter = random.Random()
+
+    # --- sp_api plumbing -------------------------------------------------------------
+    def _api(self, name: str):
+        clients = getattr(self._local, "clients", None)
+        if clients is None:
+            clients = self._local.clients = {}
+        if name not in clients:
+            from sp_api.api import (
+                VendorDirectFulfillmentInventory,
+                VendorDirectFulfillmentTransactions,
+                VendorInvoices,
+                VendorTransactionStatus,
+            )
+            from sp_api.base.credential_provider import FromCodeCredentialProvider
+
+            cls, extra = {
+                "invoices": (VendorInvoices, {}),
+                "transactions": (VendorTransactionStatus, {}),
+                "df_inventory": (VendorDirectFulfillmentInventory, {}),
+                "df_transactions": (VendorDirectFulfillmentTransactions, {"version": DF_TRANSACTIONS_VERSION}),
+            }[name]
+            client = cls(self.marketplace, credentials=dict(self.credentials), timeout=self.timeout,
+                         credential_providers=[FromCodeCredentialProvider],
+                         auth_token_client_class=self.token_client_class, **extra)
+            # SP_API_DEFAULT_MARKETPLACE would silently swap the endpoint for a real one: pin ours.
+            client.endpoint = self.marketplace.endpoint
+            client.marketplace_id = self.marketplace.marketplace_id
+            client.region = self.marketplace.region
+            clients[name] = client
+        return clients[name]
+
+    def close(self) -> None:
+        for client in (getattr(self._local, "clients", None) or {}).values():
+            client.close()
+        self._local.clients = {}
+
+    def _backoff(self, attempt: int, throttled: bool, op: str) -> float:
+        wait = min(self.backoff_max_s, self.backoff_base_s * (2 ** (attempt - 1)))
+        if throttled:
+            wait = max(wait, 1.0 / self.buckets[op].rate)
+        return wait * (0.5 + self._jitter.random() / 2)
+
+    def _call(self, op: str, api: str, fn):
+        """Run ``fn(client)`` under the bucket with retries; Amazon refusals become AmazonRequestError."""
+        import httpx
+        from sp_api.auth.exceptions import AuthorizationError
+        from sp_api.base import exceptions as spx
+        from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt
+
+        retryable_sp = (spx.SellingApiRequestThrottledException, spx.SellingApiServerException,
+                        spx.SellingApiTemporarilyUnavailableException, spx.SellingApiGatewayTimeoutException)
+        refreshed = False
+
+        def attempt():
+            nonlocal refreshed
+            self.buckets[op].acquire()
+            self.attempts[op] += 1
+            client = self._api(api)
+            try:
+                return fn(client)
+            except spx.SellingApiRequestThrottledException as e:
+                self.buckets[op].drain()
+                raise _Retry(f"throttled: {getattr(e, 'message', '')}", throttled=True) from e
+            except retryable_sp as e:
+                raise _Retry(f"{e.code}: {getattr(e, 'message', '')}") from e
+            except spx.SellingApiForbiddenException as e:
+                if refreshed:
+                    raise AmazonRequestError(op, e.error, 403) from e
+                refreshed = True  # a cached token the API no longer knows: fetch a new one, once
+                client._auth.forget_token()
+                raise _Retry("access token refused") from e
+            except spx.SellingApiException as e:
+                if type(e) is spx.SellingApiException:  # a status the library does not map (502, ...)
+                    raise _Retry(f"unmapped error: {getattr(e, 'message', '')}") from e
+                raise AmazonRequestError(op, e.error, e.code) from e
+            except AuthorizationError as e:
+                if (e.status_code or 0) >= 500:
+                    raise _Retry(f"LWA {e.status_code}") from e
+                raise AmazonRequestError(op, [{"code": e.error_code or "AuthorizationError",
+                                               "message": e.message or "", "details": "LWA token request"}],
+                                         e.status_code) from e
+            except (httpx.TimeoutException, httpx.TransportError, json.JSONDecodeError) as e:
+                # JSONDecodeError: an LWA answer that is not JSON (a proxy's 5xx page, say)
+                raise _Retry(f"{type(e).__name__}: {e}") from e
+
+        def wait(state) -> float:
+            exc = state.outcome.exception()
+            return self._backoff(state.attempt_number, getattr(exc, "throttled", False), op)
+
+        def before_sleep(state) -> None:
+            log.info("Amazon %s attempt %d failed (%s); retrying", op, state.attempt_number,
+                     state.outcome.exception())
+
+        try:
+            for try_ in Retrying(stop=stop_after_attempt(self.max_attempts), wait=wait,
+                                 retry=retry_if_exception_type(_Retry), before_sleep=before_sleep, reraise=False):
+                with try_:
+                    return attempt()
+        except RetryError as e:
+            last = e.last_attempt.exception()
+            cause = last.__cause__ if last is not None else None
+            errors = getattr(cause, "error", None) or [{"code": "RetriesExhausted", "message": str(last),
+                                                        "details": ""}]
+            status = getattr(cause, "code", None)
+            raise AmazonRequestError(op, errors, status if isinstance(status, int) else None) from cause
+
+    @staticmethod
+    def _transaction_id(op: str, response) -> str:
+        tid = (response.payload or {}).get("transactionId")
+        if not tid:  # a 2xx/5xx without Amazon's JSON: the library returns an empty response
+            raise _Retry(f"{op}: answer without transactionId")
+        return tid
+
+    @staticmethod
+    def _status(op: str, response) -> TransactionStatus:
+        state = (response.payload or {}).get("transactionStatus")
+        if not state or "status" not in state:
+            raise _Retry(f"{op}: answer without transactionStatus")
+        errors = state.get("errors") or []
+        if isinstance(errors, dict):  # DF 2021-12-28 wraps the list: {"errors": [...]}
+            errors = errors.get("errors") or []
+        return TransactionStatus(status=state["status"], errors=list(errors),
+                                 transaction_id=state.get("transactionId", ""))
+
+    # --- operations ------------------------------------------------------------------
+    def submit_invoices(self, invoices: list[dict]) -> str:
+        """POST invoices/credit notes (body ``{"invoices": invoices}``); returns the transactionId.
+
+        Retries resend the identical body: give each credit note a deterministic id.
+        """
+        body = {"invoices": invoices}
+        return self._call("submitInvoices", "invoices",
+                          lambda c: self._transaction_id("submitInvoices", c.submit_invoices(body)))
+
+    def get_transaction(self, transaction_id: str) -> TransactionStatus:
+        return self._call("getTransaction", "transactions",
+                          lambda c: self._status("getTransaction", c.get_transaction(transaction_id)))
+
+    def submit_inventory_update(self, warehouse_id: str, *, selling_party_id: str, items: list[dict],
+                                is_full_update: bool = False) -> str:
+        """POST absolute available quantities for the warehouse's SKUs; returns the transactionId."""
+        inventory = {"sellingParty": {"partyId": selling_party_id}, "isFullUpdate": is_full_update,
+                     "items": items}
+        return self._call("submitInventoryUpdate", "df_inventory",
+                          lambda c: self._transaction_id("submitInventoryUpdate",
+                                                         c.submit_inventory_update(warehouse_id,
+                                                                                   inventory=inventory)))
+
+    def get_df_transaction(self, transaction_id: str) -> TransactionStatus:
+        return self._call("getTransactionStatus", "df_transactions",
+                          lambda c: self._status("getTransactionStatus", c.get_transaction_status(transaction_id)))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

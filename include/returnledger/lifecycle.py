@@ -1,0 +1,277 @@
+"""The return-line state machine: which ReBound event moves a line where, and
+which Amazon action it earns (design.md, rules 1-7).
+
+Pure functions, no I/O: the sync reads a line's current state from the
+ledger, calls ``replay`` with the line's held events plus the new ones, and
+writes back the outcome (state, history, actions, holds, exceptions). Keeping
+the rules here means they can be tested exhaustively without a database and
+that the money-relevant decisions (restock or not, credit or not) live in one
+place.
+
+A held event changes nothing and is re-applied on the next run; an ignored
+event changed nothing because the line is already past it (a redelivery
+under another event id, say) and is never applied again.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from types import MappingProxyType
+
+from returnledger.models import ActionKind, Disposition, EventType, ExceptionType, LineState
+
+_S = LineState
+
+#: progress of a line through the warehouse; REJECTED ranks with the final states
+#: because it is only ever reached at or after the disposition
+_RANK = {
+    _S.ANNOUNCED: 0, _S.IN_TRANSIT: 1, _S.RECEIVED: 2, _S.GRADED: 3, _S.DISPOSITIONED: 4,
+    _S.CREDIT_SUBMITTED: 5, _S.CREDIT_ACCEPTED: 6, _S.CLOSED: 7, _S.REJECTED: 7,
+}
+
+#: tie-break for events that carry the same timestamp: the lifecycle order
+EVENT_ORDER = {
+    EventType.RETURN_CREATED: 0, EventType.IN_TRANSIT: 1, EventType.RECEIVED: 2,
+    EventType.GRADED: 3, EventType.DISPOSITIONED: 4,
+}
+
+_CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The disposition policy: what is sellable and what share of unit cost each disposition owes Amazon."""
+
+    sellable_grades: frozenset[str]
+    credit: Mapping[str, Decimal | None]      # disposition -> fraction; None = hold, 0 = none owed
+    credit_window_days: int
+
+    def __post_init__(self) -> None:
+        credit = {str(k): (None if v is None else Decimal(str(v))) for k, v in self.credit.items()}
+        for disposition, fraction in credit.items():
+            if fraction is not None and not (0 <= fraction <= 1):
+                raise ValueError(f"credit fraction for {disposition} must be between 0 and 1, got {fraction}")
+        if self.credit_window_days <= 0:
+            raise ValueError(f"credit_window_days must be positive, got {self.credit_window_days}")
+        object.__setattr__(self, "sellable_grades", frozenset(str(g) for g in self.sellable_grades))
+        object.__setattr__(self, "credit", MappingProxyType(credit))
+
+    def credit_fraction(self, disposition) -> Decimal | None:
+        """Share of unit cost owed; a disposition the policy does not name holds (never guess a credit)."""
+        return self.credit.get(str(disposition))
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Policy:
+        """From a scenario's or disposition_policy.yaml's ``policy`` block."""
+        return cls(sellable_grades=frozenset(data.get("sellable_grades") or ()),
+                   credit=dict(data.get("credit") or {}),
+                   credit_window_days=int(data.get("credit_window_days", 7)))
+
+
+@dataclass(frozen=True)
+class LineView:
+    """A line's current state (what the ledger row holds)."""
+
+    state: LineState
+    quantity_announced: int
+    quantity_received: int | None = None
+    grade: str | None = None
+    disposition: str | None = None
+
+
+@dataclass(frozen=True)
+class LineEvent:
+    """A parsed, validated line-level or return-level event."""
+
+    event_id: str
+    type: EventType
+    occurred_at: datetime
+    quantity: int | None = None
+    grade: str | None = None
+    disposition: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    line: LineView                             # state after the event (unchanged if held/ignored)
+    transitions: tuple[tuple[LineState, LineState], ...]   # (from, to) for history; empty if none
+    actions: tuple[ActionKind, ...]            # Amazon actions this event earns (INVENTORY, CREDIT_NOTE)
+    hold: ExceptionType | None = None          # OUT_OF_SEQUENCE when the event must wait
+    raised: tuple[tuple[ExceptionType, str], ...] = ()     # e.g. (QUANTITY_MISMATCH, "received 1 of 2 announced")
+    ignored: str | None = None                 # why the event changed nothing (e.g. a redelivery)
+    hold_detail: str | None = None             # why the event is held (the exception's detail)
+
+
+def _ignore(line: LineView, why: str) -> Outcome:
+    return Outcome(line=line, transitions=(), actions=(), ignored=why)
+
+
+def _hold(line: LineView, why: str) -> Outcome:
+    return Outcome(line=line, transitions=(), actions=(), hold=ExceptionType.OUT_OF_SEQUENCE, hold_detail=why)
+
+
+def _check_line(line: LineView) -> None:
+    if line.state == _S.QUARANTINED:
+        # A quarantined line's events are held by the sync (unmapped reason, unknown SKU) before they
+        # reach the lifecycle; applying one here would guess at the state the line had before.
+        raise ValueError("line is QUARANTINED: its events are held until the quarantine is released")
+
+
+def apply_event(line: LineView, event: LineEvent, policy: Policy) -> Outcome:
+    """Apply one event to a line (rules 1-4 and 6)."""
+    _check_line(line)
+    state = LineState(line.state)
+    rank = _RANK[state]
+    etype = EventType(event.type)
+
+    if etype == EventType.RETURN_CREATED:
+        if state == _S.ANNOUNCED:
+            return Outcome(line=line, transitions=(), actions=())   # confirms what the line already says
+        return _ignore(line, f"return created, but the line is already {state}")
+
+    if etype == EventType.IN_TRANSIT:
+        if state == _S.ANNOUNCED:
+            return Outcome(line=replace(line, state=_S.IN_TRANSIT), transitions=((state, _S.IN_TRANSIT),),
+                           actions=())
+        return _ignore(line, f"in transit, but the line is already {state}")
+
+    if etype == EventType.RECEIVED:
+        if event.quantity is None or event.quantity < 0:
+            raise ValueError(f"RECEIVED event {event.event_id} needs a quantity >= 0")
+        if rank >= _RANK[_S.RECEIVED]:
+            return _ignore(line, f"already received ({line.quantity_received} units); redelivery of the receipt")
+        raised: tuple[tuple[ExceptionType, str], ...] = ()
+        if event.quantity != line.quantity_announced:
+            raised = ((ExceptionType.QUANTITY_MISMATCH,
+                       f"received {event.quantity} of {line.quantity_announced} announced"),)
+        # Rule 1: the receipt starts the warehouse process only, it never earns an Amazon action.
+        return Outcome(line=replace(line, state=_S.RECEIVED, quantity_received=event.quantity),
+                       transitions=((state, _S.RECEIVED),), actions=(), raised=raised)
+
+    if etype == EventType.GRADED:
+        if not event.grade:
+            raise ValueError(f"GRADED event {event.event_id} needs a grade")
+        if rank < _RANK[_S.RECEIVED]:
+            return _hold(line, f"graded {event.grade} before the line was received (line is {state})")
+        if rank > _RANK[_S.GRADED]:
+            return _ignore(line, f"graded after the disposition (line is {state}); the disposition stands")
+        if state == _S.GRADED and line.grade == event.grade:
+            return _ignore(line, f"already graded {event.grade}")
+        return Outcome(line=replace(line, state=_S.GRADED, grade=event.grade),
+                       transitions=((state, _S.GRADED),), actions=())
+
+    if etype == EventType.DISPOSITIONED:
+        if not event.disposition:
+            raise ValueError(f"DISPOSITIONED event {event.event_id} needs a disposition")
+        if rank < _RANK[_S.GRADED]:
+            return _hold(line, f"dispositioned {event.disposition} before the line was graded (line is {state})")
+        if rank > _RANK[_S.GRADED]:
+            return _ignore(line, f"already dispositioned {line.disposition}; a disposition is final")
+        return _disposition(line, event.disposition, policy)
+
+    raise ValueError(f"unknown event type {event.type!r}")
+
+
+def _disposition(line: LineView, disposition: str, policy: Policy) -> Outcome:
+    """Rules 2-4: the final disposition decides the restock, the credit note and whether the line closes."""
+    disposition = str(disposition)
+    after = replace(line, state=_S.DISPOSITIONED, disposition=disposition)
+    steps: list[tuple[LineState, LineState]] = [(_S.GRADED, _S.DISPOSITIONED)]
+    received = line.quantity_received or 0
+    fraction = policy.credit_fraction(disposition)
+    actions: list[ActionKind] = []
+
+    if disposition == Disposition.REJECTED:
+        # inspection rejection never credits and never restocks, whatever the policy table says
+        steps.append((_S.DISPOSITIONED, _S.REJECTED))
+        return Outcome(line=replace(after, state=_S.REJECTED), transitions=tuple(steps), actions=())
+
+    if (disposition == Disposition.RESTOCKED and line.grade in policy.sellable_grades and received > 0):
+        actions.append(ActionKind.INVENTORY)
+
+    if received == 0:
+        final = _S.CLOSED                      # nothing came back, so nothing is owed
+    elif fraction is None:
+        final = _S.DISPOSITIONED               # held by policy: no credit note until the policy says so
+    elif fraction == 0:
+        final = _S.CLOSED                      # rule 4: the policy says none is owed
+    else:
+        final = _S.DISPOSITIONED
+        actions.append(ActionKind.CREDIT_NOTE)
+    if final != _S.DISPOSITIONED:
+        steps.append((_S.DISPOSITIONED, final))
+    return Outcome(line=replace(after, state=final), transitions=tuple(steps), actions=tuple(actions))
+
+
+def _sort_key(event: LineEvent):
+    return (event.occurred_at, EVENT_ORDER[EventType(event.type)], event.event_id)
+
+
+def replay(line: LineView, events: Iterable[LineEvent],
+           policy: Policy) -> tuple[LineView, list[tuple[LineEvent, Outcome]]]:
+    """Apply a line's events in lifecycle order; after the first hold, hold the rest (never guess the order).
+
+    The sync passes the line's held events plus the new ones on every run, so a hold resolves itself
+    once the missing event arrives. The same event id given twice is applied once (the second copy is
+    reported as ignored).
+    """
+    current = line
+    results: list[tuple[LineEvent, Outcome]] = []
+    held_by: LineEvent | None = None
+    seen: set[str] = set()
+    for event in sorted(events, key=_sort_key):
+        if event.event_id in seen:
+            results.append((event, _ignore(current, f"event {event.event_id} given twice")))
+            continue
+        seen.add(event.event_id)
+        if held_by is not None:
+            results.append((event, _hold(current, f"waits for held event {held_by.event_id} ({held_by.type})")))
+            continue
+        outcome = apply_event(current, event, policy)
+        if outcome.hold is not None:
+            held_by = event
+        current = outcome.line
+        results.append((event, outcome))
+    return current, results
+
+
+def on_credit_submitted(line: LineView) -> Outcome:
+    """Amazon took the credit note (202): DISPOSITIONED -> CREDIT_SUBMITTED."""
+    _check_line(line)
+    state = LineState(line.state)
+    if state == _S.DISPOSITIONED:
+        return Outcome(line=replace(line, state=_S.CREDIT_SUBMITTED),
+                       transitions=((state, _S.CREDIT_SUBMITTED),), actions=())
+    if _RANK[state] > _RANK[_S.DISPOSITIONED]:
+        return _ignore(line, f"credit note already past submission (line is {state})")
+    raise ValueError(f"a credit note cannot be submitted for a line that is {state} (rule 3)")
+
+
+def on_credit_result(line: LineView, accepted: bool) -> Outcome:
+    """Amazon's transaction status for the credit note: Success closes the line (rule 4), Failure rejects it."""
+    _check_line(line)
+    state = LineState(line.state)
+    if state not in (_S.DISPOSITIONED, _S.CREDIT_SUBMITTED):
+        if _RANK[state] > _RANK[_S.CREDIT_SUBMITTED]:
+            return _ignore(line, f"credit result already recorded (line is {state})")
+        raise ValueError(f"a credit result cannot arrive for a line that is {state}")
+    steps: list[tuple[LineState, LineState]] = []
+    if state == _S.DISPOSITIONED:              # the submission was not recorded (lost response): pass through it
+        steps.append((_S.DISPOSITIONED, _S.CREDIT_SUBMITTED))
+    if accepted:
+        steps += [(_S.CREDIT_SUBMITTED, _S.CREDIT_ACCEPTED), (_S.CREDIT_ACCEPTED, _S.CLOSED)]
+        return Outcome(line=replace(line, state=_S.CLOSED), transitions=tuple(steps), actions=())
+    steps.append((_S.CREDIT_SUBMITTED, _S.REJECTED))
+    return Outcome(line=replace(line, state=_S.REJECTED), transitions=tuple(steps), actions=(),
+                   raised=((ExceptionType.AMAZON_REJECTED, "Amazon answered the credit note with Failure"),))
+
+
+def credit_unit_amount(unit_cost: Decimal, fraction: Decimal) -> Decimal:
+    """Credit per unit: unit cost times the policy fraction, to the penny (half up, as finance rounds)."""
+    return (Decimal(str(unit_cost)) * Decimal(str(fraction))).quantize(_CENT, rounding=ROUND_HALF_UP)
+
+
+__all__ = ["Policy", "LineView", "LineEvent", "Outcome", "EVENT_ORDER", "apply_event", "replay",
+           "on_credit_submitted", "on_credit_result", "credit_unit_amount"]

@@ -1,0 +1,229 @@
+"""The scenario runner behind ``make demo``: a whole month through Airflow itself.
+
+Starts from a clean ledger (unless told to keep it), loads reference data from
+the scenario, starts both simulators, then runs ``returns_sync`` with
+``dag.test()`` for every day of the scenario (applying the scenario's manual
+operations through the same commands an operator uses), then the month-end
+close run of ``returns_reconciliation``, and writes the run outputs of
+scenarios/README.md into the output folder.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+from returnledger.store import db, migrate
+
+log = logging.getLogger(__name__)
+
+EXCEPTION_COLUMNS = ["exception_id", "type", "owner", "status", "return_id", "line", "sku", "amazon_return_id",
+                     "opened_at", "resolved_at", "detail"]
+
+
+def _day(text: str) -> date:
+    return date.fromisoformat(text)
+
+
+def _utc(d: date) -> datetime:
+    return datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
+
+
+def prepare_airflow(dsn: str, sandbox, home: Path, *, out_dir: Path) -> None:
+    """Point an isolated Airflow (own home, own metadata database) at this run's ledger and sandbox."""
+    from returnledger.settings import apply_env, load_settings
+
+    home.mkdir(parents=True, exist_ok=True)
+    info = __import__("psycopg").conninfo.conninfo_to_dict(dsn)
+    ledger_conn = {"conn_type": "postgres", "host": info.get("host", "127.0.0.1"),
+                   "port": int(info.get("port") or 5432), "login": info.get("user", "postgres"),
+                   "schema": info.get("dbname", "postgres")}
+    if info.get("password"):
+        ledger_conn["password"] = info["password"]
+    overrides = {
+        "returns_db": ledger_conn,
+        "rebound_api": {"host": sandbox.rebound_url, "port": None},
+        "amazon_sp_api": {"host": sandbox.amazon_url, "port": None,
+                          "extra": {**sandbox.amazon_extra}},
+    }
+    settings = load_settings(overrides=overrides)
+    for key, value in list(settings["env"].items()):
+        if key.startswith("AIRFLOW_CONN_"):
+            conn = json.loads(value)
+            conn = {k: v for k, v in conn.items() if v is not None}
+            settings["env"][key] = json.dumps(conn)
+    apply_env(settings)
+    os.environ["AIRFLOW_HOME"] = str(home)
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "false")
+    os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(db.project_root() / "dags")
+    os.environ.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    os.environ["AIRFLOW_VAR_RETURNLEDGER_EXPORT_BASE"] = sandbox.landing_dir.as_uri()
+    os.environ["AIRFLOW_VAR_RETURNLEDGER_REPORT_BASE"] = out_dir.as_uri()
+    os.environ["AIRFLOW_VAR_RETURNLEDGER_DIGEST_DIR"] = str(out_dir / "digests")
+    os.environ["RETURNLEDGER_VALIDATION_DIR"] = str(out_dir / "validation")
+    if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in os.environ:
+        meta = db.with_database(dsn, "returnledger_airflow")
+        _ensure_database(dsn, "returnledger_airflow")
+        os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = _sqlalchemy_url(meta)
+    _airflow_db_migrate()
+
+
+def _ensure_database(dsn: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _sqlalchemy_url(dsn: str) -> str:
+    import psycopg
+    from urllib.parse import quote
+
+    i = psycopg.conninfo.conninfo_to_dict(dsn)
+    host = i.get("host", "127.0.0.1")
+    auth = quote(i.get("user", "postgres")) + (":" + quote(i["password"]) if i.get("password") else "")
+    if host.startswith("/"):
+        return f"postgresql+psycopg2://{auth}@/{i.get('dbname')}?host={quote(host)}&port={i.get('port') or 5432}"
+    return f"postgresql+psycopg2://{auth}@{host}:{i.get('port') or 5432}/{i.get('dbname')}"
+
+
+def _airflow_db_migrate() -> None:
+    """Create Airflow's own metadata tables (once per metadata database) and the project's pools."""
+    from airflow.utils.db import initdb  # noqa: F401 - make sure the ORM is importable before settings
+    from airflow import settings as af_settings
+    from airflow.utils import db as af_db
+
+    af_settings.configure_orm()
+    af_db.initdb()
+    from returnledger.settings import load_settings
+
+    from airflow.models.pool import Pool
+
+    for pool in load_settings()["pools"]:
+        Pool.create_or_update_pool(pool["name"], pool["slots"], pool["description"], include_deferred=False)
+
+
+def load_dag(dag_id: str):
+    """Parse one DAG file the way Airflow does (DagBag), failing loudly on import errors."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(db.project_root() / "dags" / f"{dag_id}.py"))
+    if dag_id not in bag.dags:
+        raise RuntimeError(f"DAG {dag_id} could not be loaded: {bag.import_errors}")
+    return bag.dags[dag_id]
+
+
+def run_dag(dag, day: date, conf: dict | None = None) -> str:
+    """Run one DAG run for ``day`` (logical date) in-process; returns the final state."""
+    dr = dag.test(logical_date=_utc(day), run_conf=conf or None)
+    state = str(getattr(dr, "state", "unknown"))
+    return state
+
+
+def export_exceptions(dsn: str, out_dir: Path) -> int:
+    with db.connect(dsn) as conn:
+        rows = conn.execute(f"SELECT {', '.join(EXCEPTION_COLUMNS)} FROM ledger.exception"
+                            " ORDER BY exception_id").fetchall()
+    with (out_dir / "exceptions.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(EXCEPTION_COLUMNS)
+        for r in rows:
+            w.writerow(["" if v is None else (v.isoformat() if isinstance(v, datetime) else v) for v in r])
+    return len(rows)
+
+
+def summary(dsn: str) -> dict:
+    with db.connect(dsn) as conn:
+        states = dict(conn.execute("SELECT state, count(*) FROM ledger.return_line GROUP BY 1 ORDER BY 1").fetchall())
+        exc = conn.execute("""SELECT type, owner, status, count(*) FROM ledger.exception
+                              GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""").fetchall()
+        credits = conn.execute("""SELECT count(DISTINCT document_id), COALESCE(sum(quantity), 0),
+                                         COALESCE(sum(quantity * unit_amount), 0)
+                                  FROM ledger.amazon_submission WHERE kind = 'CREDIT_NOTE'
+                                  AND status IN ('SUBMITTED', 'ACCEPTED', 'FAILED')""").fetchone()
+        accepted = conn.execute("""SELECT COALESCE(sum(quantity * unit_amount), 0) FROM ledger.amazon_submission
+                                   WHERE kind = 'CREDIT_NOTE' AND status = 'ACCEPTED'""").fetchone()[0]
+        recon = dict(conn.execute("""SELECT recon_status, count(*) FROM ledger.recon_result
+                                     WHERE period NOT LIKE 'daily:%%' GROUP BY 1 ORDER BY 1""").fetchall())
+    return {"lines_by_state": states,
+            "exceptions": [{"type": t, "owner": o, "status": s, "count": n} for t, o, s, n in exc],
+            "credit_notes_sent": credits[0], "units_credited": int(credits[1]),
+            "credited_gbp": str(credits[2]), "accepted_gbp": str(accepted), "recon": recon}
+
+
+def print_summary(s: dict, out=sys.stdout) -> None:
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p("\n== returnledger run summary ==")
+    p("Lines by state:")
+    for k, v in s["lines_by_state"].items():
+        p(f"  {k:<18}{v:>6}")
+    p("Exceptions by type / owner / status:")
+    for e in s["exceptions"]:
+        p(f"  {e['type']:<22}{e['owner']:<13}{e['status']:<10}{e['count']:>5}")
+    p(f"Credit notes sent: {s['credit_notes_sent']}  units credited: {s['units_credited']}  "
+      f"£ credited: {s['credited_gbp']}  £ accepted by Amazon: {s['accepted_gbp']}")
+    if s["recon"]:
+        p("Month-end reconciliation: " + ", ".join(f"{k} {v}" for k, v in s["recon"].items()))
+
+
+def run_scenario(scenario_path: Path, out_dir: Path, *, dsn: str | None = None, keep_db: bool = False,
+                 faults: bool = True, progress=print) -> dict:
+    """Run a whole scenario; returns the summary. Output files land in ``out_dir``."""
+    from returnledger import reference
+    from returnledger.sandbox.harness import run_sandbox
+    from returnledger.sandbox.scenario import load_scenario_dict
+
+    t0 = time.monotonic()
+    out_dir = out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("amazon_requests.jsonl", "rebound_created_returns.jsonl", "exceptions.csv",
+                 "month_end_report.csv", "month_end_report.html", "amazon_inventory.csv"):
+        (out_dir / name).unlink(missing_ok=True)
+    dsn = db.resolve_dsn(dsn)
+    if not keep_db:
+        migrate.reset(dsn)
+    migrate.migrate(dsn)
+    scenario = load_scenario_dict(scenario_path)
+    start, end = _day(scenario["run"]["from"]), _day(scenario["run"]["to"])
+    setup_at = _utc(start)
+    reference.load_reference(dsn, at=setup_at)
+    reference.load_scenario_reference(dsn, scenario, at=setup_at)
+    progress(f"scenario {scenario.get('name')}: {len(scenario['rebound']['returns'])} returns, "
+             f"{len(scenario['rebound']['events'])} events, days {start}..{end}")
+    ops_by_day: dict[str, list[dict]] = {}
+    for op in scenario.get("operations") or []:
+        ops_by_day.setdefault(op["on"], []).append(op)
+    with run_sandbox(scenario_path, out_dir, faults=faults) as sandbox:
+        prepare_airflow(dsn, sandbox, db.local_dir() / "airflow-demo", out_dir=out_dir)
+        sync_dag = load_dag("returns_sync")
+        day = start
+        while day <= end:
+            for op in ops_by_day.get(day.isoformat(), []):
+                reference.apply_operation(dsn, op, at=_utc(day), actor="operator (scenario)")
+                progress(f"  {day}: operator {op['action']} {op.get('rebound_reason') or op.get('sku')}")
+            t = time.monotonic()
+            state = run_dag(sync_dag, day)
+            progress(f"  {day}: returns_sync {state} ({time.monotonic() - t:.1f}s)")
+            if "success" not in state:
+                raise RuntimeError(f"returns_sync failed for {day}; see the task logs above")
+            day += timedelta(days=1)
+        recon_path = db.project_root() / "dags" / "returns_reconciliation.py"
+        if recon_path.exists():
+            recon_dag = load_dag("returns_reconciliation")
+            state = run_dag(recon_dag, end, {"close_period": scenario["run"]["close_period"]})
+            progress(f"  {end}: returns_reconciliation close {scenario['run']['close_period']} {state}")
+            if "success" not in state:
+                raise RuntimeError("returns_reconciliation failed; see the task logs above")
+        sandbox.dump()
+    export_exceptions(dsn, out_dir)
+    s = summary(dsn)
+    s["seconds"] = round(time.monotonic() - t0, 1)
+    (out_dir / "summary.json").write_text(json.dumps(s, indent=1, default=str))
+    return s

@@ -1,0 +1,816 @@
+"""The returns sync: ReBound events in, ledger updated, Amazon told only what is confirmed.
+
+Each step is a function over a DSN and a client, idempotent, and works in
+sets (COPY into a staging table, UNNEST updates). The DAG ``returns_sync``
+calls them in order; the benchmark and the tests call them directly.
+
+extract -> validate -> quarantine / apply -> push_inventory, push_credits -> confirm
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from hashlib import md5
+from pathlib import Path
+from typing import Any, Iterable
+
+import psycopg
+
+from returnledger import lifecycle
+from returnledger.exceptions import NewException, line_subject, raise_exceptions, resolve_open
+from returnledger.models import ActionKind, EventType, ExceptionType, LineState
+from returnledger.store.db import connect
+
+log = logging.getLogger(__name__)
+
+CURSOR_NAME = "rebound_events"
+SYSTEM_ACTOR = "returns_sync"
+RETURN_FETCH_BATCH = 200
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+LINE_EVENTS = {EventType.RECEIVED.value, EventType.GRADED.value, EventType.DISPOSITIONED.value}
+RETURN_EVENTS = {EventType.RETURN_CREATED.value, EventType.IN_TRANSIT.value}
+
+
+class SyncError(RuntimeError):
+    """A step finished its work but some items could not be processed; the task should fail and retry."""
+
+
+def batch_id_for(window_end: datetime) -> str:
+    return f"returns_sync:{window_end.astimezone(timezone.utc):%Y-%m-%dT%H:%M}Z"
+
+
+def _parse_time(v: Any) -> datetime | None:
+    if not isinstance(v, str):
+        return None
+    try:
+        t = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _whole(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    return None
+
+
+# --------------------------------------------------------------------------- extract
+
+def event_key(payload: Any) -> str:
+    """Dedupe key: the event id, or a hash of the body for an event that has none (still stored)."""
+    if isinstance(payload, dict) and isinstance(payload.get("event_id"), str) and payload["event_id"]:
+        return payload["event_id"]
+    body = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return "noid:" + md5(body.encode()).hexdigest()
+
+
+def _raw_rows(events: list[Any]) -> list[tuple]:
+    """One staging row per distinct event key, with the number of deliveries in this chunk."""
+    rows: dict[str, list] = {}
+    for p in events:
+        key = event_key(p)
+        if key in rows:
+            rows[key][3] += 1
+            continue
+        d = p if isinstance(p, dict) else {}
+        rid = d.get("return_id") if isinstance(d.get("return_id"), str) else None
+        rows[key] = [key, d.get("event_id") if isinstance(d.get("event_id"), str) else None,
+                     json.dumps(p, separators=(",", ":"), default=str), 1,
+                     _parse_time(d.get("delivered_at")) or _parse_time(d.get("occurred_at")),
+                     d.get("type") if isinstance(d.get("type"), str) else None, rid, _whole(d.get("line")),
+                     _parse_time(d.get("occurred_at"))]
+    return [tuple(r) for r in rows.values()]
+
+
+def land_raw(conn: psycopg.Connection, events: list[Any], *, window_end: datetime, batch_id: str) -> tuple[int, int]:
+    """COPY payloads as received into the append-only raw table; returns (new rows, repeat deliveries)."""
+    rows = _raw_rows(events)
+    conn.execute("""CREATE TEMP TABLE IF NOT EXISTS raw_stage (
+        event_key text, event_id text, payload text, deliveries int, delivered_at timestamptz,
+        event_type text, return_id text, line int, occurred_at timestamptz) ON COMMIT DELETE ROWS""")
+    with conn.cursor().copy("COPY raw_stage FROM STDIN") as copy:
+        for r in rows:
+            copy.write_row(r)
+    cur = conn.execute("""
+        INSERT INTO ledger.raw_event AS r (event_key, event_id, payload, deliveries, delivered_at, received_at,
+                                           batch_id, event_type, return_id, line, occurred_at)
+        SELECT event_key, event_id, payload::jsonb, deliveries, delivered_at, %s, %s, event_type, return_id,
+               line, occurred_at
+        FROM raw_stage
+        ON CONFLICT (event_key) DO UPDATE SET deliveries = r.deliveries + EXCLUDED.deliveries
+        RETURNING (xmax = 0) AS inserted""", (window_end, batch_id))
+    flags = [row[0] for row in cur.fetchall()]
+    new = sum(flags)
+    return new, len(events) - new
+
+
+def _set_cursor(conn, position: str, *, at: datetime, batch_id: str) -> None:
+    conn.execute("""INSERT INTO ledger.sync_cursor (name, position, updated_at, batch_id) VALUES (%s, %s, %s, %s)
+                    ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position,
+                    updated_at = EXCLUDED.updated_at, batch_id = EXCLUDED.batch_id""",
+                 (CURSOR_NAME, position, at, batch_id))
+
+
+def extract(dsn: str, client, *, window_end: datetime, batch_id: str, chunk: int = 20_000) -> dict:
+    """Read the feed from the stored cursor up to the window end; land raw rows, then move the cursor.
+
+    Raw rows and the cursor move commit together per chunk, so a crash re-reads
+    at most one chunk, and the event-key dedupe absorbs the re-read.
+    """
+    stats = {"delivered": 0, "new": 0, "repeats": 0, "without_id": 0, "return_orders": 0, "unknown_returns": 0}
+    with connect(dsn) as conn:
+        _start_run(conn, batch_id, window_end)
+        row = conn.execute("SELECT position FROM ledger.sync_cursor WHERE name = %s", (CURSOR_NAME,)).fetchone()
+        cursor = row[0] if row else None
+        buffer: list[Any] = []
+        position = cursor
+
+        def flush():
+            with conn.transaction():
+                if buffer:
+                    new, repeats = land_raw(conn, buffer, window_end=window_end, batch_id=batch_id)
+                    stats["new"] += new
+                    stats["repeats"] += repeats
+                    stats["without_id"] += sum(1 for p in buffer if event_key(p).startswith("noid:"))
+                if position is not None and position != cursor:
+                    _set_cursor(conn, position, at=window_end, batch_id=batch_id)
+            buffer.clear()
+
+        for page in client.iter_event_pages(cursor, until=window_end):
+            buffer.extend(page.events)
+            stats["delivered"] += len(page.events)
+            position = page.next_cursor
+            if len(buffer) >= chunk:
+                flush()
+        flush()
+        found, missing = fetch_return_orders(conn, client)
+        stats["return_orders"], stats["unknown_returns"] = found, missing
+    log.info("extract %s: %s", batch_id, stats)
+    return stats
+
+
+def fetch_return_orders(conn: psycopg.Connection, client) -> tuple[int, int]:
+    """Fetch the return orders (with lines) that new events name and the ledger does not hold yet."""
+    ids = [r[0] for r in conn.execute("""
+        SELECT DISTINCT e.return_id FROM ledger.raw_event e
+        WHERE e.status = 'NEW' AND e.return_id IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM ledger.return_order o WHERE o.return_id = e.return_id)""")]
+    ids = [i for i in ids if _ID_RE.match(i)]
+    if not ids:
+        return 0, 0
+    found, missing = client.get_returns(ids)
+    store_return_orders(conn, found)
+    conn.commit()
+    return len(found), len(missing)
+
+
+def store_return_orders(conn: psycopg.Connection, orders: list[dict], source: str = "REBOUND",
+                        amazon_return_id: str | None = None) -> None:
+    """Upsert return orders and insert their lines as ANNOUNCED (existing lines keep their state)."""
+    if not orders:
+        return
+    o_cols = defaultdict(list)
+    l_cols = defaultdict(list)
+    for o in orders:
+        refs = o.get("amazon_refs") or {}
+        o_cols["return_id"].append(o["return_id"])
+        o_cols["order_reference"].append(o.get("order_reference"))
+        o_cols["created_at"].append(_parse_time(o.get("created_at")))
+        o_cols["returns_notice"].append(refs.get("returns_notice"))
+        o_cols["rma_id"].append(refs.get("rma_id"))
+        o_cols["vret"].append(refs.get("vret") or None)
+        o_cols["payload"].append(json.dumps(o, default=str))
+        for ln in o.get("lines") or []:
+            l_cols["return_id"].append(o["return_id"])
+            l_cols["line"].append(int(ln["line"]))
+            l_cols["sku"].append(ln["sku"])
+            l_cols["reason"].append(ln.get("reason") or "")
+            l_cols["quantity"].append(int(ln["quantity"]))
+    conn.execute("""
+        INSERT INTO ledger.return_order (return_id, order_reference, created_at, returns_notice, rma_id, vret,
+                                         payload, source, amazon_return_id)
+        SELECT *, %(source)s, %(arid)s FROM unnest(%(return_id)s::text[], %(order_reference)s::text[],
+              %(created_at)s::timestamptz[], %(returns_notice)s::text[], %(rma_id)s::text[], %(vret)s::text[],
+              %(payload)s::jsonb[])
+        ON CONFLICT (return_id) DO UPDATE SET payload = EXCLUDED.payload""",
+                 {**o_cols, "source": source, "arid": amazon_return_id})
+    if l_cols:
+        conn.execute("""
+            INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced)
+            SELECT * FROM unnest(%(return_id)s::text[], %(line)s::int[], %(sku)s::text[], %(reason)s::text[],
+                                 %(quantity)s::int[])
+            ON CONFLICT (return_id, line) DO NOTHING""", dict(l_cols))
+
+
+# --------------------------------------------------------------------------- validate
+
+def load_validation_reference(conn: psycopg.Connection, return_ids: Iterable[str]):
+    from returnledger.validation import Reference
+
+    ids = sorted({r for r in return_ids if r})
+    known = {r[0] for r in conn.execute(
+        "SELECT return_id FROM ledger.return_order WHERE return_id = ANY(%s)", (ids,))}
+    line_info = {f"{rid}|{ln}": (sku, reason) for rid, ln, sku, reason in conn.execute(
+        "SELECT return_id, line, sku, reason FROM ledger.return_line WHERE return_id = ANY(%s)", (ids,))}
+    mapped = {r[0] for r in conn.execute("SELECT rebound_reason FROM ledger.reason_mapping WHERE active")}
+    skus = {r[0] for r in conn.execute("SELECT sku FROM ledger.sku WHERE asin <> ''")}
+    return Reference(known_returns=known, known_lines=set(line_info), line_info=line_info,
+                     mapped_reasons=mapped, catalog_skus=skus)
+
+
+def validate(dsn: str, *, batch_id: str, result_dir: Path | None = None) -> dict:
+    """Run the GX events suite over every landed, unprocessed event; record per-row failures."""
+    from returnledger.validation import validate_events, write_result
+
+    with connect(dsn) as conn:
+        rows = conn.execute("""SELECT raw_id, payload FROM ledger.raw_event r WHERE status = 'NEW'
+                               AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f WHERE f.raw_id = r.raw_id)
+                               ORDER BY raw_id""").fetchall()
+        ref = load_validation_reference(conn, [p.get("return_id") for _, p in rows
+                                               if isinstance(p, dict) and isinstance(p.get("return_id"), str)])
+        outcome = validate_events(rows, ref)
+        if outcome.failed:
+            f = outcome.failed
+            conn.execute("""
+                INSERT INTO ledger.validation_failure (raw_id, batch_id, exception_type, detail, return_id, line, sku)
+                SELECT r, %s, t, d, rid, ln, s FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],
+                                                           %s::int[], %s::text[]) AS x(r, t, d, rid, ln, s)
+                ON CONFLICT (raw_id) DO NOTHING""",
+                         (batch_id, [v.raw_id for v in f], [str(v.exception_type) for v in f],
+                          [v.detail for v in f], [v.return_id for v in f], [v.line for v in f],
+                          [v.sku for v in f]))
+        conn.commit()
+        pending = conn.execute("SELECT count(*) FROM ledger.validation_failure f JOIN ledger.raw_event r"
+                               " USING (raw_id) WHERE r.status = 'NEW'").fetchone()[0]
+        held = conn.execute("SELECT count(*) FROM ledger.held_event").fetchone()[0]
+    if result_dir is not None:
+        write_result(outcome, result_dir, batch_id)
+    stats = {"rows": outcome.rows, "passed": len(outcome.passed), "failed": pending, "held": held}
+    log.info("validate %s: %s", batch_id, stats)
+    return stats
+
+
+def choose_branches(stats: dict) -> list[str]:
+    """Task ids to follow after validation: quarantine for failures, apply for passes or held events."""
+    out = []
+    if stats.get("failed"):
+        out.append("quarantine")
+    if stats.get("passed") or stats.get("held") or not out:
+        out.append("apply")
+    return out
+
+
+# --------------------------------------------------------------------------- quarantine
+
+def quarantine(dsn: str, *, batch_id: str, at: datetime) -> dict:
+    """One exception per failing row (per line for reference failures); hold the line's events."""
+    with connect(dsn) as conn, conn.transaction():
+        rows = conn.execute("""
+            SELECT f.raw_id, f.exception_type, f.detail, f.return_id, f.line, f.sku
+            FROM ledger.validation_failure f JOIN ledger.raw_event r USING (raw_id)
+            WHERE r.status = 'NEW' ORDER BY f.raw_id""").fetchall()
+        invalid, held = [], []
+        for raw_id, etype, detail, rid, ln, sku in rows:
+            if etype == ExceptionType.INVALID_EVENT:
+                invalid.append(NewException(ExceptionType.INVALID_EVENT, f"raw:{raw_id}", detail, return_id=rid,
+                                            line=ln, sku=sku, raw_id=raw_id))
+            else:
+                held.append((raw_id, ExceptionType(etype), detail, rid, ln, sku))
+        raise_exceptions(conn, invalid, at=at, batch_id=batch_id)
+        line_ex = {}
+        for raw_id, etype, detail, rid, ln, sku in held:
+            line_ex.setdefault((etype, line_subject(rid, ln)),
+                               NewException(etype, line_subject(rid, ln), detail, return_id=rid, line=ln, sku=sku))
+        raise_exceptions(conn, list(line_ex.values()), at=at, batch_id=batch_id)
+        _hold(conn, [(raw_id, rid, ln, etype) for raw_id, etype, _, rid, ln, _ in held], at=at)
+        if invalid:
+            conn.execute("UPDATE ledger.raw_event SET status = 'INVALID', status_detail = d FROM"
+                         " unnest(%s::bigint[], %s::text[]) AS x(id, d) WHERE raw_id = x.id",
+                         ([e.raw_id for e in invalid], [e.detail for e in invalid]))
+    stats = {"invalid": len(invalid), "held": len(held), "lines_held": len(line_ex)}
+    log.info("quarantine %s: %s", batch_id, stats)
+    return stats
+
+
+def _hold(conn, items: list[tuple[int, str, int, ExceptionType]], *, at: datetime) -> None:
+    """Record held events against the open exception of their line."""
+    if not items:
+        return
+    conn.execute("""
+        INSERT INTO ledger.held_event (raw_id, return_id, line, reason, exception_id, held_at)
+        SELECT x.raw_id, x.rid, x.ln, x.reason, e.exception_id, %s
+        FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[]) AS x(raw_id, rid, ln, reason)
+        LEFT JOIN ledger.exception e ON e.status = 'open' AND e.type = x.reason
+             AND e.subject_key = x.rid || '|' || x.ln
+        ON CONFLICT (raw_id) DO UPDATE SET reason = EXCLUDED.reason, exception_id = EXCLUDED.exception_id""",
+                 (at, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items],
+                  [str(i[3]) for i in items]))
+    conn.execute("UPDATE ledger.raw_event SET status = 'HELD', status_detail = x.reason FROM"
+                 " unnest(%s::bigint[], %s::text[]) AS x(id, reason) WHERE raw_id = x.id",
+                 ([i[0] for i in items], [str(i[3]) for i in items]))
+
+
+# --------------------------------------------------------------------------- apply
+
+@dataclass
+class _Ev:
+    raw_id: int
+    return_id: str
+    line: int | None
+    event: Any  # lifecycle.LineEvent
+
+
+def _line_event(raw_id: int, p: dict) -> lifecycle.LineEvent:
+    return lifecycle.LineEvent(event_id=p["event_id"], type=EventType(p["type"]),
+                               occurred_at=_parse_time(p["occurred_at"]), quantity=p.get("quantity"),
+                               grade=p.get("grade"), disposition=p.get("disposition"))
+
+
+def release_reference_holds(conn: psycopg.Connection, *, at: datetime) -> int:
+    """Resolve UNMAPPED_REASON_CODE / SKU_MISMATCH exceptions whose mapping or SKU now exists."""
+    fixed = conn.execute("""
+        SELECT e.type, e.subject_key FROM ledger.exception e
+        JOIN ledger.return_line l ON l.return_id = e.return_id AND l.line = e.line
+        WHERE e.status = 'open' AND (
+              (e.type = 'UNMAPPED_REASON_CODE'
+               AND EXISTS (SELECT 1 FROM ledger.reason_mapping m WHERE m.rebound_reason = l.reason AND m.active))
+           OR (e.type = 'SKU_MISMATCH'
+               AND EXISTS (SELECT 1 FROM ledger.sku s WHERE s.sku = l.sku AND s.asin <> '')))""").fetchall()
+    n = 0
+    for etype in (ExceptionType.UNMAPPED_REASON_CODE, ExceptionType.SKU_MISMATCH):
+        keys = [k for t, k in fixed if t == etype]
+        n += resolve_open(conn, etype, keys, at=at, actor=SYSTEM_ACTOR,
+                          resolution="released: the reference data now covers the line")
+    return n
+
+
+def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> dict:
+    """Lifecycle rules over passing events plus every held event that may now go on."""
+    stats = defaultdict(int)
+    with connect(dsn) as conn, conn.transaction():
+        policy = _load_policy(conn)
+        stats["released_exceptions"] = release_reference_holds(conn, at=at)
+        # events to (re)apply: new passing events, and held events of lines no longer blocked by reference data
+        rows = conn.execute("""
+            SELECT r.raw_id, r.payload, (h.raw_id IS NOT NULL) AS was_held
+            FROM ledger.raw_event r LEFT JOIN ledger.held_event h USING (raw_id)
+            WHERE (r.status = 'NEW' AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f
+                                                      WHERE f.raw_id = r.raw_id))
+               OR (r.status = 'HELD' AND NOT EXISTS (
+                     SELECT 1 FROM ledger.exception e WHERE e.status = 'open'
+                       AND e.type IN ('UNMAPPED_REASON_CODE', 'SKU_MISMATCH')
+                       AND e.return_id = r.return_id AND e.line = r.line))
+            ORDER BY r.raw_id""").fetchall()
+        blocked = {(rid, ln): (etype, ex_id) for rid, ln, etype, ex_id in conn.execute("""
+            SELECT return_id, line, type, exception_id FROM ledger.exception
+            WHERE status = 'open' AND type IN ('UNMAPPED_REASON_CODE', 'SKU_MISMATCH')""")}
+        line_events: dict[tuple[str, int], list[_Ev]] = defaultdict(list)
+        return_events: dict[str, list[_Ev]] = defaultdict(list)
+        to_hold: list[tuple[int, str, int, ExceptionType]] = []
+        held_ids = {raw_id for raw_id, _, was_held in rows if was_held}
+        for raw_id, p, _ in rows:
+            ev = _Ev(raw_id, p["return_id"], p.get("line"), _line_event(raw_id, p))
+            if p["type"] in RETURN_EVENTS:
+                return_events[ev.return_id].append(ev)
+            elif (ev.return_id, ev.line) in blocked:  # rows of a line with an open exception are held
+                to_hold.append((raw_id, ev.return_id, ev.line, ExceptionType(blocked[(ev.return_id, ev.line)][0])))
+            else:
+                line_events[(ev.return_id, ev.line)].append(ev)
+        lines = _load_lines(conn, {k[0] for k in line_events} | set(return_events))
+        changes = _Changes()
+        # return-level milestones first: they never hold and never earn anything
+        lines_of: dict[str, list[int]] = defaultdict(list)
+        for lrid, ln in lines:
+            lines_of[lrid].append(ln)
+        for rid, evs in return_events.items():
+            for ln in lines_of.get(rid, []):
+                view = lines[(rid, ln)]
+                for ev in sorted(evs, key=lambda e: e.event.occurred_at):
+                    out = lifecycle.apply_event(view, ev.event, policy)
+                    changes.record(rid, ln, ev, out)
+                    view = out.line
+                lines[(rid, ln)] = view
+            changes.done.extend(e.raw_id for e in evs)
+        for (rid, ln), evs in line_events.items():
+            view = lines.get((rid, ln))
+            if view is None:  # cannot happen for validated events; keep them visible instead of guessing
+                to_hold.extend((e.raw_id, rid, ln, ExceptionType.OUT_OF_SEQUENCE) for e in evs)
+                continue
+            final, results = lifecycle.replay(view, [e.event for e in evs], policy)
+            by_event = {id(e.event): e for e in evs}
+            for event, out in results:
+                ev = by_event[id(event)]
+                if out.hold is not None:
+                    to_hold.append((ev.raw_id, rid, ln, out.hold))
+                    continue
+                changes.record(rid, ln, ev, out)
+                changes.done.append(ev.raw_id)
+            lines[(rid, ln)] = final
+        stats.update(_write_apply(conn, lines, changes, to_hold, held_ids, policy, batch_id=batch_id, at=at,
+                                  currency=currency))
+    log.info("apply %s: %s", batch_id, dict(stats))
+    return dict(stats)
+
+
+class _Changes:
+    def __init__(self):
+        self.history: list[tuple] = []
+        self.actions: list[tuple[str, int, ActionKind]] = []
+        self.raised: list[NewException] = []
+        self.ignored: dict[int, str] = {}
+        self.done: list[int] = []
+        self.touched: set[tuple[str, int]] = set()
+        self.received_at: dict[tuple[str, int], datetime] = {}
+        self.dispositioned_at: dict[tuple[str, int], datetime] = {}
+        self.last_event: dict[tuple[str, int], str] = {}
+
+    def record(self, rid: str, ln: int, ev: _Ev, out) -> None:
+        key = (rid, ln)
+        for frm, to in out.transitions:
+            self.history.append((rid, ln, str(frm), str(to), ev.event.event_id, str(ev.event.type)))
+        if out.transitions:
+            self.touched.add(key)
+            self.last_event[key] = ev.event.event_id
+            if ev.event.type == EventType.RECEIVED:
+                self.received_at[key] = ev.event.occurred_at
+            if ev.event.type == EventType.DISPOSITIONED:
+                self.dispositioned_at[key] = ev.event.occurred_at
+        for kind in out.actions:
+            self.actions.append((rid, ln, kind))
+        for etype, detail in out.raised:
+            self.raised.append(NewException(etype, line_subject(rid, ln), detail, return_id=rid, line=ln))
+        if out.ignored and not out.transitions:
+            self.ignored[ev.raw_id] = out.ignored
+
+
+def _load_policy(conn) -> "lifecycle.Policy":
+    from returnledger.reference import load_policy
+
+    return load_policy(conn)
+
+
+def _load_lines(conn, return_ids: set[str]) -> dict[tuple[str, int], Any]:
+    rows = conn.execute("""SELECT return_id, line, state, quantity_announced, quantity_received, grade, disposition
+                           FROM ledger.return_line WHERE return_id = ANY(%s)""", (sorted(return_ids),)).fetchall()
+    return {(r[0], r[1]): lifecycle.LineView(state=LineState(r[2]), quantity_announced=r[3],
+                                             quantity_received=r[4], grade=r[5], disposition=r[6])
+            for r in rows}
+
+
+def _write_apply(conn, lines, ch: _Changes, to_hold, held_ids, policy, *, batch_id, at, currency) -> dict:
+    keys = sorted(ch.touched)
+    if keys:
+        conn.execute("""
+            UPDATE ledger.return_line l SET state = x.state, quantity_received = x.qr, grade = x.grade,
+                   disposition = x.disp, received_at = COALESCE(x.rat, l.received_at),
+                   dispositioned_at = COALESCE(x.dat, l.dispositioned_at), updated_at = %s, last_event_id = x.ev
+            FROM unnest(%s::text[], %s::int[], %s::text[], %s::int[], %s::text[], %s::text[], %s::timestamptz[],
+                        %s::timestamptz[], %s::text[]) AS x(rid, ln, state, qr, grade, disp, rat, dat, ev)
+            WHERE l.return_id = x.rid AND l.line = x.ln""",
+                     (at, [k[0] for k in keys], [k[1] for k in keys], [str(lines[k].state) for k in keys],
+                      [lines[k].quantity_received for k in keys], [lines[k].grade for k in keys],
+                      [lines[k].disposition for k in keys], [ch.received_at.get(k) for k in keys],
+                      [ch.dispositioned_at.get(k) for k in keys], [ch.last_event.get(k) for k in keys]))
+    if ch.history:
+        h = ch.history
+        conn.execute("""
+            INSERT INTO ledger.line_history (return_id, line, from_state, to_state, event_id, cause, batch_id, at)
+            SELECT rid, ln, f, t, ev, c, %s, %s FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[],
+                   %s::text[], %s::text[]) AS x(rid, ln, f, t, ev, c)
+            ON CONFLICT DO NOTHING""",
+                     (batch_id, at, [x[0] for x in h], [x[1] for x in h], [x[2] for x in h], [x[3] for x in h],
+                      [x[4] for x in h], [x[5] for x in h]))
+    outbox = _write_outbox(conn, lines, ch.actions, policy, batch_id=batch_id, at=at, currency=currency)
+    # holds: OUT_OF_SEQUENCE exceptions for lines that now wait; resolve those whose wait is over
+    oos = {}
+    for raw_id, rid, ln, etype in to_hold:
+        if etype == ExceptionType.OUT_OF_SEQUENCE:
+            oos.setdefault((rid, ln), NewException(
+                ExceptionType.OUT_OF_SEQUENCE, line_subject(rid, ln),
+                "an event arrived before the event it follows (e.g. a disposition before the receipt); "
+                "held until the missing event arrives", return_id=rid, line=ln))
+    raise_exceptions(conn, list(oos.values()) + ch.raised, at=at, batch_id=batch_id)
+    _hold(conn, to_hold, at=at)
+    done = ch.done
+    if done:
+        conn.execute("DELETE FROM ledger.held_event WHERE raw_id = ANY(%s)", (done,))
+        conn.execute("""UPDATE ledger.raw_event SET status = CASE WHEN raw_id = ANY(%s) THEN 'IGNORED' ELSE 'APPLIED' END,
+                        status_detail = NULL WHERE raw_id = ANY(%s)""", (list(ch.ignored), done))
+        if ch.ignored:
+            conn.execute("UPDATE ledger.raw_event SET status_detail = x.d FROM unnest(%s::bigint[], %s::text[])"
+                         " AS x(id, d) WHERE raw_id = x.id", (list(ch.ignored), list(ch.ignored.values())))
+    waiting = {(r[0], r[1]) for r in conn.execute(
+        "SELECT DISTINCT return_id, line FROM ledger.held_event WHERE reason = 'OUT_OF_SEQUENCE'")}
+    cleared = [line_subject(rid, ln) for rid, ln in ch.touched if (rid, ln) not in waiting]
+    resolved = resolve_open(conn, ExceptionType.OUT_OF_SEQUENCE, cleared, at=at, actor=SYSTEM_ACTOR,
+                            resolution="released: the missing event arrived and the line went on in order")
+    return {"applied": len(done) - len(ch.ignored), "ignored": len(ch.ignored), "held": len(to_hold),
+            "released_from_hold": len(held_ids & set(done)), "lines_changed": len(keys),
+            "out_of_sequence_resolved": resolved, **outbox}
+
+
+def _write_outbox(conn, lines, actions, policy, *, batch_id, at, currency) -> dict:
+    """Outbox rows with deterministic idempotency keys; restocks also raise the warehouse stock."""
+    if not actions:
+        return {"credit_actions": 0, "inventory_actions": 0}
+    info = {(r[0], r[1]): r[2:] for r in conn.execute("""
+        SELECT l.return_id, l.line, l.sku, s.asin, s.unit_cost, o.returns_notice
+        FROM ledger.return_line l JOIN ledger.return_order o USING (return_id)
+        LEFT JOIN ledger.sku s ON s.sku = l.sku
+        WHERE (l.return_id, l.line) IN (SELECT * FROM unnest(%s::text[], %s::int[]))""",
+        ([a[0] for a in actions], [a[1] for a in actions]))}
+    rows = []
+    first_line: dict[tuple[str, str], int] = {}
+    for rid, ln, kind in actions:
+        if kind == ActionKind.CREDIT_NOTE:
+            first_line[(rid, "doc")] = min(first_line.get((rid, "doc"), ln), ln)
+    for rid, ln, kind in sorted(actions):
+        sku, asin, unit_cost, notice = info[(rid, ln)]
+        view = lines[(rid, ln)]
+        qty = view.quantity_received
+        if kind == ActionKind.CREDIT_NOTE:
+            fraction = policy.credit_fraction(view.disposition)
+            unit = lifecycle.credit_unit_amount(Decimal(unit_cost), Decimal(fraction))
+            doc = f"CN-{notice or rid}-{first_line[(rid, 'doc')]}"
+            rows.append((f"credit:{rid}:{ln}", str(kind), rid, ln, sku, asin, qty, unit, currency, doc))
+        else:
+            rows.append((f"inventory:{rid}:{ln}", str(kind), rid, ln, sku, asin, qty, None, None, None))
+    cols = list(zip(*rows))
+    inserted = conn.execute("""
+        INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity,
+                                              unit_amount, currency, document_id, created_at, created_batch)
+        SELECT k, kind, rid, ln, sku, asin, q, u, c, d, %s, %s
+        FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::text[], %s::text[], %s::int[],
+                    %s::numeric[], %s::text[], %s::text[]) AS x(k, kind, rid, ln, sku, asin, q, u, c, d)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING kind, sku, quantity""", (at, batch_id, *[list(c) for c in cols])).fetchall()
+    restock = defaultdict(int)
+    for kind, sku, qty in inserted:
+        if kind == ActionKind.INVENTORY:
+            restock[sku] += qty
+    if restock:
+        conn.execute("""UPDATE ledger.sku s SET available = s.available + x.q, updated_at = %s, updated_by = %s
+                        FROM unnest(%s::text[], %s::int[]) AS x(sku, q) WHERE s.sku = x.sku""",
+                     (at, SYSTEM_ACTOR, list(restock), list(restock.values())))
+    return {"credit_actions": sum(1 for k, _, _ in inserted if k == ActionKind.CREDIT_NOTE),
+            "inventory_actions": sum(1 for k, _, _ in inserted if k == ActionKind.INVENTORY)}
+
+
+# --------------------------------------------------------------------------- push
+
+def _money(v: Decimal) -> str:
+    return str(Decimal(v).quantize(Decimal("0.01")))
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_credit_note(doc_id: str, rows: list[dict], *, party_id: str) -> dict:
+    """The submitInvoices CreditNote for one returns notice (fields of scenarios/README.md).
+
+    Built only from stored outbox rows, so a resubmission is byte-for-byte the same credit note.
+    """
+    first = rows[0]
+    currency = first["currency"]
+    total = sum((Decimal(r["unit_amount"]) * r["quantity"] for r in rows), Decimal("0"))
+    details = {"returnsReferenceNumber": first["returns_notice"],
+               "goodsReturnDate": _iso(max(r["received_at"] for r in rows))}
+    if first.get("rma_id"):
+        details["rmaId"] = first["rma_id"]
+    if first.get("vret"):
+        details["consignorsReferenceNumber"] = first["vret"]
+    return {
+        "invoiceType": "CreditNote", "id": doc_id, "date": _iso(first["created_at"]),
+        "remitToParty": {"partyId": party_id},
+        "invoiceTotal": {"currencyCode": currency, "amount": _money(total)},
+        "creditNoteDetails": details,
+        "items": [{"itemSequenceNumber": i, "amazonProductIdentifier": r["asin"],
+                   "vendorProductIdentifier": r["sku"],
+                   "invoicedQuantity": {"amount": r["quantity"], "unitOfMeasure": "Eaches"},
+                   "netCost": {"currencyCode": currency, "amount": _money(r["unit_amount"])}}
+                  for i, r in enumerate(rows, start=1)],
+    }
+
+
+def push_credits(dsn: str, client, *, party_id: str, at: datetime, batch_id: str) -> dict:
+    """Send every pending credit note, one credit note per submitInvoices call.
+
+    One note per call keeps Amazon's transaction status unambiguous per note (a
+    Failure or a stuck Processing for one returns notice never drags another
+    note with it). A retried or rerun submission reuses the stored credit-note id.
+    """
+    from returnledger.clients.amazon import AmazonRequestError
+
+    stats = {"credit_notes": 0, "lines": 0, "calls": 0, "failed": 0, "rejected": 0}
+    with connect(dsn) as conn:
+        cur = conn.execute("""
+            SELECT s.submission_id, s.document_id, s.return_id, s.line, s.sku, s.asin, s.quantity, s.unit_amount,
+                   s.currency, s.created_at, o.returns_notice, o.rma_id, o.vret, l.received_at
+            FROM ledger.amazon_submission s JOIN ledger.return_order o USING (return_id)
+            JOIN ledger.return_line l USING (return_id, line)
+            WHERE s.kind = 'CREDIT_NOTE' AND s.status = 'PENDING' ORDER BY s.document_id, s.line""")
+        names = [d.name for d in cur.description]
+        notes: dict[str, list[dict]] = defaultdict(list)
+        for r in cur.fetchall():
+            row = dict(zip(names, r))
+            notes[row["document_id"]].append(row)
+        conn.commit()
+        errors = []
+        for doc_id, rows in notes.items():
+            ids = [r["submission_id"] for r in rows]
+            conn.execute("UPDATE ledger.amazon_submission SET attempts = attempts + 1 WHERE submission_id = ANY(%s)",
+                         (ids,))
+            conn.commit()
+            stats["calls"] += 1
+            try:
+                tx = client.submit_invoices([build_credit_note(doc_id, rows, party_id=party_id)])
+            except AmazonRequestError as e:  # Amazon refused the body: an integration problem, not transient
+                _reject(conn, rows, json.dumps(getattr(e, "errors", None) or str(e), default=str), at=at,
+                        batch_id=batch_id)
+                stats["rejected"] += 1
+                continue
+            except Exception as e:  # noqa: BLE001 - keep going; the task fails at the end and retries
+                conn.execute("UPDATE ledger.amazon_submission SET last_error = %s WHERE submission_id = ANY(%s)",
+                             (f"{type(e).__name__}: {e}"[:2000], ids))
+                conn.commit()
+                errors.append(doc_id)
+                stats["failed"] += 1
+                continue
+            with conn.transaction():
+                conn.execute("""UPDATE ledger.amazon_submission SET status = 'SUBMITTED', transaction_id = %s,
+                                submitted_at = %s, last_error = NULL WHERE submission_id = ANY(%s)""", (tx, at, ids))
+                _transition(conn, [(r["return_id"], r["line"]) for r in rows], lifecycle.on_credit_submitted,
+                            cause="CREDIT_SUBMITTED", at=at, batch_id=batch_id)
+            stats["credit_notes"] += 1
+            stats["lines"] += len(rows)
+    log.info("push_credits %s: %s", batch_id, stats)
+    if errors:
+        raise SyncError(f"{len(errors)} credit notes could not be sent (kept pending, same ids on retry): "
+                        f"{errors[:5]}")
+    return stats
+
+
+def push_inventory(dsn: str, client, *, warehouse_id: str, party_id: str, at: datetime, batch_id: str,
+                   items_per_call: int = 100) -> dict:
+    """Send the new absolute available quantity of every SKU with pending restocks, in batches."""
+    stats = {"skus": 0, "lines": 0, "calls": 0, "failed": 0}
+    with connect(dsn) as conn:
+        rows = conn.execute("""
+            SELECT s.sku, s.available, array_agg(a.submission_id ORDER BY a.submission_id)
+            FROM ledger.amazon_submission a JOIN ledger.sku s ON s.sku = a.sku
+            WHERE a.kind = 'INVENTORY' AND a.status = 'PENDING' GROUP BY s.sku, s.available ORDER BY s.sku""").fetchall()
+        conn.commit()
+        errors = []
+        for i in range(0, len(rows), items_per_call):
+            chunk = rows[i:i + items_per_call]
+            ids = [sid for r in chunk for sid in r[2]]
+            items = [{"vendorProductIdentifier": sku, "availableQuantity": {"amount": int(avail),
+                                                                           "unitOfMeasure": "Each"},
+                      "isObsolete": False} for sku, avail, _ in chunk]
+            conn.execute("UPDATE ledger.amazon_submission SET attempts = attempts + 1 WHERE submission_id = ANY(%s)",
+                         (ids,))
+            conn.commit()
+            stats["calls"] += 1
+            try:
+                tx = client.submit_inventory_update(warehouse_id, selling_party_id=party_id, items=items)
+            except Exception as e:  # noqa: BLE001 - absolute quantities: resending later is harmless
+                conn.execute("UPDATE ledger.amazon_submission SET last_error = %s WHERE submission_id = ANY(%s)",
+                             (f"{type(e).__name__}: {e}"[:2000], ids))
+                conn.commit()
+                errors.append(i)
+                stats["failed"] += 1
+                continue
+            conn.execute("""UPDATE ledger.amazon_submission SET status = 'SUBMITTED', transaction_id = %s,
+                            submitted_at = %s, last_error = NULL WHERE submission_id = ANY(%s)""", (tx, at, ids))
+            conn.commit()
+            stats["skus"] += len(chunk)
+            stats["lines"] += len(ids)
+    log.info("push_inventory %s: %s", batch_id, stats)
+    if errors:
+        raise SyncError(f"{len(errors)} inventory batches could not be sent; they stay pending")
+    return stats
+
+
+def _reject(conn, rows: list[dict], error: str, *, at: datetime, batch_id: str) -> None:
+    with conn.transaction():
+        ids = [r["submission_id"] for r in rows]
+        conn.execute("""UPDATE ledger.amazon_submission SET status = 'FAILED', last_error = %s, resolved_at = %s
+                        WHERE submission_id = ANY(%s)""", (error, at, ids))
+        keys = [(r["return_id"], r["line"]) for r in rows]
+        _transition(conn, keys, lambda v: lifecycle.on_credit_result(v, accepted=False), cause="AMAZON_FAILURE",
+                    at=at, batch_id=batch_id)
+        raise_exceptions(conn, [NewException(ExceptionType.AMAZON_REJECTED, line_subject(rid, ln),
+                                             f"Amazon answered the credit note with Failure: {error}",
+                                             return_id=rid, line=ln, sku=r.get("sku"))
+                                for r, (rid, ln) in zip(rows, keys)], at=at, batch_id=batch_id)
+
+
+def _transition(conn, keys: list[tuple[str, int]], fn, *, cause: str, at: datetime, batch_id: str) -> None:
+    """Apply a system transition (credit submitted / accepted / refused) to lines, with history."""
+    if not keys:
+        return
+    lines = {(r[0], r[1]): lifecycle.LineView(state=LineState(r[2]), quantity_announced=r[3],
+                                              quantity_received=r[4], grade=r[5], disposition=r[6])
+             for r in conn.execute("""
+                SELECT return_id, line, state, quantity_announced, quantity_received, grade, disposition
+                FROM ledger.return_line WHERE (return_id, line) IN (SELECT * FROM unnest(%s::text[], %s::int[]))""",
+                ([k[0] for k in keys], [k[1] for k in keys]))}
+    upd, hist = [], []
+    for key, view in lines.items():
+        out = fn(view)
+        if not out.transitions:
+            continue
+        upd.append((key[0], key[1], str(out.line.state)))
+        hist.extend((key[0], key[1], str(f), str(t)) for f, t in out.transitions)
+    if not upd:
+        return
+    conn.execute("""UPDATE ledger.return_line l SET state = x.s, updated_at = %s
+                    FROM unnest(%s::text[], %s::int[], %s::text[]) AS x(rid, ln, s)
+                    WHERE l.return_id = x.rid AND l.line = x.ln""",
+                 (at, [u[0] for u in upd], [u[1] for u in upd], [u[2] for u in upd]))
+    conn.execute("""INSERT INTO ledger.line_history (return_id, line, from_state, to_state, cause, batch_id, at)
+                    SELECT rid, ln, f, t, %s, %s, %s FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[])
+                    AS x(rid, ln, f, t)""",
+                 (cause, batch_id, at, [h[0] for h in hist], [h[1] for h in hist], [h[2] for h in hist],
+                  [h[3] for h in hist]))
+
+
+# --------------------------------------------------------------------------- confirm
+
+def confirm(dsn: str, client, *, at: datetime, batch_id: str, rounds: int = 3, wait_s: float = 1.0) -> dict:
+    """Poll Amazon for submitted transactions: Success closes, Failure raises AMAZON_REJECTED."""
+    import time
+
+    stats = {"accepted": 0, "rejected": 0, "processing": 0, "inventory_accepted": 0, "inventory_failed": 0,
+             "polls": 0}
+    with connect(dsn) as conn:
+        for attempt in range(rounds):
+            pending = conn.execute("""
+                SELECT transaction_id, kind, array_agg(submission_id) FROM ledger.amazon_submission
+                WHERE status = 'SUBMITTED' AND transaction_id IS NOT NULL
+                GROUP BY transaction_id, kind ORDER BY transaction_id""").fetchall()
+            conn.commit()
+            if not pending:
+                break
+            still = 0
+            for tx, kind, ids in pending:
+                stats["polls"] += 1
+                status = (client.get_transaction(tx) if kind == ActionKind.CREDIT_NOTE
+                          else client.get_df_transaction(tx))
+                if status.status == "Success":
+                    _accept(conn, kind, ids, at=at, batch_id=batch_id)
+                    stats["accepted" if kind == ActionKind.CREDIT_NOTE else "inventory_accepted"] += 1
+                elif status.status == "Failure":
+                    err = json.dumps(status.errors, default=str)
+                    if kind == ActionKind.CREDIT_NOTE:
+                        rows = [dict(zip(("submission_id", "return_id", "line", "sku"), r)) for r in conn.execute(
+                            "SELECT submission_id, return_id, line, sku FROM ledger.amazon_submission"
+                            " WHERE submission_id = ANY(%s)", (ids,))]
+                        _reject(conn, rows, err, at=at, batch_id=batch_id)
+                        stats["rejected"] += 1
+                    else:
+                        with conn.transaction():
+                            conn.execute("""UPDATE ledger.amazon_submission SET status = 'FAILED', last_error = %s,
+                                            resolved_at = %s WHERE submission_id = ANY(%s)""", (err, at, ids))
+                        stats["inventory_failed"] += 1
+                else:
+                    still += 1
+            stats["processing"] = still
+            if still and attempt < rounds - 1:
+                time.sleep(wait_s)
+            else:
+                break
+    log.info("confirm %s: %s", batch_id, stats)
+    return stats
+
+
+def _accept(conn, kind: str, ids: list[int], *, at: datetime, batch_id: str) -> None:
+    with conn.transaction():
+        keys = conn.execute("""UPDATE ledger.amazon_submission SET status = 'ACCEPTED', resolved_at = %s
+                               WHERE submission_id = ANY(%s) RETURNING return_id, line""", (at, ids)).fetchall()
+        if kind == ActionKind.CREDIT_NOTE:
+            _transition(conn, [tuple(k) for k in keys], lambda v: lifecycle.on_credit_result(v, accepted=True),
+                        cause="AMAZON_SUCCESS", at=at, batch_id=batch_id)
+
+
+def finish_run(dsn: str, *, batch_id: str, window_end: datetime, stats: dict, at: datetime) -> None:
+    with connect(dsn) as conn:
+        _start_run(conn, batch_id, window_end)
+        conn.execute("UPDATE ledger.sync_run SET finished_at = %s, stats = %s::jsonb WHERE batch_id = %s",
+                     (at, json.dumps(stats, default=str), batch_id))
+        conn.commit()
+
+
+def _start_run(conn, batch_id: str, window_end: datetime) -> None:
+    conn.execute("""INSERT INTO ledger.sync_run (batch_id, window_end, started_at) VALUES (%s, %s, %s)
+                    ON CONFLICT (batch_id) DO NOTHING""", (batch_id, window_end, window_end))
+    conn.commit()

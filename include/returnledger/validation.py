@@ -1,0 +1,217 @@
+"""Great Expectations suites for ReBound events, and the per-row splitter.
+
+GX Core runs in an ephemeral context inside the task (imported lazily: it
+costs seconds to import). Each expectation is tagged with the exception type
+its failures raise; ``COMPLETE`` results with
+``unexpected_index_column_names=["raw_id"]`` give the failing rows, so one
+batch splits into passing rows and failing rows with a readable reason each.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from returnledger.models import Disposition, EventType, ExceptionType, Grade
+
+LINE_EVENT_TYPES = [EventType.RECEIVED.value, EventType.GRADED.value, EventType.DISPOSITIONED.value]
+RETURN_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+MAX_QUANTITY = 100_000
+
+
+@dataclass(frozen=True)
+class Check:
+    """One expectation, the exception type its failures raise, and how to explain a failure."""
+    name: str
+    exception_type: ExceptionType
+    kind: str                       # GX expectation class name
+    kwargs: dict[str, Any]
+    explain: str                    # format string with {value}
+
+
+@dataclass
+class Reference:
+    """What the checks compare against: ReBound's return orders and our reference tables."""
+    known_returns: set[str]
+    known_lines: set[str]           # 'RID|LINE'
+    line_info: dict[str, tuple[str, str]]   # 'RID|LINE' -> (sku, reason)
+    mapped_reasons: set[str]
+    catalog_skus: set[str]          # SKUs with an ASIN
+
+
+@dataclass
+class Verdict:
+    raw_id: int
+    exception_type: ExceptionType
+    detail: str
+    return_id: str | None = None
+    line: int | None = None
+    sku: str | None = None
+
+
+@dataclass
+class ValidationOutcome:
+    rows: int
+    passed: list[int]
+    failed: list[Verdict]
+    result_json: dict = field(repr=False, default_factory=dict)
+
+
+def build_checks(ref: Reference) -> list[Check]:
+    """The events suite, in priority order: schema and values first, then reference data."""
+    line_cond = {"row_condition": "is_line_event==True", "condition_parser": "pandas"}
+    ref_cond = {"row_condition": "check_reference==True", "condition_parser": "pandas"}
+
+    def typed(t: EventType) -> dict:
+        return {"row_condition": f'type=="{t.value}"', "condition_parser": "pandas"}
+
+    inv = ExceptionType.INVALID_EVENT
+    return [
+        Check("event_id_present", inv, "ExpectColumnValuesToNotBeNull", {"column": "event_id"},
+              "the event has no event_id"),
+        Check("type_known", inv, "ExpectColumnValuesToBeInSet",
+              {"column": "type", "value_set": [t.value for t in EventType]}, "unknown event type {value!r}"),
+        Check("type_present", inv, "ExpectColumnValuesToNotBeNull", {"column": "type"}, "the event has no type"),
+        Check("return_id_present", inv, "ExpectColumnValuesToNotBeNull", {"column": "return_id"},
+              "the event has no return_id"),
+        Check("return_id_shape", inv, "ExpectColumnValuesToMatchRegex",
+              {"column": "return_id", "regex": RETURN_ID_PATTERN}, "return_id {value!r} is not a ReBound id"),
+        Check("occurred_at_iso", inv, "ExpectColumnValuesToNotBeNull", {"column": "occurred_at"},
+              "occurred_at is missing or not an ISO-8601 timestamp"),
+        Check("line_present", inv, "ExpectColumnValuesToNotBeNull", {"column": "line", **line_cond},
+              "a line event without a valid line number"),
+        Check("line_positive", inv, "ExpectColumnValuesToBeBetween",
+              {"column": "line", "min_value": 1, **line_cond}, "line {value} is not a positive number"),
+        Check("quantity_present", inv, "ExpectColumnValuesToNotBeNull",
+              {"column": "quantity", **typed(EventType.RECEIVED)},
+              "RECEIVED without a whole-number quantity"),
+        Check("quantity_range", inv, "ExpectColumnValuesToBeBetween",
+              {"column": "quantity", "min_value": 0, "max_value": MAX_QUANTITY, **typed(EventType.RECEIVED)},
+              "received quantity {value} is out of range (0..%d)" % MAX_QUANTITY),
+        Check("grade_known", inv, "ExpectColumnValuesToBeInSet",
+              {"column": "grade", "value_set": [g.value for g in Grade], **typed(EventType.GRADED)},
+              "grade {value!r} is not one of A, B, C, D"),
+        Check("grade_present", inv, "ExpectColumnValuesToNotBeNull",
+              {"column": "grade", **typed(EventType.GRADED)}, "GRADED without a grade"),
+        Check("disposition_known", inv, "ExpectColumnValuesToBeInSet",
+              {"column": "disposition", "value_set": [d.value for d in Disposition],
+               **typed(EventType.DISPOSITIONED)}, "disposition {value!r} is unknown"),
+        Check("disposition_present", inv, "ExpectColumnValuesToNotBeNull",
+              {"column": "disposition", **typed(EventType.DISPOSITIONED)}, "DISPOSITIONED without a disposition"),
+        Check("return_known", inv, "ExpectColumnValuesToBeInSet",
+              {"column": "return_id", "value_set": sorted(ref.known_returns)},
+              "return {value!r} is not known to ReBound"),
+        Check("line_known", inv, "ExpectColumnValuesToBeInSet",
+              {"column": "line_key", "value_set": sorted(ref.known_lines), **line_cond},
+              "line {value!r} is not on the ReBound return order"),
+        Check("reason_mapped", ExceptionType.UNMAPPED_REASON_CODE, "ExpectColumnValuesToBeInSet",
+              {"column": "reason", "value_set": sorted(ref.mapped_reasons), **ref_cond},
+              "ReBound reason {value!r} has no active mapping to an Amazon CR- code"),
+        Check("sku_in_catalog", ExceptionType.SKU_MISMATCH, "ExpectColumnValuesToBeInSet",
+              {"column": "sku", "value_set": sorted(ref.catalog_skus), **ref_cond},
+              "SKU {value!r} is not in the catalog (or has no ASIN)"),
+    ]
+
+
+def to_frame(rows: list[tuple[int, dict]], ref: Reference):
+    """Flatten raw payloads into typed columns; anything unparsable becomes null (and fails a check)."""
+    import pandas as pd
+
+    def text(v):
+        return v if isinstance(v, str) and v != "" else None
+
+    def whole(v):
+        if isinstance(v, bool):
+            return None
+        if isinstance(v, int):
+            return v
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        return None
+
+    recs = []
+    for raw_id, p in rows:
+        p = p if isinstance(p, dict) else {}
+        rid, line = text(p.get("return_id")), whole(p.get("line"))
+        key = f"{rid}|{line}" if rid is not None and line is not None else None
+        sku, reason = ref.line_info.get(key, (None, None)) if key else (None, None)
+        recs.append((raw_id, text(p.get("event_id")), text(p.get("type")), rid, line, text(p.get("occurred_at")),
+                     whole(p.get("quantity")), text(p.get("grade")), text(p.get("disposition")), key, sku, reason))
+    df = pd.DataFrame.from_records(recs, columns=["raw_id", "event_id", "type", "return_id", "line",
+                                                  "occurred_at_text", "quantity", "grade", "disposition",
+                                                  "line_key", "sku", "reason"])
+    df["line"] = df["line"].astype("Int64")
+    df["quantity"] = df["quantity"].astype("Int64")
+    df["occurred_at"] = pd.to_datetime(df["occurred_at_text"], utc=True, errors="coerce", format="ISO8601")
+    df["is_line_event"] = df["type"].isin(LINE_EVENT_TYPES)
+    df["check_reference"] = df["is_line_event"] & df["line_key"].isin(ref.known_lines)
+    return df
+
+
+def validate_events(rows: list[tuple[int, dict]], ref: Reference) -> ValidationOutcome:
+    """Run the events suite over a batch; each failing row gets its first (highest-priority) failure."""
+    if not rows:
+        return ValidationOutcome(rows=0, passed=[], failed=[])
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    df = to_frame(rows, ref)
+    checks = build_checks(ref)
+    ctx = gx.get_context(mode="ephemeral")
+    try:
+        ctx.variables.progress_bars = {"globally": False}
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+    batch_def = (ctx.data_sources.add_pandas("rebound").add_dataframe_asset("events")
+                 .add_batch_definition_whole_dataframe("batch"))
+    suite = ctx.suites.add(gx.ExpectationSuite(name="rebound_events"))
+    for c in checks:
+        suite.add_expectation(getattr(gx.expectations, c.kind)(**c.kwargs, meta={"check": c.name}))
+    batch = batch_def.get_batch(batch_parameters={"dataframe": df})
+    result = batch.validate(suite, result_format={"result_format": "COMPLETE",
+                                                  "unexpected_index_column_names": ["raw_id"]})
+    by_name = {c.name: c for c in checks}
+    first: dict[int, tuple[int, Check, Any]] = {}
+    order = {c.name: i for i, c in enumerate(checks)}
+    for r in result.results:
+        check = by_name[r.expectation_config.meta["check"]]
+        for hit in r.result.get("unexpected_index_list") or []:
+            raw_id = int(hit["raw_id"])
+            value = hit.get(check.kwargs["column"])
+            if raw_id not in first or order[check.name] < first[raw_id][0]:
+                first[raw_id] = (order[check.name], check, value)
+    info = df.set_index("raw_id")
+    failed = []
+    for raw_id, (_, check, value) in sorted(first.items()):
+        row = info.loc[raw_id]
+        line = row["line"]
+        failed.append(Verdict(raw_id=raw_id, exception_type=check.exception_type,
+                              detail=f"{check.name}: " + check.explain.format(value=_plain(value)),
+                              return_id=row["return_id"], line=None if line is None or _isna(line) else int(line),
+                              sku=row["sku"]))
+    passed = [int(x) for x in df["raw_id"] if int(x) not in first]
+    return ValidationOutcome(rows=len(df), passed=passed, failed=failed, result_json=result.to_json_dict())
+
+
+def _isna(v) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(v))
+
+
+def _plain(v):
+    if v is None or _isna(v):
+        return None
+    return v.item() if hasattr(v, "item") else v
+
+
+def write_result(outcome: ValidationOutcome, folder: Path, batch_id: str) -> Path:
+    """Keep the GX validation result of the run beside the ledger (one JSON file per batch)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (batch_id.replace(":", "_").replace("/", "_") + ".json")
+    path.write_text(json.dumps({"batch_id": batch_id, "rows": outcome.rows, "passed": len(outcome.passed),
+                                "failed": len(outcome.failed), "gx_result": outcome.result_json},
+                               default=str, indent=1))
+    return path

@@ -1,0 +1,38 @@
+"""Airflow plugin: the returns exceptions console in the Airflow UI.
+
+Mounts returnledger.console under ``/returnledger`` on the api-server and
+adds "Returns exceptions" to the Browse menu (shown inside the UI as an
+embedded view). Every route of the console requires a signed-in Airflow
+user; the ledger is reached through the ``returns_db`` connection.
+"""
+from __future__ import annotations
+
+from functools import cache
+
+from airflow.plugins_manager import AirflowPlugin
+
+URL_PREFIX = "/returnledger"
+
+
+@cache
+def _console_app():
+    # the package (FastAPI, jinja2) is imported only when the api-server collects fastapi_apps
+    from returnledger.console import create_console_app
+
+    return create_console_app()
+
+
+class ReturnledgerConsolePlugin(AirflowPlugin):
+    name = "returnledger_console"
+    external_views = [{
+        "name": "Returns exceptions",
+        "href": f"{URL_PREFIX}/",
+        "url_route": "returns-exceptions",   # UI path /plugin/returns-exceptions embeds the console
+        "destination": "nav",
+        "category": "browse",
+    }]
+
+    @property
+    def fastapi_apps(self):
+        """Built on first use: only the api-server asks for it, the scheduler never does."""
+        return [{"app": _console_app(), "url_prefix": URL_PREFIX, "name": "Returns exceptions"}]

@@ -1,0 +1,222 @@
+"""The exceptions page in a real Airflow: log in, filter, fix an unmapped reason code from the browser.
+
+Starts ``airflow api-server`` (Airflow metadata and ledger both in fresh
+PostgreSQL databases, simple auth manager with a known user, this repo's
+plugins/ and dags/) and drives it with headless Chromium through the real
+Airflow login page. Ends with the ledger checked and a screenshot in
+``test-output/`` (git-ignored).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.skipif(not CHROMIUM.exists(),
+                                 reason="Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)")]
+USER, PASSWORD = "olivia.ops", "console-browser-test-pw"
+
+SEED = """
+INSERT INTO ledger.owner_team (exception_type, owner, sla_days, what_to_do) VALUES
+ ('UNMAPPED_REASON_CODE', 'operations', 2, 'Add the ReBound reason to the reason-code map; held lines are released on the next sync.'),
+ ('SKU_MISMATCH', 'operations', 2, 'Add the SKU to the catalog.'),
+ ('QUANTITY_MISMATCH', 'warehouse', 5, 'Recount the received units against the returns notice.');
+INSERT INTO ledger.return_order (return_id, returns_notice, rma_id, vret, created_at) VALUES
+ ('RB-2001', 'RN-701', 'RMA-71', 'VRET-71', '2026-10-01T08:00Z'),
+ ('RB-2002', 'RN-702', 'RMA-72', 'VRET-72', '2026-10-02T08:00Z'),
+ ('RB-2003', 'RN-703', 'RMA-73', 'VRET-73', '2026-09-20T08:00Z');
+INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced, quantity_received, state) VALUES
+ ('RB-2001', 1, 'SKU-KETTLE', 'LID_LOOSE', 1, NULL, 'IN_TRANSIT'),
+ ('RB-2002', 1, 'SKU-UNKNOWN', 'DEFECTIVE', 1, NULL, 'ANNOUNCED'),
+ ('RB-2003', 1, 'SKU-TOASTER', 'DEFECTIVE', 3, 2, 'RECEIVED');
+INSERT INTO ledger.line_history (return_id, line, from_state, to_state, event_id, cause, batch_id, at) VALUES
+ ('RB-2001', 1, NULL, 'ANNOUNCED', 'ev-21', 'RETURN_CREATED', 'returns_sync:2026-10-01', '2026-10-01T08:00Z'),
+ ('RB-2001', 1, 'ANNOUNCED', 'IN_TRANSIT', 'ev-22', 'IN_TRANSIT', 'returns_sync:2026-10-02', '2026-10-02T08:00Z');
+INSERT INTO ledger.raw_event (event_key, event_id, payload, delivered_at, received_at, batch_id, status) VALUES
+ ('ev-23', 'ev-23', '{"event_id": "ev-23", "type": "RECEIVED", "return_id": "RB-2001", "line": 1, "quantity": 1}',
+  '2026-10-03T08:00Z', '2026-10-04T00:00Z', 'returns_sync:2026-10-03', 'HELD');
+INSERT INTO ledger.exception (type, owner, subject_key, return_id, line, sku, detail, opened_at, opened_by_batch)
+VALUES
+ ('UNMAPPED_REASON_CODE', 'operations', 'RB-2001|1', 'RB-2001', 1, 'SKU-KETTLE',
+  'ReBound reason LID_LOOSE has no active Amazon mapping', '2026-10-03T08:00Z', 'returns_sync:2026-10-03'),
+ ('SKU_MISMATCH', 'operations', 'RB-2002|1', 'RB-2002', 1, 'SKU-UNKNOWN',
+  'SKU SKU-UNKNOWN is not in the catalog', '2026-10-02T08:00Z', 'returns_sync:2026-10-02'),
+ ('QUANTITY_MISMATCH', 'warehouse', 'RB-2003|1', 'RB-2003', 1, 'SKU-TOASTER',
+  'received 2 of 3 announced', '2026-09-21T08:00Z', 'returns_sync:2026-09-21');
+INSERT INTO ledger.held_event (raw_id, return_id, line, reason, exception_id, held_at)
+VALUES (1, 'RB-2001', 1, 'UNMAPPED_REASON_CODE', 1, '2026-10-04T00:00Z');
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sqlalchemy_url(dsn: str) -> str:
+    i = psycopg.conninfo.conninfo_to_dict(dsn)
+    auth = i.get("user", "postgres") + (f":{i['password']}" if i.get("password") else "")
+    return f"postgresql+psycopg2://{auth}@{i.get('host', '127.0.0.1')}:{i.get('port', 5432)}/{i['dbname']}"
+
+
+def _airflow_conn_uri(dsn: str) -> str:
+    return _sqlalchemy_url(dsn).replace("postgresql+psycopg2://", "postgres://", 1)
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGINT to the server's process group (its clean shutdown), SIGKILL only if it hangs."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def airflow_server(tmp_path, pg_server, fresh_db):
+    """A running api-server with the console plugin; yields (base_url, ledger_dsn)."""
+    from returnledger.store import db
+
+    with psycopg.connect(fresh_db) as c:
+        c.execute(SEED)
+    meta_dsn = db.create_scratch_database(pg_server, prefix="airflow_meta")
+    home = tmp_path / "airflow_home"
+    home.mkdir()
+    passwords = home / "passwords.json"
+    passwords.write_text(json.dumps({USER: PASSWORD}))
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AIRFLOW") and k not in ("RETURNLEDGER_DSN",)}
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__AUTH_MANAGER":
+            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:op",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _sqlalchemy_url(meta_dsn),
+        "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW_CONN_RETURNS_DB": _airflow_conn_uri(fresh_db),
+        "GX_ANALYTICS_ENABLED": "false",
+    })
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=180)
+    log = (tmp_path / "api-server.log").open("w")
+    proc = subprocess.Popen([airflow, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"api-server exited: {(tmp_path / 'api-server.log').read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/returnledger/", timeout=2).status_code == 401:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"api-server not up: {(tmp_path / 'api-server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield base, fresh_db
+    finally:
+        _stop(proc)
+        log.close()
+        db.drop_database(pg_server, meta_dsn)
+
+
+def test_exceptions_page_in_airflow(airflow_server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    base, ledger = airflow_server
+    started = time.monotonic()
+    assert httpx.get(f"{base}/returnledger/", timeout=5).status_code == 401  # mounted, and closed
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM),
+                                    args=["--headless", "--no-sandbox", "--disable-gpu",
+                                          "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(20_000)
+            # 1. unauthenticated: the console refuses and links to the Airflow login page
+            resp = page.goto(f"{base}/returnledger/?owner=operations")
+            assert resp.status == 401
+            page.click("#login-link")
+            # 2. the real Airflow login form
+            page.wait_for_url("**/auth/login**")
+            page.get_by_label("Username").fill(USER)
+            page.get_by_label("Password").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(f"{base}/returnledger/**")
+            expect(page.locator("nav")).to_contain_text(f"signed in as {USER}")
+            # 3. filter: operations' open unmapped reason codes
+            page.select_option("select[name=owner]", "operations")
+            page.select_option("select[name=type]", "UNMAPPED_REASON_CODE")
+            page.click("#filters button[type=submit]")
+            rows = page.locator("#exceptions tbody tr[data-exception-id]")
+            expect(rows).to_have_count(1)
+            expect(rows.first).to_contain_text("LID_LOOSE")
+            page.screenshot(path=str(shots / "01-filtered.png"), full_page=True)
+            # 4. open it: line history and the held raw payload are there
+            rows.first.locator("a").first.click()
+            expect(page.locator("h1")).to_contain_text("UNMAPPED_REASON_CODE")
+            expect(page.locator("body")).to_contain_text("IN_TRANSIT")
+            expect(page.locator("body")).to_contain_text('"quantity": 1')
+            # 5. fix it: add the mapping
+            page.fill("#mapping-form input[name=amazon_reason]", "CR-DEFECTIVE")
+            page.screenshot(path=str(shots / "02-exception.png"), full_page=True)
+            page.click("#mapping-form button[type=submit]")
+            expect(page.locator(".msg")).to_contain_text(f"resolved by {USER}")
+            expect(page.locator("h1")).to_contain_text("(resolved)")
+            page.screenshot(path=str(shots / "03-resolved.png"), full_page=True)
+            # 6. the console as Airflow's UI shows it (Browse > Returns exceptions, embedded)
+            page.goto(f"{base}/plugin/returns-exceptions")
+            frame = page.frame_locator("iframe")
+            expect(frame.locator("nav")).to_contain_text(f"signed in as {USER}", timeout=30_000)
+            page.screenshot(path=str(shots / "04-in-airflow-ui.png"), full_page=True)
+        finally:
+            browser.close()
+
+    with psycopg.connect(ledger) as c:
+        assert c.execute("SELECT amazon_reason, active, updated_by FROM ledger.reason_mapping"
+                         " WHERE rebound_reason = 'LID_LOOSE'").fetchone() == ("CR-DEFECTIVE", True, USER)
+        assert c.execute("SELECT status, resolved_by FROM ledger.exception WHERE exception_id = 1"
+                         ).fetchone() == ("resolved", USER)
+        assert c.execute("SELECT status FROM ledger.exception WHERE exception_id IN (2, 3)").fetchall() == \
+            [("open",), ("open",)]
+        audit = c.execute("SELECT action, subject FROM ledger.audit_log WHERE actor = %s ORDER BY audit_id",
+                          (USER,)).fetchall()
+    assert ("exception.resolve_with_mapping", "exception:1") in audit
+
+    out = ROOT / "test-output" / "browser"
+    out.mkdir(parents=True, exist_ok=True)
+    for shot in shots.iterdir():
+        shutil.copy2(shot, out / shot.name)
+    print(f"browser steps took {time.monotonic() - started:.1f}s; screenshots in {out}")

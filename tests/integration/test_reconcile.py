@@ -1,0 +1,156 @@
+"""Matching engine on hand-built ledgers: every recon status, the exceptions it raises, reruns."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from test_reconcile_helpers import AS_OF, PERIOD, Ledger, build_month
+
+from returnledger.reconcile import period_bounds, reconcile
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def led(fresh_db):
+    ledger = Ledger(fresh_db)
+    yield ledger
+    ledger.close()
+
+
+def test_every_status_first_that_applies(led):
+    expected = build_month(led)
+    summary = reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="recon:2026-10")
+    assert led.statuses() == expected
+    assert summary.rows == len(expected)
+    assert sum(summary.by_status.values()) == len(expected)
+    assert summary.by_status["DARK_RETURN"] == 3
+
+
+def test_exceptions_raised_once_with_owner_and_subject(led):
+    build_month(led)
+    reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="recon:2026-10")
+    raised = led.exceptions("CREDIT_MISSING", "CREDIT_MISMATCH", "DARK_RETURN", "QUANTITY_MISMATCH")
+    assert raised == [
+        ("CREDIT_MISMATCH", "RB-2|1", "open"),
+        ("CREDIT_MISSING", "RB-3|1", "open"), ("CREDIT_MISSING", "RB-9|1", "open"),
+        ("DARK_RETURN", "AR-1-X", "open"), ("DARK_RETURN", "AR-APRL-1", "open"), ("DARK_RETURN", "AR-APRL-2", "open"),
+        ("QUANTITY_MISMATCH", "RB-8|1", "open"),
+    ]
+    rows = led.conn.execute("SELECT type, owner, amazon_return_id, return_id, line, detail, opened_at"
+                            " FROM ledger.exception WHERE type IN ('DARK_RETURN', 'CREDIT_MISMATCH')"
+                            " ORDER BY subject_key").fetchall()
+    owners = {r[0]: r[1] for r in rows}
+    assert owners == {"DARK_RETURN": "warehouse", "CREDIT_MISMATCH": "finance"}
+    dark = [r for r in rows if r[2] == "AR-APRL-1"][0]
+    assert dark[3] is None and "RN-APRL-1" in dark[5] and "APRL" in dark[5]
+    mismatch = [r for r in rows if r[3] == "RB-2"][0]
+    assert mismatch[4] == 1 and "15.00" in mismatch[5] and "10.00" in mismatch[5]
+    assert {r[6] for r in rows} == {AS_OF}  # opened at the run's as-of, not the wall clock
+
+
+def test_rerun_changes_nothing(led):
+    build_month(led)
+    reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="recon:2026-10")
+    q = ("SELECT * FROM ledger.recon_result WHERE period = %s ORDER BY row_key")
+    first = led.conn.execute(q, (PERIOD,)).fetchall()
+    n_exc = led.conn.execute("SELECT count(*) FROM ledger.exception").fetchone()[0]
+    again = reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="recon:2026-10")
+    assert led.conn.execute(q, (PERIOD,)).fetchall() == first
+    assert led.conn.execute("SELECT count(*) FROM ledger.exception").fetchone()[0] == n_exc
+    assert sum(again.exceptions_raised.values()) == 0
+
+
+def test_sync_raised_quantity_mismatch_is_not_duplicated(led):
+    build_month(led)
+    led.exception("QUANTITY_MISMATCH", "RB-8|1", rid="RB-8", line=1)  # the sync saw announced 2, received 1
+    summary = reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="recon:2026-10")
+    assert led.exceptions("QUANTITY_MISMATCH") == [("QUANTITY_MISMATCH", "RB-8|1", "open")]
+    assert summary.exceptions_raised.get("QUANTITY_MISMATCH", 0) == 0
+    assert led.statuses()["RB-8|1"] == "MATCHED"  # the status follows the credit, not the count
+
+
+def test_handled_exceptions_are_not_reopened(led):
+    build_month(led)
+    led.exception("CREDIT_MISSING", "RB-3|1", rid="RB-3", line=1, status="dismissed")
+    led.exception("DARK_RETURN", "AR-APRL-1", arid="AR-APRL-1", status="resolved")
+    reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="recon:2026-10")
+    assert ("CREDIT_MISSING", "RB-3|1", "open") not in led.exceptions("CREDIT_MISSING")
+    assert led.exceptions("DARK_RETURN")[:2] == [("DARK_RETURN", "AR-1-X", "open"),
+                                                 ("DARK_RETURN", "AR-APRL-1", "resolved")]
+    assert led.statuses()["RB-3|1"] == "CREDIT_MISSING"  # the report still says so
+
+
+def test_credit_window_edge_and_policy_setting(led):
+    n = led.order("RB-W", "2026-10-20")
+    led.line("RB-W", 1, "SKU-A", received=1, grade="A", disposition="RESTOCKED", dispositioned="2026-10-27",
+             state="CREDIT_SUBMITTED")
+    led.credit("RB-W", 1, "SKU-A", 1, "SUBMITTED")
+    led.amazon("AR-W", n, "SKU-A", 1)
+    exactly_7_days = led.conn.execute("SELECT dispositioned_at FROM ledger.return_line").fetchone()[0] \
+        + timedelta(days=7)
+    reconcile(led.dsn, PERIOD, as_of=exactly_7_days, batch_id="b1")
+    assert led.statuses()["RB-W|1"] == "PENDING"
+    reconcile(led.dsn, PERIOD, as_of=exactly_7_days + timedelta(seconds=1), batch_id="b2")
+    assert led.statuses()["RB-W|1"] == "CREDIT_MISSING"
+    led.conn.execute("UPDATE ledger.policy_setting SET value = '10'::jsonb WHERE name = 'credit_window_days'")
+    reconcile(led.dsn, PERIOD, as_of=exactly_7_days + timedelta(days=1), batch_id="b3")
+    assert led.statuses()["RB-W|1"] == "PENDING"
+
+
+def test_accepted_credit_resolves_credit_missing(led):
+    build_month(led)
+    reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="day1")
+    led.conn.execute("UPDATE ledger.amazon_submission SET status = 'ACCEPTED' WHERE return_id = 'RB-3'")
+    summary = reconcile(led.dsn, PERIOD, as_of=AS_OF + timedelta(days=1), batch_id="day2")
+    assert led.statuses()["RB-3|1"] == "MATCHED"
+    assert ("CREDIT_MISSING", "RB-3|1", "resolved") in led.exceptions("CREDIT_MISSING")
+    assert summary.exceptions_resolved == 1
+
+
+def test_rebound_return_arriving_later_settles_a_dark_return(led):
+    build_month(led)
+    reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="day1")
+    led.order("RB-LATE", "2026-10-30", "RN-APRL-1")
+    led.line("RB-LATE", 1, "SKU-B", state="IN_TRANSIT")
+    reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="day2")
+    st = led.statuses()
+    assert "AR-APRL-1" not in st and st["RB-LATE|1"] == "PENDING"
+    assert ("DARK_RETURN", "AR-APRL-1", "resolved") in led.exceptions("DARK_RETURN")
+
+
+def test_period_scope_and_daily_key(led):
+    build_month(led)
+    reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="close")
+    closed = led.statuses()
+    daily = reconcile(led.dsn, PERIOD, as_of=AS_OF - timedelta(days=20), batch_id="daily",
+                      result_key="daily:2026-10-14")
+    assert led.statuses() == closed                       # the close results are untouched
+    d = led.statuses("daily:2026-10-14")
+    assert d["RB-4|1"] == "PENDING" and daily.rows == len(d)
+    assert "RB-OLD|1" not in closed and "AR-OLD-DARK" not in closed
+    september = reconcile(led.dsn, "2026-09", as_of=AS_OF, batch_id="sept")
+    assert led.statuses("2026-09") == {"RB-OLD|1": "CREDIT_MISSING", "AR-OLD-DARK": "DARK_RETURN"}
+    assert september.rows == 2
+
+
+def test_report_columns_carry_amazon_references(led):
+    build_month(led)
+    reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="close")
+    row = led.conn.execute(
+        "SELECT asin, returns_notice, rma_id, vret, amazon_return_id, amazon_quantity, charged_amount,"
+        " credit_note_id, credited_quantity, credited_amount, currency, amazon_status"
+        " FROM ledger.recon_result WHERE row_key = 'RB-2|1'").fetchone()
+    assert row == ("B0B0000002", "RN-RB-2", "RMA-RB-2", "VRET-RB-2", "AR-2-1", 1, pytest.approx(15),
+                   "CN-RB-2", 1, pytest.approx(10), "GBP", "ACCEPTED")
+    dark = led.conn.execute("SELECT return_id, line, post_hoc_return_id, amazon_quantity FROM ledger.recon_result"
+                            " WHERE row_key = 'AR-APRL-2'").fetchone()
+    assert dark == (None, None, "RB-PH-2", 1)
+
+
+def test_rejects_bad_period_and_naive_as_of(led):
+    with pytest.raises(ValueError):
+        reconcile(led.dsn, "2026-13", as_of=AS_OF, batch_id="x")
+    with pytest.raises(ValueError):
+        reconcile(led.dsn, PERIOD, as_of=AS_OF.replace(tzinfo=None), batch_id="x")
+    assert period_bounds("2026-12")[1].year == 2027
