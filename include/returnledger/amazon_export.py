@@ -167,10 +167,14 @@ def _suite(columns: list[str]):
 def validate_export(raw: bytes, source: str):
     """Run the GX gate; returns the validated DataFrame or raises AmazonExportRejected."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    logging.getLogger("great_expectations._docs_decorators").setLevel(logging.WARNING)  # import-time noise
     import great_expectations as gx
 
     header, df, problems = _read_rows(raw, source)
     ctx = gx.get_context(mode="ephemeral")  # suites need an active context
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # keep task logs readable
     suite, messages = _suite(header)
     asset = ctx.data_sources.add_pandas("amazon_export").add_dataframe_asset("returns")
     batch = asset.add_batch_definition_whole_dataframe("file").get_batch(batch_parameters={"dataframe": df})

@@ -458,6 +458,17 @@ def _print(result) -> int:
     return 0
 
 
+def _refusing(fn):
+    """A bad operator input is a refusal with a readable message (exit 2), not a traceback."""
+    def run(args) -> int:
+        try:
+            return fn(args)
+        except (ValueError, LookupError) as exc:
+            print(f"refused: {exc}")
+            return 2
+    return run
+
+
 def _cmd_reference_load(args) -> int:
     return _print(load_reference(resolve_dsn(), args.folder, at=_at(args.at), actor=args.actor))
 
@@ -492,7 +503,7 @@ def register_cli(subparsers) -> None:
     p = ref_sub.add_parser("load", help="upsert include/reference/ into the ledger (idempotent)")
     p.add_argument("--folder", type=Path, default=None, help="folder with the seed files")
     common(p)
-    p.set_defaults(func=_cmd_reference_load, actor="reference-loader")
+    p.set_defaults(func=_refusing(_cmd_reference_load), actor="reference-loader")
 
     mapping = subparsers.add_parser("mapping", help="ReBound -> Amazon reason-code map")
     map_sub = mapping.add_subparsers(dest="mapping_command", required=True)
@@ -501,12 +512,12 @@ def register_cli(subparsers) -> None:
     p.add_argument("amazon_reason")
     p.add_argument("--why", default=None, help="reason for the change (kept in the mapping history)")
     common(p)
-    p.set_defaults(func=_cmd_mapping_add)
+    p.set_defaults(func=_refusing(_cmd_mapping_add))
     p = map_sub.add_parser("deactivate", help="stop using a mapping (kept in history)")
     p.add_argument("rebound_reason")
     p.add_argument("--why", default=None)
     common(p)
-    p.set_defaults(func=_cmd_mapping_deactivate)
+    p.set_defaults(func=_refusing(_cmd_mapping_deactivate))
 
     sku = subparsers.add_parser("sku", help="SKU catalog")
     sku_sub = sku.add_subparsers(dest="sku_command", required=True)
@@ -516,7 +527,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("unit_cost", help="decimal, e.g. 15.00")
     p.add_argument("available", type=int, help="starting available stock at the warehouse")
     common(p)
-    p.set_defaults(func=_cmd_sku_add)
+    p.set_defaults(func=_refusing(_cmd_sku_add))
 
 
 __all__ = ["load_reference", "load_scenario_reference", "add_reason_mapping", "deactivate_reason_mapping",

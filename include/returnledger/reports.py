@@ -52,11 +52,14 @@ class ReportDoesNotTieOut(AssertionError):
     """The per-status totals do not add up to the whole; the report is not written."""
 
 
+# The post-hoc ReBound return is read live: it is created after matching, in the same run.
 _ROWS_SQL = f"""
-SELECT {", ".join(REPORT_COLUMNS + EXTRA_COLUMNS)}
-  FROM ledger.recon_result
- WHERE period = %(period)s
- ORDER BY return_id IS NULL, return_id, line, amazon_return_id
+SELECT {", ".join("r." + c for c in REPORT_COLUMNS + EXTRA_COLUMNS[:-1])},
+       CASE WHEN r.recon_status = 'DARK_RETURN' THEN COALESCE(a.linked_return_id, r.post_hoc_return_id) END
+  FROM ledger.recon_result r
+  LEFT JOIN ledger.amazon_return a ON a.amazon_return_id = r.amazon_return_id
+ WHERE r.period = %(period)s
+ ORDER BY r.return_id IS NULL, r.return_id, r.line, r.amazon_return_id
 """
 
 _TOTALS_SQL = """
@@ -87,8 +90,13 @@ def _join(base_uri: str, name: str) -> str:
 
 
 def _totals(conn, period: str) -> tuple[dict, dict]:
+    return tie_out(period, conn.execute(_TOTALS_SQL, {"period": period}).fetchall())
+
+
+def tie_out(period: str, grouped_rows) -> tuple[dict, dict]:
+    """Per-status measures and the grand total from GROUPING SETS rows; raises unless they add up."""
     by_status, total = {}, None
-    for status, *values, is_total in conn.execute(_TOTALS_SQL, {"period": period}):
+    for status, *values, is_total in grouped_rows:
         measures = dict(zip(MEASURES, values))
         if is_total:
             total = measures

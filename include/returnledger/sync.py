@@ -814,3 +814,23 @@ def _start_run(conn, batch_id: str, window_end: datetime) -> None:
     conn.execute("""INSERT INTO ledger.sync_run (batch_id, window_end, started_at) VALUES (%s, %s, %s)
                     ON CONFLICT (batch_id) DO NOTHING""", (batch_id, window_end, window_end))
     conn.commit()
+
+
+def run_window(dsn: str, rebound, amazon, *, window_end: datetime, vendor: dict,
+               result_dir: Path | None = None) -> dict:
+    """Every step of one sync run in the DAG's order, outside the scheduler (tests, benchmarks)."""
+    batch_id = batch_id_for(window_end)
+    stats: dict[str, Any] = {"extract": extract(dsn, rebound, window_end=window_end, batch_id=batch_id)}
+    stats["validate"] = validate(dsn, batch_id=batch_id, result_dir=result_dir)
+    branches = choose_branches(stats["validate"])
+    if "quarantine" in branches:
+        stats["quarantine"] = quarantine(dsn, batch_id=batch_id, at=window_end)
+    if "apply" in branches:
+        stats["apply"] = apply(dsn, batch_id=batch_id, at=window_end, currency=vendor.get("currency", "GBP"))
+    stats["push_inventory"] = push_inventory(dsn, amazon, warehouse_id=vendor["warehouse_id"],
+                                             party_id=vendor["party_id"], at=window_end, batch_id=batch_id)
+    stats["push_credits"] = push_credits(dsn, amazon, party_id=vendor["party_id"], at=window_end,
+                                         batch_id=batch_id)
+    stats["confirm"] = confirm(dsn, amazon, at=window_end, batch_id=batch_id)
+    finish_run(dsn, batch_id=batch_id, window_end=window_end, stats=stats, at=window_end)
+    return stats

@@ -253,6 +253,9 @@ def test_cli_commands(fresh_db, monkeypatch, capsys):
     assert rows(fresh_db, "SELECT at FROM ledger.audit_log WHERE subject = 'reason:FAULTY'") == [(AT,)]
     with pytest.raises(SystemExit):
         parser.parse_args(["sku", "add", "NEW-9", "B0NEW9", "9.50", "three"])
+    capsys.readouterr()
+    args = parser.parse_args(["mapping", "add", "ARRIVED_LATE", "UNWANTED", "--actor", "olga"])
+    assert args.func(args) == 2 and "refused: amazon_reason" in capsys.readouterr().out
 
 
 def test_default_folder_is_the_projects_reference_folder():

@@ -116,10 +116,9 @@ class ReboundClient:
                 "client_secret": self._client_secret}
         if self._flow_key:
             data["flow_key"] = self._flow_key
-        for attempt in self._retrying():
-            with attempt:
-                self.stats["token_fetches"] += 1
-                r = self._check(self._http.post("/oauth/token", data=data))
+        # one attempt: it always runs inside the caller's retry loop (no nested back-off)
+        self.stats["token_fetches"] += 1
+        r = self._check(self._http.post("/oauth/token", data=data))
         if r.status_code != 200:
             raise ReboundError("ReBound refused the client credentials", status=r.status_code, body=r.text)
         payload = r.json()

@@ -136,7 +136,10 @@ def build_rebound_app(scenario: Scenario, *, out_dir: Path | None, client_id: st
     rng = random.Random(seed)
     fault_cfg = {"error_rate": scenario.faults.rebound.error_rate if faults else 0.0,
                  "timeout_rate": scenario.faults.rebound.timeout_rate if faults else 0.0}
-    stats: Counter = Counter()
+    stats: Counter = Counter(dict.fromkeys(
+        ("requests", "fault_500", "fault_503", "fault_timeout", "unauthorized", "tokens_issued", "token_rejected",
+         "tokens_expired", "events_served", "returns_created", "returns_create_repeats", "webhooks_delivered",
+         "webhook_attempts"), 0))
     acked: set[int] = set()
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:

@@ -19,8 +19,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError,
-                      field_validator)
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from returnledger.models import Disposition, EventType, Grade
 
@@ -328,7 +336,7 @@ def _path(loc: tuple) -> str:
             prev_index = False
             continue
         prev_index = False
-        if part == "[key]":
+        if part in ("[key]", "[keys]"):  # pydantic's marker for a dict key
             continue
         out += f".{part}" if out else str(part)
     return out or "(root)"
@@ -338,7 +346,8 @@ def _describe(err: dict) -> tuple[str, str]:
     """(path, problem) for one pydantic error, in the words a scenario author uses."""
     loc, kind, value = tuple(err["loc"]), err["type"], err.get("input")
     path = _path(loc)
-    field = next((p for p in reversed(loc) if isinstance(p, str) and p not in _UNION_TAGS and p != "[key]"), "")
+    field = next((p for p in reversed(loc) if isinstance(p, str) and p not in _UNION_TAGS
+                  and p not in ("[key]", "[keys]")), "")
     if kind == "missing":
         return path, "missing key"
     if kind == "extra_forbidden":
@@ -353,7 +362,7 @@ def _describe(err: dict) -> tuple[str, str]:
         return path, f"no time zone ({value!r}); write UTC times with a trailing Z"
     if kind.startswith("datetime") or kind.startswith("date_") or kind == "date_type":
         return path, f"not an ISO-8601 date ({value!r})"
-    if kind == "enum" and (field == "disposition" or (len(loc) >= 2 and loc[-2] == "credit")):
+    if kind == "enum" and (field == "disposition" or loc[:2] == ("policy", "credit")):
         return path, f"unknown disposition {value!r} (expected one of {', '.join(Disposition)})"
     if kind == "enum" and (field == "grade" or "sellable_grades" in loc):
         return path, f"unknown grade {value!r} (expected one of {', '.join(Grade)})"
