@@ -38,6 +38,7 @@ from datetime import datetime
 from airflow.sdk import Asset, Label, dag, task
 
 from returnledger.airflow_adapter import AMAZON_POOL, LEDGER_ASSET_NAME, LEDGER_ASSET_URI, default_args
+from returnledger.notify import dag_failure_callbacks
 
 LEDGER = Asset(name=LEDGER_ASSET_NAME, uri=LEDGER_ASSET_URI)
 SCHEDULE = os.environ.get("RETURNLEDGER_SYNC_SCHEDULE", "@daily")
@@ -65,6 +66,7 @@ def _at(window: dict) -> datetime:
     catchup=False,
     max_active_runs=1,
     default_args=default_args(owner="integration"),
+    on_failure_callback=dag_failure_callbacks(),
     tags=["returnledger", "rebound", "amazon", "sync"],
     doc_md=__doc__,
 )

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 # modules that add their own subcommands
-PLUGGED = ["returnledger.reference", "returnledger.exceptions", "returnledger.sandbox.serve"]
+PLUGGED = ["returnledger.reference", "returnledger.exceptions", "returnledger.operating_checks",
+           "returnledger.sandbox.serve"]
 
 
 def _cmd_migrate(args) -> int:
@@ -54,7 +55,14 @@ def _cmd_settings(args) -> int:
 def _cmd_demo(args) -> int:
     from returnledger.runner import print_summary, run_scenario
 
-    s = run_scenario(Path(args.scenario), Path(args.out), keep_db=args.keep_db, faults=not args.no_faults)
+    from datetime import date
+
+    days = None
+    if args.days:
+        a, _, b = args.days.partition(":")
+        days = (date.fromisoformat(a), date.fromisoformat(b or a))
+    s = run_scenario(Path(args.scenario), Path(args.out), keep_db=args.keep_db, faults=not args.no_faults,
+                     days=days, close=not args.no_close)
     print_summary(s)
     print(f"\noutputs in {Path(args.out).resolve()} ({s['seconds']} s)")
     return 0
@@ -77,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out")
     demo.add_argument("--keep-db", action="store_true", help="do not start from a clean ledger")
     demo.add_argument("--no-faults", action="store_true", help="ignore the scenario's injected faults")
+    demo.add_argument("--days", help="only these days FROM[:TO] (YYYY-MM-DD), e.g. to rerun one day")
+    demo.add_argument("--no-close", action="store_true", help="skip the month-end close run")
     demo.set_defaults(func=_cmd_demo)
     for name in PLUGGED:
         module = importlib.import_module(name)

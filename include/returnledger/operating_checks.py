@@ -235,11 +235,15 @@ LIMIT %(top)s
 """
 
 _STALE_MAPPINGS_SQL = """
-SELECT rebound_reason, amazon_reason, updated_at, updated_by, reviewed_at,
-       floor(extract(epoch FROM (%(as_of)s - COALESCE(reviewed_at, updated_at))) / 86400)::int AS days
-FROM ledger.reason_mapping
-WHERE active AND COALESCE(reviewed_at, updated_at) <= %(as_of)s - make_interval(days => %(days)s)
-ORDER BY COALESCE(reviewed_at, updated_at), rebound_reason
+WITH m AS (  -- a review recorded after the run date does not count for that date
+    SELECT *, CASE WHEN reviewed_at <= %(as_of)s THEN reviewed_at END AS reviewed_then
+    FROM ledger.reason_mapping WHERE active
+)
+SELECT rebound_reason, amazon_reason, updated_at, updated_by, reviewed_then AS reviewed_at,
+       floor(extract(epoch FROM (%(as_of)s - COALESCE(reviewed_then, updated_at))) / 86400)::int AS days
+FROM m
+WHERE COALESCE(reviewed_then, updated_at) <= %(as_of)s - make_interval(days => %(days)s)
+ORDER BY COALESCE(reviewed_then, updated_at), rebound_reason
 """
 
 _DARK_RETURNS_SQL = "WITH " + _SLA_CTE + """
@@ -492,7 +496,8 @@ def digest_from_file(summary: dict) -> Digest:
 
 
 __all__ = ["Digest", "Section", "Thresholds", "build_digests", "write_digests", "check_stalled_flows",
-           "stalled_flows", "digest_from_file", "render_html", "build_and_write"]
+           "stalled_flows", "digest_from_file", "render_html", "build_and_write", "mark_mappings_reviewed",
+           "register_cli"]
 
 
 def build_and_write(dsn, *, as_of: datetime, kind: Kind, out_dir, thresholds: Thresholds = Thresholds()) -> list[dict]:
@@ -500,3 +505,86 @@ def build_and_write(dsn, *, as_of: datetime, kind: Kind, out_dir, thresholds: Th
     digests = build_digests(dsn, as_of=as_of, kind=kind, thresholds=thresholds)
     paths = write_digests(digests, out_dir)
     return [d.summary(str(p)) for d, p in zip(digests, paths, strict=True)]
+
+
+def mark_mappings_reviewed(dsn_or_conn, rebound_reasons: list[str], *, actor: str, at: datetime,
+                           why: str | None = None) -> list[str]:
+    """Record that operations reviewed these reason mappings (clears them from the weekly 'not reviewed' list).
+
+    Unknown or inactive reasons are refused and nothing is recorded.
+    """
+    import json as _json
+
+    from returnledger.exceptions import ExceptionActionError, _require, _unit_of_work
+
+    actor = _require(actor, "actor")
+    reasons = sorted({_require(r, "rebound_reason") for r in rebound_reasons})
+    if not reasons:
+        raise ExceptionActionError("name at least one ReBound reason")
+    with _unit_of_work(dsn_or_conn) as conn:
+        done = conn.execute(
+            "UPDATE ledger.reason_mapping SET reviewed_at = %s WHERE active AND rebound_reason = ANY(%s)"
+            " RETURNING rebound_reason, amazon_reason", (at, reasons)).fetchall()
+        missing = sorted(set(reasons) - {r[0] for r in done})
+        if missing:
+            raise ExceptionActionError(f"no active reason mapping for {', '.join(missing)}")
+        conn.execute(
+            "INSERT INTO ledger.audit_log (at, actor, action, subject, detail)"
+            " SELECT %s, %s, 'reason_mapping.review', 'reason:' || x.r, x.d::jsonb"
+            " FROM unnest(%s::text[], %s::text[]) AS x(r, d)",
+            (at, actor, [r[0] for r in done],
+             [_json.dumps({"amazon_reason": r[1], **({"why": why} if why else {})}) for r in done]))
+    return [r[0] for r in done]
+
+
+# --- CLI -------------------------------------------------------------------------------------------------
+
+def _cli_digest(args) -> int:
+    from returnledger.store.db import local_dir, resolve_dsn
+
+    as_of = datetime.fromisoformat(args.as_of)
+    if as_of.tzinfo is None:  # a date or a naive time on the command line means UTC
+        from datetime import timezone
+
+        as_of = as_of.replace(tzinfo=timezone.utc)
+    dsn = resolve_dsn(args.dsn)
+    if args.check and args.kind == "daily":
+        print(json.dumps(check_stalled_flows(dsn, as_of=as_of)))
+    out_dir = args.out or str(local_dir() / "digests")
+    for s in build_and_write(dsn, as_of=as_of, kind=args.kind, out_dir=out_dir):
+        print(f"{s['path']}: {s['subject']}")
+    return 0
+
+
+def _cli_review(args) -> int:
+    import getpass
+    from datetime import timezone
+
+    from returnledger.exceptions import ExceptionActionError
+    from returnledger.store.db import resolve_dsn
+
+    try:  # an operator's review happens now: wall-clock time is right at this edge
+        done = mark_mappings_reviewed(resolve_dsn(args.dsn), args.reasons, actor=args.actor or getpass.getuser(),
+                                      at=datetime.now(timezone.utc), why=args.why)
+    except ExceptionActionError as exc:
+        print(f"refused: {exc}")
+        return 2
+    print(f"reviewed: {', '.join(done)}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """``returnledger digest`` (build the daily/weekly digests for a date) and ``returnledger review-mappings``."""
+    p = subparsers.add_parser("digest", help="build the owner-team digests for a date into a folder")
+    p.add_argument("--kind", choices=["daily", "weekly"], default="daily")
+    p.add_argument("--as-of", required=True, help="the run's moment, e.g. 2026-10-10 or 2026-10-10T07:00+00:00")
+    p.add_argument("--out", default=None, help="folder (default .local/digests)")
+    p.add_argument("--check", action="store_true", help="daily: also raise SYNC_STALLED for stalled flows first")
+    p.add_argument("--dsn", default=None)
+    p.set_defaults(func=_cli_digest)
+    r = subparsers.add_parser("review-mappings", help="record that reason mappings were reviewed")
+    r.add_argument("reasons", nargs="+", help="ReBound reasons")
+    r.add_argument("--why", default=None)
+    r.add_argument("--actor", default=None)
+    r.add_argument("--dsn", default=None)
+    r.set_defaults(func=_cli_review)

@@ -13,6 +13,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from datetime import date, datetime, timedelta, timezone
@@ -174,7 +175,8 @@ def print_summary(s: dict, out=sys.stdout) -> None:
 
 
 def run_scenario(scenario_path: Path, out_dir: Path, *, dsn: str | None = None, keep_db: bool = False,
-                 faults: bool = True, progress=print) -> dict:
+                 faults: bool = True, days: tuple[date, date] | None = None, close: bool = True,
+                 progress=print) -> dict:
     """Run a whole scenario; returns the summary. Output files land in ``out_dir``."""
     from returnledger import reference
     from returnledger.sandbox.harness import run_sandbox
@@ -191,17 +193,19 @@ def run_scenario(scenario_path: Path, out_dir: Path, *, dsn: str | None = None, 
         migrate.reset(dsn)
     migrate.migrate(dsn)
     scenario = load_scenario_dict(scenario_path)
-    start, end = _day(scenario["run"]["from"]), _day(scenario["run"]["to"])
-    setup_at = _utc(start)
-    reference.load_reference(dsn, at=setup_at)
-    reference.load_scenario_reference(dsn, scenario, at=setup_at)
+    first, last = _day(scenario["run"]["from"]), _day(scenario["run"]["to"])
+    start, end = days or (first, last)
+    if not keep_db:
+        reference.load_reference(dsn, at=_utc(first))
+        reference.load_scenario_reference(dsn, scenario, at=_utc(first))
     progress(f"scenario {scenario.get('name')}: {len(scenario['rebound']['returns'])} returns, "
              f"{len(scenario['rebound']['events'])} events, days {start}..{end}")
     ops_by_day: dict[str, list[dict]] = {}
     for op in scenario.get("operations") or []:
         ops_by_day.setdefault(op["on"], []).append(op)
     with run_sandbox(scenario_path, out_dir, faults=faults) as sandbox:
-        prepare_airflow(dsn, sandbox, db.local_dir() / "airflow-demo", out_dir=out_dir)
+        home = Path(os.environ.get("RETURNLEDGER_AIRFLOW_HOME") or db.local_dir() / "airflow-demo")
+        prepare_airflow(dsn, sandbox, home, out_dir=out_dir)
         sync_dag = load_dag("returns_sync")
         day = start
         while day <= end:
@@ -214,13 +218,17 @@ def run_scenario(scenario_path: Path, out_dir: Path, *, dsn: str | None = None, 
             if "success" not in state:
                 raise RuntimeError(f"returns_sync failed for {day}; see the task logs above")
             day += timedelta(days=1)
-        recon_path = db.project_root() / "dags" / "returns_reconciliation.py"
-        if recon_path.exists():
+        period = scenario["run"]["close_period"]
+        if close:
             recon_dag = load_dag("returns_reconciliation")
-            state = run_dag(recon_dag, end, {"close_period": scenario["run"]["close_period"]})
-            progress(f"  {end}: returns_reconciliation close {scenario['run']['close_period']} {state}")
+            state = run_dag(recon_dag, last, {"close_period": period})
+            progress(f"  {last}: returns_reconciliation close {period} {state}")
             if "success" not in state:
                 raise RuntimeError("returns_reconciliation failed; see the task logs above")
+            for name in ("month_end_report.csv", "month_end_report.html"):
+                report = out_dir / period / name  # the close run writes <report base>/<period>/
+                if report.exists():
+                    shutil.copyfile(report, out_dir / name)
         sandbox.dump()
     export_exceptions(dsn, out_dir)
     s = summary(dsn)

@@ -220,8 +220,8 @@ def load_validation_reference(conn: psycopg.Connection, return_ids: Iterable[str
         "SELECT return_id FROM ledger.return_order WHERE return_id = ANY(%s)", (ids,))}
     line_info = {f"{rid}|{ln}": (sku, reason) for rid, ln, sku, reason in conn.execute(
         "SELECT return_id, line, sku, reason FROM ledger.return_line WHERE return_id = ANY(%s)", (ids,))}
-    mapped = {r[0] for r in conn.execute("SELECT rebound_reason FROM ledger.reason_mapping WHERE active")}
-    skus = {r[0] for r in conn.execute("SELECT sku FROM ledger.sku WHERE asin <> ''")}
+    mapped = dict(conn.execute("SELECT rebound_reason, amazon_reason FROM ledger.reason_mapping WHERE active"))
+    skus = dict(conn.execute("SELECT sku, asin FROM ledger.sku WHERE asin <> ''"))
     return Reference(known_returns=known, known_lines=set(line_info), line_info=line_info,
                      mapped_reasons=mapped, catalog_skus=skus)
 

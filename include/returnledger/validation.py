@@ -37,8 +37,8 @@ class Reference:
     known_returns: set[str]
     known_lines: set[str]           # 'RID|LINE'
     line_info: dict[str, tuple[str, str]]   # 'RID|LINE' -> (sku, reason)
-    mapped_reasons: set[str]
-    catalog_skus: set[str]          # SKUs with an ASIN
+    mapped_reasons: dict[str, str]  # active ReBound reason -> Amazon CR- code
+    catalog_skus: dict[str, str]    # SKU -> ASIN (SKUs with an ASIN only)
 
 
 @dataclass
@@ -100,18 +100,17 @@ def build_checks(ref: Reference) -> list[Check]:
                **typed(EventType.DISPOSITIONED)}, "disposition {value!r} is unknown"),
         Check("disposition_present", inv, "ExpectColumnValuesToNotBeNull",
               {"column": "disposition", **typed(EventType.DISPOSITIONED)}, "DISPOSITIONED without a disposition"),
-        Check("return_known", inv, "ExpectColumnValuesToBeInSet",
-              {"column": "return_id", "value_set": sorted(ref.known_returns)},
-              "return {value!r} is not known to ReBound"),
-        Check("line_known", inv, "ExpectColumnValuesToBeInSet",
-              {"column": "line_key", "value_set": sorted(ref.known_lines), **line_cond},
-              "line {value!r} is not on the ReBound return order"),
-        Check("reason_mapped", ExceptionType.UNMAPPED_REASON_CODE, "ExpectColumnValuesToBeInSet",
-              {"column": "reason", "value_set": sorted(ref.mapped_reasons), **ref_cond},
-              "ReBound reason {value!r} has no active mapping to an Amazon CR- code"),
-        Check("sku_in_catalog", ExceptionType.SKU_MISMATCH, "ExpectColumnValuesToBeInSet",
-              {"column": "sku", "value_set": sorted(ref.catalog_skus), **ref_cond},
-              "SKU {value!r} is not in the catalog (or has no ASIN)"),
+        # reference checks are joins: a null on the joined column means no match in ReBound / our tables
+        Check("return_known", inv, "ExpectColumnValuesToNotBeNull",
+              {"column": "known_return", "row_condition": "has_return_id==True", "condition_parser": "pandas"},
+              "return {return_id!r} is not known to ReBound"),
+        Check("line_known", inv, "ExpectColumnValuesToNotBeNull", {"column": "sku", **line_cond},
+              "line {line} is not on ReBound return order {return_id!r}"),
+        Check("reason_mapped", ExceptionType.UNMAPPED_REASON_CODE, "ExpectColumnValuesToNotBeNull",
+              {"column": "amazon_reason", **ref_cond},
+              "ReBound reason {reason!r} has no active mapping to an Amazon CR- code"),
+        Check("sku_in_catalog", ExceptionType.SKU_MISMATCH, "ExpectColumnValuesToNotBeNull",
+              {"column": "asin", **ref_cond}, "SKU {sku!r} is not in the catalog (or has no ASIN)"),
     ]
 
 
@@ -146,7 +145,11 @@ def to_frame(rows: list[tuple[int, dict]], ref: Reference):
     df["quantity"] = df["quantity"].astype("Int64")
     df["occurred_at"] = pd.to_datetime(df["occurred_at_text"], utc=True, errors="coerce", format="ISO8601")
     df["is_line_event"] = df["type"].isin(LINE_EVENT_TYPES)
+    df["has_return_id"] = df["return_id"].notna()
+    df["known_return"] = df["return_id"].where(df["return_id"].isin(ref.known_returns))
     df["check_reference"] = df["is_line_event"] & df["line_key"].isin(ref.known_lines)
+    df["amazon_reason"] = df["reason"].map(ref.mapped_reasons)
+    df["asin"] = df["sku"].map(ref.catalog_skus)
     return df
 
 
@@ -187,10 +190,11 @@ def validate_events(rows: list[tuple[int, dict]], ref: Reference) -> ValidationO
     for raw_id, (_, check, value) in sorted(first.items()):
         row = info.loc[raw_id]
         line = row["line"]
+        fields = {k: _plain(row[k]) for k in ("return_id", "line", "reason", "sku")}
         failed.append(Verdict(raw_id=raw_id, exception_type=check.exception_type,
-                              detail=f"{check.name}: " + check.explain.format(value=_plain(value)),
-                              return_id=row["return_id"], line=None if line is None or _isna(line) else int(line),
-                              sku=row["sku"]))
+                              detail=f"{check.name}: " + check.explain.format(value=_plain(value), **fields),
+                              return_id=_plain(row["return_id"]), line=None if _isna(line) else int(line),
+                              sku=_plain(row["sku"])))
     passed = [int(x) for x in df["raw_id"] if int(x) not in first]
     return ValidationOutcome(rows=len(df), passed=passed, failed=failed, result_json=result.to_json_dict())
 

@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -117,7 +116,8 @@ EXPECTED_DAILY = {  # after the check raised SYNC_STALLED for the pending credit
 
 
 def test_digest_mail_arrives_with_the_right_counts(fresh_db, smtp, tmp_path, monkeypatch):
-    from returnledger import notify, operating_checks as oc
+    from returnledger import notify
+    from returnledger import operating_checks as oc
 
     seed_small_ledger(fresh_db)
     monkeypatch.setenv("AIRFLOW_VAR_RETURNLEDGER_TEAM_EMAILS", json.dumps({"finance": "ap-team@test.local"}))

@@ -242,3 +242,37 @@ def test_thresholds_change_what_counts_as_stalled(ledger):
     assert sorted(s["idempotency_key"] for s in found["submissions"]) == \
         ["credit:R-5:1", "credit:R-6:1", "credit:R-7:1", "credit:R-9:1"]
     assert [h["return_id"] for h in found["held"]] == ["R-1", "R-2"]
+
+
+def test_reviewing_a_mapping_takes_it_off_the_weekly_list(ledger):
+    from returnledger.exceptions import ExceptionActionError
+
+    with pytest.raises(ExceptionActionError, match="no active reason mapping for OLD_CODE"):
+        oc.mark_mappings_reviewed(ledger, ["FAULTY", "OLD_CODE"], actor="olga", at=utc(2026, 10, 11))
+    with db.connect(ledger) as c:  # refused as a whole: FAULTY is not marked either
+        assert c.execute("SELECT reviewed_at FROM ledger.reason_mapping WHERE rebound_reason = 'FAULTY'"
+                         ).fetchone() == (None,)
+    assert oc.mark_mappings_reviewed(ledger, ["FAULTY"], actor="olga", at=utc(2026, 10, 11),
+                                     why="still the right code") == ["FAULTY"]
+    ops = by_owner(oc.build_digests(ledger, as_of=WEEK_END, kind="weekly"))["operations"]
+    assert ops.counts["stale_mappings"] == 0
+    # a rerun of an earlier week still shows it: the review came after that run date
+    before = by_owner(oc.build_digests(ledger, as_of=utc(2026, 10, 10), kind="weekly"))["operations"]
+    assert before.counts["stale_mappings"] == 1
+    with db.connect(ledger) as c:
+        assert c.execute("SELECT actor, action, subject, detail FROM ledger.audit_log").fetchall() == \
+            [("olga", "reason_mapping.review", "reason:FAULTY",
+              {"amazon_reason": "CR-DEFECTIVE", "why": "still the right code"})]
+
+
+def test_digest_cli_writes_the_files(ledger, tmp_path, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="returnledger")
+    oc.register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["digest", "--kind", "daily", "--as-of", "2026-10-10", "--check", "--out",
+                              str(tmp_path), "--dsn", ledger])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert '"raised": 5' in out and "daily-2026-10-10-integration.html" in out
+    assert len(list(tmp_path.glob("daily-2026-10-10-*.html"))) == 4

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from returnledger.clients.amazon import AmazonRequestError, AmazonVendorClient, TransactionStatus
+from returnledger.clients.amazon import (
+    AmazonAuthError,
+    AmazonRequestError,
+    AmazonUnavailableError,
+    AmazonVendorClient,
+    TransactionStatus,
+)
 from returnledger.sandbox.server import free_port, serve_in_thread
 from returnledger.sandbox.spapi_sim import build_spapi_app
 
@@ -149,9 +155,10 @@ def test_burst_is_throttled_then_retries_take_every_note_in_exactly_once(sandbox
     for note in notes:
         try:
             no_retry.submit_invoices([note])
-        except AmazonRequestError as e:
+        except AmazonUnavailableError as e:  # throttled, no retries left: not a refusal of the note
             refused.append(e)
     assert refused and all(e.status == 429 and e.errors[0]["code"] == "QuotaExceeded" for e in refused)
+    assert not any(isinstance(e, AmazonRequestError) for e in refused)
     assert run.sim.summary()["credit_notes_taken_in"] == 30 - len(refused)
 
     # faster than the bucket on purpose (20/s against 5/s): the wrapper must ride out the 429s
@@ -216,10 +223,22 @@ def test_invalid_body_raises_without_retry(sandbox, scenario):
 def test_bad_lwa_credentials_raise_without_retry(sandbox, scenario):
     run = sandbox()
     client = run.client(lwa_client_secret="wrong")
-    with pytest.raises(AmazonRequestError) as err:
+    with pytest.raises(AmazonAuthError) as err:
         client.get_transaction("anything")
     assert err.value.status == 401 and err.value.errors[0]["code"] == "invalid_client"
     assert [r["status"] for r in read_log(run.out)] == [401]
+
+
+def test_exhausted_retries_keep_the_note_pending(sandbox, scenario):
+    """Every answer a 5xx: the caller gets AmazonUnavailableError (retry later), never a refusal."""
+    run = sandbox(with_faults(scenario, error_rate=1.0))
+    client = run.client(max_attempts=3, backoff_max_s=0.05)
+    with pytest.raises(AmazonUnavailableError) as err:
+        client.submit_invoices(notes_for(scenario, 1))
+    assert not isinstance(err.value, AmazonRequestError)
+    assert err.value.status in (500, 503) and client.attempts["submitInvoices"] == 3
+    assert [r["status"] in (500, 503) for r in read_log(run.out) if r["path"] == INVOICES] == [True] * 3
+    assert run.sim.summary()["credit_notes_taken_in"] == 0
 
 
 def test_unknown_transaction_is_not_retried(sandbox):

@@ -166,14 +166,14 @@ def test_events_endpoint_needs_a_bearer_token_and_valid_arguments(small_month_sc
 
 
 def test_token_ttl_runs_out(small_month_scenario, serve_rebound):
-    url, _ = serve_rebound(small_month_scenario, token_ttl_s=0.2)
+    url, _ = serve_rebound(small_month_scenario, token_ttl_s=1.5)
     token = httpx.post(f"{url}/oauth/token", data={"grant_type": "client_credentials", **CLIENT}).json()
     auth = {"Authorization": f"Bearer {token['access_token']}"}
     params = {"until": "2026-10-05T00:00:00Z"}
     assert httpx.get(f"{url}/v1/events", params=params, headers=auth).status_code == 200
     import time
 
-    time.sleep(0.3)
+    time.sleep(1.6)
     assert httpx.get(f"{url}/v1/events", params=params, headers=auth).status_code == 401
     with ReboundClient(url, **CLIENT) as client:  # a fresh login each time is still correct
         events, _, _ = read_all(client, None, datetime(2026, 10, 5, tzinfo=timezone.utc))

@@ -89,8 +89,10 @@ def test_post_hoc_retried_after_a_lost_answer_is_still_one_record(small_month, s
     with ReboundClient(url, **CLIENT, timeout=0.2, max_attempts=2, backoff_max_s=0.6) as client:
         with pytest.raises(ReboundError, match="after 2 attempts"):
             client.create_post_hoc_return(**POST_HOC)
-        httpx.post(f"{url}/_sandbox/faults", json={"timeout_rate": 0.0})
+    httpx.post(f"{url}/_sandbox/faults", json={"timeout_rate": 0.0})
+    with ReboundClient(url, **CLIENT) as client:
         record = client.create_post_hoc_return(**POST_HOC)
+        assert record["return_id"] == "RB-POSTHOC-AR-APRL-7-000001"
     lines = (tmp_path / "run" / "rebound_created_returns.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == [record]
 

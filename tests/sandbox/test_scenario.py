@@ -92,6 +92,8 @@ def _bad(raw):
          f"rebound.events[{r}].type: unknown type 'TELEPORTED'"),
         ("negative quantity", lambda s: s["rebound"]["events"][r].update(quantity=-1),
          f"rebound.events[{r}].quantity: Input should be greater than or equal to 0 (-1)"),
+        ("quantity as text", lambda s: s["rebound"]["events"][r].update(quantity="2"),
+         f"rebound.events[{r}].quantity: Input should be a valid integer ('2')"),
         ("unknown key", lambda s: s["catalog"][0].update(colour="red"), "catalog[0].colour: unknown key"),
         ("duplicate sku", lambda s: s["catalog"][3].update(sku=sku1), f"catalog[3].sku: duplicate id '{sku1}'"),
         ("duplicate event id", lambda s: s["rebound"]["events"][9].update(event_id=ev5),
@@ -115,7 +117,8 @@ def _bad(raw):
 
 CASES = ["wrong format tag", "missing top-level key", "missing event key", "missing event type",
          "missing line key", "bad event date", "bad run date", "naive time", "unknown disposition in policy",
-         "unknown disposition in event", "unknown grade", "unknown event type", "negative quantity", "unknown key",
+         "unknown disposition in event", "unknown grade", "unknown event type", "negative quantity", "quantity as text",
+         "unknown key",
          "duplicate sku", "duplicate event id", "duplicate return id", "duplicate amazon return id",
          "event for an unknown return", "invalid event without delivery time", "unknown operation",
          "bad fault rate", "bad label"]

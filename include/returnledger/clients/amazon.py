@@ -7,8 +7,11 @@ LWA host as an ``AccessTokenClient`` subclass built from ``lwa_url``.
 
 Retries and idempotency: throttling (429), Amazon's 5xx, timeouts and
 connection errors are retried with exponential back-off behind a client-side
-token bucket per operation; a 400 never is (it raises ``AmazonRequestError``
-with Amazon's ``errors``). A retry resends exactly the body it was given. That
+token bucket per operation. What retrying cannot fix raises at once, with
+Amazon's ``errors``: ``AmazonRequestError`` when Amazon refused the request
+itself (400 and other 4xx), ``AmazonAuthError`` for refused credentials. When
+retries run out the call raises ``AmazonUnavailableError``; the work should stay
+pending and go again on a later run. A retry resends exactly the body it was given. That
 is safe only because callers give every credit note a deterministic ``id``
 derived from the line and the action, and Amazon (and the simulator) treats a
 credit note whose ``id`` it already holds as the same credit note. Inventory
@@ -35,13 +38,28 @@ DF_TRANSACTIONS_VERSION = "2021-12-28"
 OPERATIONS = ("submitInvoices", "getTransaction", "submitInventoryUpdate", "getTransactionStatus")
 
 
-class AmazonRequestError(Exception):
-    """Amazon refused the request (4xx, or retries ran out); ``errors`` is Amazon's error list."""
+class AmazonError(Exception):
+    """Base of the client's errors; ``errors`` is Amazon's error list, ``status`` the HTTP status."""
 
     def __init__(self, operation: str, errors: list[dict], status: int | None = None):
         self.operation, self.errors, self.status = operation, list(errors or []), status
         first = self.errors[0] if self.errors else {}
         super().__init__(f"{operation}: {status or ''} {first.get('code', '')} {first.get('message', '')}".strip())
+
+
+class AmazonRequestError(AmazonError):
+    """Amazon refused this request itself (400 and other 4xx): resending it unchanged cannot help."""
+
+
+class AmazonAuthError(AmazonError):
+    """Login with Amazon refused our credentials, or the API kept refusing a fresh token (403).
+
+    A configuration problem, not a verdict on the payload: keep the work pending.
+    """
+
+
+class AmazonUnavailableError(AmazonError):
+    """Retries ran out on throttling, 5xx or transport errors: keep the work pending and retry later."""
 
 
 @dataclass(frozen=True)
@@ -221,7 +239,7 @@ class AmazonVendorClient:
                 raise _Retry(f"{e.code}: {getattr(e, 'message', '')}") from e
             except spx.SellingApiForbiddenException as e:
                 if refreshed:
-                    raise AmazonRequestError(op, e.error, 403) from e
+                    raise AmazonAuthError(op, e.error, 403) from e
                 refreshed = True  # a cached token the API no longer knows: fetch a new one, once
                 client._auth.forget_token()
                 raise _Retry("access token refused") from e
@@ -232,7 +250,7 @@ class AmazonVendorClient:
             except AuthorizationError as e:
                 if (e.status_code or 0) >= 500:
                     raise _Retry(f"LWA {e.status_code}") from e
-                raise AmazonRequestError(op, [{"code": e.error_code or "AuthorizationError",
+                raise AmazonAuthError(op, [{"code": e.error_code or "AuthorizationError",
                                                "message": e.message or "", "details": "LWA token request"}],
                                          e.status_code) from e
             except (httpx.TimeoutException, httpx.TransportError, json.JSONDecodeError) as e:
@@ -258,7 +276,9 @@ class AmazonVendorClient:
             errors = getattr(cause, "error", None) or [{"code": "RetriesExhausted", "message": str(last),
                                                         "details": ""}]
             status = getattr(cause, "code", None)
-            raise AmazonRequestError(op, errors, status if isinstance(status, int) else None) from cause
+            status = status if isinstance(status, int) else None
+            kind = AmazonAuthError if status == 403 else AmazonUnavailableError
+            raise kind(op, errors, status) from cause
 
     @staticmethod
     def _transaction_id(op: str, response) -> str:

@@ -33,7 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from returnledger.sandbox.scenario import Scenario, feed_order
+from returnledger.sandbox.scenario import Scenario, feed_deliveries, paused_gc
 from returnledger.sandbox.webhooks import WebhookSender
 
 CREATED_RETURNS_FILE = "rebound_created_returns.jsonl"
@@ -100,18 +100,20 @@ class _Feed:
     """The fixed delivery order, pre-encoded once so pages are byte joins."""
 
     def __init__(self, scenario: Scenario):
-        deliveries = feed_order(scenario)
+        with paused_gc():
+            self._build(scenario)
+
+    def _build(self, scenario: Scenario) -> None:
         encoded: dict[int, bytes] = {}
         self.bodies: list[bytes] = []
         self.times: list[float] = []
         self.event_ids: list[str | None] = []
-        for obj in deliveries:
+        for when, obj in feed_deliveries(scenario):
             body = encoded.get(id(obj))
             if body is None:
                 body = encoded[id(obj)] = _encode(obj)
             self.bodies.append(body)
-            ts = obj.get("delivered_at") or obj["occurred_at"]
-            self.times.append(_parse_instant(ts).timestamp())
+            self.times.append(when.timestamp())
             eid = obj.get("event_id")
             self.event_ids.append(eid if isinstance(eid, str) else None)
 

@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Benchmark: reconcile 1M ledger lines against 1M Amazon rows (not a test).
+
+    RETURNLEDGER_TEST_SERVER_DSN=postgresql://postgres@127.0.0.1:5432/postgres \\
+        .venv/bin/python bench/bench_reconcile.py [--lines 1000000] [--keep]
+
+Builds a scratch database, generates the month directly in SQL
+(generate_series: return orders, lines, credit notes, Amazon export rows, holds,
+dark returns), then times ``reconcile`` (set-based SQL) and a naive Python
+baseline that fetches the same tables and matches them with dicts. The two
+must agree on every status count. Prints wall times, the ratio, and peak
+memory (ru_maxrss of this process; PostgreSQL runs in its own processes and is
+not included). Targets: <= 60 s and <= 1.5 GB for the reconcile step.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from returnledger.reconcile import period_bounds, reconcile
+from returnledger.store import db, migrate
+
+PERIOD = "2026-10"
+AS_OF = datetime(2026, 11, 4, tzinfo=timezone.utc)
+N_SKUS = 5000
+
+# Each line gets a story from k = hash(line) % 100 (weights roughly like the scenario generator).
+GENERATE_SQL = [
+    """INSERT INTO ledger.sku (sku, asin, unit_cost, available, updated_at, updated_by)
+       SELECT 'SKU-' || s, 'B0' || lpad(s::text, 8, '0'), (array[4.99, 9.5, 12.5, 18.0, 24.99, 39.0, 59.95])[1 + s %% 7],
+              100, %(t)s, 'bench'
+         FROM generate_series(0, %(skus)s - 1) s""",
+    """INSERT INTO ledger.disposition_policy VALUES ('RESTOCKED', 1), ('REFURBISH', 1), ('RECYCLE', 1),
+       ('DESTROY', 1), ('RETURN_TO_SUPPLIER', 1), ('QUARANTINED', NULL), ('REJECTED', 0)""",
+    "INSERT INTO ledger.policy_setting VALUES ('credit_window_days', '7'::jsonb)",
+    """INSERT INTO ledger.return_order (return_id, order_reference, created_at, returns_notice, rma_id, vret)
+       SELECT 'RB-' || o, 'ORD-' || o, %(start)s + (o %% 28) * interval '1 day' + interval '8 hours',
+              'RN' || o, 'RMA' || o, 'VRET' || o
+         FROM generate_series(1, %(orders)s) o""",
+    # two lines per order with distinct SKUs; k decides the story
+    """CREATE TEMP TABLE story AS
+       SELECT o, l, 'RB-' || o AS rid, 'RN' || o AS notice,
+              'SKU-' || ((o * 2 + l) %% %(skus)s) AS sku, abs(hashint4(o * 2 + l)) %% 100 AS k
+         FROM generate_series(1, %(orders)s) o, generate_series(1, 2) l""",
+    """INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced, quantity_received, grade,
+                                     disposition, state, received_at, dispositioned_at)
+       SELECT rid, l, sku, 'FAULTY', CASE WHEN k IN (95, 96) THEN 2 ELSE 1 END,
+              CASE WHEN k BETWEEN 80 AND 81 THEN NULL ELSE 1 END,
+              CASE WHEN k BETWEEN 80 AND 83 THEN NULL WHEN k BETWEEN 84 AND 89 THEN 'D' ELSE 'A' END,
+              CASE WHEN k BETWEEN 80 AND 83 OR k IN (93, 94) THEN NULL
+                   WHEN k BETWEEN 84 AND 86 THEN 'QUARANTINED' WHEN k BETWEEN 87 AND 89 THEN 'REJECTED'
+                   ELSE 'RESTOCKED' END,
+              CASE WHEN k BETWEEN 80 AND 81 THEN 'IN_TRANSIT' WHEN k BETWEEN 82 AND 83 OR k IN (93, 94) THEN 'RECEIVED'
+                   WHEN k BETWEEN 84 AND 86 THEN 'DISPOSITIONED' WHEN k BETWEEN 87 AND 92 THEN 'REJECTED'
+                   WHEN k BETWEEN 75 AND 79 THEN 'CREDIT_SUBMITTED' ELSE 'CLOSED' END,
+              CASE WHEN k BETWEEN 80 AND 81 THEN NULL ELSE %(start)s + interval '4 days' END,
+              CASE WHEN k BETWEEN 80 AND 83 OR k IN (93, 94) THEN NULL ELSE %(start)s + interval '6 days' END
+         FROM story""",
+    """INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity, unit_amount,
+                                           currency, document_id, status, transaction_id, created_at, created_batch,
+                                           submitted_at, resolved_at)
+       SELECT 'credit:' || s.rid || ':' || s.l, 'CREDIT_NOTE', s.rid, s.l, s.sku, k.asin, 1, k.unit_cost, 'GBP',
+              'CN-' || s.o, CASE WHEN s.k BETWEEN 75 AND 79 THEN 'SUBMITTED' WHEN s.k BETWEEN 90 AND 92 THEN 'FAILED'
+                                 ELSE 'ACCEPTED' END,
+              'tx-' || s.o, %(t)s, 'bench', %(t)s, CASE WHEN s.k BETWEEN 75 AND 79 THEN NULL ELSE %(t)s END
+         FROM story s JOIN ledger.sku k ON k.sku = s.sku
+        WHERE s.k NOT BETWEEN 80 AND 89 AND s.k NOT IN (93, 94)""",
+    # Amazon's export: one row per line except 1 %% (not in the export yet), plus dark returns to 1M rows
+    """INSERT INTO ledger.amazon_return (amazon_return_id, returns_notice, rma_id, vret, asin, sku, quantity, label,
+                                       returned_at, charged_amount, source_file, imported_at, export_period)
+       SELECT 'AR-' || s.o || '-' || s.l, s.notice, 'RMA' || s.o, 'VRET' || s.o, k.asin, s.sku,
+              CASE WHEN s.k IN (95, 96) THEN 2 ELSE 1 END, 'REBOUND', %(start)s::date + (s.o %% 28)::int,
+              CASE WHEN s.k BETWEEN 70 AND 74 THEN k.unit_cost + 5 WHEN s.k < 35 THEN k.unit_cost END,
+              'vendor_central_returns_2026-10.csv', %(t)s, '2026-10'
+         FROM story s JOIN ledger.sku k ON k.sku = s.sku
+        WHERE (s.o * 2 + s.l) %% 100 <> 0""",
+    """INSERT INTO ledger.amazon_return (amazon_return_id, returns_notice, rma_id, vret, asin, sku, quantity, label,
+                                       returned_at, charged_amount, source_file, imported_at, export_period)
+       SELECT 'AR-APRL-' || d, 'RNAPRL' || d, 'RMAAPRL' || d, NULL, 'B0' || lpad((d %% %(skus)s)::text, 8, '0'),
+              'SKU-' || (d %% %(skus)s), 1, 'APRL', %(start)s::date + (d %% 28)::int, NULL,
+              'vendor_central_returns_2026-10.csv', %(t)s, '2026-10'
+         FROM generate_series(1, %(lines)s - (SELECT count(*) FROM ledger.amazon_return)) d""",
+    """INSERT INTO ledger.exception (type, owner, subject_key, return_id, line, sku, detail, opened_at,
+                                   opened_by_batch)
+       SELECT 'UNMAPPED_REASON_CODE', 'operations', rid || '|' || l, rid, l, sku, 'bench hold', %(t)s, 'bench'
+         FROM story WHERE k IN (93, 94)""",
+    "DROP TABLE story",
+]
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def generate(dsn: str, lines: int) -> float:
+    t0 = time.perf_counter()
+    start, _ = period_bounds(PERIOD)
+    params = {"t": start, "start": start, "orders": lines // 2, "skus": N_SKUS, "lines": lines}
+    with db.connect(dsn) as conn:
+        for sql in GENERATE_SQL:
+            conn.execute(sql, params if "%(" in sql else None)
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE")
+    return time.perf_counter() - t0
+
+
+def naive_python(dsn: str) -> Counter:
+    """The obvious approach: pull the tables into dicts and match in Python (same rules)."""
+    start, end = period_bounds(PERIOD)
+    with db.connect(dsn) as conn:
+        window = timedelta(days=float(conn.execute(
+            "SELECT (value #>> '{}')::numeric FROM ledger.policy_setting WHERE name = 'credit_window_days'"
+        ).fetchone()[0]))
+        policy = dict(conn.execute("SELECT disposition, credit_fraction FROM ledger.disposition_policy"))
+        held = {(r, ln) for r, ln in conn.execute(
+            "SELECT return_id, line FROM ledger.exception WHERE status = 'open'"
+            " AND type IN ('UNMAPPED_REASON_CODE', 'SKU_MISMATCH', 'OUT_OF_SEQUENCE')")}
+        orders = {r[0]: r for r in conn.execute(
+            "SELECT return_id, returns_notice, created_at, source, amazon_return_id FROM ledger.return_order")}
+        credits = {(r[0], r[1]): r for r in conn.execute(
+            "SELECT return_id, line, quantity, unit_amount, status FROM ledger.amazon_submission"
+            " WHERE kind = 'CREDIT_NOTE'")}
+        amazon = {}
+        for a in conn.execute("SELECT amazon_return_id, returns_notice, sku, quantity, charged_amount, export_period,"
+                              " linked_return_id FROM ledger.amazon_return"):
+            amazon[(a[1], a[2])] = a
+        linked = {a[6] for a in amazon.values() if a[6]}
+        lines = conn.execute("SELECT return_id, line, sku, quantity_received, disposition, dispositioned_at"
+                             " FROM ledger.return_line").fetchall()
+    counts: Counter = Counter()
+    rebound_keys = set()
+    accepted: Counter = Counter()
+    for rid, ln, sku, _, _, _ in lines:
+        o = orders[rid]
+        if o[3] == "REBOUND" and o[4] is None and rid not in linked:
+            rebound_keys.add((o[1], sku))
+            c = credits.get((rid, ln))
+            if c and c[4] == "ACCEPTED":
+                accepted[(o[1], sku)] += (c[2] * c[3]).quantize(Decimal("0.01"))
+    for rid, ln, sku, received, disposition, disp_at in lines:
+        o = orders[rid]
+        if not (start <= o[2] < end) or (o[1], sku) not in rebound_keys:
+            continue
+        c = credits.get((rid, ln))
+        a = amazon.get((o[1], sku))
+        fraction = policy.get(disposition)
+        if (rid, ln) in held:
+            s = "QUARANTINED"
+        elif disposition is None:
+            s = "PENDING"
+        elif disposition not in policy or fraction is None:
+            s = "ON_HOLD"
+        elif fraction == 0 or not received:
+            s = "NO_CREDIT_DUE"
+        elif c and c[4] == "FAILED":
+            s = "CREDIT_REJECTED"
+        elif (not c or c[4] != "ACCEPTED") and (disp_at is None or AS_OF - disp_at <= window):
+            s = "PENDING"
+        elif not c or c[4] != "ACCEPTED":
+            s = "CREDIT_MISSING"
+        elif a and a[4] is not None and a[4] != accepted[(o[1], sku)]:
+            s = "CREDIT_MISMATCH"
+        else:
+            s = "MATCHED"
+        counts[s] += 1
+    for key, a in amazon.items():
+        if a[5] == PERIOD and key not in rebound_keys:
+            counts["DARK_RETURN"] += 1
+    return counts
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lines", type=int, default=1_000_000)
+    ap.add_argument("--keep", action="store_true", help="keep the scratch database")
+    args = ap.parse_args()
+    server = os.environ.get("RETURNLEDGER_TEST_SERVER_DSN") or db.resolve_dsn()
+    dsn = db.create_scratch_database(server, prefix="bench_reconcile")
+    try:
+        migrate.migrate(dsn)
+        gen_s = generate(dsn, args.lines)
+        with db.connect(dsn) as conn:
+            n_lines = conn.execute("SELECT count(*) FROM ledger.return_line").fetchone()[0]
+            n_amazon = conn.execute("SELECT count(*) FROM ledger.amazon_return").fetchone()[0]
+            n_credit = conn.execute("SELECT count(*) FROM ledger.amazon_submission").fetchone()[0]
+        print(f"generated in {gen_s:.1f} s: {n_lines:,} ledger lines, {n_amazon:,} Amazon rows, "
+              f"{n_credit:,} credit notes")
+        rss0 = rss_mb()
+
+        t0 = time.perf_counter()
+        first = reconcile(dsn, PERIOD, as_of=AS_OF, batch_id="bench:1")
+        sql_s = time.perf_counter() - t0
+        rss_sql = rss_mb()
+        t0 = time.perf_counter()
+        rerun = reconcile(dsn, PERIOD, as_of=AS_OF, batch_id="bench:2")
+        rerun_s = time.perf_counter() - t0
+        assert rerun.by_status == first.by_status and sum(rerun.exceptions_raised.values()) == 0
+
+        t0 = time.perf_counter()
+        naive = naive_python(dsn)
+        naive_s = time.perf_counter() - t0
+        rss_naive = rss_mb()
+        agree = dict(naive) == first.by_status
+
+        print(f"reconcile (set-based SQL): {sql_s:6.1f} s  {first.rows:,} result rows  "
+              f"exceptions raised {first.exceptions_raised}")
+        print(f"reconcile rerun (replace): {rerun_s:6.1f} s  (no new exceptions)")
+        print(f"naive Python dict matching: {naive_s:6.1f} s  ratio naive/SQL = {naive_s / sql_s:.2f}x")
+        print(f"status counts agree: {agree}  {dict(sorted(first.by_status.items()))}")
+        if not agree:
+            print(f"  naive: {dict(sorted(naive.items()))}")
+        print(f"peak RSS of this process: {rss0:.0f} MB after generate, {rss_sql:.0f} MB after SQL reconcile, "
+              f"{rss_naive:.0f} MB after the naive baseline (PostgreSQL's own memory is in its server processes "
+              f"and not counted; work_mem for the reconcile transaction is 256 MB)")
+        ok = sql_s <= 60 and rss_sql <= 1536 and agree
+        print(f"targets (<= 60 s, <= 1.5 GB, same answer): {'MET' if ok else 'NOT MET'}")
+        return 0 if ok else 1
+    finally:
+        if not args.keep:
+            db.drop_database(server, dsn)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Benchmark the sync path outside the scheduler, with baselines measured in the same run.
+
+    .venv/bin/python bench/bench_sync.py [--returns 100000] [--naive-events 10000] [--no-push]
+
+Path measured (one window covering the whole scenario): extract from the
+simulated ReBound API (HTTP, pages) -> raw table -> GX validation ->
+quarantine -> lifecycle apply -> Amazon outbox. Printed:
+- events/s and peak memory (this process's max RSS; PostgreSQL is separate),
+- ratio against a naive row-at-a-time implementation of the same steps
+  (single-row INSERTs, per-row pydantic validation and per-row lookups,
+  per-event SELECT/UPDATE) measured on the first N deliveries,
+- ratio against the raw COPY speed of the same rows into PostgreSQL,
+- SP-API calls the pushes took against the minimum ceil(items / batch limit).
+Not a test: numbers vary with the machine; run it when you change the sync.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import resource
+import sys
+import tempfile
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+
+from returnledger import lifecycle, reference, sync
+from returnledger.models import EventType, LineState
+from returnledger.store import db, migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def generate(n: int, seed: int, folder: Path) -> Path:
+    spec = importlib.util.spec_from_file_location("gen", ROOT.parent / "shared" / "scenarios" / "generate.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    scenario, _ = gen.generate(n, seed, False)
+    # the simulator's throttle is Amazon's published 10 req/s; the bench lifts it to count calls, not wait
+    scenario["faults"] = {"amazon": {"throttle": {"rate": 100000, "burst": 100000}}}
+    path = folder / f"bench-{n}.json"
+    path.write_text(json.dumps(scenario))
+    return path
+
+
+def fresh_db(server: str, name: str) -> str:
+    with psycopg.connect(server, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        c.execute(f'CREATE DATABASE "{name}"')
+    dsn = db.with_database(server, name)
+    migrate.migrate(dsn)
+    return dsn
+
+
+def utc(d: date) -> datetime:
+    return datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
+
+
+def naive_path(dsn: str, events: list[dict], orders: list[dict], scenario: dict) -> float:
+    """The same steps one row at a time: how the job is often first written. Returns seconds."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from returnledger.models import ReboundEvent
+
+    adapter = TypeAdapter(ReboundEvent)
+    with db.connect(dsn) as conn:
+        sync.store_return_orders(conn, orders)
+        conn.commit()
+        policy = reference.load_policy(conn)
+    conn = db.connect(dsn, autocommit=True)
+    t = time.perf_counter()
+    for p in events:
+        key = sync.event_key(p)
+        row = conn.execute("""INSERT INTO ledger.raw_event (event_key, event_id, payload, received_at, batch_id)
+                              VALUES (%s, %s, %s, now(), 'naive') ON CONFLICT (event_key) DO NOTHING
+                              RETURNING raw_id""", (key, p.get("event_id"), json.dumps(p))).fetchone()
+        if row is None:
+            continue
+        try:
+            ev = adapter.validate_python(p)
+        except ValidationError:
+            continue
+        if not conn.execute("SELECT 1 FROM ledger.return_order WHERE return_id = %s", (ev.return_id,)).fetchone():
+            continue
+        if ev.type in (EventType.RETURN_CREATED, EventType.IN_TRANSIT):
+            continue
+        line = conn.execute("""SELECT l.state, l.quantity_announced, l.quantity_received, l.grade, l.disposition,
+                                      l.reason, l.sku FROM ledger.return_line l
+                               WHERE return_id = %s AND line = %s""", (ev.return_id, ev.line)).fetchone()
+        if line is None:
+            continue
+        if not conn.execute("SELECT 1 FROM ledger.reason_mapping WHERE rebound_reason = %s AND active",
+                            (line[5],)).fetchone():
+            continue
+        if not conn.execute("SELECT 1 FROM ledger.sku WHERE sku = %s", (line[6],)).fetchone():
+            continue
+        view = lifecycle.LineView(state=LineState(line[0]), quantity_announced=line[1], quantity_received=line[2],
+                                  grade=line[3], disposition=line[4])
+        out = lifecycle.apply_event(view, sync._line_event(row[0], p), policy)
+        if out.hold or not out.transitions:
+            continue
+        conn.execute("""UPDATE ledger.return_line SET state = %s, quantity_received = %s, grade = %s,
+                        disposition = %s WHERE return_id = %s AND line = %s""",
+                     (str(out.line.state), out.line.quantity_received, out.line.grade, out.line.disposition,
+                      ev.return_id, ev.line))
+        for frm, to in out.transitions:
+            conn.execute("""INSERT INTO ledger.line_history (return_id, line, from_state, to_state, event_id, cause,
+                            batch_id, at) VALUES (%s, %s, %s, %s, %s, %s, 'naive', now())
+                            ON CONFLICT DO NOTHING""", (ev.return_id, ev.line, str(frm), str(to), ev.event_id,
+                                                        str(ev.type)))
+        for kind in out.actions:
+            conn.execute("""INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku,
+                            quantity, created_at, created_batch) VALUES (%s, %s, %s, %s, %s, %s, now(), 'naive')
+                            ON CONFLICT DO NOTHING""", (f"{kind}:{ev.return_id}:{ev.line}", str(kind),
+                                                         ev.return_id, ev.line, line[6],
+                                                         max(1, out.line.quantity_received or 1)))
+    secs = time.perf_counter() - t
+    conn.close()
+    return secs
+
+
+def copy_ceiling(dsn: str, events: list[dict]) -> float:
+    """Seconds to COPY the same raw rows (as the fast path stages them) into a plain table."""
+    rows = sync._raw_rows(events)
+    with db.connect(dsn) as conn:
+        conn.execute("""CREATE TABLE copy_ceiling (event_key text, event_id text, payload jsonb, deliveries int,
+                        delivered_at timestamptz, event_type text, return_id text, line int,
+                        occurred_at timestamptz)""")
+        conn.commit()
+        t = time.perf_counter()
+        with conn.cursor().copy("COPY copy_ceiling FROM STDIN") as cp:
+            for r in rows:
+                cp.write_row(r)
+        conn.commit()
+        return time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--returns", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--naive-events", type=int, default=10_000)
+    ap.add_argument("--no-push", action="store_true")
+    ap.add_argument("--server", default=None, help="PostgreSQL server DSN (default: RETURNLEDGER_DSN or embedded)")
+    a = ap.parse_args()
+    from returnledger.clients.amazon import AmazonVendorClient
+    from returnledger.sandbox.harness import run_sandbox
+    from returnledger.sandbox.scenario import load_scenario_dict
+
+    server = db.resolve_dsn(a.server)
+    work = Path(tempfile.mkdtemp(prefix="rl-bench-"))
+    t = time.perf_counter()
+    path = generate(a.returns, a.seed, work)
+    scenario = load_scenario_dict(path)
+    print(f"scenario: {a.returns} returns, {len(scenario['rebound']['events'])} events "
+          f"(generated in {time.perf_counter() - t:.1f}s)")
+    dsn = fresh_db(server, "returnledger_bench")
+    first = date.fromisoformat(scenario["run"]["from"])
+    window_end = utc(date.fromisoformat(scenario["run"]["to"]) + timedelta(days=1))
+    reference.load_reference(dsn, at=utc(first))
+    reference.load_scenario_reference(dsn, scenario, at=utc(first))
+    with run_sandbox(path, work / "out", faults=True) as sb:
+        rebound = sb.rebound_client(page_size=1000, timeout=30)
+        batch = sync.batch_id_for(window_end)
+        phases = {}
+        t0 = time.perf_counter()
+        t = t0
+        stats = sync.extract(dsn, rebound, window_end=window_end, batch_id=batch)
+        phases["extract (HTTP + raw + return orders)"] = time.perf_counter() - t
+        t = time.perf_counter()
+        v = sync.validate(dsn, batch_id=batch)
+        phases["validate (GX)"] = time.perf_counter() - t
+        t = time.perf_counter()
+        sync.quarantine(dsn, batch_id=batch, at=window_end)
+        phases["quarantine"] = time.perf_counter() - t
+        t = time.perf_counter()
+        applied = sync.apply(dsn, batch_id=batch, at=window_end)
+        phases["apply + outbox"] = time.perf_counter() - t
+        total = time.perf_counter() - t0
+        delivered = stats["delivered"]
+        print(f"\nfast path: {delivered} deliveries in {total:.1f}s = {delivered / total:,.0f} events/s; "
+              f"peak RSS {rss_mb():,.0f} MB")
+        for k, secs in phases.items():
+            print(f"  {k:<40}{secs:8.1f}s")
+        print(f"  validated {v['rows']} rows: {v['passed']} passed, {v['failed']} failed; "
+              f"outbox: {applied.get('credit_actions')} credit lines, {applied.get('inventory_actions')} restocks")
+
+        # the same deliveries, in feed order, for the baselines
+        events = [e for p in rebound.iter_event_pages(None, until=window_end) for e in p.events]
+        found, _ = rebound.get_returns({e["return_id"] for e in events[: a.naive_events]
+                                        if isinstance(e.get("return_id"), str) and sync._ID_RE.match(e["return_id"])})
+        copy_secs = copy_ceiling(fresh_db(server, "returnledger_bench_copy"), events)
+        naive_dsn = fresh_db(server, "returnledger_bench_naive")
+        reference.load_reference(naive_dsn, at=utc(first))
+        reference.load_scenario_reference(naive_dsn, scenario, at=utc(first))
+        naive_secs = naive_path(naive_dsn, events[: a.naive_events], found, scenario)
+        fast_rate = delivered / total
+        naive_rate = a.naive_events / naive_secs
+        copy_rate = len(events) / copy_secs
+        print(f"\nnaive row-at-a-time: {a.naive_events} events in {naive_secs:.1f}s = {naive_rate:,.0f} events/s")
+        print(f"COPY ceiling (same rows, plain table): {copy_rate:,.0f} events/s")
+        print(f"ratio fast / naive: {fast_rate / naive_rate:.1f}x   (target >= 20x)")
+        print(f"ratio fast / COPY:  {fast_rate / copy_rate:.0%}   (target >= 50%)")
+
+        if not a.no_push:
+            ex = sb.amazon_extra
+            amazon = AmazonVendorClient(sb.amazon_url, lwa_url=sb.lwa_url, refresh_token=sb.lwa_refresh_token,
+                                        lwa_client_id=sb.lwa_client_id, lwa_client_secret=sb.lwa_client_secret,
+                                        rate_per_s=100000, burst=100000)
+            with db.connect(dsn) as conn:
+                notes, skus = conn.execute("""SELECT count(DISTINCT document_id) FILTER (WHERE kind = 'CREDIT_NOTE'),
+                                                     count(DISTINCT sku) FILTER (WHERE kind = 'INVENTORY')
+                                              FROM ledger.amazon_submission WHERE status = 'PENDING'""").fetchone()
+            t = time.perf_counter()
+            inv = sync.push_inventory(dsn, amazon, warehouse_id=ex["warehouse_id"], party_id=ex["party_id"],
+                                      at=window_end, batch_id=batch)
+            cred = sync.push_credits(dsn, amazon, party_id=ex["party_id"], at=window_end, batch_id=batch)
+            secs = time.perf_counter() - t
+            print(f"\npushes: inventory {inv['calls']} calls for {skus} SKUs (minimum ceil({skus}/100) = "
+                  f"{math.ceil(skus / 100)}); credit notes {cred['calls']} calls for {notes} notes (minimum "
+                  f"{notes}: one note per call, see sync.push_credits); {secs:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
