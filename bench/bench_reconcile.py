@@ -179,13 +179,16 @@ def naive_python(dsn: str) -> Counter:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=1_000_000)
-    ap.add_argument("--keep", action="store_true", help="keep the scratch database")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch database (its DSN is printed)")
+    ap.add_argument("--reuse", metavar="DSN", help="a database kept by --keep: skip generating")
     args = ap.parse_args()
     server = os.environ.get("RETURNLEDGER_TEST_SERVER_DSN") or db.resolve_dsn()
-    dsn = db.create_scratch_database(server, prefix="bench_reconcile")
+    dsn = args.reuse or db.create_scratch_database(server, prefix="bench_reconcile")
+    if args.keep or args.reuse:
+        print(f"database: {dsn}")
     try:
         migrate.migrate(dsn)
-        gen_s = generate(dsn, args.lines)
+        gen_s = 0.0 if args.reuse else generate(dsn, args.lines)
         with db.connect(dsn) as conn:
             n_lines = conn.execute("SELECT count(*) FROM ledger.return_line").fetchone()[0]
             n_amazon = conn.execute("SELECT count(*) FROM ledger.amazon_return").fetchone()[0]
@@ -211,7 +214,9 @@ def main() -> int:
 
         print(f"reconcile (set-based SQL): {sql_s:6.1f} s  {first.rows:,} result rows  "
               f"exceptions raised {first.exceptions_raised}")
+        print(f"  steps: {first.as_dict()['steps']}")
         print(f"reconcile rerun (replace): {rerun_s:6.1f} s  (no new exceptions)")
+        print(f"  steps: {rerun.as_dict()['steps']}")
         print(f"naive Python dict matching: {naive_s:6.1f} s  ratio naive/SQL = {naive_s / sql_s:.2f}x")
         print(f"status counts agree: {agree}  {dict(sorted(first.by_status.items()))}")
         if not agree:
@@ -223,7 +228,7 @@ def main() -> int:
         print(f"targets (<= 60 s, <= 1.5 GB, same answer): {'MET' if ok else 'NOT MET'}")
         return 0 if ok else 1
     finally:
-        if not args.keep:
+        if not args.keep and not args.reuse:
             db.drop_database(server, dsn)
 
 

@@ -100,7 +100,7 @@ def resolve_open(conn: psycopg.Connection, type_: ExceptionType, subject_keys: l
         return 0
     cur = conn.execute(
         "UPDATE ledger.exception SET status = 'resolved', resolved_at = %s, resolved_by = %s, resolution = %s"
-        " WHERE status = 'open' AND type = %s AND subject_key = ANY(%s)",
+        " WHERE status = 'open' AND type = %s AND subject_key IN (SELECT unnest(%s::text[]))",
         (at, actor, resolution, str(type_), subject_keys),
     )
     return cur.rowcount

@@ -58,13 +58,14 @@ class ReconSummary:
     exceptions_raised: dict[str, int] = field(default_factory=dict)
     exceptions_resolved: int = 0
     seconds: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)   # seconds per step, for the run log and the benchmark
 
     def as_dict(self) -> dict:
         """Small, JSON-safe summary for XCom."""
         return {"period": self.period, "result_key": self.result_key, "as_of": self.as_of.isoformat(),
                 "batch_id": self.batch_id, "rows": self.rows, "by_status": self.by_status,
                 "exceptions_raised": self.exceptions_raised, "exceptions_resolved": self.exceptions_resolved,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "steps": {k: round(v, 3) for k, v in self.steps.items()}}
 
 
 # --- SQL ------------------------------------------------------------------------
@@ -220,12 +221,14 @@ SELECT r.row_key, r.return_id, r.line, r.sku, r.returns_notice, r.received_total
 # Open exceptions that this run shows are settled: the credit was accepted after
 # all, or a ReBound return turned up for a dark return.
 _SETTLED_CREDIT_MISSING_SQL = """
-SELECT row_key FROM ledger.recon_result
- WHERE period = %(key)s AND return_id IS NOT NULL AND recon_status IN ('MATCHED', 'CREDIT_MISMATCH')
+SELECT r.row_key FROM ledger.recon_result r
+  JOIN ledger.exception e ON e.type = 'CREDIT_MISSING' AND e.status = 'open' AND e.subject_key = r.row_key
+ WHERE r.period = %(key)s AND r.return_id IS NOT NULL AND r.recon_status IN ('MATCHED', 'CREDIT_MISMATCH')
 """
 
 _SETTLED_DARK_SQL = f"""
 SELECT ar.amazon_return_id FROM ledger.amazon_return ar
+  JOIN ledger.exception e ON e.type = 'DARK_RETURN' AND e.status = 'open' AND e.subject_key = ar.amazon_return_id
  WHERE ar.export_period = %(period)s
    AND EXISTS (SELECT 1 FROM ledger.return_order o JOIN ledger.return_line l ON l.return_id = o.return_id
                 WHERE o.returns_notice = ar.returns_notice AND l.sku = ar.sku AND {_REBOUND_ORDER})
@@ -302,12 +305,27 @@ def reconcile(dsn: str, period: str, *, as_of: datetime, batch_id: str,
             window_days = conn.execute(_CREDIT_WINDOW_SQL, {"default": DEFAULT_CREDIT_WINDOW_DAYS}).fetchone()[0]
             params = {"key": key, "period": period, "start": start, "end": end, "as_of": as_of,
                       "batch": batch_id, "holding": _HOLDING, "window": timedelta(days=float(window_days))}
+            mark = time.perf_counter()
+
+            def step(name: str) -> None:
+                nonlocal mark
+                now = time.perf_counter()
+                summary.steps[name] = now - mark
+                mark = now
+
             conn.execute(_DELETE_RESULTS_SQL, params)
             if key.startswith("daily:"):
                 oldest = f"daily:{(as_of - timedelta(days=DAILY_RETENTION_DAYS)).date().isoformat()}"
                 conn.execute(_DELETE_OLD_DAILY_SQL, {"oldest": oldest})
+            step("replace")
             conn.execute(_LINES_SQL, params)
+            step("lines")
             conn.execute(_DARK_SQL, params)
+            step("dark")
+            # fresh statistics: the queries below read the rows just written (an empty table's
+            # stats would send the planner into nested loops over a million rows)
+            conn.execute("ANALYZE ledger.recon_result")
+            step("analyze")
 
             new: list[NewException] = []
             new += _credit_missing(conn.execute(_CREDIT_MISSING_SQL, {**params, "type": "CREDIT_MISSING"}),
@@ -315,9 +333,11 @@ def reconcile(dsn: str, period: str, *, as_of: datetime, batch_id: str,
             new += _credit_mismatch(conn.execute(_CREDIT_MISMATCH_SQL, {**params, "type": "CREDIT_MISMATCH"}))
             new += _dark(conn.execute(_DARK_EXC_SQL, {**params, "type": "DARK_RETURN"}))
             new += _quantity(conn.execute(_QUANTITY_SQL, {**params, "type": "QUANTITY_MISMATCH"}))
+            step("find_exceptions")
             for t in sorted({str(n.type) for n in new}):
                 batch = [n for n in new if str(n.type) == t]
                 summary.exceptions_raised[t] = raise_exceptions(conn, batch, at=as_of, batch_id=batch_id)
+            step("raise_exceptions")
 
             settled = [r[0] for r in conn.execute(_SETTLED_CREDIT_MISSING_SQL, params)]
             summary.exceptions_resolved += resolve_open(
@@ -327,9 +347,11 @@ def reconcile(dsn: str, period: str, *, as_of: datetime, batch_id: str,
             summary.exceptions_resolved += resolve_open(
                 conn, ExceptionType.DARK_RETURN, found, at=as_of, actor=f"reconciliation:{batch_id}",
                 resolution="a ReBound return now exists for this returns notice and SKU")
+            step("resolve_settled")
 
             summary.by_status = {s: n for s, n in conn.execute(_COUNT_SQL, params)}
             summary.rows = sum(summary.by_status.values())
+            step("count")
     summary.seconds = time.perf_counter() - t0
     log.info("reconciled %s as of %s: %s rows %s, exceptions %s", key, as_of.isoformat(), summary.rows,
              summary.by_status, summary.exceptions_raised)

@@ -96,6 +96,7 @@ def land_raw(conn: psycopg.Connection, events: list[Any], *, window_end: datetim
     conn.execute("""CREATE TEMP TABLE IF NOT EXISTS raw_stage (
         event_key text, event_id text, payload text, deliveries int, delivered_at timestamptz,
         event_type text, return_id text, line int, occurred_at timestamptz) ON COMMIT DELETE ROWS""")
+    conn.execute("TRUNCATE raw_stage")
     with conn.cursor().copy("COPY raw_stage FROM STDIN") as copy:
         for r in rows:
             copy.write_row(r)
@@ -129,11 +130,13 @@ def extract(dsn: str, client, *, window_end: datetime, batch_id: str, chunk: int
     with connect(dsn) as conn:
         _start_run(conn, batch_id, window_end)
         row = conn.execute("SELECT position FROM ledger.sync_cursor WHERE name = %s", (CURSOR_NAME,)).fetchone()
+        conn.commit()  # each chunk below is its own transaction: raw rows and the cursor commit together
         cursor = row[0] if row else None
         buffer: list[Any] = []
         position = cursor
 
         def flush():
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
             with conn.transaction():
                 if buffer:
                     new, repeats = land_raw(conn, buffer, window_end=window_end, batch_id=batch_id)
@@ -501,12 +504,13 @@ def _write_apply(conn, lines, ch: _Changes, to_hold, held_ids, policy, *, batch_
     _hold(conn, to_hold, at=at)
     done = ch.done
     if done:
-        conn.execute("DELETE FROM ledger.held_event WHERE raw_id = ANY(%s)", (done,))
-        conn.execute("""UPDATE ledger.raw_event SET status = CASE WHEN raw_id = ANY(%s) THEN 'IGNORED' ELSE 'APPLIED' END,
-                        status_detail = NULL WHERE raw_id = ANY(%s)""", (list(ch.ignored), done))
+        conn.execute("DELETE FROM ledger.held_event WHERE raw_id IN (SELECT unnest(%s::bigint[]))", (done,))
+        conn.execute("""UPDATE ledger.raw_event r SET status = 'APPLIED', status_detail = NULL
+                        FROM unnest(%s::bigint[]) AS x(id) WHERE r.raw_id = x.id""", (done,))
         if ch.ignored:
-            conn.execute("UPDATE ledger.raw_event SET status_detail = x.d FROM unnest(%s::bigint[], %s::text[])"
-                         " AS x(id, d) WHERE raw_id = x.id", (list(ch.ignored), list(ch.ignored.values())))
+            conn.execute("UPDATE ledger.raw_event SET status = 'IGNORED', status_detail = x.d"
+                         " FROM unnest(%s::bigint[], %s::text[]) AS x(id, d) WHERE raw_id = x.id",
+                         (list(ch.ignored), list(ch.ignored.values())))
     waiting = {(r[0], r[1]) for r in conn.execute(
         "SELECT DISTINCT return_id, line FROM ledger.held_event WHERE reason = 'OUT_OF_SEQUENCE'")}
     cleared = [line_subject(rid, ln) for rid, ln in ch.touched if (rid, ln) not in waiting]

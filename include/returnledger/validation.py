@@ -185,17 +185,18 @@ def validate_events(rows: list[tuple[int, dict]], ref: Reference) -> ValidationO
             value = hit.get(check.kwargs["column"])
             if raw_id not in first or order[check.name] < first[raw_id][0]:
                 first[raw_id] = (order[check.name], check, value)
-    info = df.set_index("raw_id")
     failed = []
-    for raw_id, (_, check, value) in sorted(first.items()):
-        row = info.loc[raw_id]
-        line = row["line"]
-        fields = {k: _plain(row[k]) for k in ("return_id", "line", "reason", "sku")}
-        failed.append(Verdict(raw_id=raw_id, exception_type=check.exception_type,
-                              detail=f"{check.name}: " + check.explain.format(value=_plain(value), **fields),
-                              return_id=_plain(row["return_id"]), line=None if _isna(line) else int(line),
-                              sku=_plain(row["sku"])))
-    passed = [int(x) for x in df["raw_id"] if int(x) not in first]
+    if first:
+        ids = sorted(first)
+        sub = df.set_index("raw_id").loc[ids, ["return_id", "line", "reason", "sku"]]
+        for raw_id, rid, line, reason, sku in zip(ids, *(sub[c].tolist() for c in sub.columns)):
+            _, check, value = first[raw_id]
+            fields = {"return_id": _plain(rid), "line": _plain(line), "reason": _plain(reason), "sku": _plain(sku)}
+            failed.append(Verdict(raw_id=raw_id, exception_type=check.exception_type,
+                                  detail=f"{check.name}: " + check.explain.format(value=_plain(value), **fields),
+                                  return_id=fields["return_id"],
+                                  line=None if fields["line"] is None else int(fields["line"]), sku=fields["sku"]))
+    passed = [x for x in df["raw_id"].tolist() if x not in first]
     return ValidationOutcome(rows=len(df), passed=passed, failed=failed, result_json=result.to_json_dict())
 
 
