@@ -104,7 +104,7 @@ def naive_path(dsn: str, events: list[dict], orders: list[dict], scenario: dict)
             continue
         view = lifecycle.LineView(state=LineState(line[0]), quantity_announced=line[1], quantity_received=line[2],
                                   grade=line[3], disposition=line[4])
-        out = lifecycle.apply_event(view, sync._line_event(row[0], p), policy)
+        out = lifecycle.apply_event(view, sync.line_event(p), policy)
         if out.hold or not out.transitions:
             continue
         conn.execute("""UPDATE ledger.return_line SET state = %s, quantity_received = %s, grade = %s,

@@ -35,8 +35,15 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import (Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context,
-                         task)
+from airflow.sdk import (
+    Asset,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    Param,
+    dag,
+    get_current_context,
+    task,
+)
 
 from returnledger.airflow_adapter import LEDGER_ASSET_NAME, LEDGER_ASSET_URI, default_args
 

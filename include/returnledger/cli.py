@@ -53,9 +53,9 @@ def _cmd_settings(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from returnledger.runner import print_summary, run_scenario
-
     from datetime import date
+
+    from returnledger.runner import print_summary, run_scenario
 
     days = None
     if args.days:

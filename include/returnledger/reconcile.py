@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
 from returnledger.exceptions import NewException, raise_exceptions, resolve_open
-from returnledger.models import ExceptionType, ReconStatus
+from returnledger.models import ExceptionType
 from returnledger.store.db import connect
 
 log = logging.getLogger(__name__)
@@ -322,9 +322,10 @@ def reconcile(dsn: str, period: str, *, as_of: datetime, batch_id: str,
             step("lines")
             conn.execute(_DARK_SQL, params)
             step("dark")
-            # fresh statistics: the queries below read the rows just written (an empty table's
-            # stats would send the planner into nested loops over a million rows)
+            # fresh statistics: the queries below read the rows just written and the exception queue
+            # (stale stats of a once-empty table send the planner into nested loops over a million rows)
             conn.execute("ANALYZE ledger.recon_result")
+            conn.execute("ANALYZE ledger.exception")
             step("analyze")
 
             new: list[NewException] = []

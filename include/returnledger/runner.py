@@ -40,12 +40,7 @@ def prepare_airflow(dsn: str, sandbox, home: Path, *, out_dir: Path) -> None:
     from returnledger.settings import apply_env, load_settings
 
     home.mkdir(parents=True, exist_ok=True)
-    info = __import__("psycopg").conninfo.conninfo_to_dict(dsn)
-    ledger_conn = {"conn_type": "postgres", "host": info.get("host", "127.0.0.1"),
-                   "port": int(info.get("port") or 5432), "login": info.get("user", "postgres"),
-                   "schema": info.get("dbname", "postgres")}
-    if info.get("password"):
-        ledger_conn["password"] = info["password"]
+    ledger_conn = json.loads(db.airflow_connection_json(dsn))
     overrides = {
         "returns_db": ledger_conn,
         "rebound_api": {"host": sandbox.rebound_url, "port": None},
@@ -71,7 +66,7 @@ def prepare_airflow(dsn: str, sandbox, home: Path, *, out_dir: Path) -> None:
     if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in os.environ:
         meta = db.with_database(dsn, "returnledger_airflow")
         _ensure_database(dsn, "returnledger_airflow")
-        os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = _sqlalchemy_url(meta)
+        os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = db.sqlalchemy_url(meta)
     _airflow_db_migrate()
 
 
@@ -83,29 +78,17 @@ def _ensure_database(dsn: str, name: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def _sqlalchemy_url(dsn: str) -> str:
-    import psycopg
-    from urllib.parse import quote
-
-    i = psycopg.conninfo.conninfo_to_dict(dsn)
-    host = i.get("host", "127.0.0.1")
-    auth = quote(i.get("user", "postgres")) + (":" + quote(i["password"]) if i.get("password") else "")
-    if host.startswith("/"):
-        return f"postgresql+psycopg2://{auth}@/{i.get('dbname')}?host={quote(host)}&port={i.get('port') or 5432}"
-    return f"postgresql+psycopg2://{auth}@{host}:{i.get('port') or 5432}/{i.get('dbname')}"
-
-
 def _airflow_db_migrate() -> None:
     """Create Airflow's own metadata tables (once per metadata database) and the project's pools."""
-    from airflow.utils.db import initdb  # noqa: F401 - make sure the ORM is importable before settings
     from airflow import settings as af_settings
     from airflow.utils import db as af_db
+    from airflow.utils.db import initdb  # noqa: F401 - make sure the ORM is importable before settings
 
     af_settings.configure_orm()
     af_db.initdb()
-    from returnledger.settings import load_settings
-
     from airflow.models.pool import Pool
+
+    from returnledger.settings import load_settings
 
     for pool in load_settings()["pools"]:
         Pool.create_or_update_pool(pool["name"], pool["slots"], pool["description"], include_deferred=False)

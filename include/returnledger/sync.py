@@ -289,7 +289,7 @@ def quarantine(dsn: str, *, batch_id: str, at: datetime) -> dict:
                 held.append((raw_id, ExceptionType(etype), detail, rid, ln, sku))
         raise_exceptions(conn, invalid, at=at, batch_id=batch_id)
         line_ex = {}
-        for raw_id, etype, detail, rid, ln, sku in held:
+        for _raw_id, etype, detail, rid, ln, sku in held:
             line_ex.setdefault((etype, line_subject(rid, ln)),
                                NewException(etype, line_subject(rid, ln), detail, return_id=rid, line=ln, sku=sku))
         raise_exceptions(conn, list(line_ex.values()), at=at, batch_id=batch_id)
@@ -331,7 +331,8 @@ class _Ev:
     event: Any  # lifecycle.LineEvent
 
 
-def _line_event(raw_id: int, p: dict) -> lifecycle.LineEvent:
+def line_event(p: dict) -> lifecycle.LineEvent:
+    """A validated payload as the lifecycle's event."""
     return lifecycle.LineEvent(event_id=p["event_id"], type=EventType(p["type"]),
                                occurred_at=_parse_time(p["occurred_at"]), quantity=p.get("quantity"),
                                grade=p.get("grade"), disposition=p.get("disposition"))
@@ -363,7 +364,9 @@ def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> di
         stats["released_exceptions"] = release_reference_holds(conn, at=at)
         # events to (re)apply: new passing events, and held events of lines no longer blocked by reference data
         rows = conn.execute("""
-            SELECT r.raw_id, r.payload, (h.raw_id IS NOT NULL) AS was_held
+            SELECT r.raw_id, r.event_id, r.event_type, r.return_id, r.line, r.occurred_at,
+                   (r.payload->>'quantity')::numeric::int, r.payload->>'grade', r.payload->>'disposition',
+                   (h.raw_id IS NOT NULL) AS was_held
             FROM ledger.raw_event r LEFT JOIN ledger.held_event h USING (raw_id)
             WHERE (r.status = 'NEW' AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f
                                                       WHERE f.raw_id = r.raw_id))
@@ -378,10 +381,12 @@ def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> di
         line_events: dict[tuple[str, int], list[_Ev]] = defaultdict(list)
         return_events: dict[str, list[_Ev]] = defaultdict(list)
         to_hold: list[tuple[int, str, int, ExceptionType]] = []
-        held_ids = {raw_id for raw_id, _, was_held in rows if was_held}
-        for raw_id, p, _ in rows:
-            ev = _Ev(raw_id, p["return_id"], p.get("line"), _line_event(raw_id, p))
-            if p["type"] in RETURN_EVENTS:
+        held_ids = {r[0] for r in rows if r[-1]}
+        for raw_id, event_id, etype, rid, ln, occurred_at, quantity, grade, disposition, _ in rows:
+            ev = _Ev(raw_id, rid, ln, lifecycle.LineEvent(event_id=event_id, type=EventType(etype),
+                                                         occurred_at=occurred_at, quantity=quantity, grade=grade,
+                                                         disposition=disposition))
+            if etype in RETURN_EVENTS:
                 return_events[ev.return_id].append(ev)
             elif (ev.return_id, ev.line) in blocked:  # rows of a line with an open exception are held
                 to_hold.append((raw_id, ev.return_id, ev.line, ExceptionType(blocked[(ev.return_id, ev.line)][0])))
@@ -494,7 +499,7 @@ def _write_apply(conn, lines, ch: _Changes, to_hold, held_ids, policy, *, batch_
     outbox = _write_outbox(conn, lines, ch.actions, policy, batch_id=batch_id, at=at, currency=currency)
     # holds: OUT_OF_SEQUENCE exceptions for lines that now wait; resolve those whose wait is over
     oos = {}
-    for raw_id, rid, ln, etype in to_hold:
+    for _raw_id, rid, ln, etype in to_hold:
         if etype == ExceptionType.OUT_OF_SEQUENCE:
             oos.setdefault((rid, ln), NewException(
                 ExceptionType.OUT_OF_SEQUENCE, line_subject(rid, ln),

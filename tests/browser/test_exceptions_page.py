@@ -68,16 +68,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _sqlalchemy_url(dsn: str) -> str:
-    i = psycopg.conninfo.conninfo_to_dict(dsn)
-    auth = i.get("user", "postgres") + (f":{i['password']}" if i.get("password") else "")
-    return f"postgresql+psycopg2://{auth}@{i.get('host', '127.0.0.1')}:{i.get('port', 5432)}/{i['dbname']}"
-
-
-def _airflow_conn_uri(dsn: str) -> str:
-    return _sqlalchemy_url(dsn).replace("postgresql+psycopg2://", "postgres://", 1)
-
-
 def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
     """SIGINT to the server's process group (its clean shutdown), SIGKILL only if it hangs."""
     if proc.poll() is not None:
@@ -115,12 +105,12 @@ def airflow_server(tmp_path, pg_server, fresh_db):
             "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:op",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _sqlalchemy_url(meta_dsn),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta_dsn),
         "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-        "AIRFLOW_CONN_RETURNS_DB": _airflow_conn_uri(fresh_db),
+        "AIRFLOW_CONN_RETURNS_DB": db.airflow_connection_json(fresh_db),
         "GX_ANALYTICS_ENABLED": "false",
     })
     airflow = str(Path(sys.executable).with_name("airflow"))

@@ -218,11 +218,7 @@ def airflow_env(pg_server, tmp_path_factory):
     """A throwaway Airflow: own home, metadata in a fresh PostgreSQL database, migrated once."""
     home = tmp_path_factory.mktemp("airflow_home")
     meta = db.create_scratch_database(pg_server, prefix="d1_airflow_meta")
-    import psycopg
-
-    info = psycopg.conninfo.conninfo_to_dict(meta)
-    sa = (f"postgresql+psycopg2://{info.get('user', 'postgres')}@{info.get('host', '127.0.0.1')}:"
-          f"{info.get('port', 5432)}/{info['dbname']}")
+    sa = db.sqlalchemy_url(meta)
     dags = home / "dags"
     dags.mkdir()
     (dags / "failing_on_purpose.py").write_text(FAILING_DAG)

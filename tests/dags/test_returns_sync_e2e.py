@@ -41,10 +41,8 @@ def e2e(tmp_path_factory, pg_server, shared_dir):
     scenario = _generate(shared_dir, base, returns=25, seed=11, faults=True)
     ledger = db.create_scratch_database(pg_server, "rl_e2e")
     meta = db.create_scratch_database(pg_server, "rl_e2e_airflow")
-    from returnledger.runner import _sqlalchemy_url
-
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETURNLEDGER"))}
-    env.update({"RETURNLEDGER_DSN": ledger, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _sqlalchemy_url(meta),
+    env.update({"RETURNLEDGER_DSN": ledger, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta),
                 "RETURNLEDGER_AIRFLOW_HOME": str(base / "airflow_home"), "GX_ANALYTICS_ENABLED": "false"})
 
     def run(out: str, *args: str) -> subprocess.CompletedProcess:

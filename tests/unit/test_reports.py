@@ -6,8 +6,15 @@ from decimal import Decimal
 
 import pytest
 
-from returnledger.reports import (EXTRA_COLUMNS, REPORT_COLUMNS, ReportDoesNotTieOut, _cell, _chart,
-                                  _render_html, tie_out)
+from returnledger.reports import (
+    EXTRA_COLUMNS,
+    REPORT_COLUMNS,
+    ReportDoesNotTieOut,
+    _cell,
+    _chart,
+    _render_html,
+    tie_out,
+)
 
 
 def grouped(*rows, total=None):

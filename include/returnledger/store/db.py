@@ -106,3 +106,27 @@ def drop_database(server_dsn: str, dsn: str) -> None:
     name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    """The same database as a SQLAlchemy URL (Airflow's metadata DB), Unix sockets included."""
+    from urllib.parse import quote
+
+    i = psycopg.conninfo.conninfo_to_dict(dsn)
+    host, port = i.get("host") or "127.0.0.1", i.get("port") or 5432
+    auth = quote(i.get("user") or "postgres") + (":" + quote(i["password"]) if i.get("password") else "")
+    if host.startswith("/"):  # embedded server: a socket folder, passed as a query parameter
+        return f"postgresql+psycopg2://{auth}@/{i.get('dbname')}?host={quote(host)}&port={port}"
+    return f"postgresql+psycopg2://{auth}@{host}:{port}/{i.get('dbname')}"
+
+
+def airflow_connection_json(dsn: str) -> str:
+    """The same database as an Airflow connection in JSON form (for AIRFLOW_CONN_RETURNS_DB)."""
+    import json
+
+    i = psycopg.conninfo.conninfo_to_dict(dsn)
+    conn = {"conn_type": "postgres", "host": i.get("host") or "127.0.0.1", "port": int(i.get("port") or 5432),
+            "login": i.get("user") or "postgres", "schema": i.get("dbname") or "postgres"}
+    if i.get("password"):
+        conn["password"] = i["password"]
+    return json.dumps(conn)
