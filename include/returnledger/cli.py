@@ -14,6 +14,7 @@ from pathlib import Path
 
 # modules that add their own subcommands
 PLUGGED = ["returnledger.reference", "returnledger.exceptions", "returnledger.operating_checks",
+           "returnledger.amazon_export", "returnledger.reconcile", "returnledger.reports",
            "returnledger.sandbox.serve"]
 
 

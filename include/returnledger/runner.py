@@ -113,8 +113,11 @@ def run_dag(dag, day: date, conf: dict | None = None) -> str:
 
 def export_exceptions(dsn: str, out_dir: Path) -> int:
     with db.connect(dsn) as conn:
-        rows = conn.execute(f"SELECT {', '.join(EXCEPTION_COLUMNS)} FROM ledger.exception"
-                            " ORDER BY exception_id").fetchall()
+        # a line's exception is keyed by return id and line; the Amazon record it cites stays in the detail,
+        # so amazon_return_id names only exceptions about an Amazon record itself (e.g. DARK_RETURN)
+        cols = [("CASE WHEN return_id IS NULL THEN amazon_return_id END" if c == "amazon_return_id" else c)
+                for c in EXCEPTION_COLUMNS]
+        rows = conn.execute(f"SELECT {', '.join(cols)} FROM ledger.exception ORDER BY exception_id").fetchall()
     with (out_dir / "exceptions.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(EXCEPTION_COLUMNS)
