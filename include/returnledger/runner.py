@@ -43,7 +43,8 @@ def prepare_airflow(dsn: str, sandbox, home: Path, *, out_dir: Path) -> None:
     ledger_conn = json.loads(db.airflow_connection_json(dsn))
     overrides = {
         "returns_db": ledger_conn,
-        "rebound_api": {"host": sandbox.rebound_url, "port": None},
+        # a client timeout below the simulator's slow answers (3 s), so injected timeouts really time out
+        "rebound_api": {"host": sandbox.rebound_url, "port": None, "extra": {"page_size": 500, "timeout": 2}},
         "amazon_sp_api": {"host": sandbox.amazon_url, "port": None,
                           "extra": {**sandbox.amazon_extra}},
     }
