@@ -46,12 +46,10 @@ SCHEDULE = os.environ.get("RETURNLEDGER_SYNC_SCHEDULE", "@daily")
 
 def _window() -> dict:
     """The run's window end and batch id, resolved once from the run (never from the clock)."""
-    from airflow.sdk import get_current_context
-
+    from returnledger.airflow_adapter import run_moment
     from returnledger.sync import batch_id_for
 
-    ctx = get_current_context()
-    end = ctx.get("data_interval_end") or ctx["dag_run"].run_after
+    end = run_moment()
     return {"window_end": end.isoformat(), "batch_id": batch_id_for(end)}
 
 

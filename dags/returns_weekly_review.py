@@ -29,24 +29,8 @@ from datetime import datetime
 
 from airflow.sdk import dag, task
 
-from returnledger.airflow_adapter import default_args
+from returnledger.airflow_adapter import default_args, digest_dir, run_moment
 from returnledger.notify import dag_failure_callbacks
-
-
-def _as_of() -> datetime:
-    """The run's moment: data interval end, else logical date, else (manual run) run_after."""
-    from airflow.sdk import get_current_context
-
-    ctx = get_current_context()
-    return ctx.get("data_interval_end") or ctx.get("logical_date") or ctx["dag_run"].run_after
-
-
-def _digest_dir() -> str:
-    from airflow.sdk import Variable
-
-    from returnledger.store.db import local_dir
-
-    return Variable.get("returnledger_digest_dir", default=str(local_dir() / "digests"))
 
 
 @dag(
@@ -66,7 +50,7 @@ def returns_weekly_review():
         from returnledger.airflow_adapter import get_dsn
         from returnledger.operating_checks import build_and_write
 
-        return build_and_write(get_dsn(), as_of=_as_of(), kind="weekly", out_dir=_digest_dir())
+        return build_and_write(get_dsn(), as_of=run_moment(), kind="weekly", out_dir=digest_dir())
 
     @task(map_index_template="{{ team }}")
     def send(digest: dict) -> str:

@@ -90,3 +90,23 @@ def default_args(owner: str = "returnledger") -> dict:
 
     return {"owner": owner, "retries": 2, "retry_delay": timedelta(minutes=2),
             "retry_exponential_backoff": True, "on_failure_callback": failure_callbacks()}
+
+
+def run_moment():
+    """The moment a run stands for: data interval end, else logical date, else (manual run) run_after.
+
+    Resolved from the run, never from the clock, so a cleared and rerun task sees the same moment.
+    """
+    from airflow.sdk import get_current_context
+
+    ctx = get_current_context()
+    return ctx.get("data_interval_end") or ctx.get("logical_date") or ctx["dag_run"].run_after
+
+
+def digest_dir() -> str:
+    """Where the owner-team digests are written (Variable ``returnledger_digest_dir``)."""
+    from airflow.sdk import Variable
+
+    from returnledger.store.db import local_dir
+
+    return Variable.get("returnledger_digest_dir", default=str(local_dir() / "digests"))

@@ -636,9 +636,7 @@ def push_credits(dsn: str, client, *, party_id: str, at: datetime, batch_id: str
         errors = []
         for doc_id, rows in notes.items():
             ids = [r["submission_id"] for r in rows]
-            conn.execute("UPDATE ledger.amazon_submission SET attempts = attempts + 1 WHERE submission_id = ANY(%s)",
-                         (ids,))
-            conn.commit()
+            _note_attempt(conn, ids)
             stats["calls"] += 1
             try:
                 tx = client.submit_invoices([build_credit_note(doc_id, rows, party_id=party_id)])
@@ -648,9 +646,7 @@ def push_credits(dsn: str, client, *, party_id: str, at: datetime, batch_id: str
                 stats["rejected"] += 1
                 continue
             except Exception as e:  # noqa: BLE001 - keep going; the task fails at the end and retries
-                conn.execute("UPDATE ledger.amazon_submission SET last_error = %s WHERE submission_id = ANY(%s)",
-                             (f"{type(e).__name__}: {e}"[:2000], ids))
-                conn.commit()
+                _note_error(conn, ids, e)
                 errors.append(doc_id)
                 stats["failed"] += 1
                 continue
@@ -685,16 +681,12 @@ def push_inventory(dsn: str, client, *, warehouse_id: str, party_id: str, at: da
             items = [{"vendorProductIdentifier": sku, "availableQuantity": {"amount": int(avail),
                                                                            "unitOfMeasure": "Each"},
                       "isObsolete": False} for sku, avail, _ in chunk]
-            conn.execute("UPDATE ledger.amazon_submission SET attempts = attempts + 1 WHERE submission_id = ANY(%s)",
-                         (ids,))
-            conn.commit()
+            _note_attempt(conn, ids)
             stats["calls"] += 1
             try:
                 tx = client.submit_inventory_update(warehouse_id, selling_party_id=party_id, items=items)
             except Exception as e:  # noqa: BLE001 - absolute quantities: resending later is harmless
-                conn.execute("UPDATE ledger.amazon_submission SET last_error = %s WHERE submission_id = ANY(%s)",
-                             (f"{type(e).__name__}: {e}"[:2000], ids))
-                conn.commit()
+                _note_error(conn, ids, e)
                 errors.append(i)
                 stats["failed"] += 1
                 continue
@@ -707,6 +699,18 @@ def push_inventory(dsn: str, client, *, warehouse_id: str, party_id: str, at: da
     if errors:
         raise SyncError(f"{len(errors)} inventory batches could not be sent; they stay pending")
     return stats
+
+
+def _note_attempt(conn, ids: list[int]) -> None:
+    """Count the attempt before sending, so a crash mid-call still leaves a trace."""
+    conn.execute("UPDATE ledger.amazon_submission SET attempts = attempts + 1 WHERE submission_id = ANY(%s)", (ids,))
+    conn.commit()
+
+
+def _note_error(conn, ids: list[int], error: Exception) -> None:
+    conn.execute("UPDATE ledger.amazon_submission SET last_error = %s WHERE submission_id = ANY(%s)",
+                 (f"{type(error).__name__}: {error}"[:2000], ids))
+    conn.commit()
 
 
 def _reject(conn, rows: list[dict], error: str, *, at: datetime, batch_id: str) -> None:

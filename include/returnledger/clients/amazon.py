@@ -25,9 +25,10 @@ import json
 import logging
 import random
 import threading
-import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from returnledger.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -82,34 +83,6 @@ class _Marketplace:
     endpoint: str
     marketplace_id: str
     region: str
-
-
-class TokenBucket:
-    """Client-side usage plan: wait for a token rather than spend Amazon's 429s."""
-
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = float(rate), max(1, int(burst))
-        self.tokens = float(self.burst)
-        self.updated = time.monotonic()
-        self.lock = threading.Lock()
-
-    def acquire(self) -> None:
-        while True:
-            with self.lock:
-                now = time.monotonic()
-                self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-                self.updated = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
-                    return
-                wait = (1 - self.tokens) / self.rate
-            time.sleep(wait)
-
-    def drain(self) -> None:
-        """Amazon said 429: spend what we thought we had, so the next call waits a refill."""
-        with self.lock:
-            self.tokens = min(self.tokens, 0.0)
-            self.updated = time.monotonic()
 
 
 def token_client_class(lwa_url: str):

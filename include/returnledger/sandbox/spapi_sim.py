@@ -37,6 +37,8 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from returnledger.ratelimit import TokenBucket
+
 MODELS_DIR = Path(__file__).resolve().parent / "amazon_models"
 DECIMAL_PATTERN = r"^-?(0|([1-9]\d*))(\.\d+)?([eE][+-]?\d+)?$"  # stated in prose by the model
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
@@ -117,26 +119,6 @@ def returns_notice_of(invoice: dict) -> str:
         if notice:
             return notice
     return ""
-
-
-class TokenBucket:
-    """Amazon's usage plan: ``rate`` tokens per second, at most ``burst`` saved up."""
-
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = float(rate), max(1, int(burst))
-        self.tokens = float(self.burst)
-        self.updated = time.monotonic()
-        self.lock = threading.Lock()
-
-    def take(self) -> bool:
-        with self.lock:
-            now = time.monotonic()
-            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-            self.updated = now
-            if self.tokens >= 1:
-                self.tokens -= 1
-                return True
-            return False
 
 
 class SpApiSimulator:
