@@ -46,6 +46,7 @@ from airflow.sdk import (
 )
 
 from returnledger.airflow_adapter import LEDGER_ASSET_NAME, LEDGER_ASSET_URI, default_args
+from returnledger.notify import dag_failure_callbacks
 
 LEDGER = Asset(name=LEDGER_ASSET_NAME, uri=LEDGER_ASSET_URI)  # emitted by returns_sync
 # what this DAG produces (never LEDGER itself: that would trigger this DAG again)
@@ -77,7 +78,8 @@ def _finance_notifier():
     start_date=datetime(2026, 10, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
-    default_args=default_args(),
+    default_args=default_args(owner="finance"),
+    on_failure_callback=dag_failure_callbacks(),
     tags=["returnledger", "reconciliation", "finance", "amazon"],
     doc_md=__doc__,
     params={"close_period": Param(

@@ -36,6 +36,7 @@ def test_policy(dagbag):
     for dag_id, dag in dagbag.dags.items():
         assert dag.tags, f"{dag_id} has no tags"
         assert dag.doc_md and len(dag.doc_md) > 200, f"{dag_id} needs a doc_md that explains it"
+        assert dag.on_failure_callback, f"{dag_id} has no DAG-level failure notifier"
         for t in dag.tasks:
             assert t.owner and t.owner != "airflow", f"{dag_id}.{t.task_id} has no owner"
             assert t.retries >= 2, f"{dag_id}.{t.task_id} retries {t.retries} < 2"
