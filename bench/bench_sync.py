@@ -20,6 +20,7 @@ import importlib.util
 import json
 import math
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -91,40 +92,48 @@ def naive_path(dsn: str, events: list[dict], orders: list[dict], scenario: dict)
         if not conn.execute("SELECT 1 FROM ledger.return_order WHERE return_id = %s", (ev.return_id,)).fetchone():
             continue
         if ev.type in (EventType.RETURN_CREATED, EventType.IN_TRANSIT):
+            for ln in conn.execute("SELECT line FROM ledger.return_line WHERE return_id = %s",
+                                   (ev.return_id,)).fetchall():
+                _naive_apply(conn, ev, p, ln[0], policy)
             continue
-        line = conn.execute("""SELECT l.state, l.quantity_announced, l.quantity_received, l.grade, l.disposition,
-                                      l.reason, l.sku FROM ledger.return_line l
-                               WHERE return_id = %s AND line = %s""", (ev.return_id, ev.line)).fetchone()
-        if line is None:
-            continue
-        if not conn.execute("SELECT 1 FROM ledger.reason_mapping WHERE rebound_reason = %s AND active",
-                            (line[5],)).fetchone():
-            continue
-        if not conn.execute("SELECT 1 FROM ledger.sku WHERE sku = %s", (line[6],)).fetchone():
-            continue
-        view = lifecycle.LineView(state=LineState(line[0]), quantity_announced=line[1], quantity_received=line[2],
-                                  grade=line[3], disposition=line[4])
-        out = lifecycle.apply_event(view, sync.line_event(p), policy)
-        if out.hold or not out.transitions:
-            continue
-        conn.execute("""UPDATE ledger.return_line SET state = %s, quantity_received = %s, grade = %s,
-                        disposition = %s WHERE return_id = %s AND line = %s""",
-                     (str(out.line.state), out.line.quantity_received, out.line.grade, out.line.disposition,
-                      ev.return_id, ev.line))
-        for frm, to in out.transitions:
-            conn.execute("""INSERT INTO ledger.line_history (return_id, line, from_state, to_state, event_id, cause,
-                            batch_id, at) VALUES (%s, %s, %s, %s, %s, %s, 'naive', now())
-                            ON CONFLICT DO NOTHING""", (ev.return_id, ev.line, str(frm), str(to), ev.event_id,
-                                                        str(ev.type)))
-        for kind in out.actions:
-            conn.execute("""INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku,
-                            quantity, created_at, created_batch) VALUES (%s, %s, %s, %s, %s, %s, now(), 'naive')
-                            ON CONFLICT DO NOTHING""", (f"{kind}:{ev.return_id}:{ev.line}", str(kind),
-                                                         ev.return_id, ev.line, line[6],
-                                                         max(1, out.line.quantity_received or 1)))
+        _naive_apply(conn, ev, p, ev.line, policy)
     secs = time.perf_counter() - t
     conn.close()
     return secs
+
+
+def _naive_apply(conn, ev, p, line_no, policy) -> None:
+    """One line, one event: SELECT, lookups, UPDATE, history and outbox INSERTs, each its own statement."""
+    line = conn.execute("""SELECT l.state, l.quantity_announced, l.quantity_received, l.grade, l.disposition,
+                                  l.reason, l.sku FROM ledger.return_line l
+                           WHERE return_id = %s AND line = %s""", (ev.return_id, line_no)).fetchone()
+    if line is None:
+        return
+    if not conn.execute("SELECT 1 FROM ledger.reason_mapping WHERE rebound_reason = %s AND active",
+                        (line[5],)).fetchone():
+        return
+    if not conn.execute("SELECT 1 FROM ledger.sku WHERE sku = %s", (line[6],)).fetchone():
+        return
+    view = lifecycle.LineView(state=LineState(line[0]), quantity_announced=line[1], quantity_received=line[2],
+                              grade=line[3], disposition=line[4])
+    out = lifecycle.apply_event(view, sync.line_event(p), policy)
+    if out.hold or not out.transitions:
+        return
+    conn.execute("""UPDATE ledger.return_line SET state = %s, quantity_received = %s, grade = %s,
+                    disposition = %s WHERE return_id = %s AND line = %s""",
+                 (str(out.line.state), out.line.quantity_received, out.line.grade, out.line.disposition,
+                  ev.return_id, line_no))
+    for frm, to in out.transitions:
+        conn.execute("""INSERT INTO ledger.line_history (return_id, line, from_state, to_state, event_id, cause,
+                        batch_id, at) VALUES (%s, %s, %s, %s, %s, %s, 'naive', now())
+                        ON CONFLICT DO NOTHING""", (ev.return_id, line_no, str(frm), str(to), ev.event_id,
+                                                    str(ev.type)))
+    for kind in out.actions:
+        conn.execute("""INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku,
+                        quantity, created_at, created_batch) VALUES (%s, %s, %s, %s, %s, %s, now(), 'naive')
+                        ON CONFLICT DO NOTHING""", (f"{kind}:{ev.return_id}:{line_no}", str(kind),
+                                                     ev.return_id, line_no, line[6],
+                                                     max(1, out.line.quantity_received or 1)))
 
 
 def copy_ceiling(dsn: str, events: list[dict]) -> float:
@@ -143,6 +152,26 @@ def copy_ceiling(dsn: str, events: list[dict]) -> float:
         return time.perf_counter() - t
 
 
+class SandboxProcess:
+    """Both simulators in their own process (``returnledger.sandbox.serve``), on free loopback ports."""
+
+    def __init__(self, scenario: Path, work: Path):
+        from returnledger.sandbox.server import free_port
+
+        self.state = work / "sandbox"
+        rport, aport = free_port(), free_port()
+        self.rebound_url, self.amazon_url = f"http://127.0.0.1:{rport}", f"http://127.0.0.1:{aport}"
+        self._cli("start", "--scenario", str(scenario), "--out", str(work / "out"), "--rebound-port", str(rport),
+                  "--amazon-port", str(aport), "--wait", "600")
+
+    def _cli(self, *args: str) -> None:
+        subprocess.run([sys.executable, "-m", "returnledger.sandbox.serve", *args, "--state-dir", str(self.state)],
+                       check=True, stdout=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        self._cli("stop")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--returns", type=int, default=100_000)
@@ -152,7 +181,8 @@ def main() -> int:
     ap.add_argument("--server", default=None, help="PostgreSQL server DSN (default: RETURNLEDGER_DSN or embedded)")
     a = ap.parse_args()
     from returnledger.clients.amazon import AmazonVendorClient
-    from returnledger.sandbox.harness import run_sandbox
+    from returnledger.clients.rebound import ReboundClient
+    from returnledger.sandbox import harness as h
     from returnledger.sandbox.scenario import load_scenario_dict
 
     server = db.resolve_dsn(a.server)
@@ -167,8 +197,10 @@ def main() -> int:
     window_end = utc(date.fromisoformat(scenario["run"]["to"]) + timedelta(days=1))
     reference.load_reference(dsn, at=utc(first))
     reference.load_scenario_reference(dsn, scenario, at=utc(first))
-    with run_sandbox(path, work / "out", faults=True) as sb:
-        rebound = sb.rebound_client(page_size=1000, timeout=30)
+    sandbox = SandboxProcess(path, work)
+    try:
+        rebound = ReboundClient(sandbox.rebound_url, h.REBOUND_CLIENT_ID, h.REBOUND_CLIENT_SECRET, page_size=1000,
+                                timeout=30)
         batch = sync.batch_id_for(window_end)
         phases = {}
         t0 = time.perf_counter()
@@ -177,7 +209,7 @@ def main() -> int:
         phases["extract (HTTP + raw + return orders)"] = time.perf_counter() - t
         t = time.perf_counter()
         v = sync.validate(dsn, batch_id=batch)
-        phases["validate (GX)"] = time.perf_counter() - t
+        phases["validate (GX, incl. its import)"] = time.perf_counter() - t
         t = time.perf_counter()
         sync.quarantine(dsn, batch_id=batch, at=window_end)
         phases["quarantine"] = time.perf_counter() - t
@@ -187,46 +219,52 @@ def main() -> int:
         total = time.perf_counter() - t0
         delivered = stats["delivered"]
         print(f"\nfast path: {delivered} deliveries in {total:.1f}s = {delivered / total:,.0f} events/s; "
-              f"peak RSS {rss_mb():,.0f} MB")
+              f"peak RSS {rss_mb():,.0f} MB (simulators run in their own process)")
         for k, secs in phases.items():
             print(f"  {k:<40}{secs:8.1f}s")
         print(f"  validated {v['rows']} rows: {v['passed']} passed, {v['failed']} failed; "
               f"outbox: {applied.get('credit_actions')} credit lines, {applied.get('inventory_actions')} restocks")
 
-        # the same deliveries, in feed order, for the baselines
+        # baselines on the same deliveries, in feed order
         events = [e for p in rebound.iter_event_pages(None, until=window_end) for e in p.events]
-        found, _ = rebound.get_returns({e["return_id"] for e in events[: a.naive_events]
-                                        if isinstance(e.get("return_id"), str) and sync._ID_RE.match(e["return_id"])})
         copy_secs = copy_ceiling(fresh_db(server, "returnledger_bench_copy"), events)
+        # naive: every event of a sample of whole return orders, so the mix of event types is the real one
+        every = max(1, round(len(events) / a.naive_events))
+        sample_ids = {r["return_id"] for r in scenario["rebound"]["returns"][::every]}
+        sample = [e for e in events if e.get("return_id") in sample_ids]
+        found, _ = rebound.get_returns(sample_ids)
         naive_dsn = fresh_db(server, "returnledger_bench_naive")
         reference.load_reference(naive_dsn, at=utc(first))
         reference.load_scenario_reference(naive_dsn, scenario, at=utc(first))
-        naive_secs = naive_path(naive_dsn, events[: a.naive_events], found, scenario)
+        naive_secs = naive_path(naive_dsn, sample, found, scenario)
         fast_rate = delivered / total
-        naive_rate = a.naive_events / naive_secs
+        naive_rate = len(sample) / naive_secs
         copy_rate = len(events) / copy_secs
-        print(f"\nnaive row-at-a-time: {a.naive_events} events in {naive_secs:.1f}s = {naive_rate:,.0f} events/s")
+        print(f"\nnaive row-at-a-time: {len(sample)} events of {len(sample_ids)} returns in {naive_secs:.1f}s "
+              f"= {naive_rate:,.0f} events/s")
         print(f"COPY ceiling (same rows, plain table): {copy_rate:,.0f} events/s")
         print(f"ratio fast / naive: {fast_rate / naive_rate:.1f}x   (target >= 20x)")
         print(f"ratio fast / COPY:  {fast_rate / copy_rate:.0%}   (target >= 50%)")
 
         if not a.no_push:
-            ex = sb.amazon_extra
-            amazon = AmazonVendorClient(sb.amazon_url, lwa_url=sb.lwa_url, refresh_token=sb.lwa_refresh_token,
-                                        lwa_client_id=sb.lwa_client_id, lwa_client_secret=sb.lwa_client_secret,
-                                        rate_per_s=100000, burst=100000)
+            amazon = AmazonVendorClient(sandbox.amazon_url, lwa_url=f"{sandbox.amazon_url}/auth/o2/token",
+                                        refresh_token=h.LWA_REFRESH_TOKEN, lwa_client_id=h.LWA_CLIENT_ID,
+                                        lwa_client_secret=h.LWA_CLIENT_SECRET, rate_per_s=100000, burst=100000)
+            vendor = scenario["vendor"]
             with db.connect(dsn) as conn:
                 notes, skus = conn.execute("""SELECT count(DISTINCT document_id) FILTER (WHERE kind = 'CREDIT_NOTE'),
                                                      count(DISTINCT sku) FILTER (WHERE kind = 'INVENTORY')
                                               FROM ledger.amazon_submission WHERE status = 'PENDING'""").fetchone()
             t = time.perf_counter()
-            inv = sync.push_inventory(dsn, amazon, warehouse_id=ex["warehouse_id"], party_id=ex["party_id"],
+            inv = sync.push_inventory(dsn, amazon, warehouse_id=vendor["warehouse_id"], party_id=vendor["party_id"],
                                       at=window_end, batch_id=batch)
-            cred = sync.push_credits(dsn, amazon, party_id=ex["party_id"], at=window_end, batch_id=batch)
+            cred = sync.push_credits(dsn, amazon, party_id=vendor["party_id"], at=window_end, batch_id=batch)
             secs = time.perf_counter() - t
             print(f"\npushes: inventory {inv['calls']} calls for {skus} SKUs (minimum ceil({skus}/100) = "
                   f"{math.ceil(skus / 100)}); credit notes {cred['calls']} calls for {notes} notes (minimum "
                   f"{notes}: one note per call, see sync.push_credits); {secs:.1f}s")
+    finally:
+        sandbox.stop()
     return 0
 
 
