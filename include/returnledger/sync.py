@@ -763,6 +763,8 @@ def confirm(dsn: str, client, *, at: datetime, batch_id: str, rounds: int = 3, w
     """Poll Amazon for submitted transactions: Success closes, Failure raises AMAZON_REJECTED."""
     import time
 
+    from returnledger.clients.amazon import AmazonRequestError
+
     stats = {"accepted": 0, "rejected": 0, "processing": 0, "inventory_accepted": 0, "inventory_failed": 0,
              "polls": 0}
     with connect(dsn) as conn:
@@ -777,8 +779,16 @@ def confirm(dsn: str, client, *, at: datetime, batch_id: str, rounds: int = 3, w
             still = 0
             for tx, kind, ids in pending:
                 stats["polls"] += 1
-                status = (client.get_transaction(tx) if kind == ActionKind.CREDIT_NOTE
-                          else client.get_df_transaction(tx))
+                try:
+                    status = (client.get_transaction(tx) if kind == ActionKind.CREDIT_NOTE
+                              else client.get_df_transaction(tx))
+                except AmazonRequestError as e:
+                    # Amazon refuses to report this transaction (e.g. 404: unknown or expired). Keep the rows
+                    # SUBMITTED with the reason; the operating checks raise SYNC_STALLED if it persists, and
+                    # the other transactions are still confirmed.
+                    _note_error(conn, ids, e)
+                    stats["unknown"] = stats.get("unknown", 0) + 1
+                    continue
                 if status.status == "Success":
                     _accept(conn, kind, ids, at=at, batch_id=batch_id)
                     stats["accepted" if kind == ActionKind.CREDIT_NOTE else "inventory_accepted"] += 1

@@ -215,3 +215,21 @@ def test_an_event_without_id_or_with_bad_fields_changes_no_line(month):
     assert any("event_id" in d for d in details)
     assert any("grade 'Z'" in d for d in details)
     assert any("is not a ReBound id" in d for d in details)
+
+
+def test_confirm_survives_a_transaction_amazon_does_not_know(month, tmp_path):
+    """A restarted Amazon side (here: a fresh simulator) answers 404 for stuck transactions: confirm records it
+    on the rows, keeps them SUBMITTED for the operating checks, and does not fail the run."""
+    from returnledger.sandbox.harness import run_sandbox
+
+    with db.connect(month["dsn"]) as conn:
+        stuck = conn.execute("SELECT count(*) FROM ledger.amazon_submission WHERE status = 'SUBMITTED'").fetchone()[0]
+    assert stuck, "the scenario has credit notes stuck in Processing"
+    with run_sandbox(month["scenario"], tmp_path, faults=False) as fresh:
+        end = _utc(date.fromisoformat(month["scenario"]["run"]["to"]) + timedelta(days=1))
+        stats = sync.confirm(month["dsn"], _amazon(fresh), at=end, batch_id="test:confirm", rounds=1)
+    assert stats["unknown"] >= 1
+    with db.connect(month["dsn"]) as conn:
+        rows = conn.execute("SELECT status, last_error FROM ledger.amazon_submission WHERE status = 'SUBMITTED'"
+                            ).fetchall()
+    assert len(rows) == stuck and all("NotFound" in (e or "") or "404" in (e or "") for _, e in rows)
