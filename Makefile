@@ -58,7 +58,7 @@ airflow: migrate ## local airflow standalone with this project's DAGs, plugin, c
 	$(VENV)/bin/returnledger airflow-settings --pools | while IFS=$$'\t' read -r name slots desc; do \
 	  airflow pools set "$$name" "$$slots" "$$desc" >/dev/null; done && \
 	($(MAKE) --no-print-directory sandbox || true) && \
-	exec $(PY) -m returnledger.local_airflow
+	$(PY) -m returnledger.local_airflow; $(VENV)/bin/returnledger sandbox stop >/dev/null 2>&1 || true
 
 lint: venv ## ruff with the Airflow rules
 	$(VENV)/bin/ruff check dags include plugins tests bench

@@ -52,7 +52,7 @@ def run_standalone(grace_s: float = 30.0) -> int:
                 pass
             time.sleep(0.2)
     proc.poll()
-    print(f"returnledger: airflow standalone {'stopped' if clean else 'stopped after a forced end'}",
+    print("returnledger: airflow standalone stopped" + ("" if clean else " (its components exited; its stuck output threads were ended)"),
           file=sys.stderr)
     return 0
 
