@@ -605,7 +605,9 @@ def build_credit_note(doc_id: str, rows: list[dict], *, party_id: str) -> dict:
         "items": [{"itemSequenceNumber": i, "amazonProductIdentifier": r["asin"],
                    "vendorProductIdentifier": r["sku"],
                    "invoicedQuantity": {"amount": r["quantity"], "unitOfMeasure": "Eaches"},
-                   "netCost": {"currencyCode": currency, "amount": _money(r["unit_amount"])}}
+                   "netCost": {"currencyCode": currency, "amount": _money(r["unit_amount"])},
+                   # Amazon's model carries creditNoteDetails on items; scenarios/README reads the invoice's
+                   "creditNoteDetails": details}
                   for i, r in enumerate(rows, start=1)],
     }
 
