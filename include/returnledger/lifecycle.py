@@ -70,6 +70,11 @@ class Policy:
                    credit_window_days=int(data.get("credit_window_days", 7)))
 
 
+def _state(value) -> LineState:
+    """The state as the enum (a fast path: lines usually carry the member already)."""
+    return value if type(value) is LineState else LineState(value)
+
+
 @dataclass(frozen=True)
 class LineView:
     """A line's current state (what the ledger row holds)."""
@@ -122,9 +127,9 @@ def _check_line(line: LineView) -> None:
 def apply_event(line: LineView, event: LineEvent, policy: Policy) -> Outcome:
     """Apply one event to a line (rules 1-4 and 6)."""
     _check_line(line)
-    state = LineState(line.state)
+    state = _state(line.state)
     rank = _RANK[state]
-    etype = EventType(event.type)
+    etype = event.type if type(event.type) is EventType else EventType(event.type)
 
     if etype == EventType.RETURN_CREATED:
         if state == _S.ANNOUNCED:
@@ -206,7 +211,7 @@ def _disposition(line: LineView, disposition: str, policy: Policy) -> Outcome:
 
 
 def _sort_key(event: LineEvent):
-    return (event.occurred_at, EVENT_ORDER[EventType(event.type)], event.event_id)
+    return (event.occurred_at, EVENT_ORDER[event.type if type(event.type) is EventType else EventType(event.type)], event.event_id)
 
 
 def replay(line: LineView, events: Iterable[LineEvent],
@@ -240,7 +245,7 @@ def replay(line: LineView, events: Iterable[LineEvent],
 def on_credit_submitted(line: LineView) -> Outcome:
     """Amazon took the credit note (202): DISPOSITIONED -> CREDIT_SUBMITTED."""
     _check_line(line)
-    state = LineState(line.state)
+    state = _state(line.state)
     if state == _S.DISPOSITIONED:
         return Outcome(line=replace(line, state=_S.CREDIT_SUBMITTED),
                        transitions=((state, _S.CREDIT_SUBMITTED),), actions=())
@@ -252,7 +257,7 @@ def on_credit_submitted(line: LineView) -> Outcome:
 def on_credit_result(line: LineView, accepted: bool) -> Outcome:
     """Amazon's transaction status for the credit note: Success closes the line (rule 4), Failure rejects it."""
     _check_line(line)
-    state = LineState(line.state)
+    state = _state(line.state)
     if state not in (_S.DISPOSITIONED, _S.CREDIT_SUBMITTED):
         if _RANK[state] > _RANK[_S.CREDIT_SUBMITTED]:
             return _ignore(line, f"credit result already recorded (line is {state})")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
+from typing import Any
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -67,6 +68,13 @@ def _retry_after(response: httpx.Response) -> float | None:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
+
+
+def _decode(response) -> Any:
+    """A JSON body (msgspec: several times faster than json on event pages; same values)."""
+    import msgspec
+
+    return msgspec.json.decode(response.content)
 
 
 class ReboundClient:
@@ -166,7 +174,7 @@ class ReboundClient:
         params = {"until": _utc_z(until), "limit": self.page_size}
         while True:
             query = dict(params, cursor=cursor) if cursor else params
-            payload = self._request("GET", "/v1/events", params=query).json()
+            payload = _decode(self._request("GET", "/v1/events", params=query))
             page = EventPage(payload["events"], payload["next_cursor"], bool(payload["has_more"]))
             yield page
             if not page.has_more:
@@ -184,7 +192,7 @@ class ReboundClient:
         askable = [i for i in ids if "," not in i]
         for start in range(0, len(askable), BATCH_IDS):
             batch = askable[start:start + BATCH_IDS]
-            payload = self._request("GET", "/v1/returns", params={"ids": ",".join(batch)}).json()
+            payload = _decode(self._request("GET", "/v1/returns", params={"ids": ",".join(batch)}))
             found.extend(payload["returns"])
             missing.extend(payload["missing"])
         return found, missing
