@@ -446,14 +446,16 @@ def exception_detail(conn: psycopg.Connection, exception_id: int) -> dict:
             {"id": exception_id, "rid": rid, "line": line}).fetchall()
         # raw payloads: the exception's own event, held events, and every event of the line (or return)
         out["raw_events"] = cur.execute(
-            "SELECT raw_id, event_key, event_id, payload, delivered_at, received_at, batch_id, deliveries,"
-            " status, status_detail FROM ledger.raw_event r"
-            " WHERE r.raw_id = %(raw)s"
-            "    OR r.raw_id IN (SELECT raw_id FROM ledger.held_event WHERE exception_id = %(id)s)"
+            "SELECT raw_id, r.event_key, r.event_id, r.payload, r.delivered_at, r.received_at, r.batch_id,"
+            " r.deliveries,"
+            " COALESCE(o.status, 'NEW') AS status, o.detail AS status_detail"
+            " FROM ledger.raw_event r LEFT JOIN ledger.event_outcome o USING (raw_id)"
+            " WHERE raw_id = %(raw)s"
+            "    OR raw_id IN (SELECT raw_id FROM ledger.held_event WHERE exception_id = %(id)s)"
             "    OR (%(rid)s::text IS NOT NULL AND r.payload->>'return_id' = %(rid)s"
             "        AND (%(line)s::int IS NULL OR NOT (r.payload ? 'line')"
             "             OR r.payload->>'line' = %(line)s::text))"
-            " ORDER BY r.delivered_at NULLS LAST, r.raw_id",
+            " ORDER BY r.delivered_at NULLS LAST, raw_id",
             {"raw": exc["raw_id"], "id": exception_id, "rid": rid, "line": line}).fetchall()
         if exc["amazon_return_id"] is not None:
             out["amazon_return"] = cur.execute("SELECT * FROM ledger.amazon_return WHERE amazon_return_id = %s",

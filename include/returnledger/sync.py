@@ -171,7 +171,7 @@ def fetch_return_orders(conn: psycopg.Connection, client) -> tuple[int, int]:
     """Fetch the return orders (with lines) that new events name and the ledger does not hold yet."""
     ids = [r[0] for r in conn.execute("""
         SELECT DISTINCT e.return_id FROM ledger.raw_event e
-        WHERE e.status = 'NEW' AND e.return_id IS NOT NULL
+        WHERE NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = e.raw_id) AND e.return_id IS NOT NULL
           AND NOT EXISTS (SELECT 1 FROM ledger.return_order o WHERE o.return_id = e.return_id)""")]
     ids = [i for i in ids if _ID_RE.match(i)]
     if not ids:
@@ -238,7 +238,8 @@ def validate(dsn: str, *, batch_id: str, result_dir: Path | None = None) -> dict
     from returnledger.validation import validate_events, write_result
 
     with connect(dsn) as conn:
-        rows = conn.execute("""SELECT raw_id, payload FROM ledger.raw_event r WHERE status = 'NEW'
+        rows = conn.execute("""SELECT raw_id, payload FROM ledger.raw_event r
+                               WHERE NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id)
                                AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f WHERE f.raw_id = r.raw_id)
                                ORDER BY raw_id""").fetchall()
         ref = load_validation_reference(conn, [p.get("return_id") for _, p in rows
@@ -256,7 +257,7 @@ def validate(dsn: str, *, batch_id: str, result_dir: Path | None = None) -> dict
                           [v.sku for v in f]))
         conn.commit()
         pending = conn.execute("SELECT count(*) FROM ledger.validation_failure f JOIN ledger.raw_event r"
-                               " USING (raw_id) WHERE r.status = 'NEW'").fetchone()[0]
+                               " USING (raw_id) WHERE NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id)").fetchone()[0]
         held = conn.execute("SELECT count(*) FROM ledger.held_event").fetchone()[0]
     if result_dir is not None:
         write_result(outcome, result_dir, batch_id)
@@ -283,7 +284,7 @@ def quarantine(dsn: str, *, batch_id: str, at: datetime) -> dict:
         rows = conn.execute("""
             SELECT f.raw_id, f.exception_type, f.detail, f.return_id, f.line, f.sku
             FROM ledger.validation_failure f JOIN ledger.raw_event r USING (raw_id)
-            WHERE r.status = 'NEW' ORDER BY f.raw_id""").fetchall()
+            WHERE NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id) ORDER BY f.raw_id""").fetchall()
         invalid, held = [], []
         for raw_id, etype, detail, rid, ln, sku in rows:
             if etype == ExceptionType.INVALID_EVENT:
@@ -297,17 +298,29 @@ def quarantine(dsn: str, *, batch_id: str, at: datetime) -> dict:
             line_ex.setdefault((etype, line_subject(rid, ln)),
                                NewException(etype, line_subject(rid, ln), detail, return_id=rid, line=ln, sku=sku))
         raise_exceptions(conn, list(line_ex.values()), at=at, batch_id=batch_id)
-        _hold(conn, [(raw_id, rid, ln, etype) for raw_id, etype, _, rid, ln, _ in held], at=at)
+        _hold(conn, [(raw_id, rid, ln, etype) for raw_id, etype, _, rid, ln, _ in held], at=at, batch_id=batch_id)
         if invalid:
-            conn.execute("UPDATE ledger.raw_event SET status = 'INVALID', status_detail = d FROM"
-                         " unnest(%b::bigint[], %b::text[]) AS x(id, d) WHERE raw_id = x.id",
-                         ([e.raw_id for e in invalid], [e.detail for e in invalid]))
+            record_outcomes(conn, "INVALID", [e.raw_id for e in invalid], [e.detail for e in invalid],
+                            batch_id=batch_id, at=at)
     stats = {"invalid": len(invalid), "held": len(held), "lines_held": len(line_ex)}
     log.info("quarantine %s: %s", batch_id, stats)
     return stats
 
 
-def _hold(conn, items: list[tuple[int, str, int, ExceptionType]], *, at: datetime) -> None:
+def record_outcomes(conn, status: str, raw_ids: list[int], details: list[str | None] | None, *, batch_id: str,
+                    at: datetime) -> None:
+    """What became of raw events (raw rows themselves are never rewritten); a held event may move on later."""
+    if not raw_ids:
+        return
+    conn.execute("""
+        INSERT INTO ledger.event_outcome (raw_id, status, detail, batch_id, decided_at)
+        SELECT x.id, %b, x.d, %b, %b FROM unnest(%b::bigint[], %b::text[]) AS x(id, d)
+        ON CONFLICT (raw_id) DO UPDATE SET status = EXCLUDED.status, detail = EXCLUDED.detail,
+            batch_id = EXCLUDED.batch_id, decided_at = EXCLUDED.decided_at""",
+                 (status, batch_id, at, raw_ids, details if details is not None else [None] * len(raw_ids)))
+
+
+def _hold(conn, items: list[tuple[int, str, int, ExceptionType]], *, at: datetime, batch_id: str) -> None:
     """Record held events against the open exception of their line."""
     if not items:
         return
@@ -320,9 +333,7 @@ def _hold(conn, items: list[tuple[int, str, int, ExceptionType]], *, at: datetim
         ON CONFLICT (raw_id) DO UPDATE SET reason = EXCLUDED.reason, exception_id = EXCLUDED.exception_id""",
                  (at, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items],
                   [str(i[3]) for i in items]))
-    conn.execute("UPDATE ledger.raw_event SET status = 'HELD', status_detail = x.reason FROM"
-                 " unnest(%b::bigint[], %b::text[]) AS x(id, reason) WHERE raw_id = x.id",
-                 ([i[0] for i in items], [str(i[3]) for i in items]))
+    record_outcomes(conn, "HELD", [i[0] for i in items], [str(i[3]) for i in items], batch_id=batch_id, at=at)
 
 
 # --------------------------------------------------------------------------- apply
@@ -372,9 +383,10 @@ def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> di
                    (r.payload->>'quantity')::numeric::int, r.payload->>'grade', r.payload->>'disposition',
                    (h.raw_id IS NOT NULL) AS was_held
             FROM ledger.raw_event r LEFT JOIN ledger.held_event h USING (raw_id)
-            WHERE (r.status = 'NEW' AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f
-                                                      WHERE f.raw_id = r.raw_id))
-               OR (r.status = 'HELD' AND NOT EXISTS (
+            LEFT JOIN ledger.event_outcome o USING (raw_id)
+            WHERE (o.raw_id IS NULL AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f
+                                                    WHERE f.raw_id = r.raw_id))
+               OR (o.status = 'HELD' AND NOT EXISTS (
                      SELECT 1 FROM ledger.exception e WHERE e.status = 'open'
                        AND e.type IN ('UNMAPPED_REASON_CODE', 'SKU_MISMATCH')
                        AND e.return_id = r.return_id AND e.line = r.line))
@@ -510,16 +522,13 @@ def _write_apply(conn, lines, ch: _Changes, to_hold, held_ids, policy, *, batch_
                 "an event arrived before the event it follows (e.g. a disposition before the receipt); "
                 "held until the missing event arrives", return_id=rid, line=ln))
     raise_exceptions(conn, list(oos.values()) + ch.raised, at=at, batch_id=batch_id)
-    _hold(conn, to_hold, at=at)
+    _hold(conn, to_hold, at=at, batch_id=batch_id)
     done = ch.done
     if done:
         conn.execute("DELETE FROM ledger.held_event WHERE raw_id IN (SELECT unnest(%b::bigint[]))", (done,))
-        conn.execute("""UPDATE ledger.raw_event r SET status = 'APPLIED', status_detail = NULL
-                        FROM unnest(%b::bigint[]) AS x(id) WHERE r.raw_id = x.id""", (done,))
-        if ch.ignored:
-            conn.execute("UPDATE ledger.raw_event SET status = 'IGNORED', status_detail = x.d"
-                         " FROM unnest(%b::bigint[], %b::text[]) AS x(id, d) WHERE raw_id = x.id",
-                         (list(ch.ignored), list(ch.ignored.values())))
+        applied = [i for i in done if i not in ch.ignored]
+        record_outcomes(conn, "APPLIED", applied, None, batch_id=batch_id, at=at)
+        record_outcomes(conn, "IGNORED", list(ch.ignored), list(ch.ignored.values()), batch_id=batch_id, at=at)
     waiting = {(r[0], r[1]) for r in conn.execute(
         "SELECT DISTINCT return_id, line FROM ledger.held_event WHERE reason = 'OUT_OF_SEQUENCE'")}
     cleared = [line_subject(rid, ln) for rid, ln in ch.touched if (rid, ln) not in waiting]

@@ -46,9 +46,15 @@ INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced
 INSERT INTO ledger.line_history (return_id, line, from_state, to_state, event_id, cause, batch_id, at) VALUES
  ('RB-2001', 1, NULL, 'ANNOUNCED', 'ev-21', 'RETURN_CREATED', 'returns_sync:2026-10-01', '2026-10-01T08:00Z'),
  ('RB-2001', 1, 'ANNOUNCED', 'IN_TRANSIT', 'ev-22', 'IN_TRANSIT', 'returns_sync:2026-10-02', '2026-10-02T08:00Z');
-INSERT INTO ledger.raw_event (event_key, event_id, payload, delivered_at, received_at, batch_id, status) VALUES
+WITH seed (event_key, event_id, payload, delivered_at, received_at, batch_id, status) AS (VALUES
  ('ev-23', 'ev-23', '{"event_id": "ev-23", "type": "RECEIVED", "return_id": "RB-2001", "line": 1, "quantity": 1}',
-  '2026-10-03T08:00Z', '2026-10-04T00:00Z', 'returns_sync:2026-10-03', 'HELD');
+  '2026-10-03T08:00Z', '2026-10-04T00:00Z', 'returns_sync:2026-10-03', 'HELD')),
+ins AS (INSERT INTO ledger.raw_event (event_key, event_id, payload, delivered_at, received_at, batch_id)
+        SELECT event_key, event_id, payload::jsonb, delivered_at::timestamptz, received_at::timestamptz, batch_id
+        FROM seed RETURNING raw_id, event_key)
+INSERT INTO ledger.event_outcome (raw_id, status, batch_id, decided_at)
+SELECT ins.raw_id, seed.status, seed.batch_id, seed.received_at::timestamptz FROM ins JOIN seed USING (event_key)
+WHERE seed.status <> 'NEW';
 INSERT INTO ledger.exception (type, owner, subject_key, return_id, line, sku, detail, opened_at, opened_by_batch)
 VALUES
  ('UNMAPPED_REASON_CODE', 'operations', 'RB-2001|1', 'RB-2001', 1, 'SKU-KETTLE',

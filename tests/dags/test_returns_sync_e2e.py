@@ -123,7 +123,7 @@ def test_every_malformed_event_is_an_invalid_event_with_its_payload(e2e):
     with db.connect(e2e["dsn"]) as conn:
         rows = conn.execute("""SELECT r.payload FROM ledger.exception e JOIN ledger.raw_event r USING (raw_id)
                                WHERE e.type = 'INVALID_EVENT'""").fetchall()
-        touched = conn.execute("""SELECT count(*) FROM ledger.line_history h JOIN ledger.raw_event r
+        touched = conn.execute("""SELECT count(*) FROM ledger.line_history h JOIN ledger.raw_event_status r
                                   ON r.event_id = h.event_id WHERE r.status = 'INVALID'""").fetchone()[0]
     payloads = [r[0] for r in rows]
     for bad in scenario["rebound"]["invalid_events"]:

@@ -35,10 +35,14 @@ def _seed_return(conn, rid, notice, lines, *, state="ANNOUNCED"):
 
 
 def _raw(conn, event_id, payload, *, status="APPLIED"):
-    return conn.execute(
-        "INSERT INTO ledger.raw_event (event_key, event_id, payload, delivered_at, received_at, batch_id, status)"
-        " VALUES (%s, %s, %s, %s, %s, 'returns_sync:2026-10-04', %s) RETURNING raw_id",
-        (event_id, event_id, json.dumps(payload), T0 - timedelta(days=1), T0, status)).fetchone()[0]
+    raw_id = conn.execute(
+        "INSERT INTO ledger.raw_event (event_key, event_id, payload, delivered_at, received_at, batch_id)"
+        " VALUES (%s, %s, %s, %s, %s, 'returns_sync:2026-10-04') RETURNING raw_id",
+        (event_id, event_id, json.dumps(payload), T0 - timedelta(days=1), T0)).fetchone()[0]
+    if status != "NEW":
+        conn.execute("INSERT INTO ledger.event_outcome (raw_id, status, batch_id, decided_at)"
+                     " VALUES (%s, %s, 'returns_sync:2026-10-04', %s)", (raw_id, status, T0))
+    return raw_id
 
 
 def _exc(conn, type_, rid=None, line=None, *, subject=None, at=T0, sku=None, raw_id=None):

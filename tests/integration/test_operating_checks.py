@@ -88,9 +88,11 @@ def seed(dsn: str) -> None:
                       " VALUES (%s, 'CREDIT_NOTE', %s, 1, 'SKU-A', 1, %s, %s, 'seed', %s, %s, 1)",
                       (key, rid, status, created, submitted, resolved))
         for i, (rid, held_at) in enumerate((("R-1", utc(2026, 10, 5)), ("R-2", utc(2026, 10, 9))), start=1):
-            raw = c.execute("INSERT INTO ledger.raw_event (event_key, event_id, payload, received_at, batch_id,"
-                            " status) VALUES (%s, %s, %s, %s, 'seed', 'HELD') RETURNING raw_id",
+            raw = c.execute("INSERT INTO ledger.raw_event (event_key, event_id, payload, received_at, batch_id)"
+                            " VALUES (%s, %s, %s, %s, 'seed') RETURNING raw_id",
                             (f"ev-{i}", f"ev-{i}", json.dumps({"return_id": rid}), held_at)).fetchone()[0]
+            c.execute("INSERT INTO ledger.event_outcome (raw_id, status, batch_id, decided_at)"
+                      " VALUES (%s, 'HELD', 'seed', %s)", (raw, held_at))
             c.execute("INSERT INTO ledger.held_event (raw_id, return_id, line, reason, held_at)"
                       " VALUES (%s, %s, 1, 'UNMAPPED_REASON_CODE', %s)", (raw, rid, held_at))
         c.execute("INSERT INTO ledger.sync_run (batch_id, window_end, started_at, finished_at)"

@@ -162,9 +162,11 @@ def build_month(led: Ledger) -> dict[str, str]:
     n = led.order("RB-10", "2026-10-11")      # held by an out-of-sequence event (held_event path)
     led.line("RB-10", 1, "SKU-A", received=1, state="RECEIVED")
     exc = led.exception("OUT_OF_SEQUENCE", "raw:ev-9")  # holds through held_event only
-    raw = led.conn.execute("INSERT INTO ledger.raw_event (event_key, event_id, payload, received_at, batch_id,"
-                           " status) VALUES ('ev-9', 'ev-9', '{}'::jsonb, %s, 'b', 'HELD') RETURNING raw_id",
+    raw = led.conn.execute("INSERT INTO ledger.raw_event (event_key, event_id, payload, received_at, batch_id)"
+                           " VALUES ('ev-9', 'ev-9', '{}'::jsonb, %s, 'b') RETURNING raw_id",
                            (T,)).fetchone()[0]
+    led.conn.execute("INSERT INTO ledger.event_outcome (raw_id, status, batch_id, decided_at)"
+                     " VALUES (%s, 'HELD', 'b', %s)", (raw, T))
     led.conn.execute("INSERT INTO ledger.held_event VALUES (%s, 'RB-10', 1, 'OUT_OF_SEQUENCE', %s, %s)",
                      (raw, exc, T))
     led.amazon("AR-10-1", n, "SKU-A", 1)

@@ -136,15 +136,15 @@ def test_every_event_ends_in_the_ledger_or_the_exception_queue(month):
     """Nothing lost: each delivered event is applied, ignored as a repeat, held with an open exception,
     or invalid with an exception that keeps its raw payload."""
     with db.connect(month["dsn"]) as conn:
-        statuses = Counter(dict(conn.execute("SELECT status, count(*) FROM ledger.raw_event GROUP BY 1")))
+        statuses = Counter(dict(conn.execute("SELECT status, count(*) FROM ledger.raw_event_status GROUP BY 1")))
         assert statuses["NEW"] == 0
         orphans = conn.execute("""
-            SELECT count(*) FROM ledger.raw_event r WHERE status = 'HELD' AND NOT EXISTS (
+            SELECT count(*) FROM ledger.raw_event_status r WHERE status = 'HELD' AND NOT EXISTS (
                 SELECT 1 FROM ledger.held_event h JOIN ledger.exception e USING (exception_id)
                 WHERE h.raw_id = r.raw_id AND e.status = 'open')""").fetchone()[0]
         assert orphans == 0
         invalid_without_exception = conn.execute("""
-            SELECT count(*) FROM ledger.raw_event r WHERE status = 'INVALID' AND NOT EXISTS (
+            SELECT count(*) FROM ledger.raw_event_status r WHERE status = 'INVALID' AND NOT EXISTS (
                 SELECT 1 FROM ledger.exception e WHERE e.raw_id = r.raw_id)""").fetchone()[0]
         assert invalid_without_exception == 0
         distinct = {e["event_id"] for e in month["scenario"]["rebound"]["events"]}
@@ -208,7 +208,7 @@ def test_out_of_sequence_hold_is_released_in_order(month):
 def test_an_event_without_id_or_with_bad_fields_changes_no_line(month):
     with db.connect(month["dsn"]) as conn:
         touched = conn.execute("""SELECT count(*) FROM ledger.line_history h
-                                  JOIN ledger.raw_event r ON r.event_id = h.event_id
+                                  JOIN ledger.raw_event_status r ON r.event_id = h.event_id
                                   WHERE r.status = 'INVALID'""").fetchone()[0]
         details = [r[0] for r in conn.execute("SELECT detail FROM ledger.exception WHERE type = 'INVALID_EVENT'")]
     assert touched == 0

@@ -43,13 +43,19 @@ INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced
 INSERT INTO ledger.line_history (return_id, line, from_state, to_state, event_id, cause, batch_id, at) VALUES
  ('RB-1001', 1, NULL, 'ANNOUNCED', 'ev-1', 'RETURN_CREATED', 'returns_sync:2026-09-28', '2026-09-28T09:00Z'),
  ('RB-1001', 1, 'ANNOUNCED', 'IN_TRANSIT', 'ev-2', 'IN_TRANSIT', 'returns_sync:2026-09-30', '2026-09-30T10:00Z');
-INSERT INTO ledger.raw_event (event_key, event_id, payload, delivered_at, received_at, batch_id, status) VALUES
+WITH seed (event_key, event_id, payload, delivered_at, received_at, batch_id, status) AS (VALUES
  ('ev-1', 'ev-1', '{"event_id": "ev-1", "type": "RETURN_CREATED", "return_id": "RB-1001"}',
   '2026-09-28T09:00Z', '2026-09-29T00:00Z', 'returns_sync:2026-09-28', 'APPLIED'),
  ('ev-3', 'ev-3', '{"event_id": "ev-3", "type": "RECEIVED", "return_id": "RB-1001", "line": 1, "quantity": 1}',
   '2026-10-01T09:00Z', '2026-10-02T00:00Z', 'returns_sync:2026-10-01', 'HELD'),
  ('ev-bad', 'ev-bad', '{"event_id": "ev-bad", "type": "GRADED", "return_id": "RB-1003", "grade": "Z"}',
-  '2026-09-20T09:00Z', '2026-09-21T00:00Z', 'returns_sync:2026-09-20', 'INVALID');
+  '2026-09-20T09:00Z', '2026-09-21T00:00Z', 'returns_sync:2026-09-20', 'INVALID')),
+ins AS (INSERT INTO ledger.raw_event (event_key, event_id, payload, delivered_at, received_at, batch_id)
+        SELECT event_key, event_id, payload::jsonb, delivered_at::timestamptz, received_at::timestamptz, batch_id
+        FROM seed RETURNING raw_id, event_key)
+INSERT INTO ledger.event_outcome (raw_id, status, batch_id, decided_at)
+SELECT ins.raw_id, seed.status, seed.batch_id, seed.received_at::timestamptz FROM ins JOIN seed USING (event_key)
+WHERE seed.status <> 'NEW';
 INSERT INTO ledger.exception (type, owner, status, subject_key, return_id, line, sku, raw_id, detail,
                               opened_at, opened_by_batch, resolved_at, resolved_by, resolution) VALUES
  ('UNMAPPED_REASON_CODE', 'operations', 'open', 'RB-1001|1', 'RB-1001', 1, 'SKU-KETTLE', NULL,
