@@ -13,6 +13,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: what a ReBound return id may look like (anything else is an INVALID_EVENT, never a query parameter)
+RETURN_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+
 
 class EventType(StrEnum):
     RETURN_CREATED = "RETURN_CREATED"
@@ -101,7 +104,7 @@ class ReconStatus(StrEnum):
 class _Event(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     event_id: Annotated[str, Field(min_length=1)]
-    return_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    return_id: Annotated[str, Field(pattern=RETURN_ID_PATTERN)]
     occurred_at: datetime
     delivered_at: datetime | None = None
 

@@ -23,7 +23,7 @@ import psycopg
 
 from returnledger import lifecycle
 from returnledger.exceptions import NewException, line_subject, raise_exceptions, resolve_open
-from returnledger.models import ActionKind, EventType, ExceptionType, LineState
+from returnledger.models import RETURN_ID_PATTERN, ActionKind, EventType, ExceptionType, LineState
 from returnledger.store.db import connect
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 CURSOR_NAME = "rebound_events"
 SYSTEM_ACTOR = "returns_sync"
 RETURN_FETCH_BATCH = 200
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_ID_RE = re.compile(RETURN_ID_PATTERN)
 LINE_EVENTS = {EventType.RECEIVED.value, EventType.GRADED.value, EventType.DISPOSITIONED.value}
 RETURN_EVENTS = {EventType.RETURN_CREATED.value, EventType.IN_TRANSIT.value}
 

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from returnledger.models import Disposition, EventType, ExceptionType, Grade
+from returnledger.models import RETURN_ID_PATTERN, Disposition, EventType, ExceptionType, Grade
 
 LINE_EVENT_TYPES = [EventType.RECEIVED.value, EventType.GRADED.value, EventType.DISPOSITIONED.value]
-RETURN_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 MAX_QUANTITY = 100_000
 
 
