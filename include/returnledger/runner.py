@@ -35,7 +35,7 @@ def _utc(d: date) -> datetime:
     return datetime(d.year, d.month, d.day, tzinfo=timezone.utc)
 
 
-def prepare_airflow(dsn: str, sandbox, home: Path, *, out_dir: Path) -> None:
+def prepare_airflow(dsn: str, sandbox, home: Path, *, out_dir: Path, fresh: bool = True) -> None:
     """Point an isolated Airflow (own home, own metadata database) at this run's ledger and sandbox."""
     from returnledger.settings import apply_env, load_settings
 
@@ -66,15 +66,18 @@ def prepare_airflow(dsn: str, sandbox, home: Path, *, out_dir: Path) -> None:
     os.environ["RETURNLEDGER_VALIDATION_DIR"] = str(out_dir / "validation")
     if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in os.environ:
         meta = db.with_database(dsn, "returnledger_airflow")
-        _ensure_database(dsn, "returnledger_airflow")
+        _ensure_database(dsn, "returnledger_airflow", fresh=fresh)
         os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = db.sqlalchemy_url(meta)
     _airflow_db_migrate()
 
 
-def _ensure_database(dsn: str, name: str) -> None:
+def _ensure_database(dsn: str, name: str, *, fresh: bool) -> None:
+    """Airflow's metadata database beside the ledger; a clean run starts it empty too (no old DAG runs)."""
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
+        if fresh:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             conn.execute(f'CREATE DATABASE "{name}"')
 
@@ -192,7 +195,7 @@ def run_scenario(scenario_path: Path, out_dir: Path, *, dsn: str | None = None, 
         ops_by_day.setdefault(op["on"], []).append(op)
     with run_sandbox(scenario_path, out_dir, faults=faults) as sandbox:
         home = Path(os.environ.get("RETURNLEDGER_AIRFLOW_HOME") or db.local_dir() / "airflow-demo")
-        prepare_airflow(dsn, sandbox, home, out_dir=out_dir)
+        prepare_airflow(dsn, sandbox, home, out_dir=out_dir, fresh=not keep_db)
         sync_dag = load_dag("returns_sync")
         day = start
         while day <= end:
