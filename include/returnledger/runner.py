@@ -45,15 +45,9 @@ def prepare_airflow(dsn: str, sandbox, home: Path, *, out_dir: Path, fresh: bool
         "returns_db": ledger_conn,
         # a client timeout below the simulator's slow answers (3 s), so injected timeouts really time out
         "rebound_api": {"host": sandbox.rebound_url, "port": None, "extra": {"page_size": 500, "timeout": 2}},
-        "amazon_sp_api": {"host": sandbox.amazon_url, "port": None,
-                          "extra": {**sandbox.amazon_extra}},
+        "amazon_sp_api": {"host": sandbox.amazon_url, "port": None, "extra": sandbox.amazon_extra},
     }
     settings = load_settings(overrides=overrides)
-    for key, value in list(settings["env"].items()):
-        if key.startswith("AIRFLOW_CONN_"):
-            conn = json.loads(value)
-            conn = {k: v for k, v in conn.items() if v is not None}
-            settings["env"][key] = json.dumps(conn)
     apply_env(settings)
     os.environ["AIRFLOW_HOME"] = str(home)
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "false")
@@ -68,7 +62,7 @@ def prepare_airflow(dsn: str, sandbox, home: Path, *, out_dir: Path, fresh: bool
         meta = db.with_database(dsn, "returnledger_airflow")
         _ensure_database(dsn, "returnledger_airflow", fresh=fresh)
         os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = db.sqlalchemy_url(meta)
-    _airflow_db_migrate()
+    _airflow_db_migrate(settings["pools"])
 
 
 def _ensure_database(dsn: str, name: str, *, fresh: bool) -> None:
@@ -82,19 +76,15 @@ def _ensure_database(dsn: str, name: str, *, fresh: bool) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def _airflow_db_migrate() -> None:
+def _airflow_db_migrate(pools: list[dict]) -> None:
     """Create Airflow's own metadata tables (once per metadata database) and the project's pools."""
     from airflow import settings as af_settings
+    from airflow.models.pool import Pool
     from airflow.utils import db as af_db
-    from airflow.utils.db import initdb  # noqa: F401 - make sure the ORM is importable before settings
 
     af_settings.configure_orm()
     af_db.initdb()
-    from airflow.models.pool import Pool
-
-    from returnledger.settings import load_settings
-
-    for pool in load_settings()["pools"]:
+    for pool in pools:
         Pool.create_or_update_pool(pool["name"], pool["slots"], pool["description"], include_deferred=False)
 
 

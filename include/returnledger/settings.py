@@ -31,6 +31,7 @@ def load_settings(path: Path | None = None, overrides: dict[str, dict] | None = 
         if c.get("conn_extra"):
             conn["extra"] = c["conn_extra"]
         conn.update((overrides or {}).get(c["conn_id"], {}))
+        conn = {k: v for k, v in conn.items() if v is not None}  # an override of None removes the field
         env[f"AIRFLOW_CONN_{c['conn_id'].upper()}"] = json.dumps(conn)
     for v in doc.get("variables") or []:
         env[f"AIRFLOW_VAR_{v['variable_name'].upper()}"] = str(v["variable_value"])

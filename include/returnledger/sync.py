@@ -19,6 +19,7 @@ from hashlib import md5
 from pathlib import Path
 from typing import Any, Iterable
 
+import msgspec
 import psycopg
 
 from returnledger import lifecycle
@@ -74,8 +75,6 @@ def event_key(payload: Any) -> str:
 
 def _encode(payload: Any) -> str:
     """JSON text of a payload as received (msgspec: several times faster than json.dumps)."""
-    import msgspec
-
     return msgspec.json.encode(payload).decode()
 
 

@@ -20,6 +20,7 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 import httpx
+import msgspec
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -72,8 +73,6 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 def _decode(response) -> Any:
     """A JSON body (msgspec: several times faster than json on event pages; same values)."""
-    import msgspec
-
     return msgspec.json.decode(response.content)
 
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import msgspec
 import psycopg
 import psycopg.types.json
 
@@ -76,14 +77,9 @@ def connect(dsn: str | None = None, **kwargs) -> psycopg.Connection:
     """A connection with the ledger schema first on the search path."""
     conn = psycopg.connect(resolve_dsn(dsn), **kwargs)
     conn.execute(f"SET search_path TO {SCHEMA}, public")
-    psycopg.types.json.set_json_loads(_json_loads, conn)  # jsonb columns decode several times faster
+    psycopg.types.json.set_json_loads(msgspec.json.decode, conn)  # jsonb decodes several times faster
     return conn
 
-
-def _json_loads(data):
-    import msgspec
-
-    return msgspec.json.decode(data)
 
 
 @contextmanager
