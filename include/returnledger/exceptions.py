@@ -452,7 +452,7 @@ def exception_detail(conn: psycopg.Connection, exception_id: int) -> dict:
             " FROM ledger.raw_event r LEFT JOIN ledger.event_outcome o USING (raw_id)"
             " WHERE raw_id = %(raw)s"
             "    OR raw_id IN (SELECT raw_id FROM ledger.held_event WHERE exception_id = %(id)s)"
-            "    OR (%(rid)s::text IS NOT NULL AND r.payload->>'return_id' = %(rid)s"
+            "    OR (%(rid)s::text IS NOT NULL AND r.return_id = %(rid)s"
             "        AND (%(line)s::int IS NULL OR NOT (r.payload ? 'line')"
             "             OR r.payload->>'line' = %(line)s::text))"
             " ORDER BY r.delivered_at NULLS LAST, raw_id",

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from hashlib import md5
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import msgspec
 import psycopg
@@ -25,7 +25,7 @@ import psycopg
 from returnledger import lifecycle
 from returnledger.exceptions import NewException, line_subject, raise_exceptions, resolve_open
 from returnledger.models import RETURN_ID_PATTERN, ActionKind, EventType, ExceptionType, LineState
-from returnledger.store.db import connect
+from returnledger.store.db import connect, copy_rows
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +55,37 @@ def _parse_time(v: Any) -> datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
+def _text(v: Any) -> str | None:
+    """The validation rule for text fields: a non-empty JSON string, else null."""
+    return v if isinstance(v, str) and v else None
+
+
 def _whole(v: Any) -> int | None:
+    """The validation rule for counts: a JSON number with no fraction (not a boolean), else null."""
     if isinstance(v, bool):
         return None
     if isinstance(v, int):
-        return v
+        return v if abs(v) < 10**15 else None
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return int(v)
     return None
 
 
 # --------------------------------------------------------------------------- extract
+
+class _EventHead(msgspec.Struct):
+    """The fields the ledger indexes; everything else stays in the stored payload."""
+    event_id: Any = None
+    type: Any = None
+    return_id: Any = None
+    line: Any = None
+    occurred_at: Any = None
+    delivered_at: Any = None
+
+
+_HEAD = msgspec.json.Decoder(_EventHead)
+_NO_HEAD = _EventHead()
+
 
 def event_key(payload: Any) -> str:
     """Dedupe key: the event id, or a hash of the body for an event that has none (still stored)."""
@@ -73,50 +95,62 @@ def event_key(payload: Any) -> str:
     return "noid:" + md5(body.encode()).hexdigest()
 
 
+def _raw_rows(events: list[Any]) -> dict[str, list]:
+    """One row per distinct event key (first delivery wins), with the number of deliveries in this chunk.
+
+    Events are ``msgspec.Raw`` (the bytes ReBound sent, stored as they are) or already-decoded
+    values. Typed columns follow the validation rules: a field of the wrong JSON type is null.
+    """
+    rows: dict[str, list] = {}
+    for e in events:
+        if isinstance(e, msgspec.Raw):
+            body = bytes(e).decode()
+            try:
+                h = _HEAD.decode(e)
+            except (msgspec.ValidationError, msgspec.DecodeError):  # valid JSON, not an object
+                h = _NO_HEAD
+        else:
+            body = _encode(e)
+            h = _EventHead(**{k: e.get(k) for k in _EventHead.__struct_fields__}) if isinstance(e, dict) \
+                else _NO_HEAD
+        eid = _text(h.event_id)
+        key = eid if eid is not None else event_key(msgspec.json.decode(body))
+        row = rows.get(key)
+        if row is not None:
+            row[3] += 1
+            continue
+        occurred = _parse_time(h.occurred_at)
+        rows[key] = [key, eid, body, 1, _parse_time(h.delivered_at) or occurred, _text(h.type),
+                     _text(h.return_id), _whole(h.line), occurred]
+    return rows
+
+
 def _encode(payload: Any) -> str:
-    """JSON text of a payload as received (msgspec: several times faster than json.dumps)."""
+    """JSON text of a decoded value (msgspec: several times faster than json.dumps)."""
     return msgspec.json.encode(payload).decode()
 
 
-def _raw_rows(events: list[Any]) -> list[tuple]:
-    """One staging row per distinct event key, with the number of deliveries in this chunk."""
-    rows: dict[str, list] = {}
-    for p in events:
-        key = event_key(p)
-        if key in rows:
-            rows[key][3] += 1
-            continue
-        d = p if isinstance(p, dict) else {}
-        rid = d.get("return_id") if isinstance(d.get("return_id"), str) else None
-        rows[key] = [key, d.get("event_id") if isinstance(d.get("event_id"), str) else None,
-                     _encode(p), 1,
-                     _parse_time(d.get("delivered_at")) or _parse_time(d.get("occurred_at")),
-                     d.get("type") if isinstance(d.get("type"), str) else None, rid, _whole(d.get("line")),
-                     _parse_time(d.get("occurred_at"))]
-    return [tuple(r) for r in rows.values()]
+RAW_COLUMNS = ("event_key", "event_id", "payload", "deliveries", "delivered_at", "event_type", "return_id", "line",
+               "occurred_at", "received_at", "batch_id")
 
 
-def land_raw(conn: psycopg.Connection, events: list[Any], *, window_end: datetime, batch_id: str) -> tuple[int, int]:
-    """COPY payloads as received into the append-only raw table; returns (new rows, repeat deliveries)."""
+def land_raw(conn: psycopg.Connection, events: list[Any], *, window_end: datetime,
+             batch_id: str) -> tuple[int, int, int]:
+    """COPY payloads as received into the append-only raw table; returns (new rows, repeats, rows without id).
+
+    Keys already stored only count another delivery. New rows go straight in with COPY: the
+    unique event key still guards against a concurrent writer (the chunk then fails and is retried).
+    """
     rows = _raw_rows(events)
-    conn.execute("""CREATE TEMP TABLE IF NOT EXISTS raw_stage (
-        event_key text, event_id text, payload text, deliveries int, delivered_at timestamptz,
-        event_type text, return_id text, line int, occurred_at timestamptz) ON COMMIT DELETE ROWS""")
-    conn.execute("TRUNCATE raw_stage")
-    with conn.cursor().copy("COPY raw_stage FROM STDIN") as copy:
-        for r in rows:
-            copy.write_row(r)
-    cur = conn.execute("""
-        INSERT INTO ledger.raw_event AS r (event_key, event_id, payload, deliveries, delivered_at, received_at,
-                                           batch_id, event_type, return_id, line, occurred_at)
-        SELECT event_key, event_id, payload::jsonb, deliveries, delivered_at, %s, %s, event_type, return_id,
-               line, occurred_at
-        FROM raw_stage
-        ON CONFLICT (event_key) DO UPDATE SET deliveries = r.deliveries + EXCLUDED.deliveries
-        RETURNING (xmax = 0) AS inserted""", (window_end, batch_id))
-    flags = [row[0] for row in cur.fetchall()]
-    new = sum(flags)
-    return new, len(events) - new
+    known = dict(conn.execute("SELECT event_key, 0 FROM ledger.raw_event WHERE event_key = ANY(%b::text[])",
+                              (list(rows),)).fetchall())
+    if known:
+        conn.execute("""UPDATE ledger.raw_event r SET deliveries = r.deliveries + x.n
+                        FROM unnest(%b::text[], %b::int[]) AS x(k, n) WHERE r.event_key = x.k""",
+                     (list(known), [rows[k][3] for k in known]))
+    new = copy_rows(conn, "ledger.raw_event", RAW_COLUMNS,
+                    ((*row, window_end, batch_id) for key, row in rows.items() if key not in known))
+    return new, len(events) - new, sum(1 for k in rows if k.startswith("noid:"))
 
 
 def _set_cursor(conn, position: str, *, at: datetime, batch_id: str) -> None:
@@ -145,15 +179,15 @@ def extract(dsn: str, client, *, window_end: datetime, batch_id: str, chunk: int
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
             with conn.transaction():
                 if buffer:
-                    new, repeats = land_raw(conn, buffer, window_end=window_end, batch_id=batch_id)
+                    new, repeats, without_id = land_raw(conn, buffer, window_end=window_end, batch_id=batch_id)
                     stats["new"] += new
                     stats["repeats"] += repeats
-                    stats["without_id"] += sum(1 for p in buffer if event_key(p).startswith("noid:"))
+                    stats["without_id"] += without_id
                 if position is not None and position != cursor:
                     _set_cursor(conn, position, at=window_end, batch_id=batch_id)
             buffer.clear()
 
-        for page in client.iter_event_pages(cursor, until=window_end):
+        for page in client.iter_event_pages(cursor, until=window_end, raw=True):
             buffer.extend(page.events)
             stats["delivered"] += len(page.events)
             position = page.next_cursor
@@ -218,38 +252,62 @@ def store_return_orders(conn: psycopg.Connection, orders: list[dict], source: st
 
 # --------------------------------------------------------------------------- validate
 
-def load_validation_reference(conn: psycopg.Connection, return_ids: Iterable[str]):
-    from returnledger.validation import Reference
+def _whole_sql(col: str) -> str:
+    """SQL for the count rule of ``_whole``, read from the stored payload."""
+    v = f"(r.payload->'{col}')"
+    return f"CASE WHEN jsonb_typeof({v}) = 'number' AND {v}::numeric = trunc({v}::numeric) " \
+           f"AND abs({v}::numeric) < 1e15 THEN {v}::numeric::bigint END"
 
-    ids = sorted({r for r in return_ids if r})
-    known = {r[0] for r in conn.execute(
-        "SELECT return_id FROM ledger.return_order WHERE return_id = ANY(%s)", (ids,))}
-    line_info = {f"{rid}|{ln}": (sku, reason) for rid, ln, sku, reason in conn.execute(
-        "SELECT return_id, line, sku, reason FROM ledger.return_line WHERE return_id = ANY(%s)", (ids,))}
-    mapped = dict(conn.execute("SELECT rebound_reason, amazon_reason FROM ledger.reason_mapping WHERE active"))
-    skus = dict(conn.execute("SELECT sku, asin FROM ledger.sku WHERE asin <> ''"))
-    return Reference(known_returns=known, known_lines=set(line_info), line_info=line_info,
-                     mapped_reasons=mapped, catalog_skus=skus)
+
+def _text_sql(col: str) -> str:
+    """SQL for the text rule of ``_text``, read from the stored payload."""
+    return f"CASE WHEN jsonb_typeof(r.payload->'{col}') = 'string' AND r.payload->>'{col}' <> '' " \
+           f"THEN r.payload->>'{col}' END"
+
+
+# The frame the events suite runs on, built in PostgreSQL from the unprocessed raw rows. The typed columns
+# of raw_event were filled at extract by the same rules (wrong JSON type -> null, which fails its check);
+# the fields only some event types carry are read from the payload for those types alone.
+VALIDATION_FRAME_SQL = f"""
+    SELECT r.raw_id, r.event_id, r.event_type AS type, r.return_id, r.line,
+           extract(epoch FROM r.occurred_at) AS occurred_at,
+           CASE WHEN r.event_type = 'RECEIVED' THEN {_whole_sql('quantity')} END AS quantity,
+           CASE WHEN r.event_type = 'GRADED' THEN {_text_sql('grade')} END AS grade,
+           CASE WHEN r.event_type = 'DISPOSITIONED' THEN {_text_sql('disposition')} END AS disposition,
+           o.return_id AS known_return, l.sku, l.reason, m.amazon_reason, s.asin,
+           (l.return_id IS NOT NULL)::int AS line_found
+    FROM ledger.raw_event r
+    LEFT JOIN ledger.return_order o ON o.return_id = r.return_id
+    LEFT JOIN ledger.return_line l ON l.return_id = r.return_id AND l.line = r.line
+    LEFT JOIN ledger.reason_mapping m ON m.rebound_reason = l.reason AND m.active
+    LEFT JOIN ledger.sku s ON s.sku = l.sku AND s.asin <> ''
+    WHERE NOT EXISTS (SELECT 1 FROM ledger.event_outcome x WHERE x.raw_id = r.raw_id)
+      AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f WHERE f.raw_id = r.raw_id)"""
+
+
+def read_validation_frame(conn: psycopg.Connection):
+    """The unprocessed events as a DataFrame: COPY ... TO STDOUT as CSV into pandas' C reader."""
+    from returnledger.validation import frame_from_csv
+
+    buf = bytearray()
+    with conn.cursor().copy(f"COPY ({VALIDATION_FRAME_SQL}) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
+        for block in copy:
+            buf += block
+    return frame_from_csv(bytes(buf))
 
 
 def validate(dsn: str, *, batch_id: str, result_dir: Path | None = None) -> dict:
     """Run the GX events suite over every landed, unprocessed event; record per-row failures."""
-    from returnledger.validation import validate_events, write_result
+    from returnledger.validation import validate_frame, write_result
 
     with connect(dsn) as conn:
-        rows = conn.execute("""SELECT raw_id, payload FROM ledger.raw_event r
-                               WHERE NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id)
-                               AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f WHERE f.raw_id = r.raw_id)
-                               ORDER BY raw_id""").fetchall()
-        ref = load_validation_reference(conn, [p.get("return_id") for _, p in rows
-                                               if isinstance(p, dict) and isinstance(p.get("return_id"), str)])
-        outcome = validate_events(rows, ref)
+        outcome = validate_frame(read_validation_frame(conn))
         if outcome.failed:
             f = outcome.failed
             conn.execute("""
                 INSERT INTO ledger.validation_failure (raw_id, batch_id, exception_type, detail, return_id, line, sku)
-                SELECT r, %s, t, d, rid, ln, s FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[],
-                                                           %s::int[], %s::text[]) AS x(r, t, d, rid, ln, s)
+                SELECT r, %b, t, d, rid, ln, s FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[],
+                                                           %b::int[], %b::text[]) AS x(r, t, d, rid, ln, s)
                 ON CONFLICT (raw_id) DO NOTHING""",
                          (batch_id, [v.raw_id for v in f], [str(v.exception_type) for v in f],
                           [v.detail for v in f], [v.return_id for v in f], [v.line for v in f],

@@ -31,16 +31,6 @@ class Check:
 
 
 @dataclass
-class Reference:
-    """What the checks compare against: ReBound's return orders and our reference tables."""
-    known_returns: set[str]
-    known_lines: set[str]           # 'RID|LINE'
-    line_info: dict[str, tuple[str, str]]   # 'RID|LINE' -> (sku, reason)
-    mapped_reasons: dict[str, str]  # active ReBound reason -> Amazon CR- code
-    catalog_skus: dict[str, str]    # SKU -> ASIN (SKUs with an ASIN only)
-
-
-@dataclass
 class Verdict:
     raw_id: int
     exception_type: ExceptionType
@@ -58,7 +48,7 @@ class ValidationOutcome:
     result_json: dict = field(repr=False, default_factory=dict)
 
 
-def build_checks(ref: Reference) -> list[Check]:
+def build_checks() -> list[Check]:
     """The events suite, in priority order: schema and values first, then reference data."""
     line_cond = {"row_condition": "is_line_event==True", "condition_parser": "pandas"}
     ref_cond = {"row_condition": "check_reference==True", "condition_parser": "pandas"}
@@ -113,54 +103,46 @@ def build_checks(ref: Reference) -> list[Check]:
     ]
 
 
-def to_frame(rows: list[tuple[int, dict]], ref: Reference):
-    """Flatten raw payloads into typed columns; anything unparsable becomes null (and fails a check)."""
+FRAME_COLUMNS = {
+    "raw_id": "int64", "event_id": "str", "type": "str", "return_id": "str", "line": "Int64",
+    "occurred_at": "float64", "quantity": "Int64", "grade": "str", "disposition": "str",
+    "known_return": "str", "sku": "str", "reason": "str", "amazon_reason": "str", "asin": "str", "line_found": "int8",
+}
+
+
+def frame_from_csv(data: bytes):
+    """The events frame from the CSV PostgreSQL wrote (``sync.VALIDATION_FRAME_SQL``), indexed by raw_id.
+
+    Only empty fields are null: a ReBound value such as "NA" stays a string and fails its check by name.
+    Small value sets are categorical and numbers float64, so GX's checks and row filters stay vectorised.
+    """
+    import io
+
     import pandas as pd
 
-    def text(v):
-        return v if isinstance(v, str) and v != "" else None
-
-    def whole(v):
-        if isinstance(v, bool):
-            return None
-        if isinstance(v, int):
-            return v
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        return None
-
-    recs = []
-    for raw_id, p in rows:
-        p = p if isinstance(p, dict) else {}
-        rid, line = text(p.get("return_id")), whole(p.get("line"))
-        key = f"{rid}|{line}" if rid is not None and line is not None else None
-        sku, reason = ref.line_info.get(key, (None, None)) if key else (None, None)
-        recs.append((raw_id, text(p.get("event_id")), text(p.get("type")), rid, line, text(p.get("occurred_at")),
-                     whole(p.get("quantity")), text(p.get("grade")), text(p.get("disposition")), key, sku, reason))
-    df = pd.DataFrame.from_records(recs, columns=["raw_id", "event_id", "type", "return_id", "line",
-                                                  "occurred_at_text", "quantity", "grade", "disposition",
-                                                  "line_key", "sku", "reason"])
-    df["line"] = df["line"].astype("Int64")
-    df["quantity"] = df["quantity"].astype("Int64")
-    df["occurred_at"] = pd.to_datetime(df["occurred_at_text"], utc=True, errors="coerce", format="ISO8601")
+    if data.strip():
+        df = pd.read_csv(io.BytesIO(data), dtype=FRAME_COLUMNS, keep_default_na=False, na_values=[""])
+    else:
+        df = pd.DataFrame({c: pd.Series(dtype=t) for c, t in FRAME_COLUMNS.items()})
+    df["occurred_at"] = pd.to_datetime(df["occurred_at"], unit="s", utc=True)  # epoch seconds; null = unparsable
     df["is_line_event"] = df["type"].isin(LINE_EVENT_TYPES)
     df["has_return_id"] = df["return_id"].notna()
-    df["known_return"] = df["return_id"].where(df["return_id"].isin(ref.known_returns))
-    df["check_reference"] = df["is_line_event"] & df["line_key"].isin(ref.known_lines)
-    df["amazon_reason"] = df["reason"].map(ref.mapped_reasons)
-    df["asin"] = df["sku"].map(ref.catalog_skus)
-    return df
+    df["check_reference"] = df["is_line_event"] & (df["line_found"] == 1)
+    for c in ("type", "grade", "disposition", "amazon_reason", "asin"):
+        df[c] = df[c].astype("category")
+    return df.set_index("raw_id")
 
 
-def validate_events(rows: list[tuple[int, dict]], ref: Reference) -> ValidationOutcome:
+def validate_frame(df) -> ValidationOutcome:
     """Run the events suite over a batch; each failing row gets its first (highest-priority) failure."""
-    if not rows:
+    if not len(df):
         return ValidationOutcome(rows=0, passed=[], failed=[])
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
-    df = to_frame(rows, ref)
-    checks = build_checks(ref)
+    checks = build_checks()
+    checked = sorted({c.kwargs["column"] for c in checks} | {"is_line_event", "has_return_id", "check_reference"})
+    gx_frame = df[checked].astype({"line": "float64", "quantity": "float64"})
     ctx = gx.get_context(mode="ephemeral")
     try:
         ctx.variables.progress_bars = {"globally": False}
@@ -171,31 +153,31 @@ def validate_events(rows: list[tuple[int, dict]], ref: Reference) -> ValidationO
     suite = ctx.suites.add(gx.ExpectationSuite(name="rebound_events"))
     for c in checks:
         suite.add_expectation(getattr(gx.expectations, c.kind)(**c.kwargs, meta={"check": c.name}))
-    batch = batch_def.get_batch(batch_parameters={"dataframe": df})
-    result = batch.validate(suite, result_format={"result_format": "COMPLETE",
-                                                  "unexpected_index_column_names": ["raw_id"]})
+    batch = batch_def.get_batch(batch_parameters={"dataframe": gx_frame})
+    # raw_id is the frame's named index: GX then lists failing ids as one vector per expectation
+    result = batch.validate(suite, result_format={
+        "result_format": "COMPLETE", "unexpected_index_column_names": ["raw_id"],
+        "exclude_unexpected_values": True, "return_unexpected_index_query": False})
     by_name = {c.name: c for c in checks}
-    first: dict[int, tuple[int, Check, Any]] = {}
     order = {c.name: i for i, c in enumerate(checks)}
-    for r in result.results:
+    first: dict[int, Check] = {}
+    for r in sorted(result.results, key=lambda r: order[r.expectation_config.meta["check"]]):
         check = by_name[r.expectation_config.meta["check"]]
         for hit in r.result.get("unexpected_index_list") or []:
-            raw_id = int(hit["raw_id"])
-            value = hit.get(check.kwargs["column"])
-            if raw_id not in first or order[check.name] < first[raw_id][0]:
-                first[raw_id] = (order[check.name], check, value)
+            for raw_id in hit["raw_id"]:
+                first.setdefault(int(raw_id), check)
     failed = []
     if first:
         ids = sorted(first)
-        sub = df.set_index("raw_id").loc[ids, ["return_id", "line", "reason", "sku"]]
-        for raw_id, rid, line, reason, sku in zip(ids, *(sub[c].tolist() for c in sub.columns)):
-            _, check, value = first[raw_id]
-            fields = {"return_id": _plain(rid), "line": _plain(line), "reason": _plain(reason), "sku": _plain(sku)}
+        for raw_id, row in zip(ids, df.loc[ids].to_dict("records")):
+            check = first[raw_id]
+            fields = {k: _plain(row[k]) for k in ("return_id", "line", "reason", "sku")}
+            value = _plain(row[check.kwargs["column"]])
             failed.append(Verdict(raw_id=raw_id, exception_type=check.exception_type,
-                                  detail=f"{check.name}: " + check.explain.format(value=_plain(value), **fields),
+                                  detail=f"{check.name}: " + check.explain.format(value=value, **fields),
                                   return_id=fields["return_id"],
                                   line=None if fields["line"] is None else int(fields["line"]), sku=fields["sku"]))
-    passed = [x for x in df["raw_id"].tolist() if x not in first]
+    passed = [x for x in df.index.tolist() if x not in first]
     return ValidationOutcome(rows=len(df), passed=passed, failed=failed, result_json=result.to_json_dict())
 
 

@@ -16,6 +16,7 @@ import pytest
 from returnledger import exceptions as ex
 from returnledger.exceptions import NewException, line_subject, raise_exceptions
 from returnledger.store import db
+from returnledger.sync import land_raw
 
 pytestmark = pytest.mark.integration
 
@@ -35,10 +36,9 @@ def _seed_return(conn, rid, notice, lines, *, state="ANNOUNCED"):
 
 
 def _raw(conn, event_id, payload, *, status="APPLIED"):
-    raw_id = conn.execute(
-        "INSERT INTO ledger.raw_event (event_key, event_id, payload, delivered_at, received_at, batch_id)"
-        " VALUES (%s, %s, %s, %s, %s, 'returns_sync:2026-10-04') RETURNING raw_id",
-        (event_id, event_id, json.dumps(payload), T0 - timedelta(days=1), T0)).fetchone()[0]
+    # landed the way extract lands a delivery, so the typed columns are filled as in production
+    land_raw(conn, [payload], window_end=T0, batch_id="returns_sync:2026-10-04")
+    raw_id = conn.execute("SELECT raw_id FROM ledger.raw_event WHERE event_key = %s", (event_id,)).fetchone()[0]
     if status != "NEW":
         conn.execute("INSERT INTO ledger.event_outcome (raw_id, status, batch_id, decided_at)"
                      " VALUES (%s, %s, 'returns_sync:2026-10-04', %s)", (raw_id, status, T0))

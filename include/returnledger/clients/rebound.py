@@ -47,9 +47,19 @@ class _Transient(ReboundError):
 
 @dataclass(frozen=True)
 class EventPage:
-    events: list[dict]
+    events: list[Any]   # dicts, or msgspec.Raw (each event's JSON exactly as received) with raw=True
     next_cursor: str
     has_more: bool
+
+
+class _RawPage(msgspec.Struct):
+    """A feed page whose events stay undecoded: the sync stores the bytes ReBound sent."""
+    events: list[msgspec.Raw]
+    next_cursor: str
+    has_more: bool
+
+
+_RAW_PAGE = msgspec.json.Decoder(_RawPage)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -165,16 +175,26 @@ class ReboundClient:
 
     # --- the API -----------------------------------------------------------------
 
-    def iter_event_pages(self, cursor: str | None, until: datetime) -> Iterator[EventPage]:
+    def iter_event_pages(self, cursor: str | None, until: datetime, *, raw: bool = False) -> Iterator[EventPage]:
         """Pages of the feed from ``cursor`` (None = the beginning) up to deliveries before ``until``.
 
         Store each page's events and ``next_cursor`` together before asking for the
-        next one: that is what makes a crashed run resume without gaps or repeats."""
+        next one: that is what makes a crashed run resume without gaps or repeats.
+        ``raw=True`` leaves each event as the JSON bytes received (``msgspec.Raw``)."""
         params = {"until": _utc_z(until), "limit": self.page_size}
         while True:
             query = dict(params, cursor=cursor) if cursor else params
-            payload = _decode(self._request("GET", "/v1/events", params=query))
-            page = EventPage(payload["events"], payload["next_cursor"], bool(payload["has_more"]))
+            response = self._request("GET", "/v1/events", params=query)
+            if raw:
+                try:
+                    body = _RAW_PAGE.decode(response.content)
+                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                    raise ReboundError(f"ReBound sent an event page that is not a feed page: {exc}",
+                                       status=response.status_code, body=response.text[:500]) from exc
+                page = EventPage(body.events, body.next_cursor, body.has_more)
+            else:
+                payload = _decode(response)
+                page = EventPage(payload["events"], payload["next_cursor"], bool(payload["has_more"]))
             yield page
             if not page.has_more:
                 return

@@ -134,3 +134,34 @@ def airflow_connection_json(dsn: str) -> str:
     if i.get("password"):
         conn["password"] = i["password"]
     return json.dumps(conn)
+
+
+# --------------------------------------------------------------------------- bulk writes
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_field(v) -> str:
+    """One value in COPY's text format (``\\N`` is null; backslash, tab and line breaks escaped)."""
+    if v is None:
+        return "\\N"
+    if isinstance(v, str):
+        return v.translate(_COPY_ESCAPES)
+    if isinstance(v, bool):
+        return "t" if v else "f"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return str(v).translate(_COPY_ESCAPES)
+
+
+def copy_rows(conn: psycopg.Connection, table: str, columns: tuple[str, ...], rows) -> int:
+    """COPY rows into ``table`` as one text stream: a few times faster than per-row ``write_row``
+    for the hundreds of thousands of rows a backfill writes. Returns the number of rows sent."""
+    lines = ["\t".join([copy_field(v) for v in row]) for row in rows]
+    if not lines:
+        return 0
+    with conn.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        copy.write("\n".join(lines) + "\n")
+    return len(lines)
