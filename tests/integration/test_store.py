@@ -158,3 +158,16 @@ def test_raw_events_are_kept_once_per_event_key(conn):
     with pytest.raises(errors.UniqueViolation):
         with conn.transaction():
             conn.execute(insert, (AT,))
+
+
+def test_copy_rows_round_trips_awkward_values(conn):
+    """The hand-built COPY stream escapes what COPY's text format needs and nothing else."""
+    rows = [("a\\b\tc\nd\re", 1, datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc), None, True,
+             '{"x": "q\\"\\\\n\\u00e9"}'),
+            ("", -5, None, "\\N", False, "[1, 2.5]")]
+    conn.execute("CREATE TEMP TABLE copied (a text, b bigint, c timestamptz, d text, e bool, f jsonb)")
+    assert db.copy_rows(conn, "copied", ("a", "b", "c", "d", "e", "f"), rows) == 2
+    got = conn.execute("SELECT a, b, c, d, e, f FROM copied ORDER BY b DESC").fetchall()
+    assert [g[:5] for g in got] == [r[:5] for r in rows]
+    assert [g[5] for g in got] == [{"x": 'q"\\n\u00e9'}, [1, 2.5]]
+    assert db.copy_rows(conn, "copied", ("a",), []) == 0
