@@ -25,7 +25,7 @@ import psycopg
 from returnledger import lifecycle
 from returnledger.exceptions import NewException, line_subject, raise_exceptions, resolve_open
 from returnledger.models import RETURN_ID_PATTERN, ActionKind, EventType, ExceptionType, LineState
-from returnledger.store.db import connect, copy_rows
+from returnledger.store.db import connect, copy_rows, raw_json
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _raw_rows(events: list[Any]) -> dict[str, list]:
             row[3] += 1
             continue
         occurred = _parse_time(h.occurred_at)
-        rows[key] = [key, eid, body, 1, _parse_time(h.delivered_at) or occurred, _text(h.type),
+        rows[key] = [key, eid, raw_json(body), 1, _parse_time(h.delivered_at) or occurred, _text(h.type),
                      _text(h.return_id), _whole(h.line), occurred]
     return rows
 
@@ -130,8 +130,9 @@ def _encode(payload: Any) -> str:
     return msgspec.json.encode(payload).decode()
 
 
-RAW_COLUMNS = ("event_key", "event_id", "payload", "deliveries", "delivered_at", "event_type", "return_id", "line",
-               "occurred_at", "received_at", "batch_id")
+RAW_COLUMNS = (("event_key", "text"), ("event_id", "text"), ("payload", "jsonb"), ("deliveries", "int4"),
+               ("delivered_at", "timestamptz"), ("event_type", "text"), ("return_id", "text"), ("line", "int4"),
+               ("occurred_at", "timestamptz"), ("received_at", "timestamptz"), ("batch_id", "text"))
 
 
 def land_raw(conn: psycopg.Connection, events: list[Any], *, window_end: datetime,
@@ -210,34 +211,56 @@ def fetch_return_orders(conn: psycopg.Connection, client) -> tuple[int, int]:
     if not ids:
         return 0, 0
     found, missing = client.get_returns(ids)
-    store_return_orders(conn, found)
+    store_return_orders(conn, found, new=True)
     conn.commit()
     return len(found), len(missing)
 
 
+_ORDER_COLUMNS = (("return_id", "text"), ("order_reference", "text"), ("created_at", "timestamptz"),
+                  ("returns_notice", "text"), ("rma_id", "text"), ("vret", "text"), ("payload", "jsonb"))
+_LINE_COLUMNS = (("return_id", "text"), ("line", "int4"), ("sku", "text"), ("reason", "text"), ("quantity", "int4"))
+
+
+def _order_row(o: dict) -> tuple:
+    refs = o.get("amazon_refs") or {}
+    return (o["return_id"], o.get("order_reference"), _parse_time(o.get("created_at")), refs.get("returns_notice"),
+            refs.get("rma_id"), refs.get("vret") or None, raw_json(_encode(o)))
+
+
+def _line_rows(orders: list[dict]) -> list[tuple]:
+    """A return order's lines (a line number given twice keeps its first entry)."""
+    rows = {}
+    for o in orders:
+        for ln in o.get("lines") or []:
+            rows.setdefault((o["return_id"], int(ln["line"])),
+                            (o["return_id"], int(ln["line"]), ln["sku"], ln.get("reason") or "", int(ln["quantity"])))
+    return list(rows.values())
+
+
 def store_return_orders(conn: psycopg.Connection, orders: list[dict], source: str = "REBOUND",
-                        amazon_return_id: str | None = None) -> None:
+                        amazon_return_id: str | None = None, *, new: bool = False) -> None:
     """Upsert return orders and insert their lines as ANNOUNCED (existing lines keep their state).
 
     Staged with COPY: return orders carry JSON payloads, which array parameters would have to escape.
+    ``new=True`` (orders the ledger was just seen not to hold) COPYs straight into the tables; the
+    primary keys still stop a concurrent writer, whose transaction then fails and is retried.
     """
     if not orders:
+        return
+    if new:
+        copy_rows(conn, "ledger.return_order", (*_ORDER_COLUMNS, ("source", "text"), ("amazon_return_id", "text")),
+                  ((*_order_row(o), source, amazon_return_id) for o in orders))
+        copy_rows(conn, "ledger.return_line", (*_LINE_COLUMNS[:4], ("quantity_announced", "int4")),
+                  _line_rows(orders))
         return
     conn.execute("""CREATE TEMP TABLE IF NOT EXISTS order_stage (return_id text, order_reference text,
         created_at timestamptz, returns_notice text, rma_id text, vret text, payload text) ON COMMIT DELETE ROWS""")
     conn.execute("""CREATE TEMP TABLE IF NOT EXISTS line_stage (return_id text, line int, sku text, reason text,
         quantity int) ON COMMIT DELETE ROWS""")
     conn.execute("TRUNCATE order_stage, line_stage")
-    with conn.cursor().copy("COPY order_stage FROM STDIN") as copy:
-        for o in orders:
-            refs = o.get("amazon_refs") or {}
-            copy.write_row((o["return_id"], o.get("order_reference"), _parse_time(o.get("created_at")),
-                            refs.get("returns_notice"), refs.get("rma_id"), refs.get("vret") or None, _encode(o)))
-    with conn.cursor().copy("COPY line_stage FROM STDIN") as copy:
-        for o in orders:
-            for ln in o.get("lines") or []:
-                copy.write_row((o["return_id"], int(ln["line"]), ln["sku"], ln.get("reason") or "",
-                                int(ln["quantity"])))
+    copy_rows(conn, "order_stage", _ORDER_COLUMNS[:-1] + (("payload", "text"),),
+              ((*_order_row(o)[:-1], _encode(o)) for o in orders))
+    copy_rows(conn, "line_stage", _LINE_COLUMNS, _line_rows(orders))
     conn.execute("""
         INSERT INTO ledger.return_order (return_id, order_reference, created_at, returns_notice, rma_id, vret,
                                          payload, source, amazon_return_id)
@@ -369,12 +392,19 @@ def record_outcomes(conn, status: str, raw_ids: list[int], details: list[str | N
     """What became of raw events (raw rows themselves are never rewritten); a held event may move on later."""
     if not raw_ids:
         return
-    conn.execute("""
-        INSERT INTO ledger.event_outcome (raw_id, status, detail, batch_id, decided_at)
-        SELECT x.id, %b, x.d, %b, %b FROM unnest(%b::bigint[], %b::text[]) AS x(id, d)
-        ON CONFLICT (raw_id) DO UPDATE SET status = EXCLUDED.status, detail = EXCLUDED.detail,
-            batch_id = EXCLUDED.batch_id, decided_at = EXCLUDED.decided_at""",
-                 (status, batch_id, at, raw_ids, details if details is not None else [None] * len(raw_ids)))
+    details = details if details is not None else [None] * len(raw_ids)
+    decided = {r[0] for r in conn.execute("SELECT raw_id FROM ledger.event_outcome WHERE raw_id = ANY(%b::bigint[])",
+                                          (raw_ids,))}
+    if decided:  # a held event moving on: its outcome row is updated
+        again = [(i, d) for i, d in zip(raw_ids, details) if i in decided]
+        conn.execute("""
+            UPDATE ledger.event_outcome o SET status = %b, detail = x.d, batch_id = %b, decided_at = %b
+            FROM unnest(%b::bigint[], %b::text[]) AS x(id, d) WHERE o.raw_id = x.id""",
+                     (status, batch_id, at, [a[0] for a in again], [a[1] for a in again]))
+    # first outcomes (nearly all of them) are appended with COPY
+    copy_rows(conn, "ledger.event_outcome", (("raw_id", "int8"), ("status", "text"), ("detail", "text"),
+                                              ("batch_id", "text"), ("decided_at", "timestamptz")),
+              ((i, status, d, batch_id, at) for i, d in zip(raw_ids, details) if i not in decided))
 
 
 def _hold(conn, items: list[tuple[int, str, int, ExceptionType]], *, at: datetime, batch_id: str) -> None:
@@ -560,15 +590,12 @@ def _write_apply(conn, lines, ch: _Changes, to_hold, held_ids, policy, *, batch_
                       [lines[k].quantity_received for k in keys], [lines[k].grade for k in keys],
                       [lines[k].disposition for k in keys], [ch.received_at.get(k) for k in keys],
                       [ch.dispositioned_at.get(k) for k in keys], [ch.last_event.get(k) for k in keys]))
-    if ch.history:
-        h = ch.history
-        conn.execute("""
-            INSERT INTO ledger.line_history (return_id, line, from_state, to_state, event_id, cause, batch_id, at)
-            SELECT rid, ln, f, t, ev, c, %s, %s FROM unnest(%b::text[], %b::int[], %b::text[], %b::text[],
-                   %b::text[], %b::text[]) AS x(rid, ln, f, t, ev, c)
-            ON CONFLICT DO NOTHING""",
-                     (batch_id, at, [x[0] for x in h], [x[1] for x in h], [x[2] for x in h], [x[3] for x in h],
-                      [x[4] for x in h], [x[5] for x in h]))
+    # each event is applied once (only events without an outcome get here, in this one transaction), so
+    # history rows are appended with COPY; the unique (line, event, state) key would stop a double write
+    copy_rows(conn, "ledger.line_history",
+              (("return_id", "text"), ("line", "int4"), ("from_state", "text"), ("to_state", "text"),
+               ("event_id", "text"), ("cause", "text"), ("batch_id", "text"), ("at", "timestamptz")),
+              ((*h, batch_id, at) for h in ch.history))
     outbox = _write_outbox(conn, lines, ch.actions, policy, batch_id=batch_id, at=at, currency=currency)
     # holds: OUT_OF_SEQUENCE exceptions for lines that now wait; resolve those whose wait is over
     oos = {}

@@ -161,13 +161,16 @@ def test_raw_events_are_kept_once_per_event_key(conn):
 
 
 def test_copy_rows_round_trips_awkward_values(conn):
-    """The hand-built COPY stream escapes what COPY's text format needs and nothing else."""
+    """Binary COPY keeps text byte for byte and stores JSON text as received, parsed by PostgreSQL."""
     rows = [("a\\b\tc\nd\re", 1, datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc), None, True,
-             '{"x": "q\\"\\\\n\\u00e9"}'),
-            ("", -5, None, "\\N", False, "[1, 2.5]")]
+             db.raw_json('{"x": "q\\"\\\\n\\u00e9"}')),
+            ("", -5, None, "\\N", False, db.raw_json("[1, 2.5]"))]
     conn.execute("CREATE TEMP TABLE copied (a text, b bigint, c timestamptz, d text, e bool, f jsonb)")
-    assert db.copy_rows(conn, "copied", ("a", "b", "c", "d", "e", "f"), rows) == 2
+    cols = (("a", "text"), ("b", "int8"), ("c", "timestamptz"), ("d", "text"), ("e", "bool"), ("f", "jsonb"))
+    assert db.copy_rows(conn, "copied", cols, rows) == 2
     got = conn.execute("SELECT a, b, c, d, e, f FROM copied ORDER BY b DESC").fetchall()
     assert [g[:5] for g in got] == [r[:5] for r in rows]
     assert [g[5] for g in got] == [{"x": 'q"\\n\u00e9'}, [1, 2.5]]
-    assert db.copy_rows(conn, "copied", ("a",), []) == 0
+    assert db.copy_rows(conn, "copied", cols, []) == 0
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+        db.copy_rows(conn, "copied", cols, [("x", 1, None, None, None, db.raw_json("{not json"))])

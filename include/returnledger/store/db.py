@@ -138,30 +138,25 @@ def airflow_connection_json(dsn: str) -> str:
 
 # --------------------------------------------------------------------------- bulk writes
 
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+def _as_is(text: str) -> str:
+    return text
 
 
-def copy_field(v) -> str:
-    """One value in COPY's text format (``\\N`` is null; backslash, tab and line breaks escaped)."""
-    if v is None:
-        return "\\N"
-    if isinstance(v, str):
-        return v.translate(_COPY_ESCAPES)
-    if isinstance(v, bool):
-        return "t" if v else "f"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if hasattr(v, "isoformat"):
-        return v.isoformat()
-    return str(v).translate(_COPY_ESCAPES)
+def raw_json(text: str) -> psycopg.types.json.Jsonb:
+    """JSON text to store in a jsonb column as it is (PostgreSQL parses it; nothing re-encodes it)."""
+    return psycopg.types.json.Jsonb(text, dumps=_as_is)
 
 
-def copy_rows(conn: psycopg.Connection, table: str, columns: tuple[str, ...], rows) -> int:
-    """COPY rows into ``table`` as one text stream: a few times faster than per-row ``write_row``
-    for the hundreds of thousands of rows a backfill writes. Returns the number of rows sent."""
-    lines = ["\t".join([copy_field(v) for v in row]) for row in rows]
-    if not lines:
-        return 0
-    with conn.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-        copy.write("\n".join(lines) + "\n")
-    return len(lines)
+def copy_rows(conn: psycopg.Connection, table: str, columns: tuple[tuple[str, str], ...], rows) -> int:
+    """COPY rows into ``table`` in binary format; ``columns`` are (name, PostgreSQL type) pairs.
+
+    With the types declared, psycopg formats each row in C: several times faster than text COPY or
+    array parameters for the hundreds of thousands of rows a backfill writes. Returns the rows sent.
+    """
+    n = 0
+    with conn.cursor().copy(f"COPY {table} ({', '.join(c for c, _ in columns)}) FROM STDIN (FORMAT BINARY)") as cp:
+        cp.set_types([t for _, t in columns])
+        for row in rows:
+            cp.write_row(row)
+            n += 1
+    return n
