@@ -35,6 +35,8 @@ RETURN_FETCH_BATCH = 200
 _ID_RE = re.compile(RETURN_ID_PATTERN)
 LINE_EVENTS = {EventType.RECEIVED.value, EventType.GRADED.value, EventType.DISPOSITIONED.value}
 RETURN_EVENTS = {EventType.RETURN_CREATED.value, EventType.IN_TRANSIT.value}
+_EVENT_TYPES = {t.value: t for t in EventType}   # a dict lookup: the enum's own call costs a microsecond a row
+_LINE_STATES = {s.value: s for s in LineState}
 
 
 class SyncError(RuntimeError):
@@ -388,13 +390,19 @@ def quarantine(dsn: str, *, batch_id: str, at: datetime) -> dict:
 
 
 def record_outcomes(conn, status: str, raw_ids: list[int], details: list[str | None] | None, *, batch_id: str,
-                    at: datetime) -> None:
-    """What became of raw events (raw rows themselves are never rewritten); a held event may move on later."""
+                    at: datetime, decided: set[int] | None = None) -> None:
+    """What became of raw events (raw rows themselves are never rewritten); a held event may move on later.
+
+    ``decided``: the ids among ``raw_ids`` that may already have an outcome, when the caller knows them
+    (apply does: only held events); otherwise the table is asked."""
     if not raw_ids:
         return
     details = details if details is not None else [None] * len(raw_ids)
-    decided = {r[0] for r in conn.execute("SELECT raw_id FROM ledger.event_outcome WHERE raw_id = ANY(%b::bigint[])",
-                                          (raw_ids,))}
+    if decided is None:
+        decided = {r[0] for r in conn.execute(
+            "SELECT raw_id FROM ledger.event_outcome WHERE raw_id = ANY(%b::bigint[])", (raw_ids,))}
+    else:
+        decided = decided.intersection(raw_ids)
     if decided:  # a held event moving on: its outcome row is updated
         again = [(i, d) for i, d in zip(raw_ids, details) if i in decided]
         conn.execute("""
@@ -486,7 +494,7 @@ def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> di
         to_hold: list[tuple[int, str, int, ExceptionType]] = []
         held_ids = {r[0] for r in rows if r[-1]}
         for raw_id, event_id, etype, rid, ln, occurred_at, quantity, grade, disposition, _ in rows:
-            ev = _Ev(raw_id, rid, ln, lifecycle.LineEvent(event_id=event_id, type=EventType(etype),
+            ev = _Ev(raw_id, rid, ln, lifecycle.LineEvent(event_id=event_id, type=_EVENT_TYPES[etype],
                                                          occurred_at=occurred_at, quantity=quantity, grade=grade,
                                                          disposition=disposition))
             if etype in RETURN_EVENTS:
@@ -571,7 +579,7 @@ def _load_policy(conn) -> "lifecycle.Policy":
 def _load_lines(conn, return_ids: set[str]) -> dict[tuple[str, int], Any]:
     rows = conn.execute("""SELECT return_id, line, state, quantity_announced, quantity_received, grade, disposition
                            FROM ledger.return_line WHERE return_id = ANY(%s)""", (sorted(return_ids),)).fetchall()
-    return {(r[0], r[1]): lifecycle.LineView(state=LineState(r[2]), quantity_announced=r[3],
+    return {(r[0], r[1]): lifecycle.LineView(state=_LINE_STATES[r[2]], quantity_announced=r[3],
                                              quantity_received=r[4], grade=r[5], disposition=r[6])
             for r in rows}
 
@@ -609,10 +617,13 @@ def _write_apply(conn, lines, ch: _Changes, to_hold, held_ids, policy, *, batch_
     _hold(conn, to_hold, at=at, batch_id=batch_id)
     done = ch.done
     if done:
-        conn.execute("DELETE FROM ledger.held_event WHERE raw_id IN (SELECT unnest(%b::bigint[]))", (done,))
+        released = [i for i in done if i in held_ids]   # only held events have a hold row or an outcome yet
+        if released:
+            conn.execute("DELETE FROM ledger.held_event WHERE raw_id = ANY(%b::bigint[])", (released,))
         applied = [i for i in done if i not in ch.ignored]
-        record_outcomes(conn, "APPLIED", applied, None, batch_id=batch_id, at=at)
-        record_outcomes(conn, "IGNORED", list(ch.ignored), list(ch.ignored.values()), batch_id=batch_id, at=at)
+        record_outcomes(conn, "APPLIED", applied, None, batch_id=batch_id, at=at, decided=held_ids)
+        record_outcomes(conn, "IGNORED", list(ch.ignored), list(ch.ignored.values()), batch_id=batch_id, at=at,
+                        decided=held_ids)
     waiting = {(r[0], r[1]) for r in conn.execute(
         "SELECT DISTINCT return_id, line FROM ledger.held_event WHERE reason = 'OUT_OF_SEQUENCE'")}
     cleared = [line_subject(rid, ln) for rid, ln in ch.touched if (rid, ln) not in waiting]
@@ -621,6 +632,12 @@ def _write_apply(conn, lines, ch: _Changes, to_hold, held_ids, policy, *, batch_
     return {"applied": len(done) - len(ch.ignored), "ignored": len(ch.ignored), "held": len(to_hold),
             "released_from_hold": len(held_ids & set(done)), "lines_changed": len(keys),
             "out_of_sequence_resolved": resolved, **outbox}
+
+
+_OUTBOX_COLUMNS = (("idempotency_key", "text"), ("kind", "text"), ("return_id", "text"), ("line", "int4"),
+                   ("sku", "text"), ("asin", "text"), ("quantity", "int4"), ("unit_amount", "numeric"),
+                   ("currency", "text"), ("document_id", "text"), ("created_at", "timestamptz"),
+                   ("created_batch", "text"))
 
 
 def _write_outbox(conn, lines, actions, policy, *, batch_id, at, currency) -> dict:
@@ -649,15 +666,14 @@ def _write_outbox(conn, lines, actions, policy, *, batch_id, at, currency) -> di
             rows.append((f"credit:{rid}:{ln}", str(kind), rid, ln, sku, asin, qty, unit, currency, doc))
         else:
             rows.append((f"inventory:{rid}:{ln}", str(kind), rid, ln, sku, asin, qty, None, None, None))
-    cols = list(zip(*rows))
-    inserted = conn.execute("""
-        INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity,
-                                              unit_amount, currency, document_id, created_at, created_batch)
-        SELECT k, kind, rid, ln, sku, asin, q, u, c, d, %s, %s
-        FROM unnest(%b::text[], %b::text[], %b::text[], %b::int[], %b::text[], %b::text[], %b::int[],
-                    %b::numeric[], %b::text[], %b::text[]) AS x(k, kind, rid, ln, sku, asin, q, u, c, d)
-        ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING kind, sku, quantity""", (at, batch_id, *[list(c) for c in cols])).fetchall()
+    # an action already in the outbox (same deterministic key) is never written twice; the rest is appended
+    # with COPY, and the unique keys still stop a concurrent writer (its transaction fails and is retried)
+    known = {r[0] for r in conn.execute(
+        "SELECT idempotency_key FROM ledger.amazon_submission WHERE idempotency_key = ANY(%b::text[])",
+        ([r[0] for r in rows],))}
+    fresh = list({r[0]: r for r in reversed(rows) if r[0] not in known}.values())[::-1]  # first of a key wins
+    copy_rows(conn, "ledger.amazon_submission", _OUTBOX_COLUMNS, ((*r, at, batch_id) for r in fresh))
+    inserted = [(r[1], r[4], r[6]) for r in fresh]
     restock = defaultdict(int)
     for kind, sku, qty in inserted:
         if kind == ActionKind.INVENTORY:

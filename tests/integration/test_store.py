@@ -174,3 +174,12 @@ def test_copy_rows_round_trips_awkward_values(conn):
     assert db.copy_rows(conn, "copied", cols, []) == 0
     with pytest.raises(psycopg.errors.InvalidTextRepresentation):
         db.copy_rows(conn, "copied", cols, [("x", 1, None, None, None, db.raw_json("{not json"))])
+
+
+def test_raw_events_and_lines_cannot_be_removed(conn):
+    """The audit trail's anchors refuse DELETE and TRUNCATE (they replace per-row foreign keys)."""
+    for table in ("raw_event", "return_line"):
+        for statement in (f"DELETE FROM ledger.{table}", f"TRUNCATE ledger.{table} CASCADE"):
+            with pytest.raises(psycopg.errors.RaiseException, match="keeps every row"):
+                with conn.transaction():
+                    conn.execute(statement)

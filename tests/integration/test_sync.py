@@ -154,6 +154,8 @@ def test_every_event_ends_in_the_ledger_or_the_exception_queue(month):
         assert dup == 2, "duplicate deliveries are counted on one raw row"
         no_id = conn.execute("SELECT count(*) FROM ledger.raw_event WHERE event_id IS NULL").fetchone()[0]
         assert no_id == sum(1 for e in month["scenario"]["rebound"]["invalid_events"] if "event_id" not in e)
+        # every history row names a line and every outcome a raw event (checked as a set, not per row)
+        assert conn.execute("SELECT * FROM ledger.audit_orphans()").fetchall() == []
 
 
 def test_at_most_one_credit_note_per_line_and_ids_are_reused(month):
