@@ -136,8 +136,9 @@ def _check_line(line: LineView) -> None:
 
 def apply_event(line: LineView, event: LineEvent, policy: Policy) -> Outcome:
     """Apply one event to a line (rules 1-4 and 6)."""
-    _check_line(line)
     state = _state(line.state)
+    if state is _S.QUARANTINED:
+        _check_line(line)
     rank = _RANK[state]
     etype = event.type if type(event.type) is EventType else EventType(event.type)
 

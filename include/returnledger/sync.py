@@ -15,6 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
+from functools import lru_cache
 from hashlib import md5
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,12 @@ def batch_id_for(window_end: datetime) -> str:
 
 
 def _parse_time(v: Any) -> datetime | None:
-    if not isinstance(v, str):
-        return None
+    """An ISO-8601 instant (no zone = UTC), else None; a feed repeats its timestamps, so they are cached."""
+    return _parse_text_time(v) if isinstance(v, str) else None
+
+
+@lru_cache(maxsize=1 << 16)
+def _parse_text_time(v: str) -> datetime | None:
     try:
         t = datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError:
@@ -106,13 +111,13 @@ def _raw_rows(events: list[Any]) -> dict[str, list]:
     rows: dict[str, list] = {}
     for e in events:
         if isinstance(e, msgspec.Raw):
-            body = bytes(e).decode()
+            body = bytes(e)
             try:
                 h = _HEAD.decode(e)
             except (msgspec.ValidationError, msgspec.DecodeError):  # valid JSON, not an object
                 h = _NO_HEAD
         else:
-            body = _encode(e)
+            body = msgspec.json.encode(e)
             h = _EventHead(**{k: e.get(k) for k in _EventHead.__struct_fields__}) if isinstance(e, dict) \
                 else _NO_HEAD
         eid = _text(h.event_id)
@@ -510,9 +515,10 @@ def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> di
         for lrid, ln in lines:
             lines_of[lrid].append(ln)
         for rid, evs in return_events.items():
+            evs.sort(key=lambda e: e.event.occurred_at)
             for ln in lines_of.get(rid, []):
                 view = lines[(rid, ln)]
-                for ev in sorted(evs, key=lambda e: e.event.occurred_at):
+                for ev in evs:
                     out = lifecycle.apply_event(view, ev.event, policy)
                     changes.record(rid, ln, ev, out)
                     view = out.line
@@ -552,22 +558,24 @@ class _Changes:
         self.last_event: dict[tuple[str, int], str] = {}
 
     def record(self, rid: str, ln: int, ev: _Ev, out) -> None:
-        key = (rid, ln)
-        for frm, to in out.transitions:
-            self.history.append((rid, ln, str(frm), str(to), ev.event.event_id, str(ev.event.type)))
         if out.transitions:
+            key = (rid, ln)
+            event = ev.event
+            cause = event.type.value
+            for frm, to in out.transitions:
+                self.history.append((rid, ln, frm.value, to.value, event.event_id, cause))
             self.touched.add(key)
-            self.last_event[key] = ev.event.event_id
-            if ev.event.type == EventType.RECEIVED:
-                self.received_at[key] = ev.event.occurred_at
-            if ev.event.type == EventType.DISPOSITIONED:
-                self.dispositioned_at[key] = ev.event.occurred_at
+            self.last_event[key] = event.event_id
+            if event.type is EventType.RECEIVED:
+                self.received_at[key] = event.occurred_at
+            elif event.type is EventType.DISPOSITIONED:
+                self.dispositioned_at[key] = event.occurred_at
+        elif out.ignored:
+            self.ignored[ev.raw_id] = out.ignored
         for kind in out.actions:
             self.actions.append((rid, ln, kind))
         for etype, detail in out.raised:
             self.raised.append(NewException(etype, line_subject(rid, ln), detail, return_id=rid, line=ln))
-        if out.ignored and not out.transitions:
-            self.ignored[ev.raw_id] = out.ignored
 
 
 def _load_policy(conn) -> "lifecycle.Policy":

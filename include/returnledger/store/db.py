@@ -138,12 +138,13 @@ def airflow_connection_json(dsn: str) -> str:
 
 # --------------------------------------------------------------------------- bulk writes
 
-def _as_is(text: str) -> str:
+def _as_is(text: str | bytes) -> str | bytes:
     return text
 
 
-def raw_json(text: str) -> psycopg.types.json.Jsonb:
-    """JSON text to store in a jsonb column as it is (PostgreSQL parses it; nothing re-encodes it)."""
+def raw_json(text: str | bytes) -> psycopg.types.json.Jsonb:
+    """JSON text (or UTF-8 bytes) to store in a jsonb column as it is: PostgreSQL parses it, nothing
+    re-encodes it."""
     return psycopg.types.json.Jsonb(text, dumps=_as_is)
 
 
