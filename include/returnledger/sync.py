@@ -300,11 +300,11 @@ def _text_sql(col: str) -> str:
 # the fields only some event types carry are read from the payload for those types alone.
 VALIDATION_FRAME_SQL = f"""
     SELECT r.raw_id, r.event_id, r.event_type AS type, r.return_id, r.line,
-           extract(epoch FROM r.occurred_at) AS occurred_at,
+           date_part('epoch', r.occurred_at) AS occurred_at,
            CASE WHEN r.event_type = 'RECEIVED' THEN {_whole_sql('quantity')} END AS quantity,
            CASE WHEN r.event_type = 'GRADED' THEN {_text_sql('grade')} END AS grade,
            CASE WHEN r.event_type = 'DISPOSITIONED' THEN {_text_sql('disposition')} END AS disposition,
-           o.return_id AS known_return, l.sku, l.reason, m.amazon_reason, s.asin,
+           (o.return_id IS NOT NULL OR NULL)::int AS known_return, l.sku, l.reason, m.amazon_reason, s.asin,
            (l.return_id IS NOT NULL)::int AS line_found
     FROM ledger.raw_event r
     LEFT JOIN ledger.return_order o ON o.return_id = r.return_id
