@@ -149,7 +149,11 @@ def land_raw(conn: psycopg.Connection, events: list[Any], *, window_end: datetim
     Keys already stored only count another delivery. New rows go straight in with COPY: the
     unique event key still guards against a concurrent writer (the chunk then fails and is retried).
     """
-    rows = _raw_rows(events)
+    return _land_rows(conn, _raw_rows(events), len(events), window_end=window_end, batch_id=batch_id)
+
+
+def _land_rows(conn, rows: dict[str, list], delivered: int, *, window_end: datetime,
+               batch_id: str) -> tuple[int, int, int]:
     known = dict(conn.execute("SELECT event_key, 0 FROM ledger.raw_event WHERE event_key = ANY(%b::text[])",
                               (list(rows),)).fetchall())
     if known:
@@ -158,7 +162,53 @@ def land_raw(conn: psycopg.Connection, events: list[Any], *, window_end: datetim
                      (list(known), [rows[k][3] for k in known]))
     new = copy_rows(conn, "ledger.raw_event", RAW_COLUMNS,
                     ((*row, window_end, batch_id) for key, row in rows.items() if key not in known))
-    return new, len(events) - new, sum(1 for k in rows if k.startswith("noid:"))
+    return new, delivered - new, sum(1 for k in rows if k.startswith("noid:"))
+
+
+class _ChunkWriter:
+    """Lands parsed chunks (raw rows, then the cursor, one transaction each) on a thread of its own, so
+    PostgreSQL stores chunk k while this process reads and parses chunk k+1. Chunks land in order;
+    the first failure stops the reader at its next hand-over and is raised from ``close``."""
+
+    def __init__(self, conn, *, cursor: str | None, window_end: datetime, batch_id: str, stats: dict):
+        import queue
+        import threading
+
+        self.conn, self.cursor, self.window_end, self.batch_id, self.stats = conn, cursor, window_end, batch_id, stats
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="extract-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain: the reader stops at its next put
+            rows, delivered, position = item
+            try:
+                with self.conn.transaction():
+                    if rows:
+                        new, repeats, without_id = _land_rows(self.conn, rows, delivered,
+                                                              window_end=self.window_end, batch_id=self.batch_id)
+                        self.stats["new"] += new
+                        self.stats["repeats"] += repeats
+                        self.stats["without_id"] += without_id
+                    if position is not None and position != self.cursor:
+                        _set_cursor(self.conn, position, at=self.window_end, batch_id=self.batch_id)
+            except BaseException as exc:  # noqa: BLE001 - handed to the reader thread
+                self.error = exc
+
+    def put(self, rows: dict, delivered: int, position: str | None) -> None:
+        if self.error is not None:
+            self.close()
+        self.queue.put((rows, delivered, position))
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _set_cursor(conn, position: str, *, at: datetime, batch_id: str) -> None:
@@ -182,26 +232,18 @@ def extract(dsn: str, client, *, window_end: datetime, batch_id: str, chunk: int
         cursor = row[0] if row else None
         buffer: list[Any] = []
         position = cursor
-
-        def flush():
-            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-            with conn.transaction():
-                if buffer:
-                    new, repeats, without_id = land_raw(conn, buffer, window_end=window_end, batch_id=batch_id)
-                    stats["new"] += new
-                    stats["repeats"] += repeats
-                    stats["without_id"] += without_id
-                if position is not None and position != cursor:
-                    _set_cursor(conn, position, at=window_end, batch_id=batch_id)
-            buffer.clear()
-
-        for page in client.iter_event_pages(cursor, until=window_end, raw=True):
-            buffer.extend(page.events)
-            stats["delivered"] += len(page.events)
-            position = page.next_cursor
-            if len(buffer) >= chunk:
-                flush()
-        flush()
+        writer = _ChunkWriter(conn, cursor=cursor, window_end=window_end, batch_id=batch_id, stats=stats)
+        try:
+            for page in client.iter_event_pages(cursor, until=window_end, raw=True):
+                buffer.extend(page.events)
+                stats["delivered"] += len(page.events)
+                position = page.next_cursor
+                if len(buffer) >= chunk:
+                    writer.put(_raw_rows(buffer), len(buffer), position)
+                    buffer = []
+            writer.put(_raw_rows(buffer) if buffer else {}, len(buffer), position)
+        finally:
+            writer.close()
         found, missing = fetch_return_orders(conn, client)
         stats["return_orders"], stats["unknown_returns"] = found, missing
     log.info("extract %s: %s", batch_id, stats)
@@ -508,46 +550,57 @@ def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> di
                 to_hold.append((raw_id, ev.return_id, ev.line, ExceptionType(blocked[(ev.return_id, ev.line)][0])))
             else:
                 line_events[(ev.return_id, ev.line)].append(ev)
-        lines = _load_lines(conn, {k[0] for k in line_events} | set(return_events))
-        changes = _Changes()
-        # return-level milestones first: they never hold and never earn anything
-        lines_of: dict[str, list[int]] = defaultdict(list)
-        for lrid, ln in lines:
-            lines_of[lrid].append(ln)
-        for rid, evs in return_events.items():
-            evs.sort(key=lambda e: e.event.occurred_at)
-            for ln in lines_of.get(rid, []):
-                view = lines[(rid, ln)]
-                for ev in evs:
-                    out = lifecycle.apply_event(view, ev.event, policy)
-                    changes.record(rid, ln, ev, out)
-                    view = out.line
-                lines[(rid, ln)] = view
-            changes.done.extend(e.raw_id for e in evs)
-        for (rid, ln), evs in line_events.items():
-            view = lines.get((rid, ln))
-            if view is None:  # cannot happen for validated events; keep them visible instead of guessing
-                to_hold.extend((e.raw_id, rid, ln, ExceptionType.OUT_OF_SEQUENCE) for e in evs)
-                continue
-            final, results = lifecycle.replay(view, [e.event for e in evs], policy)
-            by_event = {id(e.event): e for e in evs}
-            for event, out in results:
-                ev = by_event[id(event)]
-                if out.hold is not None:
-                    to_hold.append((ev.raw_id, rid, ln, out.hold))
+        lines, line_info = _load_lines(conn, {k[0] for k in line_events} | set(return_events))
+        # history rows stream into a COPY while the rules run, so PostgreSQL stores them alongside
+        with conn.cursor().copy(f"COPY ledger.line_history ({', '.join(c for c, _ in _HISTORY_COLUMNS)}) "
+                                "FROM STDIN (FORMAT BINARY)") as sink:
+            sink.set_types([t for _, t in _HISTORY_COLUMNS])
+            changes = _Changes(lambda row: sink.write_row((*row, batch_id, at)))
+            # return-level milestones first: they never hold and never earn anything
+            lines_of: dict[str, list[int]] = defaultdict(list)
+            for lrid, ln in lines:
+                lines_of[lrid].append(ln)
+            for rid, evs in return_events.items():
+                evs.sort(key=lambda e: e.event.occurred_at)
+                for ln in lines_of.get(rid, []):
+                    view = lines[(rid, ln)]
+                    for ev in evs:
+                        out = lifecycle.apply_event(view, ev.event, policy)
+                        changes.record(rid, ln, ev, out)
+                        view = out.line
+                    lines[(rid, ln)] = view
+                changes.done.extend(e.raw_id for e in evs)
+            for (rid, ln), evs in line_events.items():
+                view = lines.get((rid, ln))
+                if view is None:  # cannot happen for validated events; keep them visible instead of guessing
+                    to_hold.extend((e.raw_id, rid, ln, ExceptionType.OUT_OF_SEQUENCE) for e in evs)
                     continue
-                changes.record(rid, ln, ev, out)
-                changes.done.append(ev.raw_id)
-            lines[(rid, ln)] = final
-        stats.update(_write_apply(conn, lines, changes, to_hold, held_ids, policy, batch_id=batch_id, at=at,
+                final, results = lifecycle.replay(view, [e.event for e in evs], policy)
+                by_event = {id(e.event): e for e in evs}
+                for event, out in results:
+                    ev = by_event[id(event)]
+                    if out.hold is not None:
+                        to_hold.append((ev.raw_id, rid, ln, out.hold))
+                        continue
+                    changes.record(rid, ln, ev, out)
+                    changes.done.append(ev.raw_id)
+                lines[(rid, ln)] = final
+        stats.update(_write_apply(conn, lines, line_info, changes, to_hold, held_ids, policy, batch_id=batch_id, at=at,
                                   currency=currency))
     log.info("apply %s: %s", batch_id, dict(stats))
     return dict(stats)
 
 
+_HISTORY_COLUMNS = (("return_id", "text"), ("line", "int4"), ("from_state", "text"), ("to_state", "text"),
+                    ("event_id", "text"), ("cause", "text"), ("batch_id", "text"), ("at", "timestamptz"))
+
+
 class _Changes:
-    def __init__(self):
-        self.history: list[tuple] = []
+    """What applying a batch changed; history rows go to ``write_history`` as they arise."""
+
+    def __init__(self, write_history):
+        self.write_history = write_history
+        self.history_rows = 0
         self.actions: list[tuple[str, int, ActionKind]] = []
         self.raised: list[NewException] = []
         self.ignored: dict[int, str] = {}
@@ -563,7 +616,8 @@ class _Changes:
             event = ev.event
             cause = event.type.value
             for frm, to in out.transitions:
-                self.history.append((rid, ln, frm.value, to.value, event.event_id, cause))
+                self.write_history((rid, ln, frm.value, to.value, event.event_id, cause))
+                self.history_rows += 1
             self.touched.add(key)
             self.last_event[key] = event.event_id
             if event.type is EventType.RECEIVED:
@@ -584,15 +638,23 @@ def _load_policy(conn) -> "lifecycle.Policy":
     return load_policy(conn)
 
 
-def _load_lines(conn, return_ids: set[str]) -> dict[tuple[str, int], Any]:
-    rows = conn.execute("""SELECT return_id, line, state, quantity_announced, quantity_received, grade, disposition
-                           FROM ledger.return_line WHERE return_id = ANY(%s)""", (sorted(return_ids),)).fetchall()
-    return {(r[0], r[1]): lifecycle.LineView(state=_LINE_STATES[r[2]], quantity_announced=r[3],
-                                             quantity_received=r[4], grade=r[5], disposition=r[6])
-            for r in rows}
+def _load_lines(conn, return_ids: set[str]) -> tuple[dict[tuple[str, int], Any], dict[tuple[str, int], tuple]]:
+    """The lines of these returns as the lifecycle sees them, and what an Amazon action needs of each
+    (sku, asin, unit cost, returns notice), read in one pass."""
+    rows = conn.execute("""SELECT l.return_id, l.line, l.state, l.quantity_announced, l.quantity_received, l.grade,
+                                  l.disposition, l.sku, s.asin, s.unit_cost, o.returns_notice
+                           FROM ledger.return_line l JOIN ledger.return_order o USING (return_id)
+                           LEFT JOIN ledger.sku s ON s.sku = l.sku
+                           WHERE l.return_id = ANY(%b::text[])""", (sorted(return_ids),)).fetchall()
+    lines, info = {}, {}
+    for r in rows:
+        key = (r[0], r[1])
+        lines[key] = lifecycle.LineView(_LINE_STATES[r[2]], r[3], r[4], r[5], r[6])
+        info[key] = r[7:]
+    return lines, info
 
 
-def _write_apply(conn, lines, ch: _Changes, to_hold, held_ids, policy, *, batch_id, at, currency) -> dict:
+def _write_apply(conn, lines, line_info, ch: _Changes, to_hold, held_ids, policy, *, batch_id, at, currency) -> dict:
     keys = sorted(ch.touched)
     if keys:
         conn.execute("""
@@ -606,13 +668,10 @@ def _write_apply(conn, lines, ch: _Changes, to_hold, held_ids, policy, *, batch_
                       [lines[k].quantity_received for k in keys], [lines[k].grade for k in keys],
                       [lines[k].disposition for k in keys], [ch.received_at.get(k) for k in keys],
                       [ch.dispositioned_at.get(k) for k in keys], [ch.last_event.get(k) for k in keys]))
-    # each event is applied once (only events without an outcome get here, in this one transaction), so
-    # history rows are appended with COPY; the unique (line, event, state) key would stop a double write
-    copy_rows(conn, "ledger.line_history",
-              (("return_id", "text"), ("line", "int4"), ("from_state", "text"), ("to_state", "text"),
-               ("event_id", "text"), ("cause", "text"), ("batch_id", "text"), ("at", "timestamptz")),
-              ((*h, batch_id, at) for h in ch.history))
-    outbox = _write_outbox(conn, lines, ch.actions, policy, batch_id=batch_id, at=at, currency=currency)
+    # history rows were COPYed while the rules ran: each event is applied once (only events without an
+    # outcome get here, in this one transaction); the unique (line, event, state) key stops a double write
+    outbox = _write_outbox(conn, lines, line_info, ch.actions, policy, batch_id=batch_id, at=at,
+                           currency=currency)
     # holds: OUT_OF_SEQUENCE exceptions for lines that now wait; resolve those whose wait is over
     oos = {}
     for _raw_id, rid, ln, etype in to_hold:
@@ -648,16 +707,10 @@ _OUTBOX_COLUMNS = (("idempotency_key", "text"), ("kind", "text"), ("return_id", 
                    ("created_batch", "text"))
 
 
-def _write_outbox(conn, lines, actions, policy, *, batch_id, at, currency) -> dict:
+def _write_outbox(conn, lines, info, actions, policy, *, batch_id, at, currency) -> dict:
     """Outbox rows with deterministic idempotency keys; restocks also raise the warehouse stock."""
     if not actions:
         return {"credit_actions": 0, "inventory_actions": 0}
-    info = {(r[0], r[1]): r[2:] for r in conn.execute("""
-        SELECT l.return_id, l.line, l.sku, s.asin, s.unit_cost, o.returns_notice
-        FROM ledger.return_line l JOIN ledger.return_order o USING (return_id)
-        LEFT JOIN ledger.sku s ON s.sku = l.sku
-        WHERE (l.return_id, l.line) IN (SELECT * FROM unnest(%b::text[], %b::int[]))""",
-        ([a[0] for a in actions], [a[1] for a in actions]))}
     rows = []
     first_line: dict[tuple[str, str], int] = {}
     for rid, ln, kind in actions:

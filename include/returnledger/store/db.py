@@ -79,8 +79,6 @@ def connect(dsn: str | None = None, **kwargs) -> psycopg.Connection:
     # The sync's statements are set-wise scans and hash joins over a batch: JIT compilation costs them
     # about a second each and never pays back, and 4 MB of work_mem makes their hash joins spill to disk.
     conn.execute(f"SET search_path TO {SCHEMA}, public; SET jit = off; SET work_mem = '64MB'")
-    if not conn.autocommit:
-        conn.commit()  # session settings survive a rollback of the caller's first transaction
     psycopg.types.json.set_json_loads(msgspec.json.decode, conn)  # jsonb decodes several times faster
     return conn
 
