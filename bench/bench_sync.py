@@ -8,8 +8,9 @@ quarantine -> lifecycle apply -> Amazon outbox. Printed:
 - events/s and peak memory (this process's max RSS; PostgreSQL is separate),
 - ratio against a naive row-at-a-time implementation of the same steps
   (single-row INSERTs, per-row pydantic validation and per-row lookups,
-  per-event SELECT/UPDATE) measured on the first N deliveries,
-- ratio against the raw COPY speed of the same rows into PostgreSQL,
+  per-event SELECT/UPDATE) measured on every event of a sample of whole return orders (~N events),
+- ratio against the raw COPY speed of the same rows into PostgreSQL (a plain table, no indexes),
+  and, for scale, the same COPY into the ledger's own raw table with its dedupe key and indexes,
 - SP-API calls the pushes took against the minimum ceil(items / batch limit).
 Not a test: numbers vary with the machine; run it when you change the sync.
 """

@@ -8,10 +8,12 @@ extract -> validate -> quarantine / apply -> push_inventory, push_credits -> con
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -38,6 +40,19 @@ LINE_EVENTS = {EventType.RECEIVED.value, EventType.GRADED.value, EventType.DISPO
 RETURN_EVENTS = {EventType.RETURN_CREATED.value, EventType.IN_TRANSIT.value}
 _EVENT_TYPES = {t.value: t for t in EventType}   # a dict lookup: the enum's own call costs a microsecond a row
 _LINE_STATES = {s.value: s for s in LineState}
+
+
+@contextmanager
+def _no_cyclic_gc():
+    """Bulk steps allocate millions of small, long-lived objects (rows, events, line views) and no cycles;
+    the cyclic collector would rescan them over and over (about 2.5 s of CPU in an apply of 586k events)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class SyncError(RuntimeError):
@@ -225,7 +240,7 @@ def extract(dsn: str, client, *, window_end: datetime, batch_id: str, chunk: int
     at most one chunk, and the event-key dedupe absorbs the re-read.
     """
     stats = {"delivered": 0, "new": 0, "repeats": 0, "without_id": 0, "return_orders": 0, "unknown_returns": 0}
-    with connect(dsn) as conn:
+    with _no_cyclic_gc(), connect(dsn) as conn:
         _start_run(conn, batch_id, window_end)
         row = conn.execute("SELECT position FROM ledger.sync_cursor WHERE name = %s", (CURSOR_NAME,)).fetchone()
         conn.commit()  # each chunk below is its own transaction: raw rows and the cursor commit together
@@ -531,7 +546,7 @@ def release_reference_holds(conn: psycopg.Connection, *, at: datetime) -> int:
 def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> dict:
     """Lifecycle rules over passing events plus every held event that may now go on."""
     stats = defaultdict(int)
-    with connect(dsn) as conn, conn.transaction():
+    with _no_cyclic_gc(), connect(dsn) as conn, conn.transaction():
         policy = _load_policy(conn)
         stats["released_exceptions"] = release_reference_holds(conn, at=at)
         # events to (re)apply: new passing events, and held events of lines no longer blocked by reference data
