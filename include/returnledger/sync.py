@@ -78,8 +78,21 @@ def _parse_text_time(v: str) -> datetime | None:
 
 
 def _text(v: Any) -> str | None:
-    """The validation rule for text fields: a non-empty JSON string, else null."""
-    return v if isinstance(v, str) and v else None
+    """The validation rule for text fields: a non-empty JSON string, else null (a NUL character, which
+    PostgreSQL text cannot hold, is kept as the visible escape ``\\u0000``)."""
+    if not isinstance(v, str) or not v:
+        return None
+    return v.replace("\x00", "\\u0000") if "\x00" in v else v
+
+
+# a JSON \u0000 escape (one not itself escaped): PostgreSQL's jsonb cannot hold U+0000
+_NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _storable(body: bytes) -> bytes:
+    """The payload as received, except that a \\u0000 escape becomes the literal text ``\\u0000``:
+    jsonb refuses U+0000, and one such event must not stop the whole feed."""
+    return _NUL_ESCAPE.sub(rb"\1\\\\u0000", body) if b"\\u0000" in body else body
 
 
 def _whole(v: Any) -> int | None:
@@ -137,6 +150,7 @@ def _raw_rows(events: list[Any]) -> dict[str, list]:
                 else _NO_HEAD
         eid = _text(h.event_id)
         key = eid if eid is not None else event_key(msgspec.json.decode(body))
+        body = _storable(body)
         row = rows.get(key)
         if row is not None:
             row[3] += 1

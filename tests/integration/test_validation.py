@@ -40,6 +40,8 @@ CASES = {
     "type-empty": (_ev("type-empty", type=""), "type_present"),
     "type-odd": (_ev("type-odd", type="TELEPORTED"), "type_known"),
     "grade-odd": ({**_ev("grade-odd", type="GRADED", grade="Z\t\u00e9"), "quantity": None}, "grade_known"),
+    "nul-note": (_ev("nul-note", note="a\x00b"), None),         # jsonb cannot hold U+0000: kept as text
+    "nul-rid": (_ev("nul-rid", return_id="RB\x001"), "return_id_shape"),
     "unmapped": (_ev("unmapped", line=2), "reason_mapped"),
     "no-asin": (_ev("no-asin", line=3), "sku_in_catalog"),
 }
@@ -100,4 +102,11 @@ def test_payloads_are_stored_as_received_and_counted_once(validated):
     noid = [k for k in validated["stored"] if k.startswith("noid:")]
     assert len(noid) == 1 and validated["stored"][noid[0]] == [1, 2]
     assert validated["verdicts"][noid[0]].startswith("event_id_present:")
-    assert validated["stats"] == {"rows": len(CASES) + 1, "passed": 2, "failed": len(CASES) - 1, "held": 0}
+    assert validated["stats"] == {"rows": len(CASES) + 1, "passed": 3, "failed": len(CASES) - 2, "held": 0}
+
+
+def test_a_nul_character_is_kept_visible_and_stops_nothing(validated):
+    """PostgreSQL cannot store U+0000 in jsonb or text: the escape is kept as literal text, the rest as sent."""
+    assert validated["stored"]["nul-note"]["note"] == "a\\u0000b"
+    assert validated["stored"]["nul-note"]["quantity"] == 1
+    assert validated["verdicts"]["nul-rid"] == "return_id_shape: return_id 'RB\\\\u00001' is not a ReBound id"
