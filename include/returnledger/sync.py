@@ -28,7 +28,7 @@ import psycopg
 from returnledger import lifecycle
 from returnledger.exceptions import NewException, line_subject, raise_exceptions, resolve_open
 from returnledger.models import RETURN_ID_PATTERN, ActionKind, EventType, ExceptionType, LineState
-from returnledger.store.db import connect, copy_rows, raw_json
+from returnledger.store.db import connect, copy_into, copy_rows, raw_json
 
 log = logging.getLogger(__name__)
 
@@ -332,17 +332,16 @@ def store_return_orders(conn: psycopg.Connection, orders: list[dict], source: st
                   _line_rows(orders))
         return
     conn.execute("""CREATE TEMP TABLE IF NOT EXISTS order_stage (return_id text, order_reference text,
-        created_at timestamptz, returns_notice text, rma_id text, vret text, payload text) ON COMMIT DELETE ROWS""")
+        created_at timestamptz, returns_notice text, rma_id text, vret text, payload jsonb) ON COMMIT DELETE ROWS""")
     conn.execute("""CREATE TEMP TABLE IF NOT EXISTS line_stage (return_id text, line int, sku text, reason text,
         quantity int) ON COMMIT DELETE ROWS""")
     conn.execute("TRUNCATE order_stage, line_stage")
-    copy_rows(conn, "order_stage", _ORDER_COLUMNS[:-1] + (("payload", "text"),),
-              ((*_order_row(o)[:-1], _encode(o)) for o in orders))
+    copy_rows(conn, "order_stage", _ORDER_COLUMNS, (_order_row(o) for o in orders))
     copy_rows(conn, "line_stage", _LINE_COLUMNS, _line_rows(orders))
     conn.execute("""
         INSERT INTO ledger.return_order (return_id, order_reference, created_at, returns_notice, rma_id, vret,
                                          payload, source, amazon_return_id)
-        SELECT return_id, order_reference, created_at, returns_notice, rma_id, vret, payload::jsonb, %s, %s
+        SELECT return_id, order_reference, created_at, returns_notice, rma_id, vret, payload, %s, %s
         FROM order_stage
         ON CONFLICT (return_id) DO UPDATE SET payload = EXCLUDED.payload""", (source, amazon_return_id))
     conn.execute("""
@@ -596,9 +595,7 @@ def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> di
                 line_events[(ev.return_id, ev.line)].append(ev)
         lines, line_info = _load_lines(conn, {k[0] for k in line_events} | set(return_events))
         # history rows stream into a COPY while the rules run, so PostgreSQL stores them alongside
-        with conn.cursor().copy(f"COPY ledger.line_history ({', '.join(c for c, _ in _HISTORY_COLUMNS)}) "
-                                "FROM STDIN (FORMAT BINARY)") as sink:
-            sink.set_types([t for _, t in _HISTORY_COLUMNS])
+        with copy_into(conn, "ledger.line_history", _HISTORY_COLUMNS) as sink:
             changes = _Changes(lambda row: sink.write_row((*row, batch_id, at)))
             # return-level milestones first: they never hold and never earn anything
             lines_of: dict[str, list[int]] = defaultdict(list)
@@ -644,7 +641,6 @@ class _Changes:
 
     def __init__(self, write_history):
         self.write_history = write_history
-        self.history_rows = 0
         self.actions: list[tuple[str, int, ActionKind]] = []
         self.raised: list[NewException] = []
         self.ignored: dict[int, str] = {}
@@ -661,7 +657,6 @@ class _Changes:
             cause = event.type.value
             for frm, to in out.transitions:
                 self.write_history((rid, ln, frm.value, to.value, event.event_id, cause))
-                self.history_rows += 1
             self.touched.add(key)
             self.last_event[key] = event.event_id
             if event.type is EventType.RECEIVED:

@@ -150,6 +150,15 @@ def raw_json(text: str | bytes) -> psycopg.types.json.Jsonb:
     return psycopg.types.json.Jsonb(text, dumps=_as_is)
 
 
+@contextmanager
+def copy_into(conn: psycopg.Connection, table: str, columns: tuple[tuple[str, str], ...]) -> Iterator:
+    """An open binary COPY into ``table`` with the column types declared (``columns``: (name, type)
+    pairs), for callers that produce rows while other work runs; ``write_row`` each one."""
+    with conn.cursor().copy(f"COPY {table} ({', '.join(c for c, _ in columns)}) FROM STDIN (FORMAT BINARY)") as cp:
+        cp.set_types([t for _, t in columns])
+        yield cp
+
+
 def copy_rows(conn: psycopg.Connection, table: str, columns: tuple[tuple[str, str], ...], rows) -> int:
     """COPY rows into ``table`` in binary format; ``columns`` are (name, PostgreSQL type) pairs.
 
@@ -157,8 +166,7 @@ def copy_rows(conn: psycopg.Connection, table: str, columns: tuple[tuple[str, st
     array parameters for the hundreds of thousands of rows a backfill writes. Returns the rows sent.
     """
     n = 0
-    with conn.cursor().copy(f"COPY {table} ({', '.join(c for c, _ in columns)}) FROM STDIN (FORMAT BINARY)") as cp:
-        cp.set_types([t for _, t in columns])
+    with copy_into(conn, table, columns) as cp:
         for row in rows:
             cp.write_row(row)
             n += 1
