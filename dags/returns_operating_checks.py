@@ -5,9 +5,10 @@ The daily operating check of the returns ledger: one HTML digest per owner team
 (operations, warehouse, finance, integration) by mail, and stalled flows turned
 into SYNC_STALLED exceptions.
 
-**When**: every day at 07:00 UTC, after the night's `returns_sync`. The run's
-time (its data interval end) is the "as of" of every number: an exception is
-open if it was open at that moment, "new" means opened in the 24 hours before.
+**When**: the run for day D covers [D 07:00, D+1 07:00) UTC, is listed under D
+and starts at D+1 07:00, after the night's `returns_sync` for D. Its data
+interval end is the "as of" of every number: an exception is open if it was
+open at that moment, "new" means opened in the 24 hours of the interval.
 
 **Steps**
 1. `check_flows` - finds what is stuck: Amazon actions PENDING for more than
@@ -34,18 +35,18 @@ under the same names. A rerun does send the mails again.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 from airflow.sdk import dag, task
 
-from returnledger.airflow_adapter import default_args, digest_dir, run_moment
+from returnledger.airflow_adapter import default_args, digest_dir, period_schedule, run_moment
 from returnledger.notify import dag_failure_callbacks
 
 
 @dag(
     dag_id="returns_operating_checks",
-    schedule="0 7 * * *",
-    start_date=datetime(2026, 10, 1),
+    schedule=period_schedule("0 7 * * *"),
+    start_date=datetime(2026, 10, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
     default_args=default_args(owner="integration"),

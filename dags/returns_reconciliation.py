@@ -10,12 +10,14 @@ in set-based SQL, raises `CREDIT_MISSING`, `CREDIT_MISMATCH`, `DARK_RETURN` and
 dark returns (Amazon prepaid labels with no ReBound record), and on a close run
 writes the month-end report (`month_end_report.csv` + `.html`) and tells finance.
 
-**When it runs.** Daily at 00:00 UTC for the day just ended, and whenever the
-`returns_sync` DAG updates the ledger asset. A daily run is a rolling check of the
-month of its data interval start: results go to `daily:<date>` and never touch a
-closed month. The **close run** is a manual (or backfill) run with the param
+**When it runs.** The daily run for day D covers [D, D+1) UTC (listed under D,
+starts at D+1 00:00), and a run follows whenever the `returns_sync` DAG updates
+the ledger asset. A daily run is a rolling check of the month of its data
+interval start: results go to `daily:<D>` and never touch a closed month. The
+**close run** is a manual (or backfill) run with the param
 `close_period=YYYY-MM`, made after the month's last sync (e.g. on the 3rd): its
-results replace the period's rows and the report is written.
+results replace the period's rows as of its data interval end, and the report is
+written.
 
 **Reads / writes.** Reads the ledger (`returns_db` connection) and the export base
 (Variable `returnledger_export_base`, default `file://<repo>/.local/landing`).
@@ -38,7 +40,7 @@ from datetime import datetime, timedelta, timezone
 from airflow.sdk import (
     Asset,
     AssetOrTimeSchedule,
-    CronTriggerTimetable,
+    CronDataIntervalTimetable,
     Param,
     dag,
     get_current_context,
@@ -73,7 +75,7 @@ def _finance_notifier():
 @dag(
     dag_id="returns_reconciliation",
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 0 * * *", timezone="UTC", interval=timedelta(days=1)),
+        timetable=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
         assets=LEDGER),
     start_date=datetime(2026, 10, 1, tzinfo=timezone.utc),
     catchup=False,

@@ -5,8 +5,10 @@ Brings ReBound return events into the returns ledger and tells Amazon only what
 the warehouse has physically confirmed.
 
 **When**: daily (set `RETURNLEDGER_SYNC_SCHEDULE=@hourly` for hourly runs). The
-run for day D reads every ReBound event delivered before D+1 00:00 UTC (the
-run's data interval end), starting from the stored feed cursor.
+run for day D covers day D: its data interval is [D 00:00, D+1 00:00) UTC, it
+is listed under D in the UI, starts once D is over, and reads every ReBound
+event delivered before D+1 00:00 UTC (its data interval end), starting from the
+stored feed cursor. To redo 7 October, clear the run listed under 7 October.
 
 **Steps**
 1. `extract` - reads the ReBound feed (pages, token refresh, retries), stores
@@ -33,24 +35,30 @@ and a resubmitted credit note keeps its id, so Amazon sees the same note.
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import datetime, timezone
 
 from airflow.sdk import Asset, Label, dag, task
 
-from returnledger.airflow_adapter import AMAZON_POOL, LEDGER_ASSET_NAME, LEDGER_ASSET_URI, default_args
+from returnledger.airflow_adapter import (
+    AMAZON_POOL,
+    LEDGER_ASSET_NAME,
+    LEDGER_ASSET_URI,
+    default_args,
+    period_schedule,
+)
 from returnledger.notify import dag_failure_callbacks
 
 LEDGER = Asset(name=LEDGER_ASSET_NAME, uri=LEDGER_ASSET_URI)
-SCHEDULE = os.environ.get("RETURNLEDGER_SYNC_SCHEDULE", "@daily")
+SCHEDULE = period_schedule(os.environ.get("RETURNLEDGER_SYNC_SCHEDULE", "@daily"))
 
 
 def _window() -> dict:
-    """The run's window end and batch id, resolved once from the run (never from the clock)."""
-    from returnledger.airflow_adapter import run_moment
+    """The run's window and batch id, resolved once from the run (never from the clock)."""
+    from returnledger.airflow_adapter import run_interval
     from returnledger.sync import batch_id_for
 
-    end = run_moment()
-    return {"window_end": end.isoformat(), "batch_id": batch_id_for(end)}
+    start, end = run_interval()
+    return {"window_start": start.isoformat(), "window_end": end.isoformat(), "batch_id": batch_id_for(end)}
 
 
 def _at(window: dict) -> datetime:
@@ -60,7 +68,7 @@ def _at(window: dict) -> datetime:
 @dag(
     dag_id="returns_sync",
     schedule=SCHEDULE,
-    start_date=datetime(2026, 10, 1),
+    start_date=datetime(2026, 10, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
     default_args=default_args(owner="integration"),
@@ -137,6 +145,7 @@ def returns_sync():
         dsn = get_dsn()
         stats = run_confirm(dsn, amazon_client(), at=_at(window), batch_id=window["batch_id"])
         finish_run(dsn, batch_id=window["batch_id"], window_end=_at(window),
+                   window_start=datetime.fromisoformat(window["window_start"]),
                    stats={"extract": extracted["extract"], "validate": validated, "confirm": stats},
                    at=_at(window))
         return stats

@@ -4,8 +4,9 @@
 The weekly review of the returns ledger: one HTML digest per owner team by mail,
 for the team's weekly meeting.
 
-**When**: Mondays at 07:00 UTC, covering the 7 days before the run's time (its
-data interval end). Every number is computed as of that moment.
+**When**: weekly; the run listed under Monday W covers [W 07:00, W+7 07:00) UTC
+and starts when that week is over (the next Monday, 07:00). Every number is
+computed as of its data interval end.
 
 **What each team gets**
 - every team: exceptions opened / resolved per week by type (last 4 weeks),
@@ -25,18 +26,18 @@ send the mails again.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 from airflow.sdk import dag, task
 
-from returnledger.airflow_adapter import default_args, digest_dir, run_moment
+from returnledger.airflow_adapter import default_args, digest_dir, period_schedule, run_moment
 from returnledger.notify import dag_failure_callbacks
 
 
 @dag(
     dag_id="returns_weekly_review",
-    schedule="0 7 * * 1",
-    start_date=datetime(2026, 10, 1),
+    schedule=period_schedule("0 7 * * 1"),
+    start_date=datetime(2026, 10, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
     default_args=default_args(owner="operations"),

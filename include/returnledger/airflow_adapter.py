@@ -92,15 +92,44 @@ def default_args(owner: str = "returnledger") -> dict:
             "retry_exponential_backoff": True, "on_failure_callback": failure_callbacks()}
 
 
+#: cron presets a user may set in RETURNLEDGER_SYNC_SCHEDULE, as the cron lines they stand for
+CRON_PRESETS = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@weekly": "0 0 * * 0",
+                "@monthly": "0 0 1 * *"}
+
+
+def period_schedule(cron: str):
+    """A schedule whose run for period P covers exactly [P, next P) in UTC, listed under P in the UI.
+
+    Airflow 3 turns a cron preset such as ``@daily`` into a *trigger* timetable, whose run for D
+    covers the moment D only; with that, the run labelled 8 October read what was delivered before
+    8 October 00:00 (the day before). A data-interval timetable gives the run for D the interval
+    [D, D+1): it starts once D is over and reads what was delivered before D+1 00:00.
+    """
+    from airflow.sdk import CronDataIntervalTimetable
+
+    return CronDataIntervalTimetable(CRON_PRESETS.get(cron.strip(), cron.strip()), timezone="UTC")
+
+
 def run_moment():
     """The moment a run stands for: data interval end, else logical date, else (manual run) run_after.
 
     Resolved from the run, never from the clock, so a cleared and rerun task sees the same moment.
     """
+    return run_interval()[1]
+
+
+def run_interval():
+    """``(start, end)`` of the period this run covers, from the run (never the clock).
+
+    A scheduled run of a data-interval timetable covers [data_interval_start, data_interval_end).
+    A run without a data interval (asset-triggered) stands for the moment it was made for.
+    """
     from airflow.sdk import get_current_context
 
     ctx = get_current_context()
-    return ctx.get("data_interval_end") or ctx.get("logical_date") or ctx["dag_run"].run_after
+    end = ctx.get("data_interval_end") or ctx.get("logical_date") or ctx["dag_run"].run_after
+    start = ctx.get("data_interval_start") or end
+    return start, end
 
 
 def digest_dir() -> str:

@@ -98,11 +98,36 @@ def load_dag(dag_id: str):
     return bag.dags[dag_id]
 
 
+def covering_interval(dag, day: date) -> tuple[datetime, datetime]:
+    """The data interval of the scheduled run that covers ``day``: the first period starting on that day.
+
+    For the daily DAGs that is [D 00:00, D+1 00:00); for the operating checks [D 07:00, D+1 07:00).
+    """
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    timetable = coerce_to_core_timetable(dag.timetable)
+    info = timetable.next_dagrun_info(last_automated_data_interval=None,
+                                      restriction=TimeRestriction(earliest=_utc(day), latest=None, catchup=True))
+    if info is None or info.data_interval is None:
+        raise RuntimeError(f"{dag.dag_id} has no scheduled run covering {day}")
+    return info.data_interval.start, info.data_interval.end
+
+
 def run_dag(dag, day: date, conf: dict | None = None) -> str:
-    """Run one DAG run for ``day`` (logical date) in-process; returns the final state."""
-    dr = dag.test(logical_date=_utc(day), run_conf=conf or None)
-    state = str(getattr(dr, "state", "unknown"))
-    return state
+    """Run, in-process, the run of ``dag`` that covers ``day``; returns the final state.
+
+    ``dag.test()`` infers a manual run's data interval as the last complete period before its
+    logical date, so the run that covers day D (data interval [D, D+1)) is asked for by its
+    interval end, D+1: the same interval, and so the same window and batch, as the scheduler's
+    run listed under D.
+    """
+    start, end = covering_interval(dag, day)
+    dr = dag.test(logical_date=end, run_conf=conf or None)
+    got = (getattr(dr, "data_interval_start", None), getattr(dr, "data_interval_end", None))
+    if got[0] is not None and (got[0], got[1]) != (start, end):
+        raise RuntimeError(f"{dag.dag_id} for {day}: expected interval {start}..{end}, the run got {got}")
+    return str(getattr(dr, "state", "unknown"))
 
 
 def export_exceptions(dsn: str, out_dir: Path) -> int:

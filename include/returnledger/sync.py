@@ -1046,11 +1046,14 @@ def _accept(conn, kind: str, ids: list[int], *, at: datetime, batch_id: str) -> 
                         cause="AMAZON_SUCCESS", at=at, batch_id=batch_id)
 
 
-def finish_run(dsn: str, *, batch_id: str, window_end: datetime, stats: dict, at: datetime) -> None:
+def finish_run(dsn: str, *, batch_id: str, window_end: datetime, stats: dict, at: datetime,
+               window_start: datetime | None = None) -> None:
+    """Book the run: the period it covered, [window_start, window_end), and its counts."""
     with connect(dsn) as conn:
         _start_run(conn, batch_id, window_end)
-        conn.execute("UPDATE ledger.sync_run SET finished_at = %s, stats = %s::jsonb WHERE batch_id = %s",
-                     (at, json.dumps(stats, default=str), batch_id))
+        conn.execute("""UPDATE ledger.sync_run SET finished_at = %s, stats = %s::jsonb,
+                               window_start = COALESCE(%s, window_start) WHERE batch_id = %s""",
+                     (at, json.dumps(stats, default=str), window_start, batch_id))
         conn.commit()
 
 
@@ -1061,7 +1064,7 @@ def _start_run(conn, batch_id: str, window_end: datetime) -> None:
 
 
 def run_window(dsn: str, rebound, amazon, *, window_end: datetime, vendor: dict,
-               result_dir: Path | None = None) -> dict:
+               result_dir: Path | None = None, window_start: datetime | None = None) -> dict:
     """Every step of one sync run in the DAG's order, outside the scheduler (tests, benchmarks)."""
     batch_id = batch_id_for(window_end)
     stats: dict[str, Any] = {"extract": extract(dsn, rebound, window_end=window_end, batch_id=batch_id)}
@@ -1076,5 +1079,6 @@ def run_window(dsn: str, rebound, amazon, *, window_end: datetime, vendor: dict,
     stats["push_credits"] = push_credits(dsn, amazon, party_id=vendor["party_id"], at=window_end,
                                          batch_id=batch_id)
     stats["confirm"] = confirm(dsn, amazon, at=window_end, batch_id=batch_id)
-    finish_run(dsn, batch_id=batch_id, window_end=window_end, stats=stats, at=window_end)
+    finish_run(dsn, batch_id=batch_id, window_end=window_end, stats=stats, at=window_end,
+               window_start=window_start)
     return stats
