@@ -3,7 +3,11 @@
 Mounts returnledger.console under ``/returnledger`` on the api-server and
 adds "Returns exceptions" to the Browse menu (shown inside the UI as an
 embedded view). Every route of the console requires a signed-in Airflow
-user; the ledger is reached through the ``returns_db`` connection.
+user; reading needs any role, every state-changing action (resolve, dismiss,
+retry, add a mapping or a SKU) needs Op or Admin under the SimpleAuthManager
+(the "can edit" permission on "Returns exceptions" under FAB); see
+returnledger.console. The ledger is reached through the ``returns_db``
+connection.
 """
 from __future__ import annotations
 

@@ -5,10 +5,27 @@ here: filter by owner team, type, status and age; open one to see the
 return line's history and the raw ReBound payloads; resolve, dismiss, retry
 an Amazon submission, add the missing reason-code mapping or SKU.
 
-Airflow 3 does not protect plugin apps, so every route authenticates the
-caller exactly as the Airflow API does (the UI's ``_token`` cookie or an
-``Authorization: Bearer`` JWT, validated by the configured auth manager) and
-records the Airflow user as the actor. Forms posted with the cookie carry a
+Airflow 3 does not protect plugin apps, so every route, known or not, authenticates
+the caller with Airflow's own FastAPI dependency
+(``airflow.api_fastapi.core_api.security.get_user``, the one behind ``GetUserDep``:
+an ``Authorization: Bearer`` JWT, else the UI's ``_token`` cookie, validated and
+checked for revocation by the configured auth manager) and records the Airflow user
+as the actor of every action.
+
+Who may do what (docs/operating-guide.md, "Who may act in the console"):
+
+* read (GET): the auth manager's custom-view permission on "Returns exceptions"
+  (``is_authorized_custom_view(method="GET")``); under the SimpleAuthManager any role.
+* act (every POST: resolve, dismiss, retry an Amazon submission, add a reason-code
+  mapping, add or overwrite a SKU's ASIN and unit cost): the edit permission,
+  ``is_authorized_custom_view(method="PUT", resource_name="Returns exceptions")``,
+  which FAB grants as "can edit on Returns exceptions". The SimpleAuthManager
+  answers that question without looking at the method, so under it the user's
+  role must also be Op or Admin; Viewer and User may only read.
+
+A user who may only read sees no action forms, and gets 403 with a message naming
+what is needed if they post anyway (the middleware refuses first; every POST route
+also carries the ``require_may_act`` guard). Forms posted with the cookie carry a
 per-session CSRF token and must come from the same origin.
 
 The app is plain server-rendered HTML (jinja2, autoescaped); the lifecycle
@@ -27,7 +44,7 @@ from typing import Any, Callable
 from urllib.parse import urlencode, urlsplit
 
 import jinja2
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
 
@@ -56,7 +73,7 @@ SECTION_TITLES = {"return_order": "Return order (returns notice)", "line": "Retu
                   "amazon_return": "Amazon return record", "audit": "Audit trail"}
 
 
-# --- authentication -----------------------------------------------------------------------------
+# --- authentication and authorization ------------------------------------------------------------
 
 class NotAuthenticated(Exception):
     """No usable credential: answer 401."""
@@ -66,12 +83,34 @@ class Forbidden(Exception):
     """A credential that is invalid, revoked, or not allowed to do this: answer 403."""
 
 
-class AirflowAuth:
-    """Authenticate like the Airflow core API (airflow.api_fastapi.core_api.security.get_user).
+#: what the console asks ``is_authorized_custom_view`` for before a state-changing action. FAB maps
+#: PUT to its ``can_edit`` action, so under FAB the permission is "can edit on Returns exceptions".
+EDIT_METHOD = "PUT"
+#: the lowest SimpleAuthManager role that may act (its roles are ordered VIEWER < USER < OP < ADMIN)
+SIMPLE_ROLE_TO_ACT = "OP"
 
-    The token is checked by the api-server's auth manager (signature, expiry,
-    audience, revocation), so whatever auth manager the deployment uses
-    (simple, FAB, Keycloak) also guards this console.
+
+def _simple_auth_manager_cls():
+    try:
+        from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+    except ImportError:  # pragma: no cover - every Airflow 3 ships it
+        return None
+    return SimpleAuthManager
+
+
+class AirflowAuth:
+    """Who is calling, and what they may do, answered by the api-server's auth manager.
+
+    *Who*: Airflow's own FastAPI dependency ``airflow.api_fastapi.core_api.security.get_user`` (the
+    function behind ``GetUserDep``) picks the credential (an ``Authorization: Bearer`` header wins,
+    else the UI's ``_token`` cookie) and has the configured auth manager check it (signature, expiry,
+    audience, revocation), so whatever auth manager the deployment uses (simple, FAB, Keycloak) also
+    guards this console.
+
+    *What*: reading needs ``is_authorized_custom_view(method="GET", resource_name="Returns
+    exceptions")``. Acting (every POST) needs ``is_authorized_custom_view(method="PUT", ...)``, which
+    FAB, Keycloak and other full auth managers honour; the SimpleAuthManager ignores the method (any
+    role, even Viewer, would pass), so under it the user's role must also be Op or Admin.
     """
 
     def _manager(self):
@@ -79,13 +118,58 @@ class AirflowAuth:
 
         return get_auth_manager()
 
-    async def user_from_token(self, token: str) -> Any:
-        return await self._manager().get_user_from_token(token)
+    async def authenticate(self, request: Request) -> tuple[Any, str, bool]:
+        """The signed-in user, the credential used, and whether it came from the session cookie."""
+        from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
 
-    def is_allowed(self, user: Any, method: str) -> bool:
-        """Read with GET, act with POST: the auth manager's custom-view permission for this console."""
-        return bool(self._manager().is_authorized_custom_view(method=method, resource_name=RESOURCE_NAME,
+        credentials = await bearer_scheme(request)
+        try:
+            user = await get_user(request, _oauth_token=None, bearer_credentials=credentials)
+        except HTTPException as exc:
+            if exc.status_code == 401:
+                raise NotAuthenticated(str(exc.detail)) from None
+            raise Forbidden(str(exc.detail)) from None
+        if credentials is not None:   # get_user's own precedence: the explicit credential wins
+            return user, credentials.credentials, False
+        return user, request.cookies.get(COOKIE_NAME) or "", True
+
+    def _is_simple(self, manager) -> bool:
+        cls = _simple_auth_manager_cls()
+        return cls is not None and isinstance(manager, cls)
+
+    def may_read(self, user: Any) -> bool:
+        return bool(self._manager().is_authorized_custom_view(method="GET", resource_name=RESOURCE_NAME,
                                                               user=user))
+
+    def may_act(self, user: Any) -> bool:
+        """Resolve, dismiss, retry, add a mapping or a SKU: Op/Admin (simple), edit permission (others)."""
+        manager = self._manager()
+        if not manager.is_authorized_custom_view(method=EDIT_METHOD, resource_name=RESOURCE_NAME, user=user):
+            return False
+        if self._is_simple(manager):
+            from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManagerRole
+
+            role = (getattr(user, "role", None) or "").upper()
+            if role not in SimpleAuthManagerRole.__members__:
+                return False
+            return SimpleAuthManagerRole[role].order >= SimpleAuthManagerRole[SIMPLE_ROLE_TO_ACT].order
+        return True
+
+    def act_requirement(self) -> str:
+        """What acting needs, in words, for the page and the 403 message."""
+        try:
+            simple = self._is_simple(self._manager())
+        except Exception:  # no auth manager initialised (outside the api-server)
+            simple = False
+        if simple:
+            return "the Op or Admin role"
+        return f'permission to edit "{RESOURCE_NAME}" (FAB: can edit on {RESOURCE_NAME})'
+
+    def describe(self, user: Any) -> str:
+        """The user as the 403 message names them: with their role where the auth manager has one."""
+        role = getattr(user, "role", None)
+        name = self.user_name(user)
+        return f"{name} (role {role})" if isinstance(role, str) and role else name
 
     def login_url(self, next_url: str) -> str | None:
         try:
@@ -104,32 +188,31 @@ class Caller:
     name: str
     token: str
     via_cookie: bool
+    may_act: bool
 
 
-async def _authenticate(request: Request, auth: AirflowAuth, method: str) -> Caller:
-    """Bearer header first (an explicit credential wins), else the UI's session cookie."""
-    import jwt
-
-    header = request.headers.get("authorization", "")
-    scheme, _, credentials = header.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        token, via_cookie = credentials.strip(), False
-    else:
-        token, via_cookie = request.cookies.get(COOKIE_NAME) or "", True
-    if not token:
-        raise NotAuthenticated("Not authenticated")
-    try:
-        user = await auth.user_from_token(token)
-    except jwt.ExpiredSignatureError:
-        raise NotAuthenticated("Token expired") from None
-    except jwt.InvalidTokenError:
-        raise Forbidden("Invalid JWT token") from None
+async def _authenticate(request: Request, auth: AirflowAuth) -> Caller:
+    """Airflow's get_user for who; the auth manager for may read (else 403) and may act."""
+    user, token, via_cookie = await auth.authenticate(request)
     if user is None:
         raise Forbidden("Invalid JWT token")
-    if not auth.is_allowed(user, method):
-        raise Forbidden(f"{auth.user_name(user)} may not {'change' if method != 'GET' else 'read'} "
-                        f"the returns exceptions")
-    return Caller(user=user, name=auth.user_name(user), token=token, via_cookie=via_cookie)
+    name = auth.user_name(user)
+    if not auth.may_read(user):
+        raise Forbidden(f"{name} may not read the returns exceptions")
+    return Caller(user=user, name=name, token=token, via_cookie=via_cookie, may_act=auth.may_act(user))
+
+
+def _may_not_act(auth: AirflowAuth, caller: Caller) -> str:
+    return (f"{auth.describe(caller.user)} may read the returns exceptions but not act on them: resolving, "
+            f"dismissing, retrying and adding a mapping or a SKU need {auth.act_requirement()}.")
+
+
+def require_may_act(request: Request) -> None:
+    """Route guard on every state-changing route (the middleware refuses first; this keeps it so
+    for any route added later)."""
+    caller: Caller | None = getattr(request.state, "caller", None)
+    if caller is None or not caller.may_act:
+        raise HTTPException(403, "Not allowed to act on the returns exceptions")
 
 
 def csrf_token_for(session_token: str) -> str:
@@ -167,7 +250,8 @@ _BASE = """<!doctype html>
  .muted{color:#666} pre{background:#f6f8fa;padding:.5rem;overflow:auto;max-height:24rem;margin:0}
  .status-open{color:#b03000;font-weight:600} nav{margin-bottom:.6rem} table.kv th{width:13rem}
 </style></head><body>
-<nav><a href="{{ base }}/">Returns exceptions</a> <span class="muted">&middot; signed in as {{ user }}</span></nav>
+<nav><a href="{{ base }}/">Returns exceptions</a> <span class="muted">&middot; signed in as {{ user }}{% if read_only %}
+ <span id="read-only-badge">(read only)</span>{% endif %}</span></nav>
 {% if message %}<div class="msg" role="status">{{ message }}</div>{% endif %}
 {% if error %}<div class="err" role="alert">{{ error }}</div>{% endif %}
 {% block body %}{% endblock %}
@@ -223,7 +307,10 @@ _DETAIL = """{% extends "base" %}
 </table>
 {% if what_to_do %}<p><strong>What to do:</strong> {{ what_to_do }}</p>{% endif %}
 
-{% if x.status == 'open' %}
+{% if x.status == 'open' and not can_act %}
+<p class="muted" id="read-only">You can read this exception. Resolving, dismissing, retrying and adding a mapping
+ or a SKU need {{ act_requirement }}; ask someone who has it.</p>
+{% elif x.status == 'open' %}
 <h2>Act</h2>
 {% if x.type == 'UNMAPPED_REASON_CODE' %}
 <form class="inline" method="post" action="{{ base }}/exceptions/{{ x.exception_id }}/mapping" id="mapping-form">
@@ -392,17 +479,18 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
     def page(request: Request, template: str, status_code: int = 200, caller: Caller | None = None,
              **context) -> HTMLResponse:
         html = env.get_template(template).render(base=base_of(request), user=caller.name if caller else "",
-                                                 **context)
+                                                 read_only=bool(caller) and not caller.may_act, **context)
         return HTMLResponse(html, status_code=status_code,
                             headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
-    def refusal(request: Request, exc: Exception) -> Response:
+    def refusal(request: Request, exc: Exception, caller: Caller | None = None) -> Response:
         code = 401 if isinstance(exc, NotAuthenticated) else 403
         headers = {"WWW-Authenticate": "Bearer"} if code == 401 else {}
         if "text/html" in request.headers.get("accept", ""):
             next_url = str(request.url) if request.method == "GET" else base_of(request) + "/"
-            resp = page(request, "problem", status_code=code, title="Sign-in required" if code == 401
-                        else "Not allowed", text=str(exc), login_url=auth.login_url(next_url))
+            resp = page(request, "problem", status_code=code, caller=caller,
+                        title="Sign-in required" if code == 401 else "Not allowed", text=str(exc),
+                        login_url=auth.login_url(next_url))
             resp.headers.update(headers)
             return resp
         return Response(json.dumps({"detail": str(exc)}), status_code=code, headers=headers,
@@ -410,11 +498,16 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
 
     @app.middleware("http")
     async def require_airflow_user(request: Request, call_next):
-        """Every route, known or not, needs an Airflow user; posts also need the CSRF checks."""
-        method = "GET" if request.method in ("GET", "HEAD") else "POST"
+        """Every route, known or not, needs an Airflow user who may read; anything but GET/HEAD changes
+        the ledger, so it also needs a user who may act (Op/Admin), and, from a browser, the CSRF checks."""
+        caller: Caller | None = None
         try:
-            caller = await _authenticate(request, auth, method)
-            if method == "POST" and caller.via_cookie:
+            caller = await _authenticate(request, auth)
+            if request.method not in ("GET", "HEAD") and not caller.may_act:
+                log.warning("console: %s refused: %s %s (may read, may not act)", caller.name, request.method,
+                            request.url.path)
+                raise Forbidden(_may_not_act(auth, caller))
+            if request.method not in ("GET", "HEAD") and caller.via_cookie:
                 _check_same_origin(request)
                 await request.body()  # cached, so the route can read the form again
                 form = await request.form()
@@ -422,9 +515,12 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
                 if not hmac.compare_digest(sent, csrf_token_for(caller.token)):
                     raise Forbidden("Missing or wrong CSRF token; reload the page and try again")
         except (NotAuthenticated, Forbidden) as exc:
-            return refusal(request, exc)
+            return refusal(request, exc, caller)
         request.state.caller = caller
         return await call_next(request)
+
+    #: on every state-changing route; the middleware has refused already, this keeps new routes honest
+    ACT = [Depends(require_may_act)]
 
     def connect():
         from returnledger.store.db import connect as db_connect
@@ -472,7 +568,8 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
                     for k, v in detail.items() if k != "exception"]
         line = detail.get("line") or {}
         return page(request, "detail", status_code=status_code, caller=caller, x=x, sections=sections,
-                    csrf=csrf_token_for(caller.token), reason_codes=AMAZON_REASON_CODES,
+                    can_act=caller.may_act, act_requirement=auth.act_requirement(),
+                    csrf=csrf_token_for(caller.token) if caller.may_act else "", reason_codes=AMAZON_REASON_CODES,
                     rebound_reason=line.get("reason"), retryable=x.get("type") in RETRYABLE_TYPES,
                     message=message, error=error, what_to_do=x.get("what_to_do"))
 
@@ -507,7 +604,7 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
             raise ValueError(f"{name.replace('_', ' ')} is required")
         return form[name]
 
-    @app.post("/exceptions/{exception_id}/resolve")
+    @app.post("/exceptions/{exception_id}/resolve", dependencies=ACT)
     async def resolve(request: Request, exception_id: int):
         from returnledger import exceptions as queue
 
@@ -515,7 +612,7 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
             dsn, exception_id, actor=actor, resolution=required(form, "resolution"), at=clock()),
             "Resolved by {user}. Held lines, if any, are released on the next sync run.")
 
-    @app.post("/exceptions/{exception_id}/dismiss")
+    @app.post("/exceptions/{exception_id}/dismiss", dependencies=ACT)
     async def dismiss(request: Request, exception_id: int):
         from returnledger import exceptions as queue
 
@@ -523,7 +620,7 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
             dsn, exception_id, actor=actor, reason=required(form, "reason"), at=clock()),
             "Dismissed by {user}.")
 
-    @app.post("/exceptions/{exception_id}/retry")
+    @app.post("/exceptions/{exception_id}/retry", dependencies=ACT)
     async def retry(request: Request, exception_id: int):
         from returnledger import exceptions as queue
 
@@ -531,7 +628,7 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
             dsn, exception_id, actor=actor, at=clock()),
             "Retry requested by {user}: the submission goes to Amazon again on the next sync run.")
 
-    @app.post("/exceptions/{exception_id}/mapping")
+    @app.post("/exceptions/{exception_id}/mapping", dependencies=ACT)
     async def add_mapping(request: Request, exception_id: int):
         from returnledger import exceptions as queue
 
@@ -542,7 +639,7 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
         return await act(request, exception_id, "add the mapping", run,
                          "Mapping added and exception resolved by {user}; held lines are released on the next sync run.")
 
-    @app.post("/exceptions/{exception_id}/sku")
+    @app.post("/exceptions/{exception_id}/sku", dependencies=ACT)
     async def add_sku(request: Request, exception_id: int):
         from returnledger import exceptions as queue
 

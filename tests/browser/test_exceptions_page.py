@@ -1,4 +1,5 @@
-"""The exceptions page in a real Airflow: log in, filter, fix an unmapped reason code from the browser.
+"""The exceptions page in a real Airflow: log in, filter, fix an unmapped reason code from the browser,
+and see that a Viewer gets the same pages without a single button.
 
 Starts ``airflow api-server`` (Airflow metadata and ledger both in fresh
 PostgreSQL databases, simple auth manager with a known user, this repo's
@@ -29,6 +30,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(),
                                  reason="Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)")]
 USER, PASSWORD = "olivia.ops", "console-browser-test-pw"
+VIEWER, VIEWER_PASSWORD = "vera.viewer", "console-browser-viewer-pw"
 
 SEED = """
 INSERT INTO ledger.owner_team (exception_type, owner, sla_days, what_to_do) VALUES
@@ -97,7 +99,7 @@ def airflow_server(tmp_path, pg_server, fresh_db):
     home = tmp_path / "airflow_home"
     home.mkdir()
     passwords = home / "passwords.json"
-    passwords.write_text(json.dumps({USER: PASSWORD}))
+    passwords.write_text(json.dumps({USER: PASSWORD, VIEWER: VIEWER_PASSWORD}))
     port = _free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("AIRFLOW") and k not in ("RETURNLEDGER_DSN",)}
@@ -109,7 +111,7 @@ def airflow_server(tmp_path, pg_server, fresh_db):
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__AUTH_MANAGER":
             "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:op",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:op,{VIEWER}:viewer",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta_dsn),
         "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
@@ -197,6 +199,22 @@ def test_exceptions_page_in_airflow(airflow_server, tmp_path):
             frame = page.frame_locator("iframe")
             expect(frame.locator("nav")).to_contain_text(f"signed in as {USER}", timeout=30_000)
             page.screenshot(path=str(shots / "04-in-airflow-ui.png"), full_page=True)
+            # 7. a Viewer, in a browser of their own: the same pages, no buttons
+            viewer = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            viewer.set_default_timeout(20_000)
+            viewer.goto(f"{base}/returnledger/exceptions/2")
+            viewer.click("#login-link")
+            viewer.wait_for_url("**/auth/login**")
+            viewer.get_by_label("Username").fill(VIEWER)
+            viewer.get_by_label("Password").fill(VIEWER_PASSWORD)
+            viewer.get_by_role("button", name="Sign in").click()
+            viewer.wait_for_url(f"{base}/returnledger/**")
+            expect(viewer.locator("nav")).to_contain_text(f"signed in as {VIEWER} (read only)")
+            expect(viewer.locator("h1")).to_contain_text("SKU_MISMATCH")
+            expect(viewer.locator("#read-only")).to_contain_text("need the Op or Admin role")
+            expect(viewer.locator("form[method=post]")).to_have_count(0)
+            expect(viewer.locator("button", has_text="Add SKU")).to_have_count(0)
+            viewer.screenshot(path=str(shots / "05-viewer-read-only.png"), full_page=True)
         finally:
             browser.close()
 

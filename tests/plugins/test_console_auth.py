@@ -1,9 +1,12 @@
-"""The exceptions console: every route needs an Airflow user, and the page works on a real ledger.
+"""The exceptions console: every route needs an Airflow user, only Op and Admin may act, and the page
+works on a real ledger.
 
-Tokens are signed and validated by Airflow's own SimpleAuthManager (same
-JWT code as the api-server); only its revocation lookup, which needs the
-Airflow metadata database, is left to the browser test. The ledger is a
-fresh PostgreSQL database seeded with SQL.
+Most tests mount the console in a TestClient with Airflow's own SimpleAuthManager installed as the
+api-server's auth manager, so tokens are signed and validated by Airflow's code (the console asks
+Airflow's ``get_user``); only the revocation lookup, which needs the Airflow metadata database, is
+stubbed there. ``test_roles_in_the_real_api_server`` then runs Viewer, User, Op and Admin against a
+real ``airflow api-server`` with real tokens from its login endpoint. The ledger is a fresh
+PostgreSQL database seeded with SQL.
 """
 from __future__ import annotations
 
@@ -97,22 +100,6 @@ FORM = {"resolution": "done", "reason": "noise", "amazon_reason": "CR-DEFECTIVE"
         "unit_cost": "12.50", "available": "4"}
 
 
-class SimpleManagerAuth(AirflowAuth):
-    """Airflow's SimpleAuthManager signs and checks the tokens; no metadata DB for revocations here."""
-
-    def __init__(self):
-        from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
-
-        self.manager = SimpleAuthManager()
-
-    def _manager(self):
-        return self.manager
-
-    async def user_from_token(self, token: str):
-        claims = await self.manager._get_token_validator().avalidated_claims(token)
-        return self.manager.deserialize_user(claims)
-
-
 @pytest.fixture
 def ledger(fresh_db):
     with psycopg.connect(fresh_db) as c:
@@ -120,13 +107,29 @@ def ledger(fresh_db):
     return fresh_db
 
 
+class SimpleManager:
+    """The api-server's auth manager for these tests: Airflow's SimpleAuthManager, installed where
+    ``get_auth_manager()`` finds it, so the console's default AirflowAuth (Airflow's own ``get_user``)
+    validates the tokens. Only the revocation lookup, which needs the Airflow metadata database, is
+    stubbed; the real one runs in the api-server tests at the end of this file."""
+
+    def __init__(self, monkeypatch):
+        from airflow.api_fastapi import app as airflow_app
+        from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+        from airflow.models.revoked_token import RevokedToken
+
+        self.manager = SimpleAuthManager()
+        monkeypatch.setattr(airflow_app._AuthManagerState, "instance", self.manager)
+        monkeypatch.setattr(RevokedToken, "is_revoked", classmethod(lambda cls, jti, **kw: False))
+
+
 @pytest.fixture
 def auth(monkeypatch):
     monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "console-test-secret-not-for-production-" + "x" * 40)
-    return SimpleManagerAuth()
+    return SimpleManager(monkeypatch)
 
 
-def token_for(auth: SimpleManagerAuth, username: str, role: str | None = "OP", valid_for: int = 600) -> str:
+def token_for(auth: SimpleManager, username: str, role: str | None = "OP", valid_for: int = 600) -> str:
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 
     return auth.manager.generate_jwt(SimpleAuthManagerUser(username=username, role=role),
@@ -136,17 +139,21 @@ def token_for(auth: SimpleManagerAuth, username: str, role: str | None = "OP", v
 @pytest.fixture
 def client(ledger, auth):
     root = FastAPI()  # mounted like the api-server mounts plugin apps
-    root.mount(PREFIX, create_console_app(dsn_provider=lambda: ledger, auth=auth, clock=lambda: NOW))
+    root.mount(PREFIX, create_console_app(dsn_provider=lambda: ledger, auth=AirflowAuth(), clock=lambda: NOW))
     with TestClient(root, base_url="http://airflow.test") as c:
         yield c
 
 
 def ledger_state(dsn: str) -> tuple:
+    """Everything a console action can change: exceptions, audit log, mappings, catalog, submissions, lines."""
     with psycopg.connect(dsn) as c:
-        return (c.execute("SELECT exception_id, status, resolved_by FROM ledger.exception ORDER BY 1").fetchall(),
-                c.execute("SELECT count(*) FROM ledger.audit_log").fetchone()[0],
-                c.execute("SELECT count(*) FROM ledger.reason_mapping").fetchone()[0],
-                c.execute("SELECT count(*) FROM ledger.sku").fetchone()[0])
+        return tuple(c.execute(q).fetchall() for q in (
+            "SELECT exception_id, status, resolved_by, resolution FROM ledger.exception ORDER BY 1",
+            "SELECT count(*) FROM ledger.audit_log",
+            "SELECT rebound_reason, amazon_reason, active, updated_by FROM ledger.reason_mapping ORDER BY 1",
+            "SELECT sku, asin, unit_cost, available, updated_by FROM ledger.sku ORDER BY 1",
+            "SELECT idempotency_key, status, attempts FROM ledger.amazon_submission ORDER BY 1",
+            "SELECT return_id, line, state FROM ledger.return_line ORDER BY 1, 2"))
 
 
 def listed_ids(html: str) -> list[int]:
@@ -371,3 +378,350 @@ def test_empty_required_fields_are_refused(client, auth, ledger):
     r = _post_as(client, auth, "wendy.wh", f"{PREFIX}/exceptions/3/resolve", {"resolution": "  "})
     assert r.status_code == 400 and "resolution is required" in r.text
     assert ledger_state(ledger) == before
+
+
+# --- who may act: Viewer and User read, Op and Admin act ------------------------------------------
+
+POSTS = [(path, FORM) for method, path in ROUTES if method == "POST"]
+DETAIL_PAGES = [f"{PREFIX}/exceptions/{i}" for i in (1, 2, 3, 5)]   # the open ones, each with its forms
+ACTION_FORMS = ("resolve-form", "dismiss-form", "retry-form", "mapping-form", "sku-form")
+
+
+def _forms_on(html: str) -> set[str]:
+    """The action forms on a page (any form that posts counts, named or not)."""
+    found = {f for f in ACTION_FORMS if f'id="{f}"' in html}
+    return found | {"(a form that posts)"} if 'method="post"' in html else found
+
+
+@pytest.mark.parametrize("role", ["VIEWER", "USER", "viewer", "user"])   # the users config writes them lower-case
+def test_read_only_roles_get_403_on_every_post_and_nothing_changes(client, auth, ledger, role):
+    token = token_for(auth, "vera", role=role)
+    before = ledger_state(ledger)
+    for path, data in POSTS:
+        r = client.post(path, data=data, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 403, (path, r.text)
+        assert "may read the returns exceptions but not act on them" in r.json()["detail"]
+        assert "Op or Admin role" in r.json()["detail"]
+        # from the browser, with a valid CSRF token and same origin: still the role that decides
+        client.cookies.set("_token", token)
+        r = client.post(path, data={**data, "csrf_token": csrf_token_for(token)},
+                        headers={"Origin": "http://airflow.test", "Accept": "text/html"})
+        client.cookies.clear()
+        assert r.status_code == 403 and "Not allowed" in r.text and "Op or Admin role" in r.text, path
+        assert "signed in as vera" in r.text
+    assert ledger_state(ledger) == before
+
+
+@pytest.mark.parametrize("role", ["VIEWER", "USER"])
+def test_read_only_roles_see_no_action_forms(client, auth, role):
+    h = {"Authorization": f"Bearer {token_for(auth, 'vera', role=role)}"}
+    for path in DETAIL_PAGES:
+        html = client.get(path, headers=h).text
+        assert _forms_on(html) == set(), path
+        assert 'id="read-only"' in html and "need the Op or Admin role" in html
+        assert 'name="csrf_token"' not in html
+    listing = client.get(f"{PREFIX}/", headers=h).text
+    assert 'method="post"' not in listing and "(read only)" in listing
+
+
+@pytest.mark.parametrize("role", ["OP", "ADMIN", "op", "admin"])
+def test_op_and_admin_see_the_action_forms(client, auth, role):
+    h = {"Authorization": f"Bearer {token_for(auth, 'olivia', role=role)}"}
+    seen = set()
+    for path in DETAIL_PAGES:
+        html = client.get(path, headers=h).text
+        assert 'id="read-only"' not in html and "(read only)" not in html
+        seen |= _forms_on(html)
+    assert seen >= set(ACTION_FORMS)
+
+
+@pytest.mark.parametrize("role", ["ADMIN", "admin"])
+def test_admin_acts_like_op(client, auth, ledger, role):
+    token = token_for(auth, "ada", role=role)
+    r = client.post(f"{PREFIX}/exceptions/3/resolve", data={"resolution": "recounted"},
+                    headers={"Authorization": f"Bearer {token}"}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    with psycopg.connect(ledger) as c:
+        assert c.execute("SELECT status, resolved_by FROM ledger.exception WHERE exception_id = 3"
+                         ).fetchone() == ("resolved", "ada")
+
+
+def test_every_state_changing_route_carries_the_act_guard():
+    from fastapi.routing import APIRoute
+
+    from returnledger.console import require_may_act
+
+    app = create_console_app(dsn_provider=lambda: "postgresql://unused")
+    changing = [r for r in app.routes if isinstance(r, APIRoute) and set(r.methods) - {"GET", "HEAD"}]
+    assert {r.path for r in changing} == {"/exceptions/{exception_id}/" + v
+                                          for v in ("resolve", "dismiss", "retry", "mapping", "sku")}
+    for r in changing:
+        assert require_may_act in [d.call for d in r.dependant.dependencies], r.path
+
+
+def test_unknown_methods_and_paths_need_the_act_permission_too(client, auth, ledger):
+    token = token_for(auth, "vera", role="VIEWER")
+    before = ledger_state(ledger)
+    for method in ("PUT", "PATCH", "DELETE"):
+        r = client.request(method, f"{PREFIX}/exceptions/1", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 403
+    assert client.post(f"{PREFIX}/no-such-action", headers={"Authorization": f"Bearer {token}"}).status_code == 403
+    assert ledger_state(ledger) == before
+
+
+# --- the same in the real api-server, with real tokens from its login endpoint --------------------
+#
+# `airflow api-server` with this repo's plugins/, the SimpleAuthManager configured as a deployment
+# does (AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS and a passwords file), Airflow metadata and ledger
+# in fresh PostgreSQL databases. Tokens come from POST /auth/token, are validated by the api-server's
+# own auth manager (revocation lookup included) and are sent as a Bearer header or as the UI's cookie.
+
+SERVER_USERS = {"vera.viewer": "viewer", "uma.user": "user", "olivia.ops": "op", "ada.admin": "admin"}
+ACTIONS = {"mapping": {"amazon_reason": "CR-DEFECTIVE"},
+           "sku": {"asin": "B0OVERWRT1", "unit_cost": "0.01", "available": "999"},
+           "retry": {}, "resolve": {"resolution": "recounted"}, "dismiss": {"reason": "duplicate"}}
+
+
+def _server_seed(sets: str) -> str:
+    """Per set X: one open exception for each action (mapping, sku, retry, resolve, dismiss).
+
+    The SKU_MISMATCH names a SKU already in the catalog, so a successful post overwrites its ASIN and
+    unit cost: exactly what a read-only user must not be able to do."""
+    sql = ["""INSERT INTO ledger.owner_team (exception_type, owner, sla_days, what_to_do) VALUES
+ ('UNMAPPED_REASON_CODE', 'operations', 2, 'Map it.'), ('SKU_MISMATCH', 'operations', 2, 'Fix the SKU.'),
+ ('QUANTITY_MISMATCH', 'warehouse', 5, 'Recount.'), ('AMAZON_REJECTED', 'integration', 2, 'Retry.');"""]
+    for x in sets:
+        sql.append(f"""
+INSERT INTO ledger.sku (sku, asin, unit_cost, available, updated_at, updated_by)
+ VALUES ('SKU-{x}', 'B0ORIGINAL', 24.99, 5, '2026-09-01T00:00Z', 'catalog');
+INSERT INTO ledger.return_order (return_id, returns_notice, rma_id, vret, created_at) VALUES
+ ('RB-{x}1', 'RN-{x}1', 'RMA-{x}1', 'VRET-{x}1', '2026-09-28T09:00Z'),
+ ('RB-{x}2', 'RN-{x}2', 'RMA-{x}2', 'VRET-{x}2', '2026-09-28T09:00Z'),
+ ('RB-{x}3', 'RN-{x}3', 'RMA-{x}3', 'VRET-{x}3', '2026-09-15T09:00Z'),
+ ('RB-{x}4', 'RN-{x}4', 'RMA-{x}4', 'VRET-{x}4', '2026-09-15T09:00Z'),
+ ('RB-{x}5', 'RN-{x}5', 'RMA-{x}5', 'VRET-{x}5', '2026-09-15T09:00Z');
+INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced, quantity_received, grade,
+                                disposition, state, received_at, dispositioned_at, updated_at) VALUES
+ ('RB-{x}1', 1, 'SKU-KETTLE', 'LID_LOOSE_{x}', 1, NULL, NULL, NULL, 'IN_TRANSIT', NULL, NULL, '2026-09-30T10:00Z'),
+ ('RB-{x}2', 1, 'SKU-{x}', 'DEFECTIVE', 1, NULL, NULL, NULL, 'ANNOUNCED', NULL, NULL, '2026-09-29T10:00Z'),
+ ('RB-{x}3', 1, 'SKU-TOASTER', 'DEFECTIVE', 2, 2, 'A', 'RESTOCKED', 'REJECTED', '2026-09-16T10:00Z',
+  '2026-09-18T10:00Z', '2026-09-20T10:00Z'),
+ ('RB-{x}4', 1, 'SKU-TOASTER', 'DEFECTIVE', 3, 2, NULL, NULL, 'RECEIVED', '2026-09-16T10:00Z', NULL,
+  '2026-09-16T10:00Z'),
+ ('RB-{x}5', 1, 'SKU-TOASTER', 'DEFECTIVE', 3, 1, NULL, NULL, 'RECEIVED', '2026-09-16T10:00Z', NULL,
+  '2026-09-16T10:00Z');
+INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity, unit_amount,
+   currency, document_id, status, transaction_id, attempts, last_error, created_at, created_batch,
+   submitted_at, resolved_at) VALUES
+ ('credit:RB-{x}3:1', 'CREDIT_NOTE', 'RB-{x}3', 1, 'SKU-TOASTER', 'B0TOASTER1', 2, 24.99, 'GBP', 'CN-RN-{x}3-1',
+  'FAILED', 'tx-{x}3', 1, '{{"errors":[{{"code":"InvalidReturnsReference"}}]}}', '2026-09-18T12:00Z',
+  'returns_sync:2026-09-18', '2026-09-18T12:05Z', '2026-09-19T12:00Z');
+INSERT INTO ledger.exception (type, owner, subject_key, return_id, line, sku, detail, opened_at,
+                              opened_by_batch) VALUES
+ ('UNMAPPED_REASON_CODE', 'operations', 'RB-{x}1|1', 'RB-{x}1', 1, 'SKU-KETTLE', 'mapping {x}',
+  '2026-10-01T09:00Z', 'returns_sync:2026-10-01'),
+ ('SKU_MISMATCH', 'operations', 'RB-{x}2|1', 'RB-{x}2', 1, 'SKU-{x}', 'sku {x}', '2026-10-01T09:00Z',
+  'returns_sync:2026-10-01'),
+ ('AMAZON_REJECTED', 'integration', 'RB-{x}3|1', 'RB-{x}3', 1, 'SKU-TOASTER', 'retry {x}',
+  '2026-09-21T10:00Z', 'returns_sync:2026-09-21'),
+ ('QUANTITY_MISMATCH', 'warehouse', 'RB-{x}4|1', 'RB-{x}4', 1, 'SKU-TOASTER', 'resolve {x}',
+  '2026-09-16T10:00Z', 'returns_sync:2026-09-16'),
+ ('QUANTITY_MISMATCH', 'warehouse', 'RB-{x}5|1', 'RB-{x}5', 1, 'SKU-TOASTER', 'dismiss {x}',
+  '2026-09-16T10:00Z', 'returns_sync:2026-09-16');""")
+    return "\n".join(sql)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc, timeout: float = 30) -> None:
+    """SIGINT to the server's own process group (its clean shutdown), SIGKILL only if it hangs."""
+    import os
+    import signal
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory, pg_server):
+    """`airflow api-server` with the console plugin and four users; yields (base_url, ledger_dsn, passwords)."""
+    import json
+    import os
+    import secrets
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from returnledger.store import db, migrate
+
+    root = Path(__file__).resolve().parents[2]
+    tmp = tmp_path_factory.mktemp("api_server")
+    ledger = db.create_scratch_database(pg_server)
+    meta_dsn = db.create_scratch_database(pg_server, prefix="airflow_meta")
+    proc = log = None
+    try:
+        migrate.migrate(ledger)
+        with psycopg.connect(ledger) as c:
+            c.execute(_server_seed("AB"))
+        home = tmp / "airflow_home"
+        home.mkdir()
+        passwords = {user: secrets.token_urlsafe(12) for user in SERVER_USERS}
+        (home / "passwords.json").write_text(json.dumps(passwords))
+        port = _free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k != "RETURNLEDGER_DSN"}
+        env.update({
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(tmp / "no-dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+            "AIRFLOW__CORE__AUTH_MANAGER":
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in SERVER_USERS.items()),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta_dsn),
+            "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "AIRFLOW_CONN_RETURNS_DB": db.airflow_connection_json(ledger),
+            "GX_ANALYTICS_ENABLED": "false",
+        })
+        airflow = str(Path(sys.executable).with_name("airflow"))
+        subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+        log = (tmp / "api-server.log").open("w")
+        proc = subprocess.Popen([airflow, "api-server", "--host", "127.0.0.1", "--port", str(port),
+                                 "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"api-server exited: {(tmp / 'api-server.log').read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/returnledger/", timeout=2).status_code == 401:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"api-server not up: {(tmp / 'api-server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield base, ledger, passwords
+    finally:
+        if proc is not None:
+            _stop(proc)
+        if log is not None:
+            log.close()
+        db.drop_database(pg_server, meta_dsn)
+        db.drop_database(pg_server, ledger)
+
+
+class ServerSession:
+    """One user against the real api-server: a real token from POST /auth/token."""
+
+    def __init__(self, base: str, user: str, password: str):
+        import httpx
+
+        self.base, self.user = base, user
+        r = httpx.post(f"{base}/auth/token", json={"username": user, "password": password}, timeout=30)
+        assert r.status_code == 201, r.text
+        self.token = r.json()["access_token"]
+        self.http = httpx.Client(base_url=base, timeout=30, follow_redirects=False)
+
+    def bearer(self, method: str, path: str, **kw):
+        return self.http.request(method, path, headers={"Authorization": f"Bearer {self.token}"}, **kw)
+
+    def browser(self, method: str, path: str, data: dict | None = None, csrf: str | None = None):
+        """As the UI's browser: session cookie, same origin, the form's CSRF token."""
+        cookies = {"_token": self.token}
+        if method == "GET":
+            return self.http.get(path, cookies=cookies, headers={"Accept": "text/html"})
+        return self.http.post(path, cookies=cookies, data={**(data or {}), "csrf_token": csrf or ""},
+                              headers={"Origin": self.base, "Accept": "text/html"})
+
+
+def _server_exception_ids(ledger: str, x: str) -> dict[str, int]:
+    """Set X's exception for each action."""
+    with psycopg.connect(ledger) as c:
+        rows = dict(c.execute("SELECT detail, exception_id FROM ledger.exception WHERE detail LIKE %s",
+                              (f"% {x}",)).fetchall())
+    return {action: rows[f"{action} {x}"] for action in ACTIONS}
+
+
+@pytest.mark.slow
+def test_roles_in_the_real_api_server(api_server):
+    base, ledger, passwords = api_server
+    s = {u: ServerSession(base, u, passwords[u]) for u in SERVER_USERS}
+    ids = {x: _server_exception_ids(ledger, x) for x in "AB"}
+
+    # Viewer and User: read every page, see no action form, and every POST is refused (Bearer and
+    # browser, CSRF token or not), leaving the ledger exactly as it was
+    before = ledger_state(ledger)
+    for user in ("vera.viewer", "uma.user"):
+        me = s[user]
+        listing = me.browser("GET", f"{PREFIX}/")
+        assert listing.status_code == 200 and f"signed in as {user}" in listing.text and "(read only)" in listing.text
+        for x in "AB":
+            for action, data in ACTIONS.items():
+                path = f"{PREFIX}/exceptions/{ids[x][action]}"
+                page = me.browser("GET", path)
+                assert page.status_code == 200, page.text
+                assert 'method="post"' not in page.text and 'name="csrf_token"' not in page.text, path
+                assert 'id="read-only"' in page.text and "need the Op or Admin role" in page.text
+                r = me.bearer("POST", f"{path}/{action}", data=data)
+                assert r.status_code == 403, (user, action, r.text)
+                assert r.json()["detail"] == (
+                    f"{user} (role {SERVER_USERS[user]}) may read the returns exceptions but not act on them: "
+                    "resolving, dismissing, retrying and adding a mapping or a SKU need the Op or Admin role.")
+                r = me.browser("POST", f"{path}/{action}", data, csrf=csrf_token_for(me.token))
+                assert r.status_code == 403 and "Op or Admin role" in r.text, (user, action)
+                r = me.browser("POST", f"{path}/{action}", data)
+                assert r.status_code == 403, (user, action)
+    assert ledger_state(ledger) == before
+
+    # Op acts from the browser (cookie, CSRF token taken from the page); Admin through the API (Bearer)
+    for user, x in (("olivia.ops", "A"), ("ada.admin", "B")):
+        me = s[user]
+        for action, data in ACTIONS.items():
+            path = f"{PREFIX}/exceptions/{ids[x][action]}"
+            if user == "olivia.ops":
+                page = me.browser("GET", path)
+                assert f'id="{action}-form"' in page.text and 'id="read-only"' not in page.text
+                r = me.browser("POST", f"{path}/{action}", data, csrf=csrf_of(page.text))
+            else:
+                r = me.bearer("POST", f"{path}/{action}", data=data)
+            assert r.status_code == 303, (user, action, r.text)
+            assert r.headers["location"].startswith(f"{path}?msg=")
+
+    with psycopg.connect(ledger) as c:
+        closed = c.execute("SELECT exception_id, status, resolved_by FROM ledger.exception ORDER BY 1").fetchall()
+        mappings = c.execute("SELECT rebound_reason, amazon_reason, updated_by FROM ledger.reason_mapping"
+                             " WHERE rebound_reason LIKE 'LID_LOOSE_%' ORDER BY 1").fetchall()
+        skus = c.execute("SELECT sku, asin, unit_cost, updated_by FROM ledger.sku WHERE sku IN ('SKU-A', 'SKU-B')"
+                         " ORDER BY 1").fetchall()
+        submissions = c.execute("SELECT idempotency_key, status FROM ledger.amazon_submission ORDER BY 1").fetchall()
+        actors = dict(c.execute("SELECT actor, count(*) FROM ledger.audit_log GROUP BY actor").fetchall())
+    by = {eid: (status, who) for eid, status, who in closed}
+    for x, user in (("A", "olivia.ops"), ("B", "ada.admin")):
+        for action in ACTIONS:
+            assert by[ids[x][action]] == ("dismissed" if action == "dismiss" else "resolved", user), (x, action)
+    assert mappings == [("LID_LOOSE_A", "CR-DEFECTIVE", "olivia.ops"), ("LID_LOOSE_B", "CR-DEFECTIVE", "ada.admin")]
+    assert [(k, a, str(u), w) for k, a, u, w in skus] == [("SKU-A", "B0OVERWRT1", "0.01", "olivia.ops"),
+                                                          ("SKU-B", "B0OVERWRT1", "0.01", "ada.admin")]
+    assert all(status != "FAILED" for _, status in submissions)
+    assert set(actors) == {"olivia.ops", "ada.admin"} and min(actors.values()) >= len(ACTIONS)
