@@ -7,21 +7,29 @@ docs/sandbox.md because ReBound's are not public; the sandbox serves exactly
 this contract, so the same code runs against both.
 
 Transient failures (5xx, 429, timeouts, dropped connections) are retried with
-exponential back-off and jitter; anything else is a ReboundError at once, so a
-bad request is never hammered. Events come back as the raw dicts the API
-served: the caller stores them before it parses anything.
+exponential back-off and jitter, honouring ``Retry-After`` up to a bound and
+within a total wait budget; anything else is a ReboundError at once, so a bad
+request is never hammered. Events come back as the raw dicts the API served
+(or, with ``raw=True``, as the exact bytes of each event): the caller stores
+them before it parses anything. A page the fast decoder refuses (a lone
+surrogate escape, say) is split into per-event byte slices instead of being
+refused as a whole, and a feed that stops advancing raises FeedStalledError
+instead of looping.
 """
 from __future__ import annotations
 
+import json
+import random
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 import msgspec
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 BATCH_IDS = 200
@@ -37,19 +45,49 @@ class ReboundError(Exception):
         self.body = body
 
 
-class _Transient(ReboundError):
+class ReboundUnavailableError(ReboundError):
+    """ReBound stayed unavailable (5xx, 429, timeouts, connection errors) through the retries, asked
+    to be left alone (``Retry-After``) longer than ``retry_after_max_s``, or the waits would have
+    exceeded ``retry_budget_s``. Nothing is wrong with the request: keep the cursor and try later.
+    ``retry_after`` is ReBound's last ``Retry-After`` in seconds, when it sent one."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: str | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message, status=status, body=body)
+        self.retry_after = retry_after
+
+
+class _Transient(ReboundUnavailableError):
     """A 5xx or 429: worth another attempt."""
 
     def __init__(self, status: int, body: str, retry_after: float | None):
-        super().__init__("ReBound is temporarily unavailable", status=status, body=body)
-        self.retry_after = retry_after
+        super().__init__("ReBound is temporarily unavailable", status=status, body=body, retry_after=retry_after)
+
+
+class FeedStalledError(ReboundError):
+    """The event feed stopped advancing: a page carried events but gave back the cursor it was asked
+    with, or said ``has_more`` while naming a cursor already read in this pass (or sent more than
+    ``max_empty_pages`` empty pages in a row). Reading on would loop for ever; nothing was lost
+    (the offending page is not yielded, so the stored cursor has not moved)."""
+
+    def __init__(self, message: str, *, cursor: str | None, next_cursor: str | None, has_more: bool,
+                 events: int):
+        super().__init__(message)
+        self.cursor, self.next_cursor, self.has_more, self.events = cursor, next_cursor, has_more, events
+
+
+class FeedPageError(ReboundError):
+    """A 200 answer to the event feed that is not a feed page (no ``events`` array, no
+    ``next_cursor`` string or ``has_more`` boolean, or JSON whose structure does not close)."""
 
 
 @dataclass(frozen=True)
 class EventPage:
-    events: list[Any]   # dicts, or msgspec.Raw (each event's JSON exactly as received) with raw=True
+    events: list[Any]   # dicts, or msgspec.Raw (each event's bytes exactly as received) with raw=True
     next_cursor: str
     has_more: bool
+    #: True when msgspec refused the page and it was split per event (``split_event_page``)
+    split: bool = False
 
 
 class _RawPage(msgspec.Struct):
@@ -62,8 +100,191 @@ class _RawPage(msgspec.Struct):
 _RAW_PAGE = msgspec.json.Decoder(_RawPage)
 
 
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, (_Transient, httpx.TimeoutException, httpx.TransportError))
+# --- splitting a page the decoder refuses ------------------------------------------------------------
+
+class _ScanError(ValueError):
+    def __init__(self, problem: str, at: int):
+        super().__init__(f"{problem} at byte {at}")
+
+
+_WS = frozenset(b" \t\r\n")
+_STRING_STOP = re.compile(rb'["\\]')          # what ends or escapes inside a JSON string
+_STRUCTURE = re.compile(rb'["{}\[\]]')         # what matters inside a container
+_SCALAR_END = re.compile(rb'[,\]}\s]')          # what ends a number or literal
+_CLOSER = {ord("{"): ord("}"), ord("["): ord("]")}
+
+
+def _skip_ws(buf: bytes, i: int) -> int:
+    n = len(buf)
+    while i < n and buf[i] in _WS:
+        i += 1
+    return i
+
+
+def _string_end(buf: bytes, i: int) -> int:
+    """Index after the JSON string starting at ``buf[i] == '"'``. Bytes inside are not judged (a lone
+    surrogate escape, bytes that are not UTF-8): only an unescaped quote ends the string."""
+    j = i + 1
+    while True:
+        m = _STRING_STOP.search(buf, j)
+        if m is None:
+            raise _ScanError("unterminated string", i)
+        k = m.start()
+        if buf[k] == 0x5C:  # backslash: the next byte is escaped, whatever it is
+            j = k + 2
+            continue
+        return k + 1
+
+
+def _value_end(buf: bytes, i: int) -> int:
+    """Index after the JSON value starting at ``buf[i]`` (brackets and strings matched; the
+    contents of strings, numbers and literals are left to whoever decodes the value)."""
+    if i >= len(buf):
+        raise _ScanError("value expected", i)
+    c = buf[i]
+    if c == 0x22:  # "
+        return _string_end(buf, i)
+    if c in _CLOSER:
+        stack = [_CLOSER[c]]
+        j = i + 1
+        while True:
+            m = _STRUCTURE.search(buf, j)
+            if m is None:
+                raise _ScanError("unclosed " + chr(c), i)
+            k = m.start()
+            ch = buf[k]
+            if ch == 0x22:
+                j = _string_end(buf, k)
+            elif ch in _CLOSER:
+                stack.append(_CLOSER[ch])
+                j = k + 1
+            else:
+                if stack.pop() != ch:
+                    raise _ScanError("mismatched " + chr(ch), k)
+                j = k + 1
+                if not stack:
+                    return j
+    if c in b",:]}":
+        raise _ScanError("value expected", i)
+    m = _SCALAR_END.search(buf, i)
+    return m.start() if m else len(buf)
+
+
+def split_event_page(buf: bytes) -> tuple[list[bytes], dict[str, bytes]]:
+    """Split a feed page into the exact bytes of each element of its ``events`` array, and the
+    bytes of its other top-level values by key, without decoding the events.
+
+    This is the fallback for a page that msgspec refuses as a whole: it matches brackets and
+    strings (a quote ends a string unless escaped), so an event holding a lone surrogate escape
+    or bytes that are not UTF-8 comes out byte for byte. Raises ValueError for a page whose
+    structure does not close or that has no ``events`` array."""
+    buf = bytes(buf)
+    i = _skip_ws(buf, 0)
+    if i >= len(buf) or buf[i] != 0x7B:
+        raise _ScanError("a JSON object expected", i)
+    i = _skip_ws(buf, i + 1)
+    events: list[bytes] | None = None
+    fields: dict[str, bytes] = {}
+    if i < len(buf) and buf[i] == 0x7D:
+        i += 1
+    else:
+        while True:
+            if i >= len(buf) or buf[i] != 0x22:
+                raise _ScanError("a key expected", i)
+            end = _string_end(buf, i)
+            try:
+                key = json.loads(buf[i:end])
+            except ValueError as exc:
+                raise _ScanError("unreadable key", i) from exc
+            i = _skip_ws(buf, end)
+            if i >= len(buf) or buf[i] != 0x3A:
+                raise _ScanError("':' expected", i)
+            i = _skip_ws(buf, i + 1)
+            if key in fields or (key == "events" and events is not None):
+                raise _ScanError(f"key {key!r} given twice", i)
+            if key == "events":
+                if i >= len(buf) or buf[i] != 0x5B:
+                    raise _ScanError("'events' is not an array", i)
+                events = []
+                i = _skip_ws(buf, i + 1)
+                if i < len(buf) and buf[i] == 0x5D:
+                    i += 1
+                else:
+                    while True:
+                        end = _value_end(buf, i)
+                        events.append(buf[i:end])
+                        i = _skip_ws(buf, end)
+                        if i < len(buf) and buf[i] == 0x2C:
+                            i = _skip_ws(buf, i + 1)
+                        elif i < len(buf) and buf[i] == 0x5D:
+                            i += 1
+                            break
+                        else:
+                            raise _ScanError("',' or ']' expected in events", i)
+            else:
+                end = _value_end(buf, i)
+                fields[key] = buf[i:end]
+                i = end
+            i = _skip_ws(buf, i)
+            if i < len(buf) and buf[i] == 0x2C:
+                i = _skip_ws(buf, i + 1)
+            elif i < len(buf) and buf[i] == 0x7D:
+                i += 1
+                break
+            else:
+                raise _ScanError("',' or '}' expected", i)
+    if _skip_ws(buf, i) != len(buf):
+        raise _ScanError("data after the page", i)
+    if events is None:
+        raise _ScanError("no 'events' array", 0)
+    return events, fields
+
+
+def _decode_event(data: bytes) -> Any:
+    """One event for ``raw=False`` after the fast path refused the page: msgspec, else the standard
+    library (it reads lone surrogate escapes), else the bytes themselves as ``msgspec.Raw``."""
+    try:
+        return msgspec.json.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        pass
+    try:
+        return json.loads(data)
+    except ValueError:  # UnicodeDecodeError included
+        return msgspec.Raw(data)
+
+
+def decode_event_page(content: bytes, *, raw: bool) -> EventPage:
+    """A feed page from the answer's bytes.
+
+    Fast path: msgspec decodes the whole page (with ``raw=True`` each event stays the exact bytes
+    received, as ``msgspec.Raw``). When msgspec refuses the page (a lone surrogate escape such as
+    ``"\\ud800"``, bytes that are not UTF-8, an event that is not valid JSON), the page is split into
+    per-event byte slices (``split_event_page``) so one bad event never costs the page: with
+    ``raw=True`` every event is still its exact bytes; with ``raw=False`` each is decoded on its own,
+    and one that cannot be decoded comes back as ``msgspec.Raw``. A page whose own fields are
+    wrong raises FeedPageError."""
+    try:
+        if raw:
+            body = _RAW_PAGE.decode(content)
+            return EventPage(body.events, body.next_cursor, body.has_more)
+        payload = msgspec.json.decode(content)
+        if isinstance(payload, dict) and isinstance(payload.get("events"), list) \
+                and isinstance(payload.get("next_cursor"), str) and isinstance(payload.get("has_more"), bool):
+            return EventPage(payload["events"], payload["next_cursor"], payload["has_more"])
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        pass
+    try:
+        slices, fields = split_event_page(content)
+        next_cursor = msgspec.json.decode(fields["next_cursor"], type=str)
+        has_more = msgspec.json.decode(fields["has_more"], type=bool)
+    except KeyError as exc:
+        raise FeedPageError(f"ReBound sent an event page that is not a feed page: no {exc.args[0]!r}",
+                            body=content[:500].decode("utf-8", "replace")) from None
+    except (ValueError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise FeedPageError(f"ReBound sent an event page that is not a feed page: {exc}",
+                            body=content[:500].decode("utf-8", "replace")) from exc
+    events = [msgspec.Raw(e) for e in slices] if raw else [_decode_event(e) for e in slices]
+    return EventPage(events, next_cursor, has_more, split=True)
 
 
 def _utc_z(t: datetime) -> str:
@@ -73,54 +294,112 @@ def _utc_z(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{t.microsecond:06d}" if t.microsecond else "") + "Z"
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delay-seconds or an HTTP date (RFC 9110);
+    None when absent or unreadable, 0 for a date in the past."""
+    if value is None:
         return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # nan, inf
+        return None
+    return max(0.0, seconds)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    return parse_retry_after(response.headers.get("retry-after"))
 
 
 def _decode(response) -> Any:
-    """A JSON body (msgspec: several times faster than json on event pages; same values)."""
-    return msgspec.json.decode(response.content)
+    """A JSON body (msgspec: several times faster than json; same values). A body msgspec refuses
+    is read with the standard library (lone surrogate escapes); one that is not JSON at all is a
+    ReboundError."""
+    try:
+        return msgspec.json.decode(response.content)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        pass
+    try:
+        return json.loads(response.content)
+    except ValueError as exc:
+        raise ReboundError(f"ReBound answered {response.request.method} {response.request.url.path} with a "
+                           f"body that is not JSON: {exc}", status=response.status_code,
+                           body=response.content[:500].decode("utf-8", "replace")) from exc
 
 
 class ReboundClient:
-    """One ReBound account (client id/secret, optional flow key); not thread-safe."""
+    """One ReBound account (client id/secret, optional flow key); not thread-safe.
+
+    Retries: up to ``max_attempts`` attempts per request. Between attempts it waits an exponential
+    back-off with jitter (0.1 s doubling, at most ``backoff_max_s``), or ReBound's ``Retry-After``
+    when that is longer. A ``Retry-After`` above ``retry_after_max_s`` is not waited for at all: the
+    request fails at once with ReboundUnavailableError (come back later, e.g. on the task's next
+    try). The waits of one request never add up to more than ``retry_budget_s``: a wait that would
+    cross it fails the request the same way. ``max_empty_pages``: consecutive empty pages with
+    ``has_more: true`` tolerated before the feed counts as stalled. ``transport``: an httpx
+    transport to use instead of the network (tests)."""
 
     def __init__(self, base_url: str, client_id: str, client_secret: str, *, flow_key: str | None = None,
-                 timeout: float = 10.0, page_size: int = 500, max_attempts: int = 8, backoff_max_s: float = 5.0):
+                 timeout: float = 10.0, page_size: int = 500, max_attempts: int = 8, backoff_max_s: float = 5.0,
+                 retry_after_max_s: float = 120.0, retry_budget_s: float = 300.0, max_empty_pages: int = 10,
+                 transport: httpx.BaseTransport | None = None):
         if not 1 <= page_size <= 1000:
             raise ValueError("page_size must be 1..1000")
+        if retry_after_max_s < 0 or retry_budget_s < 0 or max_empty_pages < 0:
+            raise ValueError("retry_after_max_s, retry_budget_s and max_empty_pages must not be negative")
         self._client_id = client_id
         self._client_secret = client_secret
         self._flow_key = flow_key
         self.page_size = page_size
-        self.max_attempts = max_attempts
+        self.max_attempts = max(1, int(max_attempts))
         self.backoff_max_s = backoff_max_s
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
+        self.retry_after_max_s = retry_after_max_s
+        self.retry_budget_s = retry_budget_s
+        self.max_empty_pages = max_empty_pages
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport,
                                   headers={"Accept": "application/json", "User-Agent": "returnledger/0.1"})
         self._token: str | None = None
         self._token_expires = 0.0
-        #: attempts and refreshes, for logs and tests
-        self.stats = {"requests": 0, "retries": 0, "token_fetches": 0, "token_refreshes_on_401": 0}
+        self._jitter = random.Random()
+        #: how the client waits between attempts (tests replace it)
+        self.sleep = time.sleep
+        #: attempts, refreshes and waits, for logs and tests
+        self.stats = {"requests": 0, "retries": 0, "token_fetches": 0, "token_refreshes_on_401": 0,
+                      "waited_s": 0.0, "pages_split": 0}
 
     # --- plumbing ----------------------------------------------------------------
 
-    def _wait(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(initial=0.1, max=self.backoff_max_s, jitter=0.1)(state)
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Transient) and exc.retry_after is not None:
-            return max(backoff, min(exc.retry_after, self.backoff_max_s))
-        return backoff
+    def _backoff(self, attempt: int) -> float:
+        """Exponential back-off with jitter after failed attempt number ``attempt`` (1-based)."""
+        return min(self.backoff_max_s, 0.1 * 2 ** (attempt - 1) + self._jitter.uniform(0, 0.1))
 
-    def _retrying(self) -> Retrying:
-        def count(_state: RetryCallState) -> None:
-            self.stats["retries"] += 1
-
-        return Retrying(stop=stop_after_attempt(self.max_attempts), wait=self._wait,
-                        retry=retry_if_exception(_retryable), before_sleep=count, reraise=True)
+    def _delay(self, attempt: int, exc: Exception, waited: float, method: str, path: str) -> float:
+        """How long to wait before the next attempt, or ReboundUnavailableError when not to retry."""
+        retry_after = exc.retry_after if isinstance(exc, _Transient) else None
+        status = exc.status if isinstance(exc, _Transient) else None
+        body = exc.body if isinstance(exc, _Transient) else None
+        if retry_after is not None and retry_after > self.retry_after_max_s:
+            raise ReboundUnavailableError(
+                f"{method} {path}: ReBound asked to retry after {retry_after:g} s, longer than this client "
+                f"waits (retry_after_max_s={self.retry_after_max_s:g}); try again later",
+                status=status, body=body, retry_after=retry_after) from exc
+        delay = max(self._backoff(attempt), retry_after or 0.0)
+        if waited + delay > self.retry_budget_s:
+            raise ReboundUnavailableError(
+                f"{method} {path}: still failing after {attempt} attempts and {waited:g} s of waiting; the next "
+                f"wait ({delay:g} s) would exceed retry_budget_s={self.retry_budget_s:g}",
+                status=status, body=body, retry_after=retry_after) from exc
+        return delay
 
     @staticmethod
     def _check(response: httpx.Response) -> httpx.Response:
@@ -163,12 +442,28 @@ class ReboundClient:
         return self._check(r)
 
     def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs) -> httpx.Response:
-        try:
-            for attempt in self._retrying():
-                with attempt:
-                    r = self._send_once(method, path, **kwargs)
-        except (httpx.TimeoutException, httpx.TransportError) as exc:
-            raise ReboundError(f"ReBound unreachable after {self.max_attempts} attempts: {exc!r}") from exc
+        """The request with retries (see the class docstring); a non-retryable answer outside ``ok``
+        raises ReboundError at once."""
+        waited = 0.0
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                r = self._send_once(method, path, **kwargs)
+                break
+            except _Transient as exc:
+                if attempt >= self.max_attempts:
+                    raise
+                delay = self._delay(attempt, exc, waited, method, path)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                if attempt >= self.max_attempts:
+                    raise ReboundUnavailableError(
+                        f"ReBound unreachable after {self.max_attempts} attempts: {exc!r}") from exc
+                delay = self._delay(attempt, exc, waited, method, path)
+            self.stats["retries"] += 1
+            self.stats["waited_s"] += delay
+            waited += delay
+            self.sleep(delay)
         if r.status_code not in ok:
             raise ReboundError(f"{method} {path} failed", status=r.status_code, body=r.text)
         return r
@@ -180,27 +475,48 @@ class ReboundClient:
 
         Store each page's events and ``next_cursor`` together before asking for the
         next one: that is what makes a crashed run resume without gaps or repeats.
-        ``raw=True`` leaves each event as the JSON bytes received (``msgspec.Raw``)."""
+        ``raw=True`` leaves each event as the bytes received (``msgspec.Raw``), also when the
+        page holds bytes a JSON decoder refuses (see ``decode_event_page``).
+
+        A page that does not advance is refused before it is yielded, with FeedStalledError: one
+        with events whose ``next_cursor`` is the cursor it was asked with, one with ``has_more``
+        whose ``next_cursor`` was already asked for in this pass (a cycle), or more than
+        ``max_empty_pages`` empty ``has_more`` pages in a row. An empty page that keeps the cursor
+        with ``has_more: false`` is the normal "nothing new yet" answer."""
         params = {"until": _utc_z(until), "limit": self.page_size}
+        cursor = cursor or None
+        asked = {cursor}
+        empty_run = 0
         while True:
             query = dict(params, cursor=cursor) if cursor else params
             response = self._request("GET", "/v1/events", params=query)
-            if raw:
-                try:
-                    body = _RAW_PAGE.decode(response.content)
-                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                    raise ReboundError(f"ReBound sent an event page that is not a feed page: {exc}",
-                                       status=response.status_code, body=response.text[:500]) from exc
-                page = EventPage(body.events, body.next_cursor, body.has_more)
+            page = decode_event_page(response.content, raw=raw)
+            if page.split:
+                self.stats["pages_split"] += 1
+            nxt = page.next_cursor or None
+            problem = None
+            if page.events and nxt == cursor:
+                problem = "it carries events but gives back the cursor it was asked with"
+            elif page.has_more and nxt in asked:
+                problem = ("it says has_more but gives back the cursor it was asked with" if nxt == cursor
+                           else "it says has_more but names a cursor already read in this pass")
+            elif page.has_more and not page.events:
+                empty_run += 1
+                if empty_run > self.max_empty_pages:
+                    problem = f"{empty_run} empty pages in a row say has_more (max_empty_pages={self.max_empty_pages})"
             else:
-                payload = _decode(response)
-                page = EventPage(payload["events"], payload["next_cursor"], bool(payload["has_more"]))
+                empty_run = 0
+            if problem:
+                raise FeedStalledError(
+                    f"ReBound feed is not advancing at cursor {cursor!r}: the page ({len(page.events)} events, "
+                    f"has_more={str(page.has_more).lower()}, next_cursor {page.next_cursor!r}) was refused because "
+                    f"{problem}; stopped instead of reading the same place again (the stored cursor is unchanged)",
+                    cursor=cursor, next_cursor=page.next_cursor, has_more=page.has_more, events=len(page.events))
             yield page
             if not page.has_more:
                 return
-            if not page.events and page.next_cursor == cursor:
-                raise ReboundError(f"ReBound feed made no progress at cursor {cursor!r}")
-            cursor = page.next_cursor
+            cursor = nxt
+            asked.add(cursor)
 
     def get_returns(self, return_ids: Iterable[str]) -> tuple[list[dict], list[str]]:
         """Return orders by id, in batches of 200; returns (found orders, missing ids)."""

@@ -8,7 +8,10 @@ it would to ReBound; only the base URL and credentials differ.
 
 Everything is served from one loaded scenario. The feed order is fixed at
 start-up (delivery time, then file order; a duplicate right after its first
-copy), so a cursor is just a position and stays valid across restarts.
+copy; a redelivery listed again at its own later time), so a cursor is just a
+position and stays valid across restarts. Tests can add deliveries of raw
+bytes (``raw_deliveries``), e.g. bytes that are not UTF-8, which no JSON
+scenario file can hold.
 Faults (5xx, slow answers) come from ``scenario.faults.rebound`` and are drawn
 from ``random.Random(seed)`` so a run is reproducible. Control endpoints live
 under ``/_sandbox`` only; the production client never calls them.
@@ -25,6 +28,7 @@ import secrets
 import time
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Iterable
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -52,7 +56,17 @@ def _encoder():
         return lambda obj: json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-_encode = _encoder()
+_fast_encode = _encoder()
+
+
+def _encode(obj: Any) -> bytes:
+    """Compact JSON bytes. A string holding a lone surrogate (an invalid event of the scenario may,
+    written as ``"\\ud800"``) cannot be UTF-8: such an object is written with the escape instead,
+    which is how the scenario file carries it."""
+    try:
+        return _fast_encode(obj)
+    except (UnicodeEncodeError, ValueError):
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -99,9 +113,24 @@ class PostHocReturnIn(BaseModel):
 class _Feed:
     """The fixed delivery order, pre-encoded once so pages are byte joins."""
 
-    def __init__(self, scenario: Scenario):
+    def __init__(self, scenario: Scenario, raw_deliveries: Iterable[tuple[datetime, bytes]] = ()):
         with paused_gc():
             self._build(scenario)
+            extra = list(raw_deliveries)
+            if extra:
+                self._merge(extra)
+
+    def _merge(self, extra: list[tuple[datetime, bytes]]) -> None:
+        """Add deliveries given as raw bytes, served verbatim (after scenario deliveries of the same time)."""
+        items = [(t, 0, i, b, e) for i, (t, b, e) in enumerate(zip(self.times, self.bodies, self.event_ids))]
+        for j, (when, body) in enumerate(extra):
+            if when.tzinfo is None:
+                raise ValueError("raw_deliveries: delivery times must be timezone-aware")
+            items.append((when.timestamp(), 1, j, bytes(body), None))
+        items.sort(key=lambda x: x[:3])
+        self.times = [x[0] for x in items]
+        self.bodies = [x[3] for x in items]
+        self.event_ids = [x[4] for x in items]
 
     def _build(self, scenario: Scenario) -> None:
         encoded: dict[int, bytes] = {}
@@ -129,9 +158,13 @@ def build_rebound_app(scenario: Scenario, *, out_dir: Path | None, client_id: st
                       client_secret: str = "sandbox-secret", webhook_url: str | None = None,
                       webhook_secret: str | None = None, seed: int = 0, token_ttl_s: float = 3600,
                       timeout_delay_s: float = 3.0, faults: bool = True, webhook_max_attempts: int = 5,
-                      webhook_backoff_s: float = 0.5) -> FastAPI:
-    """The simulated ReBound API for one scenario (see the module docstring and docs/sandbox.md)."""
-    feed = _Feed(scenario)
+                      webhook_backoff_s: float = 0.5,
+                      raw_deliveries: Iterable[tuple[datetime, bytes]] = ()) -> FastAPI:
+    """The simulated ReBound API for one scenario (see the module docstring and docs/sandbox.md).
+
+    ``raw_deliveries``: extra ``(delivery time, bytes)`` served verbatim in the feed (tests of
+    hostile input; the bytes need not be JSON or UTF-8)."""
+    feed = _Feed(scenario, raw_deliveries)
     returns: dict[str, dict] = {r["return_id"]: r for r in scenario.raw["rebound"]["returns"]}
     created: dict[str, dict] = {}  # amazon_return_id -> post-hoc record
     tokens: dict[str, float] = {}  # token -> monotonic expiry

@@ -41,20 +41,35 @@ class ScenarioError(ValueError):
 
 # --- JSON parsing ----------------------------------------------------------------
 
-def _json_loads(data: bytes) -> Any:
-    """Fastest JSON decoder available: orjson, else msgspec, else the standard library."""
+def _fast_loads():
+    """orjson's or msgspec's decoder, whichever is installed (None: neither)."""
     try:
         import orjson
 
-        return orjson.loads(data)
+        return orjson.loads
     except ImportError:
         pass
     try:
         import msgspec
 
-        return msgspec.json.decode(data)
+        return msgspec.json.decode
     except ImportError:
-        return json.loads(data)
+        return None
+
+
+def _json_loads(data: bytes) -> Any:
+    """Fastest JSON decoder available: orjson, else msgspec, else the standard library.
+
+    orjson and msgspec refuse lone surrogate escapes such as ``"\\ud800"``, which the format
+    allows in ``rebound.invalid_events``; a file they refuse is read again with ``json``
+    (which reads them, and raises the error reported for a file that is not JSON)."""
+    fast = _fast_loads()
+    if fast is not None:
+        try:
+            return fast(data)
+        except Exception:  # decoder-specific error types; json decides below
+            pass
+    return json.loads(data)
 
 
 def load_scenario_dict(path: str | Path) -> dict:
@@ -228,10 +243,15 @@ class CreditOutcome(BaseModel):
     error: CreditOutcomeError | None = None
 
 
+DUPLICATE_CREDIT_NOTE_MODES = ("same_note", "reject")
+
+
 class Amazon(BaseModel):
     model_config = _STRICT
     returns: list[AmazonReturn]
     credit_outcomes: list[CreditOutcome] = []
+    #: how Amazon answers a credit note whose id it already took in (see the scenarios README)
+    duplicate_credit_note: Literal["same_note", "reject"] = "same_note"
 
 
 class AddReasonMapping(BaseModel):
@@ -368,6 +388,9 @@ def _describe(err: dict) -> tuple[str, str]:
         return path, f"unknown disposition {value!r} (expected one of {', '.join(Disposition)})"
     if kind == "enum" and (field == "grade" or "sellable_grades" in loc):
         return path, f"unknown grade {value!r} (expected one of {', '.join(Grade)})"
+    if field == "duplicate_credit_note":
+        return path, (f"unknown value {value!r} (expected one of "
+                      f"{', '.join(repr(m) for m in DUPLICATE_CREDIT_NOTE_MODES)})")
     if kind == "value_error" and field == "format":
         return path, str(err["ctx"]["error"])
     return path, f"{err['msg']} ({value!r})" if not isinstance(value, (dict, list)) else err["msg"]
@@ -393,12 +416,50 @@ def _duplicates(items, key: str, where: str, what: str = "id") -> None:
         seen.add(k)
 
 
+_ABSENT = object()
+
+
+def _check_redeliveries(s: Scenario) -> None:
+    """An event id listed more than once in ``rebound.events`` is ReBound redelivering the event
+    (at-least-once delivery): every later listing must have the same body except ``delivered_at``,
+    and a ``delivered_at`` later than the listing of that id before it (in file order)."""
+    events = s.rebound.events
+    ids = [e.__dict__["event_id"] for e in events]  # __dict__: no attribute machinery per item
+    if len(set(ids)) == len(ids):
+        return
+    raw_events = s.raw["rebound"]["events"]
+    first: dict[str, int] = {}   # event id -> index of its first listing
+    prev: dict[str, int] = {}    # event id -> index of its latest listing so far
+    for i, eid in enumerate(ids):
+        j = first.get(eid)
+        if j is None:
+            first[eid] = prev[eid] = i
+            continue
+        a, b = raw_events[j], raw_events[i]
+        differ = sorted(k for k in a.keys() | b.keys()
+                        if k != "delivered_at" and a.get(k, _ABSENT) != b.get(k, _ABSENT))
+        if differ:
+            raise ScenarioError(
+                f"rebound.events[{i}].event_id: duplicate id {eid!r} with a different body than "
+                f"rebound.events[{j}] (differs in {', '.join(differ)}); an event may be listed again only as "
+                "a redelivery: the same body with a later delivered_at")
+        p = prev[eid]
+        before = events[p].delivery_time
+        later = events[i].__dict__["delivered_at"]
+        if later is None or later <= before:
+            got = "no delivered_at" if later is None else f"delivered_at {later.isoformat()}"
+            raise ScenarioError(
+                f"rebound.events[{i}].delivered_at: redelivery of event {eid!r} must be delivered later than "
+                f"rebound.events[{p}] ({before.isoformat()}), got {got}")
+        prev[eid] = i
+
+
 def _check(s: Scenario) -> None:
     """The consistency rules that a schema cannot state (uniqueness, references, times)."""
     _duplicates(s.catalog, "sku", "catalog")
     _duplicates(s.reason_codes, "rebound_reason", "reason_codes", "mapping")
     _duplicates(s.rebound.returns, "return_id", "rebound.returns")
-    _duplicates(s.rebound.events, "event_id", "rebound.events")
+    _check_redeliveries(s)
     _duplicates(s.amazon.returns, "amazon_return_id", "amazon.returns")
     if s.run.to < s.run.from_:
         raise ScenarioError(f"run.to: before run.from ({s.run.to} < {s.run.from_})")
@@ -454,8 +515,8 @@ def _validate_inner(raw: dict) -> Scenario:
         scenario = _ADAPTER.validate_python(raw)
     except ValidationError as exc:
         _raise_first(exc)
-    _check(scenario)
     scenario._raw = raw
+    _check(scenario)
     return scenario
 
 
@@ -477,7 +538,8 @@ def delivery_time(raw_event: dict) -> datetime:
 def feed_order(scenario: Scenario) -> list[dict]:
     """Every delivery of the simulated feed, in order: scenario events, then invalid events,
     stably sorted by delivery time; a ``duplicate`` event is delivered a second time right
-    after the first. Items are the raw objects of the file (shared, do not mutate)."""
+    after the first, and an event listed again (a redelivery) is delivered again at its own
+    later ``delivered_at``. Items are the raw objects of the file (shared, do not mutate)."""
     return [obj for _, obj in feed_deliveries(scenario)]
 
 

@@ -12,9 +12,14 @@ simulator took in is written to the run's output folder for ``check.py``:
 reconciliation DAG picks it up.
 
 Simulated, not Amazon's: the per-returns-notice credit outcomes come from the
-scenario, and a credit note resubmitted under an ``id`` already taken in is the
-same credit note (answered with the first transactionId), which is what makes
-retries of identical bodies safe.
+scenario, and so does the answer to a credit note resubmitted under an ``id``
+already taken in (``amazon.duplicate_credit_note``): ``"same_note"`` (default)
+treats it as the same credit note, answered with the first transactionId;
+``"reject"`` answers 202 with a new transaction that fails with
+``DuplicateInvoiceNumber``, naming the transaction that took the note in.
+An id counts as taken in once a submission of it was applied (202, or a lost
+response) and its transaction does not end in Failure; a note whose
+transaction fails may be sent again and is judged afresh.
 """
 from __future__ import annotations
 
@@ -52,6 +57,8 @@ OPERATIONS = {
 }
 RETURNS_EXPORT_COLUMNS = ["amazon_return_id", "returns_notice", "rma_id", "vret", "asin", "sku", "quantity",
                           "label", "returned_at", "charged_amount"]
+DUPLICATE_MODES = ("same_note", "reject")
+DUPLICATE_CODE = "DuplicateInvoiceNumber"
 QUOTA_EXCEEDED = {"errors": [{"code": "QuotaExceeded",
                               "message": "You exceeded your quota for the requested resource.", "details": ""}]}
 
@@ -137,6 +144,10 @@ class SpApiSimulator:
         self.rng = random.Random(seed)
         amazon = scenario.get("amazon") or {}
         self.outcomes = {o["returns_notice"]: o for o in amazon.get("credit_outcomes") or []}
+        self.duplicate_mode = amazon.get("duplicate_credit_note", "same_note")
+        if self.duplicate_mode not in DUPLICATE_MODES:
+            raise ValueError(f"amazon.duplicate_credit_note: unknown value {self.duplicate_mode!r} "
+                             f"(expected one of {', '.join(map(repr, DUPLICATE_MODES))})")
         faults = ((scenario.get("faults") or {}).get("amazon")) or {}
         self.error_rate = float(faults.get("error_rate") or 0)
         self.lost_rate = float(faults.get("lost_response_rate") or 0)
@@ -149,8 +160,12 @@ class SpApiSimulator:
         self.tokens: dict[str, float] = {}           # access token -> expiry (monotonic seconds)
         self.asin = {c["sku"]: c.get("asin", "") for c in scenario.get("catalog") or []}
         self.stock = {c["sku"]: int(c.get("available") or 0) for c in scenario.get("catalog") or []}
-        self.notes: dict[str, dict] = {}             # credit-note id -> {invoice, transaction_id, notice}
-        self.transactions: dict[str, dict] = {}      # transactionId -> {kind, note_ids, polls}
+        # credit-note id -> {invoice, transaction_id, notice, failed}: the latest submission that took the
+        # note in; ``failed`` when that transaction ends in Failure (the id is then free to be judged afresh)
+        self.notes: dict[str, dict] = {}
+        # transactionId -> {kind, note_ids, polls, fate: Success|Failure|Processing, errors}; the fate is fixed
+        # when the transaction is created (outcomes are the scenario's), polls only reveal it
+        self.transactions: dict[str, dict] = {}
         self.stats = Counter()
         self.validators = {
             "submitInvoices": request_validator("vendorInvoices.json", "SubmitInvoicesRequest"),
@@ -207,8 +222,11 @@ class SpApiSimulator:
                     _, op, status = key.split(":")
                     by_op.setdefault(op, {})[status] = n
             return {"requests": by_op, "credit_notes_taken_in": len(self.notes),
+                    "credit_notes_failed": sum(1 for n in self.notes.values() if n["failed"]),
                     "credit_notes_resubmitted": self.stats["resubmitted"],
                     "credit_notes_conflicting": self.stats["conflicting"],
+                    "credit_notes_rejected_as_duplicate": self.stats["duplicate_rejected"],
+                    "duplicate_credit_note": self.duplicate_mode,
                     "transactions": len(self.transactions), "tokens_issued": self.stats["tokens"],
                     "faults": {"error": self.stats["fault:error"], "lost_response": self.stats["fault:lost"]}}
 
@@ -259,31 +277,77 @@ class SpApiSimulator:
             return self.rng.choice((500, 503))
 
     # --- operations ----------------------------------------------------------------
+    def new_transaction_id(self) -> str:
+        return f"{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{uuid.UUID(int=self.rng.getrandbits(128))}"
+
+    def judge(self, note_ids: list[str]) -> tuple[str, list[dict]]:
+        """(fate, errors) of a transaction carrying these (already recorded) notes, from the scenario's
+        outcomes per returns notice: any Failure fails the whole batch, else any Processing never ends."""
+        errors, stuck = [], False
+        for note_id in note_ids:
+            notice = self.notes[note_id]["notice"]
+            outcome = self.outcomes.get(notice)
+            if outcome is None:
+                continue
+            if outcome.get("status") == "Failure":
+                err = outcome.get("error") or {}
+                errors.append({"code": err.get("code", "InvalidInput"),
+                               "message": err.get("message", "credit note refused"),
+                               "details": f"creditNoteId={note_id}; returnsReferenceNumber={notice}"})
+            elif outcome.get("status") == "Processing":
+                stuck = True
+        return ("Failure" if errors else "Processing" if stuck else "Success"), errors
+
     def take_invoices(self, body: dict) -> str:
-        """Take in invoices/credit notes; a known ``id`` is the same note, never counted twice."""
+        """Take in invoices/credit notes; returns the transactionId of the answer.
+
+        A note whose ``id`` is already taken in (applied, and its transaction not failing) is never
+        taken in twice. Under ``same_note`` it is the same note: a body made only of notes of one earlier
+        transaction gets that transactionId back, a mixed body gets a new transaction for its new notes.
+        Under ``reject`` a body holding any such note gets a new transaction that fails as a whole with
+        one ``DuplicateInvoiceNumber`` error per known note (``details``: the transaction that took it in);
+        the earlier notes and their transactions stand, and none of the body's notes is taken in."""
         with self.lock:
-            ids, firsts = [], set()
-            for inv in body.get("invoices") or []:
-                note_id = inv["id"]
-                ids.append(note_id)
-                known = self.notes.get(note_id)
-                if known is None:
+            invoices = body.get("invoices") or []
+            ids = list(dict.fromkeys(inv["id"] for inv in invoices))
+            held = {}  # id -> record, for ids taken in (a failed note is judged afresh)
+            for inv in invoices:
+                known = self.notes.get(inv["id"])
+                if known is None or known["failed"]:
                     continue
-                firsts.add(known["transaction_id"])
+                held[inv["id"]] = known
                 if known["invoice"] != inv:
                     self.stats["conflicting"] += 1
-            if ids and len(firsts) == 1 and all(i in self.notes for i in ids):
-                tid = firsts.pop()
-                if set(self.transactions[tid]["note_ids"]) >= set(ids):
-                    self.stats["resubmitted"] += len(ids)
-                    return tid
-            tid = f"{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{uuid.UUID(int=self.rng.getrandbits(128))}"
-            for inv in body.get("invoices") or []:
-                if inv["id"] in self.notes:
+            if held and self.duplicate_mode == "reject":
+                tid = self.new_transaction_id()
+                errors = [{"code": DUPLICATE_CODE, "message": f"invoice {i} was already submitted",
+                           "details": held[i]["transaction_id"]} for i in ids if i in held]
+                self.stats["duplicate_rejected"] += len(errors)
+                self.transactions[tid] = {"kind": "invoices", "note_ids": ids, "polls": 0, "fate": "Failure",
+                                          "errors": errors}
+                return tid
+            if ids and len(held) == len(ids):
+                firsts = {n["transaction_id"] for n in held.values()}
+                if len(firsts) == 1:
+                    tid = firsts.pop()
+                    if set(self.transactions[tid]["note_ids"]) >= set(ids):
+                        self.stats["resubmitted"] += len(ids)
+                        return tid
+            tid = self.new_transaction_id()
+            fresh: dict[str, None] = {}  # ids taken in by this transaction, in order
+            for inv in invoices:
+                if inv["id"] in held or inv["id"] in fresh:
                     self.stats["resubmitted"] += 1
                     continue
-                self.notes[inv["id"]] = {"invoice": inv, "transaction_id": tid, "notice": returns_notice_of(inv)}
-            self.transactions[tid] = {"kind": "invoices", "note_ids": list(dict.fromkeys(ids)), "polls": 0}
+                fresh[inv["id"]] = None
+                self.notes[inv["id"]] = {"invoice": inv, "transaction_id": tid, "notice": returns_notice_of(inv),
+                                         "failed": False}
+            fate, errors = self.judge(ids)
+            if fate == "Failure":  # the batch fails as a whole: its new notes are not taken in
+                for note_id in fresh:
+                    self.notes[note_id]["failed"] = True
+            self.transactions[tid] = {"kind": "invoices", "note_ids": ids, "polls": 0, "fate": fate,
+                                      "errors": errors}
             return tid
 
     def take_inventory(self, body: dict) -> str:
@@ -302,33 +366,22 @@ class SpApiSimulator:
                     continue
                 self.stock[sku] = 0 if item.get("isObsolete") else int(amount)
             tid = str(uuid.UUID(int=self.rng.getrandbits(128)))
-            self.transactions[tid] = {"kind": "inventory", "note_ids": [], "polls": 0}
+            self.transactions[tid] = {"kind": "inventory", "note_ids": [], "polls": 0, "fate": "Success",
+                                      "errors": []}
             return tid
 
     def transaction_state(self, tid: str, kind: str) -> dict | None:
-        """Status of a transaction after one more poll: Processing, then Success, or the scenario's Failure."""
+        """Status of a transaction after one more poll: ``Processing`` for the first ``processing_polls``
+        polls, then its fate (Success, or Failure with its errors; a stuck one stays Processing)."""
         with self.lock:
             tx = self.transactions.get(tid)
             if tx is None or tx["kind"] != kind:
                 return None
             tx["polls"] += 1
-            errors, stuck = [], False
-            for note_id in tx["note_ids"]:
-                notice = self.notes[note_id]["notice"]
-                outcome = self.outcomes.get(notice)
-                if outcome is None:
-                    continue
-                if outcome.get("status") == "Failure":
-                    err = outcome.get("error") or {}
-                    errors.append({"code": err.get("code", "InvalidInput"),
-                                   "message": err.get("message", "credit note refused"),
-                                   "details": f"creditNoteId={note_id}; returnsReferenceNumber={notice}"})
-                elif outcome.get("status") == "Processing":
-                    stuck = True
-            if errors and tx["polls"] > self.processing_polls:
-                return {"transactionId": tid, "status": "Failure", "errors": errors}
-            if stuck or tx["polls"] <= self.processing_polls:
+            if tx["polls"] <= self.processing_polls or tx["fate"] == "Processing":
                 return {"transactionId": tid, "status": "Processing"}
+            if tx["fate"] == "Failure":
+                return {"transactionId": tid, "status": "Failure", "errors": [dict(e) for e in tx["errors"]]}
             return {"transactionId": tid, "status": "Success"}
 
 
