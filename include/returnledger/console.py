@@ -331,6 +331,17 @@ _DETAIL = """{% extends "base" %}
  <button type="submit">Add SKU and resolve</button>
 </form>
 {% endif %}
+{% if over_received %}
+<form class="inline" method="post" action="{{ base }}/exceptions/{{ x.exception_id }}/credit-quantity" id="credit-quantity-form">
+ <input type="hidden" name="csrf_token" value="{{ csrf }}">
+ <p>{{ over_received.received }} unit(s) received, {{ over_received.announced }} announced: the credit is held
+ until you choose how many units to credit (0 closes the line with nothing owed).</p>
+ <label>Units to credit <input name="credit_quantity" type="number" min="0" max="{{ over_received.received }}"
+ step="1" required size="6"></label>
+ <label>Note <input name="note" size="30"></label>
+ <button type="submit">Credit this quantity and resolve</button>
+</form>
+{% endif %}
 {% if retryable %}
 <form class="inline" method="post" action="{{ base }}/exceptions/{{ x.exception_id }}/retry" id="retry-form">
  <input type="hidden" name="csrf_token" value="{{ csrf }}">
@@ -419,6 +430,15 @@ def default_dsn() -> str:
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _over_received(x: dict, line: dict) -> dict | None:
+    """A QUANTITY_MISMATCH whose line received more than announced and has no credit quantity chosen yet."""
+    received, announced = line.get("quantity_received"), line.get("quantity_announced")
+    if (x.get("type") != "QUANTITY_MISMATCH" or received is None or announced is None or received <= announced
+            or line.get("credit_quantity") is not None):
+        return None
+    return {"received": received, "announced": announced}
 
 
 def _optional_int(value: str | None, name: str) -> int | None:
@@ -571,6 +591,7 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
                     can_act=caller.may_act, act_requirement=auth.act_requirement(),
                     csrf=csrf_token_for(caller.token) if caller.may_act else "", reason_codes=AMAZON_REASON_CODES,
                     rebound_reason=line.get("reason"), retryable=x.get("type") in RETRYABLE_TYPES,
+                    over_received=_over_received(x, line),
                     message=message, error=error, what_to_do=x.get("what_to_do"))
 
     @app.get("/exceptions/{exception_id}", response_class=HTMLResponse)
@@ -638,6 +659,21 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
 
         return await act(request, exception_id, "add the mapping", run,
                          "Mapping added and exception resolved by {user}; held lines are released on the next sync run.")
+
+    @app.post("/exceptions/{exception_id}/credit-quantity", dependencies=ACT)
+    async def credit_quantity(request: Request, exception_id: int):
+        from returnledger import exceptions as queue
+
+        def run(dsn, actor, form):
+            try:
+                quantity = int(required(form, "credit_quantity"))
+            except ValueError:
+                raise ValueError("the quantity to credit must be a whole number") from None
+            return queue.resolve_over_receipt(dsn, exception_id, quantity, actor=actor, at=clock(),
+                                              note=form.get("note", ""))
+
+        return await act(request, exception_id, "choose the quantity to credit", run,
+                         "Quantity to credit chosen by {user}; the credit note goes to Amazon on the next sync run.")
 
     @app.post("/exceptions/{exception_id}/sku", dependencies=ACT)
     async def add_sku(request: Request, exception_id: int):

@@ -439,6 +439,17 @@ def exception_detail(conn: psycopg.Connection, exception_id: int) -> dict:
                 " document_id, status, transaction_id, attempts, last_error, created_at, submitted_at,"
                 " resolved_at FROM ledger.amazon_submission WHERE return_id = %s AND line = %s"
                 " ORDER BY kind", (rid, line)).fetchall()
+            if exc["type"] in ("AMAZON_REJECTED", "CREDIT_MISSING", "CREDIT_MISMATCH"):
+                # the send log: every HTTP attempt of the line's submissions, what Amazon answered
+                out["send_log"] = cur.execute(
+                    "SELECT a.attempt_id, a.kind, a.document_id, a.attempt, a.http_status, a.outcome,"
+                    " a.transaction_id, a.errors, a.request_sha256, a.claimed_by, a.batch_id, a.at, a.sent_at"
+                    " FROM ledger.submission_attempt a WHERE a.submission_ids && ARRAY(SELECT submission_id"
+                    " FROM ledger.amazon_submission WHERE return_id = %s AND line = %s)::bigint[]"
+                    " ORDER BY a.attempt_id", (rid, line)).fetchall()
+                out["credit_note"] = cur.execute(
+                    "SELECT n.* FROM ledger.credit_note n WHERE n.credit_note_id IN (SELECT document_id"
+                    " FROM ledger.amazon_submission WHERE return_id = %s AND line = %s)", (rid, line)).fetchall()
         out["held_events"] = cur.execute(
             "SELECT raw_id, return_id, line, reason, exception_id, held_at FROM ledger.held_event"
             " WHERE exception_id = %(id)s OR (return_id = %(rid)s AND (%(line)s::int IS NULL"
@@ -463,6 +474,53 @@ def exception_detail(conn: psycopg.Connection, exception_id: int) -> dict:
         out["audit"] = cur.execute(
             "SELECT audit_id, at, actor, action, subject, detail FROM ledger.audit_log WHERE subject = %s"
             " ORDER BY at, audit_id", (exception_subject(exception_id),)).fetchall()
+    return out
+
+
+def resolve_over_receipt(dsn_or_conn, exception_id: int, quantity: int, *, actor: str, at: datetime,
+                         note: str = "") -> dict:
+    """The warehouse resolves an over-receipt (received above announced) by choosing the units to credit.
+
+    The credit was held (recon ON_HOLD) since the receipt; the chosen quantity, between 0 and the units
+    received, is stored on the line and the next sync run sends exactly one credit note for it. 0 closes
+    the line with nothing owed. The choice is audited.
+    """
+    actor = _require(actor, "actor")
+    try:
+        quantity = int(quantity)
+    except (TypeError, ValueError):
+        raise ExceptionActionError(f"the quantity to credit must be a whole number, got {quantity!r}") from None
+    with _unit_of_work(dsn_or_conn) as conn:
+        row = _lock_open(conn, exception_id, types={"QUANTITY_MISMATCH"}, action="choose the credit quantity for")
+        if row["return_id"] is None or row["line"] is None:
+            raise ExceptionActionError(f"exception {exception_id} names no return line")
+        line = conn.execute("""SELECT quantity_announced, quantity_received, state, credit_quantity
+                                 FROM ledger.return_line WHERE return_id = %s AND line = %s FOR UPDATE""",
+                            (row["return_id"], row["line"])).fetchone()
+        announced, received, state, chosen = line
+        if received is None or received <= announced:
+            raise ExceptionActionError(
+                f"line {row['subject_key']} received {received} of {announced} announced: only a receipt above "
+                "the announced quantity holds the credit; resolve this exception instead")
+        if chosen is not None:
+            raise ExceptionActionError(f"line {row['subject_key']} already has {chosen} unit(s) chosen to credit")
+        if not 0 <= quantity <= received:
+            raise ExceptionActionError(f"the quantity to credit must be between 0 and the {received} unit(s) received")
+        conn.execute("UPDATE ledger.return_line SET credit_quantity = %s, updated_at = %s"
+                     " WHERE return_id = %s AND line = %s", (quantity, at, row["return_id"], row["line"]))
+        if quantity == 0 and state == "DISPOSITIONED":
+            conn.execute("UPDATE ledger.return_line SET state = 'CLOSED' WHERE return_id = %s AND line = %s",
+                         (row["return_id"], row["line"]))
+            conn.execute("""INSERT INTO ledger.line_history (return_id, line, from_state, to_state, cause, batch_id, at)
+                            VALUES (%s, %s, 'DISPOSITIONED', 'CLOSED', 'NO_CREDIT_CHOSEN', %s, %s)""",
+                         (row["return_id"], row["line"], f"manual:over_receipt:{exception_id}", at))
+        why = (f"{actor} chose to credit {quantity} of {received} unit(s) received ({announced} announced)"
+               + (f": {note}" if note else ""))
+        out = _close(conn, exception_id, status="resolved", actor=actor, resolution=why, at=at)
+        _audit(conn, at=at, actor=actor, action="exception.credit_quantity", subject=exception_subject(exception_id),
+               detail={"type": row["type"], "subject_key": row["subject_key"], "credit_quantity": quantity,
+                       "received": received, "announced": announced, "note": note})
+    out["credit_quantity"] = quantity
     return out
 
 

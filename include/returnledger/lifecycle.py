@@ -209,6 +209,10 @@ def _disposition(line: LineView, disposition: str, policy: Policy) -> Outcome:
 
     if received == 0:
         final = _S.CLOSED                      # nothing came back, so nothing is owed
+    elif received > line.quantity_announced and fraction:
+        # rule 8: more came back than was announced. The credit waits (recon ON_HOLD) until the warehouse
+        # resolves the QUANTITY_MISMATCH and chooses the quantity to credit; never credit it in full.
+        final = _S.DISPOSITIONED
     elif fraction is None:
         final = _S.DISPOSITIONED               # held by policy: no credit note until the policy says so
     elif fraction == 0:

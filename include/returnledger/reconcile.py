@@ -97,7 +97,7 @@ INSERT INTO ledger.recon_result (
     returns_notice, rma_id, vret, amazon_quantity, charged_amount, post_hoc_return_id, batch_id)
 WITH period_lines AS (
     SELECT o.return_id, l.line, o.returns_notice, o.rma_id, o.vret, l.sku, l.quantity_received, l.grade,
-           l.disposition, l.dispositioned_at
+           l.disposition, l.dispositioned_at, l.quantity_announced, l.credit_quantity
       FROM ledger.return_order o
       JOIN ledger.return_line l ON l.return_id = o.return_id
      WHERE o.created_at >= %(start)s AND o.created_at < %(end)s AND {_REBOUND_ORDER}
@@ -125,6 +125,9 @@ WITH period_lines AS (
            COALESCE(p.rma_id, a.rma_id) AS rma, COALESCE(p.vret, a.vret) AS vret_no,
            c.document_id, c.quantity AS credited_quantity, round(c.quantity * c.unit_amount, 2) AS credited_amount,
            c.currency, c.status AS credit_status,
+           -- what Amazon took in, not only what the ledger says: a Success of the note's transaction, or
+           -- a duplicate refusal naming it (credit_note.confirmed_by), else the ledger's ACCEPTED is unproven
+           (n.confirmed_by IS NOT NULL) AS amazon_confirmed,
            dp.disposition IS NOT NULL AS has_policy, dp.credit_fraction,
            (hl.return_id IS NOT NULL OR hr.return_id IS NOT NULL) AS held,
            sum(round(c.quantity * c.unit_amount, 2)) FILTER (WHERE c.status = 'ACCEPTED')
@@ -133,6 +136,7 @@ WITH period_lines AS (
       LEFT JOIN amazon a ON a.returns_notice = p.returns_notice AND a.sku = p.sku
       LEFT JOIN ledger.amazon_submission c
              ON c.kind = 'CREDIT_NOTE' AND c.return_id = p.return_id AND c.line = p.line
+      LEFT JOIN ledger.credit_note n ON n.credit_note_id = c.document_id
       LEFT JOIN ledger.sku s ON s.sku = p.sku
       LEFT JOIN ledger.disposition_policy dp ON dp.disposition = p.disposition
       LEFT JOIN (SELECT DISTINCT return_id, line FROM held_lines) hl
@@ -145,11 +149,15 @@ SELECT %(key)s, return_id || '|' || line, return_id, line, amazon_return_id, sku
          WHEN held THEN 'QUARANTINED'
          WHEN disposition IS NULL THEN 'PENDING'
          WHEN NOT has_policy OR credit_fraction IS NULL THEN 'ON_HOLD'
-         WHEN credit_fraction = 0 OR COALESCE(quantity_received, 0) = 0 THEN 'NO_CREDIT_DUE'
+         WHEN credit_fraction = 0 OR COALESCE(quantity_received, 0) = 0 OR credit_quantity = 0
+              THEN 'NO_CREDIT_DUE'
+         -- rule 8: a receipt above the announced quantity holds the credit until the warehouse chooses
+         WHEN quantity_received > quantity_announced AND document_id IS NULL THEN 'ON_HOLD'
          WHEN credit_status = 'FAILED' THEN 'CREDIT_REJECTED'
          WHEN credit_status IS DISTINCT FROM 'ACCEPTED'
               AND (dispositioned_at IS NULL OR %(as_of)s - dispositioned_at <= %(window)s) THEN 'PENDING'
          WHEN credit_status IS DISTINCT FROM 'ACCEPTED' THEN 'CREDIT_MISSING'
+         WHEN NOT amazon_confirmed THEN 'CREDIT_MISSING'
          WHEN charged_amount IS NOT NULL AND charged_amount <> accepted_amount THEN 'CREDIT_MISMATCH'
          ELSE 'MATCHED'
        END,
@@ -248,6 +256,9 @@ def _credit_missing(rows, as_of: datetime, window_days) -> list[NewException]:
     for key, rid, line, sku, notice, doc, status, qty, disp_at in rows:
         age = (as_of - disp_at).days if disp_at else None
         sent = f"credit note {doc} is {status}" if doc else "no credit note was sent"
+        if status == "ACCEPTED":
+            sent = (f"the ledger marks credit note {doc} accepted, but Amazon never confirmed it (no Success "
+                    "of its transaction and no duplicate refusal naming it in the send log)")
         out.append(NewException(
             ExceptionType.CREDIT_MISSING, key,
             f"{qty} unit(s) of {sku} (returns notice {notice}) were dispositioned {age} days before "

@@ -67,6 +67,8 @@ def ledger(fresh_db):
                      state="REJECTED")
         conn.execute("UPDATE ledger.return_line SET disposition = 'RESTOCKED', grade = 'A', quantity_received ="
                      " quantity_announced, received_at = %s, dispositioned_at = %s", (T0, T0))
+        conn.execute("INSERT INTO ledger.credit_note (credit_note_id, return_id, created_at, created_batch)"
+                     " VALUES ('CN-RN-100-1', 'R-1', %s, 'b1')", (T0,))
         for line, sku, qty in ((1, "SKU-1", 2), (2, "SKU-2", 1)):
             conn.execute(
                 "INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity,"

@@ -102,6 +102,10 @@ def test_accepted_credit_resolves_credit_missing(led):
     build_month(led)
     reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="day1")
     led.conn.execute("UPDATE ledger.amazon_submission SET status = 'ACCEPTED' WHERE return_id = 'RB-3'")
+    # the ledger's ACCEPTED alone proves nothing: Amazon has not confirmed the note's transaction yet
+    reconcile(led.dsn, PERIOD, as_of=AS_OF + timedelta(days=1), batch_id="day2")
+    assert led.statuses()["RB-3|1"] == "CREDIT_MISSING"
+    led.conn.execute("UPDATE ledger.credit_note SET confirmed_by = 'SUCCESS' WHERE return_id = 'RB-3'")
     summary = reconcile(led.dsn, PERIOD, as_of=AS_OF + timedelta(days=1), batch_id="day2")
     assert led.statuses()["RB-3|1"] == "MATCHED"
     assert ("CREDIT_MISSING", "RB-3|1", "resolved") in led.exceptions("CREDIT_MISSING")

@@ -58,6 +58,9 @@ class Ledger:
     def credit(self, rid: str, line: int, sku: str, quantity: int, status: str, *, doc: str | None = None,
                unit: str | None = None, error: str | None = None):
         unit_amount = Decimal(unit or CATALOG[sku][1])
+        self.conn.execute("INSERT INTO ledger.credit_note (credit_note_id, return_id, created_at, created_batch,"
+                          " confirmed_by) VALUES (%s, %s, %s, 'sync-test', %s) ON CONFLICT DO NOTHING",
+                          (doc or f"CN-{rid}", rid, T, "SUCCESS" if status == "ACCEPTED" else None))
         self.conn.execute(
             "INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity,"
             " unit_amount, currency, document_id, status, transaction_id, last_error, created_at, created_batch,"

@@ -77,6 +77,8 @@ INSERT INTO ledger.exception (type, owner, status, subject_key, return_id, line,
   NULL, NULL, NULL);
 INSERT INTO ledger.held_event (raw_id, return_id, line, reason, exception_id, held_at) VALUES
  (2, 'RB-1001', 1, 'UNMAPPED_REASON_CODE', 1, '2026-10-02T00:00Z');
+INSERT INTO ledger.credit_note (credit_note_id, return_id, created_at, created_batch) VALUES
+ ('CN-RN-503-1', 'RB-1003', '2026-09-18T12:00Z', 'returns_sync:2026-09-18');
 INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity, unit_amount,
    currency, document_id, status, transaction_id, attempts, last_error, created_at, created_batch,
    submitted_at, resolved_at) VALUES
@@ -510,6 +512,8 @@ INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced
   '2026-09-16T10:00Z'),
  ('RB-{x}5', 1, 'SKU-TOASTER', 'DEFECTIVE', 3, 1, NULL, NULL, 'RECEIVED', '2026-09-16T10:00Z', NULL,
   '2026-09-16T10:00Z');
+INSERT INTO ledger.credit_note (credit_note_id, return_id, created_at, created_batch) VALUES
+ ('CN-RN-{x}3-1', 'RB-{x}3', '2026-09-18T12:00Z', 'returns_sync:2026-09-18');
 INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity, unit_amount,
    currency, document_id, status, transaction_id, attempts, last_error, created_at, created_batch,
    submitted_at, resolved_at) VALUES

@@ -11,10 +11,12 @@ token bucket per operation. What retrying cannot fix raises at once, with
 Amazon's ``errors``: ``AmazonRequestError`` when Amazon refused the request
 itself (400 and other 4xx), ``AmazonAuthError`` for refused credentials. When
 retries run out the call raises ``AmazonUnavailableError``; the work should stay
-pending and go again on a later run. A retry resends exactly the body it was given. That
-is safe only because callers give every credit note a deterministic ``id``
-derived from the line and the action, and Amazon (and the simulator) treats a
-credit note whose ``id`` it already holds as the same credit note. Inventory
+pending and go again on a later run. A retry resends exactly the body it was given,
+so callers give every credit note a deterministic ``id``. Amazon does not document
+what it answers to an ``id`` it already holds: the same note again, or a new
+transaction that fails with ``DuplicateInvoiceNumber``. The sync handles both (a
+duplicate refusal of a note it may already have delivered is evidence that Amazon
+holds it), and every HTTP attempt can be logged through ``on_attempt``. Inventory
 updates carry absolute quantities, so a resend sets the same stock. This module
 is payload-agnostic: building credit notes is the sync pipeline's job.
 """
@@ -187,8 +189,12 @@ class AmazonVendorClient:
             wait = max(wait, 1.0 / self.buckets[op].rate)
         return wait * (0.5 + self._jitter.random() / 2)
 
-    def _call(self, op: str, api: str, fn):
-        """Run ``fn(client)`` under the bucket with retries; Amazon refusals become AmazonRequestError."""
+    def _call(self, op: str, api: str, fn, on_attempt=None):
+        """Run ``fn(client)`` under the bucket with retries; Amazon refusals become AmazonRequestError.
+
+        ``on_attempt(attempt, http_status, result, errors)`` is told of every HTTP attempt as it ends
+        (status None: no answer), so a caller can keep a send log of each try, not only of the last.
+        """
         import httpx
         from sp_api.auth.exceptions import AuthorizationError
         from sp_api.base import exceptions as spx
@@ -197,8 +203,26 @@ class AmazonVendorClient:
         retryable_sp = (spx.SellingApiRequestThrottledException, spx.SellingApiServerException,
                         spx.SellingApiTemporarilyUnavailableException, spx.SellingApiGatewayTimeoutException)
         refreshed = False
+        tries = 0
 
         def attempt():
+            nonlocal tries
+            tries += 1
+            try:
+                result = _attempt()
+            except BaseException as e:
+                if on_attempt is not None:
+                    cause = e.__cause__ if isinstance(e, (_Retry, AmazonError)) else e
+                    status = getattr(cause, "code", None)
+                    errors = getattr(cause, "error", None) or getattr(e, "errors", None) or [
+                        {"code": type(cause).__name__, "message": str(cause)[:500]}]
+                    on_attempt(tries, status if isinstance(status, int) else None, None, errors)
+                raise
+            if on_attempt is not None:
+                on_attempt(tries, 202 if op.startswith("submit") else 200, result, None)
+            return result
+
+        def _attempt():
             nonlocal refreshed
             self.buckets[op].acquire()
             self.attempts[op] += 1
@@ -272,28 +296,31 @@ class AmazonVendorClient:
                                  transaction_id=state.get("transactionId", ""))
 
     # --- operations ------------------------------------------------------------------
-    def submit_invoices(self, invoices: list[dict]) -> str:
+    def submit_invoices(self, invoices: list[dict], *, on_attempt=None) -> str:
         """POST invoices/credit notes (body ``{"invoices": invoices}``); returns the transactionId.
 
-        Retries resend the identical body: give each credit note a deterministic id.
+        Retries resend the identical body: give each credit note a deterministic id, and read the
+        transaction's status (a resend may be answered as a duplicate of the note Amazon already holds).
         """
         body = {"invoices": invoices}
         return self._call("submitInvoices", "invoices",
-                          lambda c: self._transaction_id("submitInvoices", c.submit_invoices(body)))
+                          lambda c: self._transaction_id("submitInvoices", c.submit_invoices(body)),
+                          on_attempt=on_attempt)
 
     def get_transaction(self, transaction_id: str) -> TransactionStatus:
         return self._call("getTransaction", "transactions",
                           lambda c: self._status("getTransaction", c.get_transaction(transaction_id)))
 
     def submit_inventory_update(self, warehouse_id: str, *, selling_party_id: str, items: list[dict],
-                                is_full_update: bool = False) -> str:
+                                is_full_update: bool = False, on_attempt=None) -> str:
         """POST absolute available quantities for the warehouse's SKUs; returns the transactionId."""
         inventory = {"sellingParty": {"partyId": selling_party_id}, "isFullUpdate": is_full_update,
                      "items": items}
         return self._call("submitInventoryUpdate", "df_inventory",
                           lambda c: self._transaction_id("submitInventoryUpdate",
                                                          c.submit_inventory_update(warehouse_id,
-                                                                                   inventory=inventory)))
+                                                                                   inventory=inventory)),
+                          on_attempt=on_attempt)
 
     def get_df_transaction(self, transaction_id: str) -> TransactionStatus:
         return self._call("getTransactionStatus", "df_transactions",

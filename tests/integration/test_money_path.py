@@ -1,0 +1,424 @@
+"""The money path (issue 11): exactly one accepted credit per owed line.
+
+Real PostgreSQL, the SP-API simulator over HTTP, and the production client (python-amazon-sp-api).
+Scenarios are built here (no ../shared needed), except the generated shared-notice month, which uses
+the reference generator when it is beside the checkout.
+
+Findings and the tests that guard them:
+1. credit-note ids collided across returns sharing a notice -> test_returns_sharing_a_notice_each_get_their_credit,
+   test_generated_shared_notice_month_matches_expected, test_credit_note_ids_are_unique_in_the_ledger
+2. resends assumed Amazon's "same note" answer -> test_reject_rule_with_faults_gives_the_same_outcome
+3. nothing claimed a row before sending -> test_two_pushers_at_once_send_each_note_once,
+   test_push_killed_between_202_and_ledger_update
+4. an over-receipt was credited in full -> test_over_receipt_holds_the_credit_until_the_warehouse_chooses
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from returnledger import amazon_push, reference, sync
+from returnledger.store import db, migrate
+
+pytestmark = pytest.mark.integration
+UTC = timezone.utc
+
+
+def _utc(d: date) -> datetime:
+    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- a small scenario builder
+
+def _events(n: int, rid: str, day: str, *, received: int = 1, disposition: str = "REFURBISH") -> list[dict]:
+    p = f"ev-{rid}"
+    ev = lambda i, t, h, **x: {"event_id": f"{p}-{i}", "type": t, "return_id": rid,  # noqa: E731
+                               "occurred_at": f"{day}T{h:02d}:00:00Z", **x}
+    return [ev(1, "RETURN_CREATED", 8), ev(2, "IN_TRANSIT", 9),
+            ev(3, "RECEIVED", 10, line=1, quantity=received), ev(4, "GRADED", 11, line=1, grade="B"),
+            ev(5, "DISPOSITIONED", 12, line=1, disposition=disposition)]
+
+
+def _scenario(returns: list[tuple[str, str, str, str, int, int]], *, faults: dict | None = None,
+              duplicate: str = "same_note") -> dict:
+    """returns: (return_id, notice, sku, day, announced, received); every line 1 is REFURBISHed (100% credit)."""
+    skus = sorted({r[2] for r in returns})
+    return {
+        "format": "returns-scenario/1", "name": "money-path", "description": "issue 11",
+        "vendor": {"party_id": "VNDR1", "warehouse_id": "UK-HUB-1", "currency": "GBP",
+                   "marketplace_id": "A1F83G8C2ARO7P"},
+        "run": {"from": min(r[3] for r in returns), "to": max(r[3] for r in returns), "close_period": "2026-10"},
+        "policy": {"sellable_grades": ["A"], "credit_window_days": 7,
+                   "credit": {"RESTOCKED": 1.0, "REFURBISH": 1.0, "RECYCLE": 1.0, "DESTROY": 1.0,
+                              "RETURN_TO_SUPPLIER": 1.0, "QUARANTINED": None, "REJECTED": 0}},
+        "catalog": [{"sku": s, "asin": f"B0{i:08d}", "unit_cost": f"{10 + i}.00", "available": 5}
+                    for i, s in enumerate(skus)],
+        "reason_codes": [{"rebound_reason": "FAULTY", "amazon_reason": "CR-DEFECTIVE"}],
+        "rebound": {"returns": [{"return_id": rid, "order_reference": f"203-{i:07d}-0000000",
+                                 "created_at": f"{day}T08:00:00Z",
+                                 "amazon_refs": {"returns_notice": notice, "rma_id": f"RMA-{notice}",
+                                                 "vret": f"VRET-{notice}"},
+                                 "lines": [{"line": 1, "sku": sku, "quantity": announced, "reason": "FAULTY"}]}
+                                for i, (rid, notice, sku, day, announced, _) in enumerate(returns)],
+                    "events": [e for rid, _, _, day, _, rec in returns for e in _events(0, rid, day, received=rec)],
+                    "invalid_events": []},
+        "amazon": {"returns": [], "credit_outcomes": [], "duplicate_credit_note": duplicate},
+        "operations": [],
+        "faults": faults or {},
+    }
+
+
+def _unit_cost(scenario: dict) -> dict[str, Decimal]:
+    return {c["sku"]: Decimal(c["unit_cost"]) for c in scenario["catalog"]}
+
+
+def _amazon(sb, **kw):
+    from returnledger.clients.amazon import AmazonVendorClient
+
+    ex = sb.amazon_extra
+    return AmazonVendorClient(sb.amazon_url, lwa_url=sb.lwa_url, refresh_token=sb.lwa_refresh_token,
+                              lwa_client_id=sb.lwa_client_id, lwa_client_secret=sb.lwa_client_secret,
+                              rate_per_s=ex["rate_per_s"], burst=ex["burst"], backoff_max_s=0.2, **kw)
+
+
+def _vendor(sb) -> dict:
+    ex = sb.amazon_extra
+    return {k: ex[k] for k in ("party_id", "warehouse_id", "currency")}
+
+
+def _requests(out: Path) -> list[dict]:
+    p = out / "amazon_requests.jsonl"
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+
+
+def _credits(requests) -> dict:
+    """What Amazon took in, as check.py sums it: distinct note ids answered 202, per notice and SKU."""
+    notes = {}
+    for r in requests:
+        if r["method"] == "POST" and r["path"].endswith("/invoices") and r["status"] == 202:
+            for inv in r["body"]["invoices"]:
+                notes[inv["id"]] = inv
+    out: dict[str, dict] = {}
+    for inv in notes.values():
+        notice = inv["creditNoteDetails"]["returnsReferenceNumber"]
+        for item in inv["items"]:
+            c = out.setdefault(f"{notice}|{item['vendorProductIdentifier']}", {"quantity": 0, "amount": Decimal(0)})
+            c["quantity"] += item["invoicedQuantity"]["amount"]
+            c["amount"] += Decimal(item["netCost"]["amount"]) * item["invoicedQuantity"]["amount"]
+    return {k: {"quantity": v["quantity"], "amount": str(v["amount"].quantize(Decimal("0.01")))}
+            for k, v in out.items()}
+
+
+def _note_posts(requests) -> dict[str, int]:
+    """How many times each credit-note id was answered 202 (Amazon-side effects, whatever the rule)."""
+    n: dict[str, int] = {}
+    for r in requests:
+        if r["method"] == "POST" and r["path"].endswith("/invoices") and r["status"] == 202:
+            for inv in r["body"]["invoices"]:
+                n[inv["id"]] = n.get(inv["id"], 0) + 1
+    return n
+
+
+@pytest.fixture
+def ledger(pg_server):
+    dsn = db.create_scratch_database(pg_server, "rl_money")
+    migrate.migrate(dsn)
+    yield dsn
+    db.drop_database(pg_server, dsn)
+
+
+def _start(dsn: str, scenario: dict, tmp: Path, name: str = "s.json"):
+    path = tmp / name
+    path.write_text(json.dumps(scenario))
+    first = date.fromisoformat(scenario["run"]["from"])
+    reference.load_reference(dsn, at=_utc(first))
+    reference.load_scenario_reference(dsn, scenario, at=_utc(first))
+    return path
+
+
+def _days(scenario):
+    d, end = date.fromisoformat(scenario["run"]["from"]), date.fromisoformat(scenario["run"]["to"])
+    while d <= end:
+        yield d
+        d += timedelta(days=1)
+
+
+def _run_month(dsn, sb, scenario, *, amazon=None, extra_days: int = 2) -> None:
+    rebound = sb.rebound_client(timeout=0.5, backoff_max_s=0.2)
+    amazon = amazon or _amazon(sb)
+    days = list(_days(scenario))
+    days += [days[-1] + timedelta(days=i) for i in range(1, extra_days + 1)]   # let confirm settle
+    for d in days:
+        try:
+            sync.run_window(dsn, rebound, amazon, window_end=_utc(d + timedelta(days=1)), vendor=_vendor(sb))
+        except amazon_push.PushError:
+            pass   # the DAG task would retry; the next window sends what is left (same ids)
+
+
+def _ledger_credits(dsn) -> dict:
+    with db.connect(dsn) as conn:
+        return {f"{r[0]}|{r[1]}": (r[2], r[3]) for r in conn.execute("""
+            SELECT s.return_id, s.line, s.status, s.document_id FROM ledger.amazon_submission s
+             WHERE s.kind = 'CREDIT_NOTE' ORDER BY 1, 2""")}
+
+
+SHARED = [("RB-1-0000001", "RN-SHARED-1", "SKU-A", "2026-10-05", 1, 1),
+          ("RB-1-0000002", "RN-SHARED-1", "SKU-B", "2026-10-06", 2, 2),
+          ("RB-1-0000003", "RN-SHARED-1", "SKU-C", "2026-10-07", 1, 1),
+          ("RB-1-0000004", "RN-OWN-4", "SKU-A", "2026-10-07", 1, 1)]
+
+
+def _expected(scenario) -> dict:
+    cost = _unit_cost(scenario)
+    out: dict[str, dict] = {}
+    for rid, notice, sku, _, _, rec in SHARED:
+        c = out.setdefault(f"{notice}|{sku}", {"quantity": 0, "amount": Decimal(0)})
+        c["quantity"] += rec
+        c["amount"] += cost[sku] * rec
+    return {k: {"quantity": v["quantity"], "amount": str(v["amount"].quantize(Decimal("0.01")))}
+            for k, v in out.items()}
+
+
+def test_returns_sharing_a_notice_each_get_their_credit(ledger, tmp_path):
+    """Three returns under one returns notice, each crediting its line 1 on a different day."""
+    from returnledger.sandbox.harness import run_sandbox
+
+    scenario = _scenario(SHARED)
+    path = _start(ledger, scenario, tmp_path)
+    with run_sandbox(path, tmp_path / "out", faults=False) as sb:
+        _run_month(ledger, sb, scenario)
+        sb.dump()
+    assert _credits(_requests(tmp_path / "out")) == _expected(scenario)
+    got = _ledger_credits(ledger)
+    assert {v[0] for v in got.values()} == {"ACCEPTED"}
+    assert len({v[1] for v in got.values()}) == len(SHARED), "one note per return"
+
+
+def test_credit_note_ids_are_unique_in_the_ledger(ledger):
+    """The schema refuses one note id for two returns, whatever code writes the rows."""
+    with db.connect(ledger) as conn:
+        for rid in ("R-1", "R-2"):
+            conn.execute("INSERT INTO ledger.return_order (return_id, order_reference, created_at, returns_notice)"
+                         " VALUES (%s, 'o', %s, 'RN-1')", (rid, _utc(date(2026, 10, 1))))
+            conn.execute("INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced)"
+                         " VALUES (%s, 1, 'SKU-A', 'FAULTY', 1)", (rid,))
+        conn.execute("INSERT INTO ledger.credit_note (credit_note_id, return_id, created_at, created_batch)"
+                     " VALUES ('CN-RN-1-1', 'R-1', now(), 't')")
+        conn.commit()
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute("INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku,"
+                         " quantity, unit_amount, currency, document_id, created_at, created_batch) VALUES"
+                         " ('credit:R-2:1', 'CREDIT_NOTE', 'R-2', 1, 'SKU-A', 1, 1, 'GBP', 'CN-RN-1-1', now(), 't')")
+        conn.rollback()
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO ledger.credit_note (credit_note_id, return_id, created_at, created_batch)"
+                         " VALUES ('CN-RN-1-1', 'R-1', now(), 't')")
+
+
+def test_reject_rule_with_faults_gives_the_same_outcome(ledger, pg_server, tmp_path):
+    """Amazon refusing known ids as duplicates, with lost responses and 5xx: same credits as a clean run,
+    every note accepted once, no AMAZON_REJECTED."""
+    from returnledger.sandbox.harness import run_sandbox
+
+    faults = {"amazon": {"error_rate": 0.25, "lost_response_rate": 0.3}}
+    scenario = _scenario(SHARED, faults=faults, duplicate="reject")
+    path = _start(ledger, scenario, tmp_path)
+    with run_sandbox(path, tmp_path / "out", faults=True, seed=3) as sb:
+        _run_month(ledger, sb, scenario, extra_days=4)
+        sb.dump()
+    requests = _requests(tmp_path / "out")
+    assert any(r["status"] >= 500 for r in requests), "faults were injected"
+    assert _credits(requests) == _expected(scenario)
+    with db.connect(ledger) as conn:
+        rejected = conn.execute("SELECT count(*) FROM ledger.exception WHERE type = 'AMAZON_REJECTED'").fetchone()[0]
+        statuses = dict(conn.execute("SELECT status, count(*) FROM ledger.amazon_submission"
+                                     " WHERE kind = 'CREDIT_NOTE' GROUP BY 1").fetchall())
+        lines = dict(conn.execute("SELECT state, count(*) FROM ledger.return_line GROUP BY 1").fetchall())
+        log_rows = conn.execute("SELECT count(*), count(*) FILTER (WHERE http_status >= 500)"
+                                " FROM ledger.submission_attempt WHERE kind = 'CREDIT_NOTE'").fetchone()
+    assert rejected == 0
+    assert statuses == {"ACCEPTED": len(SHARED)}
+    assert lines == {"CLOSED": len(SHARED)}
+    assert log_rows[0] >= len(SHARED) and log_rows[1] >= 1, "every HTTP attempt is in the send log"
+
+
+def _seed_pending_notes(dsn, tmp_path, n: int = 6):
+    """n dispositioned returns with their credit notes PENDING (apply ran, nothing pushed yet)."""
+    rows = [(f"RB-1-{i:07d}", f"RN-{i}", "SKU-A", "2026-10-05", 1, 1) for i in range(1, n + 1)]
+    scenario = _scenario(rows, duplicate="reject")
+    return _start(dsn, scenario, tmp_path), scenario
+
+
+def _sync_without_push(dsn, sb, day: date):
+    rebound = sb.rebound_client(timeout=0.5, backoff_max_s=0.2)
+    end = _utc(day + timedelta(days=1))
+    batch = sync.batch_id_for(end)
+    sync.extract(dsn, rebound, window_end=end, batch_id=batch)
+    sync.validate(dsn, batch_id=batch)
+    sync.quarantine(dsn, batch_id=batch, at=end)
+    sync.apply(dsn, batch_id=batch, at=end)
+    return end, batch
+
+
+def test_two_pushers_at_once_send_each_note_once(ledger, tmp_path):
+    from returnledger.sandbox.harness import run_sandbox
+
+    path, scenario = _seed_pending_notes(ledger, tmp_path, n=12)
+    with run_sandbox(path, tmp_path / "out", faults=False) as sb:
+        end, batch = _sync_without_push(ledger, sb, date(2026, 10, 5))
+        barrier = threading.Barrier(2)
+        results, errors = [], []
+
+        class SlowClient:
+            """Both pushers claim before either sends, and every send takes a moment."""
+            def __init__(self, real):
+                self.real = real
+
+            def submit_invoices(self, invoices, **kw):
+                import time
+                time.sleep(0.05)
+                return self.real.submit_invoices(invoices, **kw)
+
+        def push():
+            try:
+                barrier.wait()
+                results.append(sync.push_credits(ledger, SlowClient(_amazon(sb)), party_id="VNDR1", at=end,
+                                                 batch_id=batch))
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=push) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        sb.dump()
+    assert not errors, errors
+    assert sum(r["credit_notes"] for r in results) == 12
+    posts = _note_posts(_requests(tmp_path / "out"))
+    assert len(posts) == 12 and set(posts.values()) == {1}, posts
+
+
+class _Crash(BaseException):
+    """Stands for the process dying: not an Exception, so no handler in the push path catches it."""
+
+
+def test_push_killed_between_202_and_ledger_update(ledger, tmp_path):
+    """Amazon took the note (202); the pusher dies before the ledger update; the task is rerun.
+    Under the reject rule the resend is refused as a duplicate: one note at Amazon, one accepted credit."""
+    from returnledger.sandbox.harness import run_sandbox
+
+    path, scenario = _seed_pending_notes(ledger, tmp_path, n=3)
+    with run_sandbox(path, tmp_path / "out", faults=False) as sb:
+        end, batch = _sync_without_push(ledger, sb, date(2026, 10, 5))
+
+        class DiesAfter202:
+            def __init__(self, real):
+                self.real, self.sent = real, 0
+
+            def submit_invoices(self, invoices, **kw):
+                tx = self.real.submit_invoices(invoices, **kw)
+                self.sent += 1
+                if self.sent == 2:
+                    raise _Crash("killed after Amazon's 202")
+                return tx
+
+        with pytest.raises(_Crash):
+            sync.push_credits(ledger, DiesAfter202(_amazon(sb)), party_id="VNDR1", at=end, batch_id=batch)
+        with db.connect(ledger) as conn:
+            assert conn.execute("SELECT count(*) FROM ledger.amazon_submission WHERE status = 'SENDING'"
+                                ).fetchone()[0] >= 1, "the dead pusher's claim is left behind"
+        # the retry: the dead claim is taken over (its session is gone), the note resent with the same id
+        amazon = _amazon(sb)
+        sync.push_credits(ledger, amazon, party_id="VNDR1", at=end, batch_id=batch)
+        stats = sync.confirm(ledger, amazon, at=end, batch_id=batch, rounds=6, wait_s=0.3)
+        sb.dump()
+    requests = _requests(tmp_path / "out")
+    posts = _note_posts(requests)
+    assert len(posts) == 3 and sorted(posts.values()) == [1, 1, 2], posts   # one resend, refused at Amazon
+    assert stats["duplicates_followed"] >= 1
+    assert _credits(requests) == {f"RN-{i}|SKU-A": {"quantity": 1, "amount": "10.00"} for i in range(1, 4)}
+    with db.connect(ledger) as conn:
+        assert dict(conn.execute("SELECT status, count(*) FROM ledger.amazon_submission WHERE kind = 'CREDIT_NOTE'"
+                                 " GROUP BY 1").fetchall()) == {"ACCEPTED": 3}
+        assert conn.execute("SELECT count(*) FROM ledger.exception WHERE type = 'AMAZON_REJECTED'").fetchone()[0] == 0
+        held = conn.execute("SELECT confirmed_by, first_transaction_id IS NOT NULL FROM ledger.credit_note"
+                            " ORDER BY credit_note_id").fetchall()
+    assert all(c == "SUCCESS" and first for c, first in held), held
+
+
+def test_over_receipt_holds_the_credit_until_the_warehouse_chooses(ledger, tmp_path):
+    """Announced 1, received 5: no credit, recon ON_HOLD; the warehouse chooses 2: exactly 2 credited, once."""
+    from returnledger import exceptions as queue
+    from returnledger.reconcile import reconcile
+    from returnledger.sandbox.harness import run_sandbox
+
+    rows = [("RB-1-0000001", "RN-OVER", "SKU-A", "2026-10-05", 1, 5)]
+    scenario = _scenario(rows)
+    path = _start(ledger, scenario, tmp_path)
+    with run_sandbox(path, tmp_path / "out", faults=False) as sb:
+        rebound, amazon = sb.rebound_client(timeout=0.5, backoff_max_s=0.2), _amazon(sb)
+        for d in (5, 6):
+            sync.run_window(ledger, rebound, amazon, window_end=_utc(date(2026, 10, d + 1)), vendor=_vendor(sb))
+        assert _ledger_credits(ledger) == {}, "no credit while the over-receipt is open"
+        reconcile(ledger, "2026-10", as_of=_utc(date(2026, 10, 7)), batch_id="r1")
+        with db.connect(ledger) as conn:
+            assert conn.execute("SELECT recon_status FROM ledger.recon_result WHERE row_key = 'RB-1-0000001|1'"
+                                ).fetchone()[0] == "ON_HOLD"
+            exc_id = conn.execute("SELECT exception_id FROM ledger.exception WHERE type = 'QUANTITY_MISMATCH'"
+                                  ).fetchone()[0]
+        with pytest.raises(queue.ExceptionActionError):
+            queue.resolve_over_receipt(ledger, exc_id, 6, actor="wh", at=_utc(date(2026, 10, 7)))
+        queue.resolve_over_receipt(ledger, exc_id, 2, actor="warehouse lead", at=_utc(date(2026, 10, 7)),
+                                   note="3 units were another vendor's")
+        for d in (7, 8, 9):
+            sync.run_window(ledger, rebound, amazon, window_end=_utc(date(2026, 10, d + 1)), vendor=_vendor(sb))
+        sb.dump()
+    assert _credits(_requests(tmp_path / "out")) == {"RN-OVER|SKU-A": {"quantity": 2, "amount": "20.00"}}
+    assert _note_posts(_requests(tmp_path / "out")) == {"CN-RB-1-0000001-1": 1}
+    with db.connect(ledger) as conn:
+        audit = conn.execute("SELECT actor, detail->>'credit_quantity' FROM ledger.audit_log"
+                             " WHERE action = 'exception.credit_quantity'").fetchall()
+        state = conn.execute("SELECT state FROM ledger.return_line").fetchone()[0]
+    assert audit == [("warehouse lead", "2")]
+    assert state == "CLOSED"
+
+
+def test_generated_shared_notice_month_matches_expected(ledger, tmp_path):
+    """The reference generator's shared-notice month under the reject rule with faults: exact credits."""
+    gen_path = Path(__file__).resolve().parents[3] / "shared" / "scenarios" / "generate.py"
+    if not gen_path.exists():
+        pytest.skip("the reference generator (../shared/scenarios/generate.py) is not beside the checkout")
+    from returnledger.sandbox.harness import run_sandbox
+
+    spec = importlib.util.spec_from_file_location("gen", gen_path)
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    scenario, expected = gen.generate(40, 13, True)
+    gen.share_notices(scenario, expected)
+    scenario["amazon"]["duplicate_credit_note"] = "reject"
+    shared = len(scenario["rebound"]["returns"]) - len({r["amazon_refs"]["returns_notice"]
+                                                        for r in scenario["rebound"]["returns"]})
+    assert shared >= 5, "the scenario really pairs returns under shared notices"
+    path = _start(ledger, scenario, tmp_path)
+    with run_sandbox(path, tmp_path / "out", faults=True, timeout_delay_s=0.8) as sb:
+        rebound, amazon = sb.rebound_client(timeout=0.5, backoff_max_s=0.2), _amazon(sb)
+        ops: dict[str, list] = {}
+        for op in scenario["operations"]:
+            ops.setdefault(op["on"], []).append(op)
+        for d in _days(scenario):
+            for op in ops.get(d.isoformat(), []):
+                reference.apply_operation(ledger, op, at=_utc(d), actor="test operator")
+            try:
+                sync.run_window(ledger, rebound, amazon, window_end=_utc(d + timedelta(days=1)), vendor=_vendor(sb))
+            except amazon_push.PushError:
+                pass
+        sb.dump()
+    assert _credits(_requests(tmp_path / "out")) == expected["credits"]
