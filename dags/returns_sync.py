@@ -23,14 +23,20 @@ stored feed cursor. To redo 7 October, clear the run listed under 7 October.
 5. `apply` - lifecycle rules; writes line state, history and the Amazon outbox
    (deterministic idempotency keys). Held events go on when their cause is gone.
 6. `push_inventory`, `push_credits` - send the outbox under the
-   `amazon_sp_api` pool: absolute stock per SKU, one credit note per returns
-   notice batch.
+   `amazon_sp_api` pool: absolute stock per SKU; one credit note per return and
+   batch, id `CN-<return>-<first line>` (unique in the ledger). Each note is
+   claimed before it is sent and every HTTP attempt goes to the send log
+   (`ledger.submission_attempt`). After 5 failed sends in a row the step stops
+   and leaves the rest PENDING for the next run.
 7. `confirm` - polls Amazon's transaction status: Success closes the line,
-   Failure raises AMAZON_REJECTED.
+   Failure raises AMAZON_REJECTED, and a `DuplicateInvoiceNumber` refusal of a
+   note sent before is followed to the transaction Amazon names.
 
 **Rerunning is safe**: clear any run or task in the UI. Events are deduplicated by
 id, the cursor only moves forward, outbox rows are unique per line and action,
-and a resubmitted credit note keeps its id, so Amazon sees the same note.
+a note claimed by a living pusher is never sent by another, and a resent credit
+note keeps its id: whether Amazon answers it as the same note or refuses it as a
+duplicate, it is credited once. Every task has an `execution_timeout`.
 """
 from __future__ import annotations
 

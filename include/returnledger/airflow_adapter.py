@@ -7,7 +7,7 @@ tested without Airflow.
 Connections (airflow_settings.yaml):
 - ``returns_db``: postgres; the ledger database.
 - ``rebound_api``: http; host = base URL, login/password = OAuth client id/secret,
-  extra ``{"flow_key", "page_size", "timeout"}``.
+  extra ``{"flow_key", "page_size", "timeout", "retry_after_max_s", "retry_budget_s", "max_empty_pages"}``.
 - ``amazon_sp_api``: generic; host = SP-API endpoint, login/password = LWA client id/secret,
   extra ``{"refresh_token", "lwa_url", "marketplace_id", "region", "rate_per_s", "burst",
   "party_id", "warehouse_id", "currency"}``.
@@ -58,7 +58,10 @@ def rebound_client():
     c = BaseHook.get_connection(REBOUND_CONN_ID)
     extra = c.extra_dejson or {}
     return ReboundClient(_base_url(c), c.login, c.password, flow_key=extra.get("flow_key"),
-                         timeout=float(extra.get("timeout", 10)), page_size=int(extra.get("page_size", 500)))
+                         timeout=float(extra.get("timeout", 10)), page_size=int(extra.get("page_size", 500)),
+                         retry_after_max_s=float(extra.get("retry_after_max_s", 120)),
+                         retry_budget_s=float(extra.get("retry_budget_s", 300)),
+                         max_empty_pages=int(extra.get("max_empty_pages", 10)))
 
 
 def amazon_settings() -> dict:
@@ -84,12 +87,18 @@ def amazon_client():
                               burst=int(extra.get("burst", 10)))
 
 
+#: no task may hold a worker (or the amazon_sp_api pool) longer than this; a push step's circuit breaker
+#: and the clients' retry budgets end well before it, so a long outage leaves work PENDING for the next run
+TASK_TIMEOUT = timedelta(minutes=45)
+
+
 def default_args(owner: str = "returnledger") -> dict:
-    """default_args every DAG of the project uses: owner, retries, failure notifiers."""
+    """default_args every DAG of the project uses: owner, retries, failure notifiers, a hard time limit."""
     from returnledger.notify import failure_callbacks
 
     return {"owner": owner, "retries": 2, "retry_delay": timedelta(minutes=2),
-            "retry_exponential_backoff": True, "on_failure_callback": failure_callbacks()}
+            "retry_exponential_backoff": True, "on_failure_callback": failure_callbacks(),
+            "execution_timeout": TASK_TIMEOUT}
 
 
 #: cron presets a user may set in RETURNLEDGER_SYNC_SCHEDULE, as the cron lines they stand for

@@ -41,6 +41,7 @@ def test_policy(dagbag):
             assert t.owner and t.owner != "airflow", f"{dag_id}.{t.task_id} has no owner"
             assert t.retries >= 2, f"{dag_id}.{t.task_id} retries {t.retries} < 2"
             assert t.on_failure_callback, f"{dag_id}.{t.task_id} has no failure notifier"
+            assert t.execution_timeout is not None, f"{dag_id}.{t.task_id} has no execution_timeout"
 
 
 def test_sync_routes_with_labels_and_pool(dagbag):
