@@ -83,9 +83,13 @@ def _amazon(sb, **kw):
     from returnledger.clients.amazon import AmazonVendorClient
 
     ex = sb.amazon_extra
+    throttled = sb.scenario.faults.amazon.throttle is not None
+    # Amazon's own quota (10/s) is a production setting; without a throttle fault the tests go faster
+    kw.setdefault("rate_per_s", ex["rate_per_s"] if throttled else 200)
+    kw.setdefault("burst", ex["burst"] if throttled else 50)
     return AmazonVendorClient(sb.amazon_url, lwa_url=sb.lwa_url, refresh_token=sb.lwa_refresh_token,
                               lwa_client_id=sb.lwa_client_id, lwa_client_secret=sb.lwa_client_secret,
-                              rate_per_s=ex["rate_per_s"], burst=ex["burst"], backoff_max_s=0.2, **kw)
+                              backoff_max_s=0.2, **kw)
 
 
 def _vendor(sb) -> dict:
