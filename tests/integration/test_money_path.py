@@ -426,3 +426,24 @@ def test_generated_shared_notice_month_matches_expected(ledger, tmp_path):
                 pass
         sb.dump()
     assert _credits(_requests(tmp_path / "out")) == expected["credits"]
+
+
+def test_circuit_breaker_stops_a_push_step_during_an_outage(ledger, tmp_path):
+    """Amazon answers every request with 5xx: the step stops after BREAKER_FAILURES notes, leaves every
+    note PENDING (same ids) for the next run and does not hold the pool retrying each note in turn."""
+    from returnledger.sandbox.harness import run_sandbox
+
+    rows = [(f"RB-1-{i:07d}", f"RN-{i}", "SKU-A", "2026-10-05", 1, 1) for i in range(1, 13)]
+    scenario = _scenario(rows, faults={"amazon": {"error_rate": 1.0}})
+    path = _start(ledger, scenario, tmp_path)
+    with run_sandbox(path, tmp_path / "out", faults=True) as sb:
+        end, batch = _sync_without_push(ledger, sb, date(2026, 10, 5))
+        stats = sync.push_credits(ledger, _amazon(sb, max_attempts=3), party_id="VNDR1", at=end, batch_id=batch)
+    assert stats["calls"] == amazon_push.BREAKER_FAILURES
+    assert stats["stopped_by_breaker"] == 12 - amazon_push.BREAKER_FAILURES
+    with db.connect(ledger) as conn:
+        assert dict(conn.execute("SELECT status, count(*) FROM ledger.amazon_submission WHERE kind = 'CREDIT_NOTE'"
+                                 " GROUP BY 1").fetchall()) == {"PENDING": 12}
+        attempts = conn.execute("SELECT count(*), count(DISTINCT document_id) FROM ledger.submission_attempt"
+                                ).fetchone()
+    assert attempts == (3 * amazon_push.BREAKER_FAILURES, amazon_push.BREAKER_FAILURES)
