@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -267,21 +267,25 @@ def test_dag_test_of_operating_checks_mails_one_digest_per_team(airflow_env, smt
     out = _dag_test(airflow_env, "returns_operating_checks",
                     {"AIRFLOW_CONN_SMTP_DEFAULT": smtp_uri(smtp.port), "AIRFLOW_CONN_RETURNS_DB": json.dumps(conn),
                      "AIRFLOW_VAR_RETURNLEDGER_DIGEST_DIR": str(tmp_path / "digests")},
-                    logical=AS_OF.isoformat())
+                    # the run listed under 9 Oct covers [9 Oct 07:00, 10 Oct 07:00): dag.test() asks for it by
+                    # its interval end, and its "as of" is that end
+                    logical=(AS_OF + timedelta(hours=7)).isoformat())
     assert "STATE success" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
     msgs = smtp.wait_for(4)
     assert sorted(r[0] for r, _ in msgs) == ["finance@localhost", "integration@localhost", "operations@localhost",
                                              "warehouse@localhost"]
+    # as of 10 Oct 07:00 the seeded sync (finished 9 Oct 00:09) is more than 26 h old: a second SYNC_STALLED
+    expected = {**EXPECTED_DAILY, "integration": {"open": 2, "new": 2, "stalled_submissions": 1, "sync_late": 1}}
     for rcpt, msg in msgs:
         team = rcpt[0].split("@")[0]
         got = counts_of(msg)
-        assert {k: got[k] for k in EXPECTED_DAILY[team]} == EXPECTED_DAILY[team], team
+        assert {k: got[k] for k in expected[team]} == expected[team], team
     assert sorted(p.name for p in (tmp_path / "digests").iterdir()) == [
         "daily-2026-10-10-finance.html", "daily-2026-10-10-integration.html", "daily-2026-10-10-operations.html",
         "daily-2026-10-10-warehouse.html", "daily-2026-10-10.json"]
     with db.connect(fresh_db) as c:
-        assert c.execute("SELECT subject_key FROM ledger.exception WHERE type = 'SYNC_STALLED'").fetchall() == \
-            [("submission:credit:R-2:1",)]
+        assert sorted(c.execute("SELECT subject_key FROM ledger.exception WHERE type = 'SYNC_STALLED'").fetchall()) \
+            == [("submission:credit:R-2:1",), ("sync:returns_sync",)]
 
 
 @pytest.mark.slow
