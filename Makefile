@@ -29,8 +29,8 @@ venv: $(VENV)/.installed ## create .venv and install the pinned stack
 test: venv ## run the whole test suite (fresh PostgreSQL database per run; embedded server if none configured)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-demo: venv ## run SCENARIO (default small-month) through Airflow into OUT and print the summary
-	$(VENV)/bin/returnledger demo --scenario $(SCENARIO) --out $(OUT)
+demo: venv ## run SCENARIO (default small-month) through Airflow into OUT: a line per day, the summary; log in OUT/demo.log
+	@$(VENV)/bin/returnledger demo --scenario $(SCENARIO) --out $(OUT)
 
 db: venv ## start the embedded PostgreSQL under .local/ and print its DSN
 	$(VENV)/bin/returnledger db start

@@ -56,17 +56,15 @@ def _cmd_settings(args) -> int:
 def _cmd_demo(args) -> int:
     from datetime import date
 
-    from returnledger.runner import print_summary, run_scenario
+    from returnledger.runner import demo
 
     days = None
     if args.days:
         a, _, b = args.days.partition(":")
         days = (date.fromisoformat(a), date.fromisoformat(b or a))
-    s = run_scenario(Path(args.scenario), Path(args.out), keep_db=args.keep_db, faults=not args.no_faults,
-                     days=days, close=not args.no_close)
-    print_summary(s)
-    print(f"\noutputs in {Path(args.out).resolve()} ({s['seconds']} s)")
-    return 0
+    # one line per day and the summary on screen, the rest in OUT/demo.log; Ctrl-C / SIGTERM stop it
+    return demo(Path(args.scenario), Path(args.out), keep_db=args.keep_db, faults=not args.no_faults,
+                days=days, close=not args.no_close)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("airflow-settings", help="airflow_settings.yaml as shell exports (or --pools)")
     s.add_argument("--pools", action="store_true")
     s.set_defaults(func=_cmd_settings)
-    demo = sub.add_parser("demo", help="run a whole scenario through Airflow and write the outputs")
+    demo = sub.add_parser("demo", help="run a whole scenario through Airflow and write the outputs "
+                                       "(screen: one line per day and the summary; the rest: OUT/demo.log)")
     demo.add_argument("--scenario", required=True)
     demo.add_argument("--out", default="out")
     demo.add_argument("--keep-db", action="store_true", help="do not start from a clean ledger")

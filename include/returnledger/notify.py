@@ -9,10 +9,11 @@ mail is sent, never at parse time:
   for the digests (default ``<team>@localhost``);
 - the sender is the connection's ``from_email`` extra, else ``returnledger@localhost``.
 
-A failure notifier that cannot send only logs: an unreachable mail server must
-never hide the original failure. Messages are built in Python from the context
-(task-level and DAG-level callbacks get different contexts; a DAG run that
-failed has no single ``exception``), so nothing depends on Jinja finding keys.
+A failure notifier that cannot send only logs an error (one line, no
+traceback): an unreachable mail server must never hide the original failure.
+Messages are built in Python from the context (task-level and DAG-level
+callbacks get different contexts; a DAG run that failed has no single
+``exception``), so nothing depends on Jinja finding keys.
 """
 from __future__ import annotations
 
@@ -107,15 +108,19 @@ class FailureNotifier:
         self.__name__ = f"returnledger_{level}_failure_mail"
 
     def __call__(self, context) -> None:
+        to = self.to
         try:
             from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
             subject, body = failure_message(context, self.level)
-            to = self.to or _variable("returnledger_alert_to", DEFAULT_ALERT_TO)
+            to = to or _variable("returnledger_alert_to", DEFAULT_ALERT_TO)
             SmtpNotifier(to=to, from_email=_from_email(self.smtp_conn_id), subject=subject, html_content=body,
                          smtp_conn_id=self.smtp_conn_id).notify(context)
-        except Exception:
-            log.exception("returnledger: could not send the %s failure mail", self.level)
+        except Exception as e:
+            # an error, not a traceback: no mail server (connection refused, timeout) is an operating
+            # condition, and the failure this mail was about is logged by log_failure / Airflow anyway
+            log.error("returnledger: could not send the %s failure mail to %s through connection %s: %s: %s",
+                      self.level, to or "?", self.smtp_conn_id, type(e).__name__, e)
 
     def __repr__(self) -> str:
         return f"FailureNotifier(level={self.level!r}, to={self.to!r})"
