@@ -182,7 +182,7 @@ SHARED = [("RB-1-0000001", "RN-SHARED-1", "SKU-A", "2026-10-05", 1, 1),
 def _expected(scenario) -> dict:
     cost = _unit_cost(scenario)
     out: dict[str, dict] = {}
-    for rid, notice, sku, _, _, rec in SHARED:
+    for _rid, notice, sku, _, _, rec in SHARED:
         c = out.setdefault(f"{notice}|{sku}", {"quantity": 0, "amount": Decimal(0)})
         c["quantity"] += rec
         c["amount"] += cost[sku] * rec

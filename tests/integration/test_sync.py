@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from collections import Counter
 from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from returnledger import reference, sync
 from returnledger.store import db
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_money_path import _credits  # noqa: E402  (one reading of Amazon's request log)
 
 pytestmark = pytest.mark.integration
 
@@ -69,24 +73,6 @@ def _all_days(scenario):
 
 def _requests(out) -> list[dict]:
     return [json.loads(x) for x in (out / "amazon_requests.jsonl").read_text().splitlines() if x.strip()]
-
-
-def _credits(requests) -> dict:
-    """Credit notes taken in with 202, per returns notice and SKU (as check.py sums them)."""
-    notes = {}
-    for r in requests:
-        if r["method"] == "POST" and r["path"].endswith("/invoices") and r["status"] == 202:
-            for inv in r["body"]["invoices"]:
-                notes[inv["id"]] = inv
-    out = {}
-    for inv in notes.values():
-        notice = inv["creditNoteDetails"]["returnsReferenceNumber"]
-        for item in inv["items"]:
-            c = out.setdefault(f"{notice}|{item['vendorProductIdentifier']}", {"quantity": 0, "amount": Decimal(0)})
-            c["quantity"] += item["invoicedQuantity"]["amount"]
-            c["amount"] += Decimal(item["netCost"]["amount"]) * item["invoicedQuantity"]["amount"]
-    return {k: {"quantity": v["quantity"], "amount": str(v["amount"].quantize(Decimal("0.01")))}
-            for k, v in out.items()}
 
 
 @pytest.fixture(scope="module")
