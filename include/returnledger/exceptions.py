@@ -6,10 +6,13 @@ include/reference/owners.yaml). The partial unique index
 so raising is idempotent: a rerun or a second detector adds nothing.
 
 People then work the queue (console page, ``returnledger exceptions ...``):
-resolve, dismiss, retry a rejected credit note, or fix the cause and
-resolve in one step (add the reason mapping, add the SKU). Each action is
-one transaction that also writes ``ledger.audit_log``; the sync releases
-held events on its next run.
+resolve, dismiss, retry a rejected credit note, fix the cause and
+resolve in one step (add the reason mapping, add the SKU), or keep one body
+of an event id ReBound sent twice with different contents (EVENT_CONFLICT).
+Each action is one transaction that also writes ``ledger.audit_log``; the
+sync releases held events on its next run, and events an action sends back
+(``replay_events``: a resolved INVALID_EVENT or INVALID_RETURN_ORDER, a kept
+body) are validated and applied by that run like a new delivery.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ DEFAULT_OWNERS = {  # used only when owners.yaml has not been loaded (design.md 
     "UNMAPPED_REASON_CODE": "operations", "SKU_MISMATCH": "operations", "INVALID_EVENT": "integration",
     "OUT_OF_SEQUENCE": "integration", "QUANTITY_MISMATCH": "warehouse", "AMAZON_REJECTED": "integration",
     "CREDIT_MISSING": "finance", "DARK_RETURN": "warehouse", "CREDIT_MISMATCH": "finance",
-    "SYNC_STALLED": "integration",
+    "SYNC_STALLED": "integration", "EVENT_CONFLICT": "integration", "INVALID_RETURN_ORDER": "integration",
 }
 
 
@@ -47,6 +50,41 @@ class NewException:
 
 def line_subject(return_id: str, line: int) -> str:
     return f"{return_id}|{line}"
+
+
+def event_subject(event_id: str) -> str:
+    """Subject of an EVENT_CONFLICT: the event id that arrived with more than one body."""
+    return f"event:{event_id}"
+
+
+def order_subject(return_id: str) -> str:
+    """Subject of an INVALID_RETURN_ORDER: the return whose order failed its own checks."""
+    return f"order:{return_id}"
+
+
+_REPLAY_SQL = """
+WITH target AS (
+    SELECT x.raw_id FROM unnest(%(ids)s::bigint[]) AS x(raw_id)
+    LEFT JOIN ledger.event_outcome o USING (raw_id)
+    WHERE o.status IS NULL OR o.status IN ('HELD', 'INVALID')
+), held AS (
+    DELETE FROM ledger.held_event h USING target t WHERE h.raw_id = t.raw_id
+), failed AS (
+    DELETE FROM ledger.validation_failure f USING target t WHERE f.raw_id = t.raw_id
+), decided AS (
+    DELETE FROM ledger.event_outcome o USING target t WHERE o.raw_id = t.raw_id
+)
+SELECT count(*) FROM target
+"""
+
+
+def replay_events(conn: psycopg.Connection, raw_ids: list[int]) -> int:
+    """Send held or invalid raw events back through the sync: the next run validates them again and, if
+    they pass, applies them (the same path a new delivery takes). The raw rows are untouched; applied
+    events never go back. Returns how many events will be examined again."""
+    if not raw_ids:
+        return 0
+    return conn.execute(_REPLAY_SQL, {"ids": list(raw_ids)}).fetchone()[0]
 
 
 _RAISE_SQL = """
@@ -116,7 +154,7 @@ def resolve_open(conn: psycopg.Connection, type_: ExceptionType, subject_keys: l
 DEFAULT_SLA_DAYS = {
     "UNMAPPED_REASON_CODE": 2, "SKU_MISMATCH": 2, "INVALID_EVENT": 3, "OUT_OF_SEQUENCE": 3,
     "QUANTITY_MISMATCH": 5, "AMAZON_REJECTED": 2, "CREDIT_MISSING": 5, "DARK_RETURN": 3,
-    "CREDIT_MISMATCH": 5, "SYNC_STALLED": 1,
+    "CREDIT_MISMATCH": 5, "SYNC_STALLED": 1, "EVENT_CONFLICT": 2, "INVALID_RETURN_ORDER": 2,
 }
 
 _EXC_COLUMNS = ("exception_id, type, owner, status, subject_key, return_id, line, sku, amazon_return_id, raw_id,"
@@ -190,24 +228,162 @@ def exception_subject(exception_id: int) -> str:
 
 def resolve_exception(dsn_or_conn, exception_id: int, *, actor: str, resolution: str, at: datetime) -> dict:
     """Record that a person fixed the cause. Holding exceptions release their events on the next sync run
-    (the sync raises the exception again if the cause is in fact still there)."""
+    (the sync raises the exception again if the cause is in fact still there).
+
+    INVALID_EVENT: the event is examined again by the next sync run (validated, then applied if it now
+    passes). INVALID_RETURN_ORDER: the return's held events are examined again. EVENT_CONFLICT is resolved
+    by choosing a body: the resolution must say which one ("keep raw <raw_id>"), see ``pick_event_body``.
+    """
     actor, resolution = _require(actor, "actor"), _require(resolution, "resolution")
     with _unit_of_work(dsn_or_conn) as conn:
         row = _lock_open(conn, exception_id, action="resolve")
+        if row["type"] == ExceptionType.EVENT_CONFLICT:
+            return _pick_body(conn, row, _chosen_raw_id(conn, row, resolution), actor=actor, at=at,
+                              why=resolution)
         out = _close(conn, exception_id, status="resolved", actor=actor, resolution=resolution, at=at)
+        replayed = _replay_for(conn, row)
         _audit(conn, at=at, actor=actor, action="exception.resolve", subject=exception_subject(exception_id),
-               detail={"type": row["type"], "subject_key": row["subject_key"], "why": resolution})
+               detail={"type": row["type"], "subject_key": row["subject_key"], "why": resolution,
+                       **({"replayed_events": replayed} if replayed else {})})
+    if replayed:
+        out["replayed_events"] = replayed
     return out
 
 
 def dismiss_exception(dsn_or_conn, exception_id: int, *, actor: str, reason: str, at: datetime) -> dict:
-    """Close an exception that needs no fix (a known test return, a duplicate report); the reason is kept."""
+    """Close an exception that needs no fix (a known test return, a duplicate report); the reason is kept.
+
+    A dismissed INVALID_EVENT stays invalid for good. The held events of a dismissed INVALID_RETURN_ORDER
+    are examined again (they wait again if the order still fails). An EVENT_CONFLICT cannot be dismissed:
+    its line waits until one of the bodies is chosen.
+    """
     actor, reason = _require(actor, "actor"), _require(reason, "reason")
     with _unit_of_work(dsn_or_conn) as conn:
         row = _lock_open(conn, exception_id, action="dismiss")
+        if row["type"] == ExceptionType.EVENT_CONFLICT:
+            raise ExceptionActionError(
+                f"cannot dismiss exception {exception_id}: an EVENT_CONFLICT holds its line until one body is "
+                f"chosen; {_versions_hint(conn, row)}")
         out = _close(conn, exception_id, status="dismissed", actor=actor, resolution=reason, at=at)
+        replayed = _replay_for(conn, row) if row["type"] == ExceptionType.INVALID_RETURN_ORDER else 0
         _audit(conn, at=at, actor=actor, action="exception.dismiss", subject=exception_subject(exception_id),
-               detail={"type": row["type"], "subject_key": row["subject_key"], "why": reason})
+               detail={"type": row["type"], "subject_key": row["subject_key"], "why": reason,
+                       **({"replayed_events": replayed} if replayed else {})})
+    if replayed:
+        out["replayed_events"] = replayed
+    return out
+
+
+def _replay_for(conn: psycopg.Connection, row: dict) -> int:
+    """Events a closed exception sent back through the sync (same path as a new delivery)."""
+    if row["type"] == ExceptionType.INVALID_EVENT and row["raw_id"] is not None:
+        return replay_events(conn, [row["raw_id"]])
+    if row["type"] == ExceptionType.INVALID_RETURN_ORDER:
+        ids = [r[0] for r in conn.execute(
+            "SELECT raw_id FROM ledger.held_event WHERE reason = 'INVALID_RETURN_ORDER'"
+            " AND (exception_id = %s OR (%s::text IS NOT NULL AND return_id = %s))",
+            (row["exception_id"], row["return_id"], row["return_id"]))]
+        return replay_events(conn, ids)
+    return 0
+
+
+# --- EVENT_CONFLICT: pick the body that is right ------------------------------------------------------
+
+_VERSIONS_SQL = """
+SELECT c.raw_id, c.chosen, COALESCE(o.status, 'NEW') AS status, r.body_problem
+FROM ledger.event_conflict c JOIN ledger.raw_event r USING (raw_id)
+LEFT JOIN ledger.event_outcome o USING (raw_id)
+WHERE c.event_id = %s ORDER BY c.raw_id FOR UPDATE OF c
+"""
+
+
+def _conflict_event_id(row: dict) -> str:
+    key = row["subject_key"]
+    if not key.startswith("event:"):
+        raise ExceptionActionError(f"exception {row['exception_id']} names no event id ({key!r})")
+    return key[len("event:"):]
+
+
+def _versions(conn: psycopg.Connection, row: dict) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(_VERSIONS_SQL, (_conflict_event_id(row),)).fetchall()
+
+
+def _versions_hint(conn: psycopg.Connection, row: dict) -> str:
+    open_ = [v for v in _versions(conn, row) if v["chosen"] is not False]
+    listed = ", ".join(f"raw {v['raw_id']} ({v['status'].lower()})" for v in open_) or "none stored"
+    return (f"pick one with `returnledger exceptions pick {row['exception_id']} <raw_id>` or resolve with "
+            f"'keep raw <raw_id>' (bodies: {listed})")
+
+
+def _chosen_raw_id(conn: psycopg.Connection, row: dict, text: str) -> int:
+    """The raw id a resolution text chooses: 'keep raw 123', or the one raw id it names."""
+    import re
+
+    keep = re.search(r"\bkeep\s+raw\s*[:#]?\s*(\d+)", text, re.IGNORECASE)
+    if keep:
+        return int(keep.group(1))
+    named = {int(m) for m in re.findall(r"\braw\s*[:#]?\s*(\d+)", text, re.IGNORECASE)}
+    if len(named) == 1:
+        return named.pop()
+    raise ExceptionActionError(
+        f"cannot resolve exception {row['exception_id']} without choosing a body: {_versions_hint(conn, row)}")
+
+
+def pick_event_body(dsn_or_conn, exception_id: int, raw_id: int, *, actor: str, at: datetime,
+                    why: str | None = None) -> dict:
+    """Resolve an EVENT_CONFLICT by choosing the body that is right, atomically.
+
+    The chosen body goes on: if it was held for the conflict it is examined again by the next sync run
+    (validated, then applied), and the line's other held events follow through the usual release. Every
+    other body of the event id is SUPERSEDED (kept, never applied; an open INVALID_EVENT of one is
+    resolved). A body the ledger already applied before the conflict was seen cannot be taken back, so
+    when one was applied only that one can be chosen.
+    """
+    actor = _require(actor, "actor")
+    with _unit_of_work(dsn_or_conn) as conn:
+        row = _lock_open(conn, exception_id, types={"EVENT_CONFLICT"}, action="pick a body for")
+        return _pick_body(conn, row, int(raw_id), actor=actor, at=at, why=why)
+
+
+def _pick_body(conn: psycopg.Connection, row: dict, raw_id: int, *, actor: str, at: datetime,
+               why: str | None) -> dict:
+    exception_id, event_id = row["exception_id"], _conflict_event_id(row)
+    undecided = [v for v in _versions(conn, row) if v["chosen"] is not False]
+    if raw_id not in {v["raw_id"] for v in undecided}:
+        raise ExceptionActionError(f"cannot pick raw {raw_id} for exception {exception_id}: it is not an open "
+                                   f"body of event {event_id!r}; {_versions_hint(conn, row)}")
+    applied = [v["raw_id"] for v in undecided if v["raw_id"] != raw_id and v["status"] == "APPLIED"]
+    if applied:
+        raise ExceptionActionError(
+            f"cannot pick raw {raw_id} for exception {exception_id}: raw {applied[0]} was applied to the line "
+            f"before the conflict was seen and cannot be taken back; pick raw {applied[0]} and ask ReBound "
+            f"to send a correcting event under a new id")
+    chosen = next(v for v in undecided if v["raw_id"] == raw_id)
+    losers = [v["raw_id"] for v in undecided if v["raw_id"] != raw_id]
+    batch = f"manual:pick:{exception_id}"
+    conn.execute("UPDATE ledger.event_conflict SET chosen = (raw_id = %s), decided_at = %s, decided_by = %s"
+                 " WHERE event_id = %s AND chosen IS NOT FALSE", (raw_id, at, actor, event_id))
+    if losers:
+        detail = f"superseded: raw {raw_id} was chosen for event {event_id} (exception {exception_id})"
+        conn.execute("DELETE FROM ledger.held_event WHERE raw_id = ANY(%s)", (losers,))
+        conn.execute("""INSERT INTO ledger.event_outcome (raw_id, status, detail, batch_id, decided_at)
+                        SELECT x, 'SUPERSEDED', %s, %s, %s FROM unnest(%s::bigint[]) AS x
+                        ON CONFLICT (raw_id) DO UPDATE SET status = 'SUPERSEDED', detail = EXCLUDED.detail,
+                               batch_id = EXCLUDED.batch_id, decided_at = EXCLUDED.decided_at""",
+                     (detail, batch, at, losers))
+        conn.execute("UPDATE ledger.exception SET status = 'resolved', resolved_at = %s, resolved_by = %s,"
+                     " resolution = %s WHERE status = 'open' AND type = 'INVALID_EVENT' AND raw_id = ANY(%s)",
+                     (at, actor, detail, losers))
+    replayed = replay_events(conn, [raw_id]) if chosen["status"] in ("HELD", "NEW") else 0
+    text = f"kept raw {raw_id}" + (f"; superseded raw {', '.join(map(str, losers))}" if losers else "")
+    if why and why.strip():
+        text += f": {why.strip()}"
+    out = _close(conn, exception_id, status="resolved", actor=actor, resolution=text, at=at)
+    _audit(conn, at=at, actor=actor, action="exception.pick_body", subject=exception_subject(exception_id),
+           detail={"type": row["type"], "subject_key": row["subject_key"], "event_id": event_id,
+                   "chosen_raw_id": raw_id, "superseded_raw_ids": losers, "why": why})
+    out.update({"chosen_raw_id": raw_id, "superseded_raw_ids": losers, "replayed_events": replayed})
     return out
 
 
@@ -456,18 +632,32 @@ def exception_detail(conn: psycopg.Connection, exception_id: int) -> dict:
             " OR line IS NULL OR line = %(line)s)) ORDER BY held_at, raw_id",
             {"id": exception_id, "rid": rid, "line": line}).fetchall()
         # raw payloads: the exception's own event, held events, and every event of the line (or return)
+        # raw payloads: the exception's own event, held events, and every event of the line (or return);
+        # for an EVENT_CONFLICT every body of the event id. Bytes the payload column could not hold as
+        # received are shown as stored (bytea, escape format) with the reason.
+        conflict_of = (exc["subject_key"][len("event:"):] if exc["type"] == "EVENT_CONFLICT"
+                       and exc["subject_key"].startswith("event:") else None)
         out["raw_events"] = cur.execute(
             "SELECT raw_id, r.event_key, r.event_id, r.payload, r.delivered_at, r.received_at, r.batch_id,"
             " r.deliveries,"
-            " COALESCE(o.status, 'NEW') AS status, o.detail AS status_detail"
+            " COALESCE(o.status, 'NEW') AS status, o.detail AS status_detail,"
+            " r.body_problem, encode(r.body, 'escape') AS body_as_received"
             " FROM ledger.raw_event r LEFT JOIN ledger.event_outcome o USING (raw_id)"
             " WHERE raw_id = %(raw)s"
             "    OR raw_id IN (SELECT raw_id FROM ledger.held_event WHERE exception_id = %(id)s)"
+            "    OR raw_id IN (SELECT raw_id FROM ledger.event_conflict WHERE event_id = %(eid)s)"
             "    OR (%(rid)s::text IS NOT NULL AND r.return_id = %(rid)s"
             "        AND (%(line)s::int IS NULL OR NOT (r.payload ? 'line')"
             "             OR r.payload->>'line' = %(line)s::text))"
             " ORDER BY r.delivered_at NULLS LAST, raw_id",
-            {"raw": exc["raw_id"], "id": exception_id, "rid": rid, "line": line}).fetchall()
+            {"raw": exc["raw_id"], "id": exception_id, "rid": rid, "line": line, "eid": conflict_of}).fetchall()
+        if exc["type"] == "INVALID_RETURN_ORDER":
+            out["rejected_return_orders"] = cur.execute(
+                "SELECT rejected_id, return_id, problems, payload, encode(body, 'escape') AS body_as_received,"
+                " first_seen_at, last_seen_at, batch_id, cleared_at FROM ledger.return_order_rejected"
+                " WHERE return_id = %(rid)s OR (%(rid)s::text IS NULL AND %(key)s LIKE 'order:?%%'"
+                "      AND 'order:?' || body_md5 = %(key)s)"
+                " ORDER BY last_seen_at DESC, rejected_id", {"rid": rid, "key": exc["subject_key"]}).fetchall()
         if exc["amazon_return_id"] is not None:
             out["amazon_return"] = cur.execute("SELECT * FROM ledger.amazon_return WHERE amazon_return_id = %s",
                                                (exc["amazon_return_id"],)).fetchone()
@@ -568,6 +758,8 @@ def _cli_action(args) -> int:
             out = resolve_with_mapping(dsn, args.id, args.amazon_reason, actor=actor, at=at)
         elif args.action == "sku":
             out = resolve_with_sku(dsn, args.id, args.asin, args.unit_cost, args.available, actor=actor, at=at)
+        elif args.action == "pick":
+            out = pick_event_body(dsn, args.id, args.raw_id, actor=actor, at=at, why=args.why)
         else:  # pragma: no cover - argparse restricts the choices
             raise SystemExit(f"unknown action {args.action}")
     except (ExceptionNotFound, ExceptionActionError) as exc:
@@ -591,7 +783,7 @@ def _cli_show(args) -> int:
 
 
 def register_cli(subparsers) -> None:
-    """``returnledger exceptions list|show|resolve|dismiss|retry|map|sku``."""
+    """``returnledger exceptions list|show|resolve|dismiss|retry|map|sku|pick``."""
     p = subparsers.add_parser("exceptions", help="work the exception queue")
     sub = p.add_subparsers(dest="exceptions_command", required=True)
 
@@ -639,3 +831,10 @@ def register_cli(subparsers) -> None:
     sk.add_argument("unit_cost")
     sk.add_argument("available", type=int)
     sk.set_defaults(func=_cli_action, action="sku")
+
+    pk = sub.add_parser("pick", help="EVENT_CONFLICT: keep one stored body of the event id, supersede the others")
+    common(pk)
+    pk.add_argument("id", type=int)
+    pk.add_argument("raw_id", type=int, help="raw id of the body that is right (see `exceptions show`)")
+    pk.add_argument("--why", default=None, help="how you know (e.g. the ReBound ticket)")
+    pk.set_defaults(func=_cli_action, action="pick")

@@ -69,6 +69,8 @@ class ExceptionType(StrEnum):
     DARK_RETURN = "DARK_RETURN"
     CREDIT_MISMATCH = "CREDIT_MISMATCH"
     SYNC_STALLED = "SYNC_STALLED"
+    EVENT_CONFLICT = "EVENT_CONFLICT"              # an event id delivered again with another body
+    INVALID_RETURN_ORDER = "INVALID_RETURN_ORDER"  # a ReBound return order that fails its own checks
 
 
 #: exceptions that hold a line's events until they are resolved

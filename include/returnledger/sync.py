@@ -25,8 +25,23 @@ import msgspec
 import psycopg
 
 from returnledger import lifecycle
-from returnledger.exceptions import NewException, line_subject, raise_exceptions, resolve_open
-from returnledger.models import RETURN_ID_PATTERN, ActionKind, EventType, ExceptionType, LineState
+from returnledger.exceptions import (
+    NewException,
+    event_subject,
+    line_subject,
+    order_subject,
+    raise_exceptions,
+    resolve_open,
+)
+from returnledger.models import (
+    RETURN_ID_PATTERN,
+    ActionKind,
+    Disposition,
+    EventType,
+    ExceptionType,
+    Grade,
+    LineState,
+)
 from returnledger.store.db import connect, copy_into, copy_rows, raw_json
 
 log = logging.getLogger(__name__)
@@ -73,25 +88,92 @@ def _parse_text_time(v: str) -> datetime | None:
         t = datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    t = t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    try:
+        t.astimezone(timezone.utc)   # an offset that pushes the instant beyond year 1..9999 is no time
+    except OverflowError:
+        return None
+    return t
 
 
 def _text(v: Any) -> str | None:
-    """The validation rule for text fields: a non-empty JSON string, else null (a NUL character, which
-    PostgreSQL text cannot hold, is kept as the visible escape ``\\u0000``)."""
+    """The validation rule for text fields: a non-empty JSON string, else null. Characters PostgreSQL text
+    cannot hold are kept visible as their escapes: NUL as ``\\u0000``, a lone surrogate as ``\\ud800``."""
     if not isinstance(v, str) or not v:
         return None
-    return v.replace("\x00", "\\u0000") if "\x00" in v else v
+    if "\x00" in v:
+        v = v.replace("\x00", "\\u0000")
+    if not v.isascii():
+        try:
+            v.encode()
+        except UnicodeEncodeError:
+            v = "".join(f"\\u{ord(c):04x}" if "\ud800" <= c <= "\udfff" else c for c in v)
+    return v
 
 
 # a JSON \u0000 escape (one not itself escaped): PostgreSQL's jsonb cannot hold U+0000
 _NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+# JSON escapes read left to right, so an escaped backslash followed by "u0000" is never taken for an escape
+_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
 
 
 def _storable(body: bytes) -> bytes:
     """The payload as received, except that a \\u0000 escape becomes the literal text ``\\u0000``:
     jsonb refuses U+0000, and one such event must not stop the whole feed."""
     return _NUL_ESCAPE.sub(rb"\1\\\\u0000", body) if b"\\u0000" in body else body
+
+
+def _screen(body: bytes) -> tuple[bytes | None, bytes | None, str | None]:
+    """How one delivery is stored: (what the jsonb payload column gets, the exact bytes to keep beside it,
+    why the delivery cannot be read as an event).
+
+    Nearly every event takes the first line: valid UTF-8 without escapes jsonb refuses is stored as it is.
+    Bytes that are not UTF-8 are kept as bytes only (no payload). A \\u0000 escape or a lone surrogate
+    escape (``\\ud800``, no character at all) becomes visible literal text in the payload, and the exact
+    bytes are kept too; a lone surrogate also makes the event unreadable (INVALID_EVENT).
+    """
+    if not body.isascii():
+        try:
+            body.decode()
+        except UnicodeDecodeError as exc:
+            return None, body, f"not valid UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start})"
+    if b"\\u" not in body:
+        return body, None, None
+    spans: list[tuple[int, int]] = []
+    lone: list[str] = []
+    high = None
+    for m in _ESCAPE.finditer(body):
+        code = m.group(1)
+        cp = int(code, 16) if code is not None else -1
+        if high is not None:
+            if 0xDC00 <= cp <= 0xDFFF and m.start() == high.end():
+                high = None
+                continue  # a surrogate pair: one character
+            spans.append(high.span())
+            lone.append(high.group(1).decode())
+            high = None
+        if 0xD800 <= cp <= 0xDBFF:
+            high = m
+        elif 0xDC00 <= cp <= 0xDFFF:
+            spans.append(m.span())
+            lone.append(code.decode())
+        elif cp == 0:
+            spans.append(m.span())
+    if high is not None:
+        spans.append(high.span())
+        lone.append(high.group(1).decode())
+    if not spans:
+        return body, None, None
+    out, last = bytearray(), 0
+    for start, end in sorted(spans):
+        out += body[last:start] + b"\\" + body[start:end]   # "\\ud800": the escape as literal text
+        last = end
+    out += body[last:]
+    problem = None
+    if lone:
+        shown = ", ".join(dict.fromkeys(f"\\u{c.lower()}" for c in lone))
+        problem = f"lone surrogate escape {shown} (not a character; no database text can hold it)"
+    return bytes(out), body, problem
 
 
 def _whole(v: Any) -> int | None:
@@ -103,6 +185,16 @@ def _whole(v: Any) -> int | None:
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
         return int(v)
     return None
+
+
+INT4_MAX = 2**31 - 1
+
+
+def _int4(v: Any) -> int | None:
+    """A whole number an int4 column holds as it is, else null: binary COPY would wrap a larger one
+    (line 4294967297 would land as line 1)."""
+    w = _whole(v)
+    return w if w is not None and -INT4_MAX - 1 <= w <= INT4_MAX else None
 
 
 # --------------------------------------------------------------------------- extract
@@ -119,6 +211,23 @@ class _EventHead(msgspec.Struct):
 
 _HEAD = msgspec.json.Decoder(_EventHead)
 _NO_HEAD = _EventHead()
+_UNREADABLE = object()
+_HEAD_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError)
+
+
+def _lenient(body: bytes) -> Any:
+    """The JSON value of bytes msgspec refuses (lone surrogates, numbers beyond float, invalid UTF-8 inside
+    strings), read by Python's json with undecodable bytes as surrogate escapes; else ``_UNREADABLE``."""
+    try:
+        return json.loads(body.decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError):
+        return _UNREADABLE
+
+
+def _head_of(value: Any) -> _EventHead:
+    if not isinstance(value, dict):
+        return _NO_HEAD
+    return _EventHead(**{k: value.get(k) for k in _EventHead.__struct_fields__})
 
 
 def event_key(payload: Any) -> str:
@@ -129,34 +238,106 @@ def event_key(payload: Any) -> str:
     return "noid:" + md5(body.encode()).hexdigest()
 
 
-def _raw_rows(events: list[Any]) -> dict[str, list]:
+def _noid_key(body: bytes) -> str:
+    try:
+        return event_key(msgspec.json.decode(body))
+    except _HEAD_ERRORS:
+        pass
+    value = _lenient(body)
+    if value is not _UNREADABLE:
+        try:
+            return event_key(value)
+        except (ValueError, TypeError, RecursionError):
+            pass
+    return "noid:" + md5(body).hexdigest()
+
+
+def _comparable(body: bytes) -> Any:
+    """What two deliveries of one event id must share to be the same event: the decoded body without
+    ``delivered_at`` (a redelivery differs only there), or the bytes themselves when they cannot be read."""
+    try:
+        value = msgspec.json.decode(body)
+    except _HEAD_ERRORS:
+        value = _lenient(body)
+        if value is _UNREADABLE:
+            return body
+    if isinstance(value, dict):
+        value.pop("delivered_at", None)
+    return value
+
+
+def _stored_comparable(payload: Any, body: bytes | None) -> Any:
+    if body is not None:
+        return _comparable(body)
+    if isinstance(payload, dict):
+        payload.pop("delivered_at", None)
+    return payload
+
+
+def _fingerprint(value: Any) -> str:
+    """A short hash of a comparable body: the key suffix of a second body under a known event id."""
+    if isinstance(value, bytes):
+        data = value
+    else:
+        try:
+            data = msgspec.json.encode(value, order="sorted")
+        except (TypeError, ValueError, UnicodeEncodeError, OverflowError):
+            data = json.dumps(value, sort_keys=True, default=str).encode()
+    return md5(data).hexdigest()[:16]
+
+
+class _Landing(dict):
+    """Raw rows of one chunk by event key (``RAW_COLUMNS`` up to the batch columns), plus what landing
+    needs beside them: each row's bytes as delivered, and the event id of each further body (a version)."""
+
+    def __init__(self):
+        super().__init__()
+        self.original: dict[str, bytes] = {}
+        self.version_of: dict[str, str] = {}
+
+
+def _raw_rows(events: list[Any]) -> _Landing:
     """One row per distinct event key (first delivery wins), with the number of deliveries in this chunk.
 
-    Events are ``msgspec.Raw`` (the bytes ReBound sent, stored as they are) or already-decoded
-    values. Typed columns follow the validation rules: a field of the wrong JSON type is null.
+    Events are ``msgspec.Raw`` or bytes (what ReBound sent, stored as they are, whatever they hold) or
+    already-decoded values. Typed columns follow the validation rules: a field of the wrong JSON type is
+    null, a line outside int4 is null. A delivery of a known event id with another body (not just a later
+    ``delivered_at``) is kept as a version of its own, keyed ``event_id#<hash>``.
     """
-    rows: dict[str, list] = {}
+    rows = _Landing()
     for e in events:
-        if isinstance(e, msgspec.Raw):
+        if isinstance(e, (msgspec.Raw, bytes, bytearray, memoryview)):
             body = bytes(e)
             try:
-                h = _HEAD.decode(e)
-            except (msgspec.ValidationError, msgspec.DecodeError):  # valid JSON, not an object
-                h = _NO_HEAD
+                h = _HEAD.decode(body)
+            except _HEAD_ERRORS:  # valid JSON that is not an object, or bytes msgspec refuses
+                h = _head_of(_lenient(body))
         else:
-            body = msgspec.json.encode(e)
-            h = _EventHead(**{k: e.get(k) for k in _EventHead.__struct_fields__}) if isinstance(e, dict) \
-                else _NO_HEAD
+            try:
+                body = msgspec.json.encode(e)
+            except (TypeError, ValueError, UnicodeEncodeError, OverflowError):  # e.g. a lone surrogate
+                body = json.dumps(e, default=str).encode()
+            h = _head_of(e)
         eid = _text(h.event_id)
-        key = eid if eid is not None else event_key(msgspec.json.decode(body))
-        body = _storable(body)
+        key = eid if eid is not None else _noid_key(body)
         row = rows.get(key)
         if row is not None:
-            row[3] += 1
-            continue
+            first = rows.original[key]
+            if body == first or _comparable(body) == _comparable(first):
+                row[3] += 1
+                continue
+            key = f"{key}#{_fingerprint(_comparable(body))}"
+            row = rows.get(key)
+            if row is not None:
+                row[3] += 1
+                continue
+            rows.version_of[key] = eid
+        payload, exact, problem = _screen(body)
         occurred = _parse_time(h.occurred_at)
-        rows[key] = [key, eid, raw_json(body), 1, _parse_time(h.delivered_at) or occurred, _text(h.type),
-                     _text(h.return_id), _whole(h.line), occurred]
+        rows[key] = [key, eid, None if payload is None else raw_json(payload), 1,
+                     _parse_time(h.delivered_at) or occurred, _text(h.type), _text(h.return_id), _int4(h.line),
+                     occurred, exact, problem]
+        rows.original[key] = body
     return rows
 
 
@@ -167,7 +348,8 @@ def _encode(payload: Any) -> str:
 
 RAW_COLUMNS = (("event_key", "text"), ("event_id", "text"), ("payload", "jsonb"), ("deliveries", "int4"),
                ("delivered_at", "timestamptz"), ("event_type", "text"), ("return_id", "text"), ("line", "int4"),
-               ("occurred_at", "timestamptz"), ("received_at", "timestamptz"), ("batch_id", "text"))
+               ("occurred_at", "timestamptz"), ("body", "bytea"), ("body_problem", "text"),
+               ("received_at", "timestamptz"), ("batch_id", "text"))
 
 
 def land_raw(conn: psycopg.Connection, events: list[Any], *, window_end: datetime,
@@ -180,17 +362,104 @@ def land_raw(conn: psycopg.Connection, events: list[Any], *, window_end: datetim
     return _land_rows(conn, _raw_rows(events), len(events), window_end=window_end, batch_id=batch_id)
 
 
+def _decoded(text: str | None) -> Any:
+    """A stored payload (jsonb as text) as a value; text Python cannot read as JSON stays text."""
+    if text is None:
+        return None
+    try:
+        return msgspec.json.decode(text)
+    except _HEAD_ERRORS:
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError):
+            return text
+
+
 def _land_rows(conn, rows: dict[str, list], delivered: int, *, window_end: datetime,
                batch_id: str) -> tuple[int, int, int]:
-    known = dict(conn.execute("SELECT event_key, 0 FROM ledger.raw_event WHERE event_key = ANY(%b::text[])",
-                              (list(rows),)).fetchall())
-    if known:
+    if not isinstance(rows, _Landing):  # rows built elsewhere: no versions, no bytes to compare
+        landing = _Landing()
+        landing.update(rows)
+        rows = landing
+    original, version_of = rows.original, rows.version_of
+    # what is stored under the keys this chunk delivers again (a few rows per chunk outside a re-read): the
+    # same event only counts a delivery; another body under a known event id becomes a version of its own
+    stored = {k: (_decoded(p), b) for k, p, b in conn.execute(
+        "SELECT event_key, payload::text, body FROM ledger.raw_event WHERE event_key = ANY(%b::text[])",
+        (list(rows),)).fetchall()}
+    more: dict[str, int] = defaultdict(int)        # stored key -> deliveries to add
+    fresh: dict[str, list] = {}
+    bodies: dict[str, bytes | None] = {}
+    recheck: list[str] = []
+    for key, row in rows.items():
+        body, eid = original.get(key), version_of.get(key)
+        if key in stored:
+            if eid is not None or row[1] is None or key != row[1] or body is None:
+                more[key] += row[3]                 # a stored version, or a row keyed by its own body
+                continue
+            if _comparable(body) == _stored_comparable(*stored[key]):
+                more[key] += row[3]                 # the same event again (at-least-once delivery)
+                continue
+            eid, key = key, f"{key}#{_fingerprint(_comparable(body))}"
+            row = [key, *row[1:]]
+            recheck.append(key)
+        elif eid is not None and eid in stored and body is not None \
+                and _comparable(body) == _stored_comparable(*stored[eid]):
+            more[eid] += row[3]                     # this chunk's second body is the one stored before
+            continue
+        if key in fresh:
+            fresh[key][3] += row[3]
+            continue
+        fresh[key], bodies[key] = row, body
+        if eid is not None:
+            version_of[key] = eid
+    if recheck:  # a version stored before (the other body delivered again) only counts a delivery
+        for (k,) in conn.execute("SELECT event_key FROM ledger.raw_event WHERE event_key = ANY(%s::text[])",
+                                 (recheck,)).fetchall():
+            more[k] += fresh.pop(k)[3]
+    if more:
         conn.execute("""UPDATE ledger.raw_event r SET deliveries = r.deliveries + x.n
                         FROM unnest(%b::text[], %b::int[]) AS x(k, n) WHERE r.event_key = x.k""",
-                     (list(known), [rows[k][3] for k in known]))
-    new = copy_rows(conn, "ledger.raw_event", RAW_COLUMNS,
-                    ((*row, window_end, batch_id) for key, row in rows.items() if key not in known))
+                     (list(more), list(more.values())))
+    new = _copy_raw(conn, [(row, bodies[key]) for key, row in fresh.items()], window_end, batch_id)
+    versions = [k for k in fresh if k in version_of]
+    if versions:
+        # every body of those ids is listed, undecided: their lines wait until a person picks one
+        conflicted = sorted({version_of[k] for k in versions})
+        conn.execute("""
+            INSERT INTO ledger.event_conflict (raw_id, event_id, detected_at, batch_id)
+            SELECT raw_id, event_id, %s, %s FROM ledger.raw_event
+            WHERE event_key = ANY(%s::text[]) AND event_id IS NOT NULL
+            ON CONFLICT (raw_id) DO NOTHING""", (window_end, batch_id, conflicted + versions))
+        conn.execute("""UPDATE ledger.event_conflict SET chosen = NULL, decided_at = NULL, decided_by = NULL
+                        WHERE event_id = ANY(%s::text[]) AND chosen""", (conflicted,))
     return new, delivered - new, sum(1 for k in rows if k.startswith("noid:"))
+
+
+# what PostgreSQL refuses in a row it is sent (a number numeric cannot hold, JSON nested too deep, ...)
+_REFUSED = (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded)
+
+
+def _copy_raw(conn, rows: list[tuple[list, bytes | None]], window_end: datetime, batch_id: str) -> int:
+    """COPY new raw rows in one go. Should PostgreSQL refuse one, the chunk is halved under savepoints
+    until the row is found, and that row is stored as its bytes with the reason: the rest goes on."""
+    if not rows:
+        return 0
+    try:
+        with conn.transaction():
+            return copy_rows(conn, "ledger.raw_event", RAW_COLUMNS,
+                             ((*row, window_end, batch_id) for row, _ in rows))
+    except _REFUSED as exc:
+        if len(rows) > 1:
+            mid = len(rows) // 2
+            return _copy_raw(conn, rows[:mid], window_end, batch_id) + \
+                _copy_raw(conn, rows[mid:], window_end, batch_id)
+        row, body = rows[0]
+        why = (exc.diag.message_primary or str(exc)).strip()
+        kept = [*row[:2], None, *row[3:9], body if body is not None else b"",
+                f"PostgreSQL cannot store it as JSON: {why}"]
+        with conn.transaction():
+            return copy_rows(conn, "ledger.raw_event", RAW_COLUMNS, [(*kept, window_end, batch_id)])
 
 
 class _ChunkWriter:
@@ -252,7 +521,8 @@ def extract(dsn: str, client, *, window_end: datetime, batch_id: str, chunk: int
     Raw rows and the cursor move commit together per chunk, so a crash re-reads
     at most one chunk, and the event-key dedupe absorbs the re-read.
     """
-    stats = {"delivered": 0, "new": 0, "repeats": 0, "without_id": 0, "return_orders": 0, "unknown_returns": 0}
+    stats = {"delivered": 0, "new": 0, "repeats": 0, "without_id": 0, "return_orders": 0, "unknown_returns": 0,
+             "invalid_return_orders": 0}
     with _no_cyclic_gc(), connect(dsn) as conn:
         _start_run(conn, batch_id, window_end)
         row = conn.execute("SELECT position FROM ledger.sync_cursor WHERE name = %s", (CURSOR_NAME,)).fetchone()
@@ -272,25 +542,222 @@ def extract(dsn: str, client, *, window_end: datetime, batch_id: str, chunk: int
             writer.put(_raw_rows(buffer) if buffer else {}, len(buffer), position)
         finally:
             writer.close()
-        found, missing = fetch_return_orders(conn, client)
-        stats["return_orders"], stats["unknown_returns"] = found, missing
+        stats["return_orders"], stats["unknown_returns"], stats["invalid_return_orders"] = fetch_return_orders(
+            conn, client, at=window_end, batch_id=batch_id)
     log.info("extract %s: %s", batch_id, stats)
     return stats
 
 
-def fetch_return_orders(conn: psycopg.Connection, client) -> tuple[int, int]:
-    """Fetch the return orders (with lines) that new events name and the ledger does not hold yet."""
-    ids = [r[0] for r in conn.execute("""
-        SELECT DISTINCT e.return_id FROM ledger.raw_event e
-        WHERE NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = e.raw_id) AND e.return_id IS NOT NULL
-          AND NOT EXISTS (SELECT 1 FROM ledger.return_order o WHERE o.return_id = e.return_id)""")]
+_REFRESH_SQL = """
+SELECT DISTINCT return_id FROM (
+    -- new events that name a return the ledger does not hold, a line its order does not have (ReBound may
+    -- have added it since), or a return whose order failed its own checks (it may be corrected by now)
+    SELECT e.return_id FROM ledger.raw_event e
+    LEFT JOIN ledger.return_order o ON o.return_id = e.return_id
+    LEFT JOIN ledger.return_line l ON l.return_id = e.return_id AND l.line = e.line
+    WHERE e.return_id IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM ledger.event_outcome x WHERE x.raw_id = e.raw_id)
+      AND (o.return_id IS NULL
+           OR (l.return_id IS NULL AND e.line IS NOT NULL AND e.event_type IN ('RECEIVED', 'GRADED', 'DISPOSITIONED'))
+           OR e.return_id IN (SELECT j.return_id FROM ledger.return_order_rejected j WHERE j.cleared_at IS NULL))
+    UNION ALL
+    -- events reported invalid because the return or line was unknown: asked again while the exception is open
+    SELECT x.return_id FROM ledger.exception x JOIN ledger.validation_failure f ON f.raw_id = x.raw_id
+    WHERE x.status = 'open' AND x.type = 'INVALID_EVENT' AND x.return_id IS NOT NULL
+      AND (f.detail LIKE 'return_known:%' OR f.detail LIKE 'line_known:%')
+    UNION ALL
+    SELECT return_id FROM ledger.exception
+    WHERE status = 'open' AND type = 'INVALID_RETURN_ORDER' AND return_id IS NOT NULL
+) ids
+"""
+
+
+def fetch_return_orders(conn: psycopg.Connection, client, *, at: datetime | None = None,
+                        batch_id: str = SYSTEM_ACTOR) -> tuple[int, int, int]:
+    """Fetch from ReBound the return orders that events name and the ledger cannot place: returns it does
+    not hold, lines their order lacks, orders that failed their checks, and the returns of open
+    INVALID_EVENTs that named an unknown return or line. Returns (orders stored, ids ReBound does not
+    know, orders that failed their own checks).
+
+    Each order is checked before anything is stored: one that fails (a quantity of 0 or beyond int4, a
+    missing SKU, a line number given twice, wrong types, text no column can hold) is kept as returned in
+    ``return_order_rejected`` and raises INVALID_RETURN_ORDER; only that return's events wait. An order
+    that passes clears its earlier rejection and releases the events it held; INVALID_EVENTs whose return
+    or line now exists are resolved and their events examined again (the same path as a new delivery).
+    """
+    from returnledger.exceptions import order_subject, replay_events
+
+    at = at or datetime.now(timezone.utc)
+    ids = [r[0] for r in conn.execute(_REFRESH_SQL)]
     ids = [i for i in ids if _ID_RE.match(i)]
     if not ids:
-        return 0, 0
+        return 0, 0, 0
     found, missing = client.get_returns(ids)
-    store_return_orders(conn, found, new=True)
+    good: dict[str, dict] = {}
+    bad: list[tuple[str | None, bytes, str, str]] = []
+    for o in list(found or []):
+        problems = _order_problems(o)
+        rid = o.get("return_id") if isinstance(o, dict) else None
+        rid = rid if isinstance(rid, str) and _ID_RE.match(rid) else None
+        if problems:
+            body = _order_bytes(o)
+            bad.append((rid, body, md5(body).hexdigest(), "; ".join(problems)))
+        elif rid not in good:
+            good[rid] = o
+    if good:
+        known = {r[0] for r in conn.execute("SELECT return_id FROM ledger.return_order WHERE return_id = ANY(%s)",
+                                            (list(good),))}
+        store_return_orders(conn, [o for r, o in good.items() if r not in known], new=True)
+        store_return_orders(conn, [o for r, o in good.items() if r in known])
+        # orders that pass now clear their rejection and release what they held
+        cleared = sorted({r[0] for r in conn.execute(
+            "UPDATE ledger.return_order_rejected SET cleared_at = %s WHERE cleared_at IS NULL"
+            " AND return_id = ANY(%s) RETURNING return_id", (at, list(good)))})
+        if cleared:
+            resolve_open(conn, ExceptionType.INVALID_RETURN_ORDER, [order_subject(r) for r in cleared], at=at,
+                         actor=SYSTEM_ACTOR, resolution="released: ReBound's return order now passes its checks")
+            replay_events(conn, [r[0] for r in conn.execute(
+                "SELECT raw_id FROM ledger.held_event WHERE reason = 'INVALID_RETURN_ORDER' AND return_id = ANY(%s)",
+                (cleared,))])
+    if bad:
+        _reject_orders(conn, bad, at=at, batch_id=batch_id)
+    _release_fixed_events(conn, at=at)
     conn.commit()
-    return len(found), len(missing)
+    return len(good), len(missing or []), len(bad)
+
+
+def _order_bytes(o: Any) -> bytes:
+    try:
+        return msgspec.json.encode(o)
+    except (TypeError, ValueError, UnicodeEncodeError, OverflowError):
+        return json.dumps(o, default=repr).encode()   # lone surrogates become \\ud800 escapes
+
+
+def _reject_orders(conn, bad: list[tuple[str | None, bytes, str, str]], *, at: datetime, batch_id: str) -> None:
+    """Keep failing orders as returned (each distinct version once) and raise INVALID_RETURN_ORDER."""
+    from returnledger.exceptions import order_subject
+
+    sql = """
+        INSERT INTO ledger.return_order_rejected (return_id, body, payload, body_md5, problems, first_seen_at,
+                                                  last_seen_at, batch_id)
+        SELECT x.rid, x.body, x.payload::jsonb, x.md5, x.problems, %(at)s, %(at)s, %(batch)s
+        FROM unnest(%(rid)s::text[], %(body)s::bytea[], %(payload)s::text[], %(md5)s::text[], %(problems)s::text[])
+             AS x(rid, body, payload, md5, problems)
+        ON CONFLICT (return_id, body_md5) DO UPDATE SET last_seen_at = EXCLUDED.last_seen_at,
+               problems = EXCLUDED.problems, batch_id = EXCLUDED.batch_id, cleared_at = NULL"""
+    distinct = list({(rid, digest): (rid, body, digest, problems) for rid, body, digest, problems in bad}.values())
+    params = {"at": at, "batch": batch_id, "rid": [b[0] for b in distinct], "body": [b[1] for b in distinct],
+              "md5": [b[2] for b in distinct], "problems": [b[3] for b in distinct]}
+    payloads = []
+    for b in distinct:
+        payload, _exact, problem = _screen(b[1])
+        payloads.append(payload.decode() if payload is not None and problem is None else None)
+    try:
+        with conn.transaction():
+            conn.execute(sql, {**params, "payload": payloads})
+    except _REFUSED:  # some payload jsonb cannot hold: the bytes alone are the record
+        with conn.transaction():
+            conn.execute(sql, {**params, "payload": [None] * len(distinct)})
+    raise_exceptions(conn, [
+        NewException(ExceptionType.INVALID_RETURN_ORDER, order_subject(rid) if rid else f"order:?{digest}",
+                     f"ReBound return order {rid or '(no usable return id)'} fails its own checks: {problems}. "
+                     "It is kept as returned; its events wait until ReBound corrects it", return_id=rid)
+        for rid, _body, digest, problems in distinct], at=at, batch_id=batch_id)
+
+
+_FIXED_INVALID_SQL = """
+WITH fixed AS (
+    SELECT x.exception_id, x.raw_id FROM ledger.exception x
+    JOIN ledger.validation_failure f ON f.raw_id = x.raw_id
+    JOIN ledger.raw_event r ON r.raw_id = x.raw_id
+    JOIN ledger.return_order o ON o.return_id = r.return_id
+    WHERE x.status = 'open' AND x.type = 'INVALID_EVENT'
+      AND (f.detail LIKE 'return_known:%%' OR f.detail LIKE 'line_known:%%')
+      AND (r.event_type NOT IN ('RECEIVED', 'GRADED', 'DISPOSITIONED')
+           OR EXISTS (SELECT 1 FROM ledger.return_line l WHERE l.return_id = r.return_id AND l.line = r.line))
+)
+UPDATE ledger.exception e SET status = 'resolved', resolved_at = %s, resolved_by = %s,
+       resolution = 'released: ReBound''s return order now has the return and line; the event is examined again'
+FROM fixed WHERE e.exception_id = fixed.exception_id
+RETURNING fixed.raw_id
+"""
+
+
+def _release_fixed_events(conn, *, at: datetime) -> int:
+    """INVALID_EVENTs that named a return or line ReBound has since added: resolved, events replayed."""
+    from returnledger.exceptions import replay_events
+
+    ids = [r[0] for r in conn.execute(_FIXED_INVALID_SQL, (at, SYSTEM_ACTOR))]
+    return replay_events(conn, ids)
+
+
+def _db_text(v: Any, *, empty: bool = False) -> bool:
+    """A string PostgreSQL text holds as it is (no NUL, no lone surrogate)."""
+    if not isinstance(v, str) or (not v and not empty) or "\x00" in v:
+        return False
+    if not v.isascii():
+        try:
+            v.encode()
+        except UnicodeEncodeError:
+            return False
+    return True
+
+
+def _order_problems(o: Any) -> list[str]:
+    """What makes a ReBound return order unusable for the ledger (nothing: it can be stored as it is)."""
+    if not isinstance(o, dict):
+        return [f"the order is not a JSON object but {type(o).__name__}"]
+    problems = []
+    rid = o.get("return_id")
+    if not isinstance(rid, str) or not _ID_RE.match(rid):
+        problems.append(f"return_id {rid!r} is not a ReBound id")
+    ref = o.get("order_reference")
+    if ref is not None and not _db_text(ref, empty=True):
+        problems.append(f"order_reference {ref!r} is not text")
+    created = o.get("created_at")
+    if created is not None and _parse_time(created) is None:
+        problems.append(f"created_at {created!r} is not an ISO-8601 timestamp")
+    refs = o.get("amazon_refs")
+    if not isinstance(refs, dict):
+        problems.append(f"amazon_refs {refs!r} is not an object")
+    else:
+        if not _db_text(refs.get("returns_notice")):
+            problems.append(f"amazon_refs.returns_notice {refs.get('returns_notice')!r} is missing or not text")
+        for name in ("rma_id", "vret"):
+            v = refs.get(name)
+            if v is not None and not _db_text(v, empty=True):
+                problems.append(f"amazon_refs.{name} {v!r} is not text")
+    lines = o.get("lines")
+    if not isinstance(lines, list):
+        problems.append(f"lines {lines!r} is not a list")
+        lines = []
+    seen: set[int] = set()
+    for i, ln in enumerate(lines):
+        if not isinstance(ln, dict):
+            problems.append(f"lines[{i}] is not an object")
+            continue
+        n = _whole(ln.get("line"))
+        if n is None or not 1 <= n <= INT4_MAX:
+            problems.append(f"lines[{i}].line {ln.get('line')!r} is not a line number (1..{INT4_MAX})")
+        elif n in seen:
+            problems.append(f"line {n} is listed more than once")
+        else:
+            seen.add(n)
+        name = f"line {n}" if n is not None else f"lines[{i}]"
+        if not _db_text(ln.get("sku")):
+            problems.append(f"{name}: sku {ln.get('sku')!r} is missing or not text")
+        q = _whole(ln.get("quantity"))
+        if q is None or not 1 <= q <= INT4_MAX:
+            problems.append(f"{name}: quantity {ln.get('quantity')!r} is not a whole number from 1 to {INT4_MAX}")
+        reason = ln.get("reason")
+        if reason is not None and not _db_text(reason, empty=True):
+            problems.append(f"{name}: reason {reason!r} is not text")
+    if not problems:
+        try:
+            msgspec.json.encode(o)
+        except (TypeError, ValueError, UnicodeEncodeError, OverflowError) as exc:
+            problems.append(f"it holds a value no database can store ({type(exc).__name__})")
+    return problems
 
 
 _ORDER_COLUMNS = (("return_id", "text"), ("order_reference", "text"), ("created_at", "timestamptz"),
@@ -301,7 +768,15 @@ _LINE_COLUMNS = (("return_id", "text"), ("line", "int4"), ("sku", "text"), ("rea
 def _order_row(o: dict) -> tuple:
     refs = o.get("amazon_refs") or {}
     return (o["return_id"], o.get("order_reference"), _parse_time(o.get("created_at")), refs.get("returns_notice"),
-            refs.get("rma_id"), refs.get("vret") or None, raw_json(_encode(o)))
+            refs.get("rma_id"), refs.get("vret") or None, raw_json(_storable(msgspec.json.encode(o))))
+
+
+def _count(v: Any, what: str) -> int:
+    """A whole number for an int4 column; anything else is refused (binary COPY would wrap it)."""
+    n = _int4(v)
+    if n is None:
+        raise ValueError(f"{what} {v!r} is not a whole number an int4 column holds")
+    return n
 
 
 def _line_rows(orders: list[dict]) -> list[tuple]:
@@ -309,8 +784,9 @@ def _line_rows(orders: list[dict]) -> list[tuple]:
     rows = {}
     for o in orders:
         for ln in o.get("lines") or []:
-            rows.setdefault((o["return_id"], int(ln["line"])),
-                            (o["return_id"], int(ln["line"]), ln["sku"], ln.get("reason") or "", int(ln["quantity"])))
+            n = _count(ln["line"], "line")
+            rows.setdefault((o["return_id"], n),
+                            (o["return_id"], n, ln["sku"], ln.get("reason") or "", _count(ln["quantity"], "quantity")))
     return list(rows.values())
 
 
@@ -358,15 +834,38 @@ def _whole_sql(col: str) -> str:
            f"AND abs({v}::numeric) < 1e15 THEN {v}::numeric::bigint END"
 
 
+def _number_sql(col: str) -> str:
+    """A whole number of any size from the stored payload, clamped into bigint (range checks still fail
+    on a clamped value; the detail quotes the number as sent)."""
+    v = f"(r.payload->'{col}')"
+    return f"CASE WHEN jsonb_typeof({v}) = 'number' AND {v}::numeric = trunc({v}::numeric) " \
+           f"THEN least(greatest({v}::numeric, -9e18), 9e18)::bigint END"
+
+
+def _int4_sql(col: str, low: int = 0) -> str:
+    """A whole number from ``low`` to 2^31-1 from the stored payload as int, else null (never an error)."""
+    v = f"(r.payload->'{col}')"
+    return f"CASE WHEN jsonb_typeof({v}) = 'number' AND {v}::numeric = trunc({v}::numeric) " \
+           f"AND {v}::numeric BETWEEN {low} AND {INT4_MAX} THEN {v}::numeric::int END"
+
+
+def _given_sql(col: str) -> str:
+    """The value as sent (JSON text, cut short) for a failure's detail."""
+    return f"COALESCE(left((r.payload->'{col}')::text, 40), 'missing')"
+
+
 def _text_sql(col: str) -> str:
     """SQL for the text rule of ``_text``, read from the stored payload."""
     return f"CASE WHEN jsonb_typeof(r.payload->'{col}') = 'string' AND r.payload->>'{col}' <> '' " \
            f"THEN r.payload->>'{col}' END"
 
 
+_LINE_TYPES_SQL = "('RECEIVED', 'GRADED', 'DISPOSITIONED')"
+
 # The frame the events suite runs on, built in PostgreSQL from the unprocessed raw rows. The typed columns
 # of raw_event were filled at extract by the same rules (wrong JSON type -> null, which fails its check);
-# the fields only some event types carry are read from the payload for those types alone.
+# the fields only some event types carry are read from the payload for those types alone. Conflicting
+# bodies of one event id and rejected return orders come from their own (small) tables.
 VALIDATION_FRAME_SQL = f"""
     SELECT r.raw_id, r.event_id, r.event_type AS type, r.return_id, r.line,
            date_part('epoch', r.occurred_at) AS occurred_at,
@@ -374,14 +873,26 @@ VALIDATION_FRAME_SQL = f"""
            CASE WHEN r.event_type = 'GRADED' THEN {_text_sql('grade')} END AS grade,
            CASE WHEN r.event_type = 'DISPOSITIONED' THEN {_text_sql('disposition')} END AS disposition,
            (o.return_id IS NOT NULL OR NULL)::int AS known_return, l.sku, l.reason, m.amazon_reason, s.asin,
-           (l.return_id IS NOT NULL)::int AS line_found
+           (l.return_id IS NOT NULL)::int AS line_found,
+           CASE WHEN r.event_type IN {_LINE_TYPES_SQL} THEN {_number_sql('line')} END AS line_number,
+           CASE WHEN r.event_type IN {_LINE_TYPES_SQL} THEN {_given_sql('line')} END AS line_given,
+           CASE WHEN r.event_type = 'RECEIVED' THEN {_given_sql('quantity')} END AS quantity_given,
+           r.body_problem AS payload_problem, c.versions AS conflict, j.problems AS order_problem
     FROM ledger.raw_event r
     LEFT JOIN ledger.return_order o ON o.return_id = r.return_id
     LEFT JOIN ledger.return_line l ON l.return_id = r.return_id AND l.line = r.line
     LEFT JOIN ledger.reason_mapping m ON m.rebound_reason = l.reason AND m.active
     LEFT JOIN ledger.sku s ON s.sku = l.sku AND s.asin <> ''
+    LEFT JOIN (SELECT c1.raw_id, string_agg('raw ' || c2.raw_id, ', ' ORDER BY c2.raw_id) AS versions
+               FROM ledger.event_conflict c1
+               JOIN ledger.event_conflict c2 ON c2.event_id = c1.event_id AND c2.chosen IS NOT FALSE
+               WHERE c1.chosen IS NULL GROUP BY c1.raw_id) c ON c.raw_id = r.raw_id
+    LEFT JOIN (SELECT return_id, string_agg(problems, '; ' ORDER BY rejected_id) AS problems
+               FROM ledger.return_order_rejected WHERE cleared_at IS NULL AND return_id IS NOT NULL
+               GROUP BY return_id) j ON j.return_id = r.return_id
     WHERE NOT EXISTS (SELECT 1 FROM ledger.event_outcome x WHERE x.raw_id = r.raw_id)
       AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f WHERE f.raw_id = r.raw_id)"""
+
 
 
 def read_validation_frame(conn: psycopg.Connection):
@@ -449,27 +960,41 @@ def choose_branches(stats: dict) -> list[str]:
 
 # --------------------------------------------------------------------------- quarantine
 
+def _hold_subject(etype: ExceptionType, rid: str | None, ln: int | None, event_id: str | None) -> str:
+    """The exception a held event waits on: its event id (EVENT_CONFLICT), its return (INVALID_RETURN_ORDER),
+    else its line."""
+    if etype == ExceptionType.EVENT_CONFLICT:
+        return event_subject(event_id)
+    if etype == ExceptionType.INVALID_RETURN_ORDER:
+        return order_subject(rid)
+    return line_subject(rid, ln)
+
+
 def quarantine(dsn: str, *, batch_id: str, at: datetime) -> dict:
-    """One exception per failing row (per line for reference failures); hold the line's events."""
+    """One exception per failing row (per line for reference failures, per event id for conflicting bodies,
+    per return for a failing return order); hold the events that wait on it."""
     with connect(dsn) as conn, conn.transaction():
         rows = conn.execute("""
-            SELECT f.raw_id, f.exception_type, f.detail, f.return_id, f.line, f.sku
+            SELECT f.raw_id, f.exception_type, f.detail, f.return_id, f.line, f.sku, r.event_id
             FROM ledger.validation_failure f JOIN ledger.raw_event r USING (raw_id)
             WHERE NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id) ORDER BY f.raw_id""").fetchall()
         invalid, held = [], []
-        for raw_id, etype, detail, rid, ln, sku in rows:
+        for raw_id, etype, detail, rid, ln, sku, event_id in rows:
             if etype == ExceptionType.INVALID_EVENT:
                 invalid.append(NewException(ExceptionType.INVALID_EVENT, f"raw:{raw_id}", detail, return_id=rid,
                                             line=ln, sku=sku, raw_id=raw_id))
             else:
-                held.append((raw_id, ExceptionType(etype), detail, rid, ln, sku))
+                etype = ExceptionType(etype)
+                held.append((raw_id, etype, detail, rid, ln, sku, _hold_subject(etype, rid, ln, event_id)))
         raise_exceptions(conn, invalid, at=at, batch_id=batch_id)
         line_ex = {}
-        for _raw_id, etype, detail, rid, ln, sku in held:
-            line_ex.setdefault((etype, line_subject(rid, ln)),
-                               NewException(etype, line_subject(rid, ln), detail, return_id=rid, line=ln, sku=sku))
+        for raw_id, etype, detail, rid, ln, sku, subject in held:
+            line_ex.setdefault((etype, subject), NewException(
+                etype, subject, detail, return_id=rid, line=None if etype == ExceptionType.INVALID_RETURN_ORDER else ln,
+                sku=sku, raw_id=raw_id if etype == ExceptionType.EVENT_CONFLICT else None))
         raise_exceptions(conn, list(line_ex.values()), at=at, batch_id=batch_id)
-        _hold(conn, [(raw_id, rid, ln, etype) for raw_id, etype, _, rid, ln, _ in held], at=at, batch_id=batch_id)
+        _hold(conn, [(raw_id, rid, ln, etype, subject) for raw_id, etype, _, rid, ln, _, subject in held],
+              at=at, batch_id=batch_id)
         if invalid:
             record_outcomes(conn, "INVALID", [e.raw_id for e in invalid], [e.detail for e in invalid],
                             batch_id=batch_id, at=at)
@@ -504,19 +1029,20 @@ def record_outcomes(conn, status: str, raw_ids: list[int], details: list[str | N
               ((i, status, d, batch_id, at) for i, d in zip(raw_ids, details) if i not in decided))
 
 
-def _hold(conn, items: list[tuple[int, str, int, ExceptionType]], *, at: datetime, batch_id: str) -> None:
-    """Record held events against the open exception of their line."""
+def _hold(conn, items: list[tuple], *, at: datetime, batch_id: str) -> None:
+    """Record held events against the open exception they wait on. Items are (raw_id, return_id, line,
+    exception type) for a line's own exception, or with a fifth element: the exception's subject key."""
     if not items:
         return
     conn.execute("""
         INSERT INTO ledger.held_event (raw_id, return_id, line, reason, exception_id, held_at)
         SELECT x.raw_id, x.rid, x.ln, x.reason, e.exception_id, %s
-        FROM unnest(%b::bigint[], %b::text[], %b::int[], %b::text[]) AS x(raw_id, rid, ln, reason)
-        LEFT JOIN ledger.exception e ON e.status = 'open' AND e.type = x.reason
-             AND e.subject_key = x.rid || '|' || x.ln
+        FROM unnest(%b::bigint[], %b::text[], %b::int[], %b::text[], %b::text[]) AS x(raw_id, rid, ln, reason, subject)
+        LEFT JOIN ledger.exception e ON e.status = 'open' AND e.type = x.reason AND e.subject_key = x.subject
         ON CONFLICT (raw_id) DO UPDATE SET reason = EXCLUDED.reason, exception_id = EXCLUDED.exception_id""",
                  (at, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items],
-                  [str(i[3]) for i in items]))
+                  [str(i[3]) for i in items],
+                  [i[4] if len(i) > 4 else line_subject(i[1], i[2]) for i in items]))
     record_outcomes(conn, "HELD", [i[0] for i in items], [str(i[3]) for i in items], batch_id=batch_id, at=at)
 
 
@@ -555,48 +1081,112 @@ def release_reference_holds(conn: psycopg.Connection, *, at: datetime) -> int:
     return n
 
 
+# lines (or whole returns: line null) whose events wait: reference holds, undecided EVENT_CONFLICT bodies,
+# and returns whose order failed its checks
+_BLOCKED_SQL = """
+    SELECT return_id, line, type, subject_key FROM ledger.exception
+    WHERE status = 'open' AND type IN ('UNMAPPED_REASON_CODE', 'SKU_MISMATCH')
+    UNION ALL
+    SELECT r.return_id, r.line, 'EVENT_CONFLICT', 'event:' || c.event_id
+    FROM ledger.event_conflict c JOIN ledger.raw_event r USING (raw_id)
+    WHERE c.chosen IS NULL AND r.return_id IS NOT NULL
+    UNION ALL
+    SELECT return_id, NULL, type, subject_key FROM ledger.exception
+    WHERE status = 'open' AND type = 'INVALID_RETURN_ORDER' AND return_id IS NOT NULL"""
+_GRADES = frozenset(g.value for g in Grade)
+_DISPOSITIONS = frozenset(d.value for d in Disposition)
+
+
+def _unfit_detail(etype, ln, occurred_at, quantity, grade, disposition) -> str:
+    if etype not in _EVENT_TYPES:
+        why = f"unknown event type {etype!r}"
+    elif occurred_at is None:
+        why = "no occurred_at"
+    elif ln is None:
+        why = "no valid line number"
+    elif etype == EventType.RECEIVED.value:
+        why = "no whole-number quantity from 0 to 2147483647"
+    elif etype == EventType.GRADED.value:
+        why = f"grade {grade!r} is not one of A, B, C, D"
+    else:
+        why = f"disposition {disposition!r} is unknown"
+    return f"apply_guard: the event reached the lifecycle rules without passing validation: {why}"
+
+
+def _refuse_unfit(conn, unfit: list[tuple], held_ids: set[int], *, batch_id: str, at: datetime) -> int:
+    """Events apply cannot use (they bypassed validation): INVALID_EVENT, outcome INVALID, no line touched."""
+    ids = [u[0] for u in unfit]
+    conn.execute("DELETE FROM ledger.held_event WHERE raw_id = ANY(%b::bigint[])", (ids,))
+    raise_exceptions(conn, [NewException(ExceptionType.INVALID_EVENT, f"raw:{i}", d, return_id=rid, line=ln,
+                                         raw_id=i) for i, rid, ln, d in unfit], at=at, batch_id=batch_id)
+    record_outcomes(conn, "INVALID", ids, [u[3] for u in unfit], batch_id=batch_id, at=at, decided=held_ids)
+    return len(ids)
+
+
 def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> dict:
     """Lifecycle rules over passing events plus every held event that may now go on."""
     stats = defaultdict(int)
     with _no_cyclic_gc(), connect(dsn) as conn, conn.transaction():
         policy = _load_policy(conn)
         stats["released_exceptions"] = release_reference_holds(conn, at=at)
-        # events to (re)apply: new passing events, and held events of lines no longer blocked by reference data
-        rows = conn.execute("""
+        # events to (re)apply: new passing events, and held events no longer blocked. Fields only some event
+        # types carry are read for those types alone and never cast blindly: a poison value is null here.
+        rows = conn.execute(f"""
+            WITH blocked AS ({_BLOCKED_SQL})
             SELECT r.raw_id, r.event_id, r.event_type, r.return_id, r.line, r.occurred_at,
-                   (r.payload->>'quantity')::numeric::int, r.payload->>'grade', r.payload->>'disposition',
+                   CASE WHEN r.event_type = 'RECEIVED' THEN {_int4_sql('quantity')} END,
+                   CASE WHEN r.event_type = 'GRADED' THEN r.payload->>'grade' END,
+                   CASE WHEN r.event_type = 'DISPOSITIONED' THEN r.payload->>'disposition' END,
                    (h.raw_id IS NOT NULL) AS was_held
             FROM ledger.raw_event r LEFT JOIN ledger.held_event h USING (raw_id)
             LEFT JOIN ledger.event_outcome o USING (raw_id)
+            LEFT JOIN (SELECT DISTINCT return_id, line FROM blocked WHERE line IS NOT NULL) bl
+                   ON bl.return_id = r.return_id AND bl.line = r.line
+            LEFT JOIN (SELECT DISTINCT return_id FROM blocked WHERE line IS NULL) br ON br.return_id = r.return_id
             WHERE (o.raw_id IS NULL AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f
                                                     WHERE f.raw_id = r.raw_id))
-               OR (o.status = 'HELD' AND NOT EXISTS (
-                     SELECT 1 FROM ledger.exception e WHERE e.status = 'open'
-                       AND e.type IN ('UNMAPPED_REASON_CODE', 'SKU_MISMATCH')
-                       AND e.return_id = r.return_id AND e.line = r.line))
+               OR (o.status = 'HELD' AND bl.return_id IS NULL AND br.return_id IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f WHERE f.raw_id = r.raw_id
+                                     AND f.exception_type IN ('EVENT_CONFLICT', 'INVALID_RETURN_ORDER')))
             ORDER BY r.raw_id""").fetchall()
-        blocked = {(rid, ln): (etype, ex_id) for rid, ln, etype, ex_id in conn.execute("""
-            SELECT return_id, line, type, exception_id FROM ledger.exception
-            WHERE status = 'open' AND type IN ('UNMAPPED_REASON_CODE', 'SKU_MISMATCH')""")}
+        blocked_lines: dict[tuple[str, int], tuple[str, str]] = {}
+        blocked_returns: dict[str, tuple[str, str]] = {}
+        for rid, ln, etype, subject in conn.execute(_BLOCKED_SQL):
+            if ln is None:
+                blocked_returns.setdefault(rid, (etype, subject))
+            else:
+                blocked_lines.setdefault((rid, ln), (etype, subject))
         line_events: dict[tuple[str, int], list[_Ev]] = defaultdict(list)
         return_events: dict[str, list[_Ev]] = defaultdict(list)
-        to_hold: list[tuple[int, str, int, ExceptionType]] = []
+        to_hold: list[tuple] = []
+        unfit: list[tuple[int, str | None, int | None, str]] = []
         held_ids = {r[0] for r in rows if r[-1]}
         for raw_id, event_id, etype, rid, ln, occurred_at, quantity, grade, disposition, _ in rows:
-            ev = _Ev(raw_id, rid, ln, lifecycle.LineEvent(event_id=event_id, type=_EVENT_TYPES[etype],
-                                                         occurred_at=occurred_at, quantity=quantity, grade=grade,
-                                                         disposition=disposition))
-            if etype in RETURN_EVENTS:
+            t = _EVENT_TYPES.get(etype)
+            if t is None or occurred_at is None or (etype in LINE_EVENTS and (
+                    ln is None or (t is EventType.RECEIVED and quantity is None)
+                    or (t is EventType.GRADED and grade not in _GRADES)
+                    or (t is EventType.DISPOSITIONED and disposition not in _DISPOSITIONS))):
+                unfit.append((raw_id, rid, ln, _unfit_detail(etype, ln, occurred_at, quantity, grade, disposition)))
+                continue
+            ev = _Ev(raw_id, rid, ln, lifecycle.LineEvent(event_id=event_id, type=t, occurred_at=occurred_at,
+                                                         quantity=quantity, grade=grade, disposition=disposition))
+            block = blocked_returns.get(rid)
+            if block is None and etype not in RETURN_EVENTS:
+                block = blocked_lines.get((rid, ln))
+            if block is not None:  # rows of a line (or return) with an open holding exception are held
+                to_hold.append((raw_id, rid, ln, ExceptionType(block[0]), block[1]))
+            elif etype in RETURN_EVENTS:
                 return_events[ev.return_id].append(ev)
-            elif (ev.return_id, ev.line) in blocked:  # rows of a line with an open exception are held
-                to_hold.append((raw_id, ev.return_id, ev.line, ExceptionType(blocked[(ev.return_id, ev.line)][0])))
             else:
                 line_events[(ev.return_id, ev.line)].append(ev)
+        if unfit:  # a poison record never stops the batch: it is reported and changes nothing
+            stats["invalid"] = _refuse_unfit(conn, unfit, held_ids, batch_id=batch_id, at=at)
         lines, line_info = _load_lines(conn, {k[0] for k in line_events} | set(return_events))
         # history rows stream into a COPY while the rules run, so PostgreSQL stores them alongside
         with copy_into(conn, "ledger.line_history", _HISTORY_COLUMNS) as sink:
             changes = _Changes(lambda row: sink.write_row((*row, batch_id, at)))
-            # return-level milestones first: they never hold and never earn anything
+            # return-level milestones first: they never earn anything (held only with their whole return)
             lines_of: dict[str, list[int]] = defaultdict(list)
             for lrid, ln in lines:
                 lines_of[lrid].append(ln)
@@ -718,7 +1308,8 @@ def _write_apply(conn, lines, line_info, ch: _Changes, to_hold, held_ids, policy
                            currency=currency)
     # holds: OUT_OF_SEQUENCE exceptions for lines that now wait; resolve those whose wait is over
     oos = {}
-    for _raw_id, rid, ln, etype in to_hold:
+    for item in to_hold:
+        rid, ln, etype = item[1], item[2], item[3]
         if etype == ExceptionType.OUT_OF_SEQUENCE:
             oos.setdefault((rid, ln), NewException(
                 ExceptionType.OUT_OF_SEQUENCE, line_subject(rid, ln),

@@ -18,6 +18,7 @@ from returnledger.models import RETURN_ID_PATTERN, Disposition, EventType, Excep
 
 LINE_EVENT_TYPES = [EventType.RECEIVED.value, EventType.GRADED.value, EventType.DISPOSITIONED.value]
 MAX_QUANTITY = 100_000
+MAX_LINE = 2**31 - 1        # ledger line numbers are int4
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class ValidationOutcome:
 
 
 def build_checks() -> list[Check]:
-    """The events suite, in priority order: schema and values first, then reference data."""
+    """The events suite, in priority order: delivery conflicts and unreadable bytes first, then schema and
+    values, then the return order, then reference data (a row reports its first failure only)."""
     line_cond = {"row_condition": "is_line_event==True", "condition_parser": "pandas"}
     ref_cond = {"row_condition": "check_reference==True", "condition_parser": "pandas"}
 
@@ -58,6 +60,12 @@ def build_checks() -> list[Check]:
 
     inv = ExceptionType.INVALID_EVENT
     return [
+        # an event id that arrived with another body: every body waits until a person picks one
+        Check("event_conflict", ExceptionType.EVENT_CONFLICT, "ExpectColumnValuesToBeNull", {"column": "conflict"},
+              "event {event_id!r} was delivered with different bodies ({value}); all are kept and the line "
+              "waits until one is chosen"),
+        Check("payload_readable", inv, "ExpectColumnValuesToBeNull", {"column": "payload_problem"},
+              "the delivery cannot be read as an event: {value}; its bytes are stored as received"),
         Check("event_id_present", inv, "ExpectColumnValuesToNotBeNull", {"column": "event_id"},
               "the event has no event_id"),
         Check("type_known", inv, "ExpectColumnValuesToBeInSet",
@@ -69,16 +77,21 @@ def build_checks() -> list[Check]:
               {"column": "return_id", "regex": RETURN_ID_PATTERN}, "return_id {value!r} is not a ReBound id"),
         Check("occurred_at_iso", inv, "ExpectColumnValuesToNotBeNull", {"column": "occurred_at"},
               "occurred_at is missing or not an ISO-8601 timestamp"),
-        Check("line_present", inv, "ExpectColumnValuesToNotBeNull", {"column": "line", **line_cond},
-              "a line event without a valid line number"),
+        # the line number as sent (any size): ledger lines are int4, so nothing outside 1..2^31-1 may pass
+        Check("line_present", inv, "ExpectColumnValuesToNotBeNull", {"column": "line_number", **line_cond},
+              "a line event without a valid line number (line: {line_given})"),
         Check("line_positive", inv, "ExpectColumnValuesToBeBetween",
-              {"column": "line", "min_value": 1, **line_cond}, "line {value} is not a positive number"),
+              {"column": "line_number", "min_value": 1, **line_cond},
+              "line {line_given} is not a positive number"),
+        Check("line_in_range", inv, "ExpectColumnValuesToBeBetween",
+              {"column": "line_number", "max_value": MAX_LINE, **line_cond},
+              "line {line_given} is out of range (1..%d)" % MAX_LINE),
         Check("quantity_present", inv, "ExpectColumnValuesToNotBeNull",
               {"column": "quantity", **typed(EventType.RECEIVED)},
-              "RECEIVED without a whole-number quantity"),
+              "RECEIVED without a whole-number quantity (quantity: {quantity_given})"),
         Check("quantity_range", inv, "ExpectColumnValuesToBeBetween",
               {"column": "quantity", "min_value": 0, "max_value": MAX_QUANTITY, **typed(EventType.RECEIVED)},
-              "received quantity {value} is out of range (0..%d)" % MAX_QUANTITY),
+              "received quantity {quantity_given} is out of range (0..%d)" % MAX_QUANTITY),
         Check("grade_known", inv, "ExpectColumnValuesToBeInSet",
               {"column": "grade", "value_set": [g.value for g in Grade], **typed(EventType.GRADED)},
               "grade {value!r} is not one of A, B, C, D"),
@@ -89,6 +102,10 @@ def build_checks() -> list[Check]:
                **typed(EventType.DISPOSITIONED)}, "disposition {value!r} is unknown"),
         Check("disposition_present", inv, "ExpectColumnValuesToNotBeNull",
               {"column": "disposition", **typed(EventType.DISPOSITIONED)}, "DISPOSITIONED without a disposition"),
+        # ReBound's own return order failed its checks: the return's events wait, the feed goes on
+        Check("return_order_valid", ExceptionType.INVALID_RETURN_ORDER, "ExpectColumnValuesToBeNull",
+              {"column": "order_problem"},
+              "ReBound's return order {return_id!r} fails its own checks ({value}); its events wait"),
         # reference checks are joins: a null on the joined column means no match in ReBound / our tables
         Check("return_known", inv, "ExpectColumnValuesToNotBeNull",
               {"column": "known_return", "row_condition": "has_return_id==True", "condition_parser": "pandas"},
@@ -103,10 +120,20 @@ def build_checks() -> list[Check]:
     ]
 
 
+#: failures of these checks can be fixed later (ReBound adds the return or line): the sync asks ReBound
+#: for the order again on every run while the INVALID_EVENT is open, and replays the event once it fits
+FIXABLE_CHECKS = ("return_known", "line_known")
+
+#: frame fields a failure's explanation may quote
+EXPLAIN_FIELDS = ("return_id", "line", "reason", "sku", "event_id", "line_given", "quantity_given")
+
+
 FRAME_COLUMNS = {
     "raw_id": "int64", "event_id": "str", "type": "str", "return_id": "str", "line": "Int64",
     "occurred_at": "float64", "quantity": "Int64", "grade": "str", "disposition": "str",
     "known_return": "Int8", "sku": "str", "reason": "str", "amazon_reason": "str", "asin": "str", "line_found": "int8",
+    "line_number": "Int64", "line_given": "str", "quantity_given": "str", "payload_problem": "str",
+    "conflict": "str", "order_problem": "str",
 }
 
 
@@ -147,7 +174,7 @@ def validate_frame(df) -> ValidationOutcome:
         pandas_execution_engine.HASH_THRESHOLD = 0
     checks = build_checks()
     checked = sorted({c.kwargs["column"] for c in checks} | {"is_line_event", "has_return_id", "check_reference"})
-    gx_frame = df[checked].astype({"line": "float64", "quantity": "float64"})
+    gx_frame = df[checked].astype({c: "float64" for c in ("line", "line_number", "quantity") if c in checked})
     ctx = gx.get_context(mode="ephemeral")
     try:
         ctx.variables.progress_bars = {"globally": False}
@@ -174,10 +201,10 @@ def validate_frame(df) -> ValidationOutcome:
     failed = []
     if first:
         ids = sorted(first)
-        shown = sorted({"return_id", "line", "reason", "sku"} | {c.kwargs["column"] for c in first.values()})
+        shown = sorted(set(EXPLAIN_FIELDS) | {c.kwargs["column"] for c in first.values()})
         for raw_id, row in zip(ids, df.loc[ids, shown].to_dict("records")):
             check = first[raw_id]
-            fields = {k: _plain(row[k]) for k in ("return_id", "line", "reason", "sku")}
+            fields = {k: _plain(row[k]) for k in EXPLAIN_FIELDS}
             value = _plain(row[check.kwargs["column"]])
             failed.append(Verdict(raw_id=raw_id, exception_type=check.exception_type,
                                   detail=f"{check.name}: " + check.explain.format(value=value, **fields),
