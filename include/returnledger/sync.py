@@ -25,6 +25,7 @@ import msgspec
 import psycopg
 
 from returnledger import lifecycle
+from returnledger.clients.rebound import ReboundError
 from returnledger.exceptions import (
     NewException,
     event_subject,
@@ -531,21 +532,49 @@ def extract(dsn: str, client, *, window_end: datetime, batch_id: str, chunk: int
         buffer: list[Any] = []
         position = cursor
         writer = _ChunkWriter(conn, cursor=cursor, window_end=window_end, batch_id=batch_id, stats=stats)
+        problem = None
         try:
-            for page in client.iter_event_pages(cursor, until=window_end, raw=True):
-                buffer.extend(page.events)
-                stats["delivered"] += len(page.events)
-                position = page.next_cursor
-                if len(buffer) >= chunk:
-                    writer.put(_raw_rows(buffer), len(buffer), position)
-                    buffer = []
+            try:
+                for page in client.iter_event_pages(cursor, until=window_end, raw=True):
+                    buffer.extend(page.events)
+                    stats["delivered"] += len(page.events)
+                    position = page.next_cursor
+                    if len(buffer) >= chunk:
+                        writer.put(_raw_rows(buffer), len(buffer), position)
+                        buffer = []
+            except ReboundError as e:
+                # a feed that does not advance, a malformed page, or ReBound down through the retries: keep
+                # every page read so far (the cursor stops after the last good one), report it, and let the
+                # run go on with what the ledger holds, so one bad page never stops credits already owed
+                problem = e
             writer.put(_raw_rows(buffer) if buffer else {}, len(buffer), position)
         finally:
             writer.close()
+        _report_feed(conn, problem, position, at=window_end, batch_id=batch_id, stats=stats)
         stats["return_orders"], stats["unknown_returns"], stats["invalid_return_orders"] = fetch_return_orders(
             conn, client, at=window_end, batch_id=batch_id)
     log.info("extract %s: %s", batch_id, stats)
     return stats
+
+
+FEED_SUBJECT = "feed:rebound"
+
+
+def _report_feed(conn, problem: Exception | None, position: str | None, *, at: datetime, batch_id: str,
+                 stats: dict) -> None:
+    """SYNC_STALLED for a feed the sync could not read to its end; resolved by the next complete read."""
+    with conn.transaction():
+        if problem is None:
+            resolve_open(conn, ExceptionType.SYNC_STALLED, [FEED_SUBJECT], at=at, actor=SYSTEM_ACTOR,
+                         resolution="the ReBound feed was read to the window end again")
+            return
+        stats["feed_problem"] = f"{type(problem).__name__}: {problem}"[:500]
+        log.error("extract %s: ReBound feed stopped at cursor %s: %s", batch_id, position, problem)
+        raise_exceptions(conn, [NewException(
+            ExceptionType.SYNC_STALLED, FEED_SUBJECT,
+            f"the ReBound feed could not be read past cursor {position!r} ({type(problem).__name__}: "
+            f"{str(problem)[:300]}); events up to there are in, the rest is read on the next run")],
+            at=at, batch_id=batch_id)
 
 
 _REFRESH_SQL = """

@@ -277,3 +277,36 @@ def test_a_lone_surrogate_escape_is_stored_exactly_and_reported(dsn):
                                                    "nul": "APPLIED"}
     assert _state(dsn, "R-11", 1) == "RECEIVED"
     assert rows(dsn, "SELECT event_id FROM ledger.line_history") == [("nul",)]
+
+
+def test_a_feed_that_stops_advancing_is_reported_and_the_run_goes_on(fresh_db):
+    """Finding 5: the client refuses a page that does not move the cursor; extract keeps what it read,
+    raises SYNC_STALLED (integration) instead of failing the run, and a later complete read resolves it."""
+    import json
+
+    from returnledger.clients.rebound import FeedStalledError
+    from returnledger.store import db as store
+
+    class Stalling(FakeRebound):
+        def iter_event_pages(self, cursor, until, *, raw=False):
+            pages = list(super().iter_event_pages(cursor, until, raw=raw))
+            yield pages[0]
+            raise FeedStalledError("page repeats cursor cursor-1", cursor="cursor-1", next_cursor="cursor-1",
+                                   has_more=True, events=1)
+
+    ok = json.dumps(event("ev-stall-1", "RETURN_CREATED", "RB-STALL")).encode()
+    client = Stalling({"RB-STALL": order("RB-STALL")})
+    client.serve([ok], [ok])
+    stats = sync.extract(fresh_db, client, window_end=datetime(2026, 10, 3, tzinfo=timezone.utc), batch_id="stall-1")
+    assert "FeedStalledError" in stats["feed_problem"] and stats["new"] == 1
+    with store.connect(fresh_db) as conn:
+        assert conn.execute("SELECT position FROM ledger.sync_cursor").fetchone()[0] == "cursor-1"
+        assert conn.execute("SELECT owner, status FROM ledger.exception WHERE type = 'SYNC_STALLED'"
+                            " AND subject_key = 'feed:rebound'").fetchall() == [("integration", "open")]
+    healthy = FakeRebound({"RB-STALL": order("RB-STALL")})
+    healthy.serve([])
+    stats = sync.extract(fresh_db, healthy, window_end=datetime(2026, 10, 4, tzinfo=timezone.utc), batch_id="stall-2")
+    assert "feed_problem" not in stats
+    with store.connect(fresh_db) as conn:
+        assert conn.execute("SELECT status FROM ledger.exception WHERE subject_key = 'feed:rebound'"
+                            ).fetchone()[0] == "resolved"
