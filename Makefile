@@ -70,3 +70,21 @@ bench: venv ## benchmarks (print ratios against baselines measured in the same r
 clean: ## remove outputs and the local state (embedded database included)
 	-$(VENV)/bin/returnledger db stop
 	rm -rf .local out test-output
+
+.PHONY: cluster cluster-stop cluster-status cluster-demo bench-cluster
+CLUSTER_OUT ?= out-cluster
+
+cluster: venv ## Airflow on CeleryExecutor here: api-server :8080, scheduler, dag-processor, triggerer, 2 Celery workers (REDIS_URL)
+	$(VENV)/bin/returnledger cluster start
+
+cluster-stop: venv ## stop `make cluster` (every process of it, task processes included)
+	$(VENV)/bin/returnledger cluster stop
+
+cluster-status: venv ## components, Airflow health and the Celery workers that answer
+	$(VENV)/bin/returnledger cluster status
+
+cluster-demo: venv ## SCENARIO through the real scheduler on a fresh local cluster (REST-created runs, Celery workers) into OUT
+	$(PY) -m returnledger.cluster_demo --scenario $(SCENARIO) --out $(if $(filter out,$(OUT)),$(CLUSTER_OUT),$(OUT))
+
+bench-cluster: venv ## SCENARIO backfilled on the cluster with 1 and 2 workers: wall time per daily run, scheduling vs work
+	$(PY) bench/bench_cluster.py --scenario $(SCENARIO)

@@ -149,14 +149,15 @@ def returns_reconciliation():
     @task(outlets=[REPORT], on_success_callback=[_finance_notifier()])
     def write_report(window: dict) -> dict:
         """month_end_report.csv + .html under <returnledger_report_base>/<period>/."""
-        from airflow.sdk import ObjectStoragePath, Variable
+        from airflow.sdk import Variable
 
         from returnledger.airflow_adapter import get_dsn
+        from returnledger.amazon_export import storage_path
         from returnledger.reports import write_month_end_report
         from returnledger.store.db import project_root
 
         base = Variable.get("returnledger_report_base", default=f"file://{project_root()}/.local/reports")
-        out = ObjectStoragePath(base) / window["period"]
+        out = storage_path(base) / window["period"]  # s3:// through the aws_default connection
         return write_month_end_report(get_dsn(), window["period"], str(out))
 
     window = resolve_window()

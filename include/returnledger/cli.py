@@ -15,16 +15,20 @@ from pathlib import Path
 # modules that add their own subcommands
 PLUGGED = ["returnledger.reference", "returnledger.exceptions", "returnledger.operating_checks",
            "returnledger.amazon_export", "returnledger.reconcile", "returnledger.reports",
-           "returnledger.sandbox.serve"]
+           "returnledger.sandbox.serve", "returnledger.local_cluster"]
 
 
 def _cmd_migrate(args) -> int:
+    import os
+
     from returnledger.store import db, migrate
 
     dsn = db.resolve_dsn()
+    if args.create_database and migrate.ensure_database(dsn):
+        print("created the ledger database")
     if args.reset:
         migrate.reset(dsn)
-    applied = migrate.migrate(dsn)
+    applied = migrate.migrate(dsn, owner=args.owner, owner_password=os.environ.get("RETURNLEDGER_LEDGER_PASSWORD"))
     print("applied: " + (", ".join(applied) if applied else "nothing (schema is current)"))
     return 0
 
@@ -72,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("migrate", help="apply pending schema migrations (idempotent)")
     m.add_argument("--reset", action="store_true", help="drop the ledger schema first (loses data)")
+    m.add_argument("--create-database", action="store_true", help="create the DSN's database if missing")
+    m.add_argument("--owner", help="least-privilege login role that owns the ledger (created if missing; "
+                                   "password from RETURNLEDGER_LEDGER_PASSWORD), e.g. returnledger")
     m.set_defaults(func=_cmd_migrate)
     d = sub.add_parser("db", help="the embedded PostgreSQL under .local/")
     d.add_argument("action", choices=["start", "stop", "dsn"])

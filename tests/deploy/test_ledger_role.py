@@ -1,0 +1,73 @@
+"""The least-privilege ledger role: created by the migrations tooling, owner of the ledger and nothing else.
+
+The DAGs of the compose file and of ``make cluster`` reach the ledger as this role (``returnledger``);
+migrations run as an administrator and hand what they create to it.
+"""
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from returnledger.store import db, migrate
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def owned_ledger(pg_server):
+    dsn = db.create_scratch_database(pg_server, "rl_role")
+    try:
+        migrate.migrate(dsn, owner=migrate.LEDGER_ROLE)
+        yield dsn
+    finally:
+        db.drop_database(pg_server, dsn)
+
+
+def _as_role(dsn: str) -> str:
+    from returnledger.local_cluster import role_dsn
+
+    return role_dsn(dsn, migrate.LEDGER_ROLE)
+
+
+def test_role_has_no_server_powers(owned_ledger):
+    with psycopg.connect(owned_ledger) as c:
+        row = c.execute("""SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls
+                             FROM pg_roles WHERE rolname = %s""", (migrate.LEDGER_ROLE,)).fetchone()
+    assert row == (True, False, False, False, False, False)
+
+
+def test_role_owns_the_ledger_schema_and_everything_in_it(owned_ledger):
+    with psycopg.connect(owned_ledger) as c:
+        assert c.execute("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'ledger'"
+                         ).fetchone()[0] == migrate.LEDGER_ROLE
+        owners = c.execute("""SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c
+                                JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'ledger'""").fetchall()
+        functions = c.execute("""SELECT DISTINCT pg_get_userbyid(p.proowner) FROM pg_proc p
+                                   JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'ledger'""").fetchall()
+    assert owners == [(migrate.LEDGER_ROLE,)]
+    assert functions in ([], [(migrate.LEDGER_ROLE,)])
+
+
+def test_role_works_the_ledger_but_cannot_reach_beyond_it(owned_ledger):
+    with db.connect(_as_role(owned_ledger)) as c:
+        assert c.execute("SELECT current_user").fetchone()[0] == migrate.LEDGER_ROLE
+        c.execute("""INSERT INTO ledger.owner_team (exception_type, owner, sla_days, what_to_do)
+                     VALUES ('ROLE_TEST', 'operations', 1, 'nothing')""")
+        c.execute("CREATE TEMP TABLE scratch (x int)")  # the sync stages batches in temp tables
+        c.execute("ANALYZE ledger.owner_team")
+        c.rollback()
+    with psycopg.connect(_as_role(owned_ledger), autocommit=True) as c:
+        for statement in ("CREATE DATABASE rl_role_denied", "CREATE SCHEMA denied", "CREATE ROLE denied",
+                          "SELECT count(*) FROM pg_authid"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(statement)
+
+
+def test_later_migrations_hand_new_objects_to_the_owner(owned_ledger, monkeypatch):
+    files = migrate.migration_files() + [("9999_added_later.sql", "CREATE TABLE ledger.added_later (id int)")]
+    monkeypatch.setattr(migrate, "migration_files", lambda: files)
+    # no owner given, run by the administrator: the schema's owner gets the new table
+    assert migrate.migrate(owned_ledger) == ["9999_added_later.sql"]
+    with psycopg.connect(owned_ledger) as c:
+        assert c.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'ledger.added_later'::regclass"
+                         ).fetchone()[0] == migrate.LEDGER_ROLE

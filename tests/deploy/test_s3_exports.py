@@ -1,0 +1,89 @@
+"""Object storage for real: a Vendor Central export read from, and the month-end report written to, an S3
+API served on this machine (moto in server mode), through the ``aws_default`` Airflow connection only.
+
+The S3 endpoint and the credentials exist nowhere but in that connection (no AWS_* variables), so the
+import can only succeed if ``ObjectStoragePath`` is built with the connection id.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+BUCKET, REGION = "vendor-exports", "eu-west-2"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """An S3 API on loopback; ``aws_default`` points at it; no AWS_* variables in the environment."""
+    boto3 = pytest.importorskip("boto3")
+    server_mod = pytest.importorskip("moto.server")
+    port = _free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION"):
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
+            "conn_type": "aws", "login": "moto-key", "password": "moto-secret",
+            "extra": {"region_name": REGION, "endpoint_url": url}}))
+        client = boto3.client("s3", endpoint_url=url, region_name=REGION, aws_access_key_id="moto-key",
+                              aws_secret_access_key="moto-secret")
+        client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        yield client
+    finally:
+        server.stop()
+
+
+def _export_csv() -> tuple[bytes, int]:
+    from returnledger.amazon_export import COLUMNS
+
+    scenario = json.loads((ROOT / "scenarios" / "small-month.json").read_text())
+    rows = scenario["amazon"]["returns"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(COLUMNS)
+    for r in rows:
+        w.writerow(["" if r.get(c) is None else r.get(c) for c in COLUMNS])
+    return buf.getvalue().encode(), len(rows)
+
+
+def test_export_read_and_report_written_through_aws_default(s3, fresh_db):
+    from returnledger.amazon_export import import_amazon_export, storage_path
+    from returnledger.reports import write_month_end_report
+
+    body, n = _export_csv()
+    s3.put_object(Bucket=BUCKET, Key="vendor-central/vendor_central_returns_2026-10.csv", Body=body)
+    at = datetime(2026, 11, 3, tzinfo=timezone.utc)
+
+    assert storage_path(f"s3://{BUCKET}/x").conn_id == "aws_default"
+    result = import_amazon_export(fresh_db, f"s3://{BUCKET}/vendor-central", "2026-10", at=at)
+    assert (result.status, result.rows, result.inserted) == ("IMPORTED", n, n)
+    again = import_amazon_export(fresh_db, f"s3://{BUCKET}/vendor-central", "2026-10", at=at)
+    assert again.status == "UNCHANGED"  # same sha256: nothing re-imported
+
+    missing = import_amazon_export(fresh_db, f"s3://{BUCKET}/vendor-central", "2026-09", at=at, missing_ok=True)
+    assert missing.status == "MISSING"
+
+    # the close run's report path, as dags/returns_reconciliation.py builds it
+    out = storage_path(f"s3://{BUCKET}/month-end") / "2026-10"
+    write_month_end_report(fresh_db, "2026-10", str(out), allow_empty=True)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="month-end/")["Contents"]}
+    assert {"month-end/2026-10/month_end_report.csv", "month-end/2026-10/month_end_report.html"} <= keys
