@@ -15,12 +15,18 @@ import sys
 import time
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """Is any process of the process group ``pgid`` left? (One of another user's counts as alive.)"""
     try:
         os.killpg(pgid, 0)
         return True
     except ProcessLookupError:
         return False
+    except PermissionError:
+        return True
+
+
+_group_alive = group_alive
 
 
 def run_standalone(grace_s: float = 30.0) -> int:

@@ -240,14 +240,7 @@ def _marked(cluster_id: str) -> list:
     return found
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+from returnledger.local_airflow import group_alive as _group_alive  # noqa: E402  (one definition)
 
 
 def _reap() -> None:

@@ -636,14 +636,7 @@ def _stop_embedded() -> None:
         log.exception("could not stop the embedded PostgreSQL")
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+from returnledger.local_airflow import group_alive as _group_alive  # noqa: E402  (one definition)
 
 
 def _end_group(pgid: int, timeout: float = 5.0) -> bool:

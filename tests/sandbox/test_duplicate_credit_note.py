@@ -6,8 +6,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import sys
 from collections import Counter
-from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -17,6 +17,9 @@ from returnledger.clients.amazon import AmazonVendorClient, TransactionStatus
 from returnledger.sandbox.scenario import Scenario, ScenarioError
 from returnledger.sandbox.server import serve_in_thread
 from returnledger.sandbox.spapi_sim import build_spapi_app, request_validator
+
+sys.path.insert(0, str(Path(__file__).parent))
+import test_amazon_client as _client_tests  # noqa: E402
 
 CREDS = dict(refresh_token="sandbox-refresh-token", lwa_client_id="sandbox-lwa-client",
              lwa_client_secret="sandbox-lwa-secret")
@@ -51,18 +54,7 @@ def variant(scenario: dict, mode=UNSET, **faults) -> dict:
     return sc
 
 
-def credit_note(scenario: dict, row: dict) -> dict:
-    cost = {c["sku"]: c["unit_cost"] for c in scenario["catalog"]}[row["sku"]]
-    details = {"returnsReferenceNumber": row["returns_notice"], "goodsReturnDate": f"{row['returned_at']}T00:00:00Z",
-               "rmaId": row["rma_id"], "consignorsReferenceNumber": row["vret"]}
-    return {"invoiceType": "CreditNote", "id": f"CN-{row['amazon_return_id']}",
-            "date": f"{row['returned_at']}T12:00:00Z", "remitToParty": {"partyId": scenario["vendor"]["party_id"]},
-            "invoiceTotal": {"currencyCode": "GBP", "amount": str(Decimal(cost) * row["quantity"])},
-            "creditNoteDetails": details,
-            "items": [{"itemSequenceNumber": 1, "vendorProductIdentifier": row["sku"],
-                       "amazonProductIdentifier": row["asin"],
-                       "invoicedQuantity": {"amount": row["quantity"], "unitOfMeasure": "Eaches"},
-                       "netCost": {"currencyCode": "GBP", "amount": cost}}]}
+credit_note = _client_tests.credit_note   # one test credit note for the sandbox tests
 
 
 def notes_for(scenario: dict, n: int | None = None) -> list[dict]:
