@@ -48,28 +48,12 @@ from airflow.sdk import (
 )
 
 from returnledger.airflow_adapter import LEDGER_ASSET_NAME, LEDGER_ASSET_URI, default_args
-from returnledger.notify import dag_failure_callbacks
+from returnledger.notify import dag_failure_callbacks, finance_notice
 
 LEDGER = Asset(name=LEDGER_ASSET_NAME, uri=LEDGER_ASSET_URI)  # emitted by returns_sync
 # what this DAG produces (never LEDGER itself: that would trigger this DAG again)
 RECON_RESULTS = Asset(name="returns_recon_results", uri="returnledger://ledger/recon_result")
 REPORT = Asset(name="returns_month_end_report", uri="returnledger://reports/month_end_report")
-
-
-def _finance_notifier():
-    """Mail finance the close totals once the report is written (a mail failure never fails the task)."""
-    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-
-    return SmtpNotifier(
-        to="{{ var.value.get('returnledger_finance_to', 'finance@localhost') }}",
-        subject="[returnledger] month-end returns report {{ params.close_period }} is ready",
-        html_content=(
-            "<p>The returns month-end report for <b>{{ params.close_period }}</b> is written "
-            "(as of {{ data_interval_end }}).</p>"
-            "<p>Totals: <pre>{{ ti.xcom_pull(task_ids='write_report') | tojson }}</pre></p>"
-            "<p>CREDIT_MISSING, CREDIT_MISMATCH, CREDIT_REJECTED and DARK_RETURN rows need action; "
-            "see docs/reconciliation.md.</p>"),
-        smtp_conn_id="smtp_default")
 
 
 @dag(
@@ -146,7 +130,7 @@ def returns_reconciliation():
         """Only a close run writes the report and tells finance."""
         return bool(window["close"])
 
-    @task(outlets=[REPORT], on_success_callback=[_finance_notifier()])
+    @task(outlets=[REPORT], on_success_callback=[finance_notice()])
     def write_report(window: dict) -> dict:
         """month_end_report.csv + .html under <returnledger_report_base>/<period>/."""
         from airflow.sdk import Variable

@@ -175,3 +175,31 @@ def send_digest(summary: dict, context=None) -> str:
     else:
         notifier(context)  # renders template fields (nothing to render: the digest has no Jinja markers)
     return to
+
+
+def finance_notice(smtp_conn_id: str = SMTP_CONN_ID):
+    """Mail finance that the month-end report is written, with its totals.
+
+    A mail that cannot be sent (no mail server, refused login) is one error line in the task log naming the
+    recipient and the cause, never a traceback and never a failed close run: the report is already written.
+    """
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    class FinanceNotice(SmtpNotifier):
+        def notify(self, context):
+            try:
+                super().notify(context)
+            except Exception as e:  # noqa: BLE001 - a notice must not fail (or clutter) the close
+                log.error("returnledger: the month-end notice to %s was not sent through connection %s: %s: %s",
+                          self.to, self.smtp_conn_id, type(e).__name__, e)
+
+    return FinanceNotice(
+        to="{{ var.value.get('returnledger_finance_to', 'finance@localhost') }}",
+        subject="[returnledger] month-end returns report {{ params.close_period }} is ready",
+        html_content=(
+            "<p>The returns month-end report for <b>{{ params.close_period }}</b> is written "
+            "(as of {{ data_interval_end }}).</p>"
+            "<p>Totals: <pre>{{ ti.xcom_pull(task_ids='write_report') | tojson }}</pre></p>"
+            "<p>CREDIT_MISSING, CREDIT_MISMATCH, CREDIT_REJECTED and DARK_RETURN rows need action; "
+            "see docs/reconciliation.md.</p>"),
+        smtp_conn_id=smtp_conn_id)

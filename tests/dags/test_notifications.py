@@ -309,3 +309,33 @@ def test_dag_test_of_weekly_review_mails_one_review_per_team(airflow_env, smtp, 
     # the weekly review only reads: no SYNC_STALLED raised
     with db.connect(fresh_db) as c:
         assert c.execute("SELECT count(*) FROM ledger.exception WHERE type = 'SYNC_STALLED'").fetchone() == (0,)
+
+
+def test_month_end_notice_without_a_mail_server_is_one_error_line(monkeypatch):
+    """No mail server anywhere: the finance notice logs one error naming recipient and cause, and never
+    raises (the close run stays green, no traceback)."""
+    import socket
+
+    from returnledger import notify
+
+    calls = []
+
+    class Recorder:
+        def error(self, msg, *args, **kw):
+            calls.append((msg % args, kw))
+
+        def __getattr__(self, name):          # other levels: not expected here
+            return lambda *a, **k: calls.append((name, a, k))
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]            # nothing listens here once the socket is closed
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", smtp_uri(dead))
+    monkeypatch.setattr(notify, "log", Recorder())
+    notice = notify.finance_notice()
+    notice.to = "finance@localhost"          # as rendered from the template
+    notice.notify({})                        # must not raise
+    assert len(calls) == 1, calls
+    message, kw = calls[0]
+    assert "finance@localhost" in message and "refused" in message.lower(), message
+    assert "exc_info" not in kw              # one line, no traceback
