@@ -260,6 +260,26 @@ class _SendLog:
 
 # --------------------------------------------------------------------------- pushes
 
+def _begin_send(conn, claim: _Claim, *, kind: str, document_id: str | None, ids: list[int], body: Any,
+                batch_id: str, at: datetime) -> _SendLog:
+    """Count the attempt on the claimed rows (committed before the call, so a crash still leaves a trace)
+    and return the send log that records each HTTP try of it."""
+    conn.execute("UPDATE ledger.amazon_submission SET attempts = attempts + 1"
+                 " WHERE submission_id = ANY(%s) AND claim_key = %s", (ids, claim.key))
+    conn.commit()
+    return _SendLog(conn, kind=kind, document_id=document_id, ids=ids, body=body, claim=claim,
+                    batch_id=batch_id, at=at)
+
+
+def _mark_submitted(conn, ids: list[int], claim: _Claim, tx: str, at: datetime) -> list[tuple]:
+    """Amazon answered 202: the rows this pusher still holds become SUBMITTED; returns their lines."""
+    return conn.execute("""
+        UPDATE ledger.amazon_submission SET status = 'SUBMITTED', transaction_id = %s, submitted_at = %s,
+               last_error = NULL, claim_key = NULL
+         WHERE submission_id = ANY(%s) AND status = 'SENDING' AND claim_key = %s
+        RETURNING return_id, line""", (tx, at, ids, claim.key)).fetchall()
+
+
 def push_credits(dsn: str, client, *, party_id: str, at: datetime, batch_id: str) -> dict:
     """Send every pending credit note, one note per submitInvoices call.
 
@@ -284,12 +304,9 @@ def push_credits(dsn: str, client, *, party_id: str, at: datetime, batch_id: str
                     stats["stopped_by_breaker"] += 1
                     continue
                 body = build_credit_note(doc_id, rows, party_id=party_id)
-                conn.execute("UPDATE ledger.amazon_submission SET attempts = attempts + 1 "
-                             "WHERE submission_id = ANY(%s) AND claim_key = %s", (ids, claim.key))
-                conn.commit()
                 stats["calls"] += 1
-                sendlog = _SendLog(conn, kind="CREDIT_NOTE", document_id=doc_id, ids=ids, body=body, claim=claim,
-                                   batch_id=batch_id, at=at)
+                sendlog = _begin_send(conn, claim, kind="CREDIT_NOTE", document_id=doc_id, ids=ids, body=body,
+                                      batch_id=batch_id, at=at)
                 try:
                     tx = client.submit_invoices([body], on_attempt=sendlog)
                 except AmazonRequestError as e:  # Amazon refused the body itself: not transient
@@ -306,11 +323,7 @@ def push_credits(dsn: str, client, *, party_id: str, at: datetime, batch_id: str
                     continue
                 consecutive = 0
                 with conn.transaction():
-                    done = conn.execute("""
-                        UPDATE ledger.amazon_submission SET status = 'SUBMITTED', transaction_id = %s,
-                               submitted_at = %s, last_error = NULL, claim_key = NULL
-                         WHERE submission_id = ANY(%s) AND status = 'SENDING' AND claim_key = %s
-                        RETURNING return_id, line""", (tx, at, ids, claim.key)).fetchall()
+                    done = _mark_submitted(conn, ids, claim, tx, at)
                     conn.execute("""UPDATE ledger.credit_note SET first_transaction_id = COALESCE(first_transaction_id, %s)
                                     WHERE credit_note_id = %s""", (tx, doc_id))
                     _transition(conn, [tuple(k) for k in done], lifecycle.on_credit_submitted,
@@ -359,12 +372,9 @@ def push_inventory(dsn: str, client, *, warehouse_id: str, party_id: str, at: da
             items = [{"vendorProductIdentifier": s, "availableQuantity": {"amount": int(avail.get(s) or 0),
                                                                          "unitOfMeasure": "Each"},
                       "isObsolete": False} for s in chunk]
-            conn.execute("UPDATE ledger.amazon_submission SET attempts = attempts + 1 WHERE submission_id = ANY(%s)",
-                         (ids,))
-            conn.commit()
             stats["calls"] += 1
-            sendlog = _SendLog(conn, kind="INVENTORY", document_id=None, ids=ids, body=items, claim=claim,
-                               batch_id=batch_id, at=at)
+            sendlog = _begin_send(conn, claim, kind="INVENTORY", document_id=None, ids=ids, body=items,
+                                  batch_id=batch_id, at=at)
             try:
                 tx = client.submit_inventory_update(warehouse_id, selling_party_id=party_id, items=items,
                                                     on_attempt=sendlog)
@@ -375,10 +385,7 @@ def push_inventory(dsn: str, client, *, warehouse_id: str, party_id: str, at: da
                 consecutive += 1
                 continue
             consecutive = 0
-            conn.execute("""UPDATE ledger.amazon_submission SET status = 'SUBMITTED', transaction_id = %s,
-                            submitted_at = %s, last_error = NULL, claim_key = NULL
-                            WHERE submission_id = ANY(%s) AND status = 'SENDING' AND claim_key = %s""",
-                         (tx, at, ids, claim.key))
+            _mark_submitted(conn, ids, claim, tx, at)
             conn.commit()
             stats["skus"] += len(chunk)
             stats["lines"] += len(ids)
