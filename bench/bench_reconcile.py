@@ -23,7 +23,7 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from returnledger.reconcile import period_bounds, reconcile
+from returnledger.reconciliation.match import period_bounds, reconcile
 from returnledger.store import db, migrate
 
 PERIOD = "2026-10"

@@ -30,8 +30,10 @@ from pathlib import Path
 
 import psycopg
 
-from returnledger import lifecycle, reference, sync
+from returnledger import sync
+from returnledger.ledger import lifecycle
 from returnledger.models import EventType, LineState
+from returnledger.reference import catalog as reference
 from returnledger.store import db, migrate
 
 ROOT = Path(__file__).resolve().parents[1]

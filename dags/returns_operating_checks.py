@@ -39,8 +39,8 @@ from datetime import datetime, timezone
 
 from airflow.sdk import dag, task
 
-from returnledger.airflow_adapter import default_args, digest_dir, period_schedule, run_moment
-from returnledger.notify import dag_failure_callbacks
+from returnledger.airflow.adapter import default_args, digest_dir, period_schedule, run_moment
+from returnledger.reports.notify import dag_failure_callbacks
 
 
 @dag(
@@ -57,15 +57,15 @@ from returnledger.notify import dag_failure_callbacks
 def returns_operating_checks():
     @task
     def check_flows() -> dict:
-        from returnledger.airflow_adapter import get_dsn
-        from returnledger.operating_checks import check_stalled_flows
+        from returnledger.airflow.adapter import get_dsn
+        from returnledger.reports.digests import check_stalled_flows
 
         return check_stalled_flows(get_dsn(), as_of=run_moment())
 
     @task
     def build(flows: dict) -> list[dict]:
-        from returnledger.airflow_adapter import get_dsn
-        from returnledger.operating_checks import build_and_write
+        from returnledger.airflow.adapter import get_dsn
+        from returnledger.reports.digests import build_and_write
 
         return build_and_write(get_dsn(), as_of=run_moment(), kind="daily", out_dir=digest_dir())
 
@@ -73,7 +73,7 @@ def returns_operating_checks():
     def send(digest: dict) -> str:
         from airflow.sdk import get_current_context
 
-        from returnledger.notify import send_digest
+        from returnledger.reports.notify import send_digest
 
         ctx = get_current_context()
         ctx["team"] = digest["owner"]

@@ -47,8 +47,8 @@ from airflow.sdk import (
     task,
 )
 
-from returnledger.airflow_adapter import LEDGER_ASSET_NAME, LEDGER_ASSET_URI, default_args
-from returnledger.notify import dag_failure_callbacks, finance_notice
+from returnledger.airflow.adapter import LEDGER_ASSET_NAME, LEDGER_ASSET_URI, default_args
+from returnledger.reports.notify import dag_failure_callbacks, finance_notice
 
 LEDGER = Asset(name=LEDGER_ASSET_NAME, uri=LEDGER_ASSET_URI)  # emitted by returns_sync
 # what this DAG produces (never LEDGER itself: that would trigger this DAG again)
@@ -76,7 +76,7 @@ def returns_reconciliation():
     @task
     def resolve_window() -> dict:
         """Period, as-of and batch id of this run, resolved once from the run (never the clock)."""
-        from returnledger.reconcile import period_bounds, period_of
+        from returnledger.reconciliation.match import period_bounds, period_of
 
         ctx = get_current_context()
         end = ctx.get("data_interval_end") or ctx.get("logical_date") or ctx["dag_run"].run_after
@@ -97,8 +97,8 @@ def returns_reconciliation():
         """Validate and load the month's Vendor Central returns export (required on close runs)."""
         from airflow.sdk import Variable
 
-        from returnledger.airflow_adapter import get_dsn
-        from returnledger.amazon_export import import_amazon_export as run_import
+        from returnledger.airflow.adapter import get_dsn
+        from returnledger.reconciliation.amazon_export import import_amazon_export as run_import
         from returnledger.store.db import project_root
 
         base = Variable.get("returnledger_export_base", default=f"file://{project_root()}/.local/landing")
@@ -109,8 +109,8 @@ def returns_reconciliation():
     @task(outlets=[RECON_RESULTS])
     def reconcile(window: dict, imported: dict) -> dict:
         """Match the period's lines and Amazon records; raise the exceptions; replace the results."""
-        from returnledger.airflow_adapter import get_dsn
-        from returnledger.reconcile import reconcile as run_reconcile
+        from returnledger.airflow.adapter import get_dsn
+        from returnledger.reconciliation.match import reconcile as run_reconcile
 
         summary = run_reconcile(get_dsn(), window["period"], as_of=datetime.fromisoformat(window["as_of"]),
                                 batch_id=window["batch_id"], result_key=window["result_key"])
@@ -119,8 +119,8 @@ def returns_reconciliation():
     @task
     def create_post_hoc_returns(window: dict, summary: dict) -> int:
         """A ReBound return for every dark return not linked yet (idempotent at ReBound)."""
-        from returnledger.airflow_adapter import get_dsn, rebound_client
-        from returnledger.reconcile import create_post_hoc_returns as run_post_hoc
+        from returnledger.airflow.adapter import get_dsn, rebound_client
+        from returnledger.reconciliation.match import create_post_hoc_returns as run_post_hoc
 
         return run_post_hoc(get_dsn(), rebound_client(), at=datetime.fromisoformat(window["as_of"]),
                             batch_id=window["batch_id"])
@@ -135,9 +135,9 @@ def returns_reconciliation():
         """month_end_report.csv + .html under <returnledger_report_base>/<period>/."""
         from airflow.sdk import Variable
 
-        from returnledger.airflow_adapter import get_dsn
-        from returnledger.amazon_export import storage_path
-        from returnledger.reports import write_month_end_report
+        from returnledger.airflow.adapter import get_dsn
+        from returnledger.reconciliation.amazon_export import storage_path
+        from returnledger.reports.finance import write_month_end_report
         from returnledger.store.db import project_root
 
         base = Variable.get("returnledger_report_base", default=f"file://{project_root()}/.local/reports")

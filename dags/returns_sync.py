@@ -45,14 +45,14 @@ from datetime import datetime, timezone
 
 from airflow.sdk import Asset, Label, dag, task
 
-from returnledger.airflow_adapter import (
+from returnledger.airflow.adapter import (
     AMAZON_POOL,
     LEDGER_ASSET_NAME,
     LEDGER_ASSET_URI,
     default_args,
     period_schedule,
 )
-from returnledger.notify import dag_failure_callbacks
+from returnledger.reports.notify import dag_failure_callbacks
 
 LEDGER = Asset(name=LEDGER_ASSET_NAME, uri=LEDGER_ASSET_URI)
 SCHEDULE = period_schedule(os.environ.get("RETURNLEDGER_SYNC_SCHEDULE", "@daily"))
@@ -60,7 +60,7 @@ SCHEDULE = period_schedule(os.environ.get("RETURNLEDGER_SYNC_SCHEDULE", "@daily"
 
 def _window() -> dict:
     """The run's window and batch id, resolved once from the run (never from the clock)."""
-    from returnledger.airflow_adapter import run_interval
+    from returnledger.airflow.adapter import run_interval
     from returnledger.sync import batch_id_for
 
     start, end = run_interval()
@@ -85,7 +85,7 @@ def _at(window: dict) -> datetime:
 def returns_sync():
     @task
     def extract() -> dict:
-        from returnledger.airflow_adapter import get_dsn, rebound_client
+        from returnledger.airflow.adapter import get_dsn, rebound_client
         from returnledger.sync import extract as run_extract
 
         window = _window()
@@ -97,7 +97,7 @@ def returns_sync():
     def validate(window: dict) -> dict:
         from pathlib import Path
 
-        from returnledger.airflow_adapter import get_dsn
+        from returnledger.airflow.adapter import get_dsn
         from returnledger.store.db import local_dir
         from returnledger.sync import validate as run_validate
 
@@ -112,14 +112,14 @@ def returns_sync():
 
     @task
     def quarantine(window: dict) -> dict:
-        from returnledger.airflow_adapter import get_dsn
+        from returnledger.airflow.adapter import get_dsn
         from returnledger.sync import quarantine as run_quarantine
 
         return run_quarantine(get_dsn(), batch_id=window["batch_id"], at=_at(window))
 
     @task(trigger_rule="none_failed_min_one_success")
     def apply(window: dict) -> dict:
-        from returnledger.airflow_adapter import amazon_settings, get_dsn
+        from returnledger.airflow.adapter import amazon_settings, get_dsn
         from returnledger.sync import apply as run_apply
 
         return run_apply(get_dsn(), batch_id=window["batch_id"], at=_at(window),
@@ -127,7 +127,7 @@ def returns_sync():
 
     @task(pool=AMAZON_POOL, trigger_rule="none_failed")
     def push_inventory(window: dict) -> dict:
-        from returnledger.airflow_adapter import amazon_client, amazon_settings, get_dsn
+        from returnledger.airflow.adapter import amazon_client, amazon_settings, get_dsn
         from returnledger.sync import push_inventory as run_push
 
         vendor = amazon_settings()
@@ -136,7 +136,7 @@ def returns_sync():
 
     @task(pool=AMAZON_POOL, trigger_rule="none_failed")
     def push_credits(window: dict) -> dict:
-        from returnledger.airflow_adapter import amazon_client, amazon_settings, get_dsn
+        from returnledger.airflow.adapter import amazon_client, amazon_settings, get_dsn
         from returnledger.sync import push_credits as run_push
 
         return run_push(get_dsn(), amazon_client(), party_id=amazon_settings()["party_id"], at=_at(window),
@@ -144,7 +144,7 @@ def returns_sync():
 
     @task(pool=AMAZON_POOL, outlets=[LEDGER], trigger_rule="none_failed")
     def confirm(window: dict, extracted: dict, validated: dict) -> dict:
-        from returnledger.airflow_adapter import amazon_client, get_dsn
+        from returnledger.airflow.adapter import amazon_client, get_dsn
         from returnledger.sync import confirm as run_confirm
         from returnledger.sync import finish_run
 

@@ -30,8 +30,8 @@ from datetime import datetime, timezone
 
 from airflow.sdk import dag, task
 
-from returnledger.airflow_adapter import default_args, digest_dir, period_schedule, run_moment
-from returnledger.notify import dag_failure_callbacks
+from returnledger.airflow.adapter import default_args, digest_dir, period_schedule, run_moment
+from returnledger.reports.notify import dag_failure_callbacks
 
 
 @dag(
@@ -48,8 +48,8 @@ from returnledger.notify import dag_failure_callbacks
 def returns_weekly_review():
     @task
     def build() -> list[dict]:
-        from returnledger.airflow_adapter import get_dsn
-        from returnledger.operating_checks import build_and_write
+        from returnledger.airflow.adapter import get_dsn
+        from returnledger.reports.digests import build_and_write
 
         return build_and_write(get_dsn(), as_of=run_moment(), kind="weekly", out_dir=digest_dir())
 
@@ -57,7 +57,7 @@ def returns_weekly_review():
     def send(digest: dict) -> str:
         from airflow.sdk import get_current_context
 
-        from returnledger.notify import send_digest
+        from returnledger.reports.notify import send_digest
 
         ctx = get_current_context()
         ctx["team"] = digest["owner"]

@@ -1,12 +1,12 @@
 """Airflow plugin: the returns exceptions console in the Airflow UI.
 
-Mounts returnledger.console under ``/returnledger`` on the api-server and
+Mounts returnledger.console.app under ``/returnledger`` on the api-server and
 adds "Returns exceptions" to the Browse menu (shown inside the UI as an
 embedded view). Every route of the console requires a signed-in Airflow
 user; reading needs any role, every state-changing action (resolve, dismiss,
 retry, add a mapping or a SKU) needs Op or Admin under the SimpleAuthManager
 (the "can edit" permission on "Returns exceptions" under FAB); see
-returnledger.console. The ledger is reached through the ``returns_db``
+returnledger.console.app. The ledger is reached through the ``returns_db``
 connection.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ URL_PREFIX = "/returnledger"
 @cache
 def _console_app():
     # the package (FastAPI, jinja2) is imported only when the api-server collects fastapi_apps
-    from returnledger.console import create_console_app
+    from returnledger.console.app import create_console_app
 
     return create_console_app()
 

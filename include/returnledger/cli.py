@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 # modules that add their own subcommands
-PLUGGED = ["returnledger.reference", "returnledger.exceptions", "returnledger.operating_checks",
-           "returnledger.amazon_export", "returnledger.reconcile", "returnledger.reports",
+PLUGGED = ["returnledger.reference.catalog", "returnledger.exception_queue.queue", "returnledger.reports.digests",
+           "returnledger.reconciliation.amazon_export", "returnledger.reconciliation.match", "returnledger.reports.finance",
            "returnledger.sandbox.serve", "returnledger.local_cluster"]
 
 

@@ -173,7 +173,7 @@ def run_cluster_scenario(scenario_path: Path, out_dir: Path, *, dsn: str | None 
 
     ``name`` names the cluster's Celery queue and workers: clusters sharing one Redis need different names."""
     from returnledger import local_cluster as lc
-    from returnledger import reference
+    from returnledger.reference import catalog as reference
     from returnledger.runner import export_exceptions, summary
     from returnledger.sandbox.harness import run_sandbox
     from returnledger.sandbox.scenario import load_scenario_dict
@@ -263,7 +263,7 @@ def run_cluster_scenario(scenario_path: Path, out_dir: Path, *, dsn: str | None 
 
 
 def _apply_operations(dsn: str, day: date, ops_by_day: dict, progress) -> None:
-    from returnledger import reference
+    from returnledger.reference import catalog as reference
 
     for op in ops_by_day.get(day.isoformat(), []):
         reference.apply_operation(dsn, op, at=_utc(day), actor="operator (scenario)")

@@ -324,7 +324,7 @@ def start(spec: ClusterSpec, *, progress=print, timeout_s: float = 300) -> dict:
     if spec.load_reference:
         from datetime import datetime, timezone
 
-        from returnledger import reference
+        from returnledger.reference import catalog as reference
 
         reference.load_reference(spec.ledger_dsn, at=datetime.now(timezone.utc), actor="cluster start")
     progress(f"ledger ready as role {spec.ledger_role} ({len(applied)} migration(s) applied)")

@@ -172,7 +172,7 @@ class DemoFailure(RuntimeError):
 
 
 class _TaskErrors(logging.Handler):
-    """Keeps what returnledger.notify.log_failure logs when a task fails (dag.test runs tasks in-process)."""
+    """Keeps what returnledger.reports.notify.log_failure logs when a task fails (dag.test runs tasks in-process)."""
 
     def __init__(self):
         super().__init__(logging.ERROR)
@@ -185,7 +185,7 @@ class _TaskErrors(logging.Handler):
             pass
 
     def attach(self) -> _TaskErrors:
-        logger = logging.getLogger("returnledger.notify")
+        logger = logging.getLogger("returnledger.reports.notify")
         logger.disabled = False  # Airflow's logging config may disable loggers that existed before it
         logger.addHandler(self)
         return self
@@ -465,7 +465,7 @@ def run_scenario(scenario_path: Path, out_dir: Path, *, dsn: str | None = None, 
     ``progress(text)`` gets the screen lines (one per day); ``stage(kind, **info)``, when given, hears where
     the run is ("start-up", "day" with day/n/of, "close" with day/period).
     """
-    from returnledger import reference
+    from returnledger.reference import catalog as reference
     from returnledger.sandbox.harness import run_sandbox
     from returnledger.sandbox.scenario import load_scenario_dict
 

@@ -24,9 +24,8 @@ from typing import Any
 import msgspec
 import psycopg
 
-from returnledger import lifecycle
 from returnledger.clients.rebound import ReboundError
-from returnledger.exceptions import (
+from returnledger.exception_queue.queue import (
     NewException,
     event_subject,
     line_subject,
@@ -34,6 +33,7 @@ from returnledger.exceptions import (
     raise_exceptions,
     resolve_open,
 )
+from returnledger.ledger import lifecycle
 from returnledger.models import (
     RETURN_ID_PATTERN,
     ActionKind,
@@ -614,7 +614,7 @@ def fetch_return_orders(conn: psycopg.Connection, client, *, at: datetime | None
     that passes clears its earlier rejection and releases the events it held; INVALID_EVENTs whose return
     or line now exists are resolved and their events examined again (the same path as a new delivery).
     """
-    from returnledger.exceptions import order_subject, replay_events
+    from returnledger.exception_queue.queue import order_subject, replay_events
 
     at = at or datetime.now(timezone.utc)
     ids = [r[0] for r in conn.execute(_REFRESH_SQL)]
@@ -664,7 +664,7 @@ def _order_bytes(o: Any) -> bytes:
 
 def _reject_orders(conn, bad: list[tuple[str | None, bytes, str, str]], *, at: datetime, batch_id: str) -> None:
     """Keep failing orders as returned (each distinct version once) and raise INVALID_RETURN_ORDER."""
-    from returnledger.exceptions import order_subject
+    from returnledger.exception_queue.queue import order_subject
 
     sql = """
         INSERT INTO ledger.return_order_rejected (return_id, body, payload, body_md5, problems, first_seen_at,
@@ -714,7 +714,7 @@ RETURNING fixed.raw_id
 
 def _release_fixed_events(conn, *, at: datetime) -> int:
     """INVALID_EVENTs that named a return or line ReBound has since added: resolved, events replayed."""
-    from returnledger.exceptions import replay_events
+    from returnledger.exception_queue.queue import replay_events
 
     ids = [r[0] for r in conn.execute(_FIXED_INVALID_SQL, (at, SYSTEM_ACTOR))]
     return replay_events(conn, ids)
@@ -926,7 +926,7 @@ VALIDATION_FRAME_SQL = f"""
 
 def read_validation_frame(conn: psycopg.Connection):
     """The unprocessed events as a DataFrame: COPY ... TO STDOUT as CSV into pandas' C reader."""
-    from returnledger.validation import frame_from_csv
+    from returnledger.screening.suite import frame_from_csv
 
     buf = bytearray()
     with conn.cursor().copy(f"COPY ({VALIDATION_FRAME_SQL}) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
@@ -950,7 +950,7 @@ def validate(dsn: str, *, batch_id: str, result_dir: Path | None = None) -> dict
     # validation below wait for it if it is not done yet)
     warm = threading.Thread(target=_import_gx, name="import-gx", daemon=True)
     warm.start()
-    from returnledger.validation import validate_frame, write_result
+    from returnledger.screening.suite import validate_frame, write_result
 
     with connect(dsn) as conn:
         frame = read_validation_frame(conn)
@@ -1290,7 +1290,7 @@ class _Changes:
 
 
 def _load_policy(conn) -> "lifecycle.Policy":
-    from returnledger.reference import load_policy
+    from returnledger.reference.catalog import load_policy
 
     return load_policy(conn)
 
@@ -1365,9 +1365,9 @@ def _write_apply(conn, lines, line_info, ch: _Changes, to_hold, held_ids, policy
             "out_of_sequence_resolved": resolved, **outbox}
 
 
-# --------------------------------------------------------------------------- Amazon (returnledger.amazon_push)
+# --------------------------------------------------------------------------- Amazon (returnledger.amazon.push)
 # the outbox, pushes and confirm live in amazon_push; re-exported here for the DAG and existing callers
-from returnledger.amazon_push import (  # noqa: E402, F401
+from returnledger.amazon.push import (  # noqa: E402, F401
     PushError,
     build_credit_note,
     confirm,

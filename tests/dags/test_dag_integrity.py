@@ -64,7 +64,7 @@ def test_no_heavy_imports_at_top(dag_file):
 def test_parse_time_well_under_a_second(dag_file, tmp_path):
     """Import each DAG file in a fresh interpreter after Airflow itself is loaded; time the file only."""
     code = (
-        "import time, importlib.util, airflow.sdk, returnledger.airflow_adapter\n"
+        "import time, importlib.util, airflow.sdk, returnledger.airflow.adapter\n"
         f"spec = importlib.util.spec_from_file_location('d', {str(dag_file)!r})\n"
         "m = importlib.util.module_from_spec(spec); t = time.perf_counter(); spec.loader.exec_module(m)\n"
         "print(time.perf_counter() - t)\n"

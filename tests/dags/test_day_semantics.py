@@ -46,7 +46,7 @@ def test_hourly_setting_gives_hourly_periods():
     from airflow.serialization.encoders import coerce_to_core_timetable
     from airflow.timetables.base import TimeRestriction
 
-    from returnledger.airflow_adapter import period_schedule
+    from returnledger.airflow.adapter import period_schedule
 
     tt = coerce_to_core_timetable(period_schedule("@hourly"))
     import pendulum

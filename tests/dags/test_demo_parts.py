@@ -64,7 +64,7 @@ class _Records(logging.Handler):
 
 
 def test_failure_mail_without_a_mail_server_is_one_error_line_without_traceback(monkeypatch, capsys):
-    from returnledger.notify import failure_callbacks
+    from returnledger.reports.notify import failure_callbacks
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,7 +75,7 @@ def test_failure_mail_without_a_mail_server_is_one_error_line_without_traceback(
     class TI:
         dag_id, task_id, run_id, try_number = "returns_reconciliation", "write_report", "r", 1
 
-    logger, handler = logging.getLogger("returnledger.notify"), _Records()
+    logger, handler = logging.getLogger("returnledger.reports.notify"), _Records()
     logger.disabled = False  # Airflow's logging set-up may have disabled it
     logger.addHandler(handler)
     try:

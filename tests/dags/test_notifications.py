@@ -116,8 +116,8 @@ EXPECTED_DAILY = {  # after the check raised SYNC_STALLED for the pending credit
 
 
 def test_digest_mail_arrives_with_the_right_counts(fresh_db, smtp, tmp_path, monkeypatch):
-    from returnledger import notify
-    from returnledger import operating_checks as oc
+    from returnledger.reports import digests as oc
+    from returnledger.reports import notify
 
     seed_small_ledger(fresh_db)
     monkeypatch.setenv("AIRFLOW_VAR_RETURNLEDGER_TEAM_EMAILS", json.dumps({"finance": "ap-team@test.local"}))
@@ -146,7 +146,7 @@ class _TI:
 
 
 def test_failure_callbacks_mail_task_and_dag_failures(smtp, monkeypatch):
-    from returnledger.notify import dag_failure_callbacks, failure_callbacks
+    from returnledger.reports.notify import dag_failure_callbacks, failure_callbacks
 
     monkeypatch.setenv("AIRFLOW_VAR_RETURNLEDGER_ALERT_TO", "oncall@test.local")
     task_ctx = {"ti": _TI(), "run_id": _TI.run_id, "ds": "2026-10-05",
@@ -165,7 +165,7 @@ def test_failure_callbacks_mail_task_and_dag_failures(smtp, monkeypatch):
 
 
 def test_failure_notifier_never_raises_when_mail_is_down(monkeypatch, caplog):
-    from returnledger.notify import failure_callbacks
+    from returnledger.reports.notify import failure_callbacks
 
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", smtp_uri(_free_port()) + "&retry_limit=0&timeout=2")
     for cb in failure_callbacks():
@@ -181,8 +181,8 @@ from datetime import datetime
 
 from airflow.sdk import dag, task
 
-from returnledger.airflow_adapter import default_args
-from returnledger.notify import dag_failure_callbacks
+from returnledger.airflow.adapter import default_args
+from returnledger.reports.notify import dag_failure_callbacks
 
 
 @dag(schedule=None, start_date=datetime(2026, 10, 1), catchup=False,
@@ -316,7 +316,7 @@ def test_month_end_notice_without_a_mail_server_is_one_error_line(monkeypatch):
     raises (the close run stays green, no traceback)."""
     import socket
 
-    from returnledger import notify
+    from returnledger.reports import notify
 
     calls = []
 

@@ -53,7 +53,7 @@ def s3(monkeypatch):
 
 
 def _export_csv() -> tuple[bytes, int]:
-    from returnledger.amazon_export import COLUMNS
+    from returnledger.reconciliation.amazon_export import COLUMNS
 
     scenario = json.loads((ROOT / "scenarios" / "small-month.json").read_text())
     rows = scenario["amazon"]["returns"]
@@ -66,8 +66,8 @@ def _export_csv() -> tuple[bytes, int]:
 
 
 def test_export_read_and_report_written_through_aws_default(s3, fresh_db):
-    from returnledger.amazon_export import import_amazon_export, storage_path
-    from returnledger.reports import write_month_end_report
+    from returnledger.reconciliation.amazon_export import import_amazon_export, storage_path
+    from returnledger.reports.finance import write_month_end_report
 
     body, n = _export_csv()
     s3.put_object(Bucket=BUCKET, Key="vendor-central/vendor_central_returns_2026-10.csv", Body=body)

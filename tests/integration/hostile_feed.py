@@ -72,7 +72,7 @@ def raw(value: Any) -> bytes:
 
 def seed(dsn: str) -> None:
     """Reference data: the include/ seed files plus the one SKU the hostile orders use."""
-    from returnledger import reference
+    from returnledger.reference import catalog as reference
 
     reference.load_reference(dsn, at=T0)
     with db.connect(dsn) as conn:

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from returnledger.amazon_export import COLUMNS, AmazonExportRejected, import_amazon_export
+from returnledger.reconciliation.amazon_export import COLUMNS, AmazonExportRejected, import_amazon_export
 from returnledger.store.db import connect
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from returnledger import exceptions as ex
-from returnledger.exceptions import NewException, line_subject, raise_exceptions
+from returnledger.exception_queue import queue as ex
+from returnledger.exception_queue.queue import NewException, line_subject, raise_exceptions
 from returnledger.store import db
 from returnledger.sync import land_raw
 
@@ -243,9 +243,9 @@ def test_exception_detail_has_line_history_raw_payloads_and_audit(ledger):
 
 
 def test_resolve_with_mapping_adds_the_mapping_and_resolves_in_one_transaction(ledger):
-    reference = pytest.importorskip("returnledger.reference")
+    reference = pytest.importorskip("returnledger.reference.catalog")
     if not hasattr(reference, "add_reason_mapping"):
-        pytest.skip("returnledger.reference.add_reason_mapping not there yet")
+        pytest.skip("returnledger.reference.catalog.add_reason_mapping not there yet")
     dsn, ids = ledger
     at = T0 + timedelta(hours=3)
     with pytest.raises(ex.ExceptionActionError, match="it is SKU_MISMATCH"):
@@ -266,9 +266,9 @@ def test_resolve_with_mapping_adds_the_mapping_and_resolves_in_one_transaction(l
 
 
 def test_resolve_with_sku_adds_the_sku_and_resolves(ledger):
-    reference = pytest.importorskip("returnledger.reference")
+    reference = pytest.importorskip("returnledger.reference.catalog")
     if not hasattr(reference, "add_sku"):
-        pytest.skip("returnledger.reference.add_sku not there yet")
+        pytest.skip("returnledger.reference.catalog.add_sku not there yet")
     dsn, ids = ledger
     with pytest.raises(ex.ExceptionActionError, match="it is UNMAPPED_REASON_CODE"):
         ex.resolve_with_sku(dsn, ids["unmapped"], "B0XX", "9.50", 3, actor="olga", at=T0)

@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 import pytest
 from hostile_feed import FakeRebound, event, one, order, raw, rows, run_pass, seed
 
-from returnledger import exceptions as ex
 from returnledger import sync
+from returnledger.exception_queue import queue as ex
 
 pytestmark = pytest.mark.integration
 

@@ -32,7 +32,7 @@ from hostile_feed import FakeRebound, event, order, raw, run_pass, seed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from returnledger import exceptions as ex
+from returnledger.exception_queue import queue as ex
 from returnledger.store import db, migrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

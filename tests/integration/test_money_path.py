@@ -24,7 +24,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from returnledger import amazon_push, reference, sync
+from returnledger import sync
+from returnledger.amazon import push as amazon_push
+from returnledger.reference import catalog as reference
 from returnledger.store import db, migrate
 
 pytestmark = pytest.mark.integration
@@ -360,8 +362,8 @@ def test_push_killed_between_202_and_ledger_update(ledger, tmp_path):
 
 def test_over_receipt_holds_the_credit_until_the_warehouse_chooses(ledger, tmp_path):
     """Announced 1, received 5: no credit, recon ON_HOLD; the warehouse chooses 2: exactly 2 credited, once."""
-    from returnledger import exceptions as queue
-    from returnledger.reconcile import reconcile
+    from returnledger.exception_queue import queue
+    from returnledger.reconciliation.match import reconcile
     from returnledger.sandbox.harness import run_sandbox
 
     rows = [("RB-1-0000001", "RN-OVER", "SKU-A", "2026-10-05", 1, 5)]

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from returnledger import operating_checks as oc
+from returnledger.reports import digests as oc
 from returnledger.store import db
 
 pytestmark = pytest.mark.integration
@@ -247,7 +247,7 @@ def test_thresholds_change_what_counts_as_stalled(ledger):
 
 
 def test_reviewing_a_mapping_takes_it_off_the_weekly_list(ledger):
-    from returnledger.exceptions import ExceptionActionError
+    from returnledger.exception_queue.queue import ExceptionActionError
 
     with pytest.raises(ExceptionActionError, match="no active reason mapping for OLD_CODE"):
         oc.mark_mappings_reviewed(ledger, ["FAULTY", "OLD_CODE"], actor="olga", at=utc(2026, 10, 11))

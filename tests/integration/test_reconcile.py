@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from test_reconcile_helpers import AS_OF, PERIOD, Ledger, build_month
 
-from returnledger.reconcile import period_bounds, reconcile
+from returnledger.reconciliation.match import period_bounds, reconcile
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 from test_reconcile_helpers import AS_OF, PERIOD, Ledger, build_month
 
-from returnledger.reconcile import create_post_hoc_returns, reconcile
-from returnledger.reports import CSV_NAME, HTML_NAME, REPORT_COLUMNS, write_month_end_report
+from returnledger.reconciliation.match import create_post_hoc_returns, reconcile
+from returnledger.reports.finance import CSV_NAME, HTML_NAME, REPORT_COLUMNS, write_month_end_report
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from returnledger import reference
-from returnledger.exceptions import DEFAULT_OWNERS
-from returnledger.lifecycle import Policy
+from returnledger.exception_queue.queue import DEFAULT_OWNERS
+from returnledger.ledger.lifecycle import Policy
 from returnledger.models import Disposition, ExceptionType
+from returnledger.reference import catalog as reference
 from returnledger.store import db
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from returnledger import reference, sync
+from returnledger import sync
+from returnledger.reference import catalog as reference
 from returnledger.store import db
 
 sys.path.insert(0, str(Path(__file__).parent))

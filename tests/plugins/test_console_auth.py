@@ -21,7 +21,7 @@ pytest.importorskip("airflow.api_fastapi.auth.managers.simple.simple_auth_manage
 from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from returnledger.console import AirflowAuth, create_console_app, csrf_token_for  # noqa: E402
+from returnledger.console.app import AirflowAuth, create_console_app, csrf_token_for  # noqa: E402
 
 NOW = datetime(2026, 10, 6, 12, 0, tzinfo=timezone.utc)
 PREFIX = "/returnledger"
@@ -451,7 +451,7 @@ def test_admin_acts_like_op(client, auth, ledger, role):
 def test_every_state_changing_route_carries_the_act_guard():
     from fastapi.routing import APIRoute
 
-    from returnledger.console import require_may_act
+    from returnledger.console.app import require_may_act
 
     app = create_console_app(dsn_provider=lambda: "postgresql://unused")
     changing = [r for r in app.routes if isinstance(r, APIRoute) and set(r.methods) - {"GET", "HEAD"}]

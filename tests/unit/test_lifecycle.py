@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from returnledger.lifecycle import (
+from returnledger.ledger.lifecycle import (
     LineEvent,
     LineView,
     Policy,

@@ -8,7 +8,7 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from returnledger.lifecycle import LineEvent, LineView, Policy, apply_event, replay
+from returnledger.ledger.lifecycle import LineEvent, LineView, Policy, apply_event, replay
 from returnledger.models import ActionKind, Disposition, EventType, Grade, LineState
 
 T0 = datetime(2026, 10, 1, tzinfo=timezone.utc)

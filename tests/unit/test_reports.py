@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from returnledger.reports import (
+from returnledger.reports.finance import (
     EXTRA_COLUMNS,
     REPORT_COLUMNS,
     ReportDoesNotTieOut,

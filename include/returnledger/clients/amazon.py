@@ -30,7 +30,7 @@ import threading
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from returnledger.ratelimit import TokenBucket
+from returnledger.clients.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 

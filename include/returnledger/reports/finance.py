@@ -140,7 +140,7 @@ def write_month_end_report(dsn: str, period: str, out_base_uri: str, *, allow_em
     Refuses to write an empty report unless ``allow_empty``: no rows for a
     period almost always means reconciliation has not run for it.
     """
-    from returnledger.amazon_export import storage_path
+    from returnledger.reconciliation.amazon_export import storage_path
 
     attention = ["CREDIT_MISSING", "CREDIT_MISMATCH", "CREDIT_REJECTED", "DARK_RETURN", "QUARANTINED"]
     details: dict[str, list[list[str]]] = {s: [] for s in attention}

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
-from returnledger.exceptions import NewException, raise_exceptions, resolve_open
+from returnledger.exception_queue.queue import NewException, raise_exceptions, resolve_open
 from returnledger.models import ExceptionType
 from returnledger.store.db import connect
 

@@ -495,7 +495,7 @@ def resolve_with_mapping(dsn, exception_id: int, amazon_reason: str, *, actor: s
 
     The held events of every line with that reason are released by the next sync run.
     """
-    from returnledger import reference
+    from returnledger.reference import catalog as reference
 
     actor, amazon_reason = _require(actor, "actor"), _require(amazon_reason, "amazon_reason")
     with _unit_of_work(dsn) as conn:
@@ -516,7 +516,7 @@ def resolve_with_mapping(dsn, exception_id: int, amazon_reason: str, *, actor: s
 def resolve_with_sku(dsn, exception_id: int, asin: str, unit_cost, available: int, *, actor: str,
                      at: datetime) -> dict:
     """Add the missing SKU to the catalog and resolve the SKU_MISMATCH exception, atomically."""
-    from returnledger import reference
+    from returnledger.reference import catalog as reference
 
     actor, asin = _require(actor, "actor"), _require(asin, "asin")
     with _unit_of_work(dsn) as conn:

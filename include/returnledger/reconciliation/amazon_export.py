@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 
-from returnledger.reconcile import PERIOD_RE
+from returnledger.reconciliation.match import PERIOD_RE
 from returnledger.store.db import connect
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg.rows import dict_row
 
-from returnledger.exceptions import (
+from returnledger.exception_queue.queue import (
     DEFAULT_OWNERS,
     DEFAULT_SLA_DAYS,
     NewException,
@@ -119,7 +119,7 @@ def _held_subject(rid: str, line: int | None) -> str:
 
 def check_stalled_flows(dsn_or_conn, *, as_of: datetime, thresholds: Thresholds = Thresholds()) -> dict:
     """Raise SYNC_STALLED for what is stuck (idempotent) and resolve the ones that got moving again."""
-    from returnledger.exceptions import _unit_of_work
+    from returnledger.exception_queue.queue import _unit_of_work
 
     batch = f"{CHECKER}:{as_of:%Y-%m-%dT%H:%M}"
     with _unit_of_work(dsn_or_conn) as conn:
@@ -515,7 +515,7 @@ def mark_mappings_reviewed(dsn_or_conn, rebound_reasons: list[str], *, actor: st
     """
     import json as _json
 
-    from returnledger.exceptions import ExceptionActionError, _require, _unit_of_work
+    from returnledger.exception_queue.queue import ExceptionActionError, _require, _unit_of_work
 
     actor = _require(actor, "actor")
     reasons = sorted({_require(r, "rebound_reason") for r in rebound_reasons})
@@ -560,7 +560,7 @@ def _cli_review(args) -> int:
     import getpass
     from datetime import timezone
 
-    from returnledger.exceptions import ExceptionActionError
+    from returnledger.exception_queue.queue import ExceptionActionError
     from returnledger.store.db import resolve_dsn
 
     try:  # an operator's review happens now: wall-clock time is right at this edge

@@ -94,7 +94,7 @@ TASK_TIMEOUT = timedelta(minutes=45)
 
 def default_args(owner: str = "returnledger") -> dict:
     """default_args every DAG of the project uses: owner, retries, failure notifiers, a hard time limit."""
-    from returnledger.notify import failure_callbacks
+    from returnledger.reports.notify import failure_callbacks
 
     return {"owner": owner, "retries": 2, "retry_delay": timedelta(minutes=2),
             "retry_exponential_backoff": True, "on_failure_callback": failure_callbacks(),

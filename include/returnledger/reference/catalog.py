@@ -32,7 +32,7 @@ import psycopg
 import yaml
 from psycopg.types.json import Jsonb
 
-from returnledger.lifecycle import Policy
+from returnledger.ledger.lifecycle import Policy
 from returnledger.models import Disposition, ExceptionType, Grade
 from returnledger.store.db import connect, project_root, resolve_dsn
 

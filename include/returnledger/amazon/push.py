@@ -32,8 +32,8 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from returnledger import lifecycle
-from returnledger.exceptions import NewException, line_subject, raise_exceptions
+from returnledger.exception_queue.queue import NewException, line_subject, raise_exceptions
+from returnledger.ledger import lifecycle
 from returnledger.models import ActionKind, ExceptionType, LineState
 from returnledger.store.db import connect, copy_rows
 

@@ -29,7 +29,7 @@ also carries the ``require_may_act`` guard). Forms posted with the cookie carry 
 per-session CSRF token and must come from the same origin.
 
 The app is plain server-rendered HTML (jinja2, autoescaped); the lifecycle
-rules live in returnledger.exceptions.
+rules live in returnledger.exception_queue.queue.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ AMAZON_REASON_CODES = (
 )
 #: exception types whose fix is to send the Amazon action again
 RETRYABLE_TYPES = frozenset({ExceptionType.AMAZON_REJECTED})
-#: headings of the exception detail's parts (returnledger.exceptions.exception_detail)
+#: headings of the exception detail's parts (returnledger.exception_queue.queue.exception_detail)
 SECTION_TITLES = {"return_order": "Return order (returns notice)", "line": "Return line",
                   "history": "Line history", "raw_events": "Raw ReBound payloads",
                   "held_events": "Held events", "submissions": "Amazon submissions",
@@ -418,7 +418,7 @@ def _environment() -> jinja2.Environment:
 def default_dsn() -> str:
     """The ledger DSN: Airflow's returns_db connection inside Airflow, else RETURNLEDGER_DSN."""
     try:
-        from returnledger.airflow_adapter import get_dsn
+        from returnledger.airflow.adapter import get_dsn
 
         return get_dsn()
     except Exception as exc:  # not inside Airflow, or no returns_db connection defined
@@ -551,7 +551,7 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
     def list_page(request: Request, owner: str | None = None, type: str | None = None,
                   status: str | None = "open", min_age_days: str | None = None, as_of: str | None = None,
                   msg: str | None = None):
-        from returnledger import exceptions as queue
+        from returnledger.exception_queue import queue
 
         caller: Caller = request.state.caller
         type_ = type or None
@@ -575,7 +575,7 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
 
     def detail_page(request: Request, exception_id: int, *, message: str | None = None,
                     error: str | None = None, status_code: int = 200) -> HTMLResponse:
-        from returnledger import exceptions as queue
+        from returnledger.exception_queue import queue
 
         caller: Caller = request.state.caller
         with connect() as conn:
@@ -627,7 +627,7 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
 
     @app.post("/exceptions/{exception_id}/resolve", dependencies=ACT)
     async def resolve(request: Request, exception_id: int):
-        from returnledger import exceptions as queue
+        from returnledger.exception_queue import queue
 
         return await act(request, exception_id, "resolve", lambda dsn, actor, form: queue.resolve_exception(
             dsn, exception_id, actor=actor, resolution=required(form, "resolution"), at=clock()),
@@ -635,7 +635,7 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
 
     @app.post("/exceptions/{exception_id}/dismiss", dependencies=ACT)
     async def dismiss(request: Request, exception_id: int):
-        from returnledger import exceptions as queue
+        from returnledger.exception_queue import queue
 
         return await act(request, exception_id, "dismiss", lambda dsn, actor, form: queue.dismiss_exception(
             dsn, exception_id, actor=actor, reason=required(form, "reason"), at=clock()),
@@ -643,7 +643,7 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
 
     @app.post("/exceptions/{exception_id}/retry", dependencies=ACT)
     async def retry(request: Request, exception_id: int):
-        from returnledger import exceptions as queue
+        from returnledger.exception_queue import queue
 
         return await act(request, exception_id, "retry", lambda dsn, actor, form: queue.retry_submission(
             dsn, exception_id, actor=actor, at=clock()),
@@ -651,7 +651,7 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
 
     @app.post("/exceptions/{exception_id}/mapping", dependencies=ACT)
     async def add_mapping(request: Request, exception_id: int):
-        from returnledger import exceptions as queue
+        from returnledger.exception_queue import queue
 
         def run(dsn, actor, form):
             reason = required(form, "amazon_reason").upper()
@@ -662,7 +662,7 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
 
     @app.post("/exceptions/{exception_id}/credit-quantity", dependencies=ACT)
     async def credit_quantity(request: Request, exception_id: int):
-        from returnledger import exceptions as queue
+        from returnledger.exception_queue import queue
 
         def run(dsn, actor, form):
             try:
@@ -677,7 +677,7 @@ def create_console_app(dsn_provider: Callable[[], str] | None = None, auth: Airf
 
     @app.post("/exceptions/{exception_id}/sku", dependencies=ACT)
     async def add_sku(request: Request, exception_id: int):
-        from returnledger import exceptions as queue
+        from returnledger.exception_queue import queue
 
         def run(dsn, actor, form):
             try:

@@ -151,7 +151,7 @@ def log_dag_failure(context) -> None:
 
 
 def digest_notifier(digest, to: str | None = None, smtp_conn_id: str = SMTP_CONN_ID):
-    """An SmtpNotifier that mails one operating digest (returnledger.operating_checks.Digest) to its team.
+    """An SmtpNotifier that mails one operating digest (returnledger.reports.digests.Digest) to its team.
 
     Call it with a context (``notifier(context)``) or ``notifier.notify({})`` outside a task. The digest's
     HTML carries no Jinja markers (braces are entities), so Airflow's rendering leaves it as built.
@@ -165,7 +165,7 @@ def digest_notifier(digest, to: str | None = None, smtp_conn_id: str = SMTP_CONN
 
 def send_digest(summary: dict, context=None) -> str:
     """Mail one digest written by operating_checks.write_digests (its summary dict); returns the address."""
-    from returnledger.operating_checks import digest_from_file
+    from returnledger.reports.digests import digest_from_file
 
     digest = digest_from_file(summary)
     to = team_address(digest.owner)

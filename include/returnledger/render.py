@@ -1,0 +1,72 @@
+"""The one template layer: every HTML this project writes (console pages, digests, the month-end report,
+notification mails) is a Jinja template in ``returnledger/templates`` rendered through ``render``.
+
+Autoescaping is on for every template. ``mail=True`` also writes braces in values as entities: Airflow renders a
+notifier's fields with Jinja once more when it sends them, and a brace in a customer's text must not be
+read as template syntax there.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+from functools import cache
+from typing import Any
+
+import jinja2
+from markupsafe import Markup, escape
+
+from returnledger.money import money_text
+
+
+def cell(value: Any) -> str:
+    """A table cell's text: nothing for None, money to the penny, times to the minute, yes for True."""
+    if value is None or value is False:
+        return ""
+    if value is True:
+        return "yes"
+    if isinstance(value, Decimal):
+        return money_text(value)
+    if isinstance(value, datetime):
+        return f"{value:%Y-%m-%d %H:%M}"
+    return str(value)
+
+
+def show(value: Any) -> Any:
+    """Payloads as indented JSON; everything else as text (autoescaped)."""
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return Markup("<pre>{}</pre>").format(json.dumps(value, indent=2, sort_keys=True, default=str))
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
+    return value
+
+
+def columns(rows: list) -> list[str]:
+    """The union of the keys of dict rows, in first-seen order (a table's header)."""
+    cols: list[str] = []
+    for row in rows:
+        if isinstance(row, dict):
+            cols.extend(k for k in row if k not in cols)
+    return cols or ["value"]
+
+
+def _brace_safe(text: str) -> str:
+    return text.replace("{", "&#123;").replace("}", "&#125;")
+
+
+@cache
+def environment(mail: bool = False) -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("returnledger", "templates"),
+                             autoescape=True, undefined=jinja2.ChainableUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(cell=cell, show=show, columns=columns, money=money_text)
+    if mail:
+        env.finalize = lambda v: Markup(_brace_safe(str(escape(v))))
+    return env
+
+
+def render(template: str, *, mail: bool = False, **context: Any) -> str:
+    """Render ``templates/<template>`` with ``context``."""
+    return environment(mail).get_template(template).render(**context)
