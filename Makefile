@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-SCENARIO ?= $(firstword $(wildcard ../shared/scenarios/small-month.json) scenarios/small-month.json)
+SCENARIO ?= scenarios/small-month.json
 OUT ?= out
 PYTEST_ARGS ?=
 export GX_ANALYTICS_ENABLED := false
@@ -15,12 +15,12 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := false
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt pyproject.toml dev/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "returnledger needs Python 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
-	$(VENV)/bin/pip install -q --no-deps -e .
+	$(VENV)/bin/pip install -q --no-deps -e . -e dev  # the runtime package and the dev tooling (not in the image)
 	$(VENV)/bin/pip check
 	@touch $@
 
@@ -58,10 +58,10 @@ airflow: migrate ## local airflow standalone with this project's DAGs, plugin, c
 	$(VENV)/bin/returnledger airflow-settings --pools | while IFS=$$'\t' read -r name slots desc; do \
 	  airflow pools set "$$name" "$$slots" "$$desc" >/dev/null; done && \
 	($(MAKE) --no-print-directory sandbox || true) && \
-	$(PY) -m returnledger.local_airflow; $(VENV)/bin/returnledger sandbox stop >/dev/null 2>&1 || true
+	$(PY) -m returnledger_dev.local_airflow; $(VENV)/bin/returnledger sandbox stop >/dev/null 2>&1 || true
 
 lint: venv ## ruff with the Airflow rules
-	$(VENV)/bin/ruff check dags include plugins tests bench
+	$(VENV)/bin/ruff check dags include plugins tests bench dev
 
 bench: venv ## benchmarks (print ratios against baselines measured in the same run)
 	$(PY) bench/bench_sync.py
@@ -84,7 +84,7 @@ cluster-status: venv ## components, Airflow health and the Celery workers that a
 	$(VENV)/bin/returnledger cluster status
 
 cluster-demo: venv ## SCENARIO through the real scheduler on a fresh local cluster (REST-created runs, Celery workers) into OUT
-	$(PY) -m returnledger.cluster_demo --scenario $(SCENARIO) --out $(if $(filter out,$(OUT)),$(CLUSTER_OUT),$(OUT))
+	$(VENV)/bin/returnledger cluster-demo --scenario $(SCENARIO) --out $(if $(filter out,$(OUT)),$(CLUSTER_OUT),$(OUT))
 
 bench-cluster: venv ## SCENARIO backfilled on the cluster with 1 and 2 workers: wall time per daily run, scheduling vs work
 	$(PY) bench/bench_cluster.py --scenario $(SCENARIO)

@@ -2,9 +2,9 @@
 """Benchmark: a whole-month backfill on the local Celery cluster, one worker against two (not a test).
 
     RETURNLEDGER_TEST_SERVER_DSN=postgresql://postgres@127.0.0.1:5432/postgres \\
-        .venv/bin/python bench/bench_cluster.py --scenario ../shared/scenarios/small-month.json [--workers 1,2]
+        .venv/bin/python bench/bench_cluster.py --scenario scenarios/small-month.json [--workers 1,2]
 
-For each worker count: a scratch ledger database, a fresh cluster (``returnledger.cluster_demo`` in
+For each worker count: a scratch ledger database, a fresh cluster (``returnledger_dev.cluster.demo`` in
 backfill mode: the month's ``returns_sync`` runs as backfills between operator actions, then the close
 run), and from the REST API's task instances, per daily run:
 
@@ -19,6 +19,7 @@ run), and from the REST API's task instances, per daily run:
 Prints median and p95 of each over the month's daily runs, the whole backfill's wall time, and the
 check.py verdict of the outputs. Machine: 2 shared cores, AIRFLOW__CORE__PARALLELISM=4, worker concurrency 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,9 @@ import sys
 import time
 from pathlib import Path
 
-from returnledger import cluster_demo
-from returnledger import local_cluster as lc
 from returnledger.store import db
+from returnledger_dev.cluster import demo as cluster_demo
+from returnledger_dev.cluster import processes as lc
 
 
 def _free_port() -> int:
@@ -46,7 +47,7 @@ def _p(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 def run(scenario: Path, workers: int, server: str, out: Path) -> dict:
@@ -54,10 +55,19 @@ def run(scenario: Path, workers: int, server: str, out: Path) -> dict:
     root = out / f"cluster-{workers}w"
     t = time.monotonic()
     try:
-        s = cluster_demo.run_cluster_scenario(scenario, out / f"{workers}w", dsn=ledger, faults=False,
-                                              port=_free_port(), root=root, workers=workers, mode="backfill",
-                                              rerun=False, name=f"bench{os.getpid()}w{workers}",
-                                              progress=lambda line: print(f"    [{workers}w] {line}", flush=True))
+        s = cluster_demo.run_cluster_scenario(
+            scenario,
+            out / f"{workers}w",
+            dsn=ledger,
+            faults=False,
+            port=_free_port(),
+            root=root,
+            workers=workers,
+            mode="backfill",
+            rerun=False,
+            name=f"bench{os.getpid()}w{workers}",
+            progress=lambda line: print(f"    [{workers}w] {line}", flush=True),
+        )
     finally:
         if lc.read_state(root):
             lc.stop(root, progress=lambda *_: None)
@@ -73,18 +83,35 @@ def run(scenario: Path, workers: int, server: str, out: Path) -> dict:
         prev = end
     expected = scenario.with_name(scenario.name.replace(".json", ".expected.json"))
     verdict = "no expected file"
-    checker = Path(__file__).resolve().parents[2] / "shared" / "scenarios" / "check.py"
-    if expected.exists() and checker.exists():
-        proc = subprocess.run([sys.executable, str(checker), str(expected), str(out / f"{workers}w")],
-                              capture_output=True, text=True, timeout=300)
+    if expected.exists():
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "returnledger_dev.scenarios.check",
+                str(expected),
+                str(out / f"{workers}w"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         verdict = (proc.stdout.strip().splitlines() or ["?"])[-1]
-    return {"workers": workers, "runs": len(runs), "total_s": round(total, 1),
-            "cluster_ready_s": s["cluster"].get("cluster_ready_s"),
-            "backfill_s": round(sum(cadence), 1), "cadence": cadence,
-            "wall": [r["wall_s"] for r in runs], "busy": [r["tasks_running_s"] for r in runs],
-            "between": [r["between_tasks_s"] for r in runs], "queue_wait": [r["task_queue_wait_s"] for r in runs],
-            "task_seconds": [r["task_seconds"] for r in runs], "check": verdict,
-            "hosts": s["cluster"]["task_instances_by_hostname"]}
+    return {
+        "workers": workers,
+        "runs": len(runs),
+        "total_s": round(total, 1),
+        "cluster_ready_s": s["cluster"].get("cluster_ready_s"),
+        "backfill_s": round(sum(cadence), 1),
+        "cadence": cadence,
+        "wall": [r["wall_s"] for r in runs],
+        "busy": [r["tasks_running_s"] for r in runs],
+        "between": [r["between_tasks_s"] for r in runs],
+        "queue_wait": [r["task_queue_wait_s"] for r in runs],
+        "task_seconds": [r["task_seconds"] for r in runs],
+        "check": verdict,
+        "hosts": s["cluster"]["task_instances_by_hostname"],
+    }
 
 
 def main() -> int:
@@ -102,11 +129,18 @@ def main() -> int:
         results.append(run(Path(a.scenario).resolve(), n, server, out))
     print("\nper daily returns_sync run (seconds)       median     p95")
     for r in results:
-        print(f"-- {r['workers']} worker(s): {r['runs']} runs, backfill {r['backfill_s']} s "
-              f"(cluster start {r['cluster_ready_s']} s, whole run {r['total_s']} s); check: {r['check']}")
-        for label, key in (("per run in the backfill", "cadence"), ("wall (running -> done)", "wall"), ("tasks running (incl. task start-up)", "busy"),
-                           ("between tasks (scheduling, hand-off)", "between"),
-                           ("task queue wait, summed", "queue_wait"), ("task durations, summed", "task_seconds")):
+        print(
+            f"-- {r['workers']} worker(s): {r['runs']} runs, backfill {r['backfill_s']} s "
+            f"(cluster start {r['cluster_ready_s']} s, whole run {r['total_s']} s); check: {r['check']}"
+        )
+        for label, key in (
+            ("per run in the backfill", "cadence"),
+            ("wall (running -> done)", "wall"),
+            ("tasks running (incl. task start-up)", "busy"),
+            ("between tasks (scheduling, hand-off)", "between"),
+            ("task queue wait, summed", "queue_wait"),
+            ("task durations, summed", "task_seconds"),
+        ):
             v = r[key]
             print(f"   {label:<38}{statistics.median(v):>7.1f} {_p(v, 0.95):>7.1f}")
         print(f"   task instances by worker: {r['hosts']}")

@@ -12,6 +12,7 @@ must agree on every status count. Prints wall times, the ratio, and peak
 memory (ru_maxrss of this process; PostgreSQL runs in its own processes and is
 not included). Targets: <= 60 s and <= 1.5 GB for the reconcile step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,21 +21,22 @@ import resource
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from returnledger.reconciliation.match import period_bounds, reconcile
+from returnledger.reconciliation.match import reconcile
+from returnledger.reconciliation.period import period_bounds
 from returnledger.store import db, migrate
 
 PERIOD = "2026-10"
-AS_OF = datetime(2026, 11, 4, tzinfo=timezone.utc)
+AS_OF = datetime(2026, 11, 4, tzinfo=UTC)
 N_SKUS = 5000
 
 # Each line gets a story from k = hash(line) % 100 (weights roughly like the scenario generator).
 GENERATE_SQL = [
     """INSERT INTO ledger.sku (sku, asin, unit_cost, available, updated_at, updated_by)
-       SELECT 'SKU-' || s, 'B0' || lpad(s::text, 8, '0'), (array[4.99, 9.5, 12.5, 18.0, 24.99, 39.0, 59.95])[1 + s %% 7],
-              100, %(t)s, 'bench'
+       SELECT 'SKU-' || s, 'B0' || lpad(s::text, 8, '0'),
+              (array[4.99, 9.5, 12.5, 18.0, 24.99, 39.0, 59.95])[1 + s %% 7], 100, %(t)s, 'bench'
          FROM generate_series(0, %(skus)s - 1) s""",
     """INSERT INTO ledger.disposition_policy VALUES ('RESTOCKED', 1), ('REFURBISH', 1), ('RECYCLE', 1),
        ('DESTROY', 1), ('RETURN_TO_SUPPLIER', 1), ('QUARANTINED', NULL), ('REJECTED', 0)""",
@@ -48,42 +50,52 @@ GENERATE_SQL = [
        SELECT o, l, 'RB-' || o AS rid, 'RN' || o AS notice,
               'SKU-' || ((o * 2 + l) %% %(skus)s) AS sku, abs(hashint4(o * 2 + l)) %% 100 AS k
          FROM generate_series(1, %(orders)s) o, generate_series(1, 2) l""",
-    """INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced, quantity_received, grade,
-                                     disposition, state, received_at, dispositioned_at)
+    """INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced, quantity_received,
+                                     grade, disposition, state, received_at, dispositioned_at)
        SELECT rid, l, sku, 'FAULTY', CASE WHEN k IN (95, 96) THEN 2 ELSE 1 END,
               CASE WHEN k BETWEEN 80 AND 81 THEN NULL ELSE 1 END,
               CASE WHEN k BETWEEN 80 AND 83 THEN NULL WHEN k BETWEEN 84 AND 89 THEN 'D' ELSE 'A' END,
               CASE WHEN k BETWEEN 80 AND 83 OR k IN (93, 94) THEN NULL
                    WHEN k BETWEEN 84 AND 86 THEN 'QUARANTINED' WHEN k BETWEEN 87 AND 89 THEN 'REJECTED'
                    ELSE 'RESTOCKED' END,
-              CASE WHEN k BETWEEN 80 AND 81 THEN 'IN_TRANSIT' WHEN k BETWEEN 82 AND 83 OR k IN (93, 94) THEN 'RECEIVED'
+              CASE WHEN k BETWEEN 80 AND 81 THEN 'IN_TRANSIT'
+                   WHEN k BETWEEN 82 AND 83 OR k IN (93, 94) THEN 'RECEIVED'
                    WHEN k BETWEEN 84 AND 86 THEN 'DISPOSITIONED' WHEN k BETWEEN 87 AND 92 THEN 'REJECTED'
                    WHEN k BETWEEN 75 AND 79 THEN 'CREDIT_SUBMITTED' ELSE 'CLOSED' END,
               CASE WHEN k BETWEEN 80 AND 81 THEN NULL ELSE %(start)s + interval '4 days' END,
               CASE WHEN k BETWEEN 80 AND 83 OR k IN (93, 94) THEN NULL ELSE %(start)s + interval '6 days' END
          FROM story""",
-    """INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity, unit_amount,
-                                           currency, document_id, status, transaction_id, created_at, created_batch,
-                                           submitted_at, resolved_at)
-       SELECT 'credit:' || s.rid || ':' || s.l, 'CREDIT_NOTE', s.rid, s.l, s.sku, k.asin, 1, k.unit_cost, 'GBP',
-              'CN-' || s.o, CASE WHEN s.k BETWEEN 75 AND 79 THEN 'SUBMITTED' WHEN s.k BETWEEN 90 AND 92 THEN 'FAILED'
-                                 ELSE 'ACCEPTED' END,
+    # one credit note per order (the submissions name it); Amazon confirmed it (reconcile checks confirmed_by)
+    """INSERT INTO ledger.credit_note (credit_note_id, return_id, returns_notice, created_at, created_batch,
+                                     first_transaction_id, held_transaction_id, confirmed_by, confirmed_at)
+       SELECT DISTINCT 'CN-' || o, rid, notice, %(t)s, 'bench', 'tx-' || o, 'tx-' || o, 'SUCCESS', %(t)s
+         FROM story WHERE k NOT BETWEEN 80 AND 89 AND k NOT IN (93, 94)""",
+    """INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity,
+                                           unit_amount, currency, document_id, status, transaction_id,
+                                           created_at, created_batch, submitted_at, resolved_at)
+       SELECT 'credit:' || s.rid || ':' || s.l, 'CREDIT_NOTE', s.rid, s.l, s.sku, k.asin, 1, k.unit_cost,
+              'GBP', 'CN-' || s.o,
+              CASE WHEN s.k BETWEEN 75 AND 79 THEN 'SUBMITTED' WHEN s.k BETWEEN 90 AND 92 THEN 'FAILED'
+                   ELSE 'ACCEPTED' END,
               'tx-' || s.o, %(t)s, 'bench', %(t)s, CASE WHEN s.k BETWEEN 75 AND 79 THEN NULL ELSE %(t)s END
          FROM story s JOIN ledger.sku k ON k.sku = s.sku
         WHERE s.k NOT BETWEEN 80 AND 89 AND s.k NOT IN (93, 94)""",
     # Amazon's export: one row per line except 1 %% (not in the export yet), plus dark returns to 1M rows
-    """INSERT INTO ledger.amazon_return (amazon_return_id, returns_notice, rma_id, vret, asin, sku, quantity, label,
-                                       returned_at, charged_amount, source_file, imported_at, export_period)
+    """INSERT INTO ledger.amazon_return (amazon_return_id, returns_notice, rma_id, vret, asin, sku, quantity,
+                                       label, returned_at, charged_amount, source_file, imported_at,
+                                       export_period)
        SELECT 'AR-' || s.o || '-' || s.l, s.notice, 'RMA' || s.o, 'VRET' || s.o, k.asin, s.sku,
               CASE WHEN s.k IN (95, 96) THEN 2 ELSE 1 END, 'REBOUND', %(start)s::date + (s.o %% 28)::int,
               CASE WHEN s.k BETWEEN 70 AND 74 THEN k.unit_cost + 5 WHEN s.k < 35 THEN k.unit_cost END,
               'vendor_central_returns_2026-10.csv', %(t)s, '2026-10'
          FROM story s JOIN ledger.sku k ON k.sku = s.sku
         WHERE (s.o * 2 + s.l) %% 100 <> 0""",
-    """INSERT INTO ledger.amazon_return (amazon_return_id, returns_notice, rma_id, vret, asin, sku, quantity, label,
-                                       returned_at, charged_amount, source_file, imported_at, export_period)
-       SELECT 'AR-APRL-' || d, 'RNAPRL' || d, 'RMAAPRL' || d, NULL, 'B0' || lpad((d %% %(skus)s)::text, 8, '0'),
-              'SKU-' || (d %% %(skus)s), 1, 'APRL', %(start)s::date + (d %% 28)::int, NULL,
+    """INSERT INTO ledger.amazon_return (amazon_return_id, returns_notice, rma_id, vret, asin, sku, quantity,
+                                       label, returned_at, charged_amount, source_file, imported_at,
+                                       export_period)
+       SELECT 'AR-APRL-' || d, 'RNAPRL' || d, 'RMAAPRL' || d, NULL,
+              'B0' || lpad((d %% %(skus)s)::text, 8, '0'), 'SKU-' || (d %% %(skus)s), 1, 'APRL',
+              %(start)s::date + (d %% 28)::int, NULL,
               'vendor_central_returns_2026-10.csv', %(t)s, '2026-10'
          FROM generate_series(1, %(lines)s - (SELECT count(*) FROM ledger.amazon_return)) d""",
     """INSERT INTO ledger.exception (type, owner, subject_key, return_id, line, sku, detail, opened_at,
@@ -115,25 +127,47 @@ def naive_python(dsn: str) -> Counter:
     """The obvious approach: pull the tables into dicts and match in Python (same rules)."""
     start, end = period_bounds(PERIOD)
     with db.connect(dsn) as conn:
-        window = timedelta(days=float(conn.execute(
-            "SELECT (value #>> '{}')::numeric FROM ledger.policy_setting WHERE name = 'credit_window_days'"
-        ).fetchone()[0]))
+        window = timedelta(
+            days=float(
+                conn.execute(
+                    "SELECT (value #>> '{}')::numeric FROM ledger.policy_setting"
+                    " WHERE name = 'credit_window_days'"
+                ).fetchone()[0]
+            )
+        )
         policy = dict(conn.execute("SELECT disposition, credit_fraction FROM ledger.disposition_policy"))
-        held = {(r, ln) for r, ln in conn.execute(
-            "SELECT return_id, line FROM ledger.exception WHERE status = 'open'"
-            " AND type IN ('UNMAPPED_REASON_CODE', 'SKU_MISMATCH', 'OUT_OF_SEQUENCE')")}
-        orders = {r[0]: r for r in conn.execute(
-            "SELECT return_id, returns_notice, created_at, source, amazon_return_id FROM ledger.return_order")}
-        credits = {(r[0], r[1]): r for r in conn.execute(
-            "SELECT return_id, line, quantity, unit_amount, status FROM ledger.amazon_submission"
-            " WHERE kind = 'CREDIT_NOTE'")}
+        held = {
+            (r, ln)
+            for r, ln in conn.execute(
+                "SELECT return_id, line FROM ledger.exception WHERE status = 'open'"
+                " AND type IN ('UNMAPPED_REASON_CODE', 'SKU_MISMATCH', 'OUT_OF_SEQUENCE')"
+            )
+        }
+        orders = {
+            r[0]: r
+            for r in conn.execute(
+                "SELECT return_id, returns_notice, created_at, source, amazon_return_id"
+                " FROM ledger.return_order"
+            )
+        }
+        credits = {
+            (r[0], r[1]): r
+            for r in conn.execute(
+                "SELECT return_id, line, quantity, unit_amount, status FROM ledger.amazon_submission"
+                " WHERE kind = 'CREDIT_NOTE'"
+            )
+        }
         amazon = {}
-        for a in conn.execute("SELECT amazon_return_id, returns_notice, sku, quantity, charged_amount, export_period,"
-                              " linked_return_id FROM ledger.amazon_return"):
+        for a in conn.execute(
+            "SELECT amazon_return_id, returns_notice, sku, quantity, charged_amount, export_period,"
+            " linked_return_id FROM ledger.amazon_return"
+        ):
             amazon[(a[1], a[2])] = a
         linked = {a[6] for a in amazon.values() if a[6]}
-        lines = conn.execute("SELECT return_id, line, sku, quantity_received, disposition, dispositioned_at"
-                             " FROM ledger.return_line").fetchall()
+        lines = conn.execute(
+            "SELECT return_id, line, sku, quantity_received, disposition, dispositioned_at"
+            " FROM ledger.return_line"
+        ).fetchall()
     counts: Counter = Counter()
     rebound_keys = set()
     accepted: Counter = Counter()
@@ -193,8 +227,10 @@ def main() -> int:
             n_lines = conn.execute("SELECT count(*) FROM ledger.return_line").fetchone()[0]
             n_amazon = conn.execute("SELECT count(*) FROM ledger.amazon_return").fetchone()[0]
             n_credit = conn.execute("SELECT count(*) FROM ledger.amazon_submission").fetchone()[0]
-        print(f"generated in {gen_s:.1f} s: {n_lines:,} ledger lines, {n_amazon:,} Amazon rows, "
-              f"{n_credit:,} credit notes")
+        print(
+            f"generated in {gen_s:.1f} s: {n_lines:,} ledger lines, {n_amazon:,} Amazon rows, "
+            f"{n_credit:,} credit notes"
+        )
         rss0 = rss_mb()
 
         t0 = time.perf_counter()
@@ -212,8 +248,10 @@ def main() -> int:
         rss_naive = rss_mb()
         agree = dict(naive) == first.by_status
 
-        print(f"reconcile (set-based SQL): {sql_s:6.1f} s  {first.rows:,} result rows  "
-              f"exceptions raised {first.exceptions_raised}")
+        print(
+            f"reconcile (set-based SQL): {sql_s:6.1f} s  {first.rows:,} result rows  "
+            f"exceptions raised {first.exceptions_raised}"
+        )
         print(f"  steps: {first.as_dict()['steps']}")
         print(f"reconcile rerun (replace): {rerun_s:6.1f} s  (no new exceptions)")
         print(f"  steps: {rerun.as_dict()['steps']}")
@@ -221,9 +259,11 @@ def main() -> int:
         print(f"status counts agree: {agree}  {dict(sorted(first.by_status.items()))}")
         if not agree:
             print(f"  naive: {dict(sorted(naive.items()))}")
-        print(f"peak RSS of this process: {rss0:.0f} MB after generate, {rss_sql:.0f} MB after SQL reconcile, "
-              f"{rss_naive:.0f} MB after the naive baseline (PostgreSQL's own memory is in its server processes "
-              f"and not counted; work_mem for the reconcile transaction is 256 MB)")
+        print(
+            f"peak RSS of this process: {rss0:.0f} MB after generate, {rss_sql:.0f} MB after SQL reconcile, "
+            f"{rss_naive:.0f} MB after the naive baseline (PostgreSQL's own memory is in its server "
+            f"processes and not counted; work_mem for the reconcile transaction is 256 MB)"
+        )
         ok = sql_s <= 60 and rss_sql <= 1536 and agree
         print(f"targets (<= 60 s, <= 1.5 GB, same answer): {'MET' if ok else 'NOT MET'}")
         return 0 if ok else 1

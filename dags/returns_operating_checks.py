@@ -19,7 +19,7 @@ open at that moment, "new" means opened in the 24 hours of the interval.
 2. `build` - per owner team: open exceptions by type, new since yesterday,
    over-SLA list, stalled flows (integration), lines received but not
    dispositioned for 5+ days (warehouse). Written as HTML files to the folder
-   in Variable `returnledger_digest_dir` (default `.local/digests`).
+   in Variable `returnledger_digest_dir` (default `$RETURNLEDGER_HOME/.local/digests`).
 3. `send` - one mail per team through the `smtp_default` connection to the
    address in Variable `returnledger_team_emails` (JSON, default
    `<team>@localhost`). One mapped task per team: a failed mail retries alone.
@@ -33,20 +33,23 @@ exception per type and subject), the counts are computed as of the run's date,
 so a rerun of a past day rebuilds that day's digest, and files are overwritten
 under the same names. A rerun does send the mails again.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from airflow.sdk import dag, task
 
-from returnledger.airflow.adapter import default_args, digest_dir, period_schedule, run_moment
-from returnledger.reports.notify import dag_failure_callbacks
+from returnledger.airflow.defaults import default_args
+from returnledger.airflow.notifiers import dag_failure_callbacks
+from returnledger.airflow.schedule import period_schedule
+from returnledger.airflow.tasks import send
 
 
 @dag(
     dag_id="returns_operating_checks",
     schedule=period_schedule("0 7 * * *"),
-    start_date=datetime(2026, 10, 1, tzinfo=timezone.utc),
+    start_date=datetime(2026, 10, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     default_args=default_args(owner="integration"),
@@ -57,29 +60,28 @@ from returnledger.reports.notify import dag_failure_callbacks
 def returns_operating_checks():
     @task
     def check_flows() -> dict:
-        from returnledger.airflow.adapter import get_dsn
-        from returnledger.reports.digests import check_stalled_flows
+        """Raise SYNC_STALLED for what is stuck as of the run's end; resolve what got moving again."""
+        from returnledger.airflow.hooks import ledger_dsn
+        from returnledger.airflow.schedule import run_moment
+        from returnledger.exception_queue.stalled import check_stalled_flows
 
-        return check_stalled_flows(get_dsn(), as_of=run_moment())
+        return check_stalled_flows(ledger_dsn(), as_of=run_moment())
 
     @task
-    def build(flows: dict) -> list[dict]:
-        from returnledger.airflow.adapter import get_dsn
+    def build() -> list[dict]:
+        """Write one daily digest per owner team (HTML) to Variable `returnledger_digest_dir`."""
+        from returnledger.airflow.defaults import variable
+        from returnledger.airflow.hooks import ledger_dsn
+        from returnledger.airflow.schedule import run_moment
         from returnledger.reports.digests import build_and_write
 
-        return build_and_write(get_dsn(), as_of=run_moment(), kind="daily", out_dir=digest_dir())
+        return build_and_write(
+            ledger_dsn(), as_of=run_moment(), kind="daily", out_dir=variable("returnledger_digest_dir")
+        )
 
-    @task(map_index_template="{{ team }}")
-    def send(digest: dict) -> str:
-        from airflow.sdk import get_current_context
-
-        from returnledger.reports.notify import send_digest
-
-        ctx = get_current_context()
-        ctx["team"] = digest["owner"]
-        return send_digest(digest, ctx)
-
-    send.expand(digest=build(check_flows()))
+    digests = build()
+    check_flows() >> digests  # the digests count the SYNC_STALLED exceptions just raised
+    send.expand(digest=digests)
 
 
 returns_operating_checks()

@@ -20,12 +20,12 @@ results replace the period's rows as of its data interval end, and the report is
 written.
 
 **Reads / writes.** Reads the ledger (`returns_db` connection) and the export base
-(Variable `returnledger_export_base`, default `file://<repo>/.local/landing`).
-Writes `ledger.amazon_return`, `ledger.import_file`, `ledger.recon_result`,
-`ledger.exception`, post-hoc returns in ReBound (`rebound_api` connection) and the
-report under Variable `returnledger_report_base` (default
-`file://<repo>/.local/reports`) `/<period>/`. Finance mail goes to Variable
-`returnledger_finance_to`.
+(Variable `returnledger_export_base`). Writes `ledger.amazon_return`,
+`ledger.import_file`, `ledger.recon_result`, `ledger.exception`, post-hoc returns in
+ReBound (`rebound_api` connection) and the report under Variable
+`returnledger_report_base` `/<period>/`. Finance mail goes to Variable
+`returnledger_finance_to`. The Variables' defaults (a folder under
+`$RETURNLEDGER_HOME/.local`) are listed in returnledger.airflow.defaults.
 
 **Rerunning is safe.** Re-importing the same export changes nothing (sha256),
 reconciliation replaces a period's results in one transaction, exceptions are
@@ -33,24 +33,17 @@ raised once per subject, the post-hoc endpoint is idempotent on the Amazon retur
 id, and the report is rewritten byte for byte. Dates come from the run (as-of =
 data interval end), never from the wall clock. See docs/reconciliation.md.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 
-from airflow.sdk import (
-    Asset,
-    AssetOrTimeSchedule,
-    CronDataIntervalTimetable,
-    Param,
-    dag,
-    get_current_context,
-    task,
-)
+from airflow.sdk import Asset, AssetOrTimeSchedule, Param, dag, get_current_context, task
 
-from returnledger.airflow.adapter import LEDGER_ASSET_NAME, LEDGER_ASSET_URI, default_args
-from returnledger.reports.notify import dag_failure_callbacks, finance_notice
+from returnledger.airflow.defaults import LEDGER, default_args
+from returnledger.airflow.notifiers import dag_failure_callbacks, finance_notice
+from returnledger.airflow.schedule import period_schedule
 
-LEDGER = Asset(name=LEDGER_ASSET_NAME, uri=LEDGER_ASSET_URI)  # emitted by returns_sync
 # what this DAG produces (never LEDGER itself: that would trigger this DAG again)
 RECON_RESULTS = Asset(name="returns_recon_results", uri="returnledger://ledger/recon_result")
 REPORT = Asset(name="returns_month_end_report", uri="returnledger://reports/month_end_report")
@@ -58,97 +51,95 @@ REPORT = Asset(name="returns_month_end_report", uri="returnledger://reports/mont
 
 @dag(
     dag_id="returns_reconciliation",
-    schedule=AssetOrTimeSchedule(
-        timetable=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-        assets=LEDGER),
-    start_date=datetime(2026, 10, 1, tzinfo=timezone.utc),
+    schedule=AssetOrTimeSchedule(timetable=period_schedule("0 0 * * *"), assets=LEDGER),
+    start_date=datetime(2026, 10, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     default_args=default_args(owner="finance"),
     on_failure_callback=dag_failure_callbacks(),
     tags=["returnledger", "reconciliation", "finance", "amazon"],
     doc_md=__doc__,
-    params={"close_period": Param(
-        "", type="string", pattern=r"^(\d{4}-(0[1-9]|1[0-2]))?$", title="Close period (YYYY-MM)",
-        description="Month to close and report. Empty: daily rolling check of the data interval's month.")},
+    params={
+        "close_period": Param(
+            "",
+            type="string",
+            pattern=r"^(\d{4}-(0[1-9]|1[0-2]))?$",
+            title="Close period (YYYY-MM)",
+            description="Month to close and report. Empty: daily rolling check of the data interval's month.",
+        )
+    },
 )
 def returns_reconciliation():
     @task
     def resolve_window() -> dict:
-        """Period, as-of and batch id of this run, resolved once from the run (never the clock)."""
-        from returnledger.reconciliation.match import period_bounds, period_of
+        """Period, as-of, result key and batch id of this run, resolved once from the run (not the clock)."""
+        from returnledger.airflow.schedule import run_interval
+        from returnledger.reconciliation.period import recon_window
 
-        ctx = get_current_context()
-        end = ctx.get("data_interval_end") or ctx.get("logical_date") or ctx["dag_run"].run_after
-        start = ctx.get("data_interval_start")
-        if start is None or start >= end:      # asset-triggered or manual runs: the day that just ended
-            start = end - timedelta(days=1)
-        close = (ctx["params"].get("close_period") or "").strip()
-        period = close or period_of(start)
-        period_bounds(period)  # validates
-        as_of = end.astimezone(timezone.utc)
-        kind = "close" if close else "daily"
-        return {"period": period, "as_of": as_of.isoformat(), "close": bool(close),
-                "result_key": period if close else f"daily:{start.date().isoformat()}",
-                "batch_id": f"returns_reconciliation:{kind}:{period}:{as_of:%Y-%m-%dT%H:%M}"}
+        start, end = run_interval()
+        return recon_window(start, end, get_current_context()["params"].get("close_period")).as_dict()
 
     @task
     def import_amazon_export(window: dict) -> dict:
         """Validate and load the month's Vendor Central returns export (required on close runs)."""
-        from airflow.sdk import Variable
-
-        from returnledger.airflow.adapter import get_dsn
+        from returnledger.airflow.defaults import variable
+        from returnledger.airflow.hooks import ledger_dsn
         from returnledger.reconciliation.amazon_export import import_amazon_export as run_import
-        from returnledger.store.db import project_root
 
-        base = Variable.get("returnledger_export_base", default=f"file://{project_root()}/.local/landing")
-        result = run_import(get_dsn(), base, window["period"], at=datetime.fromisoformat(window["as_of"]),
-                            missing_ok=not window["close"])
+        result = run_import(
+            ledger_dsn(),
+            variable("returnledger_export_base"),
+            window["period"],
+            at=datetime.fromisoformat(window["as_of"]),
+            missing_ok=not window["close"],
+        )
         return result.as_dict()
 
     @task(outlets=[RECON_RESULTS])
     def reconcile(window: dict, imported: dict) -> dict:
         """Match the period's lines and Amazon records; raise the exceptions; replace the results."""
-        from returnledger.airflow.adapter import get_dsn
+        from returnledger.airflow.hooks import ledger_dsn
         from returnledger.reconciliation.match import reconcile as run_reconcile
 
-        summary = run_reconcile(get_dsn(), window["period"], as_of=datetime.fromisoformat(window["as_of"]),
-                                batch_id=window["batch_id"], result_key=window["result_key"])
+        summary = run_reconcile(
+            ledger_dsn(),
+            window["period"],
+            as_of=datetime.fromisoformat(window["as_of"]),
+            batch_id=window["batch_id"],
+            result_key=window["result_key"],
+        )
         return {**summary.as_dict(), "export": imported["status"]}
 
     @task
-    def create_post_hoc_returns(window: dict, summary: dict) -> int:
+    def create_post_hoc_returns(window: dict) -> int:
         """A ReBound return for every dark return not linked yet (idempotent at ReBound)."""
-        from returnledger.airflow.adapter import get_dsn, rebound_client
-        from returnledger.reconciliation.match import create_post_hoc_returns as run_post_hoc
+        from returnledger.airflow.hooks import ReboundHook, ledger_dsn
+        from returnledger.reconciliation.dark_returns import create_post_hoc_returns as run_post_hoc
 
-        return run_post_hoc(get_dsn(), rebound_client(), at=datetime.fromisoformat(window["as_of"]),
-                            batch_id=window["batch_id"])
+        with ReboundHook().get_conn() as rebound:
+            return run_post_hoc(
+                ledger_dsn(), rebound, at=datetime.fromisoformat(window["as_of"]), batch_id=window["batch_id"]
+            )
 
     @task.short_circuit
-    def is_close_run(window: dict, created: int) -> bool:
+    def is_close_run(window: dict) -> bool:
         """Only a close run writes the report and tells finance."""
         return bool(window["close"])
 
     @task(outlets=[REPORT], on_success_callback=[finance_notice()])
     def write_report(window: dict) -> dict:
-        """month_end_report.csv + .html under <returnledger_report_base>/<period>/."""
-        from airflow.sdk import Variable
-
-        from returnledger.airflow.adapter import get_dsn
-        from returnledger.reconciliation.amazon_export import storage_path
+        """month_end_report.csv + .html under <returnledger_report_base>/<period>/ (s3: aws_default)."""
+        from returnledger.airflow.defaults import variable
+        from returnledger.airflow.hooks import ledger_dsn
+        from returnledger.reconciliation.storage import storage_path
         from returnledger.reports.finance import write_month_end_report
-        from returnledger.store.db import project_root
 
-        base = Variable.get("returnledger_report_base", default=f"file://{project_root()}/.local/reports")
-        out = storage_path(base) / window["period"]  # s3:// through the aws_default connection
-        return write_month_end_report(get_dsn(), window["period"], str(out))
+        out = storage_path(variable("returnledger_report_base")) / window["period"]
+        return write_month_end_report(ledger_dsn(), window["period"], str(out))
 
     window = resolve_window()
-    imported = import_amazon_export(window)
-    summary = reconcile(window, imported)
-    created = create_post_hoc_returns(window, summary)
-    is_close_run(window, created) >> write_report(window)
+    summary = reconcile(window, import_amazon_export(window))
+    summary >> create_post_hoc_returns(window) >> is_close_run(window) >> write_report(window)
 
 
 returns_reconciliation()

@@ -31,6 +31,8 @@ stored feed cursor. To redo 7 October, clear the run listed under 7 October.
 7. `confirm` - polls Amazon's transaction status: Success closes the line,
    Failure raises AMAZON_REJECTED, and a `DuplicateInvoiceNumber` refusal of a
    note sent before is followed to the transaction Amazon names.
+8. `finish` - books the run in `ledger.sync_run` (its window and each step's
+   counts), which the operating check reads to tell that the sync is alive.
 
 **Rerunning is safe**: clear any run or task in the UI. Events are deduplicated by
 id, the cursor only moves forward, outbox rows are unique per line and action,
@@ -38,43 +40,22 @@ a note claimed by a living pusher is never sent by another, and a resent credit
 note keeps its id: whether Amazon answers it as the same note or refuses it as a
 duplicate, it is credited once. Every task has an `execution_timeout`.
 """
+
 from __future__ import annotations
 
-import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from airflow.sdk import Asset, Label, dag, task
+from airflow.sdk import Label, dag, task
 
-from returnledger.airflow.adapter import (
-    AMAZON_POOL,
-    LEDGER_ASSET_NAME,
-    LEDGER_ASSET_URI,
-    default_args,
-    period_schedule,
-)
-from returnledger.reports.notify import dag_failure_callbacks
-
-LEDGER = Asset(name=LEDGER_ASSET_NAME, uri=LEDGER_ASSET_URI)
-SCHEDULE = period_schedule(os.environ.get("RETURNLEDGER_SYNC_SCHEDULE", "@daily"))
-
-
-def _window() -> dict:
-    """The run's window and batch id, resolved once from the run (never from the clock)."""
-    from returnledger.airflow.adapter import run_interval
-    from returnledger.sync import batch_id_for
-
-    start, end = run_interval()
-    return {"window_start": start.isoformat(), "window_end": end.isoformat(), "batch_id": batch_id_for(end)}
-
-
-def _at(window: dict) -> datetime:
-    return datetime.fromisoformat(window["window_end"])
+from returnledger.airflow.defaults import AMAZON_POOL, LEDGER, default_args
+from returnledger.airflow.notifiers import dag_failure_callbacks
+from returnledger.airflow.schedule import sync_schedule
 
 
 @dag(
     dag_id="returns_sync",
-    schedule=SCHEDULE,
-    start_date=datetime(2026, 10, 1, tzinfo=timezone.utc),
+    schedule=sync_schedule(),
+    start_date=datetime(2026, 10, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     default_args=default_args(owner="integration"),
@@ -85,90 +66,145 @@ def _at(window: dict) -> datetime:
 def returns_sync():
     @task
     def extract() -> dict:
-        from returnledger.airflow.adapter import get_dsn, rebound_client
-        from returnledger.sync import extract as run_extract
+        """Land the ReBound events delivered before the run's end (then move the cursor); fetch their orders.
 
-        window = _window()
-        with rebound_client() as client:
-            stats = run_extract(get_dsn(), client, window_end=_at(window), batch_id=window["batch_id"])
+        Returns the run's window and batch id, resolved here once from the run, for every later step.
+        """
+        from returnledger.airflow.hooks import ReboundHook, ledger_dsn
+        from returnledger.airflow.schedule import run_interval
+        from returnledger.intake.feed import extract as run_extract
+        from returnledger.ledger.runs import batch_id_for
+
+        start, end = run_interval()
+        window = {
+            "window_start": start.isoformat(),
+            "window_end": end.isoformat(),
+            "batch_id": batch_id_for(end),
+        }
+        with ReboundHook().get_conn() as rebound:
+            stats = run_extract(ledger_dsn(), rebound, window_end=end, batch_id=window["batch_id"])
         return {**window, "extract": stats}
 
     @task
     def validate(window: dict) -> dict:
+        """Screen the batch (field rules, Great Expectations suite); the result JSON goes to
+        Variable `returnledger_validation_dir`."""
         from pathlib import Path
 
-        from returnledger.airflow.adapter import get_dsn
-        from returnledger.store.db import local_dir
-        from returnledger.sync import validate as run_validate
+        from returnledger.airflow.defaults import variable
+        from returnledger.airflow.hooks import ledger_dsn
+        from returnledger.screening.screen import validate as run_validate
 
-        folder = Path(os.environ.get("RETURNLEDGER_VALIDATION_DIR") or local_dir() / "validation")
-        return run_validate(get_dsn(), batch_id=window["batch_id"], result_dir=folder)
+        folder = Path(variable("returnledger_validation_dir"))
+        return run_validate(ledger_dsn(), batch_id=window["batch_id"], result_dir=folder)
 
     @task.branch
     def route(stats: dict) -> list[str]:
-        from returnledger.sync import choose_branches
+        """Branch to `quarantine` when rows failed, to `apply` when rows passed (or held events may go on)."""
+        from returnledger.screening.screen import batch_outcome
 
-        return choose_branches(stats)
+        outcome = batch_outcome(stats)
+        return [
+            task_id
+            for task_id, needed in (("quarantine", outcome.failures), ("apply", outcome.applicable))
+            if needed
+        ]
 
     @task
     def quarantine(window: dict) -> dict:
-        from returnledger.airflow.adapter import get_dsn
-        from returnledger.sync import quarantine as run_quarantine
+        """One exception per failing row, owned by the team that can fix it; the line's events are held."""
+        from returnledger.airflow.hooks import ledger_dsn
+        from returnledger.screening.screen import quarantine as run_quarantine
 
-        return run_quarantine(get_dsn(), batch_id=window["batch_id"], at=_at(window))
+        return run_quarantine(
+            ledger_dsn(), batch_id=window["batch_id"], at=datetime.fromisoformat(window["window_end"])
+        )
 
     @task(trigger_rule="none_failed_min_one_success")
     def apply(window: dict) -> dict:
-        from returnledger.airflow.adapter import amazon_settings, get_dsn
-        from returnledger.sync import apply as run_apply
+        """Lifecycle rules: line state, history and the Amazon outbox; held events go on once freed."""
+        from returnledger.airflow.hooks import AmazonSpApiHook, ledger_dsn
+        from returnledger.ledger.apply import apply as run_apply
 
-        return run_apply(get_dsn(), batch_id=window["batch_id"], at=_at(window),
-                         currency=amazon_settings()["currency"])
+        return run_apply(
+            ledger_dsn(),
+            batch_id=window["batch_id"],
+            at=datetime.fromisoformat(window["window_end"]),
+            currency=AmazonSpApiHook().vendor["currency"],
+        )
 
     @task(pool=AMAZON_POOL, trigger_rule="none_failed")
     def push_inventory(window: dict) -> dict:
-        from returnledger.airflow.adapter import amazon_client, amazon_settings, get_dsn
-        from returnledger.sync import push_inventory as run_push
+        """Send Amazon the absolute stock of every SKU whose sellable count changed."""
+        from returnledger.airflow.hooks import AmazonSpApiHook, ledger_dsn
+        from returnledger.amazon.push import push_inventory as run_push
 
-        vendor = amazon_settings()
-        return run_push(get_dsn(), amazon_client(), warehouse_id=vendor["warehouse_id"],
-                        party_id=vendor["party_id"], at=_at(window), batch_id=window["batch_id"])
+        amazon = AmazonSpApiHook()
+        return run_push(
+            ledger_dsn(),
+            amazon.get_conn(),
+            warehouse_id=amazon.vendor["warehouse_id"],
+            party_id=amazon.vendor["party_id"],
+            at=datetime.fromisoformat(window["window_end"]),
+            batch_id=window["batch_id"],
+        )
 
     @task(pool=AMAZON_POOL, trigger_rule="none_failed")
     def push_credits(window: dict) -> dict:
-        from returnledger.airflow.adapter import amazon_client, amazon_settings, get_dsn
-        from returnledger.sync import push_credits as run_push
+        """Send the pending credit notes (claimed first, every attempt in the send log)."""
+        from returnledger.airflow.hooks import AmazonSpApiHook, ledger_dsn
+        from returnledger.amazon.push import push_credits as run_push
 
-        return run_push(get_dsn(), amazon_client(), party_id=amazon_settings()["party_id"], at=_at(window),
-                        batch_id=window["batch_id"])
+        amazon = AmazonSpApiHook()
+        return run_push(
+            ledger_dsn(),
+            amazon.get_conn(),
+            party_id=amazon.vendor["party_id"],
+            at=datetime.fromisoformat(window["window_end"]),
+            batch_id=window["batch_id"],
+        )
 
     @task(pool=AMAZON_POOL, outlets=[LEDGER], trigger_rule="none_failed")
-    def confirm(window: dict, extracted: dict, validated: dict) -> dict:
-        from returnledger.airflow.adapter import amazon_client, get_dsn
-        from returnledger.sync import confirm as run_confirm
-        from returnledger.sync import finish_run
+    def confirm(window: dict) -> dict:
+        """Ask Amazon how what was sent ended: Success closes a line, Failure raises AMAZON_REJECTED."""
+        from returnledger.airflow.hooks import AmazonSpApiHook, ledger_dsn
+        from returnledger.amazon.confirm import confirm as run_confirm
 
-        dsn = get_dsn()
-        stats = run_confirm(dsn, amazon_client(), at=_at(window), batch_id=window["batch_id"])
-        finish_run(dsn, batch_id=window["batch_id"], window_end=_at(window),
-                   window_start=datetime.fromisoformat(window["window_start"]),
-                   stats={"extract": extracted["extract"], "validate": validated, "confirm": stats},
-                   at=_at(window))
-        return stats
+        return run_confirm(
+            ledger_dsn(),
+            AmazonSpApiHook().get_conn(),
+            at=datetime.fromisoformat(window["window_end"]),
+            batch_id=window["batch_id"],
+        )
+
+    @task
+    def finish(window: dict, validated: dict, confirmed: dict) -> None:
+        """Book the run in `ledger.sync_run` (its window, each step's counts) for the operating check."""
+        from returnledger.airflow.hooks import ledger_dsn
+        from returnledger.ledger.runs import finish_run
+
+        end = datetime.fromisoformat(window["window_end"])
+        finish_run(
+            ledger_dsn(),
+            batch_id=window["batch_id"],
+            window_end=end,
+            window_start=datetime.fromisoformat(window["window_start"]),
+            stats={"extract": window["extract"], "validate": validated, "confirm": confirmed},
+            at=end,
+        )
 
     window = extract()
     checked = validate(window)
     branch = route(checked)
     held = quarantine(window)
     applied = apply(window)
-    inventory = push_inventory(window)
-    credits = push_credits(window)
-    done = confirm(window, window, checked)
+    confirmed = confirm(window)
 
     branch >> Label("rows failed") >> held
     branch >> Label("rows passed or held events") >> applied
     held >> applied
-    applied >> [inventory, credits] >> done
+    applied >> [push_inventory(window), push_credits(window)] >> confirmed
+    finish(window, checked, confirmed)
 
 
 returns_sync()

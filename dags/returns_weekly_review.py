@@ -17,27 +17,30 @@ computed as of its data interval end.
 Routing follows `ledger.owner_team` (include/reference/owners.yaml).
 
 **Steps**: `build` writes the HTML files to Variable `returnledger_digest_dir`
-(default `.local/digests`); `send` mails each team through `smtp_default`
+(default `$RETURNLEDGER_HOME/.local/digests`); `send` mails each team through `smtp_default`
 (addresses: Variable `returnledger_team_emails`), one mapped task per team.
 
 **Rerunning is safe**: the review only reads the ledger; a rerun for the same
 week rebuilds the same digest (as-of counts) and overwrites its files. It does
 send the mails again.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from airflow.sdk import dag, task
 
-from returnledger.airflow.adapter import default_args, digest_dir, period_schedule, run_moment
-from returnledger.reports.notify import dag_failure_callbacks
+from returnledger.airflow.defaults import default_args
+from returnledger.airflow.notifiers import dag_failure_callbacks
+from returnledger.airflow.schedule import period_schedule
+from returnledger.airflow.tasks import send
 
 
 @dag(
     dag_id="returns_weekly_review",
     schedule=period_schedule("0 7 * * 1"),
-    start_date=datetime(2026, 10, 1, tzinfo=timezone.utc),
+    start_date=datetime(2026, 10, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     default_args=default_args(owner="operations"),
@@ -48,20 +51,15 @@ from returnledger.reports.notify import dag_failure_callbacks
 def returns_weekly_review():
     @task
     def build() -> list[dict]:
-        from returnledger.airflow.adapter import get_dsn
+        """Write one weekly review per owner team (HTML) to Variable `returnledger_digest_dir`."""
+        from returnledger.airflow.defaults import variable
+        from returnledger.airflow.hooks import ledger_dsn
+        from returnledger.airflow.schedule import run_moment
         from returnledger.reports.digests import build_and_write
 
-        return build_and_write(get_dsn(), as_of=run_moment(), kind="weekly", out_dir=digest_dir())
-
-    @task(map_index_template="{{ team }}")
-    def send(digest: dict) -> str:
-        from airflow.sdk import get_current_context
-
-        from returnledger.reports.notify import send_digest
-
-        ctx = get_current_context()
-        ctx["team"] = digest["owner"]
-        return send_digest(digest, ctx)
+        return build_and_write(
+            ledger_dsn(), as_of=run_moment(), kind="weekly", out_dir=variable("returnledger_digest_dir")
+        )
 
     send.expand(digest=build())
 

@@ -6,12 +6,14 @@ embedded view). Every route of the console requires a signed-in Airflow
 user; reading needs any role, every state-changing action (resolve, dismiss,
 retry, add a mapping or a SKU) needs Op or Admin under the SimpleAuthManager
 (the "can edit" permission on "Returns exceptions" under FAB); see
-returnledger.console.app. The ledger is reached through the ``returns_db``
+returnledger.console.auth. The ledger is reached through the ``returns_db``
 connection.
 """
+
 from __future__ import annotations
 
 from functools import cache
+from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
 
@@ -28,13 +30,15 @@ def _console_app():
 
 class ReturnledgerConsolePlugin(AirflowPlugin):
     name = "returnledger_console"
-    external_views = [{
-        "name": "Returns exceptions",
-        "href": f"{URL_PREFIX}/",
-        "url_route": "returns-exceptions",   # UI path /plugin/returns-exceptions embeds the console
-        "destination": "nav",
-        "category": "browse",
-    }]
+    external_views: ClassVar[list[dict[str, Any]]] = [
+        {
+            "name": "Returns exceptions",
+            "href": f"{URL_PREFIX}/",
+            "url_route": "returns-exceptions",  # UI path /plugin/returns-exceptions embeds the console
+            "destination": "nav",
+            "category": "browse",
+        }
+    ]
 
     @property
     def fastapi_apps(self):

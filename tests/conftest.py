@@ -4,8 +4,11 @@ The server comes from RETURNLEDGER_TEST_SERVER_DSN, else RETURNLEDGER_DSN,
 else the embedded PostgreSQL under .local/ (started on demand). The session
 database is created empty, migrated, and dropped at the end.
 """
+
 from __future__ import annotations
 
+import gzip
+import json
 import os
 from pathlib import Path
 
@@ -15,14 +18,16 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+#: the shipped scenario months (small-month, small-month-faults) with their expected outcomes
+SCENARIOS = ROOT / "scenarios"
+#: generated months with their expected outcomes, committed (see tests/fixtures/scenarios/README.md)
+GENERATED = ROOT / "tests" / "fixtures" / "scenarios"
 
 
 def _server_dsn() -> str:
     from returnledger.store import db
 
-    return (os.environ.get("RETURNLEDGER_TEST_SERVER_DSN") or os.environ.get(db.ENV_DSN)
-            or db.embedded_dsn())
+    return os.environ.get("RETURNLEDGER_TEST_SERVER_DSN") or os.environ.get(db.ENV_DSN) or db.embedded_dsn()
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +71,34 @@ def conn(db_dsn):
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.exists():
-        pytest.skip("../shared is not beside the checkout")
-    return SHARED
+def scenarios_dir() -> Path:
+    """The repository's scenarios/ folder: small-month(-faults).json and their .expected.json."""
+    return SCENARIOS
+
+
+def _read_gz(path: Path) -> dict:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="session")
+def generated_month():
+    """generated_month(returns, seed, faults=False, shared_notices=False) -> (scenario, expected).
+
+    A generated month from tests/fixtures/scenarios (fresh dicts on each call: a test may change them).
+    """
+
+    def load(
+        returns: int, seed: int, faults: bool = False, shared_notices: bool = False
+    ) -> tuple[dict, dict]:
+        name = (
+            f"gen-{returns}-{seed}"
+            + ("-faults" if faults else "")
+            + ("-shared-notices" if shared_notices else "")
+        )
+        path = GENERATED / f"{name}.json.gz"
+        if not path.exists():
+            raise FileNotFoundError(f"no generated month {name} in {GENERATED} (see its README.md)")
+        return _read_gz(path), _read_gz(GENERATED / f"{name}.expected.json.gz")
+
+    return load

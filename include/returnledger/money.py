@@ -1,4 +1,5 @@
 """Money as the ledger and Amazon write it: GBP-style amounts to the penny, rounded half up."""
+
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal

@@ -1,10 +1,11 @@
 """The one template layer: every HTML this project writes (console pages, digests, the month-end report,
 notification mails) is a Jinja template in ``returnledger/templates`` rendered through ``render``.
 
-Autoescaping is on for every template. ``mail=True`` also writes braces in values as entities: Airflow renders a
-notifier's fields with Jinja once more when it sends them, and a brace in a customer's text must not be
-read as template syntax there.
+Autoescaping is on for every template. ``mail=True`` also writes braces in values as entities: Airflow
+renders a notifier's fields with Jinja once more when it sends them, and a brace in a customer's text must
+not be read as template syntax there.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,9 +59,13 @@ def _brace_safe(text: str) -> str:
 
 @cache
 def environment(mail: bool = False) -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("returnledger", "templates"),
-                             autoescape=True, undefined=jinja2.ChainableUndefined,
-                             trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("returnledger", "templates"),
+        autoescape=True,
+        undefined=jinja2.ChainableUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters.update(cell=cell, show=show, columns=columns, money=money_text)
     if mail:
         env.finalize = lambda v: Markup(_brace_safe(str(escape(v))))

@@ -7,6 +7,7 @@ plugins/ and dags/) and drives it with headless Chromium through the real
 Airflow login page. Ends with the ledger checked and a screenshot in
 ``test-output/`` (git-ignored).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(not CHROMIUM.exists(),
-                                 reason="Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)",
+    ),
+]
 USER, PASSWORD = "olivia.ops", "console-browser-test-pw"
 VIEWER, VIEWER_PASSWORD = "vera.viewer", "console-browser-viewer-pw"
 
@@ -101,31 +107,38 @@ def airflow_server(tmp_path, pg_server, fresh_db):
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps({USER: PASSWORD, VIEWER: VIEWER_PASSWORD}))
     port = _free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("AIRFLOW") and k not in ("RETURNLEDGER_DSN",)}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__AUTH_MANAGER":
-            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:op,{VIEWER}:viewer",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta_dsn),
-        "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-        "AIRFLOW_CONN_RETURNS_DB": db.airflow_connection_json(fresh_db),
-        "GX_ANALYTICS_ENABLED": "false",
-    })
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k not in ("RETURNLEDGER_DSN",)
+    }
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:op,{VIEWER}:viewer",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta_dsn),
+            "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "AIRFLOW_CONN_RETURNS_DB": db.airflow_connection_json(fresh_db),
+            "GX_ANALYTICS_ENABLED": "false",
+        }
+    )
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=180)
     log = (tmp_path / "api-server.log").open("w")
-    proc = subprocess.Popen([airflow, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [airflow, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -157,9 +170,10 @@ def test_exceptions_page_in_airflow(airflow_server, tmp_path):
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM),
-                                    args=["--headless", "--no-sandbox", "--disable-gpu",
-                                          "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(20_000)
@@ -219,14 +233,20 @@ def test_exceptions_page_in_airflow(airflow_server, tmp_path):
             browser.close()
 
     with psycopg.connect(ledger) as c:
-        assert c.execute("SELECT amazon_reason, active, updated_by FROM ledger.reason_mapping"
-                         " WHERE rebound_reason = 'LID_LOOSE'").fetchone() == ("CR-DEFECTIVE", True, USER)
-        assert c.execute("SELECT status, resolved_by FROM ledger.exception WHERE exception_id = 1"
-                         ).fetchone() == ("resolved", USER)
-        assert c.execute("SELECT status FROM ledger.exception WHERE exception_id IN (2, 3)").fetchall() == \
-            [("open",), ("open",)]
-        audit = c.execute("SELECT action, subject FROM ledger.audit_log WHERE actor = %s ORDER BY audit_id",
-                          (USER,)).fetchall()
+        assert c.execute(
+            "SELECT amazon_reason, active, updated_by FROM ledger.reason_mapping"
+            " WHERE rebound_reason = 'LID_LOOSE'"
+        ).fetchone() == ("CR-DEFECTIVE", True, USER)
+        assert c.execute(
+            "SELECT status, resolved_by FROM ledger.exception WHERE exception_id = 1"
+        ).fetchone() == ("resolved", USER)
+        assert c.execute("SELECT status FROM ledger.exception WHERE exception_id IN (2, 3)").fetchall() == [
+            ("open",),
+            ("open",),
+        ]
+        audit = c.execute(
+            "SELECT action, subject FROM ledger.audit_log WHERE actor = %s ORDER BY audit_id", (USER,)
+        ).fetchall()
     assert ("exception.resolve_with_mapping", "exception:1") in audit
 
     out = ROOT / "test-output" / "browser"

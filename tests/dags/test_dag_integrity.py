@@ -1,6 +1,8 @@
 """DAG policy tests (as in the Astro template): every DAG imports, is documented and owned."""
+
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -42,6 +44,7 @@ def test_policy(dagbag):
             assert t.retries >= 2, f"{dag_id}.{t.task_id} retries {t.retries} < 2"
             assert t.on_failure_callback, f"{dag_id}.{t.task_id} has no failure notifier"
             assert t.execution_timeout is not None, f"{dag_id}.{t.task_id} has no execution_timeout"
+            assert t.doc_md, f"{dag_id}.{t.task_id} has no docstring (the UI shows it as the task's doc)"
 
 
 def test_sync_routes_with_labels_and_pool(dagbag):
@@ -64,7 +67,8 @@ def test_no_heavy_imports_at_top(dag_file):
 def test_parse_time_well_under_a_second(dag_file, tmp_path):
     """Import each DAG file in a fresh interpreter after Airflow itself is loaded; time the file only."""
     code = (
-        "import time, importlib.util, airflow.sdk, returnledger.airflow.adapter\n"
+        "import time, importlib.util, airflow.sdk\n"
+        "import returnledger.airflow.defaults, returnledger.airflow.schedule, returnledger.airflow.tasks\n"
         f"spec = importlib.util.spec_from_file_location('d', {str(dag_file)!r})\n"
         "m = importlib.util.module_from_spec(spec); t = time.perf_counter(); spec.loader.exec_module(m)\n"
         "print(time.perf_counter() - t)\n"
@@ -74,3 +78,23 @@ def test_parse_time_well_under_a_second(dag_file, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     seconds = float(out.stdout.strip().splitlines()[-1])
     assert seconds < 1.0, f"{dag_file.name} takes {seconds:.2f}s to parse"
+
+
+def _decorator_root(node: ast.expr) -> str:
+    """``dag`` for ``@dag(...)``, ``task`` for ``@task``, ``@task.branch`` or ``@task(pool=...)``."""
+    while isinstance(node, (ast.Call, ast.Attribute)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
+def test_dag_files_are_wiring_only(dag_file):
+    """A DAG file defines its DAG and that DAG's tasks; any other function or class belongs in the package."""
+    tree = ast.parse(dag_file.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            pytest.fail(f"{dag_file.name}: class {node.name} belongs in the package")
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            roots = {_decorator_root(d) for d in getattr(node, "decorator_list", [])}
+            name = getattr(node, "name", "lambda")
+            assert roots & {"dag", "task"}, f"{dag_file.name}: {name} is neither a DAG nor a task"

@@ -6,10 +6,10 @@ write each owner team's daily digest for every day and the weekly review of the 
 Monday 12 October, before that day's sync); capture every mail in OUT/mail; and stop within seconds on
 Ctrl-C (SIGINT) or SIGTERM, saying which day it stopped on, with no process of it left.
 """
+
 from __future__ import annotations
 
 import email
-import importlib.util
 import json
 import os
 import queue
@@ -31,10 +31,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 FIRST, LAST = date(2026, 10, 5), date(2026, 10, 12)
 DAYS = [FIRST + timedelta(days=i) for i in range((LAST - FIRST).days + 1)]
-WEEK = date(2026, 10, 5)          # the one full week; its review's as-of is Monday 12 October 07:00
-FIXED_LINES = 45                  # header, start-up, close and summary lines: bounded, whatever the days
-LOG_LINE = re.compile(r"\[(debug|info|warning|error|critical)\s*\]|\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b"
-                      r"|Traceback|Warning:")
+WEEK = date(2026, 10, 5)  # the one full week; its review's as-of is Monday 12 October 07:00
+FIXED_LINES = 45  # header, start-up, close and summary lines: bounded, whatever the days
+LOG_LINE = re.compile(
+    r"\[(debug|info|warning|error|critical)\s*\]|\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b"
+    r"|Traceback|Warning:"
+)
 
 
 def _teams() -> list[str]:
@@ -43,36 +45,53 @@ def _teams() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def demo_env(tmp_path_factory, pg_server, shared_dir):
+def demo_env(tmp_path_factory, pg_server, generated_month):
     from returnledger.store import db
 
     base = tmp_path_factory.mktemp("demo")
-    spec = importlib.util.spec_from_file_location("scenario_generate", shared_dir / "scenarios" / "generate.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
-    scenario, _ = gen.generate(12, 7, False)
+    scenario, _ = generated_month(12, 7, False)
     scenario["run"].update({"from": FIRST.isoformat(), "to": LAST.isoformat()})
     (base / "scenario.json").write_text(json.dumps(scenario))
     ledger = db.create_scratch_database(pg_server, "rl_demo")
     meta = db.create_scratch_database(pg_server, "rl_demo_airflow")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETURNLEDGER"))}
-    env.update({"RETURNLEDGER_DSN": ledger, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta),
-                "RETURNLEDGER_AIRFLOW_HOME": str(base / "airflow_home"), "GX_ANALYTICS_ENABLED": "false"})
+    env.update(
+        {
+            "RETURNLEDGER_DSN": ledger,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta),
+            "RETURNLEDGER_AIRFLOW_HOME": str(base / "airflow_home"),
+            "GX_ANALYTICS_ENABLED": "false",
+        }
+    )
     yield {"base": base, "scenario": base / "scenario.json", "env": env}
     db.drop_database(pg_server, ledger)
     db.drop_database(pg_server, meta)
 
 
 def _command(demo_env, out: str) -> list[str]:
-    return [str(Path(sys.executable).parent / "returnledger"), "demo", "--scenario", str(demo_env["scenario"]),
-            "--out", str(demo_env["base"] / out)]
+    return [
+        str(Path(sys.executable).parent / "returnledger"),
+        "demo",
+        "--scenario",
+        str(demo_env["scenario"]),
+        "--out",
+        str(demo_env["base"] / out),
+    ]
 
 
 def test_demo_shows_a_line_per_day_and_writes_digests_and_mail(demo_env):
     out = demo_env["base"] / "full"
-    proc = subprocess.run(_command(demo_env, "full"), env=demo_env["env"], capture_output=True, text=True,
-                          timeout=1500, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (out / "demo.log").read_text()[-6000:]
+    proc = subprocess.run(
+        _command(demo_env, "full"),
+        env=demo_env["env"],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, (
+        proc.stdout[-3000:] + proc.stderr[-3000:] + (out / "demo.log").read_text()[-6000:]
+    )
     lines = proc.stdout.splitlines()
 
     # the screen: nothing on stderr, no traceback or log line, one line per day, a bounded rest
@@ -90,7 +109,9 @@ def test_demo_shows_a_line_per_day_and_writes_digests_and_mail(demo_env):
     # digests: each team's daily digest for every day, and the weekly review of the full week
     teams = _teams()
     files = sorted(p.name for p in (out / "digests").glob("*.html"))
-    daily = Counter(re.match(r"daily-\d{4}-\d{2}-\d{2}-(\w+)\.html$", f)[1] for f in files if f.startswith("daily-"))
+    daily = Counter(
+        re.match(r"daily-\d{4}-\d{2}-\d{2}-(\w+)\.html$", f)[1] for f in files if f.startswith("daily-")
+    )
     assert daily == {t: len(DAYS) for t in teams}
     as_of = (WEEK + timedelta(days=7)).isoformat()
     assert [f for f in files if f.startswith("weekly-")] == [f"weekly-{as_of}-{t}.html" for t in teams]
@@ -138,8 +159,15 @@ def _alive(p: psutil.Process) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_the_demo_within_seconds_and_leaves_nothing_running(demo_env, sig):
     out = f"stopped-{sig.name}"
-    proc = subprocess.Popen(_command(demo_env, out), env=demo_env["env"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+    proc = subprocess.Popen(
+        _command(demo_env, out),
+        env=demo_env["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     screen, lines = _reader(proc.stdout), []
     try:
         deadline = time.monotonic() + 900
@@ -172,4 +200,6 @@ def test_a_signal_stops_the_demo_within_seconds_and_leaves_nothing_running(demo_
     time.sleep(0.5)
     assert [p.pid for p in family if _alive(p)] == []
     marker = str(demo_env["base"] / out)
-    assert [p.pid for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])] == []
+    assert [
+        p.pid for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])
+    ] == []

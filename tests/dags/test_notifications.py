@@ -7,6 +7,7 @@ fresh PostgreSQL database): a tiny failing DAG must mail both the task failure
 and the DAG-run failure, and ``returns_operating_checks`` must mail one digest
 per owner team with the ledger's counts.
 """
+
 from __future__ import annotations
 
 import email
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ import pytest
 from returnledger.store import db
 
 ROOT = Path(__file__).resolve().parents[2]
-AS_OF = datetime(2026, 10, 10, tzinfo=timezone.utc)
+AS_OF = datetime(2026, 10, 10, tzinfo=UTC)
 
 
 class Inbox:
@@ -84,26 +85,43 @@ def counts_of(msg) -> dict[str, int]:
 
 def seed_small_ledger(dsn: str) -> None:
     """Three open exceptions (one over SLA), one stalled credit note, a sync that ran on time."""
-    d = lambda *a: datetime(*a, tzinfo=timezone.utc)  # noqa: E731
+    d = lambda *a: datetime(*a, tzinfo=UTC)  # noqa: E731
     with db.connect(dsn) as c:
-        c.execute("INSERT INTO ledger.owner_team (exception_type, owner, sla_days) VALUES"
-                  " ('UNMAPPED_REASON_CODE', 'operations', 2), ('SKU_MISMATCH', 'operations', 2),"
-                  " ('QUANTITY_MISMATCH', 'warehouse', 5), ('SYNC_STALLED', 'integration', 1),"
-                  " ('CREDIT_MISSING', 'finance', 5)")
-        c.execute("INSERT INTO ledger.return_order (return_id, returns_notice) VALUES ('R-1', 'RN-1'), ('R-2', 'RN-2')")
-        c.execute("INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced, state)"
-                  " VALUES ('R-1', 1, 'SKU-1', 'GIFT', 1, 'ANNOUNCED'), ('R-2', 1, 'SKU-2', 'FAULTY', 2,"
-                  " 'DISPOSITIONED')")
-        for t, owner, subject, opened in (("UNMAPPED_REASON_CODE", "operations", "R-1|1", d(2026, 10, 9, 8)),
-                                          ("SKU_MISMATCH", "operations", "R-1|2", d(2026, 10, 6)),
-                                          ("QUANTITY_MISMATCH", "warehouse", "R-2|1", d(2026, 10, 8))):
-            c.execute("INSERT INTO ledger.exception (type, owner, subject_key, detail, opened_at, opened_by_batch)"
-                      " VALUES (%s, %s, %s, %s, %s, 'seed')", (t, owner, subject, f"{t} on {subject}", opened))
-        c.execute("INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, quantity,"
-                  " status, created_at, created_batch) VALUES ('credit:R-2:1', 'CREDIT_NOTE', 'R-2', 1, 'SKU-2', 2,"
-                  " 'PENDING', %s, 'seed')", (d(2026, 10, 8),))
-        c.execute("INSERT INTO ledger.sync_run (batch_id, window_end, started_at, finished_at) VALUES"
-                  " ('returns_sync:2026-10-09', %s, %s, %s)", (AS_OF, d(2026, 10, 9, 0, 1), d(2026, 10, 9, 0, 9)))
+        c.execute(
+            "INSERT INTO ledger.owner_team (exception_type, owner, sla_days) VALUES"
+            " ('UNMAPPED_REASON_CODE', 'operations', 2), ('SKU_MISMATCH', 'operations', 2),"
+            " ('QUANTITY_MISMATCH', 'warehouse', 5), ('SYNC_STALLED', 'integration', 1),"
+            " ('CREDIT_MISSING', 'finance', 5)"
+        )
+        c.execute(
+            "INSERT INTO ledger.return_order (return_id, returns_notice) VALUES ('R-1', 'RN-1'), ('R-2', 'RN-2')"
+        )
+        c.execute(
+            "INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced, state)"
+            " VALUES ('R-1', 1, 'SKU-1', 'GIFT', 1, 'ANNOUNCED'), ('R-2', 1, 'SKU-2', 'FAULTY', 2,"
+            " 'DISPOSITIONED')"
+        )
+        for t, owner, subject, opened in (
+            ("UNMAPPED_REASON_CODE", "operations", "R-1|1", d(2026, 10, 9, 8)),
+            ("SKU_MISMATCH", "operations", "R-1|2", d(2026, 10, 6)),
+            ("QUANTITY_MISMATCH", "warehouse", "R-2|1", d(2026, 10, 8)),
+        ):
+            c.execute(
+                "INSERT INTO ledger.exception (type, owner, subject_key, detail, opened_at, opened_by_batch)"
+                " VALUES (%s, %s, %s, %s, %s, 'seed')",
+                (t, owner, subject, f"{t} on {subject}", opened),
+            )
+        c.execute(
+            "INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, quantity,"
+            " status, created_at, created_batch) VALUES ('credit:R-2:1', 'CREDIT_NOTE', 'R-2', 1, 'SKU-2', 2,"
+            " 'PENDING', %s, 'seed')",
+            (d(2026, 10, 8),),
+        )
+        c.execute(
+            "INSERT INTO ledger.sync_run (batch_id, window_end, started_at, finished_at) VALUES"
+            " ('returns_sync:2026-10-09', %s, %s, %s)",
+            (AS_OF, d(2026, 10, 9, 0, 1), d(2026, 10, 9, 0, 9)),
+        )
         c.commit()
 
 
@@ -116,15 +134,21 @@ EXPECTED_DAILY = {  # after the check raised SYNC_STALLED for the pending credit
 
 
 def test_digest_mail_arrives_with_the_right_counts(fresh_db, smtp, tmp_path, monkeypatch):
+    from returnledger.airflow import notifiers as notify
+    from returnledger.exception_queue import stalled
     from returnledger.reports import digests as oc
-    from returnledger.reports import notify
 
     seed_small_ledger(fresh_db)
     monkeypatch.setenv("AIRFLOW_VAR_RETURNLEDGER_TEAM_EMAILS", json.dumps({"finance": "ap-team@test.local"}))
-    assert oc.check_stalled_flows(fresh_db, as_of=AS_OF)["raised"] == 1
+    assert stalled.check_stalled_flows(fresh_db, as_of=AS_OF)["raised"] == 1
     summaries = oc.build_and_write(fresh_db, as_of=AS_OF, kind="daily", out_dir=tmp_path)
     sent = [notify.send_digest(s) for s in summaries]
-    assert sent == ["ap-team@test.local", "integration@localhost", "operations@localhost", "warehouse@localhost"]
+    assert sent == [
+        "ap-team@test.local",
+        "integration@localhost",
+        "operations@localhost",
+        "warehouse@localhost",
+    ]
     msgs = smtp.wait_for(4)
     assert len(msgs) == 4
     by_to = {rcpt[0]: m for rcpt, m in msgs}
@@ -137,8 +161,10 @@ def test_digest_mail_arrives_with_the_right_counts(fresh_db, smtp, tmp_path, mon
         assert {k: got[k] for k in expected} == expected, team
     assert "credit:R-2:1" in html_of(by_to["integration@localhost"])
     # the mail is the file
-    assert html_of(by_to["operations@localhost"]).strip() == \
-        (tmp_path / "daily-2026-10-10-operations.html").read_text().strip()
+    assert (
+        html_of(by_to["operations@localhost"]).strip()
+        == (tmp_path / "daily-2026-10-10-operations.html").read_text().strip()
+    )
 
 
 class _TI:
@@ -146,18 +172,24 @@ class _TI:
 
 
 def test_failure_callbacks_mail_task_and_dag_failures(smtp, monkeypatch):
-    from returnledger.reports.notify import dag_failure_callbacks, failure_callbacks
+    from returnledger.airflow.notifiers import dag_failure_callbacks, failure_callbacks
 
     monkeypatch.setenv("AIRFLOW_VAR_RETURNLEDGER_ALERT_TO", "oncall@test.local")
-    task_ctx = {"ti": _TI(), "run_id": _TI.run_id, "ds": "2026-10-05",
-                "exception": RuntimeError("Amazon answered 503 {{ not jinja }}")}
+    task_ctx = {
+        "ti": _TI(),
+        "run_id": _TI.run_id,
+        "ds": "2026-10-05",
+        "exception": RuntimeError("Amazon answered 503 {{ not jinja }}"),
+    }
     for cb in failure_callbacks():
         cb(task_ctx)
     for cb in dag_failure_callbacks():
         cb({"run_id": "manual__2026-10-06", "reason": "task_failure"})  # minimal DAG-callback context
     msgs = smtp.wait_for(2)
-    assert [m["Subject"] for _, m in msgs] == ["[returnledger] returns_sync / push_credits failed for 2026-10-05",
-                                               "[returnledger] DAG ? failed for manual__2026-10-06"]
+    assert [m["Subject"] for _, m in msgs] == [
+        "[returnledger] returns_sync / push_credits failed for 2026-10-05",
+        "[returnledger] DAG ? failed for manual__2026-10-06",
+    ]
     assert all(rcpt == ["oncall@test.local"] for rcpt, _ in msgs)
     body = html_of(msgs[0][1])
     assert "Amazon answered 503 &#123;&#123; not jinja &#125;&#125;" in body and "(try 3)" in body
@@ -165,7 +197,7 @@ def test_failure_callbacks_mail_task_and_dag_failures(smtp, monkeypatch):
 
 
 def test_failure_notifier_never_raises_when_mail_is_down(monkeypatch, caplog):
-    from returnledger.reports.notify import failure_callbacks
+    from returnledger.airflow.notifiers import failure_callbacks
 
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", smtp_uri(_free_port()) + "&retry_limit=0&timeout=2")
     for cb in failure_callbacks():
@@ -181,8 +213,8 @@ from datetime import datetime
 
 from airflow.sdk import dag, task
 
-from returnledger.airflow.adapter import default_args
-from returnledger.reports.notify import dag_failure_callbacks
+from returnledger.airflow.defaults import default_args
+from returnledger.airflow.notifiers import dag_failure_callbacks
 
 
 @dag(schedule=None, start_date=datetime(2026, 10, 1), catchup=False,
@@ -199,7 +231,7 @@ def failing_on_purpose():
 failing_on_purpose()
 '''
 
-RUNNER = '''
+RUNNER = """
 import sys
 from datetime import datetime, timezone
 from airflow.dag_processing.dagbag import DagBag
@@ -210,7 +242,7 @@ dag = bag.dags[sys.argv[2]]
 logical = datetime.fromisoformat(sys.argv[3]) if len(sys.argv) > 3 else None
 dr = dag.test(logical_date=logical) if logical else dag.test()
 print("STATE", dr.state)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -225,11 +257,21 @@ def airflow_env(pg_server, tmp_path_factory):
     shutil.copy(ROOT / "dags" / "returns_operating_checks.py", dags)
     shutil.copy(ROOT / "dags" / "returns_weekly_review.py", dags)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
-    env.update(AIRFLOW_HOME=str(home), AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sa, AIRFLOW__CORE__LOAD_EXAMPLES="false",
-               AIRFLOW__CORE__DAGS_FOLDER=str(dags), AIRFLOW__CORE__UNIT_TEST_MODE="false",
-               AIRFLOW__LOGGING__LOGGING_LEVEL="WARNING")
-    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, check=True,
-                   capture_output=True, timeout=180)
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sa,
+        AIRFLOW__CORE__LOAD_EXAMPLES="false",
+        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+        AIRFLOW__CORE__UNIT_TEST_MODE="false",
+        AIRFLOW__LOGGING__LOGGING_LEVEL="WARNING",
+    )
+    subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     (home / "runner.py").write_text(RUNNER)
     yield {"env": env, "home": home, "dags": dags}
     db.drop_database(pg_server, meta)
@@ -239,14 +281,21 @@ def _dag_test(airflow_env, dag_id: str, extra_env: dict, logical: str | None = N
     args = [sys.executable, str(airflow_env["home"] / "runner.py"), str(airflow_env["dags"]), dag_id]
     if logical:
         args.append(logical)
-    return subprocess.run(args, env={**airflow_env["env"], **extra_env}, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        args, env={**airflow_env["env"], **extra_env}, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow
 def test_dag_test_of_a_failing_dag_mails_task_and_dag_failure(airflow_env, smtp):
-    out = _dag_test(airflow_env, "failing_on_purpose", {"AIRFLOW_CONN_SMTP_DEFAULT": smtp_uri(smtp.port),
-                                                        "AIRFLOW_VAR_RETURNLEDGER_ALERT_TO": "oncall@test.local"})
+    out = _dag_test(
+        airflow_env,
+        "failing_on_purpose",
+        {
+            "AIRFLOW_CONN_SMTP_DEFAULT": smtp_uri(smtp.port),
+            "AIRFLOW_VAR_RETURNLEDGER_ALERT_TO": "oncall@test.local",
+        },
+    )
     assert "STATE failed" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
     msgs = smtp.wait_for(2)
     subjects = sorted(m["Subject"] for _, m in msgs)
@@ -262,53 +311,92 @@ def test_dag_test_of_a_failing_dag_mails_task_and_dag_failure(airflow_env, smtp)
 def test_dag_test_of_operating_checks_mails_one_digest_per_team(airflow_env, smtp, fresh_db, tmp_path):
     seed_small_ledger(fresh_db)
     info = __import__("psycopg").conninfo.conninfo_to_dict(fresh_db)
-    conn = {"conn_type": "postgres", "host": info.get("host", "127.0.0.1"), "port": int(info.get("port", 5432)),
-            "login": info.get("user", "postgres"), "schema": info["dbname"]}
-    out = _dag_test(airflow_env, "returns_operating_checks",
-                    {"AIRFLOW_CONN_SMTP_DEFAULT": smtp_uri(smtp.port), "AIRFLOW_CONN_RETURNS_DB": json.dumps(conn),
-                     "AIRFLOW_VAR_RETURNLEDGER_DIGEST_DIR": str(tmp_path / "digests")},
-                    # the run listed under 9 Oct covers [9 Oct 07:00, 10 Oct 07:00): dag.test() asks for it by
-                    # its interval end, and its "as of" is that end
-                    logical=(AS_OF + timedelta(hours=7)).isoformat())
+    conn = {
+        "conn_type": "postgres",
+        "host": info.get("host", "127.0.0.1"),
+        "port": int(info.get("port", 5432)),
+        "login": info.get("user", "postgres"),
+        "schema": info["dbname"],
+    }
+    out = _dag_test(
+        airflow_env,
+        "returns_operating_checks",
+        {
+            "AIRFLOW_CONN_SMTP_DEFAULT": smtp_uri(smtp.port),
+            "AIRFLOW_CONN_RETURNS_DB": json.dumps(conn),
+            "AIRFLOW_VAR_RETURNLEDGER_DIGEST_DIR": str(tmp_path / "digests"),
+        },
+        # the run listed under 9 Oct covers [9 Oct 07:00, 10 Oct 07:00): dag.test() asks for it by
+        # its interval end, and its "as of" is that end
+        logical=(AS_OF + timedelta(hours=7)).isoformat(),
+    )
     assert "STATE success" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
     msgs = smtp.wait_for(4)
-    assert sorted(r[0] for r, _ in msgs) == ["finance@localhost", "integration@localhost", "operations@localhost",
-                                             "warehouse@localhost"]
+    assert sorted(r[0] for r, _ in msgs) == [
+        "finance@localhost",
+        "integration@localhost",
+        "operations@localhost",
+        "warehouse@localhost",
+    ]
     # as of 10 Oct 07:00 the seeded sync (finished 9 Oct 00:09) is more than 26 h old: a second SYNC_STALLED
-    expected = {**EXPECTED_DAILY, "integration": {"open": 2, "new": 2, "stalled_submissions": 1, "sync_late": 1}}
+    expected = {
+        **EXPECTED_DAILY,
+        "integration": {"open": 2, "new": 2, "stalled_submissions": 1, "sync_late": 1},
+    }
     for rcpt, msg in msgs:
         team = rcpt[0].split("@")[0]
         got = counts_of(msg)
         assert {k: got[k] for k in expected[team]} == expected[team], team
     assert sorted(p.name for p in (tmp_path / "digests").iterdir()) == [
-        "daily-2026-10-10-finance.html", "daily-2026-10-10-integration.html", "daily-2026-10-10-operations.html",
-        "daily-2026-10-10-warehouse.html", "daily-2026-10-10.json"]
+        "daily-2026-10-10-finance.html",
+        "daily-2026-10-10-integration.html",
+        "daily-2026-10-10-operations.html",
+        "daily-2026-10-10-warehouse.html",
+        "daily-2026-10-10.json",
+    ]
     with db.connect(fresh_db) as c:
-        assert sorted(c.execute("SELECT subject_key FROM ledger.exception WHERE type = 'SYNC_STALLED'").fetchall()) \
-            == [("submission:credit:R-2:1",), ("sync:returns_sync",)]
+        assert sorted(
+            c.execute("SELECT subject_key FROM ledger.exception WHERE type = 'SYNC_STALLED'").fetchall()
+        ) == [("submission:credit:R-2:1",), ("sync:returns_sync",)]
 
 
 @pytest.mark.slow
 def test_dag_test_of_weekly_review_mails_one_review_per_team(airflow_env, smtp, fresh_db, tmp_path):
     seed_small_ledger(fresh_db)
     info = __import__("psycopg").conninfo.conninfo_to_dict(fresh_db)
-    conn = {"conn_type": "postgres", "host": info.get("host", "127.0.0.1"), "port": int(info.get("port", 5432)),
-            "login": info.get("user", "postgres"), "schema": info["dbname"]}
-    week_end = datetime(2026, 10, 12, 7, tzinfo=timezone.utc)
-    out = _dag_test(airflow_env, "returns_weekly_review",
-                    {"AIRFLOW_CONN_SMTP_DEFAULT": smtp_uri(smtp.port), "AIRFLOW_CONN_RETURNS_DB": json.dumps(conn),
-                     "AIRFLOW_VAR_RETURNLEDGER_DIGEST_DIR": str(tmp_path)}, logical=week_end.isoformat())
+    conn = {
+        "conn_type": "postgres",
+        "host": info.get("host", "127.0.0.1"),
+        "port": int(info.get("port", 5432)),
+        "login": info.get("user", "postgres"),
+        "schema": info["dbname"],
+    }
+    week_end = datetime(2026, 10, 12, 7, tzinfo=UTC)
+    out = _dag_test(
+        airflow_env,
+        "returns_weekly_review",
+        {
+            "AIRFLOW_CONN_SMTP_DEFAULT": smtp_uri(smtp.port),
+            "AIRFLOW_CONN_RETURNS_DB": json.dumps(conn),
+            "AIRFLOW_VAR_RETURNLEDGER_DIGEST_DIR": str(tmp_path),
+        },
+        logical=week_end.isoformat(),
+    )
     assert "STATE success" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
     msgs = smtp.wait_for(4)
     by_team = {rcpt[0].split("@")[0]: m for rcpt, m in msgs}
     assert sorted(by_team) == ["finance", "integration", "operations", "warehouse"]
-    assert by_team["operations"]["Subject"] == \
-        "[returnledger] weekly review to 2026-10-12 for operations: 2 opened, 0 resolved, 2 open"
+    assert (
+        by_team["operations"]["Subject"]
+        == "[returnledger] weekly review to 2026-10-12 for operations: 2 opened, 0 resolved, 2 open"
+    )
     assert counts_of(by_team["operations"])["sla_breached"] == 2
     assert counts_of(by_team["warehouse"])["open"] == 1
     # the weekly review only reads: no SYNC_STALLED raised
     with db.connect(fresh_db) as c:
-        assert c.execute("SELECT count(*) FROM ledger.exception WHERE type = 'SYNC_STALLED'").fetchone() == (0,)
+        assert c.execute("SELECT count(*) FROM ledger.exception WHERE type = 'SYNC_STALLED'").fetchone() == (
+            0,
+        )
 
 
 def test_month_end_notice_without_a_mail_server_is_one_error_line(monkeypatch):
@@ -316,7 +404,7 @@ def test_month_end_notice_without_a_mail_server_is_one_error_line(monkeypatch):
     raises (the close run stays green, no traceback)."""
     import socket
 
-    from returnledger.reports import notify
+    from returnledger.airflow import notifiers
 
     calls = []
 
@@ -324,18 +412,18 @@ def test_month_end_notice_without_a_mail_server_is_one_error_line(monkeypatch):
         def error(self, msg, *args, **kw):
             calls.append((msg % args, kw))
 
-        def __getattr__(self, name):          # other levels: not expected here
+        def __getattr__(self, name):  # other levels: not expected here
             return lambda *a, **k: calls.append((name, a, k))
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]            # nothing listens here once the socket is closed
+        dead = s.getsockname()[1]  # nothing listens here once the socket is closed
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", smtp_uri(dead))
-    monkeypatch.setattr(notify, "log", Recorder())
-    notice = notify.finance_notice()
-    notice.to = "finance@localhost"          # as rendered from the template
-    notice.notify({})                        # must not raise
+    monkeypatch.setattr(notifiers, "log", Recorder())
+    notice = notifiers.finance_notice()
+    notice.to = "finance@localhost"  # as rendered from the template
+    notice.notify({})  # must not raise
     assert len(calls) == 1, calls
     message, kw = calls[0]
     assert "finance@localhost" in message and "refused" in message.lower(), message
-    assert "exc_info" not in kw              # one line, no traceback
+    assert "exc_info" not in kw  # one line, no traceback

@@ -3,12 +3,12 @@
 A small generated scenario runs day by day through ``returnledger demo`` (the
 same runner as ``make demo``) in a subprocess, so Airflow gets its own home and
 metadata database. The outcome is compared with the scenario's expected file
-using ../shared/scenarios/check.py, the reference checker.
+using the scenario checker (returnledger_dev.scenarios.check).
 """
+
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,45 +22,70 @@ ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ("credits", "Amazon model", "inventory", "exceptions", "reconciliation", "post-hoc returns")
 
 
-def _generate(shared_dir: Path, out: Path, *, returns: int, seed: int, faults: bool) -> Path:
-    spec = importlib.util.spec_from_file_location("scenario_generate", shared_dir / "scenarios" / "generate.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
-    scenario, expected = gen.generate(returns, seed, faults)
+def _generate(generated_month, out: Path, *, returns: int, seed: int, faults: bool) -> Path:
+    scenario, expected = generated_month(returns, seed, faults)
     (out / "scenario.json").write_text(json.dumps(scenario))
     (out / "scenario.expected.json").write_text(json.dumps(expected))
     return out / "scenario.json"
 
 
 @pytest.fixture(scope="module")
-def e2e(tmp_path_factory, pg_server, shared_dir):
+def e2e(tmp_path_factory, pg_server, generated_month):
     """A scenario with faults, its own ledger and Airflow metadata databases, and a runner."""
     from returnledger.store import db
 
     base = tmp_path_factory.mktemp("e2e")
-    scenario = _generate(shared_dir, base, returns=25, seed=11, faults=True)
+    scenario = _generate(generated_month, base, returns=25, seed=11, faults=True)
     ledger = db.create_scratch_database(pg_server, "rl_e2e")
     meta = db.create_scratch_database(pg_server, "rl_e2e_airflow")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETURNLEDGER"))}
-    env.update({"RETURNLEDGER_DSN": ledger, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta),
-                "RETURNLEDGER_AIRFLOW_HOME": str(base / "airflow_home"), "GX_ANALYTICS_ENABLED": "false"})
+    env.update(
+        {
+            "RETURNLEDGER_DSN": ledger,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta),
+            "RETURNLEDGER_AIRFLOW_HOME": str(base / "airflow_home"),
+            "GX_ANALYTICS_ENABLED": "false",
+        }
+    )
 
     def run(out: str, *args: str) -> subprocess.CompletedProcess:
-        cmd = [str(Path(sys.executable).parent / "returnledger"), "demo", "--scenario", str(scenario),
-               "--out", str(base / out), *args]
+        cmd = [
+            str(Path(sys.executable).parent / "returnledger"),
+            "demo",
+            "--scenario",
+            str(scenario),
+            "--out",
+            str(base / out),
+            *args,
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500, cwd=ROOT)
-        assert proc.returncode == 0, (proc.stdout[-3000:] + proc.stderr[-6000:])
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
         return proc
 
-    yield {"base": base, "scenario": scenario, "expected": base / "scenario.expected.json", "run": run,
-           "dsn": ledger, "shared": shared_dir}
+    yield {
+        "base": base,
+        "scenario": scenario,
+        "expected": base / "scenario.expected.json",
+        "run": run,
+        "dsn": ledger,
+    }
     db.drop_database(pg_server, ledger)
     db.drop_database(pg_server, meta)
 
 
 def _check(e2e, out: str) -> dict[str, str]:
-    proc = subprocess.run([sys.executable, str(e2e["shared"] / "scenarios" / "check.py"), str(e2e["expected"]),
-                           str(e2e["base"] / out)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "returnledger_dev.scenarios.check",
+            str(e2e["expected"]),
+            str(e2e["base"] / out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     results = {}
     for line in proc.stdout.splitlines():
         for name in CHECKS:
@@ -88,10 +113,15 @@ def test_rerunning_a_day_sends_nothing_new(e2e):
 
     def snapshot():
         with db.connect(e2e["dsn"]) as conn:
-            return (conn.execute("SELECT return_id, line, state FROM ledger.return_line ORDER BY 1, 2").fetchall(),
-                    conn.execute("SELECT idempotency_key, status, document_id FROM ledger.amazon_submission"
-                                 " ORDER BY 1").fetchall(),
-                    conn.execute("SELECT count(*) FROM ledger.exception").fetchone())
+            return (
+                conn.execute(
+                    "SELECT return_id, line, state FROM ledger.return_line ORDER BY 1, 2"
+                ).fetchall(),
+                conn.execute(
+                    "SELECT idempotency_key, status, document_id FROM ledger.amazon_submission ORDER BY 1"
+                ).fetchall(),
+                conn.execute("SELECT count(*) FROM ledger.exception").fetchone(),
+            )
 
     before = snapshot()
     e2e["run"]("rerun", "--keep-db", "--no-faults", "--days", "2026-10-12", "--no-close")
@@ -105,19 +135,26 @@ def test_faults_give_the_same_outcome(e2e):
     bad = {k: v for k, v in results.items() if not v.startswith("ok")}
     assert not bad, bad
     # and the faults really were there: some Amazon answers were 5xx or 429
-    statuses = [json.loads(x)["status"] for x in (e2e["base"] / "faults" / "amazon_requests.jsonl")
-                .read_text().splitlines() if x.strip()]
+    statuses = [
+        json.loads(x)["status"]
+        for x in (e2e["base"] / "faults" / "amazon_requests.jsonl").read_text().splitlines()
+        if x.strip()
+    ]
     assert any(s >= 500 or s == 429 for s in statuses)
-    clean = {(r["type"], r["return_id"], r["line"], r["status"])
-             for r in csv.DictReader((e2e["base"] / "clean" / "exceptions.csv").open())}
-    faulty = {(r["type"], r["return_id"], r["line"], r["status"])
-              for r in csv.DictReader((e2e["base"] / "faults" / "exceptions.csv").open())}
+    clean = {
+        (r["type"], r["return_id"], r["line"], r["status"])
+        for r in csv.DictReader((e2e["base"] / "clean" / "exceptions.csv").open())
+    }
+    faulty = {
+        (r["type"], r["return_id"], r["line"], r["status"])
+        for r in csv.DictReader((e2e["base"] / "faults" / "exceptions.csv").open())
+    }
     assert clean == faulty
 
 
 def test_every_malformed_event_is_an_invalid_event_with_its_payload(e2e):
-    from returnledger.sandbox.scenario import load_scenario_dict
     from returnledger.store import db
+    from returnledger_dev.sandbox.scenario import load_scenario_dict
 
     scenario = load_scenario_dict(e2e["scenario"])
     with db.connect(e2e["dsn"]) as conn:

@@ -1,6 +1,6 @@
 """The production path on this machine: a scenario month through the real scheduler on CeleryExecutor.
 
-``returnledger.cluster_demo`` (``make cluster-demo``) starts the local cluster (api-server, scheduler,
+``returnledger_dev.cluster.demo`` (``make cluster-demo``) starts the local cluster (api-server, scheduler,
 dag-processor, triggerer, two Celery workers, Redis broker, PostgreSQL metadata and results), asks for the
 month's ``returns_sync`` runs as backfills through the REST API (the demo itself creates one run per day),
 closes the month, clears one day's ``push_credits`` and lets it run again; check.py judges the outputs.
@@ -8,9 +8,9 @@ closes the month, clears one day's ``push_credits`` and lets it run again; check
 Needs Redis (REDIS_URL, default 127.0.0.1:6379). Without it the test is skipped with that reason, except
 where RETURNLEDGER_REQUIRE_CLUSTER=1 (set by .ci/run): there a missing Redis fails it.
 """
+
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -18,7 +18,6 @@ import subprocess
 import sys
 import uuid
 from datetime import date
-from pathlib import Path
 
 import pytest
 
@@ -39,7 +38,8 @@ def _free_port() -> int:
 
 @pytest.fixture
 def redis_url() -> str:
-    from returnledger.local_cluster import DEFAULT_REDIS_URL, check_redis
+    from returnledger_dev.cluster.processes import check_redis
+    from returnledger_dev.cluster.spec import DEFAULT_REDIS_URL
 
     url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
     why = check_redis(url)
@@ -48,18 +48,12 @@ def redis_url() -> str:
     return url
 
 
-def test_month_through_the_scheduler_on_two_celery_workers(tmp_path, pg_server, redis_url):
-    from returnledger import cluster_demo
-    from returnledger import local_cluster as lc
+def test_month_through_the_scheduler_on_two_celery_workers(tmp_path, pg_server, redis_url, generated_month):
     from returnledger.store import db
+    from returnledger_dev.cluster import demo as cluster_demo
+    from returnledger_dev.cluster import processes as lc
 
-    shared = Path(__file__).resolve().parents[3] / "shared" / "scenarios"
-    if not (shared / "generate.py").exists():
-        _require("../shared/scenarios (generate.py, check.py) is not beside the checkout")
-    spec = importlib.util.spec_from_file_location("scenario_generate", shared / "generate.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
-    scenario, expected = gen.generate(8, 5, False)
+    scenario, expected = generated_month(8, 5, False)
     (tmp_path / "scenario.json").write_text(json.dumps(scenario))
     (tmp_path / "scenario.expected.json").write_text(json.dumps(expected))
 
@@ -67,9 +61,18 @@ def test_month_through_the_scheduler_on_two_celery_workers(tmp_path, pg_server, 
     root, out = tmp_path / "cluster", tmp_path / "out"
     name = f"test{uuid.uuid4().hex[:6]}"  # its own Celery queue and worker names on a shared Redis
     try:
-        s = cluster_demo.run_cluster_scenario(tmp_path / "scenario.json", out, dsn=ledger, faults=False,
-                                              port=_free_port(), root=root, redis_url=redis_url,
-                                              mode="backfill", name=name, progress=lambda *_: None)
+        s = cluster_demo.run_cluster_scenario(
+            tmp_path / "scenario.json",
+            out,
+            dsn=ledger,
+            faults=False,
+            port=_free_port(),
+            root=root,
+            redis_url=redis_url,
+            mode="backfill",
+            name=name,
+            progress=lambda *_: None,
+        )
     finally:
         if lc.read_state(root):
             lc.stop(root, progress=lambda *_: None)
@@ -77,8 +80,18 @@ def test_month_through_the_scheduler_on_two_celery_workers(tmp_path, pg_server, 
         db.drop_database(pg_server, lc.metadata_dsn(ledger))
     assert lc.read_state(root) is None  # stopped, nothing left running
 
-    check = subprocess.run([sys.executable, str(shared / "check.py"), str(tmp_path / "scenario.expected.json"),
-                            str(out)], capture_output=True, text=True, timeout=120)
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "returnledger_dev.scenarios.check",
+            str(tmp_path / "scenario.expected.json"),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert check.returncode == 0 and "6 passed, 0 failed" in check.stdout, check.stdout + check.stderr
 
     facts = s["cluster"]

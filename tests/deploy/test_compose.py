@@ -1,6 +1,7 @@
 """docker-compose.yaml, Dockerfile and .dockerignore, checked as far as a machine without a Docker engine
 allows: the rules of issue 13 on the parsed files, ``docker compose config`` where a compose binary is
 installed, and the variables the compose file gives Airflow against the ones ``make cluster`` gives it."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
 COMMON = COMPOSE["x-airflow-common"]
 ENV = COMMON["environment"]
-AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-                    "airflow-worker", "airflow-init")
+AIRFLOW_SERVICES = (
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "airflow-init",
+)
 _DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")
 
 
@@ -43,8 +50,9 @@ def test_init_creates_folders_database_role_and_ledger():
     init = COMPOSE["services"]["airflow-init"]
     script = _init_script()
     assert init["user"] == "0:0"
-    assert re.search(r"mkdir -p .*/opt/airflow/logs.*/opt/airflow/dags.*/opt/airflow/plugins.*/opt/airflow/config",
-                     script)
+    assert re.search(
+        r"mkdir -p .*/opt/airflow/logs.*/opt/airflow/dags.*/opt/airflow/plugins.*/opt/airflow/config", script
+    )
     assert re.search(r'chown -R "\$\{AIRFLOW_UID:-50000\}:0" .*/opt/airflow/logs', script)
     assert "/opt/returnledger/.local" in script.split("chown", 1)[1]
     assert "airflow db migrate" in script
@@ -79,8 +87,11 @@ def test_returnledger_home_is_writable_in_the_image():
 
 
 def test_dockerignore_keeps_local_state_out_of_the_build_context():
-    ignored = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
-               if ln.strip() and not ln.startswith("#")}
+    ignored = {
+        ln.strip()
+        for ln in (ROOT / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    }
     assert {".venv", ".local", ".env", ".git", "out", "logs"} <= ignored
     docker = (ROOT / "Dockerfile").read_text()
     for copied in re.findall(r"^COPY (?:--chown=\S+ )?(.+) /opt/returnledger/?\S*$", docker, re.M):
@@ -89,8 +100,11 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context():
 
 
 def test_secrets_only_from_env_file():
-    example = {ln.split("=", 1)[0] for ln in (ROOT / ".env.example").read_text().splitlines()
-               if "=" in ln and not ln.startswith("#")}
+    example = {
+        ln.split("=", 1)[0]
+        for ln in (ROOT / ".env.example").read_text().splitlines()
+        if "=" in ln and not ln.startswith("#")
+    }
     refs = set(re.findall(r"\$\{(\w+)", (ROOT / "docker-compose.yaml").read_text()))
     optional = {k for k in refs if re.search(r"\$\{" + k + ":-", (ROOT / "docker-compose.yaml").read_text())}
     assert refs - optional <= example, sorted(refs - optional - example)
@@ -108,22 +122,32 @@ def test_docker_compose_config(tmp_path):
     renders with .env.example once they are filled in (needs the compose binary, no engine)."""
     cmd = _compose_binary()
     if cmd is None:
-        pytest.skip("no docker compose / docker-compose binary (apt-get install docker-compose); "
-                    "the rules above still hold for the parsed file")
+        pytest.skip(
+            "no docker compose / docker-compose binary (apt-get install docker-compose); "
+            "the rules above still hold for the parsed file"
+        )
     shutil.copy(ROOT / "docker-compose.yaml", tmp_path / "docker-compose.yaml")
     env = (ROOT / ".env.example").read_text()
     (tmp_path / ".env").write_text(env)
-    refused = subprocess.run(cmd + ["config", "-q"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        cmd + ["config", "-q"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert refused.returncode != 0 and "FERNET_KEY" in refused.stderr + refused.stdout
-    filled = re.sub(r"^(AIRFLOW__CORE__FERNET_KEY|AIRFLOW__API_AUTH__JWT_SECRET|AIRFLOW__API__SECRET_KEY)=$",
-                    r"\1=test-value", env, flags=re.M)
+    filled = re.sub(
+        r"^(AIRFLOW__CORE__FERNET_KEY|AIRFLOW__API_AUTH__JWT_SECRET|AIRFLOW__API__SECRET_KEY)=$",
+        r"\1=test-value",
+        env,
+        flags=re.M,
+    )
     (tmp_path / ".env").write_text(filled)
     done = subprocess.run(cmd + ["config"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     rendered = yaml.safe_load(done.stdout)
     worker = rendered["services"]["airflow-worker"]["environment"]
     assert worker["AIRFLOW__CORE__FERNET_KEY"] == "test-value"
-    assert worker["AIRFLOW_CONN_RETURNS_DB"] == "postgresql://returnledger:change-me@postgres:5432/returnledger"
+    assert (
+        worker["AIRFLOW_CONN_RETURNS_DB"] == "postgresql://returnledger:change-me@postgres:5432/returnledger"
+    )
 
 
 # --- the compose file and `make cluster` configure Airflow alike ------------------------------------------
@@ -131,41 +155,55 @@ def test_docker_compose_config(tmp_path):
 #: variables whose value is host-specific (hosts, ports, folders, secrets): compared by shape only
 HOST_SPECIFIC = {
     "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": lambda c, k: c.endswith(".json"),
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": lambda c, k: c.startswith("postgresql+psycopg2://")
-    and k.startswith("postgresql+psycopg2://"),
-    "AIRFLOW__CELERY__RESULT_BACKEND": lambda c, k: c.startswith("db+postgresql://") and k.startswith("db+postgresql://"),
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": lambda c, k: (
+        c.startswith("postgresql+psycopg2://") and k.startswith("postgresql+psycopg2://")
+    ),
+    "AIRFLOW__CELERY__RESULT_BACKEND": lambda c, k: (
+        c.startswith("db+postgresql://") and k.startswith("db+postgresql://")
+    ),
     "AIRFLOW__CELERY__BROKER_URL": lambda c, k: c.startswith("redis://") and k.startswith("redis://"),
     "AIRFLOW__OPERATORS__DEFAULT_QUEUE": lambda c, k: bool(c) and bool(k),  # a queue per local cluster
     "AIRFLOW__CORE__FERNET_KEY": lambda c, k: bool(k),
     "AIRFLOW__API_AUTH__JWT_SECRET": lambda c, k: len(k) >= 32,
     "AIRFLOW__API__SECRET_KEY": lambda c, k: len(k) >= 32,
     "AIRFLOW__API__BASE_URL": lambda c, k: k.startswith("http://127.0.0.1:"),
-    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": lambda c, k: c.endswith(":8080/execution/") and k.endswith("/execution/"),
+    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": lambda c, k: (
+        c.endswith(":8080/execution/") and k.endswith("/execution/")
+    ),
     "AIRFLOW__CORE__DAGS_FOLDER": lambda c, k: Path(c).name == Path(k).name == "dags",
     "AIRFLOW__CORE__PLUGINS_FOLDER": lambda c, k: Path(c).name == Path(k).name == "plugins",
     "AIRFLOW__LOGGING__BASE_LOG_FOLDER": lambda c, k: Path(c).name == Path(k).name == "logs",
     "RETURNLEDGER_HOME": lambda c, k: (Path(k) / "include" / "returnledger").is_dir(),
-    "AIRFLOW_CONN_RETURNS_DB": lambda c, k: c.startswith("postgresql://returnledger:")
-    and json.loads(k)["login"] == "returnledger",
+    "AIRFLOW_CONN_RETURNS_DB": lambda c, k: (
+        c.startswith("postgresql://returnledger:") and json.loads(k)["login"] == "returnledger"
+    ),
 }
 
 
 @pytest.fixture
 def cluster_env(tmp_path):
-    from returnledger import local_cluster as lc
+    from returnledger_dev.cluster import spec as lc
 
-    spec = lc.ClusterSpec(root=tmp_path, ledger_dsn="postgresql://postgres@127.0.0.1:5432/ledger_x", api_port=8099)
-    env = lc.airflow_env(spec, api_port=8099, meta_dsn=lc.metadata_dsn(spec.ledger_dsn),
-                         password_file=tmp_path / "passwords.json")
+    spec = lc.ClusterSpec(
+        root=tmp_path, ledger_dsn="postgresql://postgres@127.0.0.1:5432/ledger_x", api_port=8099
+    )
+    env = lc.airflow_env(
+        spec,
+        api_port=8099,
+        meta_dsn=lc.metadata_dsn(spec.ledger_dsn),
+        password_file=tmp_path / "passwords.json",
+    )
     env["AIRFLOW_CONN_RETURNS_DB"] = lc.connections_env(spec)["AIRFLOW_CONN_RETURNS_DB"]
     return env
 
 
 def test_cluster_sets_exactly_the_variables_the_compose_file_sets(cluster_env):
-    from returnledger import local_cluster as lc
+    from returnledger_dev.cluster import spec as lc
 
-    assert set(cluster_env) == set(ENV), {"only in compose": sorted(set(ENV) - set(cluster_env)),
-                                          "only in the cluster": sorted(set(cluster_env) - set(ENV))}
+    assert set(cluster_env) == set(ENV), {
+        "only in compose": sorted(set(ENV) - set(cluster_env)),
+        "only in the cluster": sorted(set(cluster_env) - set(ENV)),
+    }
     assert not set(lc.LOCAL_ONLY) & set(ENV)
     for key, compose_value in ENV.items():
         value = _DEFAULT.sub(r"\2", str(compose_value))  # ${NAME:-default} (tunables): the default

@@ -3,6 +3,7 @@
 The DAGs of the compose file and of ``make cluster`` reach the ledger as this role (``returnledger``);
 migrations run as an administrator and hand what they create to it.
 """
+
 from __future__ import annotations
 
 import psycopg
@@ -24,22 +25,29 @@ def owned_ledger(pg_server):
 
 
 def _as_role(dsn: str) -> str:
-    from returnledger.local_cluster import role_dsn
+    from returnledger_dev.cluster.spec import role_dsn
 
     return role_dsn(dsn, migrate.LEDGER_ROLE)
 
 
 def test_role_has_no_server_powers(owned_ledger):
     with psycopg.connect(owned_ledger) as c:
-        row = c.execute("""SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls
-                             FROM pg_roles WHERE rolname = %s""", (migrate.LEDGER_ROLE,)).fetchone()
+        row = c.execute(
+            """SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls
+                             FROM pg_roles WHERE rolname = %s""",
+            (migrate.LEDGER_ROLE,),
+        ).fetchone()
     assert row == (True, False, False, False, False, False)
 
 
 def test_role_owns_the_ledger_schema_and_everything_in_it(owned_ledger):
     with psycopg.connect(owned_ledger) as c:
-        assert c.execute("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'ledger'"
-                         ).fetchone()[0] == migrate.LEDGER_ROLE
+        assert (
+            c.execute(
+                "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'ledger'"
+            ).fetchone()[0]
+            == migrate.LEDGER_ROLE
+        )
         owners = c.execute("""SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c
                                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'ledger'""").fetchall()
         functions = c.execute("""SELECT DISTINCT pg_get_userbyid(p.proowner) FROM pg_proc p
@@ -57,8 +65,12 @@ def test_role_works_the_ledger_but_cannot_reach_beyond_it(owned_ledger):
         c.execute("ANALYZE ledger.owner_team")
         c.rollback()
     with psycopg.connect(_as_role(owned_ledger), autocommit=True) as c:
-        for statement in ("CREATE DATABASE rl_role_denied", "CREATE SCHEMA denied", "CREATE ROLE denied",
-                          "SELECT count(*) FROM pg_authid"):
+        for statement in (
+            "CREATE DATABASE rl_role_denied",
+            "CREATE SCHEMA denied",
+            "CREATE ROLE denied",
+            "SELECT count(*) FROM pg_authid",
+        ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute(statement)
 
@@ -69,5 +81,9 @@ def test_later_migrations_hand_new_objects_to_the_owner(owned_ledger, monkeypatc
     # no owner given, run by the administrator: the schema's owner gets the new table
     assert migrate.migrate(owned_ledger) == ["9999_added_later.sql"]
     with psycopg.connect(owned_ledger) as c:
-        assert c.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'ledger.added_later'::regclass"
-                         ).fetchone()[0] == migrate.LEDGER_ROLE
+        assert (
+            c.execute(
+                "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'ledger.added_later'::regclass"
+            ).fetchone()[0]
+            == migrate.LEDGER_ROLE
+        )

@@ -4,13 +4,14 @@ API served on this machine (moto in server mode), through the ``aws_default`` Ai
 The S3 endpoint and the credentials exist nowhere but in that connection (no AWS_* variables), so the
 import can only succeed if ``ObjectStoragePath`` is built with the connection id.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import json
 import socket
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -36,16 +37,37 @@ def s3(monkeypatch):
     server.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION"):
+        for key in (
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_DEFAULT_REGION",
+            "AWS_REGION",
+        ):
             monkeypatch.delenv(key, raising=False)
         monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
         monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
-            "conn_type": "aws", "login": "moto-key", "password": "moto-secret",
-            "extra": {"region_name": REGION, "endpoint_url": url}}))
-        client = boto3.client("s3", endpoint_url=url, region_name=REGION, aws_access_key_id="moto-key",
-                              aws_secret_access_key="moto-secret")
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_AWS_DEFAULT",
+            json.dumps(
+                {
+                    "conn_type": "aws",
+                    "login": "moto-key",
+                    "password": "moto-secret",
+                    "extra": {"region_name": REGION, "endpoint_url": url},
+                }
+            ),
+        )
+        client = boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name=REGION,
+            aws_access_key_id="moto-key",
+            aws_secret_access_key="moto-secret",
+        )
         client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
         yield client
     finally:
@@ -66,12 +88,13 @@ def _export_csv() -> tuple[bytes, int]:
 
 
 def test_export_read_and_report_written_through_aws_default(s3, fresh_db):
-    from returnledger.reconciliation.amazon_export import import_amazon_export, storage_path
+    from returnledger.reconciliation.amazon_export import import_amazon_export
+    from returnledger.reconciliation.storage import storage_path
     from returnledger.reports.finance import write_month_end_report
 
     body, n = _export_csv()
     s3.put_object(Bucket=BUCKET, Key="vendor-central/vendor_central_returns_2026-10.csv", Body=body)
-    at = datetime(2026, 11, 3, tzinfo=timezone.utc)
+    at = datetime(2026, 11, 3, tzinfo=UTC)
 
     assert storage_path(f"s3://{BUCKET}/x").conn_id == "aws_default"
     result = import_amazon_export(fresh_db, f"s3://{BUCKET}/vendor-central", "2026-10", at=at)
@@ -79,7 +102,9 @@ def test_export_read_and_report_written_through_aws_default(s3, fresh_db):
     again = import_amazon_export(fresh_db, f"s3://{BUCKET}/vendor-central", "2026-10", at=at)
     assert again.status == "UNCHANGED"  # same sha256: nothing re-imported
 
-    missing = import_amazon_export(fresh_db, f"s3://{BUCKET}/vendor-central", "2026-09", at=at, missing_ok=True)
+    missing = import_amazon_export(
+        fresh_db, f"s3://{BUCKET}/vendor-central", "2026-09", at=at, missing_ok=True
+    )
     assert missing.status == "MISSING"
 
     # the close run's report path, as dags/returns_reconciliation.py builds it

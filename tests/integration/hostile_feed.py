@@ -1,24 +1,28 @@
 """Helpers for the hostile-input tests: a stand-in ReBound client and a one-call sync pass.
 
-``FakeRebound`` offers what ``sync.extract`` uses of ``ReboundClient``: ``iter_event_pages(cursor, until,
+``FakeRebound`` offers what ``extract`` uses of ``ReboundClient``: ``iter_event_pages(cursor, until,
 raw=True)`` yielding ``EventPage`` objects whose events are the bytes exactly as given (``msgspec.Raw``,
 whatever they hold: invalid UTF-8, lone surrogate escapes, numbers no database holds), and
 ``get_returns(ids)``. The point of these tests is the sync's handling of bytes, so the HTTP layer is left
 out; the real client's own decoding is tested in tests/sandbox.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from returnledger import sync
-from returnledger.clients.rebound import EventPage
+from returnledger.clients.rebound_feed import EventPage
+from returnledger.intake.feed import extract
+from returnledger.ledger.apply import apply
+from returnledger.ledger.runs import batch_id_for
+from returnledger.screening.screen import quarantine, validate
 from returnledger.store import db
 
-T0 = datetime(2026, 10, 1, tzinfo=timezone.utc)
-SKU, ASIN, REASON = "SKU-HOSTILE", "B0HOSTILE1", "FAULTY"   # FAULTY is mapped in include/reference
+T0 = datetime(2026, 10, 1, tzinfo=UTC)
+SKU, ASIN, REASON = "SKU-HOSTILE", "B0HOSTILE1", "FAULTY"  # FAULTY is mapped in include/reference
 
 
 class FakeRebound:
@@ -48,18 +52,29 @@ class FakeRebound:
 
 def order(rid: str, lines: list | None = None, **changes) -> dict:
     """A ReBound return order, well-formed unless told otherwise; ``lines``: (line, quantity) or line objects."""
-    o = {"return_id": rid, "order_reference": f"ORD-{rid}", "created_at": "2026-10-01T08:00:00Z",
-         "amazon_refs": {"returns_notice": f"RN-{rid}", "rma_id": f"RMA-{rid}", "vret": f"VRET-{rid}"},
-         "lines": [ln if isinstance(ln, dict) else {"line": ln[0], "sku": SKU, "quantity": ln[1], "reason": REASON}
-                   for ln in (lines or [(1, 1)])]}
+    o = {
+        "return_id": rid,
+        "order_reference": f"ORD-{rid}",
+        "created_at": "2026-10-01T08:00:00Z",
+        "amazon_refs": {"returns_notice": f"RN-{rid}", "rma_id": f"RMA-{rid}", "vret": f"VRET-{rid}"},
+        "lines": [
+            ln if isinstance(ln, dict) else {"line": ln[0], "sku": SKU, "quantity": ln[1], "reason": REASON}
+            for ln in (lines or [(1, 1)])
+        ],
+    }
     o.update(changes)
     return o
 
 
-def event(event_id: str, type_: str, rid: str, line: int | None = None, *, day: int = 2, minute: int = 0,
-          **extra) -> dict:
-    e = {"event_id": event_id, "type": type_, "return_id": rid,
-         "occurred_at": f"2026-10-{day:02d}T{minute // 60:02d}:{minute % 60:02d}:00Z"}
+def event(
+    event_id: str, type_: str, rid: str, line: int | None = None, *, day: int = 2, minute: int = 0, **extra
+) -> dict:
+    e = {
+        "event_id": event_id,
+        "type": type_,
+        "return_id": rid,
+        "occurred_at": f"2026-10-{day:02d}T{minute // 60:02d}:{minute % 60:02d}:00Z",
+    }
     if line is not None:
         e["line"] = line
     e.update(extra)
@@ -72,23 +87,26 @@ def raw(value: Any) -> bytes:
 
 def seed(dsn: str) -> None:
     """Reference data: the include/ seed files plus the one SKU the hostile orders use."""
-    from returnledger.reference import catalog as reference
+    from returnledger.reference import load as reference
 
     reference.load_reference(dsn, at=T0)
     with db.connect(dsn) as conn:
-        conn.execute("INSERT INTO ledger.sku (sku, asin, unit_cost, available, updated_at, updated_by)"
-                     " VALUES (%s, %s, 10.00, 0, %s, 'test') ON CONFLICT DO NOTHING", (SKU, ASIN, T0))
+        conn.execute(
+            "INSERT INTO ledger.sku (sku, asin, unit_cost, available, updated_at, updated_by)"
+            " VALUES (%s, %s, 10.00, 0, %s, 'test') ON CONFLICT DO NOTHING",
+            (SKU, ASIN, T0),
+        )
         conn.commit()
 
 
 def run_pass(dsn: str, client, *, day: int, currency: str = "GBP") -> dict:
     """extract -> validate -> quarantine -> apply, as the DAG runs them (no Amazon steps)."""
-    end = datetime(2026, 10, day, tzinfo=timezone.utc)
-    batch = sync.batch_id_for(end)
-    stats = {"extract": sync.extract(dsn, client, window_end=end, batch_id=batch)}
-    stats["validate"] = sync.validate(dsn, batch_id=batch)
-    stats["quarantine"] = sync.quarantine(dsn, batch_id=batch, at=end)
-    stats["apply"] = sync.apply(dsn, batch_id=batch, at=end, currency=currency)
+    end = datetime(2026, 10, day, tzinfo=UTC)
+    batch = batch_id_for(end)
+    stats = {"extract": extract(dsn, client, window_end=end, batch_id=batch)}
+    stats["validate"] = validate(dsn, batch_id=batch)
+    stats["quarantine"] = quarantine(dsn, batch_id=batch, at=end)
+    stats["apply"] = apply(dsn, batch_id=batch, at=end, currency=currency)
     return stats
 
 

@@ -7,6 +7,7 @@ The restart needs a server this test may restart: a scratch cluster of the machi
 (``/usr/lib/postgresql/*/bin``), initialised under the test's tmp folder. Where there are none, the
 restart test skips and says why.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,11 +25,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from returnledger import sync
+from returnledger.amazon.confirm import confirm
+from returnledger.amazon.push import push_credits, push_inventory
+from returnledger.intake.feed import extract
+from returnledger.ledger.apply import apply
+from returnledger.ledger.runs import batch_id_for
+from returnledger.screening.screen import quarantine, validate
 from returnledger.store import db, migrate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_money_path import _amazon, _credits, _requests, _scenario, _start, _utc, _vendor  # noqa: E402
+from test_money_path import _amazon, _credits, _requests, _scenario, _start, _utc, _vendor
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -59,15 +65,26 @@ class ScratchCluster:
         subprocess.run([*self.as_user, *args], check=True, capture_output=True, timeout=120)
 
     def start(self) -> None:
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-l", str(self.data / "log"),
-                  "-o", f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-w",
+            "-l",
+            str(self.data / "log"),
+            "-o",
+            f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
 
     def init(self) -> None:
         self.data.mkdir(parents=True)
         if self.as_user:
             shutil.chown(self.data.parent, "postgres")
             shutil.chown(self.data, "postgres")
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self._run(
+            str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"
+        )
         self.start()
 
     def crash_restart(self) -> None:
@@ -75,8 +92,11 @@ class ScratchCluster:
         self.start()
 
     def stop(self) -> None:
-        subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
 
     @property
     def dsn(self) -> str:
@@ -86,13 +106,15 @@ class ScratchCluster:
 @pytest.fixture
 def cluster():
     if _pg_bin() is None:
-        pytest.skip("no PostgreSQL server binaries (/usr/lib/postgresql/*/bin) to run a cluster this test may crash")
+        pytest.skip(
+            "no PostgreSQL server binaries (/usr/lib/postgresql/*/bin) to run a cluster this test may crash"
+        )
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         pytest.skip("running as root without runuser: initdb refuses root")
     import tempfile
 
-    root = Path(tempfile.mkdtemp(prefix="rl-pg-"))   # pytest's tmp folders are 0700 root: the server user
-    root.chmod(0o755)                                 # must be able to reach its data directory
+    root = Path(tempfile.mkdtemp(prefix="rl-pg-"))  # pytest's tmp folders are 0700 root: the server user
+    root.chmod(0o755)  # must be able to reach its data directory
     c = ScratchCluster(root)
     try:
         c.init()
@@ -112,9 +134,15 @@ def _month(n: int) -> dict:
 def _ledger_state(dsn: str) -> dict:
     with db.connect(dsn) as conn:
         return {
-            "lines": sorted(conn.execute("SELECT return_id, line, state, quantity_received FROM ledger.return_line")),
-            "outbox": sorted(conn.execute("SELECT idempotency_key, quantity, unit_amount, document_id, status"
-                                          " FROM ledger.amazon_submission")),
+            "lines": sorted(
+                conn.execute("SELECT return_id, line, state, quantity_received FROM ledger.return_line")
+            ),
+            "outbox": sorted(
+                conn.execute(
+                    "SELECT idempotency_key, quantity, unit_amount, document_id, status"
+                    " FROM ledger.amazon_submission"
+                )
+            ),
             "history": conn.execute("SELECT count(*) FROM ledger.line_history").fetchone()[0],
             "outcomes": sorted(conn.execute("SELECT status, count(*) FROM ledger.event_outcome GROUP BY 1")),
             "exceptions": sorted(conn.execute("SELECT type, subject_key, status FROM ledger.exception")),
@@ -125,21 +153,22 @@ def _sync_month(dsn, sb, *, crash=None) -> None:
     """One window over the whole month: extract, validate, quarantine, apply (crashed once), push, confirm."""
     rebound, amazon = sb.rebound_client(timeout=0.5, backoff_max_s=0.2), _amazon(sb)
     end = _utc(date(2026, 10, 9))
-    batch = sync.batch_id_for(end)
-    sync.extract(dsn, rebound, window_end=end, batch_id=batch)
-    sync.validate(dsn, batch_id=batch)
-    sync.quarantine(dsn, batch_id=batch, at=end)
+    batch = batch_id_for(end)
+    extract(dsn, rebound, window_end=end, batch_id=batch)
+    validate(dsn, batch_id=batch)
+    quarantine(dsn, batch_id=batch, at=end)
     if crash is not None:
-        crash(lambda: sync.apply(dsn, batch_id=batch, at=end))
-    sync.apply(dsn, batch_id=batch, at=end)          # the task's retry (or the only run)
-    sync.push_inventory(dsn, amazon, warehouse_id=_vendor(sb)["warehouse_id"], party_id="VNDR1", at=end,
-                        batch_id=batch)
-    sync.push_credits(dsn, amazon, party_id="VNDR1", at=end, batch_id=batch)
-    sync.confirm(dsn, amazon, at=end, batch_id=batch, rounds=6, wait_s=0.3)
+        crash(lambda: apply(dsn, batch_id=batch, at=end))
+    apply(dsn, batch_id=batch, at=end)  # the task's retry (or the only run)
+    push_inventory(
+        dsn, amazon, warehouse_id=_vendor(sb)["warehouse_id"], party_id="VNDR1", at=end, batch_id=batch
+    )
+    push_credits(dsn, amazon, party_id="VNDR1", at=end, batch_id=batch)
+    confirm(dsn, amazon, at=end, batch_id=batch, rounds=6, wait_s=0.3)
 
 
 def test_postgresql_crash_in_the_middle_of_apply(cluster, tmp_path):
-    from returnledger.sandbox.harness import run_sandbox
+    from returnledger_dev.sandbox.harness import run_sandbox
 
     scenario = _month(60)
     clean = db.create_scratch_database(cluster.dsn, "rl_clean")
@@ -156,11 +185,13 @@ def test_postgresql_crash_in_the_middle_of_apply(cluster, tmp_path):
 
     def crash(apply):
         """Run apply on a thread; crash the server once its transaction is open; apply must fail."""
+
         def run():
             try:
                 apply()
-            except Exception as e:  # noqa: BLE001 - the connection died under it
+            except Exception as e:
                 seen["error"] = e
+
         t = threading.Thread(target=run)
         t.start()
         deadline = time.monotonic() + 60
@@ -169,7 +200,9 @@ def test_postgresql_crash_in_the_middle_of_apply(cluster, tmp_path):
             while time.monotonic() < deadline:
                 busy = watch.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND xact_start IS NOT NULL"
-                    " AND pid <> pg_backend_pid()", (name,)).fetchone()[0]
+                    " AND pid <> pg_backend_pid()",
+                    (name,),
+                ).fetchone()[0]
                 if busy:
                     break
                 time.sleep(0.005)
@@ -190,7 +223,7 @@ def test_postgresql_crash_in_the_middle_of_apply(cluster, tmp_path):
 _PUSHER = """
 import sys, time, json
 from datetime import datetime
-from returnledger import sync
+from returnledger.amazon.push import push_credits
 from returnledger.clients.amazon import AmazonVendorClient
 cfg = json.loads(sys.argv[1])
 real = AmazonVendorClient(cfg["url"], lwa_url=cfg["lwa"], refresh_token=cfg["rt"], lwa_client_id=cfg["id"],
@@ -199,14 +232,14 @@ class Slow:
     def submit_invoices(self, invoices, **kw):
         time.sleep(0.15)
         return real.submit_invoices(invoices, **kw)
-sync.push_credits(cfg["dsn"], Slow(), party_id="VNDR1", at=datetime.fromisoformat(cfg["at"]), batch_id=cfg["batch"])
+push_credits(cfg["dsn"], Slow(), party_id="VNDR1", at=datetime.fromisoformat(cfg["at"]), batch_id=cfg["batch"])
 print("finished", flush=True)
 """
 
 
 @pytest.mark.parametrize("rule", ["same_note", "reject"])
 def test_push_process_killed_mid_batch(fresh_db, tmp_path, rule):
-    from returnledger.sandbox.harness import run_sandbox
+    from returnledger_dev.sandbox.harness import run_sandbox
 
     rows = [(f"RB-3-{i:07d}", f"RN-K{i}", "SKU-A", "2026-10-05", 1, 1) for i in range(20)]
     scenario = _scenario(rows, duplicate=rule)
@@ -214,36 +247,48 @@ def test_push_process_killed_mid_batch(fresh_db, tmp_path, rule):
     with run_sandbox(path, tmp_path / "out", faults=False) as sb:
         rebound = sb.rebound_client(timeout=0.5, backoff_max_s=0.2)
         end = _utc(date(2026, 10, 6))
-        batch = sync.batch_id_for(end)
-        sync.extract(fresh_db, rebound, window_end=end, batch_id=batch)
-        sync.validate(fresh_db, batch_id=batch)
-        sync.apply(fresh_db, batch_id=batch, at=end)
-        cfg = {"url": sb.amazon_url, "lwa": sb.lwa_url, "rt": sb.lwa_refresh_token, "id": sb.lwa_client_id,
-               "secret": sb.lwa_client_secret, "dsn": fresh_db, "at": end.isoformat(), "batch": batch}
-        proc = subprocess.Popen([sys.executable, "-c", _PUSHER, json.dumps(cfg)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+        batch = batch_id_for(end)
+        extract(fresh_db, rebound, window_end=end, batch_id=batch)
+        validate(fresh_db, batch_id=batch)
+        apply(fresh_db, batch_id=batch, at=end)
+        cfg = {
+            "url": sb.amazon_url,
+            "lwa": sb.lwa_url,
+            "rt": sb.lwa_refresh_token,
+            "id": sb.lwa_client_id,
+            "secret": sb.lwa_client_secret,
+            "dsn": fresh_db,
+            "at": end.isoformat(),
+            "batch": batch,
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _PUSHER, json.dumps(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 120
         with db.connect(fresh_db, autocommit=True) as conn:
             while time.monotonic() < deadline:
-                sent = conn.execute("SELECT count(*) FROM ledger.submission_attempt WHERE outcome = 'ACCEPTED_202'"
-                                    ).fetchone()[0]
+                sent = conn.execute(
+                    "SELECT count(*) FROM ledger.submission_attempt WHERE outcome = 'ACCEPTED_202'"
+                ).fetchone()[0]
                 if sent >= 5:
                     break
                 time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         with db.connect(fresh_db) as conn:
-            left = conn.execute("SELECT count(*) FROM ledger.amazon_submission WHERE status <> 'SUBMITTED'"
-                                ).fetchone()[0]
+            left = conn.execute(
+                "SELECT count(*) FROM ledger.amazon_submission WHERE status <> 'SUBMITTED'"
+            ).fetchone()[0]
         assert 0 < left < 20, f"the kill must land mid-batch ({left} notes not submitted)"
         amazon = _amazon(sb)
-        sync.push_credits(fresh_db, amazon, party_id="VNDR1", at=end, batch_id=batch)   # the task's retry
-        sync.confirm(fresh_db, amazon, at=end, batch_id=batch, rounds=8, wait_s=0.3)
+        push_credits(fresh_db, amazon, party_id="VNDR1", at=end, batch_id=batch)  # the task's retry
+        confirm(fresh_db, amazon, at=end, batch_id=batch, rounds=8, wait_s=0.3)
         sb.dump()
     expected = {f"RN-K{i}|SKU-A": {"quantity": 1, "amount": "10.00"} for i in range(20)}
     assert _credits(_requests(tmp_path / "out")) == expected
     with db.connect(fresh_db) as conn:
-        assert dict(conn.execute("SELECT status, count(*) FROM ledger.amazon_submission GROUP BY 1").fetchall()) \
-            == {"ACCEPTED": 20}
+        assert dict(
+            conn.execute("SELECT status, count(*) FROM ledger.amazon_submission GROUP BY 1").fetchall()
+        ) == {"ACCEPTED": 20}
         assert conn.execute("SELECT count(*) FROM ledger.exception").fetchone()[0] == 0
         assert conn.execute("SELECT count(DISTINCT state) FROM ledger.return_line").fetchone()[0] == 1

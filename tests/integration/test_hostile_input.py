@@ -18,12 +18,13 @@ console, and a third run replays what that released. After each run:
 The feed is served by a stand-in client (``hostile_feed.FakeRebound``): the subject is the sync's handling
 of bytes, not HTTP. Each example runs in a database of its own, cloned from a migrated template.
 """
+
 from __future__ import annotations
 
 import itertools
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import psycopg
@@ -32,13 +33,14 @@ from hostile_feed import FakeRebound, event, order, raw, run_pass, seed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from returnledger.exception_queue import queue as ex
+from returnledger.exception_queue import actions as ex
+from returnledger.exception_queue.queue import ExceptionActionError
 from returnledger.store import db, migrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MAX_EXAMPLES = int(os.environ.get("RETURNLEDGER_HOSTILE_EXAMPLES", "40"))
-AT = datetime(2026, 10, 25, tzinfo=timezone.utc)
+AT = datetime(2026, 10, 25, tzinfo=UTC)
 _counter = itertools.count()
 RAN = {"examples": 0, "events": 0, "bad_events": 0}
 
@@ -51,8 +53,10 @@ def template(pg_server):
     seed(dsn)
     yield dsn
     db.drop_database(pg_server, dsn)
-    print(f"\nhostile-input property: {RAN['examples']} examples, {RAN['events']} events delivered, "
-          f"{RAN['bad_events']} of them hostile")
+    print(
+        f"\nhostile-input property: {RAN['examples']} examples, {RAN['events']} events delivered, "
+        f"{RAN['bad_events']} of them hostile"
+    )
 
 
 def _clone(server: str, template_dsn: str) -> str:
@@ -66,18 +70,56 @@ def _clone(server: str, template_dsn: str) -> str:
 
 # --------------------------------------------------------------------------- the hostile feed
 
-JUNK = st.one_of(st.none(), st.booleans(), st.text(max_size=4), st.floats(allow_nan=False, allow_infinity=False),
-                 st.lists(st.integers(-3, 3), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))
+JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.text(max_size=4),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.lists(st.integers(-3, 3), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+)
 HUGE = st.sampled_from([2**31, 2**32 + 1, 2**32, -(2**32) + 1, 10**20, 1e300, 2.5, 0, -1])
 # byte fragments spliced into an event body ("note" field): what no database text column can hold
-FRAGMENTS = st.sampled_from([b'"\\ud800"', b'"a\\udfff"', b'"\\ud83d x"', b'"caf\xe9"', b'"\xff\xfe"',
-                             b'"\xed\xa0\x80"', b'1e999999', b'NaN', b'-Infinity', b'"\\u0000\\ud800"'])
-NON_OBJECTS = st.sampled_from([b'[1, 2, "{p}"]', b'"{p}"', b'null', b'{"event_id": "{p}-trunc"',
-                               b'\xfe\xff{p}', b'{"event_id": "{p}-nested", "x": ' + b'[' * 200 + b']' * 200 + b'}',
-                               b'{"event_id": {"id": "{p}"}, "type": "RECEIVED"}'])
-BAD_ORDERS = st.sampled_from(["quantity_zero", "quantity_huge", "missing_sku", "duplicate_line", "line_text",
-                              "lines_not_list", "not_object", "refs_wrong", "sku_nul", "reason_surrogate",
-                              "created_bad"])
+FRAGMENTS = st.sampled_from(
+    [
+        b'"\\ud800"',
+        b'"a\\udfff"',
+        b'"\\ud83d x"',
+        b'"caf\xe9"',
+        b'"\xff\xfe"',
+        b'"\xed\xa0\x80"',
+        b"1e999999",
+        b"NaN",
+        b"-Infinity",
+        b'"\\u0000\\ud800"',
+    ]
+)
+NON_OBJECTS = st.sampled_from(
+    [
+        b'[1, 2, "{p}"]',
+        b'"{p}"',
+        b"null",
+        b'{"event_id": "{p}-trunc"',
+        b"\xfe\xff{p}",
+        b'{"event_id": "{p}-nested", "x": ' + b"[" * 200 + b"]" * 200 + b"}",
+        b'{"event_id": {"id": "{p}"}, "type": "RECEIVED"}',
+    ]
+)
+BAD_ORDERS = st.sampled_from(
+    [
+        "quantity_zero",
+        "quantity_huge",
+        "missing_sku",
+        "duplicate_line",
+        "line_text",
+        "lines_not_list",
+        "not_object",
+        "refs_wrong",
+        "sku_nul",
+        "reason_surrogate",
+        "created_bad",
+    ]
+)
 
 
 def _bad_order(kind: str, rid: str):
@@ -113,33 +155,60 @@ def feeds(draw):
     p = f"H{next(_counter)}"
     good_rids = [f"{p}-R{i}" for i in range(draw(st.integers(1, 3)))]
     orders = {rid: order(rid, [(1, 1), (2, 2)]) for rid in good_rids}
-    good: list[bytes] = []          # well-formed events of known lines, in lifecycle order
+    good: list[bytes] = []  # well-formed events of known lines, in lifecycle order
     good_ids: set[str] = set()
     originals: list[dict] = []
     for rid in good_rids:
         for ln in (1, 2):
-            steps = [("RECEIVED", {"quantity": ln}), ("GRADED", {"grade": "B"}),
-                     ("DISPOSITIONED", {"disposition": "QUARANTINED"})][:draw(st.integers(0, 3))]
+            steps = [
+                ("RECEIVED", {"quantity": ln}),
+                ("GRADED", {"grade": "B"}),
+                ("DISPOSITIONED", {"disposition": "QUARANTINED"}),
+            ][: draw(st.integers(0, 3))]
             for i, (t, extra) in enumerate(steps):
                 e = event(f"{p}-{rid[-2:]}-{ln}-{t[:2]}", t, rid, ln, minute=10 * i + ln, **extra)
                 originals.append(e)
                 good.append(raw(e))
                 good_ids.add(e["event_id"])
     bad: list[bytes] = []
-    late: list[bytes] = []          # second bodies and redeliveries: after their first delivery
+    late: list[bytes] = []  # second bodies and redeliveries: after their first delivery
     conflicts = 0
     for i in range(draw(st.integers(1, 8))):
         eid, rid = f"{p}-X{i}", draw(st.sampled_from(good_rids))
-        kind = draw(st.sampled_from(["junk_field", "huge_line", "huge_quantity", "fragment", "nul_return",
-                                     "non_object", "unknown_line", "unknown_return", "conflict", "redelivery",
-                                     "no_id"]))
+        kind = draw(
+            st.sampled_from(
+                [
+                    "junk_field",
+                    "huge_line",
+                    "huge_quantity",
+                    "fragment",
+                    "nul_return",
+                    "non_object",
+                    "unknown_line",
+                    "unknown_return",
+                    "conflict",
+                    "redelivery",
+                    "no_id",
+                ]
+            )
+        )
         base = event(eid, "RECEIVED", rid, 1, minute=50 + i, quantity=1)
         if kind == "junk_field":
             field = draw(st.sampled_from(["line", "quantity", "type", "occurred_at", "return_id"]))
             value = draw(JUNK)
-            if field in ("line", "quantity") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                value = [value]   # a number could be valid: wrap it so the event is certainly bad
-            if field == "type" and value in ("RECEIVED", "GRADED", "DISPOSITIONED", "RETURN_CREATED", "IN_TRANSIT"):
+            if (
+                field in ("line", "quantity")
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+            ):
+                value = [value]  # a number could be valid: wrap it so the event is certainly bad
+            if field == "type" and value in (
+                "RECEIVED",
+                "GRADED",
+                "DISPOSITIONED",
+                "RETURN_CREATED",
+                "IN_TRANSIT",
+            ):
                 value = [value]
             if field == "return_id" and isinstance(value, str):
                 value = [value]
@@ -147,7 +216,9 @@ def feeds(draw):
         elif kind == "huge_line":
             bad.append(raw({**base, "line": draw(HUGE.filter(lambda v: v not in (1, 2)))}))
         elif kind == "huge_quantity":
-            bad.append(raw({**base, "quantity": draw(st.sampled_from([2**31, 2**32 + 1, 10**20, -1, 1.5, 1e300]))}))
+            bad.append(
+                raw({**base, "quantity": draw(st.sampled_from([2**31, 2**32 + 1, 10**20, -1, 1.5, 1e300]))})
+            )
         elif kind == "fragment":
             frag = draw(FRAGMENTS)
             # the fragment alone would be harmless in a note (NUL is kept as text): pair it with a bad field
@@ -164,8 +235,17 @@ def feeds(draw):
             bad.append(raw({k: v for k, v in base.items() if k != "event_id"} | {"note": eid}))
         elif kind == "conflict" and originals:
             first = draw(st.sampled_from(originals))
-            change = draw(st.sampled_from([{"note": "second body"}, {"occurred_at": "2026-10-09T00:00:00Z"},
-                                           {"grade": "C"}, {"quantity": 7}, {"line": 2 if first.get("line") == 1 else 1}]))
+            change = draw(
+                st.sampled_from(
+                    [
+                        {"note": "second body"},
+                        {"occurred_at": "2026-10-09T00:00:00Z"},
+                        {"grade": "C"},
+                        {"quantity": 7},
+                        {"line": 2 if first.get("line") == 1 else 1},
+                    ]
+                )
+            )
             late.append(raw({**first, **change}))
             conflicts += 1
         elif kind == "redelivery" and originals:
@@ -187,12 +267,19 @@ def feeds(draw):
     feed += late
     cut = draw(st.integers(0, len(feed)))
     runs = [feed[:cut], feed[cut:]]
-    pages = [[run[i:i + 3] for i in range(0, len(run), 3)] for run in runs]
-    return {"orders": orders, "pages": pages, "good_ids": good_ids, "n_bad": len(bad) + conflicts,
-            "delivered": feed, "hostile_rids": hostile_rids}
+    pages = [[run[i : i + 3] for i in range(0, len(run), 3)] for run in runs]
+    return {
+        "orders": orders,
+        "pages": pages,
+        "good_ids": good_ids,
+        "n_bad": len(bad) + conflicts,
+        "delivered": feed,
+        "hostile_rids": hostile_rids,
+    }
 
 
 # --------------------------------------------------------------------------- the properties
+
 
 def _canon(v):
     """A JSON value in a form that compares equal however its numbers were spelled (1e300, 1000...0)."""
@@ -218,8 +305,9 @@ def _comparable(body: bytes):
 
 def _check(dsn: str, feed: dict, delivered: list[bytes]) -> None:
     with db.connect(dsn) as conn:
-        stored = conn.execute("SELECT raw_id, event_key, payload::text, body, deliveries FROM ledger.raw_event"
-                              ).fetchall()
+        stored = conn.execute(
+            "SELECT raw_id, event_key, payload::text, body, deliveries FROM ledger.raw_event"
+        ).fetchall()
         bodies = {bytes(b) for _, _, _, b, _ in stored if b is not None}
         values = set()
         for _, _, payload, body, _ in stored:
@@ -230,24 +318,48 @@ def _check(dsn: str, feed: dict, delivered: list[bytes]) -> None:
             assert b in bodies or (_comparable(b) is not _UNREADABLE and _comparable(b) in values), b[:200]
         assert sum(r[4] for r in stored) == len(delivered), "every delivery counted once"
         # every stored event has exactly one outcome, and what waits or failed is in the queue
-        assert conn.execute("SELECT count(*) FROM ledger.raw_event r WHERE NOT EXISTS"
-                            " (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id)").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM ledger.event_outcome o WHERE NOT EXISTS"
-                            " (SELECT 1 FROM ledger.raw_event r WHERE r.raw_id = o.raw_id)").fetchone()[0] == 0
-        assert conn.execute("""SELECT count(*) FROM ledger.event_outcome o WHERE o.status = 'HELD' AND NOT EXISTS (
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM ledger.raw_event r WHERE NOT EXISTS"
+                " (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id)"
+            ).fetchone()[0]
+            == 0
+        )
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM ledger.event_outcome o WHERE NOT EXISTS"
+                " (SELECT 1 FROM ledger.raw_event r WHERE r.raw_id = o.raw_id)"
+            ).fetchone()[0]
+            == 0
+        )
+        assert (
+            conn.execute("""SELECT count(*) FROM ledger.event_outcome o WHERE o.status = 'HELD' AND NOT EXISTS (
                                  SELECT 1 FROM ledger.held_event h JOIN ledger.exception e USING (exception_id)
-                                 WHERE h.raw_id = o.raw_id AND e.status = 'open')""").fetchone()[0] == 0
-        assert conn.execute("""SELECT count(*) FROM ledger.event_outcome o WHERE o.status = 'INVALID' AND NOT EXISTS (
-                                 SELECT 1 FROM ledger.exception e WHERE e.raw_id = o.raw_id)""").fetchone()[0] == 0
+                                 WHERE h.raw_id = o.raw_id AND e.status = 'open')""").fetchone()[0]
+            == 0
+        )
+        assert (
+            conn.execute("""SELECT count(*) FROM ledger.event_outcome o WHERE o.status = 'INVALID' AND NOT EXISTS (
+                                 SELECT 1 FROM ledger.exception e WHERE e.raw_id = o.raw_id)""").fetchone()[0]
+            == 0
+        )
         # no line moved on a bad event; no second body of an event id was applied
         moved = {r[0] for r in conn.execute("SELECT DISTINCT event_id FROM ledger.line_history")}
         assert moved <= feed["good_ids"], moved - feed["good_ids"]
-        assert conn.execute("""SELECT count(*) FROM ledger.raw_event r JOIN ledger.event_conflict c USING (raw_id)
+        assert (
+            conn.execute("""SELECT count(*) FROM ledger.raw_event r JOIN ledger.event_conflict c USING (raw_id)
                                JOIN ledger.event_outcome o USING (raw_id)
-                               WHERE o.status = 'APPLIED' AND c.chosen IS NOT TRUE AND r.event_key LIKE '%#%'"""
-                            ).fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM ledger.return_line WHERE return_id = ANY(%s)",
-                            (feed["hostile_rids"],)).fetchone()[0] == 0
+                               WHERE o.status = 'APPLIED' AND c.chosen IS NOT TRUE AND r.event_key LIKE '%#%'""").fetchone()[
+                0
+            ]
+            == 0
+        )
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM ledger.return_line WHERE return_id = ANY(%s)", (feed["hostile_rids"],)
+            ).fetchone()[0]
+            == 0
+        )
         assert conn.execute("SELECT * FROM ledger.audit_orphans()").fetchall() == []
 
 
@@ -255,29 +367,44 @@ def _settle(dsn: str) -> None:
     """What a person does in the console: keep one body of each conflict (the applied one when there is
     one), resolve every INVALID_EVENT (its event is examined again)."""
     with db.connect(dsn) as conn:
-        conflicts = conn.execute("SELECT exception_id FROM ledger.exception WHERE status = 'open'"
-                                 " AND type = 'EVENT_CONFLICT' ORDER BY 1").fetchall()
-        invalid = conn.execute("SELECT exception_id FROM ledger.exception WHERE status = 'open'"
-                               " AND type = 'INVALID_EVENT' ORDER BY 1").fetchall()
+        conflicts = conn.execute(
+            "SELECT exception_id FROM ledger.exception WHERE status = 'open'"
+            " AND type = 'EVENT_CONFLICT' ORDER BY 1"
+        ).fetchall()
+        invalid = conn.execute(
+            "SELECT exception_id FROM ledger.exception WHERE status = 'open'"
+            " AND type = 'INVALID_EVENT' ORDER BY 1"
+        ).fetchall()
     for (exc_id,) in conflicts:
         with db.connect(dsn) as conn:
-            versions = conn.execute("""
+            versions = conn.execute(
+                """
                 SELECT c.raw_id, COALESCE(o.status, 'NEW') FROM ledger.exception e
                 JOIN ledger.event_conflict c ON 'event:' || c.event_id = e.subject_key
                 LEFT JOIN ledger.event_outcome o ON o.raw_id = c.raw_id
-                WHERE e.exception_id = %s AND c.chosen IS NOT FALSE ORDER BY c.raw_id""", (exc_id,)).fetchall()
+                WHERE e.exception_id = %s AND c.chosen IS NOT FALSE ORDER BY c.raw_id""",
+                (exc_id,),
+            ).fetchall()
         keep = next((r for r, s in versions if s == "APPLIED"), versions[-1][0])
         ex.pick_event_body(dsn, exc_id, keep, actor="property", at=AT, why="hypothesis")
     for (exc_id,) in invalid:
         try:
             ex.resolve_exception(dsn, exc_id, actor="property", resolution="asked ReBound", at=AT)
-        except ex.ExceptionActionError:   # closed meanwhile (a superseded body's INVALID_EVENT)
+        except ExceptionActionError:  # closed meanwhile (a superseded body's INVALID_EVENT)
             pass
 
 
-@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large])
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
 @given(feed=feeds())
 def test_hostile_feed_is_stored_decided_once_and_moves_no_line(pg_server, template, feed):
     dsn = _clone(pg_server, template)
@@ -293,8 +420,12 @@ def test_hostile_feed_is_stored_decided_once_and_moves_no_line(pg_server, templa
         run_pass(dsn, client, day=5)
         _check(dsn, feed, delivered)
         with db.connect(dsn) as conn:
-            assert conn.execute("SELECT count(*) FROM ledger.exception WHERE status = 'open'"
-                                " AND type = 'EVENT_CONFLICT'").fetchone()[0] == 0
+            assert (
+                conn.execute(
+                    "SELECT count(*) FROM ledger.exception WHERE status = 'open' AND type = 'EVENT_CONFLICT'"
+                ).fetchone()[0]
+                == 0
+            )
         RAN["examples"] += 1
         RAN["events"] += len(delivered)
         RAN["bad_events"] += feed["n_bad"]

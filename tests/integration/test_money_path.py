@@ -12,25 +12,31 @@ Findings and the tests that guard them:
    test_push_killed_between_202_and_ledger_update
 4. an over-receipt was credited in full -> test_over_receipt_holds_the_credit_until_the_warehouse_chooses
 """
+
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from returnledger import sync
 from returnledger.amazon import push as amazon_push
-from returnledger.reference import catalog as reference
+from returnledger.amazon.confirm import confirm
+from returnledger.amazon.push import push_credits
+from returnledger.intake.feed import extract
+from returnledger.ledger.apply import apply
+from returnledger.ledger.run_window import run_window
+from returnledger.ledger.runs import batch_id_for
+from returnledger.reference import load as reference
+from returnledger.screening.screen import quarantine, validate
 from returnledger.store import db, migrate
 
 pytestmark = pytest.mark.integration
-UTC = timezone.utc
+UTC = UTC
 
 
 def _utc(d: date) -> datetime:
@@ -39,38 +45,84 @@ def _utc(d: date) -> datetime:
 
 # --------------------------------------------------------------------------- a small scenario builder
 
+
 def _events(n: int, rid: str, day: str, *, received: int = 1, disposition: str = "REFURBISH") -> list[dict]:
     p = f"ev-{rid}"
-    ev = lambda i, t, h, **x: {"event_id": f"{p}-{i}", "type": t, "return_id": rid,  # noqa: E731
-                               "occurred_at": f"{day}T{h:02d}:00:00Z", **x}
-    return [ev(1, "RETURN_CREATED", 8), ev(2, "IN_TRANSIT", 9),
-            ev(3, "RECEIVED", 10, line=1, quantity=received), ev(4, "GRADED", 11, line=1, grade="B"),
-            ev(5, "DISPOSITIONED", 12, line=1, disposition=disposition)]
+    ev = lambda i, t, h, **x: {
+        "event_id": f"{p}-{i}",
+        "type": t,
+        "return_id": rid,
+        "occurred_at": f"{day}T{h:02d}:00:00Z",
+        **x,
+    }
+    return [
+        ev(1, "RETURN_CREATED", 8),
+        ev(2, "IN_TRANSIT", 9),
+        ev(3, "RECEIVED", 10, line=1, quantity=received),
+        ev(4, "GRADED", 11, line=1, grade="B"),
+        ev(5, "DISPOSITIONED", 12, line=1, disposition=disposition),
+    ]
 
 
-def _scenario(returns: list[tuple[str, str, str, str, int, int]], *, faults: dict | None = None,
-              duplicate: str = "same_note") -> dict:
+def _scenario(
+    returns: list[tuple[str, str, str, str, int, int]],
+    *,
+    faults: dict | None = None,
+    duplicate: str = "same_note",
+) -> dict:
     """returns: (return_id, notice, sku, day, announced, received); every line 1 is REFURBISHed (100% credit)."""
     skus = sorted({r[2] for r in returns})
     return {
-        "format": "returns-scenario/1", "name": "money-path", "description": "issue 11",
-        "vendor": {"party_id": "VNDR1", "warehouse_id": "UK-HUB-1", "currency": "GBP",
-                   "marketplace_id": "A1F83G8C2ARO7P"},
-        "run": {"from": min(r[3] for r in returns), "to": max(r[3] for r in returns), "close_period": "2026-10"},
-        "policy": {"sellable_grades": ["A"], "credit_window_days": 7,
-                   "credit": {"RESTOCKED": 1.0, "REFURBISH": 1.0, "RECYCLE": 1.0, "DESTROY": 1.0,
-                              "RETURN_TO_SUPPLIER": 1.0, "QUARANTINED": None, "REJECTED": 0}},
-        "catalog": [{"sku": s, "asin": f"B0{i:08d}", "unit_cost": f"{10 + i}.00", "available": 5}
-                    for i, s in enumerate(skus)],
+        "format": "returns-scenario/1",
+        "name": "money-path",
+        "description": "issue 11",
+        "vendor": {
+            "party_id": "VNDR1",
+            "warehouse_id": "UK-HUB-1",
+            "currency": "GBP",
+            "marketplace_id": "A1F83G8C2ARO7P",
+        },
+        "run": {
+            "from": min(r[3] for r in returns),
+            "to": max(r[3] for r in returns),
+            "close_period": "2026-10",
+        },
+        "policy": {
+            "sellable_grades": ["A"],
+            "credit_window_days": 7,
+            "credit": {
+                "RESTOCKED": 1.0,
+                "REFURBISH": 1.0,
+                "RECYCLE": 1.0,
+                "DESTROY": 1.0,
+                "RETURN_TO_SUPPLIER": 1.0,
+                "QUARANTINED": None,
+                "REJECTED": 0,
+            },
+        },
+        "catalog": [
+            {"sku": s, "asin": f"B0{i:08d}", "unit_cost": f"{10 + i}.00", "available": 5}
+            for i, s in enumerate(skus)
+        ],
         "reason_codes": [{"rebound_reason": "FAULTY", "amazon_reason": "CR-DEFECTIVE"}],
-        "rebound": {"returns": [{"return_id": rid, "order_reference": f"203-{i:07d}-0000000",
-                                 "created_at": f"{day}T08:00:00Z",
-                                 "amazon_refs": {"returns_notice": notice, "rma_id": f"RMA-{notice}",
-                                                 "vret": f"VRET-{notice}"},
-                                 "lines": [{"line": 1, "sku": sku, "quantity": announced, "reason": "FAULTY"}]}
-                                for i, (rid, notice, sku, day, announced, _) in enumerate(returns)],
-                    "events": [e for rid, _, _, day, _, rec in returns for e in _events(0, rid, day, received=rec)],
-                    "invalid_events": []},
+        "rebound": {
+            "returns": [
+                {
+                    "return_id": rid,
+                    "order_reference": f"203-{i:07d}-0000000",
+                    "created_at": f"{day}T08:00:00Z",
+                    "amazon_refs": {
+                        "returns_notice": notice,
+                        "rma_id": f"RMA-{notice}",
+                        "vret": f"VRET-{notice}",
+                    },
+                    "lines": [{"line": 1, "sku": sku, "quantity": announced, "reason": "FAULTY"}],
+                }
+                for i, (rid, notice, sku, day, announced, _) in enumerate(returns)
+            ],
+            "events": [e for rid, _, _, day, _, rec in returns for e in _events(0, rid, day, received=rec)],
+            "invalid_events": [],
+        },
         "amazon": {"returns": [], "credit_outcomes": [], "duplicate_credit_note": duplicate},
         "operations": [],
         "faults": faults or {},
@@ -89,9 +141,15 @@ def _amazon(sb, **kw):
     # Amazon's own quota (10/s) is a production setting; without a throttle fault the tests go faster
     kw.setdefault("rate_per_s", ex["rate_per_s"] if throttled else 200)
     kw.setdefault("burst", ex["burst"] if throttled else 50)
-    return AmazonVendorClient(sb.amazon_url, lwa_url=sb.lwa_url, refresh_token=sb.lwa_refresh_token,
-                              lwa_client_id=sb.lwa_client_id, lwa_client_secret=sb.lwa_client_secret,
-                              backoff_max_s=0.2, **kw)
+    return AmazonVendorClient(
+        sb.amazon_url,
+        lwa_url=sb.lwa_url,
+        refresh_token=sb.lwa_refresh_token,
+        lwa_client_id=sb.lwa_client_id,
+        lwa_client_secret=sb.lwa_client_secret,
+        backoff_max_s=0.2,
+        **kw,
+    )
 
 
 def _vendor(sb) -> dict:
@@ -115,11 +173,15 @@ def _credits(requests) -> dict:
     for inv in notes.values():
         notice = inv["creditNoteDetails"]["returnsReferenceNumber"]
         for item in inv["items"]:
-            c = out.setdefault(f"{notice}|{item['vendorProductIdentifier']}", {"quantity": 0, "amount": Decimal(0)})
+            c = out.setdefault(
+                f"{notice}|{item['vendorProductIdentifier']}", {"quantity": 0, "amount": Decimal(0)}
+            )
             c["quantity"] += item["invoicedQuantity"]["amount"]
             c["amount"] += Decimal(item["netCost"]["amount"]) * item["invoicedQuantity"]["amount"]
-    return {k: {"quantity": v["quantity"], "amount": str(v["amount"].quantize(Decimal("0.01")))}
-            for k, v in out.items()}
+    return {
+        k: {"quantity": v["quantity"], "amount": str(v["amount"].quantize(Decimal("0.01")))}
+        for k, v in out.items()
+    }
 
 
 def _note_posts(requests) -> dict[str, int]:
@@ -160,25 +222,30 @@ def _run_month(dsn, sb, scenario, *, amazon=None, extra_days: int = 2) -> None:
     rebound = sb.rebound_client(timeout=0.5, backoff_max_s=0.2)
     amazon = amazon or _amazon(sb)
     days = list(_days(scenario))
-    days += [days[-1] + timedelta(days=i) for i in range(1, extra_days + 1)]   # let confirm settle
+    days += [days[-1] + timedelta(days=i) for i in range(1, extra_days + 1)]  # let confirm settle
     for d in days:
         try:
-            sync.run_window(dsn, rebound, amazon, window_end=_utc(d + timedelta(days=1)), vendor=_vendor(sb))
+            run_window(dsn, rebound, amazon, window_end=_utc(d + timedelta(days=1)), vendor=_vendor(sb))
         except amazon_push.PushError:
-            pass   # the DAG task would retry; the next window sends what is left (same ids)
+            pass  # the DAG task would retry; the next window sends what is left (same ids)
 
 
 def _ledger_credits(dsn) -> dict:
     with db.connect(dsn) as conn:
-        return {f"{r[0]}|{r[1]}": (r[2], r[3]) for r in conn.execute("""
+        return {
+            f"{r[0]}|{r[1]}": (r[2], r[3])
+            for r in conn.execute("""
             SELECT s.return_id, s.line, s.status, s.document_id FROM ledger.amazon_submission s
-             WHERE s.kind = 'CREDIT_NOTE' ORDER BY 1, 2""")}
+             WHERE s.kind = 'CREDIT_NOTE' ORDER BY 1, 2""")
+        }
 
 
-SHARED = [("RB-1-0000001", "RN-SHARED-1", "SKU-A", "2026-10-05", 1, 1),
-          ("RB-1-0000002", "RN-SHARED-1", "SKU-B", "2026-10-06", 2, 2),
-          ("RB-1-0000003", "RN-SHARED-1", "SKU-C", "2026-10-07", 1, 1),
-          ("RB-1-0000004", "RN-OWN-4", "SKU-A", "2026-10-07", 1, 1)]
+SHARED = [
+    ("RB-1-0000001", "RN-SHARED-1", "SKU-A", "2026-10-05", 1, 1),
+    ("RB-1-0000002", "RN-SHARED-1", "SKU-B", "2026-10-06", 2, 2),
+    ("RB-1-0000003", "RN-SHARED-1", "SKU-C", "2026-10-07", 1, 1),
+    ("RB-1-0000004", "RN-OWN-4", "SKU-A", "2026-10-07", 1, 1),
+]
 
 
 def _expected(scenario) -> dict:
@@ -188,13 +255,15 @@ def _expected(scenario) -> dict:
         c = out.setdefault(f"{notice}|{sku}", {"quantity": 0, "amount": Decimal(0)})
         c["quantity"] += rec
         c["amount"] += cost[sku] * rec
-    return {k: {"quantity": v["quantity"], "amount": str(v["amount"].quantize(Decimal("0.01")))}
-            for k, v in out.items()}
+    return {
+        k: {"quantity": v["quantity"], "amount": str(v["amount"].quantize(Decimal("0.01")))}
+        for k, v in out.items()
+    }
 
 
 def test_returns_sharing_a_notice_each_get_their_credit(ledger, tmp_path):
     """Three returns under one returns notice, each crediting its line 1 on a different day."""
-    from returnledger.sandbox.harness import run_sandbox
+    from returnledger_dev.sandbox.harness import run_sandbox
 
     scenario = _scenario(SHARED)
     path = _start(ledger, scenario, tmp_path)
@@ -211,27 +280,39 @@ def test_credit_note_ids_are_unique_in_the_ledger(ledger):
     """The schema refuses one note id for two returns, whatever code writes the rows."""
     with db.connect(ledger) as conn:
         for rid in ("R-1", "R-2"):
-            conn.execute("INSERT INTO ledger.return_order (return_id, order_reference, created_at, returns_notice)"
-                         " VALUES (%s, 'o', %s, 'RN-1')", (rid, _utc(date(2026, 10, 1))))
-            conn.execute("INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced)"
-                         " VALUES (%s, 1, 'SKU-A', 'FAULTY', 1)", (rid,))
-        conn.execute("INSERT INTO ledger.credit_note (credit_note_id, return_id, created_at, created_batch)"
-                     " VALUES ('CN-RN-1-1', 'R-1', now(), 't')")
+            conn.execute(
+                "INSERT INTO ledger.return_order (return_id, order_reference, created_at, returns_notice)"
+                " VALUES (%s, 'o', %s, 'RN-1')",
+                (rid, _utc(date(2026, 10, 1))),
+            )
+            conn.execute(
+                "INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced)"
+                " VALUES (%s, 1, 'SKU-A', 'FAULTY', 1)",
+                (rid,),
+            )
+        conn.execute(
+            "INSERT INTO ledger.credit_note (credit_note_id, return_id, created_at, created_batch)"
+            " VALUES ('CN-RN-1-1', 'R-1', now(), 't')"
+        )
         conn.commit()
         with pytest.raises(psycopg.errors.ForeignKeyViolation):
-            conn.execute("INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku,"
-                         " quantity, unit_amount, currency, document_id, created_at, created_batch) VALUES"
-                         " ('credit:R-2:1', 'CREDIT_NOTE', 'R-2', 1, 'SKU-A', 1, 1, 'GBP', 'CN-RN-1-1', now(), 't')")
+            conn.execute(
+                "INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku,"
+                " quantity, unit_amount, currency, document_id, created_at, created_batch) VALUES"
+                " ('credit:R-2:1', 'CREDIT_NOTE', 'R-2', 1, 'SKU-A', 1, 1, 'GBP', 'CN-RN-1-1', now(), 't')"
+            )
         conn.rollback()
         with pytest.raises(psycopg.errors.UniqueViolation):
-            conn.execute("INSERT INTO ledger.credit_note (credit_note_id, return_id, created_at, created_batch)"
-                         " VALUES ('CN-RN-1-1', 'R-1', now(), 't')")
+            conn.execute(
+                "INSERT INTO ledger.credit_note (credit_note_id, return_id, created_at, created_batch)"
+                " VALUES ('CN-RN-1-1', 'R-1', now(), 't')"
+            )
 
 
 def test_reject_rule_with_faults_gives_the_same_outcome(ledger, pg_server, tmp_path):
     """Amazon refusing known ids as duplicates, with lost responses and 5xx: same credits as a clean run,
     every note accepted once, no AMAZON_REJECTED."""
-    from returnledger.sandbox.harness import run_sandbox
+    from returnledger_dev.sandbox.harness import run_sandbox
 
     faults = {"amazon": {"error_rate": 0.25, "lost_response_rate": 0.3}}
     scenario = _scenario(SHARED, faults=faults, duplicate="reject")
@@ -243,12 +324,19 @@ def test_reject_rule_with_faults_gives_the_same_outcome(ledger, pg_server, tmp_p
     assert any(r["status"] >= 500 for r in requests), "faults were injected"
     assert _credits(requests) == _expected(scenario)
     with db.connect(ledger) as conn:
-        rejected = conn.execute("SELECT count(*) FROM ledger.exception WHERE type = 'AMAZON_REJECTED'").fetchone()[0]
-        statuses = dict(conn.execute("SELECT status, count(*) FROM ledger.amazon_submission"
-                                     " WHERE kind = 'CREDIT_NOTE' GROUP BY 1").fetchall())
+        rejected = conn.execute(
+            "SELECT count(*) FROM ledger.exception WHERE type = 'AMAZON_REJECTED'"
+        ).fetchone()[0]
+        statuses = dict(
+            conn.execute(
+                "SELECT status, count(*) FROM ledger.amazon_submission WHERE kind = 'CREDIT_NOTE' GROUP BY 1"
+            ).fetchall()
+        )
         lines = dict(conn.execute("SELECT state, count(*) FROM ledger.return_line GROUP BY 1").fetchall())
-        log_rows = conn.execute("SELECT count(*), count(*) FILTER (WHERE http_status >= 500)"
-                                " FROM ledger.submission_attempt WHERE kind = 'CREDIT_NOTE'").fetchone()
+        log_rows = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE http_status >= 500)"
+            " FROM ledger.submission_attempt WHERE kind = 'CREDIT_NOTE'"
+        ).fetchone()
     assert rejected == 0
     assert statuses == {"ACCEPTED": len(SHARED)}
     assert lines == {"CLOSED": len(SHARED)}
@@ -265,16 +353,16 @@ def _seed_pending_notes(dsn, tmp_path, n: int = 6):
 def _sync_without_push(dsn, sb, day: date):
     rebound = sb.rebound_client(timeout=0.5, backoff_max_s=0.2)
     end = _utc(day + timedelta(days=1))
-    batch = sync.batch_id_for(end)
-    sync.extract(dsn, rebound, window_end=end, batch_id=batch)
-    sync.validate(dsn, batch_id=batch)
-    sync.quarantine(dsn, batch_id=batch, at=end)
-    sync.apply(dsn, batch_id=batch, at=end)
+    batch = batch_id_for(end)
+    extract(dsn, rebound, window_end=end, batch_id=batch)
+    validate(dsn, batch_id=batch)
+    quarantine(dsn, batch_id=batch, at=end)
+    apply(dsn, batch_id=batch, at=end)
     return end, batch
 
 
 def test_two_pushers_at_once_send_each_note_once(ledger, tmp_path):
-    from returnledger.sandbox.harness import run_sandbox
+    from returnledger_dev.sandbox.harness import run_sandbox
 
     path, scenario = _seed_pending_notes(ledger, tmp_path, n=12)
     with run_sandbox(path, tmp_path / "out", faults=False) as sb:
@@ -284,20 +372,23 @@ def test_two_pushers_at_once_send_each_note_once(ledger, tmp_path):
 
         class SlowClient:
             """Both pushers claim before either sends, and every send takes a moment."""
+
             def __init__(self, real):
                 self.real = real
 
             def submit_invoices(self, invoices, **kw):
                 import time
+
                 time.sleep(0.05)
                 return self.real.submit_invoices(invoices, **kw)
 
         def push():
             try:
                 barrier.wait()
-                results.append(sync.push_credits(ledger, SlowClient(_amazon(sb)), party_id="VNDR1", at=end,
-                                                 batch_id=batch))
-            except Exception as e:  # noqa: BLE001
+                results.append(
+                    push_credits(ledger, SlowClient(_amazon(sb)), party_id="VNDR1", at=end, batch_id=batch)
+                )
+            except Exception as e:
                 errors.append(e)
 
         threads = [threading.Thread(target=push) for _ in range(2)]
@@ -319,7 +410,7 @@ class _Crash(BaseException):
 def test_push_killed_between_202_and_ledger_update(ledger, tmp_path):
     """Amazon took the note (202); the pusher dies before the ledger update; the task is rerun.
     Under the reject rule the resend is refused as a duplicate: one note at Amazon, one accepted credit."""
-    from returnledger.sandbox.harness import run_sandbox
+    from returnledger_dev.sandbox.harness import run_sandbox
 
     path, scenario = _seed_pending_notes(ledger, tmp_path, n=3)
     with run_sandbox(path, tmp_path / "out", faults=False) as sb:
@@ -337,34 +428,46 @@ def test_push_killed_between_202_and_ledger_update(ledger, tmp_path):
                 return tx
 
         with pytest.raises(_Crash):
-            sync.push_credits(ledger, DiesAfter202(_amazon(sb)), party_id="VNDR1", at=end, batch_id=batch)
+            push_credits(ledger, DiesAfter202(_amazon(sb)), party_id="VNDR1", at=end, batch_id=batch)
         with db.connect(ledger) as conn:
-            assert conn.execute("SELECT count(*) FROM ledger.amazon_submission WHERE status = 'SENDING'"
-                                ).fetchone()[0] >= 1, "the dead pusher's claim is left behind"
+            assert (
+                conn.execute(
+                    "SELECT count(*) FROM ledger.amazon_submission WHERE status = 'SENDING'"
+                ).fetchone()[0]
+                >= 1
+            ), "the dead pusher's claim is left behind"
         # the retry: the dead claim is taken over (its session is gone), the note resent with the same id
         amazon = _amazon(sb)
-        sync.push_credits(ledger, amazon, party_id="VNDR1", at=end, batch_id=batch)
-        stats = sync.confirm(ledger, amazon, at=end, batch_id=batch, rounds=6, wait_s=0.3)
+        push_credits(ledger, amazon, party_id="VNDR1", at=end, batch_id=batch)
+        stats = confirm(ledger, amazon, at=end, batch_id=batch, rounds=6, wait_s=0.3)
         sb.dump()
     requests = _requests(tmp_path / "out")
     posts = _note_posts(requests)
-    assert len(posts) == 3 and sorted(posts.values()) == [1, 1, 2], posts   # one resend, refused at Amazon
+    assert len(posts) == 3 and sorted(posts.values()) == [1, 1, 2], posts  # one resend, refused at Amazon
     assert stats["duplicates_followed"] >= 1
     assert _credits(requests) == {f"RN-{i}|SKU-A": {"quantity": 1, "amount": "10.00"} for i in range(1, 4)}
     with db.connect(ledger) as conn:
-        assert dict(conn.execute("SELECT status, count(*) FROM ledger.amazon_submission WHERE kind = 'CREDIT_NOTE'"
-                                 " GROUP BY 1").fetchall()) == {"ACCEPTED": 3}
-        assert conn.execute("SELECT count(*) FROM ledger.exception WHERE type = 'AMAZON_REJECTED'").fetchone()[0] == 0
-        held = conn.execute("SELECT confirmed_by, first_transaction_id IS NOT NULL FROM ledger.credit_note"
-                            " ORDER BY credit_note_id").fetchall()
+        assert dict(
+            conn.execute(
+                "SELECT status, count(*) FROM ledger.amazon_submission WHERE kind = 'CREDIT_NOTE' GROUP BY 1"
+            ).fetchall()
+        ) == {"ACCEPTED": 3}
+        assert (
+            conn.execute("SELECT count(*) FROM ledger.exception WHERE type = 'AMAZON_REJECTED'").fetchone()[0]
+            == 0
+        )
+        held = conn.execute(
+            "SELECT confirmed_by, first_transaction_id IS NOT NULL FROM ledger.credit_note"
+            " ORDER BY credit_note_id"
+        ).fetchall()
     assert all(c == "SUCCESS" and first for c, first in held), held
 
 
 def test_over_receipt_holds_the_credit_until_the_warehouse_chooses(ledger, tmp_path):
     """Announced 1, received 5: no credit, recon ON_HOLD; the warehouse chooses 2: exactly 2 credited, once."""
-    from returnledger.exception_queue import queue
+    from returnledger.exception_queue import actions, queue
     from returnledger.reconciliation.match import reconcile
-    from returnledger.sandbox.harness import run_sandbox
+    from returnledger_dev.sandbox.harness import run_sandbox
 
     rows = [("RB-1-0000001", "RN-OVER", "SKU-A", "2026-10-05", 1, 5)]
     scenario = _scenario(rows)
@@ -372,46 +475,53 @@ def test_over_receipt_holds_the_credit_until_the_warehouse_chooses(ledger, tmp_p
     with run_sandbox(path, tmp_path / "out", faults=False) as sb:
         rebound, amazon = sb.rebound_client(timeout=0.5, backoff_max_s=0.2), _amazon(sb)
         for d in (5, 6):
-            sync.run_window(ledger, rebound, amazon, window_end=_utc(date(2026, 10, d + 1)), vendor=_vendor(sb))
+            run_window(ledger, rebound, amazon, window_end=_utc(date(2026, 10, d + 1)), vendor=_vendor(sb))
         assert _ledger_credits(ledger) == {}, "no credit while the over-receipt is open"
         reconcile(ledger, "2026-10", as_of=_utc(date(2026, 10, 7)), batch_id="r1")
         with db.connect(ledger) as conn:
-            assert conn.execute("SELECT recon_status FROM ledger.recon_result WHERE row_key = 'RB-1-0000001|1'"
-                                ).fetchone()[0] == "ON_HOLD"
-            exc_id = conn.execute("SELECT exception_id FROM ledger.exception WHERE type = 'QUANTITY_MISMATCH'"
-                                  ).fetchone()[0]
+            assert (
+                conn.execute(
+                    "SELECT recon_status FROM ledger.recon_result WHERE row_key = 'RB-1-0000001|1'"
+                ).fetchone()[0]
+                == "ON_HOLD"
+            )
+            exc_id = conn.execute(
+                "SELECT exception_id FROM ledger.exception WHERE type = 'QUANTITY_MISMATCH'"
+            ).fetchone()[0]
         with pytest.raises(queue.ExceptionActionError):
-            queue.resolve_over_receipt(ledger, exc_id, 6, actor="wh", at=_utc(date(2026, 10, 7)))
-        queue.resolve_over_receipt(ledger, exc_id, 2, actor="warehouse lead", at=_utc(date(2026, 10, 7)),
-                                   note="3 units were another vendor's")
+            actions.resolve_over_receipt(ledger, exc_id, 6, actor="wh", at=_utc(date(2026, 10, 7)))
+        actions.resolve_over_receipt(
+            ledger,
+            exc_id,
+            2,
+            actor="warehouse lead",
+            at=_utc(date(2026, 10, 7)),
+            note="3 units were another vendor's",
+        )
         for d in (7, 8, 9):
-            sync.run_window(ledger, rebound, amazon, window_end=_utc(date(2026, 10, d + 1)), vendor=_vendor(sb))
+            run_window(ledger, rebound, amazon, window_end=_utc(date(2026, 10, d + 1)), vendor=_vendor(sb))
         sb.dump()
     assert _credits(_requests(tmp_path / "out")) == {"RN-OVER|SKU-A": {"quantity": 2, "amount": "20.00"}}
     assert _note_posts(_requests(tmp_path / "out")) == {"CN-RB-1-0000001-1": 1}
     with db.connect(ledger) as conn:
-        audit = conn.execute("SELECT actor, detail->>'credit_quantity' FROM ledger.audit_log"
-                             " WHERE action = 'exception.credit_quantity'").fetchall()
+        audit = conn.execute(
+            "SELECT actor, detail->>'credit_quantity' FROM ledger.audit_log"
+            " WHERE action = 'exception.credit_quantity'"
+        ).fetchall()
         state = conn.execute("SELECT state FROM ledger.return_line").fetchone()[0]
     assert audit == [("warehouse lead", "2")]
     assert state == "CLOSED"
 
 
-def test_generated_shared_notice_month_matches_expected(ledger, tmp_path):
+def test_generated_shared_notice_month_matches_expected(ledger, tmp_path, generated_month):
     """The reference generator's shared-notice month under the reject rule with faults: exact credits."""
-    gen_path = Path(__file__).resolve().parents[3] / "shared" / "scenarios" / "generate.py"
-    if not gen_path.exists():
-        pytest.skip("the reference generator (../shared/scenarios/generate.py) is not beside the checkout")
-    from returnledger.sandbox.harness import run_sandbox
+    from returnledger_dev.sandbox.harness import run_sandbox
 
-    spec = importlib.util.spec_from_file_location("gen", gen_path)
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
-    scenario, expected = gen.generate(40, 13, True)
-    gen.share_notices(scenario, expected)
+    scenario, expected = generated_month(40, 13, faults=True, shared_notices=True)
     scenario["amazon"]["duplicate_credit_note"] = "reject"
-    shared = len(scenario["rebound"]["returns"]) - len({r["amazon_refs"]["returns_notice"]
-                                                        for r in scenario["rebound"]["returns"]})
+    shared = len(scenario["rebound"]["returns"]) - len(
+        {r["amazon_refs"]["returns_notice"] for r in scenario["rebound"]["returns"]}
+    )
     assert shared >= 5, "the scenario really pairs returns under shared notices"
     path = _start(ledger, scenario, tmp_path)
     with run_sandbox(path, tmp_path / "out", faults=True, timeout_delay_s=0.8) as sb:
@@ -423,7 +533,9 @@ def test_generated_shared_notice_month_matches_expected(ledger, tmp_path):
             for op in ops.get(d.isoformat(), []):
                 reference.apply_operation(ledger, op, at=_utc(d), actor="test operator")
             try:
-                sync.run_window(ledger, rebound, amazon, window_end=_utc(d + timedelta(days=1)), vendor=_vendor(sb))
+                run_window(
+                    ledger, rebound, amazon, window_end=_utc(d + timedelta(days=1)), vendor=_vendor(sb)
+                )
             except amazon_push.PushError:
                 pass
         sb.dump()
@@ -433,19 +545,23 @@ def test_generated_shared_notice_month_matches_expected(ledger, tmp_path):
 def test_circuit_breaker_stops_a_push_step_during_an_outage(ledger, tmp_path):
     """Amazon answers every request with 5xx: the step stops after BREAKER_FAILURES notes, leaves every
     note PENDING (same ids) for the next run and does not hold the pool retrying each note in turn."""
-    from returnledger.sandbox.harness import run_sandbox
+    from returnledger_dev.sandbox.harness import run_sandbox
 
     rows = [(f"RB-1-{i:07d}", f"RN-{i}", "SKU-A", "2026-10-05", 1, 1) for i in range(1, 13)]
     scenario = _scenario(rows, faults={"amazon": {"error_rate": 1.0}})
     path = _start(ledger, scenario, tmp_path)
     with run_sandbox(path, tmp_path / "out", faults=True) as sb:
         end, batch = _sync_without_push(ledger, sb, date(2026, 10, 5))
-        stats = sync.push_credits(ledger, _amazon(sb, max_attempts=3), party_id="VNDR1", at=end, batch_id=batch)
+        stats = push_credits(ledger, _amazon(sb, max_attempts=3), party_id="VNDR1", at=end, batch_id=batch)
     assert stats["calls"] == amazon_push.BREAKER_FAILURES
     assert stats["stopped_by_breaker"] == 12 - amazon_push.BREAKER_FAILURES
     with db.connect(ledger) as conn:
-        assert dict(conn.execute("SELECT status, count(*) FROM ledger.amazon_submission WHERE kind = 'CREDIT_NOTE'"
-                                 " GROUP BY 1").fetchall()) == {"PENDING": 12}
-        attempts = conn.execute("SELECT count(*), count(DISTINCT document_id) FROM ledger.submission_attempt"
-                                ).fetchone()
+        assert dict(
+            conn.execute(
+                "SELECT status, count(*) FROM ledger.amazon_submission WHERE kind = 'CREDIT_NOTE' GROUP BY 1"
+            ).fetchall()
+        ) == {"PENDING": 12}
+        attempts = conn.execute(
+            "SELECT count(*), count(DISTINCT document_id) FROM ledger.submission_attempt"
+        ).fetchone()
     assert attempts == (3 * amazon_push.BREAKER_FAILURES, amazon_push.BREAKER_FAILURES)

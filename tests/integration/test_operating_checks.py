@@ -4,14 +4,17 @@ The seed is built so that each count has a reason to be what it is, including
 rows that must NOT count (resolved before the run date, opened after it,
 answered in time), so a wrong window or a now() shows up as a wrong number.
 """
+
 from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from returnledger.exception_queue import stalled
+from returnledger.reference import review
 from returnledger.reports import digests as oc
 from returnledger.store import db
 
@@ -19,30 +22,42 @@ pytestmark = pytest.mark.integration
 
 
 def utc(*a) -> datetime:
-    return datetime(*a, tzinfo=timezone.utc)
+    return datetime(*a, tzinfo=UTC)
 
 
-AS_OF = utc(2026, 10, 10)          # the daily run's data interval end
-WEEK_END = utc(2026, 10, 12)       # a Monday: the weekly review's run
-OWNERS = {"UNMAPPED_REASON_CODE": ("operations", 2), "SKU_MISMATCH": ("operations", 2),
-          "INVALID_EVENT": ("integration", 3), "OUT_OF_SEQUENCE": ("integration", 3),
-          "QUANTITY_MISMATCH": ("warehouse", 5), "AMAZON_REJECTED": ("integration", 2),
-          "CREDIT_MISSING": ("finance", 5), "DARK_RETURN": ("warehouse", 3),
-          "CREDIT_MISMATCH": ("finance", 5), "SYNC_STALLED": ("integration", 1)}
+AS_OF = utc(2026, 10, 10)  # the daily run's data interval end
+WEEK_END = utc(2026, 10, 12)  # a Monday: the weekly review's run
+OWNERS = {
+    "UNMAPPED_REASON_CODE": ("operations", 2),
+    "SKU_MISMATCH": ("operations", 2),
+    "INVALID_EVENT": ("integration", 3),
+    "OUT_OF_SEQUENCE": ("integration", 3),
+    "QUANTITY_MISMATCH": ("warehouse", 5),
+    "AMAZON_REJECTED": ("integration", 2),
+    "CREDIT_MISSING": ("finance", 5),
+    "DARK_RETURN": ("warehouse", 3),
+    "CREDIT_MISMATCH": ("finance", 5),
+    "SYNC_STALLED": ("integration", 1),
+}
 
 
 def seed(dsn: str) -> None:
     with db.connect(dsn) as c:
         for t, (owner, sla) in OWNERS.items():
-            c.execute("INSERT INTO ledger.owner_team (exception_type, owner, sla_days, what_to_do)"
-                      " VALUES (%s, %s, %s, 'act')", (t, owner, sla))
+            c.execute(
+                "INSERT INTO ledger.owner_team (exception_type, owner, sla_days, what_to_do)"
+                " VALUES (%s, %s, %s, 'act')",
+                (t, owner, sla),
+            )
         for rid in ("R-1", "R-2", "R-3", "R-5", "R-6", "R-7", "R-8", "R-9", "R-10"):
-            c.execute("INSERT INTO ledger.return_order (return_id, returns_notice, created_at) VALUES (%s, %s, %s)",
-                      (rid, f"RN-{rid}", utc(2026, 10, 1)))
+            c.execute(
+                "INSERT INTO ledger.return_order (return_id, returns_notice, created_at) VALUES (%s, %s, %s)",
+                (rid, f"RN-{rid}", utc(2026, 10, 1)),
+            )
         lines = [  # rid, line, sku, reason, qty, state, received_at
             ("R-1", 1, "SKU-A", "GIFT_UNWANTED", 1, "ANNOUNCED", None),
             ("R-2", 1, "SKU-X", "FAULTY", 1, "ANNOUNCED", None),
-            ("R-3", 1, "SKU-A", "FAULTY", 2, "RECEIVED", utc(2026, 10, 3, 9)),     # 7 days, not dispositioned
+            ("R-3", 1, "SKU-A", "FAULTY", 2, "RECEIVED", utc(2026, 10, 3, 9)),  # 7 days, not dispositioned
             ("R-3", 2, "SKU-B", "CHANGED_MIND", 2, "GRADED", utc(2026, 10, 8, 9)),  # only 2 days
             ("R-5", 1, "SKU-A", "FAULTY", 1, "DISPOSITIONED", utc(2026, 10, 6)),
             ("R-6", 1, "SKU-B", "FAULTY", 1, "CREDIT_SUBMITTED", utc(2026, 10, 6)),
@@ -52,58 +67,108 @@ def seed(dsn: str) -> None:
             ("R-10", 1, "SKU-A", "CHANGED_MIND", 3, "CLOSED", utc(2026, 10, 7)),
         ]
         for rid, n, sku, reason, qty, state, rec in lines:
-            c.execute("INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced,"
-                      " quantity_received, state, received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                      (rid, n, sku, reason, qty, qty if rec else None, state, rec))
+            c.execute(
+                "INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced,"
+                " quantity_received, state, received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (rid, n, sku, reason, qty, qty if rec else None, state, rec),
+            )
         exc = [  # key, type, owner, subject, rid, line, opened, resolved, status
             ("E1", "UNMAPPED_REASON_CODE", "R-1|1", "R-1", 1, utc(2026, 10, 9, 6), None, "open"),
             ("E2", "SKU_MISMATCH", "R-2|1", "R-2", 1, utc(2026, 10, 5, 6), None, "open"),
             ("E3", "QUANTITY_MISMATCH", "R-3|1", "R-3", 1, utc(2026, 10, 1), None, "open"),
-            ("E4", "QUANTITY_MISMATCH", "R-3|2", "R-3", 2, utc(2026, 10, 2), utc(2026, 10, 9, 12), "resolved"),
+            (
+                "E4",
+                "QUANTITY_MISMATCH",
+                "R-3|2",
+                "R-3",
+                2,
+                utc(2026, 10, 2),
+                utc(2026, 10, 9, 12),
+                "resolved",
+            ),
             ("E5", "CREDIT_MISSING", "R-5|1", "R-5", 1, utc(2026, 10, 8), utc(2026, 10, 12, 12), "resolved"),
             ("E6", "DARK_RETURN", "AMZ-1", None, None, utc(2026, 10, 11), None, "open"),
-            ("E7", "INVALID_EVENT", "raw:1", None, None, utc(2026, 10, 9, 12), utc(2026, 10, 9, 18), "dismissed"),
+            (
+                "E7",
+                "INVALID_EVENT",
+                "raw:1",
+                None,
+                None,
+                utc(2026, 10, 9, 12),
+                utc(2026, 10, 9, 18),
+                "dismissed",
+            ),
         ]
         for _key, t, subject, rid, line, opened, resolved, status in exc:
-            c.execute("INSERT INTO ledger.exception (type, owner, status, subject_key, return_id, line,"
-                      " amazon_return_id, detail, opened_at, opened_by_batch, resolved_at, resolved_by, resolution)"
-                      " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'seed', %s, %s, %s)",
-                      (t, OWNERS[t][0], status, subject, rid, line, subject if t == "DARK_RETURN" else None,
-                       f"{t} {{ {subject} }}", opened, resolved, "x" if resolved else None,
-                       "done" if resolved else None))
-        c.execute("INSERT INTO ledger.amazon_return (amazon_return_id, returns_notice, sku, asin, quantity, label,"
-                  " returned_at, source_file, imported_at) VALUES ('AMZ-1', 'RN-D1', 'SKU-A', 'B0A', 1, 'APRL',"
-                  " '2026-10-09', 'vc.csv', %s)", (utc(2026, 10, 11),))
+            c.execute(
+                "INSERT INTO ledger.exception (type, owner, status, subject_key, return_id, line,"
+                " amazon_return_id, detail, opened_at, opened_by_batch, resolved_at, resolved_by, resolution)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'seed', %s, %s, %s)",
+                (
+                    t,
+                    OWNERS[t][0],
+                    status,
+                    subject,
+                    rid,
+                    line,
+                    subject if t == "DARK_RETURN" else None,
+                    f"{t} {{ {subject} }}",
+                    opened,
+                    resolved,
+                    "x" if resolved else None,
+                    "done" if resolved else None,
+                ),
+            )
+        c.execute(
+            "INSERT INTO ledger.amazon_return (amazon_return_id, returns_notice, sku, asin, quantity, label,"
+            " returned_at, source_file, imported_at) VALUES ('AMZ-1', 'RN-D1', 'SKU-A', 'B0A', 1, 'APRL',"
+            " '2026-10-09', 'vc.csv', %s)",
+            (utc(2026, 10, 11),),
+        )
         subs = [  # key, rid, status, created, submitted, resolved
-            ("credit:R-5:1", "R-5", "PENDING", utc(2026, 10, 8), None, None),                     # 48 h pending
-            ("credit:R-6:1", "R-6", "SUBMITTED", utc(2026, 10, 6), utc(2026, 10, 7), None),        # 72 h unanswered
-            ("credit:R-7:1", "R-7", "SUBMITTED", utc(2026, 10, 9), utc(2026, 10, 9, 12), None),    # 12 h: fine
+            ("credit:R-5:1", "R-5", "PENDING", utc(2026, 10, 8), None, None),  # 48 h pending
+            ("credit:R-6:1", "R-6", "SUBMITTED", utc(2026, 10, 6), utc(2026, 10, 7), None),  # 72 h unanswered
+            ("credit:R-7:1", "R-7", "SUBMITTED", utc(2026, 10, 9), utc(2026, 10, 9, 12), None),  # 12 h: fine
             ("credit:R-8:1", "R-8", "ACCEPTED", utc(2026, 10, 4), utc(2026, 10, 4), utc(2026, 10, 5)),
             # accepted only after the run date: at AS_OF it was unanswered for 4 days
             ("credit:R-9:1", "R-9", "ACCEPTED", utc(2026, 10, 5), utc(2026, 10, 6), utc(2026, 10, 11)),
         ]
         for key, rid, status, created, submitted, resolved in subs:
-            c.execute("INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, quantity,"
-                      " status, created_at, created_batch, submitted_at, resolved_at, attempts)"
-                      " VALUES (%s, 'CREDIT_NOTE', %s, 1, 'SKU-A', 1, %s, %s, 'seed', %s, %s, 1)",
-                      (key, rid, status, created, submitted, resolved))
+            c.execute(
+                "INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, quantity,"
+                " status, created_at, created_batch, submitted_at, resolved_at, attempts)"
+                " VALUES (%s, 'CREDIT_NOTE', %s, 1, 'SKU-A', 1, %s, %s, 'seed', %s, %s, 1)",
+                (key, rid, status, created, submitted, resolved),
+            )
         for i, (rid, held_at) in enumerate((("R-1", utc(2026, 10, 5)), ("R-2", utc(2026, 10, 9))), start=1):
-            raw = c.execute("INSERT INTO ledger.raw_event (event_key, event_id, payload, received_at, batch_id)"
-                            " VALUES (%s, %s, %s, %s, 'seed') RETURNING raw_id",
-                            (f"ev-{i}", f"ev-{i}", json.dumps({"return_id": rid}), held_at)).fetchone()[0]
-            c.execute("INSERT INTO ledger.event_outcome (raw_id, status, batch_id, decided_at)"
-                      " VALUES (%s, 'HELD', 'seed', %s)", (raw, held_at))
-            c.execute("INSERT INTO ledger.held_event (raw_id, return_id, line, reason, held_at)"
-                      " VALUES (%s, %s, 1, 'UNMAPPED_REASON_CODE', %s)", (raw, rid, held_at))
-        c.execute("INSERT INTO ledger.sync_run (batch_id, window_end, started_at, finished_at)"
-                  " VALUES ('returns_sync:2026-10-07', %s, %s, %s)",
-                  (utc(2026, 10, 8), utc(2026, 10, 8, 0, 5), utc(2026, 10, 8, 6)))
-        c.execute("INSERT INTO ledger.reason_mapping (rebound_reason, amazon_reason, active, updated_at, updated_by,"
-                  " reviewed_at) VALUES ('FAULTY', 'CR-DEFECTIVE', true, %s, 'seed', NULL),"
-                  " ('CHANGED_MIND', 'CR-UNWANTED_ITEM', true, %s, 'seed', %s),"
-                  " ('TOO_SMALL', 'CR-APPAREL_TOO_SMALL', true, %s, 'seed', NULL),"
-                  " ('OLD_CODE', 'CR-OTHER', false, %s, 'seed', NULL)",
-                  (utc(2026, 6, 1), utc(2026, 5, 1), utc(2026, 9, 1), utc(2026, 10, 1), utc(2026, 1, 1)))
+            raw = c.execute(
+                "INSERT INTO ledger.raw_event (event_key, event_id, payload, received_at, batch_id)"
+                " VALUES (%s, %s, %s, %s, 'seed') RETURNING raw_id",
+                (f"ev-{i}", f"ev-{i}", json.dumps({"return_id": rid}), held_at),
+            ).fetchone()[0]
+            c.execute(
+                "INSERT INTO ledger.event_outcome (raw_id, status, batch_id, decided_at)"
+                " VALUES (%s, 'HELD', 'seed', %s)",
+                (raw, held_at),
+            )
+            c.execute(
+                "INSERT INTO ledger.held_event (raw_id, return_id, line, reason, held_at)"
+                " VALUES (%s, %s, 1, 'UNMAPPED_REASON_CODE', %s)",
+                (raw, rid, held_at),
+            )
+        c.execute(
+            "INSERT INTO ledger.sync_run (batch_id, window_end, started_at, finished_at)"
+            " VALUES ('returns_sync:2026-10-07', %s, %s, %s)",
+            (utc(2026, 10, 8), utc(2026, 10, 8, 0, 5), utc(2026, 10, 8, 6)),
+        )
+        c.execute(
+            "INSERT INTO ledger.reason_mapping (rebound_reason, amazon_reason, active, updated_at, updated_by,"
+            " reviewed_at) VALUES ('FAULTY', 'CR-DEFECTIVE', true, %s, 'seed', NULL),"
+            " ('CHANGED_MIND', 'CR-UNWANTED_ITEM', true, %s, 'seed', %s),"
+            " ('TOO_SMALL', 'CR-APPAREL_TOO_SMALL', true, %s, 'seed', NULL),"
+            " ('OLD_CODE', 'CR-OTHER', false, %s, 'seed', NULL)",
+            (utc(2026, 6, 1), utc(2026, 5, 1), utc(2026, 9, 1), utc(2026, 10, 1), utc(2026, 1, 1)),
+        )
         c.commit()
 
 
@@ -120,9 +185,17 @@ def by_owner(digests):
 def test_daily_counts_are_as_of_the_run_date(ledger):
     d = by_owner(oc.build_digests(ledger, as_of=AS_OF, kind="daily"))
     assert sorted(d) == ["finance", "integration", "operations", "warehouse"]
-    assert d["operations"].counts == {"open": 2, "new": 1, "resolved": 0, "sla_breached": 1, "aged_over_7d": 0,
-                                      "stalled_submissions": 0, "stalled_held_lines": 0, "sync_late": 0,
-                                      "lines_not_dispositioned": 0}
+    assert d["operations"].counts == {
+        "open": 2,
+        "new": 1,
+        "resolved": 0,
+        "sla_breached": 1,
+        "aged_over_7d": 0,
+        "stalled_submissions": 0,
+        "stalled_held_lines": 0,
+        "sync_late": 0,
+        "lines_not_dispositioned": 0,
+    }
     w = d["warehouse"].counts
     # E3 open 9 days (SLA 5), E4 resolved yesterday, E6 opened after the run date: not there yet
     assert (w["open"], w["new"], w["resolved"], w["sla_breached"], w["aged_over_7d"]) == (1, 0, 1, 1, 1)
@@ -137,72 +210,115 @@ def test_daily_counts_are_as_of_the_run_date(ledger):
     for key in ("credit:R-5:1", "credit:R-6:1", "credit:R-9:1"):
         assert key in html
     assert "credit:R-7:1" not in html
-    late_lines = {s.title: s for s in d["warehouse"].sections}["Received but not dispositioned for 5+ days"].rows
+    late_lines = {s.title: s for s in d["warehouse"].sections}[
+        "Received but not dispositioned for 5+ days"
+    ].rows
     assert [(r[0], r[1], r[7]) for r in late_lines] == [("R-3", 1, 6)]
 
 
 def test_check_stalled_flows_raises_once_and_resolves_what_moved(ledger):
-    first = oc.check_stalled_flows(ledger, as_of=AS_OF)
-    assert first == {"stalled_submissions": 3, "stalled_held_lines": 1, "sync_late": 1, "raised": 5, "resolved": 0}
-    again = oc.check_stalled_flows(ledger, as_of=AS_OF)
+    first = stalled.check_stalled_flows(ledger, as_of=AS_OF)
+    assert first == {
+        "stalled_submissions": 3,
+        "stalled_held_lines": 1,
+        "sync_late": 1,
+        "raised": 5,
+        "resolved": 0,
+    }
+    again = stalled.check_stalled_flows(ledger, as_of=AS_OF)
     assert again["raised"] == 0 and again["resolved"] == 0
     with db.connect(ledger) as c:
-        rows = c.execute("SELECT subject_key, owner, opened_at, return_id, line FROM ledger.exception"
-                         " WHERE type = 'SYNC_STALLED' ORDER BY subject_key").fetchall()
-    assert [r[0] for r in rows] == ["held:R-1|1", "submission:credit:R-5:1", "submission:credit:R-6:1",
-                                    "submission:credit:R-9:1", "sync:returns_sync"]
+        rows = c.execute(
+            "SELECT subject_key, owner, opened_at, return_id, line FROM ledger.exception"
+            " WHERE type = 'SYNC_STALLED' ORDER BY subject_key"
+        ).fetchall()
+    assert [r[0] for r in rows] == [
+        "held:R-1|1",
+        "submission:credit:R-5:1",
+        "submission:credit:R-6:1",
+        "submission:credit:R-9:1",
+        "sync:returns_sync",
+    ]
     assert {r[1] for r in rows} == {"integration"} and {r[2] for r in rows} == {AS_OF}
     # the digest now shows them as new, open integration exceptions
     i = by_owner(oc.build_digests(ledger, as_of=AS_OF, kind="daily"))["integration"].counts
     assert (i["open"], i["new"]) == (5, 6)
     # next day: R-5 was sent, R-9 answered (10-11 00:00 is not after the run), the sync is still late
     with db.connect(ledger) as c:
-        c.execute("UPDATE ledger.amazon_submission SET status = 'SUBMITTED', submitted_at = %s"
-                  " WHERE idempotency_key = 'credit:R-5:1'", (utc(2026, 10, 10, 1),))
+        c.execute(
+            "UPDATE ledger.amazon_submission SET status = 'SUBMITTED', submitted_at = %s"
+            " WHERE idempotency_key = 'credit:R-5:1'",
+            (utc(2026, 10, 10, 1),),
+        )
         c.commit()
-    nxt = oc.check_stalled_flows(ledger, as_of=utc(2026, 10, 11))
+    nxt = stalled.check_stalled_flows(ledger, as_of=utc(2026, 10, 11))
     assert (nxt["raised"], nxt["resolved"]) == (0, 2)
     with db.connect(ledger) as c:
-        still = c.execute("SELECT subject_key FROM ledger.exception WHERE type = 'SYNC_STALLED' AND status = 'open'"
-                          " ORDER BY 1").fetchall()
-        who = c.execute("SELECT DISTINCT resolved_by FROM ledger.exception WHERE type = 'SYNC_STALLED'"
-                        " AND status = 'resolved'").fetchall()
+        still = c.execute(
+            "SELECT subject_key FROM ledger.exception WHERE type = 'SYNC_STALLED' AND status = 'open'"
+            " ORDER BY 1"
+        ).fetchall()
+        who = c.execute(
+            "SELECT DISTINCT resolved_by FROM ledger.exception WHERE type = 'SYNC_STALLED'"
+            " AND status = 'resolved'"
+        ).fetchall()
     assert [s[0] for s in still] == ["held:R-1|1", "submission:credit:R-6:1", "sync:returns_sync"]
     assert who == [("operating_checks",)]
 
 
 def test_a_fresh_sync_clears_the_late_sync_flag(ledger):
     with db.connect(ledger) as c:
-        c.execute("INSERT INTO ledger.sync_run (batch_id, window_end, started_at, finished_at)"
-                  " VALUES ('returns_sync:2026-10-10', %s, %s, %s)",
-                  (AS_OF, utc(2026, 10, 10, 0, 5), utc(2026, 10, 10, 0, 20)))
+        c.execute(
+            "INSERT INTO ledger.sync_run (batch_id, window_end, started_at, finished_at)"
+            " VALUES ('returns_sync:2026-10-10', %s, %s, %s)",
+            (AS_OF, utc(2026, 10, 10, 0, 5), utc(2026, 10, 10, 0, 20)),
+        )
         c.commit()
     # a sync that finished after the run date does not count for that date ...
-    assert oc.check_stalled_flows(ledger, as_of=AS_OF)["sync_late"] == 1
+    assert stalled.check_stalled_flows(ledger, as_of=AS_OF)["sync_late"] == 1
     # ... and clears the flag (and its SYNC_STALLED exception) for a check after it
-    later = oc.check_stalled_flows(ledger, as_of=utc(2026, 10, 10, 7))
+    later = stalled.check_stalled_flows(ledger, as_of=utc(2026, 10, 10, 7))
     assert later["sync_late"] == 0 and later["resolved"] >= 1
     with db.connect(ledger) as c:
-        assert c.execute("SELECT status FROM ledger.exception WHERE subject_key = 'sync:returns_sync'"
-                         ).fetchall() == [("resolved",)]
+        assert c.execute(
+            "SELECT status FROM ledger.exception WHERE subject_key = 'sync:returns_sync'"
+        ).fetchall() == [("resolved",)]
 
 
 def test_weekly_review_trend_top_skus_stale_mappings_dark_returns(ledger):
     d = by_owner(oc.build_digests(ledger, as_of=WEEK_END, kind="weekly"))
-    assert d["operations"].counts == {"opened_this_week": 2, "resolved_this_week": 0, "open": 2,
-                                      "sla_breached": 2, "top_skus": 3, "stale_mappings": 1,
-                                      "dark_returns_open": 0}
-    assert d["warehouse"].counts == {"opened_this_week": 1, "resolved_this_week": 1, "open": 2, "sla_breached": 1,
-                                     "top_skus": 0, "stale_mappings": 0, "dark_returns_open": 1}
+    assert d["operations"].counts == {
+        "opened_this_week": 2,
+        "resolved_this_week": 0,
+        "open": 2,
+        "sla_breached": 2,
+        "top_skus": 3,
+        "stale_mappings": 1,
+        "dark_returns_open": 0,
+    }
+    assert d["warehouse"].counts == {
+        "opened_this_week": 1,
+        "resolved_this_week": 1,
+        "open": 2,
+        "sla_breached": 1,
+        "top_skus": 0,
+        "stale_mappings": 0,
+        "dark_returns_open": 1,
+    }
     assert (d["finance"].counts["opened_this_week"], d["finance"].counts["open"]) == (1, 1)
-    assert (d["integration"].counts["opened_this_week"], d["integration"].counts["resolved_this_week"]) == (1, 1)
+    assert (d["integration"].counts["opened_this_week"], d["integration"].counts["resolved_this_week"]) == (
+        1,
+        1,
+    )
     ops = {s.title: s for s in d["operations"].sections}
     skus = ops["Top 10 returned SKUs this week"].rows
     # received in the week to 10-12: SKU-A 1 + 3 (R-5, R-10), SKU-B 1 + 2 (R-6, R-3/2), SKU-C 1 (R-7)
     assert [(r[0], r[3]) for r in skus] == [("SKU-A", 4), ("SKU-B", 3), ("SKU-C", 1)]
     reasons = ops["Top 10 return reasons this week"].rows
-    assert [(r[0], r[1], r[3]) for r in reasons] == [("CHANGED_MIND", "CR-UNWANTED_ITEM", 5),
-                                                     ("FAULTY", "CR-DEFECTIVE", 3)]
+    assert [(r[0], r[1], r[3]) for r in reasons] == [
+        ("CHANGED_MIND", "CR-UNWANTED_ITEM", 5),
+        ("FAULTY", "CR-DEFECTIVE", 3),
+    ]
     assert [r[0] for r in ops["Reason mappings not reviewed in 90 days"].rows] == ["FAULTY"]
     trend = ops["Exceptions opened / resolved per week"]
     assert trend.columns[-1] == "week to 2026-10-12" and len(trend.columns) == 5
@@ -214,8 +330,9 @@ def test_weekly_review_trend_top_skus_stale_mappings_dark_returns(ledger):
 def test_html_is_plain_tables_with_assertable_counts_and_no_jinja(ledger, tmp_path):
     digests = oc.build_digests(ledger, as_of=AS_OF, kind="daily")
     paths = oc.write_digests(digests, tmp_path)
-    assert sorted(p.name for p in paths) == [f"daily-2026-10-10-{t}.html"
-                                             for t in ("finance", "integration", "operations", "warehouse")]
+    assert sorted(p.name for p in paths) == [
+        f"daily-2026-10-10-{t}.html" for t in ("finance", "integration", "operations", "warehouse")
+    ]
     index = json.loads((tmp_path / "daily-2026-10-10.json").read_text())
     assert {e["owner"]: e["counts"]["open"] for e in index} == {d.owner: d.counts["open"] for d in digests}
     for d in digests:
@@ -240,9 +357,13 @@ def test_bad_arguments_are_refused(ledger):
 def test_thresholds_change_what_counts_as_stalled(ledger):
     strict = oc.Thresholds(submitted_unanswered=timedelta(hours=6), held_event=timedelta(hours=12))
     with db.connect(ledger) as c:
-        found = oc.stalled_flows(c, as_of=AS_OF, thresholds=strict)
-    assert sorted(s["idempotency_key"] for s in found["submissions"]) == \
-        ["credit:R-5:1", "credit:R-6:1", "credit:R-7:1", "credit:R-9:1"]
+        found = stalled.stalled_flows(c, as_of=AS_OF, thresholds=strict)
+    assert sorted(s["idempotency_key"] for s in found["submissions"]) == [
+        "credit:R-5:1",
+        "credit:R-6:1",
+        "credit:R-7:1",
+        "credit:R-9:1",
+    ]
     assert [h["return_id"] for h in found["held"]] == ["R-1", "R-2"]
 
 
@@ -250,30 +371,51 @@ def test_reviewing_a_mapping_takes_it_off_the_weekly_list(ledger):
     from returnledger.exception_queue.queue import ExceptionActionError
 
     with pytest.raises(ExceptionActionError, match="no active reason mapping for OLD_CODE"):
-        oc.mark_mappings_reviewed(ledger, ["FAULTY", "OLD_CODE"], actor="olga", at=utc(2026, 10, 11))
+        review.mark_mappings_reviewed(ledger, ["FAULTY", "OLD_CODE"], actor="olga", at=utc(2026, 10, 11))
     with db.connect(ledger) as c:  # refused as a whole: FAULTY is not marked either
-        assert c.execute("SELECT reviewed_at FROM ledger.reason_mapping WHERE rebound_reason = 'FAULTY'"
-                         ).fetchone() == (None,)
-    assert oc.mark_mappings_reviewed(ledger, ["FAULTY"], actor="olga", at=utc(2026, 10, 11),
-                                     why="still the right code") == ["FAULTY"]
+        assert c.execute(
+            "SELECT reviewed_at FROM ledger.reason_mapping WHERE rebound_reason = 'FAULTY'"
+        ).fetchone() == (None,)
+    assert review.mark_mappings_reviewed(
+        ledger, ["FAULTY"], actor="olga", at=utc(2026, 10, 11), why="still the right code"
+    ) == ["FAULTY"]
     ops = by_owner(oc.build_digests(ledger, as_of=WEEK_END, kind="weekly"))["operations"]
     assert ops.counts["stale_mappings"] == 0
     # a rerun of an earlier week still shows it: the review came after that run date
     before = by_owner(oc.build_digests(ledger, as_of=utc(2026, 10, 10), kind="weekly"))["operations"]
     assert before.counts["stale_mappings"] == 1
     with db.connect(ledger) as c:
-        assert c.execute("SELECT actor, action, subject, detail FROM ledger.audit_log").fetchall() == \
-            [("olga", "reason_mapping.review", "reason:FAULTY",
-              {"amazon_reason": "CR-DEFECTIVE", "why": "still the right code"})]
+        assert c.execute("SELECT actor, action, subject, detail FROM ledger.audit_log").fetchall() == [
+            (
+                "olga",
+                "reason_mapping.review",
+                "reason:FAULTY",
+                {"amazon_reason": "CR-DEFECTIVE", "why": "still the right code"},
+            )
+        ]
 
 
 def test_digest_cli_writes_the_files(ledger, tmp_path, capsys):
     import argparse
 
+    from returnledger.cli import reports as reports_cli
+
     parser = argparse.ArgumentParser(prog="returnledger")
-    oc.register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["digest", "--kind", "daily", "--as-of", "2026-10-10", "--check", "--out",
-                              str(tmp_path), "--dsn", ledger])
+    reports_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(
+        [
+            "digest",
+            "--kind",
+            "daily",
+            "--as-of",
+            "2026-10-10",
+            "--check",
+            "--out",
+            str(tmp_path),
+            "--dsn",
+            ledger,
+        ]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert '"raised": 5' in out and "daily-2026-10-10-integration.html" in out

@@ -1,4 +1,5 @@
 """Matching engine on hand-built ledgers: every recon status, the exceptions it raises, reruns."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -6,7 +7,8 @@ from datetime import timedelta
 import pytest
 from test_reconcile_helpers import AS_OF, PERIOD, Ledger, build_month
 
-from returnledger.reconciliation.match import period_bounds, reconcile
+from returnledger.reconciliation.match import reconcile
+from returnledger.reconciliation.period import period_bounds
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +35,18 @@ def test_exceptions_raised_once_with_owner_and_subject(led):
     raised = led.exceptions("CREDIT_MISSING", "CREDIT_MISMATCH", "DARK_RETURN", "QUANTITY_MISMATCH")
     assert raised == [
         ("CREDIT_MISMATCH", "RB-2|1", "open"),
-        ("CREDIT_MISSING", "RB-3|1", "open"), ("CREDIT_MISSING", "RB-9|1", "open"),
-        ("DARK_RETURN", "AR-1-X", "open"), ("DARK_RETURN", "AR-APRL-1", "open"), ("DARK_RETURN", "AR-APRL-2", "open"),
+        ("CREDIT_MISSING", "RB-3|1", "open"),
+        ("CREDIT_MISSING", "RB-9|1", "open"),
+        ("DARK_RETURN", "AR-1-X", "open"),
+        ("DARK_RETURN", "AR-APRL-1", "open"),
+        ("DARK_RETURN", "AR-APRL-2", "open"),
         ("QUANTITY_MISMATCH", "RB-8|1", "open"),
     ]
-    rows = led.conn.execute("SELECT type, owner, amazon_return_id, return_id, line, detail, opened_at"
-                            " FROM ledger.exception WHERE type IN ('DARK_RETURN', 'CREDIT_MISMATCH')"
-                            " ORDER BY subject_key").fetchall()
+    rows = led.conn.execute(
+        "SELECT type, owner, amazon_return_id, return_id, line, detail, opened_at"
+        " FROM ledger.exception WHERE type IN ('DARK_RETURN', 'CREDIT_MISMATCH')"
+        " ORDER BY subject_key"
+    ).fetchall()
     owners = {r[0]: r[1] for r in rows}
     assert owners == {"DARK_RETURN": "warehouse", "CREDIT_MISMATCH": "finance"}
     dark = [r for r in rows if r[2] == "AR-APRL-1"][0]
@@ -52,7 +59,7 @@ def test_exceptions_raised_once_with_owner_and_subject(led):
 def test_rerun_changes_nothing(led):
     build_month(led)
     reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="recon:2026-10")
-    q = ("SELECT * FROM ledger.recon_result WHERE period = %s ORDER BY row_key")
+    q = "SELECT * FROM ledger.recon_result WHERE period = %s ORDER BY row_key"
     first = led.conn.execute(q, (PERIOD,)).fetchall()
     n_exc = led.conn.execute("SELECT count(*) FROM ledger.exception").fetchone()[0]
     again = reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="recon:2026-10")
@@ -76,19 +83,30 @@ def test_handled_exceptions_are_not_reopened(led):
     led.exception("DARK_RETURN", "AR-APRL-1", arid="AR-APRL-1", status="resolved")
     reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="recon:2026-10")
     assert ("CREDIT_MISSING", "RB-3|1", "open") not in led.exceptions("CREDIT_MISSING")
-    assert led.exceptions("DARK_RETURN")[:2] == [("DARK_RETURN", "AR-1-X", "open"),
-                                                 ("DARK_RETURN", "AR-APRL-1", "resolved")]
+    assert led.exceptions("DARK_RETURN")[:2] == [
+        ("DARK_RETURN", "AR-1-X", "open"),
+        ("DARK_RETURN", "AR-APRL-1", "resolved"),
+    ]
     assert led.statuses()["RB-3|1"] == "CREDIT_MISSING"  # the report still says so
 
 
 def test_credit_window_edge_and_policy_setting(led):
     n = led.order("RB-W", "2026-10-20")
-    led.line("RB-W", 1, "SKU-A", received=1, grade="A", disposition="RESTOCKED", dispositioned="2026-10-27",
-             state="CREDIT_SUBMITTED")
+    led.line(
+        "RB-W",
+        1,
+        "SKU-A",
+        received=1,
+        grade="A",
+        disposition="RESTOCKED",
+        dispositioned="2026-10-27",
+        state="CREDIT_SUBMITTED",
+    )
     led.credit("RB-W", 1, "SKU-A", 1, "SUBMITTED")
     led.amazon("AR-W", n, "SKU-A", 1)
-    exactly_7_days = led.conn.execute("SELECT dispositioned_at FROM ledger.return_line").fetchone()[0] \
-        + timedelta(days=7)
+    exactly_7_days = led.conn.execute("SELECT dispositioned_at FROM ledger.return_line").fetchone()[
+        0
+    ] + timedelta(days=7)
     reconcile(led.dsn, PERIOD, as_of=exactly_7_days, batch_id="b1")
     assert led.statuses()["RB-W|1"] == "PENDING"
     reconcile(led.dsn, PERIOD, as_of=exactly_7_days + timedelta(seconds=1), batch_id="b2")
@@ -127,9 +145,10 @@ def test_period_scope_and_daily_key(led):
     build_month(led)
     reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="close")
     closed = led.statuses()
-    daily = reconcile(led.dsn, PERIOD, as_of=AS_OF - timedelta(days=20), batch_id="daily",
-                      result_key="daily:2026-10-14")
-    assert led.statuses() == closed                       # the close results are untouched
+    daily = reconcile(
+        led.dsn, PERIOD, as_of=AS_OF - timedelta(days=20), batch_id="daily", result_key="daily:2026-10-14"
+    )
+    assert led.statuses() == closed  # the close results are untouched
     d = led.statuses("daily:2026-10-14")
     assert d["RB-4|1"] == "PENDING" and daily.rows == len(d)
     assert "RB-OLD|1" not in closed and "AR-OLD-DARK" not in closed
@@ -144,11 +163,26 @@ def test_report_columns_carry_amazon_references(led):
     row = led.conn.execute(
         "SELECT asin, returns_notice, rma_id, vret, amazon_return_id, amazon_quantity, charged_amount,"
         " credit_note_id, credited_quantity, credited_amount, currency, amazon_status"
-        " FROM ledger.recon_result WHERE row_key = 'RB-2|1'").fetchone()
-    assert row == ("B0B0000002", "RN-RB-2", "RMA-RB-2", "VRET-RB-2", "AR-2-1", 1, pytest.approx(15),
-                   "CN-RB-2", 1, pytest.approx(10), "GBP", "ACCEPTED")
-    dark = led.conn.execute("SELECT return_id, line, post_hoc_return_id, amazon_quantity FROM ledger.recon_result"
-                            " WHERE row_key = 'AR-APRL-2'").fetchone()
+        " FROM ledger.recon_result WHERE row_key = 'RB-2|1'"
+    ).fetchone()
+    assert row == (
+        "B0B0000002",
+        "RN-RB-2",
+        "RMA-RB-2",
+        "VRET-RB-2",
+        "AR-2-1",
+        1,
+        pytest.approx(15),
+        "CN-RB-2",
+        1,
+        pytest.approx(10),
+        "GBP",
+        "ACCEPTED",
+    )
+    dark = led.conn.execute(
+        "SELECT return_id, line, post_hoc_return_id, amazon_quantity FROM ledger.recon_result"
+        " WHERE row_key = 'AR-APRL-2'"
+    ).fetchone()
     assert dark == (None, None, "RB-PH-2", 1)
 
 

@@ -1,7 +1,8 @@
 """The ledger schema on a real PostgreSQL: migrations and the constraints that protect money."""
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -11,7 +12,7 @@ from returnledger.store import db, migrate
 
 pytestmark = pytest.mark.integration
 
-AT = datetime(2026, 10, 5, 12, tzinfo=timezone.utc)
+AT = datetime(2026, 10, 5, 12, tzinfo=UTC)
 
 
 def schema_snapshot(dsn: str) -> dict:
@@ -21,15 +22,19 @@ def schema_snapshot(dsn: str) -> dict:
             "columns": conn.execute(
                 "SELECT table_name, column_name, data_type, is_nullable, column_default"
                 " FROM information_schema.columns WHERE table_schema = 'ledger'"
-                " ORDER BY table_name, ordinal_position").fetchall(),
+                " ORDER BY table_name, ordinal_position"
+            ).fetchall(),
             "constraints": conn.execute(
                 "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint"
-                " WHERE connamespace = 'ledger'::regnamespace ORDER BY 1, 2").fetchall(),
+                " WHERE connamespace = 'ledger'::regnamespace ORDER BY 1, 2"
+            ).fetchall(),
             "indexes": conn.execute(
                 "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'ledger'"
-                " ORDER BY 1, 2").fetchall(),
+                " ORDER BY 1, 2"
+            ).fetchall(),
             "migrations": conn.execute(
-                "SELECT name, sha256, applied_at FROM ledger.schema_migrations ORDER BY name").fetchall(),
+                "SELECT name, sha256, applied_at FROM ledger.schema_migrations ORDER BY name"
+            ).fetchall(),
         }
 
 
@@ -46,8 +51,17 @@ def test_migrations_apply_from_empty_and_a_second_run_changes_nothing(empty_db):
     assert applied[0] == "0001_ledger.sql"
     first = schema_snapshot(empty_db)
     tables = {c[0] for c in first["columns"]}
-    assert {"raw_event", "return_line", "amazon_submission", "exception", "reason_mapping",
-            "reason_mapping_history", "audit_log", "owner_team", "disposition_policy"} <= tables
+    assert {
+        "raw_event",
+        "return_line",
+        "amazon_submission",
+        "exception",
+        "reason_mapping",
+        "reason_mapping_history",
+        "audit_log",
+        "owner_team",
+        "disposition_policy",
+    } <= tables
 
     assert migrate.migrate(empty_db) == []
     assert schema_snapshot(empty_db) == first
@@ -63,108 +77,129 @@ def test_a_changed_migration_file_is_refused(empty_db, monkeypatch):
 
 
 def add_line(conn: psycopg.Connection, return_id="RB-T-1", line=1, quantity=2) -> None:
-    conn.execute("INSERT INTO return_order (return_id, returns_notice) VALUES (%s, %s)"
-                 " ON CONFLICT DO NOTHING", (return_id, "RN-" + return_id))
-    conn.execute("INSERT INTO return_line (return_id, line, sku, reason, quantity_announced)"
-                 " VALUES (%s, %s, 'SKU-1', 'FAULTY', %s)", (return_id, line, quantity))
+    conn.execute(
+        "INSERT INTO return_order (return_id, returns_notice) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+        (return_id, "RN-" + return_id),
+    )
+    conn.execute(
+        "INSERT INTO return_line (return_id, line, sku, reason, quantity_announced)"
+        " VALUES (%s, %s, 'SKU-1', 'FAULTY', %s)",
+        (return_id, line, quantity),
+    )
 
 
 def add_submission(conn, kind, key, return_id="RB-T-1", line=1, quantity=1):
     conn.execute(
         "INSERT INTO amazon_submission (idempotency_key, kind, return_id, line, sku, quantity, unit_amount,"
         " created_at, created_batch) VALUES (%s, %s, %s, %s, 'SKU-1', %s, 12.50, %s, 'test')",
-        (key, kind, return_id, line, quantity, AT))
+        (key, kind, return_id, line, quantity, AT),
+    )
 
 
 def test_a_second_credit_note_for_the_same_line_is_rejected(conn):
     add_line(conn)
     add_submission(conn, "CREDIT_NOTE", "credit:RB-T-1:1")
-    add_submission(conn, "INVENTORY", "inventory:RB-T-1:1")      # a restock beside it is fine
-    with pytest.raises(errors.UniqueViolation, match="one_credit_per_line"):
-        with conn.transaction():
-            add_submission(conn, "CREDIT_NOTE", "credit:RB-T-1:1:retry")   # even under another key
-    with pytest.raises(errors.UniqueViolation):
-        with conn.transaction():
-            add_submission(conn, "CREDIT_NOTE", "credit:RB-T-1:1")         # and never under the same key
+    add_submission(conn, "INVENTORY", "inventory:RB-T-1:1")  # a restock beside it is fine
+    with pytest.raises(errors.UniqueViolation, match="one_credit_per_line"), conn.transaction():
+        add_submission(conn, "CREDIT_NOTE", "credit:RB-T-1:1:retry")  # even under another key
+    with pytest.raises(errors.UniqueViolation), conn.transaction():
+        add_submission(conn, "CREDIT_NOTE", "credit:RB-T-1:1")  # and never under the same key
     count = conn.execute("SELECT count(*) FROM amazon_submission WHERE return_id = 'RB-T-1'").fetchone()[0]
     assert count == 2
 
 
 def test_negative_and_zero_quantities_are_rejected(conn):
     add_line(conn, "RB-T-2")
-    with pytest.raises(errors.CheckViolation):
-        with conn.transaction():
-            conn.execute("UPDATE return_line SET quantity_received = -1 WHERE return_id = 'RB-T-2'")
-    with pytest.raises(errors.CheckViolation):
-        with conn.transaction():
-            add_line(conn, "RB-T-2", line=2, quantity=-3)
-    with pytest.raises(errors.CheckViolation):
-        with conn.transaction():
-            add_submission(conn, "CREDIT_NOTE", "credit:RB-T-2:1", "RB-T-2", quantity=0)
-    conn.execute("UPDATE return_line SET quantity_received = 0 WHERE return_id = 'RB-T-2'")  # zero received is a fact
+    with pytest.raises(errors.CheckViolation), conn.transaction():
+        conn.execute("UPDATE return_line SET quantity_received = -1 WHERE return_id = 'RB-T-2'")
+    with pytest.raises(errors.CheckViolation), conn.transaction():
+        add_line(conn, "RB-T-2", line=2, quantity=-3)
+    with pytest.raises(errors.CheckViolation), conn.transaction():
+        add_submission(conn, "CREDIT_NOTE", "credit:RB-T-2:1", "RB-T-2", quantity=0)
+    conn.execute(
+        "UPDATE return_line SET quantity_received = 0 WHERE return_id = 'RB-T-2'"
+    )  # zero received is a fact
 
 
 def test_unknown_states_grades_and_dispositions_are_rejected(conn):
     add_line(conn, "RB-T-3")
     for column, value in (("state", "LOST"), ("grade", "Z"), ("disposition", "SOLD")):
-        with pytest.raises(errors.CheckViolation):
-            with conn.transaction():
-                conn.execute(sql.SQL("UPDATE return_line SET {} = %s WHERE return_id = 'RB-T-3'")
-                             .format(sql.Identifier(column)), (value,))
+        with pytest.raises(errors.CheckViolation), conn.transaction():
+            conn.execute(
+                sql.SQL("UPDATE return_line SET {} = %s WHERE return_id = 'RB-T-3'").format(
+                    sql.Identifier(column)
+                ),
+                (value,),
+            )
 
 
 def raise_exception(conn, subject="RB-T-4|1", type_="UNMAPPED_REASON_CODE"):
-    conn.execute("INSERT INTO exception (type, owner, subject_key, detail, opened_at, opened_by_batch)"
-                 " VALUES (%s, 'operations', %s, 'no mapping for GIFT_UNWANTED', %s, 'test')",
-                 (type_, subject, AT))
+    conn.execute(
+        "INSERT INTO exception (type, owner, subject_key, detail, opened_at, opened_by_batch)"
+        " VALUES (%s, 'operations', %s, 'no mapping for GIFT_UNWANTED', %s, 'test')",
+        (type_, subject, AT),
+    )
 
 
 def test_the_same_open_exception_cannot_be_raised_twice(conn):
     raise_exception(conn)
-    raise_exception(conn, type_="SKU_MISMATCH")          # another type on the same line is another exception
-    with pytest.raises(errors.UniqueViolation, match="exception_open_once"):
-        with conn.transaction():
-            raise_exception(conn)
+    raise_exception(conn, type_="SKU_MISMATCH")  # another type on the same line is another exception
+    with pytest.raises(errors.UniqueViolation, match="exception_open_once"), conn.transaction():
+        raise_exception(conn)
     # once resolved, the same problem may be opened again (it came back)
-    conn.execute("UPDATE exception SET status = 'resolved', resolved_at = %s, resolved_by = 'ops'"
-                 " WHERE subject_key = 'RB-T-4|1' AND type = 'UNMAPPED_REASON_CODE'", (AT,))
+    conn.execute(
+        "UPDATE exception SET status = 'resolved', resolved_at = %s, resolved_by = 'ops'"
+        " WHERE subject_key = 'RB-T-4|1' AND type = 'UNMAPPED_REASON_CODE'",
+        (AT,),
+    )
     raise_exception(conn)
-    rows = conn.execute("SELECT status FROM exception WHERE subject_key = 'RB-T-4|1'"
-                        " AND type = 'UNMAPPED_REASON_CODE' ORDER BY exception_id").fetchall()
+    rows = conn.execute(
+        "SELECT status FROM exception WHERE subject_key = 'RB-T-4|1'"
+        " AND type = 'UNMAPPED_REASON_CODE' ORDER BY exception_id"
+    ).fetchall()
     assert rows == [("resolved",), ("open",)]
 
 
 def test_an_exception_is_open_exactly_when_it_has_no_resolution_time(conn):
     raise_exception(conn, subject="RB-T-5|1")
-    with pytest.raises(errors.CheckViolation):
-        with conn.transaction():
-            conn.execute("UPDATE exception SET status = 'resolved' WHERE subject_key = 'RB-T-5|1'")
+    with pytest.raises(errors.CheckViolation), conn.transaction():
+        conn.execute("UPDATE exception SET status = 'resolved' WHERE subject_key = 'RB-T-5|1'")
 
 
 def test_line_history_records_one_transition_per_event(conn):
     add_line(conn, "RB-T-6")
-    insert = ("INSERT INTO line_history (return_id, line, from_state, to_state, event_id, cause, batch_id, at)"
-              " VALUES ('RB-T-6', 1, 'ANNOUNCED', 'RECEIVED', 'ev-1', 'RECEIVED', 'test', %s)")
+    insert = (
+        "INSERT INTO line_history (return_id, line, from_state, to_state, event_id, cause, batch_id, at)"
+        " VALUES ('RB-T-6', 1, 'ANNOUNCED', 'RECEIVED', 'ev-1', 'RECEIVED', 'test', %s)"
+    )
     conn.execute(insert, (AT,))
-    with pytest.raises(errors.UniqueViolation):
-        with conn.transaction():
-            conn.execute(insert, (AT,))
+    with pytest.raises(errors.UniqueViolation), conn.transaction():
+        conn.execute(insert, (AT,))
 
 
 def test_raw_events_are_kept_once_per_event_key(conn):
-    insert = ("INSERT INTO raw_event (event_key, event_id, payload, received_at, batch_id)"
-              " VALUES ('ev-x', 'ev-x', '{}'::jsonb, %s, 'test')")
+    insert = (
+        "INSERT INTO raw_event (event_key, event_id, payload, received_at, batch_id)"
+        " VALUES ('ev-x', 'ev-x', '{}'::jsonb, %s, 'test')"
+    )
     conn.execute(insert, (AT,))
-    with pytest.raises(errors.UniqueViolation):
-        with conn.transaction():
-            conn.execute(insert, (AT,))
+    with pytest.raises(errors.UniqueViolation), conn.transaction():
+        conn.execute(insert, (AT,))
 
 
 def test_copy_rows_round_trips_awkward_values(conn):
     """Binary COPY keeps text byte for byte and stores JSON text as received, parsed by PostgreSQL."""
-    rows = [("a\\b\tc\nd\re", 1, datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc), None, True,
-             db.raw_json('{"x": "q\\"\\\\n\\u00e9"}')),
-            ("", -5, None, "\\N", False, db.raw_json("[1, 2.5]"))]
+    rows = [
+        (
+            "a\\b\tc\nd\re",
+            1,
+            datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+            None,
+            True,
+            db.raw_json('{"x": "q\\"\\\\n\\u00e9"}'),
+        ),
+        ("", -5, None, "\\N", False, db.raw_json("[1, 2.5]")),
+    ]
     conn.execute("CREATE TEMP TABLE copied (a text, b bigint, c timestamptz, d text, e bool, f jsonb)")
     cols = (("a", "text"), ("b", "int8"), ("c", "timestamptz"), ("d", "text"), ("e", "bool"), ("f", "jsonb"))
     assert db.copy_rows(conn, "copied", cols, rows) == 2

@@ -1,22 +1,31 @@
 """The events suite on a real PostgreSQL: each malformed field fails its own check, by name.
 
-Events land through ``sync.land_raw`` (as extract lands them, bytes as received) and are
-validated by ``sync.validate``; the test reads the per-row verdicts back.
+Events land through ``land_raw`` (as extract lands them, bytes as received) and are
+validated by ``validate``; the test reads the per-row verdicts back.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
 
-from returnledger import sync
+from returnledger.intake.orders import store_return_orders
+from returnledger.intake.raw import land_raw
+from returnledger.screening.screen import validate
 from returnledger.store import db
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2026, 10, 5, 6, 0, tzinfo=timezone.utc)
-GOOD = {"type": "RECEIVED", "return_id": "RB-1", "line": 1, "quantity": 1, "occurred_at": "2026-10-04T10:00:00Z"}
+T0 = datetime(2026, 10, 5, 6, 0, tzinfo=UTC)
+GOOD = {
+    "type": "RECEIVED",
+    "return_id": "RB-1",
+    "line": 1,
+    "quantity": 1,
+    "occurred_at": "2026-10-04T10:00:00Z",
+}
 
 
 def _ev(event_id, **changes):
@@ -40,7 +49,7 @@ CASES = {
     "type-empty": (_ev("type-empty", type=""), "type_present"),
     "type-odd": (_ev("type-odd", type="TELEPORTED"), "type_known"),
     "grade-odd": ({**_ev("grade-odd", type="GRADED", grade="Z\t\u00e9"), "quantity": None}, "grade_known"),
-    "nul-note": (_ev("nul-note", note="a\x00b"), None),         # jsonb cannot hold U+0000: kept as text
+    "nul-note": (_ev("nul-note", note="a\x00b"), None),  # jsonb cannot hold U+0000: kept as text
     "nul-rid": (_ev("nul-rid", return_id="RB\x001"), "return_id_shape"),
     "unmapped": (_ev("unmapped", line=2), "reason_mapped"),
     "no-asin": (_ev("no-asin", line=3), "sku_in_catalog"),
@@ -50,28 +59,51 @@ CASES = {
 @pytest.fixture
 def validated(fresh_db):
     with db.connect(fresh_db) as conn:
-        sync.store_return_orders(conn, [{"return_id": "RB-1", "created_at": "2026-10-01T00:00:00Z",
-                                         "amazon_refs": {"returns_notice": "RN-1"},
-                                         "lines": [{"line": 1, "sku": "SKU-A", "reason": "DAMAGED", "quantity": 2},
-                                                   {"line": 2, "sku": "SKU-A", "reason": "NEW_REASON", "quantity": 1},
-                                                   {"line": 3, "sku": "SKU-NEW", "reason": "DAMAGED", "quantity": 1}]}])
-        conn.execute("INSERT INTO ledger.reason_mapping (rebound_reason, amazon_reason, updated_at, updated_by)"
-                     " VALUES ('DAMAGED', 'CR-DAMAGED_BY_CARRIER', %s, 'test')", (T0,))
-        conn.execute("INSERT INTO ledger.sku (sku, asin, unit_cost, available, updated_at, updated_by)"
-                     " VALUES ('SKU-A', 'B000000001', 9.99, 0, %s, 'test')", (T0,))
+        store_return_orders(
+            conn,
+            [
+                {
+                    "return_id": "RB-1",
+                    "created_at": "2026-10-01T00:00:00Z",
+                    "amazon_refs": {"returns_notice": "RN-1"},
+                    "lines": [
+                        {"line": 1, "sku": "SKU-A", "reason": "DAMAGED", "quantity": 2},
+                        {"line": 2, "sku": "SKU-A", "reason": "NEW_REASON", "quantity": 1},
+                        {"line": 3, "sku": "SKU-NEW", "reason": "DAMAGED", "quantity": 1},
+                    ],
+                }
+            ],
+        )
+        conn.execute(
+            "INSERT INTO ledger.reason_mapping (rebound_reason, amazon_reason, updated_at, updated_by)"
+            " VALUES ('DAMAGED', 'CR-DAMAGED_BY_CARRIER', %s, 'test')",
+            (T0,),
+        )
+        conn.execute(
+            "INSERT INTO ledger.sku (sku, asin, unit_cost, available, updated_at, updated_by)"
+            " VALUES ('SKU-A', 'B000000001', 9.99, 0, %s, 'test')",
+            (T0,),
+        )
         # raw bytes as the feed sends them (one with no id, one delivered twice), plus decoded values
         raw = [msgspec.Raw(msgspec.json.encode(p)) for p, _ in CASES.values()]
-        raw += [msgspec.Raw(b'[1, 2]'), msgspec.Raw(msgspec.json.encode(CASES["ok"][0]))]
-        new, repeats, without_id = sync.land_raw(conn, raw, window_end=T0, batch_id="test")
+        raw += [msgspec.Raw(b"[1, 2]"), msgspec.Raw(msgspec.json.encode(CASES["ok"][0]))]
+        new, repeats, without_id = land_raw(conn, raw, window_end=T0, batch_id="test")
         conn.commit()
-    stats = sync.validate(fresh_db, batch_id="test")
+    stats = validate(fresh_db, batch_id="test")
     with db.connect(fresh_db) as conn:
-        verdicts = dict(conn.execute("""SELECT r.event_key, f.detail FROM ledger.raw_event r
-                                        LEFT JOIN ledger.validation_failure f USING (raw_id)"""))
+        verdicts = dict(
+            conn.execute("""SELECT r.event_key, f.detail FROM ledger.raw_event r
+                                        LEFT JOIN ledger.validation_failure f USING (raw_id)""")
+        )
         stored = dict(conn.execute("SELECT event_key, payload FROM ledger.raw_event"))
         deliveries = dict(conn.execute("SELECT event_key, deliveries FROM ledger.raw_event"))
-    return {"landed": (new, repeats, without_id), "stats": stats, "verdicts": verdicts, "stored": stored,
-            "deliveries": deliveries}
+    return {
+        "landed": (new, repeats, without_id),
+        "stats": stats,
+        "verdicts": verdicts,
+        "stored": stored,
+        "deliveries": deliveries,
+    }
 
 
 def test_each_bad_field_fails_its_own_check(validated):

@@ -8,22 +8,24 @@ stubbed there. ``test_roles_in_the_real_api_server`` then runs Viewer, User, Op 
 real ``airflow api-server`` with real tokens from its login endpoint. The ledger is a fresh
 PostgreSQL database seeded with SQL.
 """
+
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
 
 pytest.importorskip("airflow.api_fastapi.auth.managers.simple.simple_auth_manager")
 
-from fastapi import FastAPI  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
-from returnledger.console.app import AirflowAuth, create_console_app, csrf_token_for  # noqa: E402
+from returnledger.console.app import create_console_app
+from returnledger.console.auth import AirflowAuth, csrf_token_for
 
-NOW = datetime(2026, 10, 6, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 10, 6, 12, 0, tzinfo=UTC)
 PREFIX = "/returnledger"
 
 SEED = """
@@ -98,8 +100,14 @@ ROUTES = [
     ("POST", f"{PREFIX}/exceptions/2/sku"),
     ("GET", f"{PREFIX}/no-such-page"),
 ]
-FORM = {"resolution": "done", "reason": "noise", "amazon_reason": "CR-DEFECTIVE", "asin": "B0NEW00001",
-        "unit_cost": "12.50", "available": "4"}
+FORM = {
+    "resolution": "done",
+    "reason": "noise",
+    "amazon_reason": "CR-DEFECTIVE",
+    "asin": "B0NEW00001",
+    "unit_cost": "12.50",
+    "available": "4",
+}
 
 
 @pytest.fixture
@@ -134,8 +142,9 @@ def auth(monkeypatch):
 def token_for(auth: SimpleManager, username: str, role: str | None = "OP", valid_for: int = 600) -> str:
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 
-    return auth.manager.generate_jwt(SimpleAuthManagerUser(username=username, role=role),
-                                     expiration_time_in_seconds=valid_for)
+    return auth.manager.generate_jwt(
+        SimpleAuthManagerUser(username=username, role=role), expiration_time_in_seconds=valid_for
+    )
 
 
 @pytest.fixture
@@ -149,13 +158,17 @@ def client(ledger, auth):
 def ledger_state(dsn: str) -> tuple:
     """Everything a console action can change: exceptions, audit log, mappings, catalog, submissions, lines."""
     with psycopg.connect(dsn) as c:
-        return tuple(c.execute(q).fetchall() for q in (
-            "SELECT exception_id, status, resolved_by, resolution FROM ledger.exception ORDER BY 1",
-            "SELECT count(*) FROM ledger.audit_log",
-            "SELECT rebound_reason, amazon_reason, active, updated_by FROM ledger.reason_mapping ORDER BY 1",
-            "SELECT sku, asin, unit_cost, available, updated_by FROM ledger.sku ORDER BY 1",
-            "SELECT idempotency_key, status, attempts FROM ledger.amazon_submission ORDER BY 1",
-            "SELECT return_id, line, state FROM ledger.return_line ORDER BY 1, 2"))
+        return tuple(
+            c.execute(q).fetchall()
+            for q in (
+                "SELECT exception_id, status, resolved_by, resolution FROM ledger.exception ORDER BY 1",
+                "SELECT count(*) FROM ledger.audit_log",
+                "SELECT rebound_reason, amazon_reason, active, updated_by FROM ledger.reason_mapping ORDER BY 1",
+                "SELECT sku, asin, unit_cost, available, updated_by FROM ledger.sku ORDER BY 1",
+                "SELECT idempotency_key, status, attempts FROM ledger.amazon_submission ORDER BY 1",
+                "SELECT return_id, line, state FROM ledger.return_line ORDER BY 1, 2",
+            )
+        )
 
 
 def listed_ids(html: str) -> list[int]:
@@ -167,6 +180,7 @@ def csrf_of(html: str) -> str:
 
 
 # --- refusals ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("method,path", ROUTES)
 def test_every_route_refuses_requests_without_a_token(client, ledger, method, path):
@@ -183,35 +197,49 @@ def test_every_route_refuses_forged_and_expired_tokens(client, auth, ledger, met
     data = FORM if method == "POST" else None
     forged = token_for(auth, "mallory")[:-4] + "AAAA"  # signature no longer matches
     assert client.request(method, path, data=data, cookies={"_token": forged}).status_code == 403
-    assert client.request(method, path, data=data,
-                          headers={"Authorization": f"Bearer {forged}"}).status_code == 403
-    assert client.request(method, path, data=data,
-                          headers={"Authorization": "Bearer not-a-jwt"}).status_code == 403
+    assert (
+        client.request(method, path, data=data, headers={"Authorization": f"Bearer {forged}"}).status_code
+        == 403
+    )
+    assert (
+        client.request(method, path, data=data, headers={"Authorization": "Bearer not-a-jwt"}).status_code
+        == 403
+    )
     expired = token_for(auth, "ops1", valid_for=-3600)
-    assert client.request(method, path, data=data,
-                          headers={"Authorization": f"Bearer {expired}"}).status_code == 401
+    assert (
+        client.request(method, path, data=data, headers={"Authorization": f"Bearer {expired}"}).status_code
+        == 401
+    )
     # a valid token signed with another deployment's secret
     import jwt
 
-    foreign = jwt.encode({"sub": "ops1", "role": "ADMIN", "exp": 4102444800, "iat": 0, "nbf": 0},
-                         "another-deployment-secret-" + "y" * 50, algorithm="HS512")
-    assert client.request(method, path, data=data,
-                          headers={"Authorization": f"Bearer {foreign}"}).status_code == 403
+    foreign = jwt.encode(
+        {"sub": "ops1", "role": "ADMIN", "exp": 4102444800, "iat": 0, "nbf": 0},
+        "another-deployment-secret-" + "y" * 50,
+        algorithm="HS512",
+    )
+    assert (
+        client.request(method, path, data=data, headers={"Authorization": f"Bearer {foreign}"}).status_code
+        == 403
+    )
     assert ledger_state(ledger) == before
 
 
 @pytest.mark.parametrize("method,path", ROUTES)
 def test_user_without_a_role_is_forbidden(client, auth, ledger, method, path):
     token = token_for(auth, "nobody", role=None)
-    r = client.request(method, path, data=FORM if method == "POST" else None,
-                       headers={"Authorization": f"Bearer {token}"})
+    r = client.request(
+        method, path, data=FORM if method == "POST" else None, headers={"Authorization": f"Bearer {token}"}
+    )
     assert r.status_code == 403
 
 
 def test_browser_without_session_gets_401_page_with_airflow_login_link(client):
     r = client.get(f"{PREFIX}/?owner=operations", headers={"Accept": "text/html"})
     assert r.status_code == 401
-    assert 'href="/auth/login?next=http%3A%2F%2Fairflow.test%2Freturnledger%2F%3Fowner%3Doperations"' in r.text
+    assert (
+        'href="/auth/login?next=http%3A%2F%2Fairflow.test%2Freturnledger%2F%3Fowner%3Doperations"' in r.text
+    )
 
 
 def test_valid_token_is_accepted_by_bearer_and_by_cookie(client, auth):
@@ -225,28 +253,48 @@ def test_valid_token_is_accepted_by_bearer_and_by_cookie(client, auth):
 
 # --- CSRF ----------------------------------------------------------------------------------------
 
+
 def test_cookie_post_needs_the_forms_csrf_token_and_same_origin(client, auth, ledger):
     token = token_for(auth, "ops1")
     before = ledger_state(ledger)
     path = f"{PREFIX}/exceptions/3/dismiss"
     assert client.post(path, data={"reason": "x"}, cookies={"_token": token}).status_code == 403
-    assert client.post(path, data={"reason": "x", "csrf_token": "0" * 64},
-                       cookies={"_token": token}).status_code == 403
+    assert (
+        client.post(path, data={"reason": "x", "csrf_token": "0" * 64}, cookies={"_token": token}).status_code
+        == 403
+    )
     good = csrf_of(client.get(f"{PREFIX}/exceptions/3", cookies={"_token": token}).text)
     assert good == csrf_token_for(token)
-    assert client.post(path, data={"reason": "x", "csrf_token": good}, cookies={"_token": token},
-                       headers={"Origin": "https://evil.example"}).status_code == 403
+    assert (
+        client.post(
+            path,
+            data={"reason": "x", "csrf_token": good},
+            cookies={"_token": token},
+            headers={"Origin": "https://evil.example"},
+        ).status_code
+        == 403
+    )
     other_user = csrf_token_for(token_for(auth, "ops2"))
-    assert client.post(path, data={"reason": "x", "csrf_token": other_user},
-                       cookies={"_token": token}).status_code == 403
+    assert (
+        client.post(
+            path, data={"reason": "x", "csrf_token": other_user}, cookies={"_token": token}
+        ).status_code
+        == 403
+    )
     assert ledger_state(ledger) == before
-    r = client.post(path, data={"reason": "duplicate of a recount", "csrf_token": good}, cookies={"_token": token},
-                    headers={"Origin": "http://airflow.test"}, follow_redirects=False)
+    r = client.post(
+        path,
+        data={"reason": "duplicate of a recount", "csrf_token": good},
+        cookies={"_token": token},
+        headers={"Origin": "http://airflow.test"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303, r.text
     assert r.headers["location"].startswith(f"{PREFIX}/exceptions/3?msg=")
 
 
 # --- the page on a real ledger -------------------------------------------------------------------
+
 
 def test_filters_by_owner_type_status_and_age(client, auth):
     h = {"Authorization": f"Bearer {token_for(auth, 'ops1', role='VIEWER')}"}
@@ -270,14 +318,14 @@ def test_overdue_rows_are_flagged_against_the_owner_sla(client, auth):
     h = {"Authorization": f"Bearer {token_for(auth, 'ops1')}"}
     html = client.get(f"{PREFIX}/?status=all", headers=h).text
     overdue = {int(i) for i in re.findall(r'<tr class="overdue" data-exception-id="(\d+)"', html)}
-    assert overdue == {1, 3, 5}   # 5 > 2, 20 > 5, 15 > 2 days; #2 is 1 day old, #4 resolved
+    assert overdue == {1, 3, 5}  # 5 > 2, 20 > 5, 15 > 2 days; #2 is 1 day old, #4 resolved
 
 
 def test_detail_shows_line_history_and_raw_payloads(client, auth):
     h = {"Authorization": f"Bearer {token_for(auth, 'ops1')}"}
     html = client.get(f"{PREFIX}/exceptions/1", headers=h).text
     assert "UNMAPPED_REASON_CODE" in html and "LID_LOOSE" in html
-    assert "IN_TRANSIT" in html and "returns_sync:2026-09-30" in html        # line history
+    assert "IN_TRANSIT" in html and "returns_sync:2026-09-30" in html  # line history
     assert "&#34;quantity&#34;: 1" in html or "&quot;quantity&quot;: 1" in html  # raw payload, escaped JSON
     assert 'id="mapping-form"' in html and 'id="sku-form"' not in html
     assert "Add the ReBound reason to the reason-code map." in html
@@ -285,7 +333,7 @@ def test_detail_shows_line_history_and_raw_payloads(client, auth):
     assert 'id="sku-form"' in html2 and 'id="mapping-form"' not in html2
     html5 = client.get(f"{PREFIX}/exceptions/5", headers=h).text
     assert 'id="retry-form"' in html5
-    html4 = client.get(f"{PREFIX}/exceptions/4", headers=h).text   # resolved: no action forms
+    html4 = client.get(f"{PREFIX}/exceptions/4", headers=h).text  # resolved: no action forms
     assert 'id="resolve-form"' not in html4 and "ReBound resent the event" in html4
 
 
@@ -303,65 +351,104 @@ def _post_as(client, auth, user, path, data):
     client.cookies.set("_token", token_for(auth, user))
     try:
         csrf = csrf_of(client.get(path.rsplit("/", 1)[0]).text)
-        return client.post(path, data={**data, "csrf_token": csrf}, headers={"Origin": "http://airflow.test"},
-                           follow_redirects=True)
+        return client.post(
+            path,
+            data={**data, "csrf_token": csrf},
+            headers={"Origin": "http://airflow.test"},
+            follow_redirects=True,
+        )
     finally:
         client.cookies.clear()
 
 
 def test_add_mapping_resolves_the_exception_as_the_signed_in_user(client, auth, ledger):
-    r = _post_as(client, auth, "olivia.ops", f"{PREFIX}/exceptions/1/mapping", {"amazon_reason": "cr-defective"})
+    r = _post_as(
+        client, auth, "olivia.ops", f"{PREFIX}/exceptions/1/mapping", {"amazon_reason": "cr-defective"}
+    )
     assert r.status_code == 200 and "resolved by olivia.ops" in r.text
     with psycopg.connect(ledger) as c:
-        assert c.execute("SELECT amazon_reason, active, updated_by FROM ledger.reason_mapping"
-                         " WHERE rebound_reason = 'LID_LOOSE'").fetchone() == ("CR-DEFECTIVE", True, "olivia.ops")
-        status, by = c.execute("SELECT status, resolved_by FROM ledger.exception WHERE exception_id = 1").fetchone()
+        assert c.execute(
+            "SELECT amazon_reason, active, updated_by FROM ledger.reason_mapping"
+            " WHERE rebound_reason = 'LID_LOOSE'"
+        ).fetchone() == ("CR-DEFECTIVE", True, "olivia.ops")
+        status, by = c.execute(
+            "SELECT status, resolved_by FROM ledger.exception WHERE exception_id = 1"
+        ).fetchone()
         assert (status, by) == ("resolved", "olivia.ops")
-        assert c.execute("SELECT count(*) FROM ledger.audit_log WHERE actor = 'olivia.ops'").fetchone()[0] >= 1
+        assert (
+            c.execute("SELECT count(*) FROM ledger.audit_log WHERE actor = 'olivia.ops'").fetchone()[0] >= 1
+        )
 
 
 def test_add_mapping_refuses_a_code_amazon_does_not_have(client, auth, ledger):
     before = ledger_state(ledger)
-    r = _post_as(client, auth, "olivia.ops", f"{PREFIX}/exceptions/1/mapping", {"amazon_reason": "BROKEN LID"})
+    r = _post_as(
+        client, auth, "olivia.ops", f"{PREFIX}/exceptions/1/mapping", {"amazon_reason": "BROKEN LID"}
+    )
     assert r.status_code == 400 and "Could not add the mapping" in r.text
     assert ledger_state(ledger) == before
 
 
 def test_add_sku_resolves_the_sku_mismatch(client, auth, ledger):
-    r = _post_as(client, auth, "sam.ops", f"{PREFIX}/exceptions/2/sku",
-                 {"asin": "B0NEW00001", "unit_cost": "12.50", "available": "4"})
+    r = _post_as(
+        client,
+        auth,
+        "sam.ops",
+        f"{PREFIX}/exceptions/2/sku",
+        {"asin": "B0NEW00001", "unit_cost": "12.50", "available": "4"},
+    )
     assert r.status_code == 200, r.text
     with psycopg.connect(ledger) as c:
-        assert c.execute("SELECT asin, unit_cost, available, updated_by FROM ledger.sku"
-                         " WHERE sku = 'SKU-NOT-IN-CATALOG'").fetchone()[::3] == ("B0NEW00001", "sam.ops")
-        assert c.execute("SELECT status, resolved_by FROM ledger.exception WHERE exception_id = 2"
-                         ).fetchone() == ("resolved", "sam.ops")
+        assert c.execute(
+            "SELECT asin, unit_cost, available, updated_by FROM ledger.sku WHERE sku = 'SKU-NOT-IN-CATALOG'"
+        ).fetchone()[::3] == ("B0NEW00001", "sam.ops")
+        assert c.execute(
+            "SELECT status, resolved_by FROM ledger.exception WHERE exception_id = 2"
+        ).fetchone() == ("resolved", "sam.ops")
 
 
 def test_add_sku_refuses_bad_numbers(client, auth, ledger):
     before = ledger_state(ledger)
-    for bad in ({"asin": "B0X", "unit_cost": "twelve", "available": "4"},
-                {"asin": "B0X", "unit_cost": "1.00", "available": "-2"}):
+    for bad in (
+        {"asin": "B0X", "unit_cost": "twelve", "available": "4"},
+        {"asin": "B0X", "unit_cost": "1.00", "available": "-2"},
+    ):
         r = _post_as(client, auth, "sam.ops", f"{PREFIX}/exceptions/2/sku", bad)
         assert r.status_code == 400
     assert ledger_state(ledger) == before
 
 
 def test_resolve_and_dismiss_record_actor_and_text(client, auth, ledger):
-    assert _post_as(client, auth, "wendy.wh", f"{PREFIX}/exceptions/3/resolve",
-                    {"resolution": "recounted: 2 units"}).status_code == 200
-    assert _post_as(client, auth, "ivan.int", f"{PREFIX}/exceptions/5/dismiss",
-                    {"reason": "credit raised by hand in Vendor Central"}).status_code == 200
+    assert (
+        _post_as(
+            client, auth, "wendy.wh", f"{PREFIX}/exceptions/3/resolve", {"resolution": "recounted: 2 units"}
+        ).status_code
+        == 200
+    )
+    assert (
+        _post_as(
+            client,
+            auth,
+            "ivan.int",
+            f"{PREFIX}/exceptions/5/dismiss",
+            {"reason": "credit raised by hand in Vendor Central"},
+        ).status_code
+        == 200
+    )
     with psycopg.connect(ledger) as c:
-        rows = c.execute("SELECT exception_id, status, resolved_by, resolution, resolved_at FROM ledger.exception"
-                         " WHERE exception_id IN (3, 5) ORDER BY 1").fetchall()
+        rows = c.execute(
+            "SELECT exception_id, status, resolved_by, resolution, resolved_at FROM ledger.exception"
+            " WHERE exception_id IN (3, 5) ORDER BY 1"
+        ).fetchall()
     assert [r[:3] for r in rows] == [(3, "resolved", "wendy.wh"), (5, "dismissed", "ivan.int")]
     assert "recounted: 2 units" in rows[0][3] and "Vendor Central" in rows[1][3]
     assert all(r[4] == NOW for r in rows)
     # acting twice (a second tab, a double click) is refused, not silently repeated
     token = token_for(auth, "wendy.wh")
     client.cookies.set("_token", token)
-    r = client.post(f"{PREFIX}/exceptions/3/resolve", data={"resolution": "again", "csrf_token": csrf_token_for(token)})
+    r = client.post(
+        f"{PREFIX}/exceptions/3/resolve", data={"resolution": "again", "csrf_token": csrf_token_for(token)}
+    )
     client.cookies.clear()
     assert r.status_code == 409 and "already resolved" in r.text
 
@@ -370,8 +457,12 @@ def test_retry_puts_the_rejected_credit_note_back_in_the_outbox(client, auth, le
     r = _post_as(client, auth, "ivan.int", f"{PREFIX}/exceptions/5/retry", {})
     assert r.status_code == 200, r.text
     with psycopg.connect(ledger) as c:
-        assert c.execute("SELECT status FROM ledger.amazon_submission WHERE idempotency_key = 'credit:RB-1003:1'"
-                         ).fetchone()[0] != "FAILED"
+        assert (
+            c.execute(
+                "SELECT status FROM ledger.amazon_submission WHERE idempotency_key = 'credit:RB-1003:1'"
+            ).fetchone()[0]
+            != "FAILED"
+        )
         assert c.execute("SELECT count(*) FROM ledger.audit_log WHERE actor = 'ivan.int'").fetchone()[0] >= 1
 
 
@@ -385,7 +476,7 @@ def test_empty_required_fields_are_refused(client, auth, ledger):
 # --- who may act: Viewer and User read, Op and Admin act ------------------------------------------
 
 POSTS = [(path, FORM) for method, path in ROUTES if method == "POST"]
-DETAIL_PAGES = [f"{PREFIX}/exceptions/{i}" for i in (1, 2, 3, 5)]   # the open ones, each with its forms
+DETAIL_PAGES = [f"{PREFIX}/exceptions/{i}" for i in (1, 2, 3, 5)]  # the open ones, each with its forms
 ACTION_FORMS = ("resolve-form", "dismiss-form", "retry-form", "mapping-form", "sku-form")
 
 
@@ -395,7 +486,9 @@ def _forms_on(html: str) -> set[str]:
     return found | {"(a form that posts)"} if 'method="post"' in html else found
 
 
-@pytest.mark.parametrize("role", ["VIEWER", "USER", "viewer", "user"])   # the users config writes them lower-case
+@pytest.mark.parametrize(
+    "role", ["VIEWER", "USER", "viewer", "user"]
+)  # the users config writes them lower-case
 def test_read_only_roles_get_403_on_every_post_and_nothing_changes(client, auth, ledger, role):
     token = token_for(auth, "vera", role=role)
     before = ledger_state(ledger)
@@ -406,8 +499,11 @@ def test_read_only_roles_get_403_on_every_post_and_nothing_changes(client, auth,
         assert "Op or Admin role" in r.json()["detail"]
         # from the browser, with a valid CSRF token and same origin: still the role that decides
         client.cookies.set("_token", token)
-        r = client.post(path, data={**data, "csrf_token": csrf_token_for(token)},
-                        headers={"Origin": "http://airflow.test", "Accept": "text/html"})
+        r = client.post(
+            path,
+            data={**data, "csrf_token": csrf_token_for(token)},
+            headers={"Origin": "http://airflow.test", "Accept": "text/html"},
+        )
         client.cookies.clear()
         assert r.status_code == 403 and "Not allowed" in r.text and "Op or Admin role" in r.text, path
         assert "signed in as vera" in r.text
@@ -440,23 +536,30 @@ def test_op_and_admin_see_the_action_forms(client, auth, role):
 @pytest.mark.parametrize("role", ["ADMIN", "admin"])
 def test_admin_acts_like_op(client, auth, ledger, role):
     token = token_for(auth, "ada", role=role)
-    r = client.post(f"{PREFIX}/exceptions/3/resolve", data={"resolution": "recounted"},
-                    headers={"Authorization": f"Bearer {token}"}, follow_redirects=False)
+    r = client.post(
+        f"{PREFIX}/exceptions/3/resolve",
+        data={"resolution": "recounted"},
+        headers={"Authorization": f"Bearer {token}"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303, r.text
     with psycopg.connect(ledger) as c:
-        assert c.execute("SELECT status, resolved_by FROM ledger.exception WHERE exception_id = 3"
-                         ).fetchone() == ("resolved", "ada")
+        assert c.execute(
+            "SELECT status, resolved_by FROM ledger.exception WHERE exception_id = 3"
+        ).fetchone() == ("resolved", "ada")
 
 
 def test_every_state_changing_route_carries_the_act_guard():
     from fastapi.routing import APIRoute
 
-    from returnledger.console.app import require_may_act
+    from returnledger.console.auth import require_may_act
 
     app = create_console_app(dsn_provider=lambda: "postgresql://unused")
     changing = [r for r in app.routes if isinstance(r, APIRoute) and set(r.methods) - {"GET", "HEAD"}]
-    assert {r.path for r in changing} == {"/exceptions/{exception_id}/" + v
-                                          for v in ("resolve", "dismiss", "retry", "mapping", "sku", "credit-quantity")}
+    assert {r.path for r in changing} == {
+        "/exceptions/{exception_id}/" + v
+        for v in ("resolve", "dismiss", "retry", "mapping", "sku", "credit-quantity")
+    }
     for r in changing:
         assert require_may_act in [d.call for d in r.dependant.dependencies], r.path
 
@@ -467,7 +570,10 @@ def test_unknown_methods_and_paths_need_the_act_permission_too(client, auth, led
     for method in ("PUT", "PATCH", "DELETE"):
         r = client.request(method, f"{PREFIX}/exceptions/1", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 403
-    assert client.post(f"{PREFIX}/no-such-action", headers={"Authorization": f"Bearer {token}"}).status_code == 403
+    assert (
+        client.post(f"{PREFIX}/no-such-action", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 403
+    )
     assert ledger_state(ledger) == before
 
 
@@ -479,9 +585,13 @@ def test_unknown_methods_and_paths_need_the_act_permission_too(client, auth, led
 # own auth manager (revocation lookup included) and are sent as a Bearer header or as the UI's cookie.
 
 SERVER_USERS = {"vera.viewer": "viewer", "uma.user": "user", "olivia.ops": "op", "ada.admin": "admin"}
-ACTIONS = {"mapping": {"amazon_reason": "CR-DEFECTIVE"},
-           "sku": {"asin": "B0OVERWRT1", "unit_cost": "0.01", "available": "999"},
-           "retry": {}, "resolve": {"resolution": "recounted"}, "dismiss": {"reason": "duplicate"}}
+ACTIONS = {
+    "mapping": {"amazon_reason": "CR-DEFECTIVE"},
+    "sku": {"asin": "B0OVERWRT1", "unit_cost": "0.01", "available": "999"},
+    "retry": {},
+    "resolve": {"resolution": "recounted"},
+    "dismiss": {"reason": "duplicate"},
+}
 
 
 def _server_seed(sets: str) -> str:
@@ -489,9 +599,11 @@ def _server_seed(sets: str) -> str:
 
     The SKU_MISMATCH names a SKU already in the catalog, so a successful post overwrites its ASIN and
     unit cost: exactly what a read-only user must not be able to do."""
-    sql = ["""INSERT INTO ledger.owner_team (exception_type, owner, sla_days, what_to_do) VALUES
+    sql = [
+        """INSERT INTO ledger.owner_team (exception_type, owner, sla_days, what_to_do) VALUES
  ('UNMAPPED_REASON_CODE', 'operations', 2, 'Map it.'), ('SKU_MISMATCH', 'operations', 2, 'Fix the SKU.'),
- ('QUANTITY_MISMATCH', 'warehouse', 5, 'Recount.'), ('AMAZON_REJECTED', 'integration', 2, 'Retry.');"""]
+ ('QUANTITY_MISMATCH', 'warehouse', 5, 'Recount.'), ('AMAZON_REJECTED', 'integration', 2, 'Retry.');"""
+    ]
     for x in sets:
         sql.append(f"""
 INSERT INTO ledger.sku (sku, asin, unit_cost, available, updated_at, updated_by)
@@ -589,29 +701,36 @@ def api_server(tmp_path_factory, pg_server):
         (home / "passwords.json").write_text(json.dumps(passwords))
         port = _free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k != "RETURNLEDGER_DSN"}
-        env.update({
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(tmp / "no-dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-            "AIRFLOW__CORE__AUTH_MANAGER":
-                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in SERVER_USERS.items()),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta_dsn),
-            "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
-            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-            "AIRFLOW_CONN_RETURNS_DB": db.airflow_connection_json(ledger),
-            "GX_ANALYTICS_ENABLED": "false",
-        })
+        env.update(
+            {
+                "AIRFLOW_HOME": str(home),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(tmp / "no-dags"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+                "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
+                    f"{u}:{r}" for u, r in SERVER_USERS.items()
+                ),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta_dsn),
+                "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
+                "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+                "AIRFLOW__API__PORT": str(port),
+                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+                "AIRFLOW_CONN_RETURNS_DB": db.airflow_connection_json(ledger),
+                "GX_ANALYTICS_ENABLED": "false",
+            }
+        )
         airflow = str(Path(sys.executable).with_name("airflow"))
         subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
         log = (tmp / "api-server.log").open("w")
-        proc = subprocess.Popen([airflow, "api-server", "--host", "127.0.0.1", "--port", str(port),
-                                 "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [airflow, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while True:
@@ -655,15 +774,22 @@ class ServerSession:
         cookies = {"_token": self.token}
         if method == "GET":
             return self.http.get(path, cookies=cookies, headers={"Accept": "text/html"})
-        return self.http.post(path, cookies=cookies, data={**(data or {}), "csrf_token": csrf or ""},
-                              headers={"Origin": self.base, "Accept": "text/html"})
+        return self.http.post(
+            path,
+            cookies=cookies,
+            data={**(data or {}), "csrf_token": csrf or ""},
+            headers={"Origin": self.base, "Accept": "text/html"},
+        )
 
 
 def _server_exception_ids(ledger: str, x: str) -> dict[str, int]:
     """Set X's exception for each action."""
     with psycopg.connect(ledger) as c:
-        rows = dict(c.execute("SELECT detail, exception_id FROM ledger.exception WHERE detail LIKE %s",
-                              (f"% {x}",)).fetchall())
+        rows = dict(
+            c.execute(
+                "SELECT detail, exception_id FROM ledger.exception WHERE detail LIKE %s", (f"% {x}",)
+            ).fetchall()
+        )
     return {action: rows[f"{action} {x}"] for action in ACTIONS}
 
 
@@ -679,7 +805,11 @@ def test_roles_in_the_real_api_server(api_server):
     for user in ("vera.viewer", "uma.user"):
         me = s[user]
         listing = me.browser("GET", f"{PREFIX}/")
-        assert listing.status_code == 200 and f"signed in as {user}" in listing.text and "(read only)" in listing.text
+        assert (
+            listing.status_code == 200
+            and f"signed in as {user}" in listing.text
+            and "(read only)" in listing.text
+        )
         for x in "AB":
             for action, data in ACTIONS.items():
                 path = f"{PREFIX}/exceptions/{ids[x][action]}"
@@ -691,7 +821,8 @@ def test_roles_in_the_real_api_server(api_server):
                 assert r.status_code == 403, (user, action, r.text)
                 assert r.json()["detail"] == (
                     f"{user} (role {SERVER_USERS[user]}) may read the returns exceptions but not act on them: "
-                    "resolving, dismissing, retrying and adding a mapping or a SKU need the Op or Admin role.")
+                    "resolving, dismissing, retrying and adding a mapping or a SKU need the Op or Admin role."
+                )
                 r = me.browser("POST", f"{path}/{action}", data, csrf=csrf_token_for(me.token))
                 assert r.status_code == 403 and "Op or Admin role" in r.text, (user, action)
                 r = me.browser("POST", f"{path}/{action}", data)
@@ -713,19 +844,35 @@ def test_roles_in_the_real_api_server(api_server):
             assert r.headers["location"].startswith(f"{path}?msg=")
 
     with psycopg.connect(ledger) as c:
-        closed = c.execute("SELECT exception_id, status, resolved_by FROM ledger.exception ORDER BY 1").fetchall()
-        mappings = c.execute("SELECT rebound_reason, amazon_reason, updated_by FROM ledger.reason_mapping"
-                             " WHERE rebound_reason LIKE 'LID_LOOSE_%' ORDER BY 1").fetchall()
-        skus = c.execute("SELECT sku, asin, unit_cost, updated_by FROM ledger.sku WHERE sku IN ('SKU-A', 'SKU-B')"
-                         " ORDER BY 1").fetchall()
-        submissions = c.execute("SELECT idempotency_key, status FROM ledger.amazon_submission ORDER BY 1").fetchall()
+        closed = c.execute(
+            "SELECT exception_id, status, resolved_by FROM ledger.exception ORDER BY 1"
+        ).fetchall()
+        mappings = c.execute(
+            "SELECT rebound_reason, amazon_reason, updated_by FROM ledger.reason_mapping"
+            " WHERE rebound_reason LIKE 'LID_LOOSE_%' ORDER BY 1"
+        ).fetchall()
+        skus = c.execute(
+            "SELECT sku, asin, unit_cost, updated_by FROM ledger.sku WHERE sku IN ('SKU-A', 'SKU-B')"
+            " ORDER BY 1"
+        ).fetchall()
+        submissions = c.execute(
+            "SELECT idempotency_key, status FROM ledger.amazon_submission ORDER BY 1"
+        ).fetchall()
         actors = dict(c.execute("SELECT actor, count(*) FROM ledger.audit_log GROUP BY actor").fetchall())
     by = {eid: (status, who) for eid, status, who in closed}
     for x, user in (("A", "olivia.ops"), ("B", "ada.admin")):
         for action in ACTIONS:
-            assert by[ids[x][action]] == ("dismissed" if action == "dismiss" else "resolved", user), (x, action)
-    assert mappings == [("LID_LOOSE_A", "CR-DEFECTIVE", "olivia.ops"), ("LID_LOOSE_B", "CR-DEFECTIVE", "ada.admin")]
-    assert [(k, a, str(u), w) for k, a, u, w in skus] == [("SKU-A", "B0OVERWRT1", "0.01", "olivia.ops"),
-                                                          ("SKU-B", "B0OVERWRT1", "0.01", "ada.admin")]
+            assert by[ids[x][action]] == ("dismissed" if action == "dismiss" else "resolved", user), (
+                x,
+                action,
+            )
+    assert mappings == [
+        ("LID_LOOSE_A", "CR-DEFECTIVE", "olivia.ops"),
+        ("LID_LOOSE_B", "CR-DEFECTIVE", "ada.admin"),
+    ]
+    assert [(k, a, str(u), w) for k, a, u, w in skus] == [
+        ("SKU-A", "B0OVERWRT1", "0.01", "olivia.ops"),
+        ("SKU-B", "B0OVERWRT1", "0.01", "ada.admin"),
+    ]
     assert all(status != "FAILED" for _, status in submissions)
     assert set(actors) == {"olivia.ops", "ada.admin"} and min(actors.values()) >= len(ACTIONS)

@@ -3,6 +3,7 @@
 Only the endpoint and LWA URL point at the simulator; everything else is the
 code path that talks to Amazon.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,17 +24,20 @@ from returnledger.clients.amazon import (
     AmazonVendorClient,
     TransactionStatus,
 )
-from returnledger.sandbox.server import free_port, serve_in_thread
-from returnledger.sandbox.spapi_sim import build_spapi_app
+from returnledger_dev.sandbox.server import free_port, serve_in_thread
+from returnledger_dev.sandbox.spapi_sim import build_spapi_app
 
-CREDS = dict(refresh_token="sandbox-refresh-token", lwa_client_id="sandbox-lwa-client",
-             lwa_client_secret="sandbox-lwa-secret")
+CREDS = dict(
+    refresh_token="sandbox-refresh-token",
+    lwa_client_id="sandbox-lwa-client",
+    lwa_client_secret="sandbox-lwa-secret",
+)
 INVOICES = "/vendor/payments/v1/invoices"
 
 
 @pytest.fixture
-def scenario(shared_dir) -> dict:
-    return json.loads((shared_dir / "scenarios" / "small-month.json").read_text())
+def scenario(scenarios_dir) -> dict:
+    return json.loads((scenarios_dir / "small-month.json").read_text())
 
 
 def with_faults(scenario: dict, **amazon) -> dict:
@@ -45,21 +49,38 @@ def with_faults(scenario: dict, **amazon) -> dict:
 def credit_note(scenario: dict, row: dict) -> dict:
     """A returns credit note for one Vendor Central returns row of the scenario (test data)."""
     cost = {c["sku"]: c["unit_cost"] for c in scenario["catalog"]}[row["sku"]]
-    details = {"returnsReferenceNumber": row["returns_notice"], "goodsReturnDate": f"{row['returned_at']}T00:00:00Z",
-               "rmaId": row["rma_id"], "consignorsReferenceNumber": row["vret"]}
-    return {"invoiceType": "CreditNote", "id": f"CN-{row['amazon_return_id']}",
-            "date": f"{row['returned_at']}T12:00:00Z", "remitToParty": {"partyId": scenario["vendor"]["party_id"]},
-            "invoiceTotal": {"currencyCode": "GBP", "amount": str(Decimal(cost) * row["quantity"])},
-            "creditNoteDetails": details,
-            "items": [{"itemSequenceNumber": 1, "vendorProductIdentifier": row["sku"],
-                       "amazonProductIdentifier": row["asin"],
-                       "invoicedQuantity": {"amount": row["quantity"], "unitOfMeasure": "Eaches"},
-                       "netCost": {"currencyCode": "GBP", "amount": cost}}]}
+    details = {
+        "returnsReferenceNumber": row["returns_notice"],
+        "goodsReturnDate": f"{row['returned_at']}T00:00:00Z",
+        "rmaId": row["rma_id"],
+        "consignorsReferenceNumber": row["vret"],
+    }
+    return {
+        "invoiceType": "CreditNote",
+        "id": f"CN-{row['amazon_return_id']}",
+        "date": f"{row['returned_at']}T12:00:00Z",
+        "remitToParty": {"partyId": scenario["vendor"]["party_id"]},
+        "invoiceTotal": {"currencyCode": "GBP", "amount": str(Decimal(cost) * row["quantity"])},
+        "creditNoteDetails": details,
+        "items": [
+            {
+                "itemSequenceNumber": 1,
+                "vendorProductIdentifier": row["sku"],
+                "amazonProductIdentifier": row["asin"],
+                "invoicedQuantity": {"amount": row["quantity"], "unitOfMeasure": "Eaches"},
+                "netCost": {"currencyCode": "GBP", "amount": cost},
+            }
+        ],
+    }
 
 
 def notes_for(scenario: dict, n: int | None = None, exclude_listed: bool = True) -> list[dict]:
     listed = {o["returns_notice"] for o in scenario["amazon"]["credit_outcomes"]} if exclude_listed else set()
-    rows = [r for r in scenario["amazon"]["returns"] if r["label"] == "REBOUND" and r["returns_notice"] not in listed]
+    rows = [
+        r
+        for r in scenario["amazon"]["returns"]
+        if r["label"] == "REBOUND" and r["returns_notice"] not in listed
+    ]
     return [credit_note(scenario, r) for r in rows[:n]]
 
 
@@ -92,7 +113,9 @@ def sandbox(scenario, tmp_path):
     running: list[Running] = []
 
     def start(sc: dict | None = None, port: int | None = None, **kwargs) -> Running:
-        app = build_spapi_app(sc or scenario, out_dir=tmp_path / "out", landing_dir=tmp_path / "landing", **kwargs)
+        app = build_spapi_app(
+            sc or scenario, out_dir=tmp_path / "out", landing_dir=tmp_path / "landing", **kwargs
+        )
         cm = serve_in_thread(app, port=port)
         running.append(Running(app, cm, cm.__enter__(), tmp_path / "out"))
         return running[-1]
@@ -132,8 +155,15 @@ def test_credit_note_success_failure_and_inventory(sandbox, scenario):
     sku = scenario["catalog"][5]["sku"]
     before = scenario["catalog"][5]["available"]
     itid = client.submit_inventory_update(
-        scenario["vendor"]["warehouse_id"], selling_party_id=scenario["vendor"]["party_id"],
-        items=[{"vendorProductIdentifier": sku, "availableQuantity": {"amount": before + 3, "unitOfMeasure": "Eaches"}}])
+        scenario["vendor"]["warehouse_id"],
+        selling_party_id=scenario["vendor"]["party_id"],
+        items=[
+            {
+                "vendorProductIdentifier": sku,
+                "availableQuantity": {"amount": before + 3, "unitOfMeasure": "Eaches"},
+            }
+        ],
+    )
     assert poll(client.get_df_transaction, itid)[-1].status == "Success"
     run.sim.dump()
     with (run.out / "amazon_inventory.csv").open() as f:
@@ -165,14 +195,14 @@ def test_burst_is_throttled_then_retries_take_every_note_in_exactly_once(sandbox
     client = run.client(rate_per_s=20, burst=20, backoff_max_s=2)
     tids = {n["id"]: client.submit_invoices([n]) for n in notes}
     log = read_log(run.out)
-    after_first = log[len(notes) + 1:]
+    after_first = log[len(notes) + 1 :]
     assert any(r["status"] == 429 for r in after_first), "the retrying client never met a 429"
     accepted = Counter()
     for r in log:
         if r["path"] == INVOICES and r["status"] == 202:
             accepted.update(inv["id"] for inv in r["body"]["invoices"])
-    assert set(accepted) == {n["id"] for n in notes}          # zero lost
-    assert run.sim.summary()["credit_notes_taken_in"] == 30       # zero doubled
+    assert set(accepted) == {n["id"] for n in notes}  # zero lost
+    assert run.sim.summary()["credit_notes_taken_in"] == 30  # zero doubled
     assert all(run.sim.notes[i]["transaction_id"] == tid for i, tid in tids.items())
 
 
@@ -187,23 +217,31 @@ def test_retries_survive_errors_lost_responses_and_throttling(sandbox, scenario)
     summary = run.sim.summary()
     assert summary["faults"]["error"] > 0 and summary["faults"]["lost_response"] > 0
     assert summary["credit_notes_taken_in"] == 30 and summary["credit_notes_conflicting"] == 0
-    assert summary["credit_notes_resubmitted"] > 0, "no lost submit answer was retried: the seed exercises nothing"
+    assert summary["credit_notes_resubmitted"] > 0, (
+        "no lost submit answer was retried: the seed exercises nothing"
+    )
     assert all(run.sim.notes[i]["transaction_id"] == tid for i, tid in tids.items())
     log = read_log(run.out)
     assert {r["status"] for r in log} >= {202, 200, 500}
-    # what check.py counts: per returns notice and SKU, distinct ids taken in with 202 equal what was sent once
+    # what check.py counts: per returns notice and SKU, distinct ids taken in with 202 equal what was
+    # sent once
     sent = Counter()
     for n in notes:
-        sent[(n["creditNoteDetails"]["returnsReferenceNumber"], n["items"][0]["vendorProductIdentifier"])] += \
-            n["items"][0]["invoicedQuantity"]["amount"]
+        sent[
+            (n["creditNoteDetails"]["returnsReferenceNumber"], n["items"][0]["vendorProductIdentifier"])
+        ] += n["items"][0]["invoicedQuantity"]["amount"]
     got, seen_ids = Counter(), set()
     for r in log:
         if r["path"] == INVOICES and r["status"] == 202:
             for inv in r["body"]["invoices"]:
                 if inv["id"] not in seen_ids:
                     seen_ids.add(inv["id"])
-                    got[(inv["creditNoteDetails"]["returnsReferenceNumber"],
-                         inv["items"][0]["vendorProductIdentifier"])] += inv["items"][0]["invoicedQuantity"]["amount"]
+                    got[
+                        (
+                            inv["creditNoteDetails"]["returnsReferenceNumber"],
+                            inv["items"][0]["vendorProductIdentifier"],
+                        )
+                    ] += inv["items"][0]["invoicedQuantity"]["amount"]
     assert got == sent
 
 
@@ -286,6 +324,8 @@ def test_request_rate_through_the_client(sandbox, scenario, capsys):
         list(pool.map(lambda _: client.get_transaction(tid), range(n)))
     parallel = n / (time.perf_counter() - t0)
     with capsys.disabled():
-        print(f"\nSP-API simulator through AmazonVendorClient: {sequential:.0f} req/s sequential, "
-              f"{parallel:.0f} req/s with 8 threads")
+        print(
+            f"\nSP-API simulator through AmazonVendorClient: {sequential:.0f} req/s sequential, "
+            f"{parallel:.0f} req/s with 8 threads"
+        )
     assert sequential > 100 and parallel > 100

@@ -1,10 +1,10 @@
 """``amazon.duplicate_credit_note``: how the simulated SP-API answers a credit note whose id it already
 took in. Driven through the production client (python-amazon-sp-api underneath), the way the sync
 sends notes: one note per call, polled until final."""
+
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import sys
 from collections import Counter
@@ -14,31 +14,39 @@ import httpx
 import pytest
 
 from returnledger.clients.amazon import AmazonVendorClient, TransactionStatus
-from returnledger.sandbox.scenario import Scenario, ScenarioError
-from returnledger.sandbox.server import serve_in_thread
-from returnledger.sandbox.spapi_sim import build_spapi_app, request_validator
+from returnledger_dev.sandbox.scenario import Scenario
+from returnledger_dev.sandbox.scenario_rules import ScenarioError
+from returnledger_dev.sandbox.server import serve_in_thread
+from returnledger_dev.sandbox.spapi_models import request_validator
+from returnledger_dev.sandbox.spapi_sim import build_spapi_app
 
 sys.path.insert(0, str(Path(__file__).parent))
-import test_amazon_client as _client_tests  # noqa: E402
+import test_amazon_client as _client_tests
 
-CREDS = dict(refresh_token="sandbox-refresh-token", lwa_client_id="sandbox-lwa-client",
-             lwa_client_secret="sandbox-lwa-secret")
-LWA = {"grant_type": "refresh_token", "refresh_token": "sandbox-refresh-token",
-       "client_id": "sandbox-lwa-client", "client_secret": "sandbox-lwa-secret"}
+CREDS = dict(
+    refresh_token="sandbox-refresh-token",
+    lwa_client_id="sandbox-lwa-client",
+    lwa_client_secret="sandbox-lwa-secret",
+)
+LWA = {
+    "grant_type": "refresh_token",
+    "refresh_token": "sandbox-refresh-token",
+    "client_id": "sandbox-lwa-client",
+    "client_secret": "sandbox-lwa-secret",
+}
 INVOICES = "/vendor/payments/v1/invoices"
 
 
 @pytest.fixture
-def scenario(shared_dir) -> dict:
-    return json.loads((shared_dir / "scenarios" / "small-month.json").read_text())
+def scenario(scenarios_dir) -> dict:
+    return json.loads((scenarios_dir / "small-month.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def check(shared_dir):
-    """../shared/scenarios/check.py as a module: the functions a scenario run is judged with."""
-    spec = importlib.util.spec_from_file_location("scenario_check", shared_dir / "scenarios" / "check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def check():
+    """The scenario checker as a module: the functions a scenario run is judged with."""
+    from returnledger_dev.scenarios import check as module
+
     return module
 
 
@@ -54,12 +62,16 @@ def variant(scenario: dict, mode=UNSET, **faults) -> dict:
     return sc
 
 
-credit_note = _client_tests.credit_note   # one test credit note for the sandbox tests
+credit_note = _client_tests.credit_note  # one test credit note for the sandbox tests
 
 
 def notes_for(scenario: dict, n: int | None = None) -> list[dict]:
     listed = {o["returns_notice"] for o in scenario["amazon"]["credit_outcomes"]}
-    rows = [r for r in scenario["amazon"]["returns"] if r["label"] == "REBOUND" and r["returns_notice"] not in listed]
+    rows = [
+        r
+        for r in scenario["amazon"]["returns"]
+        if r["label"] == "REBOUND" and r["returns_notice"] not in listed
+    ]
     return [credit_note(scenario, r) for r in rows[:n]]
 
 
@@ -75,7 +87,8 @@ def read_log(out: Path) -> list[dict]:
 
 @pytest.fixture
 def sandbox(tmp_path):
-    """start(scenario, client_kwargs=None, **sim_kwargs) -> (client, sim, base_url, out_dir); stopped after."""
+    """start(scenario, client_kwargs=None, **sim_kwargs) -> (client, sim, base_url, out_dir); stopped
+    after."""
     running = []
 
     def start(sc: dict, client_kwargs: dict | None = None, **kwargs):
@@ -102,11 +115,15 @@ def poll(client: AmazonVendorClient, tid: str, limit: int = 10) -> TransactionSt
 
 
 def duplicate_error(note_id: str, held_tid: str) -> dict:
-    return {"code": "DuplicateInvoiceNumber", "message": f"invoice {note_id} was already submitted",
-            "details": held_tid}
+    return {
+        "code": "DuplicateInvoiceNumber",
+        "message": f"invoice {note_id} was already submitted",
+        "details": held_tid,
+    }
 
 
 # --- the scenario key -------------------------------------------------------------------------------
+
 
 def test_the_loader_accepts_the_two_modes_and_defaults_to_same_note(scenario):
     assert Scenario.from_dict(copy.deepcopy(scenario)).amazon.duplicate_credit_note == "same_note"
@@ -119,19 +136,21 @@ def test_the_loader_refuses_any_other_value(scenario, value):
     with pytest.raises(ScenarioError) as err:
         Scenario.from_dict(variant(scenario, value))
     assert str(err.value).startswith(
-        f"amazon.duplicate_credit_note: unknown value {value!r} (expected one of 'same_note', 'reject')"), err.value
+        f"amazon.duplicate_credit_note: unknown value {value!r} (expected one of 'same_note', 'reject')"
+    ), err.value
 
 
 def test_the_simulator_refuses_an_unknown_mode_too(scenario, tmp_path):
-    with pytest.raises(ValueError, match="amazon.duplicate_credit_note: unknown value 'twice'"):
+    with pytest.raises(ValueError, match=r"amazon\.duplicate_credit_note: unknown value 'twice'"):
         build_spapi_app(variant(scenario, "twice"), out_dir=tmp_path)
 
 
 # --- same_note (the default) --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", [UNSET, "same_note"])
 def test_same_note_answers_a_known_id_with_its_first_transaction(sandbox, scenario, mode):
-    client, sim, _, out = sandbox(variant(scenario, mode))
+    client, sim, _, _out = sandbox(variant(scenario, mode))
     note = notes_for(scenario, 1)[0]
     tid = client.submit_invoices([note])
     assert client.submit_invoices([note]) == tid
@@ -157,6 +176,7 @@ def test_same_note_judges_a_failed_note_afresh(sandbox, scenario):
 
 
 # --- reject -------------------------------------------------------------------------------------------
+
 
 def test_reject_fails_a_known_id_in_a_new_transaction_naming_the_first(sandbox, scenario, check):
     client, sim, base, out = sandbox(variant(scenario, "reject"))
@@ -186,8 +206,9 @@ def test_reject_fails_a_known_id_in_a_new_transaction_naming_the_first(sandbox, 
     assert summary["credit_notes_taken_in"] == 2 and summary["credit_notes_rejected_as_duplicate"] == 2
     # the answer validates against Amazon's model, errors included
     token = httpx.post(f"{base}/auth/o2/token", data=LWA).json()["access_token"]
-    answer = httpx.get(f"{base}/vendor/transactions/v1/transactions/{second}",
-                       headers={"x-amz-access-token": token}).json()
+    answer = httpx.get(
+        f"{base}/vendor/transactions/v1/transactions/{second}", headers={"x-amz-access-token": token}
+    ).json()
     validator = request_validator("vendorTransactionStatus.json", "GetTransactionResponse")
     assert not list(validator.iter_errors(answer))
     assert answer["payload"]["transactionStatus"]["errors"] == [duplicate_error(note["id"], first)]
@@ -196,7 +217,8 @@ def test_reject_fails_a_known_id_in_a_new_transaction_naming_the_first(sandbox, 
     assert [r["status"] for r in log if r["path"] == INVOICES] == [202, 202, 202, 202]
     credits = check.credits_from_requests(log)
     assert sum(c["quantity"] for c in credits.values()) == sum(
-        n["items"][0]["invoicedQuantity"]["amount"] for n in (note, other))
+        n["items"][0]["invoicedQuantity"]["amount"] for n in (note, other)
+    )
     assert check.model_problems(log) == []
 
 
@@ -228,8 +250,9 @@ def test_reject_a_mixed_batch_fails_whole_and_takes_nothing_new_in(sandbox, scen
 
 
 def test_reject_with_a_stuck_note_is_still_a_duplicate(sandbox, scenario):
-    """A transaction that never resolves (Processing for ever) did not end in Failure: its note is taken in."""
-    client, sim, _, _ = sandbox(variant(scenario, "reject"))
+    """A transaction that never resolves (Processing for ever) did not end in Failure: its note is taken
+    in."""
+    client, _sim, _, _ = sandbox(variant(scenario, "reject"))
     stuck = next(o for o in scenario["amazon"]["credit_outcomes"] if o["status"] == "Processing")
     row = next(r for r in scenario["amazon"]["returns"] if r["returns_notice"] == stuck["returns_notice"])
     note = credit_note(scenario, row)
@@ -243,7 +266,7 @@ def test_reject_with_a_stuck_note_is_still_a_duplicate(sandbox, scenario):
 def test_reject_after_a_lost_response_points_at_the_submission_that_took_the_note_in(sandbox, scenario):
     """A lost response (applied, then 500) took the note in: the retry is refused as a duplicate
     whose details name the lost submission's transaction, and that one can be polled."""
-    client, sim, base, out = sandbox(variant(scenario, "reject", lost_response_rate=1.0))
+    client, sim, base, _out = sandbox(variant(scenario, "reject", lost_response_rate=1.0))
     token = httpx.post(f"{base}/auth/o2/token", data=LWA).json()["access_token"]
     note = notes_for(scenario, 1)[0]
     r = httpx.post(f"{base}{INVOICES}", json={"invoices": [note]}, headers={"x-amz-access-token": token})
@@ -260,10 +283,12 @@ def test_reject_under_faults_gives_every_note_once(sandbox, scenario, check):
     """Errors and lost responses with the production client's retries: every note ends taken in once;
     a retry after a lost response is refused as a duplicate naming a transaction that succeeds, and
     check.py's credits equal each note counted once."""
-    sc = variant(scenario, "reject", error_rate=0.1, lost_response_rate=0.1,
-                 throttle={"rate": 100000, "burst": 100000})  # throttling is test_amazon_client's business
-    client, sim, _, out = sandbox(sc, client_kwargs={"backoff_max_s": 0.2, "rate_per_s": 1000, "burst": 1000},
-                                  seed=3)
+    sc = variant(
+        scenario, "reject", error_rate=0.1, lost_response_rate=0.1, throttle={"rate": 100000, "burst": 100000}
+    )  # throttling is test_amazon_client's business
+    client, sim, _, out = sandbox(
+        sc, client_kwargs={"backoff_max_s": 0.2, "rate_per_s": 1000, "burst": 1000}, seed=3
+    )
     notes = notes_for(sc, 30)
     rejected = 0
     for note in notes:
@@ -285,8 +310,9 @@ def test_reject_under_faults_gives_every_note_once(sandbox, scenario, check):
     sent = Counter()
     for n in notes:
         item = n["items"][0]
-        sent[f"{n['creditNoteDetails']['returnsReferenceNumber']}|{item['vendorProductIdentifier']}"] += \
-            item["invoicedQuantity"]["amount"]
+        sent[f"{n['creditNoteDetails']['returnsReferenceNumber']}|{item['vendorProductIdentifier']}"] += item[
+            "invoicedQuantity"
+        ]["amount"]
     got = check.credits_from_requests(log)
     assert {k: v["quantity"] for k, v in got.items()} == dict(sent)
     assert check.model_problems(log) == []

@@ -1,16 +1,17 @@
 """The production ReBound client reading the simulated feed: pages, faults, token expiry, cursors."""
+
 from __future__ import annotations
 
 import copy
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import httpx
 import pytest
 
 from returnledger.clients.rebound import ReboundClient, ReboundError
-from returnledger.sandbox.scenario import Scenario, load_scenario
-from returnledger.sandbox.server import free_port
+from returnledger_dev.sandbox.scenario import Scenario, load_scenario
+from returnledger_dev.sandbox.server import free_port
 
 CLIENT = dict(client_id="sandbox-client", client_secret="sandbox-secret")
 
@@ -21,7 +22,8 @@ def expected_deliveries(raw: dict, until: datetime) -> list[dict]:
 
     def when(e):
         return datetime.strptime(e.get("delivered_at") or e["occurred_at"], "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=timezone.utc)
+            tzinfo=UTC
+        )
 
     order = sorted(range(len(items)), key=lambda i: (when(items[i]), i))
     out = []
@@ -35,8 +37,9 @@ def expected_deliveries(raw: dict, until: datetime) -> list[dict]:
 
 
 def end_of_run(raw: dict) -> datetime:
-    return datetime.combine(date.fromisoformat(raw["run"]["to"]) + timedelta(days=1), datetime.min.time(),
-                            tzinfo=timezone.utc)
+    return datetime.combine(
+        date.fromisoformat(raw["run"]["to"]) + timedelta(days=1), datetime.min.time(), tzinfo=UTC
+    )
 
 
 def read_all(client: ReboundClient, cursor, until, on_page=None):
@@ -59,14 +62,14 @@ def test_whole_feed_through_faults_and_token_expiry(generated_scenario, serve_re
     assert any(e.get("duplicate") for e in expected) and raw["rebound"]["invalid_events"][0] in expected
 
     # seed 7 draws an error and a timeout among the first dozen requests (asserted below)
-    url, app = serve_rebound(load_scenario(path), timeout_delay_s=0.8, seed=7)
+    url, _app = serve_rebound(load_scenario(path), timeout_delay_s=0.8, seed=7)
 
     def expire_tokens(page_no):
         if page_no in (3, 9):  # every token dies mid-read; the client must log in again and go on
             assert httpx.post(f"{url}/_sandbox/expire-tokens").json()["expired"] >= 1
 
     with ReboundClient(url, **CLIENT, timeout=0.5, page_size=100, backoff_max_s=0.2) as client:
-        events, cursor, pages = read_all(client, None, until, expire_tokens)
+        events, _cursor, pages = read_all(client, None, until, expire_tokens)
         assert client.stats["token_refreshes_on_401"] == 2
         assert client.stats["retries"] >= 1
 
@@ -84,7 +87,9 @@ def test_heavy_faults_still_give_the_exact_feed(small_month_scenario, serve_rebo
     raw["faults"] = {"rebound": {"error_rate": 0.3, "timeout_rate": 0.05}}
     url, _ = serve_rebound(Scenario.from_dict(raw), timeout_delay_s=0.6, seed=1)
     until = end_of_run(raw)
-    with ReboundClient(url, **CLIENT, timeout=0.4, page_size=40, max_attempts=12, backoff_max_s=0.05) as client:
+    with ReboundClient(
+        url, **CLIENT, timeout=0.4, page_size=40, max_attempts=12, backoff_max_s=0.05
+    ) as client:
         events, _, _ = read_all(client, None, until)
         assert client.stats["retries"] >= 3
     assert events == expected_deliveries(raw, until)
@@ -99,7 +104,7 @@ def test_cursor_resume_equals_one_read(small_month_scenario, serve_rebound):
     raw = small_month_scenario.raw
     url, _ = serve_rebound(small_month_scenario)
     t2 = end_of_run(raw)
-    t1 = datetime(2026, 10, 15, tzinfo=timezone.utc)
+    t1 = datetime(2026, 10, 15, tzinfo=UTC)
     with ReboundClient(url, **CLIENT, page_size=25) as client:
         first, c1, _ = read_all(client, None, t1)
         second, c2, _ = read_all(client, c1, t2)
@@ -111,7 +116,7 @@ def test_cursor_resume_equals_one_read(small_month_scenario, serve_rebound):
         again, c3, pages = read_all(client, c2, t2)
         assert again == [] and c3 == c2 and pages == 1
         # daily runs, as the sync makes them: each day's window from the stored cursor
-        day, cursor, daily = datetime(2026, 10, 1, tzinfo=timezone.utc), None, []
+        day, cursor, daily = datetime(2026, 10, 1, tzinfo=UTC), None, []
         while day <= t2:
             got, cursor, _ = read_all(client, cursor, day)
             daily.extend(got)
@@ -121,7 +126,7 @@ def test_cursor_resume_equals_one_read(small_month_scenario, serve_rebound):
 
 def test_cursor_survives_a_simulator_restart(small_month_scenario, serve_rebound):
     raw = small_month_scenario.raw
-    t1, t2 = datetime(2026, 10, 12, tzinfo=timezone.utc), end_of_run(raw)
+    t1, t2 = datetime(2026, 10, 12, tzinfo=UTC), end_of_run(raw)
     url1, _ = serve_rebound(small_month_scenario)
     with ReboundClient(url1, **CLIENT, page_size=50) as client:
         first, c1, _ = read_all(client, None, t1)
@@ -137,7 +142,7 @@ def load_scenario_again(s: Scenario) -> Scenario:
 
 def test_pages_respect_until_and_limit(small_month_scenario, serve_rebound):
     url, _ = serve_rebound(small_month_scenario)
-    until = datetime(2026, 10, 9, 12, tzinfo=timezone.utc)
+    until = datetime(2026, 10, 9, 12, tzinfo=UTC)
     with ReboundClient(url, **CLIENT, page_size=7) as client:
         pages = list(client.iter_event_pages(None, until))
     assert all(len(p.events) <= 7 for p in pages)
@@ -151,17 +156,33 @@ def test_events_endpoint_needs_a_bearer_token_and_valid_arguments(small_month_sc
     url, _ = serve_rebound(small_month_scenario)
     r = httpx.get(f"{url}/v1/events", params={"until": "2026-11-01T00:00:00Z"})
     assert r.status_code == 401 and r.json() == {"error": "invalid_token"}
-    r = httpx.get(f"{url}/v1/events", params={"until": "2026-11-01T00:00:00Z"},
-                  headers={"Authorization": "Bearer forged"})
+    r = httpx.get(
+        f"{url}/v1/events",
+        params={"until": "2026-11-01T00:00:00Z"},
+        headers={"Authorization": "Bearer forged"},
+    )
     assert r.status_code == 401
-    assert httpx.post(f"{url}/oauth/token", data={"grant_type": "client_credentials", "client_id": "sandbox-client",
-                                                   "client_secret": "wrong"}).status_code == 401
+    assert (
+        httpx.post(
+            f"{url}/oauth/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": "sandbox-client",
+                "client_secret": "wrong",
+            },
+        ).status_code
+        == 401
+    )
     token = httpx.post(f"{url}/oauth/token", data={"grant_type": "client_credentials", **CLIENT}).json()
     assert token["token_type"] == "Bearer" and token["expires_in"] == 3600
     auth = {"Authorization": f"Bearer {token['access_token']}"}
-    for params in ({"until": "yesterday"}, {"until": "2026-11-01T00:00:00"}, {},
-                   {"until": "2026-11-01T00:00:00Z", "limit": 1001},
-                   {"until": "2026-11-01T00:00:00Z", "cursor": "not-a-cursor"}):
+    for params in (
+        {"until": "yesterday"},
+        {"until": "2026-11-01T00:00:00"},
+        {},
+        {"until": "2026-11-01T00:00:00Z", "limit": 1001},
+        {"until": "2026-11-01T00:00:00Z", "cursor": "not-a-cursor"},
+    ):
         assert httpx.get(f"{url}/v1/events", params=params, headers=auth).status_code == 400, params
 
 
@@ -176,8 +197,8 @@ def test_token_ttl_runs_out(small_month_scenario, serve_rebound):
     time.sleep(1.6)
     assert httpx.get(f"{url}/v1/events", params=params, headers=auth).status_code == 401
     with ReboundClient(url, **CLIENT) as client:  # a fresh login each time is still correct
-        events, _, _ = read_all(client, None, datetime(2026, 10, 5, tzinfo=timezone.utc))
-    assert events == expected_deliveries(small_month_scenario.raw, datetime(2026, 10, 5, tzinfo=timezone.utc))
+        events, _, _ = read_all(client, None, datetime(2026, 10, 5, tzinfo=UTC))
+    assert events == expected_deliveries(small_month_scenario.raw, datetime(2026, 10, 5, tzinfo=UTC))
 
 
 def test_client_errors_are_not_retried(small_month_scenario, serve_rebound):
@@ -188,7 +209,7 @@ def test_client_errors_are_not_retried(small_month_scenario, serve_rebound):
         assert err.value.status == 401 and client.stats["token_fetches"] == 1
     with ReboundClient(url, **CLIENT) as client:
         with pytest.raises(ReboundError) as err:
-            next(client.iter_event_pages("garbage!", datetime(2026, 11, 1, tzinfo=timezone.utc)))
+            next(client.iter_event_pages("garbage!", datetime(2026, 11, 1, tzinfo=UTC)))
         assert err.value.status == 400 and "invalid_cursor" in err.value.body
         assert client.stats["requests"] == 1 and client.stats["retries"] == 0
         with pytest.raises(ValueError, match="timezone-aware"):
@@ -196,7 +217,9 @@ def test_client_errors_are_not_retried(small_month_scenario, serve_rebound):
 
 
 def test_unreachable_rebound_raises_after_bounded_retries():
-    with ReboundClient(f"http://127.0.0.1:{free_port()}", **CLIENT, max_attempts=3, backoff_max_s=0.01) as client:
+    with ReboundClient(
+        f"http://127.0.0.1:{free_port()}", **CLIENT, max_attempts=3, backoff_max_s=0.01
+    ) as client:
         with pytest.raises(ReboundError, match="after 3 attempts"):
-            next(client.iter_event_pages(None, datetime(2026, 11, 1, tzinfo=timezone.utc)))
+            next(client.iter_event_pages(None, datetime(2026, 11, 1, tzinfo=UTC)))
         assert client.stats["token_fetches"] == 3 and client.stats["retries"] == 2

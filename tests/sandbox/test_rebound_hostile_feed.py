@@ -1,10 +1,11 @@
 """The ReBound client against a feed that misbehaves: pages that do not advance, long Retry-After
 answers, and events holding bytes a JSON decoder refuses (a lone surrogate escape, bytes that are
 not UTF-8). Nothing may loop, wait without bound, or refuse a whole page for one bad event."""
+
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import msgspec
@@ -12,31 +13,40 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from returnledger.clients.rebound import (
+from returnledger.clients.rebound import ReboundClient, parse_retry_after
+from returnledger.clients.rebound_feed import (
     FeedPageError,
     FeedStalledError,
-    ReboundClient,
     ReboundError,
     ReboundUnavailableError,
     decode_event_page,
-    parse_retry_after,
     split_event_page,
 )
-from returnledger.sandbox.scenario import Scenario, load_scenario
+from returnledger_dev.sandbox.scenario import Scenario, load_scenario
 
 CLIENT = dict(client_id="sandbox-client", client_secret="sandbox-secret")
-UNTIL = datetime(2026, 11, 1, tzinfo=timezone.utc)
+UNTIL = datetime(2026, 11, 1, tzinfo=UTC)
 SURROGATE_EVENT = b'{"event_id":"bad-sur","type":"RECEIVED","return_id":"RB-1","note":"\\ud800 x"}'
 NOT_UTF8_EVENT = b'{"event_id":"bad-utf8","type":"RECEIVED","return_id":"RB-1","note":"caf\xe9 \xff\xfe"}'
-PLAIN_EVENT = b'{"event_id":"ok-1","type":"IN_TRANSIT","return_id":"RB-1","occurred_at":"2026-10-02T09:00:00Z"}'
+PLAIN_EVENT = (
+    b'{"event_id":"ok-1","type":"IN_TRANSIT","return_id":"RB-1","occurred_at":"2026-10-02T09:00:00Z"}'
+)
 
 
 def page_bytes(events: list[bytes], next_cursor: str = "c1", has_more: bool = False) -> bytes:
-    return (b'{"events":[' + b",".join(events) + b'],"next_cursor":' + json.dumps(next_cursor).encode()
-            + b',"has_more":' + (b"true" if has_more else b"false") + b"}")
+    return (
+        b'{"events":['
+        + b",".join(events)
+        + b'],"next_cursor":'
+        + json.dumps(next_cursor).encode()
+        + b',"has_more":'
+        + (b"true" if has_more else b"false")
+        + b"}"
+    )
 
 
 # --- what msgspec does today, which the fallback exists for -------------------------------------------
+
 
 class _RawPage(msgspec.Struct):
     events: list[msgspec.Raw]
@@ -46,7 +56,7 @@ class _RawPage(msgspec.Struct):
 
 def test_msgspec_refuses_a_lone_surrogate_even_in_raw_mode_and_passes_non_utf8_through():
     """Pinned so that a msgspec upgrade that changes either is noticed; the client is correct either way."""
-    with pytest.raises(msgspec.DecodeError, match="hex escape|surrogate"):
+    with pytest.raises(msgspec.DecodeError, match=r"hex escape|surrogate"):
         msgspec.json.decode(page_bytes([PLAIN_EVENT, SURROGATE_EVENT]), type=_RawPage)
     with pytest.raises(msgspec.DecodeError):
         msgspec.json.decode(SURROGATE_EVENT)
@@ -59,13 +69,21 @@ def test_msgspec_refuses_a_lone_surrogate_even_in_raw_mode_and_passes_non_utf8_t
 
 # --- the page splitter ----------------------------------------------------------------------------------
 
+
 def test_split_keeps_each_event_byte_for_byte():
     tricky = [
         PLAIN_EVENT,
         b'{"s":"quote \\" and backslash \\\\","t":"brackets ]}{[ in a string","u":"\\\\"}',
         b'{ "nested" : { "a" : [ 1 , { "b" : [ ] } , "x\\"]" ] } , "n" : -1.5e3 }',
-        b'"a bare string"', b"42", b"true", b"null", b"[]", b"{}",
-        SURROGATE_EVENT, NOT_UTF8_EVENT, b'{"nul":"\\u0000","emoji":"\xf0\x9f\x98\x80"}',
+        b'"a bare string"',
+        b"42",
+        b"true",
+        b"null",
+        b"[]",
+        b"{}",
+        SURROGATE_EVENT,
+        NOT_UTF8_EVENT,
+        b'{"nul":"\\u0000","emoji":"\xf0\x9f\x98\x80"}',
     ]
     body = b'{"events":[' + b" ,\n ".join(tricky) + b'] ,"next_cursor":"c9","has_more":true}'
     events, fields = split_event_page(body)
@@ -76,13 +94,22 @@ def test_split_keeps_each_event_byte_for_byte():
     assert events == [] and fields == {"has_more": b"false", "next_cursor": b'"z"'}
 
 
-@pytest.mark.parametrize("bad", [
-    b"", b"[]", b'{"events":[{"a":1}', b'{"events":[{"a":"unterminated}],"next_cursor":"c","has_more":false}',
-    b'{"events":[{"a":1]],"next_cursor":"c","has_more":false}', b'{"events":[1,,2],"next_cursor":"c"}',
-    b'{"next_cursor":"c","has_more":false}', b'{"events":{},"next_cursor":"c","has_more":false}',
-    b'{"events":[],"next_cursor":"c","has_more":false} trailing',
-    b'{"events":[],"events":[1],"next_cursor":"c","has_more":false}', b'{"events" [] }',
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"",
+        b"[]",
+        b'{"events":[{"a":1}',
+        b'{"events":[{"a":"unterminated}],"next_cursor":"c","has_more":false}',
+        b'{"events":[{"a":1]],"next_cursor":"c","has_more":false}',
+        b'{"events":[1,,2],"next_cursor":"c"}',
+        b'{"next_cursor":"c","has_more":false}',
+        b'{"events":{},"next_cursor":"c","has_more":false}',
+        b'{"events":[],"next_cursor":"c","has_more":false} trailing',
+        b'{"events":[],"events":[1],"next_cursor":"c","has_more":false}',
+        b'{"events" [] }',
+    ],
+)
 def test_split_refuses_what_is_not_a_feed_page(bad):
     with pytest.raises(ValueError):
         split_event_page(bad)
@@ -91,19 +118,27 @@ def test_split_refuses_what_is_not_a_feed_page(bad):
 # characters with lone surrogates and JSON's structural characters drawn far more often than by chance
 hostile_chars = st.one_of(st.characters(), st.characters(categories=["Cs"]), st.sampled_from('"\\[]{},: '))
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(alphabet=hostile_chars, max_size=12),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
-    max_leaves=12)
+    max_leaves=12,
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(events=st.lists(json_values, max_size=8), ensure_ascii=st.booleans(), indent=st.sampled_from([None, 0, 2]))
+@given(
+    events=st.lists(json_values, max_size=8), ensure_ascii=st.booleans(), indent=st.sampled_from([None, 0, 2])
+)
 def test_split_agrees_with_the_events_as_serialised(events, ensure_ascii, indent):
     """Any JSON values (lone surrogates included: st.characters() draws them), serialised the ways a
     server might: each slice is exactly one event's serialisation and reads back as that event."""
-    parts = [json.dumps(e, ensure_ascii=ensure_ascii, indent=indent).encode("utf-8", "surrogatepass")
-             for e in events]
+    parts = [
+        json.dumps(e, ensure_ascii=ensure_ascii, indent=indent).encode("utf-8", "surrogatepass")
+        for e in events
+    ]
     body = b'{"events":[' + b",".join(parts) + b'],"next_cursor":"c","has_more":false}'
     slices, _ = split_event_page(body)
     assert slices == parts
@@ -121,8 +156,10 @@ def _json_bytes_string(data: bytes) -> bytes:
 def test_split_keeps_arbitrary_bytes_inside_strings(payloads):
     """Bytes that are not UTF-8 (or are half a character, or NUL) inside event strings: the slices
     are the events' exact bytes and the page never fails as a whole."""
-    events = [b'{"event_id":"e%d","parts":[' % i + b",".join(_json_bytes_string(b) for b in parts) + b"]}"
-              for i, parts in enumerate(payloads)]
+    events = [
+        b'{"event_id":"e%d","parts":[' % i + b",".join(_json_bytes_string(b) for b in parts) + b"]}"
+        for i, parts in enumerate(payloads)
+    ]
     body = page_bytes(events, "c", False)
     assert split_event_page(body)[0] == events
     page = decode_event_page(body, raw=True)
@@ -137,7 +174,12 @@ def test_decode_event_page_fast_path_and_fallback():
     mixed = page_bytes([PLAIN_EVENT, SURROGATE_EVENT, NOT_UTF8_EVENT, b'{"broken": tru}'], "c3")
     page = decode_event_page(mixed, raw=True)
     assert page.split and all(isinstance(e, msgspec.Raw) for e in page.events)
-    assert [bytes(e) for e in page.events] == [PLAIN_EVENT, SURROGATE_EVENT, NOT_UTF8_EVENT, b'{"broken": tru}']
+    assert [bytes(e) for e in page.events] == [
+        PLAIN_EVENT,
+        SURROGATE_EVENT,
+        NOT_UTF8_EVENT,
+        b'{"broken": tru}',
+    ]
     assert (page.next_cursor, page.has_more) == ("c3", False)
 
     decoded = decode_event_page(mixed, raw=False)
@@ -151,19 +193,23 @@ def test_decode_event_page_fast_path_and_fallback():
 
 
 @pytest.mark.parametrize("raw", [True, False])
-@pytest.mark.parametrize("body, problem", [
-    (b'{"events":[],"has_more":false}', "next_cursor"),
-    (b'{"events":[],"next_cursor":7,"has_more":false}', "str"),
-    (b'{"events":[],"next_cursor":"c","has_more":"yes"}', "bool"),
-    (b'{"events":[{"a":"\\ud800"}],"next_cursor":"c"}', "has_more"),
-    (b"<html>502 Bad Gateway</html>", "not a feed page"),
-])
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        (b'{"events":[],"has_more":false}', "next_cursor"),
+        (b'{"events":[],"next_cursor":7,"has_more":false}', "str"),
+        (b'{"events":[],"next_cursor":"c","has_more":"yes"}', "bool"),
+        (b'{"events":[{"a":"\\ud800"}],"next_cursor":"c"}', "has_more"),
+        (b"<html>502 Bad Gateway</html>", "not a feed page"),
+    ],
+)
 def test_a_page_whose_own_fields_are_wrong_is_a_feed_page_error(body, problem, raw):
     with pytest.raises(FeedPageError, match=problem):
         decode_event_page(body, raw=raw)
 
 
 # --- a scripted ReBound (httpx MockTransport) ---------------------------------------------------------
+
 
 class Script:
     """Answers /oauth/token, then /v1/events from a list of (status, headers, body) answers."""
@@ -224,8 +270,9 @@ def test_events_with_an_unmoved_cursor_are_refused_even_without_has_more():
 
 
 def test_a_cycle_of_cursors_is_refused():
-    client, script, _ = scripted([ok([PLAIN_EVENT], "a", True), ok([PLAIN_EVENT], "b", True),
-                                  ok([PLAIN_EVENT], "a", True)])
+    client, script, _ = scripted(
+        [ok([PLAIN_EVENT], "a", True), ok([PLAIN_EVENT], "b", True), ok([PLAIN_EVENT], "a", True)]
+    )
     with pytest.raises(FeedStalledError, match="already read in this pass") as err:
         list(client.iter_event_pages(None, UNTIL))
     assert script.asked == [None, "a", "b"] and err.value.cursor == "b" and err.value.next_cursor == "a"
@@ -248,6 +295,7 @@ def test_nothing_new_yet_is_not_a_stall():
 
 
 # --- Retry-After -------------------------------------------------------------------------------------
+
 
 def busy(status=429, retry_after: str | None = None):
     return status, ({"Retry-After": retry_after} if retry_after is not None else {}), b'{"error":"busy"}'
@@ -293,7 +341,7 @@ def test_without_retry_after_the_back_off_is_bounded_and_attempts_run_out():
 
 
 def test_retry_after_forms():
-    now = datetime(2026, 10, 5, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 10, 5, 12, 0, tzinfo=UTC)
     assert parse_retry_after("7", now) == 7.0
     assert parse_retry_after(" 2.5 ", now) == 2.5
     assert parse_retry_after("-3", now) == 0.0
@@ -305,12 +353,20 @@ def test_retry_after_forms():
 
 # --- hostile bytes through the simulated ReBound ------------------------------------------------------
 
+
 @pytest.fixture
-def hostile_scenario(shared_dir, tmp_path) -> Scenario:
+def hostile_scenario(scenarios_dir, tmp_path) -> Scenario:
     """small-month plus an invalid event holding a lone surrogate escape, loaded from a file."""
-    raw = json.loads((shared_dir / "scenarios" / "small-month.json").read_text())
-    raw["rebound"]["invalid_events"].append({"event_id": "bad-surrogate", "type": "RECEIVED", "return_id": "RB-x",
-                                             "note": "lone \ud800 here", "delivered_at": "2026-10-03T06:00:00Z"})
+    raw = json.loads((scenarios_dir / "small-month.json").read_text())
+    raw["rebound"]["invalid_events"].append(
+        {
+            "event_id": "bad-surrogate",
+            "type": "RECEIVED",
+            "return_id": "RB-x",
+            "note": "lone \ud800 here",
+            "delivered_at": "2026-10-03T06:00:00Z",
+        }
+    )
     path = tmp_path / "hostile.json"
     path.write_text(json.dumps(raw))  # ensure_ascii: the file carries the escape \ud800
     assert b"\\ud800" in path.read_bytes()
@@ -318,7 +374,7 @@ def hostile_scenario(shared_dir, tmp_path) -> Scenario:
 
 
 def expected(scenario: Scenario, until: datetime) -> list[dict]:
-    from returnledger.sandbox.scenario import feed_deliveries
+    from returnledger_dev.sandbox.feed import feed_deliveries
 
     return [obj for t, obj in feed_deliveries(scenario) if t < until]
 
@@ -326,7 +382,7 @@ def expected(scenario: Scenario, until: datetime) -> list[dict]:
 def test_the_loader_reads_a_lone_surrogate_and_the_simulator_serves_it(hostile_scenario, serve_rebound):
     assert hostile_scenario.rebound.invalid_events[-1]["note"] == "lone \ud800 here"
     url, _ = serve_rebound(hostile_scenario)
-    until = datetime(2026, 10, 6, tzinfo=timezone.utc)
+    until = datetime(2026, 10, 6, tzinfo=UTC)
     want = expected(hostile_scenario, until)
     with ReboundClient(url, **CLIENT, page_size=40) as client:
         raw_events = [e for p in client.iter_event_pages(None, until, raw=True) for e in p.events]
@@ -341,16 +397,21 @@ def test_the_loader_reads_a_lone_surrogate_and_the_simulator_serves_it(hostile_s
 def test_bytes_that_are_not_utf8_reach_the_caller_untouched(hostile_scenario, serve_rebound):
     """Deliveries of raw bytes (no JSON scenario file can hold them) next to the surrogate event:
     every event's bytes come back exactly as the simulator sent them, on every page."""
-    t = datetime(2026, 10, 3, 6, tzinfo=timezone.utc)
+    t = datetime(2026, 10, 3, 6, tzinfo=UTC)
     extra = [(t, NOT_UTF8_EVENT), (t + timedelta(days=9), NOT_UTF8_EVENT.replace(b"bad-utf8", b"bad-utf8-2"))]
-    url, app = serve_rebound(hostile_scenario, raw_deliveries=extra)
-    until = datetime(2026, 10, 20, tzinfo=timezone.utc)
+    url, _app = serve_rebound(hostile_scenario, raw_deliveries=extra)
+    until = datetime(2026, 10, 20, tzinfo=UTC)
     with ReboundClient(url, **CLIENT, page_size=25) as client:
         got = [bytes(e) for p in client.iter_event_pages(None, until, raw=True) for e in p.events]
-        assert client.stats["pages_split"] == 1  # the page with both; invalid UTF-8 alone stays on the fast path
+        assert (
+            client.stats["pages_split"] == 1
+        )  # the page with both; invalid UTF-8 alone stays on the fast path
     token = httpx.post(f"{url}/oauth/token", data={"grant_type": "client_credentials", **CLIENT}).json()
-    served = httpx.get(f"{url}/v1/events", params={"until": "2026-10-20T00:00:00Z", "limit": 1000},
-                       headers={"Authorization": f"Bearer {token['access_token']}"}).content
+    served = httpx.get(
+        f"{url}/v1/events",
+        params={"until": "2026-10-20T00:00:00Z", "limit": 1000},
+        headers={"Authorization": f"Bearer {token['access_token']}"},
+    ).content
     assert got == split_event_page(served)[0]  # byte for byte what was on the wire
     assert got.count(NOT_UTF8_EVENT) == 1 and NOT_UTF8_EVENT.replace(b"bad-utf8", b"bad-utf8-2") in got
     readable = [json.loads(b) for b in got if b"bad-utf8" not in b]

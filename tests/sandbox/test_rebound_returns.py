@@ -1,4 +1,5 @@
 """Return orders in batches and post-hoc returns for dark returns, client and simulator together."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import httpx
 import pytest
 
 from returnledger.clients.rebound import ReboundClient, ReboundError
-from returnledger.sandbox.scenario import load_scenario
+from returnledger_dev.sandbox.scenario import load_scenario
 
 CLIENT = dict(client_id="sandbox-client", client_secret="sandbox-secret")
 
@@ -44,8 +45,15 @@ def test_single_return_and_limits(generated_scenario, serve_rebound):
     assert httpx.get(f"{url}/v1/returns", params={"ids": ids}, headers=auth).status_code == 400
 
 
-POST_HOC = dict(amazon_return_id="AR-APRL-7-000001", returns_notice="RNAPRL07000001", rma_id="RMAAPRL07000001",
-                sku="SKU-00004", asin="B007000004", quantity=1, returned_at="2026-10-09")
+POST_HOC = dict(
+    amazon_return_id="AR-APRL-7-000001",
+    returns_notice="RNAPRL07000001",
+    rma_id="RMAAPRL07000001",
+    sku="SKU-00004",
+    asin="B007000004",
+    quantity=1,
+    returned_at="2026-10-09",
+)
 
 
 def test_post_hoc_return_is_idempotent_and_logged_once(small_month, serve_rebound, tmp_path):
@@ -58,8 +66,9 @@ def test_post_hoc_return_is_idempotent_and_logged_once(small_month, serve_reboun
     assert first["return_id"] == "RB-POSTHOC-AR-APRL-7-000001"
     assert again == first and found == [first] and missing == ["RB-NOPE"]
     assert first["amazon_refs"]["returns_notice"] == "RNAPRL07000001"
-    assert first["lines"] == [{"line": 1, "sku": "SKU-00004", "asin": "B007000004", "quantity": 1,
-                               "reason": "CHANGED_MIND"}]
+    assert first["lines"] == [
+        {"line": 1, "sku": "SKU-00004", "asin": "B007000004", "quantity": 1, "reason": "CHANGED_MIND"}
+    ]
     lines = (out / "rebound_created_returns.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == [first]
     stats = httpx.get(f"{url}/_sandbox/stats").json()
@@ -83,12 +92,15 @@ def test_post_hoc_statuses_and_validation(small_month, serve_rebound, tmp_path):
 
 
 def test_post_hoc_retried_after_a_lost_answer_is_still_one_record(small_month, serve_rebound, tmp_path):
-    """Every request first times out (answered late, but applied): the retry must not create a second record."""
+    """Every request first times out (answered late, but applied): the retry must not create a second
+    record."""
     url, _ = serve_rebound(small_month, out_dir=tmp_path / "run", timeout_delay_s=0.5)
     httpx.post(f"{url}/_sandbox/faults", json={"timeout_rate": 1.0})
-    with ReboundClient(url, **CLIENT, timeout=0.2, max_attempts=2, backoff_max_s=0.6) as client:
-        with pytest.raises(ReboundError, match="after 2 attempts"):
-            client.create_post_hoc_return(**POST_HOC)
+    with (
+        ReboundClient(url, **CLIENT, timeout=0.2, max_attempts=2, backoff_max_s=0.6) as client,
+        pytest.raises(ReboundError, match="after 2 attempts"),
+    ):
+        client.create_post_hoc_return(**POST_HOC)
     httpx.post(f"{url}/_sandbox/faults", json={"timeout_rate": 0.0})
     with ReboundClient(url, **CLIENT) as client:
         record = client.create_post_hoc_return(**POST_HOC)

@@ -1,22 +1,25 @@
 """Redelivered events: an event listed again in ``rebound.events`` with a later ``delivered_at`` and
 an otherwise identical body (ReBound's at-least-once delivery). The loader accepts it, the simulated
 feed serves it again at its new time, and a listing with another body is refused by name."""
+
 from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from returnledger.clients.rebound import ReboundClient
-from returnledger.sandbox.scenario import Scenario, ScenarioError, feed_deliveries, feed_order, load_scenario
+from returnledger_dev.sandbox.feed import feed_deliveries, feed_order
+from returnledger_dev.sandbox.scenario import Scenario, load_scenario
+from returnledger_dev.sandbox.scenario_rules import ScenarioError
 
 CLIENT = dict(client_id="sandbox-client", client_secret="sandbox-secret")
 
 
 def _z(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _t(s: str) -> datetime:
@@ -24,14 +27,17 @@ def _t(s: str) -> datetime:
 
 
 @pytest.fixture
-def raw(shared_dir) -> dict:
-    return json.loads((shared_dir / "scenarios" / "small-month.json").read_text())
+def raw(scenarios_dir) -> dict:
+    return json.loads((scenarios_dir / "small-month.json").read_text())
 
 
 def _plain_index(raw: dict, kind: str = "RECEIVED") -> int:
     """An event of ``kind`` without delivered_at or duplicate (its delivery time is occurred_at)."""
-    return next(i for i, e in enumerate(raw["rebound"]["events"])
-                if e["type"] == kind and "delivered_at" not in e and not e.get("duplicate"))
+    return next(
+        i
+        for i, e in enumerate(raw["rebound"]["events"])
+        if e["type"] == kind and "delivered_at" not in e and not e.get("duplicate")
+    )
 
 
 def _redeliver(raw: dict, i: int, after: timedelta, **changes) -> dict:
@@ -86,13 +92,18 @@ def test_the_simulator_serves_the_redelivery_to_the_client_in_its_later_window(r
         while day <= redelivered + timedelta(days=1):
             end = day + timedelta(days=1)
             for page in client.iter_event_pages(cursor, end):
-                seen.setdefault(day, []).extend(e for e in page.events if e.get("event_id") == first["event_id"])
+                seen.setdefault(day, []).extend(
+                    e for e in page.events if e.get("event_id") == first["event_id"]
+                )
                 cursor = page.next_cursor
             day = end
         # raw mode: each copy's bytes as served, delivered_at included
-        raw_copies = [json.loads(bytes(e)) for p in client.iter_event_pages(None, redelivered + timedelta(days=1),
-                                                                             raw=True)
-                      for e in p.events if b'"' + first["event_id"].encode() + b'"' in bytes(e)]
+        raw_copies = [
+            json.loads(bytes(e))
+            for p in client.iter_event_pages(None, redelivered + timedelta(days=1), raw=True)
+            for e in p.events
+            if b'"' + first["event_id"].encode() + b'"' in bytes(e)
+        ]
     assert seen[day_start] == [first]
     assert seen[redelivered.replace(hour=0)] == [again]
     assert sum(len(v) for v in seen.values()) == 2
@@ -113,8 +124,10 @@ def test_a_second_listing_with_another_body_is_refused_by_id_and_path(raw, tmp_p
     n = len(raw["rebound"]["events"])
     _redeliver(raw, i, timedelta(days=2), quantity=raw["rebound"]["events"][i]["quantity"] + 1)
     msg = _load_error(raw, tmp_path)
-    assert msg.startswith(f"rebound.events[{n}].event_id: duplicate id {eid!r} with a different body than "
-                          f"rebound.events[{i}] (differs in quantity)"), msg
+    assert msg.startswith(
+        f"rebound.events[{n}].event_id: duplicate id {eid!r} with a different body than "
+        f"rebound.events[{i}] (differs in quantity)"
+    ), msg
     assert "later delivered_at" in msg
 
 
@@ -126,25 +139,34 @@ def test_another_body_without_delivered_at_is_named_as_a_body_conflict(raw, tmp_
     raw["rebound"]["events"][other]["event_id"] = eid
     lo, hi = sorted((i, other))
     msg = _load_error(raw, tmp_path)
-    assert msg.startswith(f"rebound.events[{hi}].event_id: duplicate id {eid!r} with a different body than "
-                          f"rebound.events[{lo}]"), msg
+    assert msg.startswith(
+        f"rebound.events[{hi}].event_id: duplicate id {eid!r} with a different body than rebound.events[{lo}]"
+    ), msg
     assert "type" in msg  # names what differs
 
 
-@pytest.mark.parametrize("after, problem", [
-    (None, "got no delivered_at"),
-    (timedelta(0), "got delivered_at"),
-    (timedelta(hours=-1), "got delivered_at"),
-])
+@pytest.mark.parametrize(
+    "after, problem",
+    [
+        (None, "got no delivered_at"),
+        (timedelta(0), "got delivered_at"),
+        (timedelta(hours=-1), "got delivered_at"),
+    ],
+)
 def test_a_redelivery_must_be_delivered_later(raw, tmp_path, after, problem):
     i = _plain_index(raw)
     first = raw["rebound"]["events"][i]
     n = len(raw["rebound"]["events"])
-    raw["rebound"]["events"].append(copy.deepcopy(first) if after is None else
-                                    dict(first, delivered_at=_z(_t(first["occurred_at"]) + after)))
+    raw["rebound"]["events"].append(
+        copy.deepcopy(first)
+        if after is None
+        else dict(first, delivered_at=_z(_t(first["occurred_at"]) + after))
+    )
     msg = _load_error(raw, tmp_path)
-    assert msg.startswith(f"rebound.events[{n}].delivered_at: redelivery of event {first['event_id']!r} must be "
-                          f"delivered later than rebound.events[{i}]"), msg
+    assert msg.startswith(
+        f"rebound.events[{n}].delivered_at: redelivery of event {first['event_id']!r} must be "
+        f"delivered later than rebound.events[{i}]"
+    ), msg
     assert problem in msg
 
 
@@ -155,8 +177,10 @@ def test_each_redelivery_is_later_than_the_listing_before_it(raw, tmp_path):
     _redeliver(raw, i, timedelta(days=3))
     _redeliver(raw, i, timedelta(days=2))  # later than the first listing, earlier than the second
     msg = _load_error(raw, tmp_path)
-    assert msg.startswith(f"rebound.events[{n + 1}].delivered_at: redelivery of event {first['event_id']!r} must "
-                          f"be delivered later than rebound.events[{n}]"), msg
+    assert msg.startswith(
+        f"rebound.events[{n + 1}].delivered_at: redelivery of event {first['event_id']!r} must "
+        f"be delivered later than rebound.events[{n}]"
+    ), msg
 
 
 def test_a_duplicate_flag_is_part_of_the_body(raw, tmp_path):

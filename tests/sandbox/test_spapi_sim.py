@@ -3,11 +3,12 @@
 These talk HTTP to a served simulator (httpx, and the raw python-amazon-sp-api
 classes for throttling); the wrapper's own behaviour is in test_amazon_client.py.
 """
+
 from __future__ import annotations
 
 import copy
 import csv
-import filecmp
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -15,33 +16,53 @@ from pathlib import Path
 import httpx
 import pytest
 
-import returnledger
-from returnledger.sandbox.server import serve_in_thread
-from returnledger.sandbox.spapi_sim import MODELS_DIR, build_spapi_app, request_validator
+from returnledger_dev.sandbox.server import serve_in_thread
+from returnledger_dev.sandbox.spapi_models import MODELS_DIR, request_validator
+from returnledger_dev.sandbox.spapi_sim import build_spapi_app
 
-LWA = {"grant_type": "refresh_token", "refresh_token": "sandbox-refresh-token",
-       "client_id": "sandbox-lwa-client", "client_secret": "sandbox-lwa-secret"}
-SHARED_MODELS = Path(returnledger.__file__).parents[2].parent / "shared" / "amazon-models"
+LWA = {
+    "grant_type": "refresh_token",
+    "refresh_token": "sandbox-refresh-token",
+    "client_id": "sandbox-lwa-client",
+    "client_secret": "sandbox-lwa-secret",
+}
+#: sha256 of Amazon's published models (amazon-models, Apache-2.0) that the simulator copies
+PUBLISHED_MODELS = Path(__file__).resolve().parents[1] / "fixtures" / "amazon-models.sha256"
 
 
 @pytest.fixture
-def scenario(shared_dir) -> dict:
-    return json.loads((shared_dir / "scenarios" / "small-month.json").read_text())
+def scenario(scenarios_dir) -> dict:
+    return json.loads((scenarios_dir / "small-month.json").read_text())
 
 
 def credit_note(scenario: dict, row: dict, note_id: str | None = None) -> dict:
     """A returns credit note for one Vendor Central returns row of the scenario (test data)."""
     cost = {c["sku"]: c["unit_cost"] for c in scenario["catalog"]}[row["sku"]]
     total = f"{float(cost) * row['quantity']:.2f}"
-    details = {"returnsReferenceNumber": row["returns_notice"], "goodsReturnDate": f"{row['returned_at']}T00:00:00Z",
-               "rmaId": row["rma_id"], "consignorsReferenceNumber": row["vret"]}
-    return {"invoiceType": "CreditNote", "id": note_id or f"CN-{row['amazon_return_id']}",
-            "date": f"{row['returned_at']}T12:00:00Z", "remitToParty": {"partyId": scenario["vendor"]["party_id"]},
-            "invoiceTotal": {"currencyCode": "GBP", "amount": total}, "creditNoteDetails": details,
-            "items": [{"itemSequenceNumber": 1, "vendorProductIdentifier": row["sku"],
-                       "amazonProductIdentifier": row["asin"], "creditNoteDetails": details,
-                       "invoicedQuantity": {"amount": row["quantity"], "unitOfMeasure": "Eaches"},
-                       "netCost": {"currencyCode": "GBP", "amount": cost}}]}
+    details = {
+        "returnsReferenceNumber": row["returns_notice"],
+        "goodsReturnDate": f"{row['returned_at']}T00:00:00Z",
+        "rmaId": row["rma_id"],
+        "consignorsReferenceNumber": row["vret"],
+    }
+    return {
+        "invoiceType": "CreditNote",
+        "id": note_id or f"CN-{row['amazon_return_id']}",
+        "date": f"{row['returned_at']}T12:00:00Z",
+        "remitToParty": {"partyId": scenario["vendor"]["party_id"]},
+        "invoiceTotal": {"currencyCode": "GBP", "amount": total},
+        "creditNoteDetails": details,
+        "items": [
+            {
+                "itemSequenceNumber": 1,
+                "vendorProductIdentifier": row["sku"],
+                "amazonProductIdentifier": row["asin"],
+                "creditNoteDetails": details,
+                "invoicedQuantity": {"amount": row["quantity"], "unitOfMeasure": "Eaches"},
+                "netCost": {"currencyCode": "GBP", "amount": cost},
+            }
+        ],
+    }
 
 
 def rebound_rows(scenario: dict) -> list[dict]:
@@ -54,11 +75,14 @@ def read_log(out: Path) -> list[dict]:
 
 @pytest.fixture
 def served(scenario, tmp_path):
-    """Serve a simulator for a (possibly modified) scenario; yields (base_url, httpx client with a token, sim)."""
+    """Serve a simulator for a (possibly modified) scenario; yields (base_url, httpx client with a token,
+    sim)."""
     stack = []
 
     def start(sc: dict | None = None, **kwargs):
-        app = build_spapi_app(sc or scenario, out_dir=tmp_path / "out", landing_dir=tmp_path / "landing", **kwargs)
+        app = build_spapi_app(
+            sc or scenario, out_dir=tmp_path / "out", landing_dir=tmp_path / "landing", **kwargs
+        )
         cm = serve_in_thread(app)
         base = cm.__enter__()
         stack.append(cm)
@@ -73,26 +97,31 @@ def served(scenario, tmp_path):
 
 
 def test_model_copies_match_amazon_models():
-    assert SHARED_MODELS.exists() or pytest.skip("../shared is not beside the checkout")
-    names = ["LICENSE", "NOTICE", "vendorDirectFulfillmentInventoryV1.json",
-             "vendorDirectFulfillmentTransactions_2021-12-28.json", "vendorInvoices.json",
-             "vendorTransactionStatus.json"]
-    match, mismatch, errors = filecmp.cmpfiles(SHARED_MODELS, MODELS_DIR, names, shallow=False)
-    assert (mismatch, errors) == ([], [])
+    published = dict(
+        reversed(line.split()) for line in PUBLISHED_MODELS.read_text().splitlines() if line.strip()
+    )
+    copies = {name: hashlib.sha256((MODELS_DIR / name).read_bytes()).hexdigest() for name in published}
+    assert copies == published
 
 
 def test_lwa_token_endpoint(served, tmp_path):
-    base, http, sim = served()
+    base, _http, _sim = served()
     ok = httpx.post(f"{base}/auth/o2/token", data=LWA)
     assert ok.status_code == 200
     body = ok.json()
-    assert body["token_type"] == "bearer" and body["expires_in"] == 3600 and body["access_token"].startswith("Atza|")
+    assert (
+        body["token_type"] == "bearer"
+        and body["expires_in"] == 3600
+        and body["access_token"].startswith("Atza|")
+    )
     bad_secret = httpx.post(f"{base}/auth/o2/token", data=dict(LWA, client_secret="nope"))
     assert bad_secret.status_code == 401 and bad_secret.json()["error"] == "invalid_client"
     bad_grant = httpx.post(f"{base}/auth/o2/token", data=dict(LWA, refresh_token="Atzr|stolen"))
     assert bad_grant.status_code == 400 and bad_grant.json()["error"] == "invalid_grant"
-    assert httpx.post(f"{base}/auth/o2/token",
-                      data=dict(LWA, grant_type="client_credentials")).json()["error"] == "unsupported_grant_type"
+    assert (
+        httpx.post(f"{base}/auth/o2/token", data=dict(LWA, grant_type="client_credentials")).json()["error"]
+        == "unsupported_grant_type"
+    )
     # the token form carries secrets: logged without its body
     token_lines = [r for r in read_log(tmp_path / "out") if r["path"] == "/auth/o2/token"]
     assert [r["status"] for r in token_lines] == [200, 200, 401, 400, 400]
@@ -112,23 +141,28 @@ def test_vendor_paths_need_a_valid_token(served, scenario):
 
 
 def test_invalid_bodies_get_400_with_amazon_errors(served, scenario):
-    base, http, sim = served()
+    _base, http, sim = served()
     note = credit_note(scenario, rebound_rows(scenario)[0])
     cases = {
         "remitToParty": {k: v for k, v in note.items() if k != "remitToParty"},
         "invoiceType": dict(note, invoiceType="DebitNote"),
         "amount": dict(note, invoiceTotal={"currencyCode": "GBP", "amount": "9,50"}),
         "date": dict(note, date="05/10/2026"),
-        "invoicedQuantity": dict(note, items=[dict(note["items"][0],
-                                                   invoicedQuantity={"amount": 0, "unitOfMeasure": "Eaches"})]),
+        "invoicedQuantity": dict(
+            note, items=[dict(note["items"][0], invoicedQuantity={"amount": 0, "unitOfMeasure": "Eaches"})]
+        ),
     }
     for needle, bad in cases.items():
         r = http.post("/vendor/payments/v1/invoices", json={"invoices": [bad]})
         assert r.status_code == 400, needle
         errors = r.json()["errors"]
-        assert errors and all(e["code"] == "InvalidInput" and {"code", "message", "details"} <= set(e) for e in errors)
+        assert errors and all(
+            e["code"] == "InvalidInput" and {"code", "message", "details"} <= set(e) for e in errors
+        )
         assert any(needle in e["message"] or needle in e["details"] for e in errors), (needle, errors)
-    r = http.post("/vendor/payments/v1/invoices", content=b"not json", headers={"content-type": "application/json"})
+    r = http.post(
+        "/vendor/payments/v1/invoices", content=b"not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400 and r.json()["errors"][0]["code"] == "InvalidInput"
     inv_bad = {"inventory": {"sellingParty": {"partyId": "VNDR1"}, "items": []}}  # isFullUpdate missing
     r = http.post("/vendor/directFulfillment/inventory/v1/warehouses/UK-HUB-1/items", json=inv_bad)
@@ -138,15 +172,17 @@ def test_invalid_bodies_get_400_with_amazon_errors(served, scenario):
 
 def test_responses_follow_amazon_models(served, scenario):
     """Answers validate against the response definitions of the same published models."""
-    base, http, sim = served()
+    _base, http, _sim = served()
     rows = rebound_rows(scenario)
     failing = scenario["amazon"]["credit_outcomes"][0]
     assert failing["status"] == "Failure"
     bad_row = next(r for r in rows if r["returns_notice"] == failing["returns_notice"])
-    checks = [("vendorInvoices.json", "SubmitInvoicesResponse"),
-              ("vendorTransactionStatus.json", "GetTransactionResponse"),
-              ("vendorDirectFulfillmentInventoryV1.json", "SubmitInventoryUpdateResponse"),
-              ("vendorDirectFulfillmentTransactions_2021-12-28.json", "TransactionStatus")]
+    checks = [
+        ("vendorInvoices.json", "SubmitInvoicesResponse"),
+        ("vendorTransactionStatus.json", "GetTransactionResponse"),
+        ("vendorDirectFulfillmentInventoryV1.json", "SubmitInventoryUpdateResponse"),
+        ("vendorDirectFulfillmentTransactions_2021-12-28.json", "TransactionStatus"),
+    ]
     v = {d: request_validator(f, d) for f, d in checks}
     seen = []
     for row in (rows[0], bad_row):
@@ -159,9 +195,18 @@ def test_responses_follow_amazon_models(served, scenario):
     assert [s["status"] for s in seen] == ["Processing", "Success", "Processing", "Failure"]
     assert seen[-1]["errors"][0]["code"] == failing["error"]["code"]
     assert seen[-1]["errors"][0]["message"] == failing["error"]["message"]
-    body = {"inventory": {"sellingParty": {"partyId": "VNDR1"}, "isFullUpdate": False,
-                          "items": [{"vendorProductIdentifier": "SKU-00001",
-                                     "availableQuantity": {"amount": 3, "unitOfMeasure": "Eaches"}}]}}
+    body = {
+        "inventory": {
+            "sellingParty": {"partyId": "VNDR1"},
+            "isFullUpdate": False,
+            "items": [
+                {
+                    "vendorProductIdentifier": "SKU-00001",
+                    "availableQuantity": {"amount": 3, "unitOfMeasure": "Eaches"},
+                }
+            ],
+        }
+    }
     r = http.post("/vendor/directFulfillment/inventory/v1/warehouses/UK-HUB-1/items", json=body)
     assert r.status_code == 202 and not list(v["SubmitInventoryUpdateResponse"].iter_errors(r.json()))
     assert r.headers["x-amzn-RateLimit-Limit"] == "10" and r.headers["x-amzn-RequestId"]
@@ -173,48 +218,72 @@ def test_responses_follow_amazon_models(served, scenario):
         states.append(t.json()["transactionStatus"]["status"])
     assert states == ["Processing", "Success"]
     # an unknown transaction, or one of the other kind, is a 404 with the errors body
-    for path in (f"/vendor/transactions/v1/transactions/{tid}",
-                 "/vendor/directFulfillment/transactions/2021-12-28/transactions/nope"):
+    for path in (
+        f"/vendor/transactions/v1/transactions/{tid}",
+        "/vendor/directFulfillment/transactions/2021-12-28/transactions/nope",
+    ):
         r = http.get(path)
         assert r.status_code == 404 and r.json()["errors"][0]["code"] == "NotFound"
 
 
 def test_processing_outcome_never_resolves(served, scenario):
-    base, http, sim = served(processing_polls=0)
+    _base, http, _sim = served(processing_polls=0)
     stuck = next(o for o in scenario["amazon"]["credit_outcomes"] if o["status"] == "Processing")
     row = next(r for r in rebound_rows(scenario) if r["returns_notice"] == stuck["returns_notice"])
-    tid = http.post("/vendor/payments/v1/invoices",
-                    json={"invoices": [credit_note(scenario, row)]}).json()["payload"]["transactionId"]
-    statuses = {http.get(f"/vendor/transactions/v1/transactions/{tid}").json()["payload"]["transactionStatus"]
-                ["status"] for _ in range(5)}
+    tid = http.post("/vendor/payments/v1/invoices", json={"invoices": [credit_note(scenario, row)]}).json()[
+        "payload"
+    ]["transactionId"]
+    statuses = {
+        http.get(f"/vendor/transactions/v1/transactions/{tid}").json()["payload"]["transactionStatus"][
+            "status"
+        ]
+        for _ in range(5)
+    }
     assert statuses == {"Processing"}
 
 
 def test_same_credit_note_id_is_the_same_credit_note(served, scenario):
-    base, http, sim = served()
+    _base, http, sim = served()
     rows = rebound_rows(scenario)[:3]
     batch = [credit_note(scenario, r) for r in rows]
-    first = http.post("/vendor/payments/v1/invoices", json={"invoices": batch}).json()["payload"]["transactionId"]
-    again = http.post("/vendor/payments/v1/invoices", json={"invoices": batch}).json()["payload"]["transactionId"]
-    one = http.post("/vendor/payments/v1/invoices", json={"invoices": batch[:1]}).json()["payload"]["transactionId"]
+    first = http.post("/vendor/payments/v1/invoices", json={"invoices": batch}).json()["payload"][
+        "transactionId"
+    ]
+    again = http.post("/vendor/payments/v1/invoices", json={"invoices": batch}).json()["payload"][
+        "transactionId"
+    ]
+    one = http.post("/vendor/payments/v1/invoices", json={"invoices": batch[:1]}).json()["payload"][
+        "transactionId"
+    ]
     assert again == first == one
     # a body that adds a new note is a new transaction; the known notes are not taken in twice
     extra = credit_note(scenario, rebound_rows(scenario)[3])
-    mixed = http.post("/vendor/payments/v1/invoices",
-                      json={"invoices": batch + [extra]}).json()["payload"]["transactionId"]
+    mixed = http.post("/vendor/payments/v1/invoices", json={"invoices": [*batch, extra]}).json()["payload"][
+        "transactionId"
+    ]
     assert mixed != first
     summary = sim.summary()
     assert summary["credit_notes_taken_in"] == 4 and summary["credit_notes_conflicting"] == 0
 
 
 def test_inventory_update_sets_absolute_stock_and_dump(served, scenario, tmp_path):
-    base, http, sim = served()
+    _base, http, _sim = served()
     sku = scenario["catalog"][2]["sku"]
-    items = [{"vendorProductIdentifier": sku, "availableQuantity": {"amount": 4321, "unitOfMeasure": "Eaches"}},
-             {"vendorProductIdentifier": "NEW-SKU-1", "availableQuantity": {"amount": 6, "unitOfMeasure": "Eaches"}}]
+    items = [
+        {"vendorProductIdentifier": sku, "availableQuantity": {"amount": 4321, "unitOfMeasure": "Eaches"}},
+        {
+            "vendorProductIdentifier": "NEW-SKU-1",
+            "availableQuantity": {"amount": 6, "unitOfMeasure": "Eaches"},
+        },
+    ]
     body = {"inventory": {"sellingParty": {"partyId": "VNDR1"}, "isFullUpdate": False, "items": items}}
     for _ in range(2):  # absolute quantities: sending twice changes nothing more
-        assert http.post("/vendor/directFulfillment/inventory/v1/warehouses/UK-HUB-1/items", json=body).status_code == 202
+        assert (
+            http.post(
+                "/vendor/directFulfillment/inventory/v1/warehouses/UK-HUB-1/items", json=body
+            ).status_code
+            == 202
+        )
     assert http.post("/_sandbox/dump").status_code == 200
     with (tmp_path / "out" / "amazon_inventory.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -231,15 +300,29 @@ def test_vendor_central_returns_export(served, scenario, tmp_path):
     with path.open() as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert reader.fieldnames == ["amazon_return_id", "returns_notice", "rma_id", "vret", "asin", "sku", "quantity",
-                                 "label", "returned_at", "charged_amount"]
+    assert reader.fieldnames == [
+        "amazon_return_id",
+        "returns_notice",
+        "rma_id",
+        "vret",
+        "asin",
+        "sku",
+        "quantity",
+        "label",
+        "returned_at",
+        "charged_amount",
+    ]
     assert len(rows) == len(scenario["amazon"]["returns"])
     by_id = {r["amazon_return_id"]: r for r in rows}
     for src in scenario["amazon"]["returns"]:
         got = by_id[src["amazon_return_id"]]
         assert got["charged_amount"] == src.get("charged_amount", "")
         assert (got["returns_notice"], got["sku"], int(got["quantity"]), got["label"]) == (
-            src["returns_notice"], src["sku"], src["quantity"], src["label"])
+            src["returns_notice"],
+            src["sku"],
+            src["quantity"],
+            src["label"],
+        )
     assert {r["label"] for r in rows} == {"REBOUND", "APRL"}
 
 
@@ -248,15 +331,21 @@ def test_throttling_answers_429_like_amazon(served, scenario):
     from sp_api.api import VendorInvoices
     from sp_api.base.exceptions import SellingApiRequestThrottledException
 
-    from returnledger.clients.amazon import _Marketplace, token_client_class
+    from returnledger.clients.amazon_auth import Marketplace as _Marketplace
+    from returnledger.clients.amazon_auth import token_client_class
 
     sc = copy.deepcopy(scenario)
     sc["faults"] = {"amazon": {"throttle": {"rate": 5, "burst": 5}}}
-    base, http, sim = served(sc)
-    api = VendorInvoices(_Marketplace(base, "A1F83G8C2ARO7P", "eu"),
-                         credentials={"refresh_token": LWA["refresh_token"], "lwa_app_id": LWA["client_id"],
-                                      "lwa_client_secret": LWA["client_secret"]},
-                         auth_token_client_class=token_client_class(base + "/auth/o2/token"))
+    base, _http, sim = served(sc)
+    api = VendorInvoices(
+        _Marketplace(base, "A1F83G8C2ARO7P", "eu"),
+        credentials={
+            "refresh_token": LWA["refresh_token"],
+            "lwa_app_id": LWA["client_id"],
+            "lwa_client_secret": LWA["client_secret"],
+        },
+        auth_token_client_class=token_client_class(base + "/auth/o2/token"),
+    )
     taken, throttled = 0, []
     for row in rebound_rows(sc)[:30]:
         try:
@@ -275,15 +364,18 @@ def test_throttling_answers_429_like_amazon(served, scenario):
 def test_request_log_is_complete_under_concurrency(served, scenario, tmp_path):
     sc = copy.deepcopy(scenario)
     sc["faults"] = {"amazon": {"throttle": {"rate": 100000, "burst": 100000}}}
-    base, http, sim = served(sc)
+    base, http, _sim = served(sc)
     rows = rebound_rows(sc)
     statuses: list[int] = []
 
     def worker(chunk):
         with httpx.Client(base_url=base, headers=dict(http.headers), timeout=10) as c:
             for row in chunk:
-                statuses.append(c.post("/vendor/payments/v1/invoices",
-                                       json={"invoices": [credit_note(sc, row)]}).status_code)
+                statuses.append(
+                    c.post(
+                        "/vendor/payments/v1/invoices", json={"invoices": [credit_note(sc, row)]}
+                    ).status_code
+                )
 
     threads = [threading.Thread(target=worker, args=(rows[i::8],)) for i in range(8)]
     for t in threads:
@@ -297,17 +389,25 @@ def test_request_log_is_complete_under_concurrency(served, scenario, tmp_path):
 
 def test_faults_are_deterministic_and_lost_responses_apply(served, scenario, tmp_path):
     sc = copy.deepcopy(scenario)
-    sc["faults"] = {"amazon": {"error_rate": 0.2, "lost_response_rate": 0.2,
-                               "throttle": {"rate": 100000, "burst": 100000}}}
+    sc["faults"] = {
+        "amazon": {
+            "error_rate": 0.2,
+            "lost_response_rate": 0.2,
+            "throttle": {"rate": 100000, "burst": 100000},
+        }
+    }
     runs = []
     for _ in range(2):
         base, http, sim = served(sc, seed=11)
         answers = []
         for row in rebound_rows(sc)[:40]:
-            answers.append(http.post("/vendor/payments/v1/invoices",
-                                     json={"invoices": [credit_note(sc, row)]}).status_code)
+            answers.append(
+                http.post(
+                    "/vendor/payments/v1/invoices", json={"invoices": [credit_note(sc, row)]}
+                ).status_code
+            )
         runs.append((answers, sim.summary()))
-    (a1, s1), (a2, s2) = runs
+    (a1, s1), (a2, _s2) = runs
     assert a1 == a2, "same seed, same requests: same faults"
     assert s1["faults"]["error"] > 0 and s1["faults"]["lost_response"] > 0
     assert set(a1) <= {202, 500, 503}

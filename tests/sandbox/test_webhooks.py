@@ -1,4 +1,5 @@
 """Webhook signatures and at-least-once delivery with back-off (simulated ReBound contract)."""
+
 from __future__ import annotations
 
 import base64
@@ -6,15 +7,15 @@ import hashlib
 import hmac
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 
-from returnledger.sandbox.scenario import load_scenario
-from returnledger.sandbox.server import free_port, serve_in_thread
-from returnledger.sandbox.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSender, sign, verify
+from returnledger_dev.sandbox.scenario import load_scenario
+from returnledger_dev.sandbox.server import free_port, serve_in_thread
+from returnledger_dev.sandbox.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSender, sign, verify
 
 SECRET = "whsec-test"
 BODY = b'{"event_id":"ev-1","type":"RECEIVED","return_id":"RB-1","line":1,"quantity":1}'
@@ -31,7 +32,9 @@ def test_verify_accepts_only_the_genuine_fresh_delivery():
     assert verify(SECRET, NOW, BODY, sig, now=NOW + 10)
     assert verify(SECRET, str(NOW), BODY, sig, now=NOW - 10)  # header values are strings
     assert not verify("other-secret", NOW, BODY, sig, now=NOW)  # wrong secret
-    assert not verify(SECRET, NOW, BODY.replace(b'"quantity":1', b'"quantity":9'), sig, now=NOW)  # changed body
+    assert not verify(
+        SECRET, NOW, BODY.replace(b'"quantity":1', b'"quantity":9'), sig, now=NOW
+    )  # changed body
     assert not verify(SECRET, NOW + 1, BODY, sig, now=NOW)  # timestamp not the signed one
     assert not verify(SECRET, NOW, BODY, sig, now=NOW + 301)  # stale
     assert not verify(SECRET, NOW, BODY, sig, now=NOW - 301)  # from the future
@@ -53,8 +56,13 @@ class Receiver:
         async def hook(request: Request) -> Response:
             self.calls += 1
             body = await request.body()
-            if not verify(SECRET, request.headers.get(TIMESTAMP_HEADER), body,
-                          request.headers.get(SIGNATURE_HEADER), now=time.time()):
+            if not verify(
+                SECRET,
+                request.headers.get(TIMESTAMP_HEADER),
+                body,
+                request.headers.get(SIGNATURE_HEADER),
+                now=time.time(),
+            ):
                 self.bad_signatures += 1
                 return Response(status_code=401)
             if self.calls <= self.fail_first:
@@ -91,17 +99,23 @@ def test_simulator_pushes_the_feed_at_least_once(scenarios_dir, serve_rebound):
     scenario = load_scenario(scenarios_dir / "small-month.json")
     receiver = Receiver(fail_first=1)
     with serve_in_thread(receiver.app) as hook_url:
-        url, _ = serve_rebound(scenario, webhook_url=f"{hook_url}/hook", webhook_secret=SECRET,
-                               webhook_backoff_s=0.01)
-        first = httpx.post(f"{url}/_sandbox/webhooks/deliver", params={"until": "2026-10-10T00:00:00Z"},
-                           timeout=30).json()
-        again = httpx.post(f"{url}/_sandbox/webhooks/deliver", params={"until": "2026-10-10T00:00:00Z"},
-                           timeout=30).json()
-        rest = httpx.post(f"{url}/_sandbox/webhooks/deliver", params={"until": "2026-12-01T00:00:00Z"},
-                          timeout=30).json()
+        url, _ = serve_rebound(
+            scenario, webhook_url=f"{hook_url}/hook", webhook_secret=SECRET, webhook_backoff_s=0.01
+        )
+        first = httpx.post(
+            f"{url}/_sandbox/webhooks/deliver", params={"until": "2026-10-10T00:00:00Z"}, timeout=30
+        ).json()
+        again = httpx.post(
+            f"{url}/_sandbox/webhooks/deliver", params={"until": "2026-10-10T00:00:00Z"}, timeout=30
+        ).json()
+        rest = httpx.post(
+            f"{url}/_sandbox/webhooks/deliver", params={"until": "2026-12-01T00:00:00Z"}, timeout=30
+        ).json()
     raw = scenario.raw
     items = raw["rebound"]["events"] + raw["rebound"]["invalid_events"]
-    order = sorted(range(len(items)), key=lambda i: (items[i].get("delivered_at") or items[i]["occurred_at"], i))
+    order = sorted(
+        range(len(items)), key=lambda i: (items[i].get("delivered_at") or items[i]["occurred_at"], i)
+    )
     expected = [items[i] for i in order for _ in range(2 if items[i].get("duplicate") else 1)]
     before = [e for e in expected if (e.get("delivered_at") or e["occurred_at"]) < "2026-10-10T00:00:00Z"]
     assert first["delivered"] == len(before) and first["failed"] == 0
@@ -117,7 +131,7 @@ def test_deliver_needs_a_configured_webhook(scenarios_dir, serve_rebound):
     assert r.status_code == 409
 
 
-@pytest.mark.parametrize("when", [datetime(2026, 10, 1, tzinfo=timezone.utc)])
+@pytest.mark.parametrize("when", [datetime(2026, 10, 1, tzinfo=UTC)])
 def test_signed_headers_carry_the_sender_clock(when):
     sender = WebhookSender("http://unused", SECRET, clock=lambda: when.timestamp())
     h = sender.headers(BODY, "ev-1")

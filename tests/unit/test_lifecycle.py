@@ -1,7 +1,8 @@
 """The return-line lifecycle rules (design.md 1-7), one behaviour per test."""
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -19,20 +20,30 @@ from returnledger.ledger.lifecycle import (
 from returnledger.models import ActionKind, EventType, ExceptionType, LineState
 
 S = LineState
-T0 = datetime(2026, 10, 5, 8, tzinfo=timezone.utc)
+T0 = datetime(2026, 10, 5, 8, tzinfo=UTC)
 
 POLICY = Policy(
     sellable_grades=frozenset({"A"}),
-    credit={"RESTOCKED": Decimal("1"), "REFURBISH": Decimal("1"), "RECYCLE": Decimal("1"),
-            "DESTROY": Decimal("1"), "RETURN_TO_SUPPLIER": Decimal("0.5"), "QUARANTINED": None,
-            "REJECTED": Decimal("0")},
+    credit={
+        "RESTOCKED": Decimal("1"),
+        "REFURBISH": Decimal("1"),
+        "RECYCLE": Decimal("1"),
+        "DESTROY": Decimal("1"),
+        "RETURN_TO_SUPPLIER": Decimal("0.5"),
+        "QUARANTINED": None,
+        "REJECTED": Decimal("0"),
+    },
     credit_window_days=7,
 )
 
 
 def ev(type_, hours=0, event_id=None, **kw) -> LineEvent:
-    return LineEvent(event_id=event_id or f"ev-{type_}-{hours}", type=EventType(type_),
-                     occurred_at=T0 + timedelta(hours=hours), **kw)
+    return LineEvent(
+        event_id=event_id or f"ev-{type_}-{hours}",
+        type=EventType(type_),
+        occurred_at=T0 + timedelta(hours=hours),
+        **kw,
+    )
 
 
 def line(state=S.ANNOUNCED, announced=2, **kw) -> LineView:
@@ -79,8 +90,9 @@ def test_received_more_than_announced_is_a_mismatch_too():
     assert [t for t, _ in out.raised] == [ExceptionType.QUANTITY_MISMATCH]
 
 
-@pytest.mark.parametrize("state", [S.RECEIVED, S.GRADED, S.DISPOSITIONED, S.CREDIT_SUBMITTED, S.CLOSED,
-                                   S.REJECTED])
+@pytest.mark.parametrize(
+    "state", [S.RECEIVED, S.GRADED, S.DISPOSITIONED, S.CREDIT_SUBMITTED, S.CLOSED, S.REJECTED]
+)
 def test_a_second_receipt_under_another_id_is_ignored(state):
     current = line(state, quantity_received=2, grade="A")
     out = apply_event(current, ev("RECEIVED", quantity=1, event_id="redelivered"), POLICY)
@@ -176,7 +188,9 @@ def test_disposition_before_grading_is_held_out_of_sequence(state):
     assert out.hold == ExceptionType.OUT_OF_SEQUENCE and out.line == current and out.actions == ()
 
 
-@pytest.mark.parametrize("state", [S.DISPOSITIONED, S.CREDIT_SUBMITTED, S.CREDIT_ACCEPTED, S.CLOSED, S.REJECTED])
+@pytest.mark.parametrize(
+    "state", [S.DISPOSITIONED, S.CREDIT_SUBMITTED, S.CREDIT_ACCEPTED, S.CLOSED, S.REJECTED]
+)
 def test_a_second_disposition_is_ignored_and_never_credits_twice(state):
     current = line(state, quantity_received=2, grade="A", disposition="RESTOCKED")
     out = apply_event(current, ev("DISPOSITIONED", disposition="REFURBISH", event_id="second"), POLICY)
@@ -211,7 +225,11 @@ def test_replay_orders_events_and_resolves_a_hold_when_the_receipt_arrives():
 
 
 def test_replay_holds_everything_after_the_first_hold():
-    events = [ev("GRADED", 1, grade="A"), ev("RECEIVED", 2, quantity=2), ev("DISPOSITIONED", 3, disposition="RESTOCKED")]
+    events = [
+        ev("GRADED", 1, grade="A"),
+        ev("RECEIVED", 2, quantity=2),
+        ev("DISPOSITIONED", 3, disposition="RESTOCKED"),
+    ]
     final, results = replay(line(), events, POLICY)
     assert final == line()
     assert [o.hold for _, o in results] == [ExceptionType.OUT_OF_SEQUENCE] * 3
@@ -219,8 +237,13 @@ def test_replay_holds_everything_after_the_first_hold():
 
 
 def test_replay_breaks_timestamp_ties_by_lifecycle_order():
-    events = [ev("DISPOSITIONED", 0, disposition="RESTOCKED"), ev("GRADED", 0, grade="A"),
-              ev("RECEIVED", 0, quantity=2), ev("IN_TRANSIT", 0), ev("RETURN_CREATED", 0)]
+    events = [
+        ev("DISPOSITIONED", 0, disposition="RESTOCKED"),
+        ev("GRADED", 0, grade="A"),
+        ev("RECEIVED", 0, quantity=2),
+        ev("IN_TRANSIT", 0),
+        ev("RETURN_CREATED", 0),
+    ]
     final, results = replay(line(), events, POLICY)
     assert final.state == S.DISPOSITIONED
     assert [e.type for e, _ in results] == list(EventType)
@@ -237,7 +260,9 @@ def test_credit_submitted_then_success_closes_the_line():
     """Rule 4: closed only once Amazon accepted the credit note."""
     disp = line(S.DISPOSITIONED, quantity_received=2, grade="A", disposition="RESTOCKED")
     sub = on_credit_submitted(disp)
-    assert sub.line.state == S.CREDIT_SUBMITTED and sub.transitions == ((S.DISPOSITIONED, S.CREDIT_SUBMITTED),)
+    assert sub.line.state == S.CREDIT_SUBMITTED and sub.transitions == (
+        (S.DISPOSITIONED, S.CREDIT_SUBMITTED),
+    )
     ok = on_credit_result(sub.line, accepted=True)
     assert ok.line.state == S.CLOSED
     assert ok.transitions == ((S.CREDIT_SUBMITTED, S.CREDIT_ACCEPTED), (S.CREDIT_ACCEPTED, S.CLOSED))
@@ -268,17 +293,29 @@ def test_credit_callbacks_are_idempotent_and_refuse_impossible_states():
         on_credit_result(line(S.RECEIVED, quantity_received=1), accepted=True)
 
 
-@pytest.mark.parametrize("cost,fraction,expected", [
-    ("12.50", "1", "12.50"), ("9.99", "0.5", "5.00"), ("4.99", "0.5", "2.50"),
-    ("0.01", "0.5", "0.01"), ("59.95", "0.3333", "19.98"), ("0", "1", "0.00"),
-])
+@pytest.mark.parametrize(
+    "cost,fraction,expected",
+    [
+        ("12.50", "1", "12.50"),
+        ("9.99", "0.5", "5.00"),
+        ("4.99", "0.5", "2.50"),
+        ("0.01", "0.5", "0.01"),
+        ("59.95", "0.3333", "19.98"),
+        ("0", "1", "0.00"),
+    ],
+)
 def test_credit_unit_amount_rounds_half_up_to_the_penny(cost, fraction, expected):
     assert credit_unit_amount(Decimal(cost), Decimal(fraction)) == Decimal(expected)
 
 
 def test_policy_validates_fractions_and_reads_scenario_blocks():
-    p = Policy.from_dict({"sellable_grades": ["A"], "credit": {"RESTOCKED": 1.0, "QUARANTINED": None,
-                                                               "REJECTED": 0}, "credit_window_days": 7})
+    p = Policy.from_dict(
+        {
+            "sellable_grades": ["A"],
+            "credit": {"RESTOCKED": 1.0, "QUARANTINED": None, "REJECTED": 0},
+            "credit_window_days": 7,
+        }
+    )
     assert p.credit_fraction("RESTOCKED") == Decimal("1")
     assert p.credit_fraction("QUARANTINED") is None and p.credit_fraction("REJECTED") == 0
     with pytest.raises(ValueError):

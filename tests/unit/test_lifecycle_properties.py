@@ -1,8 +1,9 @@
 """Properties of the lifecycle that must hold for every event sequence ReBound can deliver
 (at least once, out of order, redelivered under the same or another event id)."""
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from hypothesis import given, settings
@@ -11,9 +12,14 @@ from hypothesis import strategies as st
 from returnledger.ledger.lifecycle import LineEvent, LineView, Policy, apply_event, replay
 from returnledger.models import ActionKind, Disposition, EventType, Grade, LineState
 
-T0 = datetime(2026, 10, 1, tzinfo=timezone.utc)
-STORY = [EventType.RETURN_CREATED, EventType.IN_TRANSIT, EventType.RECEIVED, EventType.GRADED,
-         EventType.DISPOSITIONED]
+T0 = datetime(2026, 10, 1, tzinfo=UTC)
+STORY = [
+    EventType.RETURN_CREATED,
+    EventType.IN_TRANSIT,
+    EventType.RECEIVED,
+    EventType.GRADED,
+    EventType.DISPOSITIONED,
+]
 GRADES = [g.value for g in Grade]
 DISPOSITIONS = [d.value for d in Disposition]
 #: every state a line can be in when events reach the lifecycle (QUARANTINED lines are held by the sync)
@@ -22,8 +28,9 @@ STATES = [s for s in LineState if s != LineState.QUARANTINED]
 policies = st.builds(
     Policy,
     sellable_grades=st.frozensets(st.sampled_from(GRADES), min_size=1),
-    credit=st.fixed_dictionaries({d: st.sampled_from([None, Decimal("0"), Decimal("0.5"), Decimal("1")])
-                                  for d in DISPOSITIONS}),
+    credit=st.fixed_dictionaries(
+        {d: st.sampled_from([None, Decimal("0"), Decimal("0.5"), Decimal("1")]) for d in DISPOSITIONS}
+    ),
     credit_window_days=st.integers(1, 30),
 )
 
@@ -35,7 +42,9 @@ def lines(draw) -> LineView:
     announced = draw(st.integers(1, 4))
     received = draw(st.integers(0, 5)) if rank >= STATES.index(LineState.RECEIVED) else None
     grade = draw(st.sampled_from(GRADES)) if rank >= STATES.index(LineState.GRADED) else None
-    disposition = draw(st.sampled_from(DISPOSITIONS)) if rank >= STATES.index(LineState.DISPOSITIONED) else None
+    disposition = (
+        draw(st.sampled_from(DISPOSITIONS)) if rank >= STATES.index(LineState.DISPOSITIONED) else None
+    )
     return LineView(state, announced, received, grade, disposition)
 
 
@@ -47,11 +56,16 @@ def any_events(draw) -> list[LineEvent]:
     out = []
     for event_id in ids:
         type_ = draw(st.sampled_from(STORY))
-        out.append(LineEvent(
-            event_id=event_id, type=type_, occurred_at=T0 + timedelta(hours=draw(st.integers(0, 48))),
-            quantity=draw(st.integers(0, 5)) if type_ == EventType.RECEIVED else None,
-            grade=draw(st.sampled_from(GRADES)) if type_ == EventType.GRADED else None,
-            disposition=draw(st.sampled_from(DISPOSITIONS)) if type_ == EventType.DISPOSITIONED else None))
+        out.append(
+            LineEvent(
+                event_id=event_id,
+                type=type_,
+                occurred_at=T0 + timedelta(hours=draw(st.integers(0, 48))),
+                quantity=draw(st.integers(0, 5)) if type_ == EventType.RECEIVED else None,
+                grade=draw(st.sampled_from(GRADES)) if type_ == EventType.GRADED else None,
+                disposition=draw(st.sampled_from(DISPOSITIONS)) if type_ == EventType.DISPOSITIONED else None,
+            )
+        )
     return out
 
 
@@ -66,10 +80,13 @@ def stories(draw) -> tuple[LineView, list[LineEvent]]:
     steps = draw(st.integers(0, len(STORY)))
     events = []
     for i, type_ in enumerate(STORY[:steps]):
-        base = dict(type=type_, occurred_at=T0 + timedelta(days=i, hours=draw(st.integers(0, 23))),
-                    quantity=received if type_ == EventType.RECEIVED else None,
-                    grade=grade if type_ == EventType.GRADED else None,
-                    disposition=disposition if type_ == EventType.DISPOSITIONED else None)
+        base = dict(
+            type=type_,
+            occurred_at=T0 + timedelta(days=i, hours=draw(st.integers(0, 23))),
+            quantity=received if type_ == EventType.RECEIVED else None,
+            grade=grade if type_ == EventType.GRADED else None,
+            disposition=disposition if type_ == EventType.DISPOSITIONED else None,
+        )
         events.append(LineEvent(event_id=f"ev-{i}", **base))
         for copy in range(draw(st.integers(0, 2))):
             same_id = draw(st.booleans())
@@ -110,7 +127,7 @@ def test_actions_only_for_what_the_warehouse_confirmed(line, events, policy):
     disposition the policy credits, never for an inspection rejection."""
     for out in apply_all(line, events, policy)[1]:
         after = out.line
-        if out.actions:   # closed at once when no credit is owed, but a restock still goes out
+        if out.actions:  # closed at once when no credit is owed, but a restock still goes out
             assert after.state in (LineState.DISPOSITIONED, LineState.CLOSED) and after.disposition
             assert after.quantity_received and after.quantity_received > 0
         if ActionKind.INVENTORY in out.actions:
@@ -158,7 +175,7 @@ def test_deliveries_spread_over_runs_converge_like_the_sync(story, policy, rnd, 
     applied_ids: set[str] = set()
     credit_notes = 0
     for batch in batches:
-        new = [e for e in batch if e.event_id not in applied_ids]   # the sync dedupes by event id
+        new = [e for e in batch if e.event_id not in applied_ids]  # the sync dedupes by event id
         line, results = replay(line, held + new, policy)
         held = [e for e, o in results if o.hold]
         applied_ids |= {e.event_id for e, o in results if not o.hold}

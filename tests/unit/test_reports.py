@@ -1,16 +1,17 @@
 """Month-end report pieces that need no database: tie-out check, chart geometry, HTML escaping."""
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
+from returnledger.render import cell
 from returnledger.reports.finance import (
     EXTRA_COLUMNS,
     REPORT_COLUMNS,
     ReportDoesNotTieOut,
-    _cell,
     _chart,
     _render_html,
     tie_out,
@@ -26,18 +27,26 @@ def grouped(*rows, total=None):
 
 
 def test_tie_out_orders_statuses_and_adds_up():
-    by_status, total = tie_out("2026-10", grouped(
-        ("DARK_RETURN", 2, 0, 2, 0, Decimal("0"), Decimal("0")),
-        ("MATCHED", 3, 4, 4, 4, Decimal("50.00"), Decimal("12.50")),
-        ("PENDING", 1, 1, 1, 0, Decimal("0"), Decimal("0"))))
+    by_status, total = tie_out(
+        "2026-10",
+        grouped(
+            ("DARK_RETURN", 2, 0, 2, 0, Decimal("0"), Decimal("0")),
+            ("MATCHED", 3, 4, 4, 4, Decimal("50.00"), Decimal("12.50")),
+            ("PENDING", 1, 1, 1, 0, Decimal("0"), Decimal("0")),
+        ),
+    )
     assert list(by_status) == ["PENDING", "MATCHED", "DARK_RETURN"]  # ReconStatus order
     assert total["rows"] == 6 and total["credited_amount"] == Decimal("50.00")
 
 
 def test_tie_out_refuses_totals_that_do_not_add_up():
-    rows = grouped(("MATCHED", 3, 4, 4, 4, Decimal("50.00"), Decimal("0")),
-                   total=[3, 4, 4, 4, Decimal("50.01"), Decimal("0")])
-    with pytest.raises(ReportDoesNotTieOut, match="credited_amount per status adds up to 50.00, the total is 50.01"):
+    rows = grouped(
+        ("MATCHED", 3, 4, 4, 4, Decimal("50.00"), Decimal("0")),
+        total=[3, 4, 4, 4, Decimal("50.01"), Decimal("0")],
+    )
+    with pytest.raises(
+        ReportDoesNotTieOut, match="credited_amount per status adds up to 50.00, the total is 50.01"
+    ):
         tie_out("2026-10", rows)
 
 
@@ -47,22 +56,38 @@ def test_empty_period_totals_are_zero():
 
 
 def test_chart_scales_to_the_largest_bar():
-    bars = _chart({"MATCHED": {"rows": 10}, "PENDING": {"rows": 5}, "ON_HOLD": {"rows": 0}}, "rows", width=200)
+    bars = _chart(
+        {"MATCHED": {"rows": 10}, "PENDING": {"rows": 5}, "ON_HOLD": {"rows": 0}}, "rows", width=200
+    )
     assert [b["width"] for b in bars] == [200.0, 100.0, 0.0]
     assert [b["y"] for b in bars] == [0, 26, 52]
     assert _chart({}, "rows") == []
 
 
 def test_cells():
-    assert _cell(None) == "" and _cell(Decimal("12.5")) == "12.50" and _cell(3) == "3"
+    assert cell(None) == "" and cell(Decimal("12.5")) == "12.50" and cell(3) == "3"
 
 
 def test_html_escapes_ledger_values():
     hostile = ["<script>alert(1)</script>", "1"] + [""] * (len(REPORT_COLUMNS) + len(EXTRA_COLUMNS) - 2)
-    by_status = {"DARK_RETURN": dict(rows=1, units_received=0, amazon_units=1, credited_quantity=0,
-                                     credited_amount=Decimal("0"), charged_amount=Decimal("0"))}
-    html = _render_html("2026-10", (datetime(2026, 11, 4, tzinfo=timezone.utc), "run<1>", "GBP"), by_status,
-                        dict(by_status["DARK_RETURN"]), {"DARK_RETURN": [hostile]}, {"DARK_RETURN": 1})
+    by_status = {
+        "DARK_RETURN": dict(
+            rows=1,
+            units_received=0,
+            amazon_units=1,
+            credited_quantity=0,
+            credited_amount=Decimal("0"),
+            charged_amount=Decimal("0"),
+        )
+    }
+    html = _render_html(
+        "2026-10",
+        (datetime(2026, 11, 4, tzinfo=UTC), "run<1>", "GBP"),
+        by_status,
+        dict(by_status["DARK_RETURN"]),
+        {"DARK_RETURN": [hostile]},
+        {"DARK_RETURN": 1},
+    )
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "run&lt;1&gt;" in html and "2026-11-04T00:00:00+00:00" in html
     assert html.count("<svg") == 2

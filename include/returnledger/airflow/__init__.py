@@ -1,1 +1,1 @@
-"""airflow."""
+"""The edge where returnledger meets Airflow: hooks and connections, schedules, task defaults, notifiers."""

@@ -1,9 +1,8 @@
 """Amazon Vendor Central client: python-amazon-sp-api with rate limits and safe retries.
 
 The same code talks to Amazon and to the sandbox's simulated SP-API; only the
-endpoint and the Login-with-Amazon (LWA) URL differ. python-amazon-sp-api has no
-base-URL option, so the endpoint goes in as a marketplace-like object and the
-LWA host as an ``AccessTokenClient`` subclass built from ``lwa_url``.
+endpoint and the Login-with-Amazon (LWA) URL differ (how they reach sp_api is in
+returnledger.clients.amazon_auth).
 
 Retries and idempotency: throttling (429), Amazon's 5xx, timeouts and
 connection errors are retried with exponential back-off behind a client-side
@@ -20,16 +19,16 @@ holds it), and every HTTP attempt can be logged through ``on_attempt``. Inventor
 updates carry absolute quantities, so a resend sets the same stock. This module
 is payload-agnostic: building credit notes is the sync pipeline's job.
 """
+
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
 import threading
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
+from returnledger.clients.amazon_auth import Marketplace, sp_api_client, token_client_class
 from returnledger.clients.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 EU_ENDPOINT = "https://sellingpartnerapi-eu.amazon.com"
 LWA_URL = "https://api.amazon.com/auth/o2/token"
 UK_MARKETPLACE_ID = "A1F83G8C2ARO7P"
-DF_TRANSACTIONS_VERSION = "2021-12-28"
 OPERATIONS = ("submitInvoices", "getTransaction", "submitInventoryUpdate", "getTransactionStatus")
 
 
@@ -47,7 +45,9 @@ class AmazonError(Exception):
     def __init__(self, operation: str, errors: list[dict], status: int | None = None):
         self.operation, self.errors, self.status = operation, list(errors or []), status
         first = self.errors[0] if self.errors else {}
-        super().__init__(f"{operation}: {status or ''} {first.get('code', '')} {first.get('message', '')}".strip())
+        super().__init__(
+            f"{operation}: {status or ''} {first.get('code', '')} {first.get('message', '')}".strip()
+        )
 
 
 class AmazonRequestError(AmazonError):
@@ -78,44 +78,6 @@ class TransactionStatus:
         return self.status in ("Success", "Failure")
 
 
-@dataclass(frozen=True)
-class _Marketplace:
-    """What sp_api reads from a ``Marketplaces`` member."""
-
-    endpoint: str
-    marketplace_id: str
-    region: str
-
-
-def token_client_class(lwa_url: str):
-    """An ``AccessTokenClient`` for the LWA endpoint at ``lwa_url`` (Amazon's or the simulator's).
-
-    The library caches access tokens in a process-wide cache keyed by the
-    refresh token alone; this subclass keys by LWA URL and client id too, so two
-    endpoints never share a token, and ``forget_token`` drops a token that the
-    API refused (an expired token, or a restarted simulator).
-    """
-    from sp_api.auth import AccessTokenClient
-
-    parts = urlsplit(lwa_url)
-    if not parts.scheme or not parts.netloc:
-        raise ValueError(f"lwa_url must be an absolute URL, got {lwa_url!r}")
-    path = parts.path if parts.path not in ("", "/") else "/auth/o2/token"
-
-    def _get_cache_key(self, token_flavor=""):
-        raw = "|".join((lwa_url, self.cred.client_id or "", self.cred.refresh_token or "", token_flavor))
-        return "access_token_" + hashlib.sha256(raw.encode()).hexdigest()
-
-    def forget_token(self):
-        from sp_api.auth import access_token_client
-
-        access_token_client.cache.pop(self._get_cache_key(), None)
-
-    return type("ReturnLedgerAccessTokenClient", (AccessTokenClient,),
-                {"scheme": parts.scheme + "://", "host": parts.netloc, "path": path,
-                 "_get_cache_key": _get_cache_key, "forget_token": forget_token})
-
-
 class _Retry(Exception):
     """An attempt that may succeed when repeated (429, 5xx, transport trouble)."""
 
@@ -131,13 +93,28 @@ class AmazonVendorClient:
     (they keep per-request state), the token buckets are shared.
     """
 
-    def __init__(self, endpoint: str, *, lwa_url: str, refresh_token: str, lwa_client_id: str,
-                 lwa_client_secret: str, marketplace_id: str = UK_MARKETPLACE_ID, region: str = "eu",
-                 rate_per_s: float = 10.0, burst: int = 10, max_attempts: int = 8, backoff_max_s: float = 10.0,
-                 timeout: float = 30.0):
-        self.marketplace = _Marketplace(endpoint.rstrip("/"), marketplace_id, region)
-        self.credentials = {"refresh_token": refresh_token, "lwa_app_id": lwa_client_id,
-                            "lwa_client_secret": lwa_client_secret}
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        lwa_url: str,
+        refresh_token: str,
+        lwa_client_id: str,
+        lwa_client_secret: str,
+        marketplace_id: str = UK_MARKETPLACE_ID,
+        region: str = "eu",
+        rate_per_s: float = 10.0,
+        burst: int = 10,
+        max_attempts: int = 8,
+        backoff_max_s: float = 10.0,
+        timeout: float = 30.0,
+    ):
+        self.marketplace = Marketplace(endpoint.rstrip("/"), marketplace_id, region)
+        self.credentials = {
+            "refresh_token": refresh_token,
+            "lwa_app_id": lwa_client_id,
+            "lwa_client_secret": lwa_client_secret,
+        }
         self.token_client_class = token_client_class(lwa_url)
         self.max_attempts = max(1, int(max_attempts))
         self.backoff_max_s = backoff_max_s
@@ -150,32 +127,18 @@ class AmazonVendorClient:
 
     # --- sp_api plumbing -------------------------------------------------------------
     def _api(self, name: str):
+        """This thread's sp_api client of the named API (they keep per-request state)."""
         clients = getattr(self._local, "clients", None)
         if clients is None:
             clients = self._local.clients = {}
         if name not in clients:
-            from sp_api.api import (
-                VendorDirectFulfillmentInventory,
-                VendorDirectFulfillmentTransactions,
-                VendorInvoices,
-                VendorTransactionStatus,
+            clients[name] = sp_api_client(
+                name,
+                self.marketplace,
+                self.credentials,
+                timeout=self.timeout,
+                token_client_class=self.token_client_class,
             )
-            from sp_api.base.credential_provider import FromCodeCredentialProvider
-
-            cls, extra = {
-                "invoices": (VendorInvoices, {}),
-                "transactions": (VendorTransactionStatus, {}),
-                "df_inventory": (VendorDirectFulfillmentInventory, {}),
-                "df_transactions": (VendorDirectFulfillmentTransactions, {"version": DF_TRANSACTIONS_VERSION}),
-            }[name]
-            client = cls(self.marketplace, credentials=dict(self.credentials), timeout=self.timeout,
-                         credential_providers=[FromCodeCredentialProvider],
-                         auth_token_client_class=self.token_client_class, **extra)
-            # SP_API_DEFAULT_MARKETPLACE would silently swap the endpoint for a real one: pin ours.
-            client.endpoint = self.marketplace.endpoint
-            client.marketplace_id = self.marketplace.marketplace_id
-            client.region = self.marketplace.region
-            clients[name] = client
         return clients[name]
 
     def close(self) -> None:
@@ -200,8 +163,12 @@ class AmazonVendorClient:
         from sp_api.base import exceptions as spx
         from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt
 
-        retryable_sp = (spx.SellingApiRequestThrottledException, spx.SellingApiServerException,
-                        spx.SellingApiTemporarilyUnavailableException, spx.SellingApiGatewayTimeoutException)
+        retryable_sp = (
+            spx.SellingApiRequestThrottledException,
+            spx.SellingApiServerException,
+            spx.SellingApiTemporarilyUnavailableException,
+            spx.SellingApiGatewayTimeoutException,
+        )
         refreshed = False
         tries = 0
 
@@ -214,8 +181,11 @@ class AmazonVendorClient:
                 if on_attempt is not None:
                     cause = e.__cause__ if isinstance(e, (_Retry, AmazonError)) else e
                     status = getattr(cause, "code", None)
-                    errors = getattr(cause, "error", None) or getattr(e, "errors", None) or [
-                        {"code": type(cause).__name__, "message": str(cause)[:500]}]
+                    errors = (
+                        getattr(cause, "error", None)
+                        or getattr(e, "errors", None)
+                        or [{"code": type(cause).__name__, "message": str(cause)[:500]}]
+                    )
                     on_attempt(tries, status if isinstance(status, int) else None, None, errors)
                 raise
             if on_attempt is not None:
@@ -247,9 +217,17 @@ class AmazonVendorClient:
             except AuthorizationError as e:
                 if (e.status_code or 0) >= 500:
                     raise _Retry(f"LWA {e.status_code}") from e
-                raise AmazonAuthError(op, [{"code": e.error_code or "AuthorizationError",
-                                               "message": e.message or "", "details": "LWA token request"}],
-                                         e.status_code) from e
+                raise AmazonAuthError(
+                    op,
+                    [
+                        {
+                            "code": e.error_code or "AuthorizationError",
+                            "message": e.message or "",
+                            "details": "LWA token request",
+                        }
+                    ],
+                    e.status_code,
+                ) from e
             except (httpx.TimeoutException, httpx.TransportError, json.JSONDecodeError) as e:
                 # JSONDecodeError: an LWA answer that is not JSON (a proxy's 5xx page, say)
                 raise _Retry(f"{type(e).__name__}: {e}") from e
@@ -259,19 +237,29 @@ class AmazonVendorClient:
             return self._backoff(state.attempt_number, getattr(exc, "throttled", False), op)
 
         def before_sleep(state) -> None:
-            log.info("Amazon %s attempt %d failed (%s); retrying", op, state.attempt_number,
-                     state.outcome.exception())
+            log.info(
+                "Amazon %s attempt %d failed (%s); retrying",
+                op,
+                state.attempt_number,
+                state.outcome.exception(),
+            )
 
         try:
-            for try_ in Retrying(stop=stop_after_attempt(self.max_attempts), wait=wait,
-                                 retry=retry_if_exception_type(_Retry), before_sleep=before_sleep, reraise=False):
+            for try_ in Retrying(
+                stop=stop_after_attempt(self.max_attempts),
+                wait=wait,
+                retry=retry_if_exception_type(_Retry),
+                before_sleep=before_sleep,
+                reraise=False,
+            ):
                 with try_:
                     return attempt()
         except RetryError as e:
             last = e.last_attempt.exception()
             cause = last.__cause__ if last is not None else None
-            errors = getattr(cause, "error", None) or [{"code": "RetriesExhausted", "message": str(last),
-                                                        "details": ""}]
+            errors = getattr(cause, "error", None) or [
+                {"code": "RetriesExhausted", "message": str(last), "details": ""}
+            ]
             status = getattr(cause, "code", None)
             status = status if isinstance(status, int) else None
             kind = AmazonAuthError if status == 403 else AmazonUnavailableError
@@ -292,8 +280,9 @@ class AmazonVendorClient:
         errors = state.get("errors") or []
         if isinstance(errors, dict):  # DF 2021-12-28 wraps the list: {"errors": [...]}
             errors = errors.get("errors") or []
-        return TransactionStatus(status=state["status"], errors=list(errors),
-                                 transaction_id=state.get("transactionId", ""))
+        return TransactionStatus(
+            status=state["status"], errors=list(errors), transaction_id=state.get("transactionId", "")
+        )
 
     # --- operations ------------------------------------------------------------------
     def submit_invoices(self, invoices: list[dict], *, on_attempt=None) -> str:
@@ -303,28 +292,50 @@ class AmazonVendorClient:
         transaction's status (a resend may be answered as a duplicate of the note Amazon already holds).
         """
         body = {"invoices": invoices}
-        return self._call("submitInvoices", "invoices",
-                          lambda c: self._transaction_id("submitInvoices", c.submit_invoices(body)),
-                          on_attempt=on_attempt)
+        return self._call(
+            "submitInvoices",
+            "invoices",
+            lambda c: self._transaction_id("submitInvoices", c.submit_invoices(body)),
+            on_attempt=on_attempt,
+        )
 
     def get_transaction(self, transaction_id: str) -> TransactionStatus:
-        return self._call("getTransaction", "transactions",
-                          lambda c: self._status("getTransaction", c.get_transaction(transaction_id)))
+        return self._call(
+            "getTransaction",
+            "transactions",
+            lambda c: self._status("getTransaction", c.get_transaction(transaction_id)),
+        )
 
-    def submit_inventory_update(self, warehouse_id: str, *, selling_party_id: str, items: list[dict],
-                                is_full_update: bool = False, on_attempt=None) -> str:
+    def submit_inventory_update(
+        self,
+        warehouse_id: str,
+        *,
+        selling_party_id: str,
+        items: list[dict],
+        is_full_update: bool = False,
+        on_attempt=None,
+    ) -> str:
         """POST absolute available quantities for the warehouse's SKUs; returns the transactionId."""
-        inventory = {"sellingParty": {"partyId": selling_party_id}, "isFullUpdate": is_full_update,
-                     "items": items}
-        return self._call("submitInventoryUpdate", "df_inventory",
-                          lambda c: self._transaction_id("submitInventoryUpdate",
-                                                         c.submit_inventory_update(warehouse_id,
-                                                                                   inventory=inventory)),
-                          on_attempt=on_attempt)
+        inventory = {
+            "sellingParty": {"partyId": selling_party_id},
+            "isFullUpdate": is_full_update,
+            "items": items,
+        }
+        return self._call(
+            "submitInventoryUpdate",
+            "df_inventory",
+            lambda c: self._transaction_id(
+                "submitInventoryUpdate", c.submit_inventory_update(warehouse_id, inventory=inventory)
+            ),
+            on_attempt=on_attempt,
+        )
 
     def get_df_transaction(self, transaction_id: str) -> TransactionStatus:
-        return self._call("getTransactionStatus", "df_transactions",
-                          lambda c: self._status("getTransactionStatus", c.get_transaction_status(transaction_id)))
+        return self._call(
+            "getTransactionStatus",
+            "df_transactions",
+            lambda c: self._status("getTransactionStatus", c.get_transaction_status(transaction_id)),
+        )
 
     def __enter__(self):
         return self

@@ -1,4 +1,5 @@
 """A token bucket: Amazon's usage plan, used by the SP-API client (to wait) and the simulator (to refuse)."""
+
 from __future__ import annotations
 
 import threading

@@ -16,281 +16,37 @@ surrogate escape, say) is split into per-event byte slices instead of being
 refused as a whole, and a feed that stops advancing raises FeedStalledError
 instead of looping.
 """
+
 from __future__ import annotations
 
 import json
 import random
-import re
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 import msgspec
 
+from returnledger.clients.rebound_feed import (
+    EventPage,
+    FeedStalledError,
+    ReboundError,
+    ReboundUnavailableError,
+    _Transient,
+    decode_event_page,
+)
+
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 BATCH_IDS = 200
-
-
-class ReboundError(Exception):
-    """ReBound answered with an error we must not retry (or retries ran out)."""
-
-    def __init__(self, message: str, *, status: int | None = None, body: str | None = None):
-        super().__init__(f"{message} (status {status}): {body[:500]}" if status is not None and body
-                         else message)
-        self.status = status
-        self.body = body
-
-
-class ReboundUnavailableError(ReboundError):
-    """ReBound stayed unavailable (5xx, 429, timeouts, connection errors) through the retries, asked
-    to be left alone (``Retry-After``) longer than ``retry_after_max_s``, or the waits would have
-    exceeded ``retry_budget_s``. Nothing is wrong with the request: keep the cursor and try later.
-    ``retry_after`` is ReBound's last ``Retry-After`` in seconds, when it sent one."""
-
-    def __init__(self, message: str, *, status: int | None = None, body: str | None = None,
-                 retry_after: float | None = None):
-        super().__init__(message, status=status, body=body)
-        self.retry_after = retry_after
-
-
-class _Transient(ReboundUnavailableError):
-    """A 5xx or 429: worth another attempt."""
-
-    def __init__(self, status: int, body: str, retry_after: float | None):
-        super().__init__("ReBound is temporarily unavailable", status=status, body=body, retry_after=retry_after)
-
-
-class FeedStalledError(ReboundError):
-    """The event feed stopped advancing: a page carried events but gave back the cursor it was asked
-    with, or said ``has_more`` while naming a cursor already read in this pass (or sent more than
-    ``max_empty_pages`` empty pages in a row). Reading on would loop for ever; nothing was lost
-    (the offending page is not yielded, so the stored cursor has not moved)."""
-
-    def __init__(self, message: str, *, cursor: str | None, next_cursor: str | None, has_more: bool,
-                 events: int):
-        super().__init__(message)
-        self.cursor, self.next_cursor, self.has_more, self.events = cursor, next_cursor, has_more, events
-
-
-class FeedPageError(ReboundError):
-    """A 200 answer to the event feed that is not a feed page (no ``events`` array, no
-    ``next_cursor`` string or ``has_more`` boolean, or JSON whose structure does not close)."""
-
-
-@dataclass(frozen=True)
-class EventPage:
-    events: list[Any]   # dicts, or msgspec.Raw (each event's bytes exactly as received) with raw=True
-    next_cursor: str
-    has_more: bool
-    #: True when msgspec refused the page and it was split per event (``split_event_page``)
-    split: bool = False
-
-
-class _RawPage(msgspec.Struct):
-    """A feed page whose events stay undecoded: the sync stores the bytes ReBound sent."""
-    events: list[msgspec.Raw]
-    next_cursor: str
-    has_more: bool
-
-
-_RAW_PAGE = msgspec.json.Decoder(_RawPage)
-
-
-# --- splitting a page the decoder refuses ------------------------------------------------------------
-
-class _ScanError(ValueError):
-    def __init__(self, problem: str, at: int):
-        super().__init__(f"{problem} at byte {at}")
-
-
-_WS = frozenset(b" \t\r\n")
-_STRING_STOP = re.compile(rb'["\\]')          # what ends or escapes inside a JSON string
-_STRUCTURE = re.compile(rb'["{}\[\]]')         # what matters inside a container
-_SCALAR_END = re.compile(rb'[,\]}\s]')          # what ends a number or literal
-_CLOSER = {ord("{"): ord("}"), ord("["): ord("]")}
-
-
-def _skip_ws(buf: bytes, i: int) -> int:
-    n = len(buf)
-    while i < n and buf[i] in _WS:
-        i += 1
-    return i
-
-
-def _string_end(buf: bytes, i: int) -> int:
-    """Index after the JSON string starting at ``buf[i] == '"'``. Bytes inside are not judged (a lone
-    surrogate escape, bytes that are not UTF-8): only an unescaped quote ends the string."""
-    j = i + 1
-    while True:
-        m = _STRING_STOP.search(buf, j)
-        if m is None:
-            raise _ScanError("unterminated string", i)
-        k = m.start()
-        if buf[k] == 0x5C:  # backslash: the next byte is escaped, whatever it is
-            j = k + 2
-            continue
-        return k + 1
-
-
-def _value_end(buf: bytes, i: int) -> int:
-    """Index after the JSON value starting at ``buf[i]`` (brackets and strings matched; the
-    contents of strings, numbers and literals are left to whoever decodes the value)."""
-    if i >= len(buf):
-        raise _ScanError("value expected", i)
-    c = buf[i]
-    if c == 0x22:  # "
-        return _string_end(buf, i)
-    if c in _CLOSER:
-        stack = [_CLOSER[c]]
-        j = i + 1
-        while True:
-            m = _STRUCTURE.search(buf, j)
-            if m is None:
-                raise _ScanError("unclosed " + chr(c), i)
-            k = m.start()
-            ch = buf[k]
-            if ch == 0x22:
-                j = _string_end(buf, k)
-            elif ch in _CLOSER:
-                stack.append(_CLOSER[ch])
-                j = k + 1
-            else:
-                if stack.pop() != ch:
-                    raise _ScanError("mismatched " + chr(ch), k)
-                j = k + 1
-                if not stack:
-                    return j
-    if c in b",:]}":
-        raise _ScanError("value expected", i)
-    m = _SCALAR_END.search(buf, i)
-    return m.start() if m else len(buf)
-
-
-def split_event_page(buf: bytes) -> tuple[list[bytes], dict[str, bytes]]:
-    """Split a feed page into the exact bytes of each element of its ``events`` array, and the
-    bytes of its other top-level values by key, without decoding the events.
-
-    This is the fallback for a page that msgspec refuses as a whole: it matches brackets and
-    strings (a quote ends a string unless escaped), so an event holding a lone surrogate escape
-    or bytes that are not UTF-8 comes out byte for byte. Raises ValueError for a page whose
-    structure does not close or that has no ``events`` array."""
-    buf = bytes(buf)
-    i = _skip_ws(buf, 0)
-    if i >= len(buf) or buf[i] != 0x7B:
-        raise _ScanError("a JSON object expected", i)
-    i = _skip_ws(buf, i + 1)
-    events: list[bytes] | None = None
-    fields: dict[str, bytes] = {}
-    if i < len(buf) and buf[i] == 0x7D:
-        i += 1
-    else:
-        while True:
-            if i >= len(buf) or buf[i] != 0x22:
-                raise _ScanError("a key expected", i)
-            end = _string_end(buf, i)
-            try:
-                key = json.loads(buf[i:end])
-            except ValueError as exc:
-                raise _ScanError("unreadable key", i) from exc
-            i = _skip_ws(buf, end)
-            if i >= len(buf) or buf[i] != 0x3A:
-                raise _ScanError("':' expected", i)
-            i = _skip_ws(buf, i + 1)
-            if key in fields or (key == "events" and events is not None):
-                raise _ScanError(f"key {key!r} given twice", i)
-            if key == "events":
-                if i >= len(buf) or buf[i] != 0x5B:
-                    raise _ScanError("'events' is not an array", i)
-                events = []
-                i = _skip_ws(buf, i + 1)
-                if i < len(buf) and buf[i] == 0x5D:
-                    i += 1
-                else:
-                    while True:
-                        end = _value_end(buf, i)
-                        events.append(buf[i:end])
-                        i = _skip_ws(buf, end)
-                        if i < len(buf) and buf[i] == 0x2C:
-                            i = _skip_ws(buf, i + 1)
-                        elif i < len(buf) and buf[i] == 0x5D:
-                            i += 1
-                            break
-                        else:
-                            raise _ScanError("',' or ']' expected in events", i)
-            else:
-                end = _value_end(buf, i)
-                fields[key] = buf[i:end]
-                i = end
-            i = _skip_ws(buf, i)
-            if i < len(buf) and buf[i] == 0x2C:
-                i = _skip_ws(buf, i + 1)
-            elif i < len(buf) and buf[i] == 0x7D:
-                i += 1
-                break
-            else:
-                raise _ScanError("',' or '}' expected", i)
-    if _skip_ws(buf, i) != len(buf):
-        raise _ScanError("data after the page", i)
-    if events is None:
-        raise _ScanError("no 'events' array", 0)
-    return events, fields
-
-
-def _decode_event(data: bytes) -> Any:
-    """One event for ``raw=False`` after the fast path refused the page: msgspec, else the standard
-    library (it reads lone surrogate escapes), else the bytes themselves as ``msgspec.Raw``."""
-    try:
-        return msgspec.json.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        pass
-    try:
-        return json.loads(data)
-    except ValueError:  # UnicodeDecodeError included
-        return msgspec.Raw(data)
-
-
-def decode_event_page(content: bytes, *, raw: bool) -> EventPage:
-    """A feed page from the answer's bytes.
-
-    Fast path: msgspec decodes the whole page (with ``raw=True`` each event stays the exact bytes
-    received, as ``msgspec.Raw``). When msgspec refuses the page (a lone surrogate escape such as
-    ``"\\ud800"``, bytes that are not UTF-8, an event that is not valid JSON), the page is split into
-    per-event byte slices (``split_event_page``) so one bad event never costs the page: with
-    ``raw=True`` every event is still its exact bytes; with ``raw=False`` each is decoded on its own,
-    and one that cannot be decoded comes back as ``msgspec.Raw``. A page whose own fields are
-    wrong raises FeedPageError."""
-    try:
-        if raw:
-            body = _RAW_PAGE.decode(content)
-            return EventPage(body.events, body.next_cursor, body.has_more)
-        payload = msgspec.json.decode(content)
-        if isinstance(payload, dict) and isinstance(payload.get("events"), list) \
-                and isinstance(payload.get("next_cursor"), str) and isinstance(payload.get("has_more"), bool):
-            return EventPage(payload["events"], payload["next_cursor"], payload["has_more"])
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
-        pass
-    try:
-        slices, fields = split_event_page(content)
-        next_cursor = msgspec.json.decode(fields["next_cursor"], type=str)
-        has_more = msgspec.json.decode(fields["has_more"], type=bool)
-    except KeyError as exc:
-        raise FeedPageError(f"ReBound sent an event page that is not a feed page: no {exc.args[0]!r}",
-                            body=content[:500].decode("utf-8", "replace")) from None
-    except (ValueError, msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise FeedPageError(f"ReBound sent an event page that is not a feed page: {exc}",
-                            body=content[:500].decode("utf-8", "replace")) from exc
-    events = [msgspec.Raw(e) for e in slices] if raw else [_decode_event(e) for e in slices]
-    return EventPage(events, next_cursor, has_more, split=True)
 
 
 def _utc_z(t: datetime) -> str:
     if t.tzinfo is None:
         raise ValueError(f"until must be timezone-aware, got naive {t.isoformat()}")
-    t = t.astimezone(timezone.utc)
+    t = t.astimezone(UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{t.microsecond:06d}" if t.microsecond else "") + "Z"
 
 
@@ -310,8 +66,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         if when is None:
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
     if seconds != seconds or seconds in (float("inf"), float("-inf")):  # nan, inf
         return None
     return max(0.0, seconds)
@@ -332,9 +88,12 @@ def _decode(response) -> Any:
     try:
         return json.loads(response.content)
     except ValueError as exc:
-        raise ReboundError(f"ReBound answered {response.request.method} {response.request.url.path} with a "
-                           f"body that is not JSON: {exc}", status=response.status_code,
-                           body=response.content[:500].decode("utf-8", "replace")) from exc
+        raise ReboundError(
+            f"ReBound answered {response.request.method} {response.request.url.path} with a "
+            f"body that is not JSON: {exc}",
+            status=response.status_code,
+            body=response.content[:500].decode("utf-8", "replace"),
+        ) from exc
 
 
 class ReboundClient:
@@ -349,10 +108,22 @@ class ReboundClient:
     ``has_more: true`` tolerated before the feed counts as stalled. ``transport``: an httpx
     transport to use instead of the network (tests)."""
 
-    def __init__(self, base_url: str, client_id: str, client_secret: str, *, flow_key: str | None = None,
-                 timeout: float = 10.0, page_size: int = 500, max_attempts: int = 8, backoff_max_s: float = 5.0,
-                 retry_after_max_s: float = 120.0, retry_budget_s: float = 300.0, max_empty_pages: int = 10,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        flow_key: str | None = None,
+        timeout: float = 10.0,
+        page_size: int = 500,
+        max_attempts: int = 8,
+        backoff_max_s: float = 5.0,
+        retry_after_max_s: float = 120.0,
+        retry_budget_s: float = 300.0,
+        max_empty_pages: int = 10,
+        transport: httpx.BaseTransport | None = None,
+    ):
         if not 1 <= page_size <= 1000:
             raise ValueError("page_size must be 1..1000")
         if retry_after_max_s < 0 or retry_budget_s < 0 or max_empty_pages < 0:
@@ -366,16 +137,26 @@ class ReboundClient:
         self.retry_after_max_s = retry_after_max_s
         self.retry_budget_s = retry_budget_s
         self.max_empty_pages = max_empty_pages
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport,
-                                  headers={"Accept": "application/json", "User-Agent": "returnledger/0.1"})
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            headers={"Accept": "application/json", "User-Agent": "returnledger/0.1"},
+        )
         self._token: str | None = None
         self._token_expires = 0.0
         self._jitter = random.Random()
         #: how the client waits between attempts (tests replace it)
         self.sleep = time.sleep
         #: attempts, refreshes and waits, for logs and tests
-        self.stats = {"requests": 0, "retries": 0, "token_fetches": 0, "token_refreshes_on_401": 0,
-                      "waited_s": 0.0, "pages_split": 0}
+        self.stats = {
+            "requests": 0,
+            "retries": 0,
+            "token_fetches": 0,
+            "token_refreshes_on_401": 0,
+            "waited_s": 0.0,
+            "pages_split": 0,
+        }
 
     # --- plumbing ----------------------------------------------------------------
 
@@ -392,13 +173,19 @@ class ReboundClient:
             raise ReboundUnavailableError(
                 f"{method} {path}: ReBound asked to retry after {retry_after:g} s, longer than this client "
                 f"waits (retry_after_max_s={self.retry_after_max_s:g}); try again later",
-                status=status, body=body, retry_after=retry_after) from exc
+                status=status,
+                body=body,
+                retry_after=retry_after,
+            ) from exc
         delay = max(self._backoff(attempt), retry_after or 0.0)
         if waited + delay > self.retry_budget_s:
             raise ReboundUnavailableError(
-                f"{method} {path}: still failing after {attempt} attempts and {waited:g} s of waiting; the next "
-                f"wait ({delay:g} s) would exceed retry_budget_s={self.retry_budget_s:g}",
-                status=status, body=body, retry_after=retry_after) from exc
+                f"{method} {path}: still failing after {attempt} attempts and {waited:g} s of waiting; "
+                f"the next wait ({delay:g} s) would exceed retry_budget_s={self.retry_budget_s:g}",
+                status=status,
+                body=body,
+                retry_after=retry_after,
+            ) from exc
         return delay
 
     @staticmethod
@@ -408,8 +195,11 @@ class ReboundClient:
         return response
 
     def _fetch_token(self) -> str:
-        data = {"grant_type": "client_credentials", "client_id": self._client_id,
-                "client_secret": self._client_secret}
+        data = {
+            "grant_type": "client_credentials",
+            "client_id": self._client_id,
+            "client_secret": self._client_secret,
+        }
         if self._flow_key:
             data["flow_key"] = self._flow_key
         # one attempt: it always runs inside the caller's retry loop (no nested back-off)
@@ -437,8 +227,9 @@ class ReboundClient:
             self.stats["token_refreshes_on_401"] += 1
             self._token = None
             self.stats["requests"] += 1
-            r = self._http.request(method, path, headers={"Authorization": f"Bearer {self._fetch_token()}"},
-                                   **kwargs)
+            r = self._http.request(
+                method, path, headers={"Authorization": f"Bearer {self._fetch_token()}"}, **kwargs
+            )
         return self._check(r)
 
     def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs) -> httpx.Response:
@@ -458,7 +249,8 @@ class ReboundClient:
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 if attempt >= self.max_attempts:
                     raise ReboundUnavailableError(
-                        f"ReBound unreachable after {self.max_attempts} attempts: {exc!r}") from exc
+                        f"ReBound unreachable after {self.max_attempts} attempts: {exc!r}"
+                    ) from exc
                 delay = self._delay(attempt, exc, waited, method, path)
             self.stats["retries"] += 1
             self.stats["waited_s"] += delay
@@ -470,7 +262,9 @@ class ReboundClient:
 
     # --- the API -----------------------------------------------------------------
 
-    def iter_event_pages(self, cursor: str | None, until: datetime, *, raw: bool = False) -> Iterator[EventPage]:
+    def iter_event_pages(
+        self, cursor: str | None, until: datetime, *, raw: bool = False
+    ) -> Iterator[EventPage]:
         """Pages of the feed from ``cursor`` (None = the beginning) up to deliveries before ``until``.
 
         Store each page's events and ``next_cursor`` together before asking for the
@@ -498,20 +292,31 @@ class ReboundClient:
             if page.events and nxt == cursor:
                 problem = "it carries events but gives back the cursor it was asked with"
             elif page.has_more and nxt in asked:
-                problem = ("it says has_more but gives back the cursor it was asked with" if nxt == cursor
-                           else "it says has_more but names a cursor already read in this pass")
+                problem = (
+                    "it says has_more but gives back the cursor it was asked with"
+                    if nxt == cursor
+                    else "it says has_more but names a cursor already read in this pass"
+                )
             elif page.has_more and not page.events:
                 empty_run += 1
                 if empty_run > self.max_empty_pages:
-                    problem = f"{empty_run} empty pages in a row say has_more (max_empty_pages={self.max_empty_pages})"
+                    problem = (
+                        f"{empty_run} empty pages in a row say has_more "
+                        f"(max_empty_pages={self.max_empty_pages})"
+                    )
             else:
                 empty_run = 0
             if problem:
                 raise FeedStalledError(
-                    f"ReBound feed is not advancing at cursor {cursor!r}: the page ({len(page.events)} events, "
-                    f"has_more={str(page.has_more).lower()}, next_cursor {page.next_cursor!r}) was refused because "
-                    f"{problem}; stopped instead of reading the same place again (the stored cursor is unchanged)",
-                    cursor=cursor, next_cursor=page.next_cursor, has_more=page.has_more, events=len(page.events))
+                    f"ReBound feed is not advancing at cursor {cursor!r}: the page "
+                    f"({len(page.events)} events, has_more={str(page.has_more).lower()}, "
+                    f"next_cursor {page.next_cursor!r}) was refused because {problem}; "
+                    "stopped instead of reading the same place again (the stored cursor is unchanged)",
+                    cursor=cursor,
+                    next_cursor=page.next_cursor,
+                    has_more=page.has_more,
+                    events=len(page.events),
+                )
             yield page
             if not page.has_more:
                 return
@@ -526,7 +331,7 @@ class ReboundClient:
         missing = [i for i in ids if "," in i]
         askable = [i for i in ids if "," not in i]
         for start in range(0, len(askable), BATCH_IDS):
-            batch = askable[start:start + BATCH_IDS]
+            batch = askable[start : start + BATCH_IDS]
             payload = _decode(self._request("GET", "/v1/returns", params={"ids": ",".join(batch)}))
             found.extend(payload["returns"])
             missing.extend(payload["missing"])
@@ -536,15 +341,30 @@ class ReboundClient:
         r = self._request("GET", f"/v1/returns/{return_id}", ok=(200, 404))
         return r.json() if r.status_code == 200 else None
 
-    def create_post_hoc_return(self, *, amazon_return_id: str, returns_notice: str, rma_id: str | None, sku: str,
-                               asin: str | None, quantity: int, returned_at: date | datetime | str,
-                               reason: str | None = None) -> dict:
+    def create_post_hoc_return(
+        self,
+        *,
+        amazon_return_id: str,
+        returns_notice: str,
+        rma_id: str | None,
+        sku: str,
+        asin: str | None,
+        quantity: int,
+        returned_at: date | datetime | str,
+        reason: str | None = None,
+    ) -> dict:
         """Record a dark return in ReBound; safe to repeat (ReBound keys it by amazon_return_id)."""
         if isinstance(returned_at, datetime):
             returned_at = returned_at.date()
-        body = {"amazon_return_id": amazon_return_id, "returns_notice": returns_notice, "rma_id": rma_id,
-                "sku": sku, "asin": asin, "quantity": quantity,
-                "returned_at": returned_at.isoformat() if isinstance(returned_at, date) else returned_at}
+        body = {
+            "amazon_return_id": amazon_return_id,
+            "returns_notice": returns_notice,
+            "rma_id": rma_id,
+            "sku": sku,
+            "asin": asin,
+            "quantity": quantity,
+            "returned_at": returned_at.isoformat() if isinstance(returned_at, date) else returned_at,
+        }
         if reason is not None:
             body["reason"] = reason
         return self._request("POST", "/v1/returns", json=body, ok=(200, 201)).json()

@@ -1,1 +1,1 @@
-"""exception_queue."""
+"""The business exception queue: raising exceptions, the actions people take, reading the queue, SLAs."""

@@ -12,32 +12,42 @@ A held event changes nothing and is re-applied on the next run; an ignored
 event changed nothing because the line is already past it (a redelivery
 under another event id, say) and is never applied again.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from types import MappingProxyType
 
 from returnledger.models import ActionKind, Disposition, EventType, ExceptionType, LineState
+from returnledger.money import to_pennies
 
 _S = LineState
 
 #: progress of a line through the warehouse; REJECTED ranks with the final states
 #: because it is only ever reached at or after the disposition
 _RANK = {
-    _S.ANNOUNCED: 0, _S.IN_TRANSIT: 1, _S.RECEIVED: 2, _S.GRADED: 3, _S.DISPOSITIONED: 4,
-    _S.CREDIT_SUBMITTED: 5, _S.CREDIT_ACCEPTED: 6, _S.CLOSED: 7, _S.REJECTED: 7,
+    _S.ANNOUNCED: 0,
+    _S.IN_TRANSIT: 1,
+    _S.RECEIVED: 2,
+    _S.GRADED: 3,
+    _S.DISPOSITIONED: 4,
+    _S.CREDIT_SUBMITTED: 5,
+    _S.CREDIT_ACCEPTED: 6,
+    _S.CLOSED: 7,
+    _S.REJECTED: 7,
 }
 
 #: tie-break for events that carry the same timestamp: the lifecycle order
 EVENT_ORDER = {
-    EventType.RETURN_CREATED: 0, EventType.IN_TRANSIT: 1, EventType.RECEIVED: 2,
-    EventType.GRADED: 3, EventType.DISPOSITIONED: 4,
+    EventType.RETURN_CREATED: 0,
+    EventType.IN_TRANSIT: 1,
+    EventType.RECEIVED: 2,
+    EventType.GRADED: 3,
+    EventType.DISPOSITIONED: 4,
 }
-
-_CENT = Decimal("0.01")
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,7 @@ class Policy:
     """The disposition policy: what is sellable and what share of unit cost each disposition owes Amazon."""
 
     sellable_grades: frozenset[str]
-    credit: Mapping[str, Decimal | None]      # disposition -> fraction; None = hold, 0 = none owed
+    credit: Mapping[str, Decimal | None]  # disposition -> fraction; None = hold, 0 = none owed
     credit_window_days: int
 
     def __post_init__(self) -> None:
@@ -65,9 +75,11 @@ class Policy:
     @classmethod
     def from_dict(cls, data: Mapping) -> Policy:
         """From a scenario's or disposition_policy.yaml's ``policy`` block."""
-        return cls(sellable_grades=frozenset(data.get("sellable_grades") or ()),
-                   credit=dict(data.get("credit") or {}),
-                   credit_window_days=int(data.get("credit_window_days", 7)))
+        return cls(
+            sellable_grades=frozenset(data.get("sellable_grades") or ()),
+            credit=dict(data.get("credit") or {}),
+            credit_window_days=int(data.get("credit_window_days", 7)),
+        )
 
 
 def _state(value) -> LineState:
@@ -100,23 +112,34 @@ class LineEvent:
 
 @dataclass(frozen=True)
 class Outcome:
-    line: LineView                             # state after the event (unchanged if held/ignored)
-    transitions: tuple[tuple[LineState, LineState], ...]   # (from, to) for history; empty if none
-    actions: tuple[ActionKind, ...]            # Amazon actions this event earns (INVENTORY, CREDIT_NOTE)
-    hold: ExceptionType | None = None          # OUT_OF_SEQUENCE when the event must wait
-    raised: tuple[tuple[ExceptionType, str], ...] = ()     # e.g. (QUANTITY_MISMATCH, "received 1 of 2 announced")
-    ignored: str | None = None                 # why the event changed nothing (e.g. a redelivery)
-    hold_detail: str | None = None             # why the event is held (the exception's detail)
+    line: LineView  # state after the event (unchanged if held/ignored)
+    transitions: tuple[tuple[LineState, LineState], ...]  # (from, to) for history; empty if none
+    actions: tuple[ActionKind, ...]  # Amazon actions this event earns (INVENTORY, CREDIT_NOTE)
+    hold: ExceptionType | None = None  # OUT_OF_SEQUENCE when the event must wait
+    raised: tuple[
+        tuple[ExceptionType, str], ...
+    ] = ()  # e.g. (QUANTITY_MISMATCH, "received 1 of 2 announced")
+    ignored: str | None = None  # why the event changed nothing (e.g. a redelivery)
+    hold_detail: str | None = None  # why the event is held (the exception's detail)
 
 
-def _to(line: LineView, state: LineState, *, quantity_received: int | None = None, grade: str | None = None,
-        disposition: str | None = None) -> LineView:
+def _to(
+    line: LineView,
+    state: LineState,
+    *,
+    quantity_received: int | None = None,
+    grade: str | None = None,
+    disposition: str | None = None,
+) -> LineView:
     """The line moved to ``state`` (fields not given are kept): ``dataclasses.replace`` without its
     per-call field introspection, which showed in the sync's profile at hundreds of thousands of events."""
-    return LineView(state, line.quantity_announced,
-                    line.quantity_received if quantity_received is None else quantity_received,
-                    line.grade if grade is None else grade,
-                    line.disposition if disposition is None else disposition)
+    return LineView(
+        state,
+        line.quantity_announced,
+        line.quantity_received if quantity_received is None else quantity_received,
+        line.grade if grade is None else grade,
+        line.disposition if disposition is None else disposition,
+    )
 
 
 def _ignore(line: LineView, why: str) -> Outcome:
@@ -144,27 +167,36 @@ def apply_event(line: LineView, event: LineEvent, policy: Policy) -> Outcome:
 
     if etype == EventType.RETURN_CREATED:
         if state == _S.ANNOUNCED:
-            return Outcome(line=line, transitions=(), actions=())   # confirms what the line already says
+            return Outcome(line=line, transitions=(), actions=())  # confirms what the line already says
         return _ignore(line, f"return created, but the line is already {state}")
 
     if etype == EventType.IN_TRANSIT:
         if state == _S.ANNOUNCED:
-            return Outcome(line=_to(line, _S.IN_TRANSIT), transitions=((state, _S.IN_TRANSIT),),
-                           actions=())
+            return Outcome(line=_to(line, _S.IN_TRANSIT), transitions=((state, _S.IN_TRANSIT),), actions=())
         return _ignore(line, f"in transit, but the line is already {state}")
 
     if etype == EventType.RECEIVED:
         if event.quantity is None or event.quantity < 0:
             raise ValueError(f"RECEIVED event {event.event_id} needs a quantity >= 0")
         if rank >= _RANK[_S.RECEIVED]:
-            return _ignore(line, f"already received ({line.quantity_received} units); redelivery of the receipt")
+            return _ignore(
+                line, f"already received ({line.quantity_received} units); redelivery of the receipt"
+            )
         raised: tuple[tuple[ExceptionType, str], ...] = ()
         if event.quantity != line.quantity_announced:
-            raised = ((ExceptionType.QUANTITY_MISMATCH,
-                       f"received {event.quantity} of {line.quantity_announced} announced"),)
+            raised = (
+                (
+                    ExceptionType.QUANTITY_MISMATCH,
+                    f"received {event.quantity} of {line.quantity_announced} announced",
+                ),
+            )
         # Rule 1: the receipt starts the warehouse process only, it never earns an Amazon action.
-        return Outcome(line=_to(line, _S.RECEIVED, quantity_received=event.quantity),
-                       transitions=((state, _S.RECEIVED),), actions=(), raised=raised)
+        return Outcome(
+            line=_to(line, _S.RECEIVED, quantity_received=event.quantity),
+            transitions=((state, _S.RECEIVED),),
+            actions=(),
+            raised=raised,
+        )
 
     if etype == EventType.GRADED:
         if not event.grade:
@@ -175,14 +207,17 @@ def apply_event(line: LineView, event: LineEvent, policy: Policy) -> Outcome:
             return _ignore(line, f"graded after the disposition (line is {state}); the disposition stands")
         if state == _S.GRADED and line.grade == event.grade:
             return _ignore(line, f"already graded {event.grade}")
-        return Outcome(line=_to(line, _S.GRADED, grade=event.grade),
-                       transitions=((state, _S.GRADED),), actions=())
+        return Outcome(
+            line=_to(line, _S.GRADED, grade=event.grade), transitions=((state, _S.GRADED),), actions=()
+        )
 
     if etype == EventType.DISPOSITIONED:
         if not event.disposition:
             raise ValueError(f"DISPOSITIONED event {event.event_id} needs a disposition")
         if rank < _RANK[_S.GRADED]:
-            return _hold(line, f"dispositioned {event.disposition} before the line was graded (line is {state})")
+            return _hold(
+                line, f"dispositioned {event.disposition} before the line was graded (line is {state})"
+            )
         if rank > _RANK[_S.GRADED]:
             return _ignore(line, f"already dispositioned {line.disposition}; a disposition is final")
         return _disposition(line, event.disposition, policy)
@@ -204,19 +239,19 @@ def _disposition(line: LineView, disposition: str, policy: Policy) -> Outcome:
         steps.append((_S.DISPOSITIONED, _S.REJECTED))
         return Outcome(line=_to(after, _S.REJECTED), transitions=tuple(steps), actions=())
 
-    if (disposition == Disposition.RESTOCKED and line.grade in policy.sellable_grades and received > 0):
+    if disposition == Disposition.RESTOCKED and line.grade in policy.sellable_grades and received > 0:
         actions.append(ActionKind.INVENTORY)
 
     if received == 0:
-        final = _S.CLOSED                      # nothing came back, so nothing is owed
+        final = _S.CLOSED  # nothing came back, so nothing is owed
     elif received > line.quantity_announced and fraction:
         # rule 8: more came back than was announced. The credit waits (recon ON_HOLD) until the warehouse
         # resolves the QUANTITY_MISMATCH and chooses the quantity to credit; never credit it in full.
         final = _S.DISPOSITIONED
     elif fraction is None:
-        final = _S.DISPOSITIONED               # held by policy: no credit note until the policy says so
+        final = _S.DISPOSITIONED  # held by policy: no credit note until the policy says so
     elif fraction == 0:
-        final = _S.CLOSED                      # rule 4: the policy says none is owed
+        final = _S.CLOSED  # rule 4: the policy says none is owed
     else:
         final = _S.DISPOSITIONED
         actions.append(ActionKind.CREDIT_NOTE)
@@ -226,11 +261,16 @@ def _disposition(line: LineView, disposition: str, policy: Policy) -> Outcome:
 
 
 def _sort_key(event: LineEvent):
-    return (event.occurred_at, EVENT_ORDER[event.type if type(event.type) is EventType else EventType(event.type)], event.event_id)
+    return (
+        event.occurred_at,
+        EVENT_ORDER[event.type if type(event.type) is EventType else EventType(event.type)],
+        event.event_id,
+    )
 
 
-def replay(line: LineView, events: Iterable[LineEvent],
-           policy: Policy) -> tuple[LineView, list[tuple[LineEvent, Outcome]]]:
+def replay(
+    line: LineView, events: Iterable[LineEvent], policy: Policy
+) -> tuple[LineView, list[tuple[LineEvent, Outcome]]]:
     """Apply a line's events in lifecycle order; after the first hold, hold the rest (never guess the order).
 
     The sync passes the line's held events plus the new ones on every run, so a hold resolves itself
@@ -247,7 +287,9 @@ def replay(line: LineView, events: Iterable[LineEvent],
             continue
         seen.add(event.event_id)
         if held_by is not None:
-            results.append((event, _hold(current, f"waits for held event {held_by.event_id} ({held_by.type})")))
+            results.append(
+                (event, _hold(current, f"waits for held event {held_by.event_id} ({held_by.type})"))
+            )
             continue
         outcome = apply_event(current, event, policy)
         if outcome.hold is not None:
@@ -262,15 +304,17 @@ def on_credit_submitted(line: LineView) -> Outcome:
     _check_line(line)
     state = _state(line.state)
     if state == _S.DISPOSITIONED:
-        return Outcome(line=_to(line, _S.CREDIT_SUBMITTED),
-                       transitions=((state, _S.CREDIT_SUBMITTED),), actions=())
+        return Outcome(
+            line=_to(line, _S.CREDIT_SUBMITTED), transitions=((state, _S.CREDIT_SUBMITTED),), actions=()
+        )
     if _RANK[state] > _RANK[_S.DISPOSITIONED]:
         return _ignore(line, f"credit note already past submission (line is {state})")
     raise ValueError(f"a credit note cannot be submitted for a line that is {state} (rule 3)")
 
 
 def on_credit_result(line: LineView, accepted: bool) -> Outcome:
-    """Amazon's transaction status for the credit note: Success closes the line (rule 4), Failure rejects it."""
+    """Amazon's transaction status for the credit note: Success closes the line (rule 4), Failure
+    rejects it."""
     _check_line(line)
     state = _state(line.state)
     if state not in (_S.DISPOSITIONED, _S.CREDIT_SUBMITTED):
@@ -278,20 +322,34 @@ def on_credit_result(line: LineView, accepted: bool) -> Outcome:
             return _ignore(line, f"credit result already recorded (line is {state})")
         raise ValueError(f"a credit result cannot arrive for a line that is {state}")
     steps: list[tuple[LineState, LineState]] = []
-    if state == _S.DISPOSITIONED:              # the submission was not recorded (lost response): pass through it
+    if state == _S.DISPOSITIONED:  # the submission was not recorded (lost response): pass through it
         steps.append((_S.DISPOSITIONED, _S.CREDIT_SUBMITTED))
     if accepted:
         steps += [(_S.CREDIT_SUBMITTED, _S.CREDIT_ACCEPTED), (_S.CREDIT_ACCEPTED, _S.CLOSED)]
         return Outcome(line=_to(line, _S.CLOSED), transitions=tuple(steps), actions=())
     steps.append((_S.CREDIT_SUBMITTED, _S.REJECTED))
-    return Outcome(line=_to(line, _S.REJECTED), transitions=tuple(steps), actions=(),
-                   raised=((ExceptionType.AMAZON_REJECTED, "Amazon answered the credit note with Failure"),))
+    return Outcome(
+        line=_to(line, _S.REJECTED),
+        transitions=tuple(steps),
+        actions=(),
+        raised=((ExceptionType.AMAZON_REJECTED, "Amazon answered the credit note with Failure"),),
+    )
 
 
 def credit_unit_amount(unit_cost: Decimal, fraction: Decimal) -> Decimal:
     """Credit per unit: unit cost times the policy fraction, to the penny (half up, as finance rounds)."""
-    return (Decimal(str(unit_cost)) * Decimal(str(fraction))).quantize(_CENT, rounding=ROUND_HALF_UP)
+    return to_pennies(Decimal(str(unit_cost)) * Decimal(str(fraction)))
 
 
-__all__ = ["Policy", "LineView", "LineEvent", "Outcome", "EVENT_ORDER", "apply_event", "replay",
-           "on_credit_submitted", "on_credit_result", "credit_unit_amount"]
+__all__ = [
+    "EVENT_ORDER",
+    "LineEvent",
+    "LineView",
+    "Outcome",
+    "Policy",
+    "apply_event",
+    "credit_unit_amount",
+    "on_credit_result",
+    "on_credit_submitted",
+    "replay",
+]

@@ -1,1 +1,1 @@
-"""reconciliation."""
+"""Month-end reconciliation: Amazon's returns export in, lines matched against credits, dark returns found."""

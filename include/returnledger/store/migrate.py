@@ -10,6 +10,7 @@ creates it and hands it the schema and every object the migrations create (CREAT
 on the database that the role does not get, so migrations run as the administrator and ownership moves
 after). Later runs without ``owner`` hand new objects to the schema's owner as well.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,11 +28,13 @@ LEDGER_ROLE = "returnledger"
 
 def migration_files() -> list[tuple[str, str]]:
     folder = resources.files("returnledger.store") / "migrations"
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(".sql"))
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
     return [(p.name, p.read_text()) for p in files]
 
 
-def migrate(dsn: str | None = None, *, owner: str | None = None, owner_password: str | None = None) -> list[str]:
+def migrate(
+    dsn: str | None = None, *, owner: str | None = None, owner_password: str | None = None
+) -> list[str]:
     """Apply pending migrations; returns the names applied now.
 
     ``owner``: the role that owns the ledger (created if missing, see ``ensure_role``): it gets the schema
@@ -58,12 +61,16 @@ def migrate(dsn: str | None = None, *, owner: str | None = None, owner_password:
                 digest = hashlib.sha256(sql_text.encode()).hexdigest()
                 if name in done:
                     if done[name] != digest:
-                        raise RuntimeError(f"migration {name} changed after it was applied; add a new file instead")
+                        raise RuntimeError(
+                            f"migration {name} changed after it was applied; add a new file instead"
+                        )
                     continue
                 with conn.transaction():
                     conn.execute(sql_text)
-                    conn.execute(f"INSERT INTO {SCHEMA}.schema_migrations (name, sha256) VALUES (%s, %s)",
-                                 (name, digest))
+                    conn.execute(
+                        f"INSERT INTO {SCHEMA}.schema_migrations (name, sha256) VALUES (%s, %s)",
+                        (name, digest),
+                    )
                 applied_now.append(name)
             if run_as and applied_now:  # what the migrations created belongs to the ledger's owner too
                 hand_over(conn, run_as)
@@ -77,9 +84,12 @@ def migrate(dsn: str | None = None, *, owner: str | None = None, owner_password:
 
 def _acting_owner(conn: psycopg.Connection) -> str | None:
     """The ledger schema's owner when it is another role the connecting user may SET ROLE to."""
-    row = conn.execute("""SELECT pg_get_userbyid(nspowner), pg_get_userbyid(nspowner) <> current_user
+    row = conn.execute(
+        """SELECT pg_get_userbyid(nspowner), pg_get_userbyid(nspowner) <> current_user
                                  AND pg_has_role(current_user, nspowner, 'MEMBER')
-                            FROM pg_namespace WHERE nspname = %s""", (SCHEMA,)).fetchone()
+                            FROM pg_namespace WHERE nspname = %s""",
+        (SCHEMA,),
+    ).fetchone()
     return row[0] if row and row[1] else None
 
 
@@ -95,12 +105,18 @@ def ensure_role(conn: psycopg.Connection, role: str, password: str | None = None
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
         except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
             pass  # created meanwhile by a migration of another database on the same server
-    conn.execute(sql.SQL("ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS")
-                 .format(ident))
+    conn.execute(
+        sql.SQL("ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS").format(
+            ident
+        )
+    )
     if password:
         conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(ident, sql.Literal(password)))
-    conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
-        sql.Identifier(conn.execute("SELECT current_database()").fetchone()[0]), ident))
+    conn.execute(
+        sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
+            sql.Identifier(conn.info.dbname), ident
+        )
+    )
 
 
 _OWNED_ELSEWHERE_SQL = """
@@ -131,14 +147,19 @@ def hand_over(conn: psycopg.Connection, role: str) -> int:
     conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(SCHEMA), to))
     n = 0
     for kind, name in conn.execute(_OWNED_ELSEWHERE_SQL, args).fetchall():
-        conn.execute(sql.SQL("ALTER {} {}.{} OWNER TO {}").format(
-            sql.SQL(kind), sql.Identifier(SCHEMA), sql.Identifier(name), to))
+        conn.execute(
+            sql.SQL("ALTER {} {}.{} OWNER TO {}").format(
+                sql.SQL(kind), sql.Identifier(SCHEMA), sql.Identifier(name), to
+            )
+        )
         n += 1
     for (signature,) in conn.execute(_FUNCTIONS_SQL, args).fetchall():
         conn.execute(sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(sql.SQL(signature), to))
         n += 1
     for (name,) in conn.execute(_TYPES_SQL, args).fetchall():
-        conn.execute(sql.SQL("ALTER TYPE {}.{} OWNER TO {}").format(sql.Identifier(SCHEMA), sql.Identifier(name), to))
+        conn.execute(
+            sql.SQL("ALTER TYPE {}.{} OWNER TO {}").format(sql.Identifier(SCHEMA), sql.Identifier(name), to)
+        )
         n += 1
     return n
 
@@ -148,8 +169,8 @@ def ensure_database(dsn: str | None = None) -> bool:
     True when it was created. Connects to the server's ``postgres`` database to do so."""
     dsn = resolve_dsn(dsn)
     info = psycopg.conninfo.conninfo_to_dict(dsn)
-    name = info.get("dbname") or "postgres"
-    server = psycopg.conninfo.make_conninfo(**{**info, "dbname": "postgres"})
+    name = str(info.get("dbname") or "postgres")
+    server = psycopg.conninfo.make_conninfo("", **{**info, "dbname": "postgres"})
     with psycopg.connect(server, autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             return False
@@ -167,5 +188,13 @@ def reset(dsn: str | None = None) -> None:
         conn.commit()
 
 
-__all__ = ["migrate", "reset", "migration_files", "ensure_role", "hand_over", "ensure_database", "LEDGER_ROLE",
-           "psycopg"]
+__all__ = [
+    "LEDGER_ROLE",
+    "ensure_database",
+    "ensure_role",
+    "hand_over",
+    "migrate",
+    "migration_files",
+    "psycopg",
+    "reset",
+]

@@ -1,0 +1,486 @@
+"""``make cluster-demo``: a whole scenario month through the real scheduler on the local Celery cluster.
+
+What ``make demo`` does with ``dag.test()``, done the way a deployment runs it: a fresh ledger with
+the scenario's reference data, both simulators, then ``returnledger_dev.cluster.processes``
+(api-server, scheduler, dag-processor, triggerer, two Celery workers). Through Airflow's REST API, as
+an operator would, the DAGs are unpaused and for every scenario day D (after the day's manual
+``operations``) the ``returns_sync`` run listed under D is created: logical date D, data interval
+[D, D+1) UTC, the run the scheduler itself makes for D (``--mode backfill`` asks for the same runs as
+backfills instead, one per stretch of days between operator actions). The scheduler queues the tasks
+on Celery and the workers run them. Then the close run of ``returns_reconciliation`` (conf
+``close_period``), then one day's ``push_credits`` is cleared through the REST API and runs again,
+and the outputs of scenarios/README.md are written, plus ``cluster.json``: which worker ran what
+(task instance hostnames), per-run timings, and what the rerun sent.
+
+The scenario is a past month, so the cluster runs with ``[scheduler] use_job_schedule = False``: the
+scheduler runs every run it is given but makes none from the clock (nor from asset events), which would
+otherwise add a run for yesterday's real date that reads the whole month at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from returnledger_dev.demo.airflow_run import day_start
+
+SYNC, RECON = "returns_sync", "returns_reconciliation"
+OUTPUTS = (
+    "amazon_requests.jsonl",
+    "rebound_created_returns.jsonl",
+    "exceptions.csv",
+    "month_end_report.csv",
+    "month_end_report.html",
+    "amazon_inventory.csv",
+    "summary.json",
+    "cluster.json",
+)
+FINISHED = {"success", "failed"}
+
+
+def _iso(d: datetime) -> str:
+    return d.isoformat().replace("+00:00", "Z")
+
+
+def _parse(ts: str | None) -> datetime | None:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else None
+
+
+def amazon_posts(out_dir: Path, path_part: str = "") -> int:
+    """POSTs the SP-API simulator has logged so far (amazon_requests.jsonl is written as requests arrive)."""
+    try:
+        lines = (out_dir / "amazon_requests.jsonl").read_text().splitlines()
+    except OSError:
+        return 0
+    n = 0
+    for line in lines:
+        if line.strip():
+            r = json.loads(line)
+            n += r["method"] == "POST" and path_part in r["path"]
+    return n
+
+
+# --------------------------------------------------------------------------- runs through the REST API
+
+
+def wait_dag_parsed(api, dag_ids, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    for dag_id in dag_ids:
+        while True:
+            r = api.http.get(f"/dags/{dag_id}")
+            if r.status_code == 200:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"DAG {dag_id} not parsed after {timeout_s:.0f}s: {r.status_code} {r.text[:300]}"
+                )
+            time.sleep(1.0)
+
+
+def unpause(api, dag_ids) -> None:
+    for dag_id in dag_ids:
+        api.patch(f"/dags/{dag_id}", {"is_paused": False})
+
+
+def trigger_day(api, dag_id: str, day: date, conf: dict | None = None) -> str:
+    """Create the run listed under ``day``: logical date D, data interval [D, D+1), as the scheduler would."""
+    run_id = f"day__{day.isoformat()}" if not conf else f"close__{day.isoformat()}"
+    start = day_start(day)
+    api.post(
+        f"/dags/{dag_id}/dagRuns",
+        {
+            "dag_run_id": run_id,
+            "logical_date": _iso(start),
+            "data_interval_start": _iso(start),
+            "data_interval_end": _iso(start + timedelta(days=1)),
+            "run_after": _iso(start + timedelta(days=1)),
+            "conf": conf or {},
+            "note": "scenario day, created by make cluster-demo",
+        },
+    )
+    return run_id
+
+
+def wait_run(api, dag_id: str, run_id: str, timeout_s: float = 1800, poll_s: float = 0.5) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = api.get(f"/dags/{dag_id}/dagRuns/{run_id}")
+        if run["state"] in FINISHED:
+            return run
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{dag_id} {run_id} still {run['state']} after {timeout_s:.0f}s")
+        time.sleep(poll_s)
+
+
+def task_instances(api, dag_id: str, run_id: str = "~") -> list[dict]:
+    out, offset = [], 0
+    while True:
+        page = api.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=100, offset=offset)
+        out += page["task_instances"]
+        offset += len(page["task_instances"])
+        if not page["task_instances"] or offset >= page["total_entries"]:
+            return out
+
+
+def run_timing(run: dict, tis: list[dict]) -> dict:
+    """Wall time of a run (running -> done) and how much of it tasks were running (union of their running
+    intervals, each task process's start-up included): the rest is scheduling, Celery hand-off and the
+    workers picking tasks up. ``waited_s``: queued -> running (a backfill queues all its runs at once)."""
+    queued, start, end = (_parse(run.get(k)) for k in ("queued_at", "start_date", "end_date"))
+    start = start or queued
+    spans = sorted(
+        (_parse(t["start_date"]), _parse(t["end_date"]))
+        for t in tis
+        if t.get("start_date") and t.get("end_date")
+    )
+    busy, cur_s, cur_e = 0.0, None, None
+    for s, e in spans:
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                busy += (cur_e - cur_s).total_seconds()
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        busy += (cur_e - cur_s).total_seconds()
+    waits = [
+        (_parse(t["start_date"]) - _parse(t["queued_when"])).total_seconds()
+        for t in tis
+        if t.get("start_date") and t.get("queued_when")
+    ]
+    wall = (end - start).total_seconds() if start and end else None
+    return {
+        "queued_at": run.get("queued_at"),
+        "start_date": run.get("start_date"),
+        "end_date": run.get("end_date"),
+        "waited_s": round((start - queued).total_seconds(), 2) if start and queued else None,
+        "wall_s": round(wall, 2) if wall is not None else None,
+        "tasks_running_s": round(busy, 2),
+        "between_tasks_s": round(wall - busy, 2) if wall is not None else None,
+        "task_queue_wait_s": round(sum(waits), 2),
+        "tasks": len(tis),
+        "task_seconds": round(sum(t.get("duration") or 0 for t in tis), 2),
+    }
+
+
+def backfill(api, dag_id: str, first: date, last: date, timeout_s: float = 3600) -> list[str]:
+    """A backfill of the runs listed under ``first``..``last`` (one at a time, oldest first); run ids."""
+    bf = api.post(
+        "/backfills",
+        {
+            "dag_id": dag_id,
+            "from_date": _iso(day_start(first)),
+            "to_date": _iso(day_start(last)),
+            "run_backwards": False,
+            "dag_run_conf": {},
+            "reprocess_behavior": "none",
+            "max_active_runs": 1,
+        },
+    )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        b = api.get(f"/backfills/{bf['id']}")
+        if b.get("completed_at"):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"backfill {bf['id']} of {dag_id} not complete after {timeout_s:.0f}s")
+        time.sleep(1.0)
+    runs = api.get(
+        f"/dags/{dag_id}/dagRuns",
+        run_type="backfill",
+        limit=100,
+        logical_date_gte=_iso(day_start(first)),
+        logical_date_lte=_iso(day_start(last)),
+    )["dag_runs"]
+    return [r["dag_run_id"] for r in sorted(runs, key=lambda r: r["logical_date"])]
+
+
+def clear_task(api, dag_id: str, run_id: str, task_id: str) -> None:
+    """Clear one task of one run (as "Clear" in the UI does): it runs again, its run goes back to queued."""
+    api.post(
+        f"/dags/{dag_id}/clearTaskInstances",
+        {
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": [task_id],
+            "only_failed": False,
+            "reset_dag_runs": True,
+            "include_upstream": False,
+            "include_downstream": False,
+        },
+    )
+
+
+# --------------------------------------------------------------------------- the scenario
+
+
+def run_cluster_scenario(
+    scenario_path: Path,
+    out_dir: Path,
+    *,
+    dsn: str | None = None,
+    faults: bool = True,
+    port: int | None = None,
+    workers: int = 2,
+    root: Path | None = None,
+    redis_url: str | None = None,
+    mode: str = "runs",
+    rerun: bool = True,
+    name: str = "demo",
+    progress=print,
+) -> dict:
+    """Run a whole scenario on a fresh local cluster; returns the summary (outputs land in ``out_dir``).
+
+    ``name`` names the cluster's Celery queue and workers: clusters sharing one Redis need different names."""
+    from returnledger.reference import load as reference
+    from returnledger.store import db, migrate
+    from returnledger_dev.cluster.api import AirflowAPI
+    from returnledger_dev.cluster.processes import start, stop
+    from returnledger_dev.cluster.spec import DEFAULT_REDIS_URL, ClusterSpec, free_port
+    from returnledger_dev.demo.outputs import export_exceptions, summary
+    from returnledger_dev.sandbox.harness import run_sandbox
+    from returnledger_dev.sandbox.scenario import load_scenario_dict
+
+    t0 = time.monotonic()
+    out_dir = out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for output in OUTPUTS:
+        (out_dir / output).unlink(missing_ok=True)
+    dsn = db.resolve_dsn(dsn)
+    scenario = load_scenario_dict(scenario_path)
+    first, last = date.fromisoformat(scenario["run"]["from"]), date.fromisoformat(scenario["run"]["to"])
+    period = scenario["run"]["close_period"]
+    migrate.reset(dsn)
+    migrate.migrate(
+        dsn, owner=ClusterSpec.ledger_role, owner_password=os.environ.get("RETURNLEDGER_LEDGER_PASSWORD")
+    )
+    reference.load_reference(dsn, at=day_start(first))
+    reference.load_scenario_reference(dsn, scenario, at=day_start(first))
+    ops_by_day: dict[str, list[dict]] = {}
+    for op in scenario.get("operations") or []:
+        ops_by_day.setdefault(op["on"], []).append(op)
+    progress(
+        f"scenario {scenario.get('name')}: {len(scenario['rebound']['returns'])} returns, "
+        f"{len(scenario['rebound']['events'])} events, days {first}..{last}, mode {mode}, {workers} worker(s)"
+    )
+    report: dict = {"mode": mode, "workers": workers, "runs": {}, "rerun": None}
+    with run_sandbox(scenario_path, out_dir, faults=faults) as sandbox:
+        spec = ClusterSpec(
+            root=root or db.local_dir() / "cluster-demo",
+            ledger_dsn=dsn,
+            name=name,
+            fresh=True,
+            redis_url=redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
+            api_port=port or free_port(),
+            workers=workers,
+            load_reference=False,
+            conn_overrides={
+                # as runner.prepare_airflow: a client timeout below the simulator's slow answers (3 s)
+                "rebound_api": {
+                    "host": sandbox.rebound_url,
+                    "port": None,
+                    "extra": {"page_size": 500, "timeout": 2},
+                },
+                "amazon_sp_api": {"host": sandbox.amazon_url, "port": None, "extra": sandbox.amazon_extra},
+            },
+            extra_env={
+                "AIRFLOW_VAR_RETURNLEDGER_EXPORT_BASE": sandbox.landing_dir.as_uri(),
+                "AIRFLOW_VAR_RETURNLEDGER_REPORT_BASE": out_dir.as_uri(),
+                "AIRFLOW_VAR_RETURNLEDGER_DIGEST_DIR": str(out_dir / "digests"),
+                "RETURNLEDGER_VALIDATION_DIR": str(out_dir / "validation"),
+                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "false",
+            },
+        )
+        state = start(spec, progress=progress)
+        report["cluster_ready_s"] = state.get("ready_s")
+        api = None
+        try:
+            api = AirflowAPI(state)
+            t = time.monotonic()
+            dag_ids = [SYNC, RECON, "returns_operating_checks", "returns_weekly_review"]
+            wait_dag_parsed(api, dag_ids)
+            unpause(api, dag_ids)
+            progress(f"DAGs parsed and unpaused ({time.monotonic() - t:.0f}s)")
+            if mode == "backfill":
+                _month_by_backfill(api, first, last, ops_by_day, dsn, report, progress)
+            else:
+                _month_by_runs(api, first, last, ops_by_day, dsn, report, progress)
+            t = time.monotonic()
+            run_id = trigger_day(api, RECON, last, {"close_period": period})
+            run = wait_run(api, RECON, run_id)
+            report["runs"][f"{RECON}:{run_id}"] = run_timing(run, task_instances(api, RECON, run_id))
+            progress(f"  {last}: {RECON} close {period} {run['state']} ({time.monotonic() - t:.1f}s)")
+            if run["state"] != "success":
+                raise RuntimeError(f"{RECON} close run {run_id} failed; logs under {state['log_dir']}")
+            for report_file in ("month_end_report.csv", "month_end_report.html"):
+                written = out_dir / period / report_file  # the close run writes <report base>/<period>/
+                if written.exists():
+                    shutil.copyfile(written, out_dir / report_file)
+            if rerun:
+                report["rerun"] = _rerun_push_credits(api, out_dir, progress)
+            tis = task_instances(api, SYNC) + task_instances(api, RECON)
+            ran = [t for t in tis if t.get("hostname")]  # the rest were skipped (branch, short-circuit)
+            report["task_instances_by_hostname"] = dict(Counter(t["hostname"] for t in ran))
+            report["task_instances_by_queue"] = dict(Counter(t.get("queue") or "?" for t in ran))
+            report["task_instances_skipped"] = len(tis) - len(ran)
+            progress(
+                "task instances by worker (hostname): "
+                + ", ".join(f"{h} {n}" for h, n in sorted(report["task_instances_by_hostname"].items()))
+            )
+        finally:
+            if api is not None:
+                api.close()
+            stop(spec.root, progress=progress)
+        sandbox.dump()
+    export_exceptions(dsn, out_dir)
+    s = summary(dsn)
+    s["seconds"] = round(time.monotonic() - t0, 1)
+    s["cluster"] = report
+    (out_dir / "summary.json").write_text(json.dumps(s, indent=1, default=str))
+    (out_dir / "cluster.json").write_text(json.dumps(report, indent=1, default=str))
+    return s
+
+
+def _apply_operations(dsn: str, day: date, ops_by_day: dict, progress) -> None:
+    from returnledger.reference import load as reference
+
+    for op in ops_by_day.get(day.isoformat(), []):
+        reference.apply_operation(dsn, op, at=day_start(day), actor="operator (scenario)")
+        progress(f"  {day}: operator {op['action']} {op.get('rebound_reason') or op.get('sku')}")
+
+
+def _month_by_runs(api, first, last, ops_by_day, dsn, report, progress) -> None:
+    day = first
+    while day <= last:
+        _apply_operations(dsn, day, ops_by_day, progress)
+        t = time.monotonic()
+        run_id = trigger_day(api, SYNC, day)
+        run = wait_run(api, SYNC, run_id)
+        timing = run_timing(run, task_instances(api, SYNC, run_id))
+        report["runs"][f"{SYNC}:{run_id}"] = timing
+        progress(
+            f"  {day}: {SYNC} {run['state']} ({time.monotonic() - t:.1f}s; tasks running "
+            f"{timing['tasks_running_s']}s of {timing['wall_s']}s)"
+        )
+        if run["state"] != "success":
+            raise RuntimeError(f"{SYNC} for {day} failed")
+        day += timedelta(days=1)
+
+
+def _month_by_backfill(api, first, last, ops_by_day, dsn, report, progress) -> None:
+    """Backfills between operator actions: an operation for day D is applied before the run for D starts."""
+    op_days = sorted(date.fromisoformat(d) for d in ops_by_day if first <= date.fromisoformat(d) <= last)
+    starts = sorted({first, *op_days})
+    for i, seg_start in enumerate(starts):
+        seg_end = (starts[i + 1] - timedelta(days=1)) if i + 1 < len(starts) else last
+        _apply_operations(dsn, seg_start, ops_by_day, progress)
+        t = time.monotonic()
+        run_ids = backfill(api, SYNC, seg_start, seg_end)
+        for run_id in run_ids:
+            run = api.get(f"/dags/{SYNC}/dagRuns/{run_id}")
+            report["runs"][f"{SYNC}:{run_id}"] = run_timing(run, task_instances(api, SYNC, run_id))
+            if run["state"] != "success":
+                raise RuntimeError(f"{SYNC} {run_id} failed")
+        progress(
+            f"  {seg_start}..{seg_end}: backfill of {len(run_ids)} {SYNC} run(s) "
+            f"({time.monotonic() - t:.1f}s)"
+        )
+
+
+def credit_posts_by_run(api, out_dir: Path) -> dict[str, int]:
+    """Credit-note POSTs the simulator logged while each returns_sync run's push_credits was running."""
+    try:
+        rows = [
+            json.loads(x) for x in (out_dir / "amazon_requests.jsonl").read_text().splitlines() if x.strip()
+        ]
+    except OSError:
+        rows = []
+    posts = [_parse(r["at"]) for r in rows if r["method"] == "POST" and "/invoices" in r["path"]]
+    out = {}
+    for ti in task_instances(api, SYNC):
+        if ti["task_id"] == "push_credits" and ti.get("start_date") and ti.get("end_date"):
+            s, e = _parse(ti["start_date"]), _parse(ti["end_date"])
+            out[ti["dag_run_id"]] = sum(1 for at in posts if s <= at <= e)
+    return out
+
+
+def _rerun_push_credits(api, out_dir: Path, progress) -> dict:
+    """Clear ``push_credits`` of the day that sent the most credit notes and let it run again: no new POST."""
+    credit_posts = credit_posts_by_run(api, out_dir)
+    if not credit_posts:
+        raise RuntimeError("no returns_sync run has a finished push_credits to clear")
+    run_id = max(sorted(credit_posts), key=lambda r: credit_posts[r])
+    ti = api.get(f"/dags/{SYNC}/dagRuns/{run_id}/taskInstances/push_credits")
+    before_all, before_credits = amazon_posts(out_dir), amazon_posts(out_dir, "/invoices")
+    clear_task(api, SYNC, run_id, "push_credits")
+    deadline = time.monotonic() + 600
+    while True:
+        again = api.get(f"/dags/{SYNC}/dagRuns/{run_id}/taskInstances/push_credits")
+        if again["try_number"] > ti["try_number"] and again["state"] in ("success", "failed"):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"push_credits of {run_id} did not run again: {again['state']}")
+        time.sleep(0.5)
+    run = wait_run(api, SYNC, run_id)
+    result = {
+        "run_id": run_id,
+        "credit_posts_first_time": credit_posts.get(run_id),
+        "try_number": [ti["try_number"], again["try_number"]],
+        "state": again["state"],
+        "hostname": [ti.get("hostname"), again.get("hostname")],
+        "run_state": run["state"],
+        "new_amazon_posts": amazon_posts(out_dir) - before_all,
+        "new_credit_posts": amazon_posts(out_dir, "/invoices") - before_credits,
+    }
+    progress(
+        f"  rerun: cleared push_credits of {run_id} (first run sent {result['credit_posts_first_time']} "
+        f"credit POSTs) -> try {result['try_number'][1]} {result['state']} on {result['hostname'][1]}: "
+        f"{result['new_amazon_posts']} new Amazon POST(s)"
+    )
+    if again["state"] != "success" or result["new_amazon_posts"]:
+        raise RuntimeError(f"the rerun of push_credits was not a no-op: {result}")
+    return result
+
+
+def _cmd_cluster_demo(a) -> int:
+    import logging
+
+    from returnledger_dev.demo.outputs import print_summary
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    s = run_cluster_scenario(
+        Path(a.scenario),
+        Path(a.out),
+        faults=not a.no_faults,
+        port=a.port,
+        workers=a.workers,
+        mode=a.mode,
+        rerun=not a.no_rerun,
+        root=Path(a.root) if a.root else None,
+    )
+    print_summary(s)
+    print(f"\noutputs in {Path(a.out).resolve()} ({s['seconds']} s); cluster facts in cluster.json")
+    return 0
+
+
+def register(subparsers) -> None:
+    """``returnledger cluster-demo``: a scenario through the real scheduler on a fresh local cluster."""
+    p = subparsers.add_parser(
+        "cluster-demo",
+        help="a whole scenario month through the real scheduler on the local "
+        "Celery cluster (make cluster-demo)",
+    )
+    p.add_argument("--scenario", required=True)
+    p.add_argument("--out", default="out-cluster")
+    p.add_argument("--no-faults", action="store_true")
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--mode", choices=["runs", "backfill"], default="runs")
+    p.add_argument("--no-rerun", action="store_true")
+    p.add_argument("--root", default=None, help="the cluster's state folder (default .local/cluster-demo)")
+    p.set_defaults(func=_cmd_cluster_demo)

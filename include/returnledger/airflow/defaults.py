@@ -1,0 +1,66 @@
+"""What every returnledger DAG shares: task defaults, the pool and the ledger asset, and the Variables.
+
+Variables (set in the UI, by ``AIRFLOW_VAR_<NAME>`` or from a secrets backend; airflow_settings.yaml has
+the local values). Each has a default under the data folder ``$RETURNLEDGER_HOME/.local`` (the image sets
+``RETURNLEDGER_HOME=/opt/returnledger``), meant for a single machine; a deployment sets them:
+- ``returnledger_export_base``: where Amazon's Vendor Central returns exports arrive (``file://`` or
+  ``s3://`` through ``aws_default``), default ``file://<data>/landing``;
+- ``returnledger_report_base``: where month-end reports go, default ``file://<data>/reports``;
+- ``returnledger_digest_dir``: the folder for the owner-team digests, default ``<data>/digests``;
+- ``returnledger_validation_dir``: the folder for each sync run's validation result, default
+  ``$RETURNLEDGER_VALIDATION_DIR`` else ``<data>/validation``.
+The mail addresses are Variables too; returnledger.airflow.notifiers documents them.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from airflow.sdk import Asset
+
+#: the pool every SP-API task runs in (its slots keep the vendor operations under Amazon's rate)
+AMAZON_POOL = "amazon_sp_api"
+#: the ledger: returns_sync emits it, returns_reconciliation follows it
+LEDGER = Asset(name="returns_ledger", uri="returnledger://ledger/return_line")
+#: no task may hold a worker (or the amazon_sp_api pool) longer than this; a push step's circuit breaker
+#: and the clients' retry budgets end well before it, so a long outage leaves work PENDING for the next run
+TASK_TIMEOUT = timedelta(minutes=45)
+
+
+def default_args(owner: str = "returnledger") -> dict:
+    """default_args every DAG of the project uses: owner, retries, failure notifiers, a hard time limit."""
+    from returnledger.airflow.notifiers import failure_callbacks
+
+    return {
+        "owner": owner,
+        "retries": 2,
+        "retry_delay": timedelta(minutes=2),
+        "retry_exponential_backoff": True,
+        "on_failure_callback": failure_callbacks(),
+        "execution_timeout": TASK_TIMEOUT,
+    }
+
+
+def _variable_defaults() -> dict[str, str]:
+    from returnledger.store.db import local_dir
+
+    data = local_dir()
+    return {
+        "returnledger_export_base": f"file://{data}/landing",
+        "returnledger_report_base": f"file://{data}/reports",
+        "returnledger_digest_dir": str(data / "digests"),
+        "returnledger_validation_dir": (
+            os.environ.get("RETURNLEDGER_VALIDATION_DIR") or str(data / "validation")
+        ),
+    }
+
+
+def variable(name: str) -> str:
+    """One of the Variables above: its value, else its documented default (read at run time only)."""
+    from airflow.sdk import Variable
+
+    defaults = _variable_defaults()
+    if name not in defaults:
+        raise KeyError(f"{name} is not one of the Variables returnledger.airflow.defaults documents")
+    return Variable.get(name, default=defaults[name])

@@ -1,0 +1,1 @@
+"""The `returnledger` command line for operators: one module per command group, assembled by main."""

@@ -1,0 +1,315 @@
+"""What people do to an exception: resolve, dismiss, pick the right body of a conflicting event, fix the
+cause and resolve in one step (add the reason mapping, add the SKU), or choose the units to credit for an
+over-receipt (retrying a rejected credit note is ``exception_queue.retry``).
+
+People act from the console (plugins/) or the CLI. Every action locks the exception row, refuses a
+transition that makes no sense (resolving twice, retrying something Amazon did not reject), and writes
+who / when / what / why to ``ledger.audit_log`` in the same transaction. The sync releases held events
+on its next run; events an action sends back (``replay_events``: a resolved INVALID_EVENT or
+INVALID_RETURN_ORDER, a kept body) are validated and applied by that run like a new delivery.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import psycopg
+
+from returnledger.exception_queue.conflicts import chosen_raw_id, pick_body, versions_hint
+from returnledger.exception_queue.queue import (
+    ExceptionActionError,
+    close,
+    exception_subject,
+    lock_open,
+    replay_events,
+    required,
+)
+from returnledger.models import ExceptionType
+from returnledger.reference.mappings import add_reason_mapping
+from returnledger.reference.skus import add_sku
+from returnledger.store.audit import record_one
+from returnledger.store.db import unit_of_work
+
+
+def resolve_exception(dsn_or_conn, exception_id: int, *, actor: str, resolution: str, at: datetime) -> dict:
+    """Record that a person fixed the cause. Holding exceptions release their events on the next sync run
+    (the sync raises the exception again if the cause is in fact still there).
+
+    INVALID_EVENT: the event is examined again by the next sync run (validated, then applied if it now
+    passes). INVALID_RETURN_ORDER: the return's held events are examined again. EVENT_CONFLICT is resolved
+    by choosing a body: the resolution must say which one ("keep raw <raw_id>"), see ``pick_event_body``.
+    """
+    actor, resolution = required(actor, "actor"), required(resolution, "resolution")
+    with unit_of_work(dsn_or_conn) as conn:
+        row = lock_open(conn, exception_id, action="resolve")
+        if row["type"] == ExceptionType.EVENT_CONFLICT:
+            return pick_body(
+                conn, row, chosen_raw_id(conn, row, resolution), actor=actor, at=at, why=resolution
+            )
+        out = close(conn, exception_id, status="resolved", actor=actor, resolution=resolution, at=at)
+        replayed = _replay_for(conn, row)
+        record_one(
+            conn,
+            at=at,
+            actor=actor,
+            action="exception.resolve",
+            subject=exception_subject(exception_id),
+            detail={
+                "type": row["type"],
+                "subject_key": row["subject_key"],
+                "why": resolution,
+                **({"replayed_events": replayed} if replayed else {}),
+            },
+        )
+    if replayed:
+        out["replayed_events"] = replayed
+    return out
+
+
+def dismiss_exception(dsn_or_conn, exception_id: int, *, actor: str, reason: str, at: datetime) -> dict:
+    """Close an exception that needs no fix (a known test return, a duplicate report); the reason is kept.
+
+    A dismissed INVALID_EVENT stays invalid for good. The held events of a dismissed INVALID_RETURN_ORDER
+    are examined again (they wait again if the order still fails). An EVENT_CONFLICT cannot be dismissed:
+    its line waits until one of the bodies is chosen.
+    """
+    actor, reason = required(actor, "actor"), required(reason, "reason")
+    with unit_of_work(dsn_or_conn) as conn:
+        row = lock_open(conn, exception_id, action="dismiss")
+        if row["type"] == ExceptionType.EVENT_CONFLICT:
+            raise ExceptionActionError(
+                f"cannot dismiss exception {exception_id}: an EVENT_CONFLICT holds its line until one "
+                f"body is chosen; {versions_hint(conn, row)}"
+            )
+        out = close(conn, exception_id, status="dismissed", actor=actor, resolution=reason, at=at)
+        replayed = _replay_for(conn, row) if row["type"] == ExceptionType.INVALID_RETURN_ORDER else 0
+        record_one(
+            conn,
+            at=at,
+            actor=actor,
+            action="exception.dismiss",
+            subject=exception_subject(exception_id),
+            detail={
+                "type": row["type"],
+                "subject_key": row["subject_key"],
+                "why": reason,
+                **({"replayed_events": replayed} if replayed else {}),
+            },
+        )
+    if replayed:
+        out["replayed_events"] = replayed
+    return out
+
+
+def _replay_for(conn: psycopg.Connection, row: dict) -> int:
+    """Events a closed exception sent back through the sync (same path as a new delivery)."""
+    if row["type"] == ExceptionType.INVALID_EVENT and row["raw_id"] is not None:
+        return replay_events(conn, [row["raw_id"]])
+    if row["type"] == ExceptionType.INVALID_RETURN_ORDER:
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT raw_id FROM ledger.held_event WHERE reason = 'INVALID_RETURN_ORDER'"
+                " AND (exception_id = %s OR (%s::text IS NOT NULL AND return_id = %s))",
+                (row["exception_id"], row["return_id"], row["return_id"]),
+            )
+        ]
+        return replay_events(conn, ids)
+    return 0
+
+
+def pick_event_body(
+    dsn_or_conn, exception_id: int, raw_id: int, *, actor: str, at: datetime, why: str | None = None
+) -> dict:
+    """Resolve an EVENT_CONFLICT by choosing the body that is right, atomically.
+
+    The chosen body goes on: if it was held for the conflict it is examined again by the next sync run
+    (validated, then applied), and the line's other held events follow through the usual release. Every
+    other body of the event id is SUPERSEDED (kept, never applied; an open INVALID_EVENT of one is
+    resolved). A body the ledger already applied before the conflict was seen cannot be taken back, so
+    when one was applied only that one can be chosen.
+    """
+    actor = required(actor, "actor")
+    with unit_of_work(dsn_or_conn) as conn:
+        row = lock_open(conn, exception_id, types={"EVENT_CONFLICT"}, action="pick a body for")
+        return pick_body(conn, row, int(raw_id), actor=actor, at=at, why=why)
+
+
+def _line_reason(conn: psycopg.Connection, row: dict) -> str:
+    if row["return_id"] is None or row["line"] is None:
+        raise ExceptionActionError(f"exception {row['exception_id']} names no return line")
+    found = conn.execute(
+        "SELECT reason FROM ledger.return_line WHERE return_id = %s AND line = %s",
+        (row["return_id"], row["line"]),
+    ).fetchone()
+    if found is None:  # the line may be known only from the return order's payload
+        found = conn.execute(
+            "SELECT l->>'reason' FROM ledger.return_order o, jsonb_array_elements(o.payload->'lines') l"
+            " WHERE o.return_id = %s AND (l->>'line')::int = %s",
+            (row["return_id"], row["line"]),
+        ).fetchone()
+    if found is None or not found[0]:
+        raise ExceptionActionError(
+            f"exception {row['exception_id']}: the ReBound reason of line "
+            f"{row['subject_key']} is not in the ledger"
+        )
+    return found[0]
+
+
+def resolve_with_mapping(dsn, exception_id: int, amazon_reason: str, *, actor: str, at: datetime) -> dict:
+    """Add the missing reason-code mapping and resolve the UNMAPPED_REASON_CODE exception, atomically.
+
+    The held events of every line with that reason are released by the next sync run.
+    """
+    actor, amazon_reason = required(actor, "actor"), required(amazon_reason, "amazon_reason")
+    with unit_of_work(dsn) as conn:
+        row = lock_open(conn, exception_id, types={"UNMAPPED_REASON_CODE"}, action="resolve with a mapping")
+        rebound_reason = _line_reason(conn, row)
+        add_reason_mapping(
+            conn, rebound_reason, amazon_reason, at=at, actor=actor, why=f"resolves exception {exception_id}"
+        )
+        why = f"mapped ReBound reason {rebound_reason} to {amazon_reason}"
+        out = close(conn, exception_id, status="resolved", actor=actor, resolution=why, at=at)
+        record_one(
+            conn,
+            at=at,
+            actor=actor,
+            action="exception.resolve_with_mapping",
+            subject=exception_subject(exception_id),
+            detail={
+                "type": row["type"],
+                "subject_key": row["subject_key"],
+                "why": why,
+                "rebound_reason": rebound_reason,
+                "amazon_reason": amazon_reason,
+            },
+        )
+    out["mapping"] = {"rebound_reason": rebound_reason, "amazon_reason": amazon_reason}
+    return out
+
+
+def resolve_with_sku(
+    dsn, exception_id: int, asin: str, unit_cost, available: int, *, actor: str, at: datetime
+) -> dict:
+    """Add the missing SKU to the catalog and resolve the SKU_MISMATCH exception, atomically."""
+    actor, asin = required(actor, "actor"), required(asin, "asin")
+    with unit_of_work(dsn) as conn:
+        row = lock_open(conn, exception_id, types={"SKU_MISMATCH"}, action="resolve with a SKU")
+        sku = row["sku"]
+        if not sku and row["return_id"] is not None:
+            found = conn.execute(
+                "SELECT sku FROM ledger.return_line WHERE return_id = %s AND line = %s",
+                (row["return_id"], row["line"]),
+            ).fetchone()
+            sku = found[0] if found else None
+        if not sku:
+            raise ExceptionActionError(f"exception {exception_id} names no SKU")
+        add_sku(conn, sku, asin, Decimal(str(unit_cost)), int(available), at=at, actor=actor)
+        why = f"added SKU {sku} (ASIN {asin}, unit cost {unit_cost}, available {available}) to the catalog"
+        out = close(conn, exception_id, status="resolved", actor=actor, resolution=why, at=at)
+        record_one(
+            conn,
+            at=at,
+            actor=actor,
+            action="exception.resolve_with_sku",
+            subject=exception_subject(exception_id),
+            detail={
+                "type": row["type"],
+                "subject_key": row["subject_key"],
+                "why": why,
+                "sku": sku,
+                "asin": asin,
+                "unit_cost": str(unit_cost),
+                "available": int(available),
+            },
+        )
+    out["sku_added"] = {
+        "sku": sku,
+        "asin": asin,
+        "unit_cost": Decimal(str(unit_cost)),
+        "available": int(available),
+    }
+    return out
+
+
+def resolve_over_receipt(
+    dsn_or_conn, exception_id: int, quantity: int, *, actor: str, at: datetime, note: str = ""
+) -> dict:
+    """The warehouse resolves an over-receipt (received above announced) by choosing the units to credit.
+
+    The credit was held (recon ON_HOLD) since the receipt; the chosen quantity, between 0 and the units
+    received, is stored on the line and the next sync run sends exactly one credit note for it. 0 closes
+    the line with nothing owed. The choice is audited.
+    """
+    actor = required(actor, "actor")
+    try:
+        quantity = int(quantity)
+    except (TypeError, ValueError):
+        raise ExceptionActionError(
+            f"the quantity to credit must be a whole number, got {quantity!r}"
+        ) from None
+    with unit_of_work(dsn_or_conn) as conn:
+        row = lock_open(
+            conn, exception_id, types={"QUANTITY_MISMATCH"}, action="choose the credit quantity for"
+        )
+        if row["return_id"] is None or row["line"] is None:
+            raise ExceptionActionError(f"exception {exception_id} names no return line")
+        line = conn.execute(
+            """SELECT quantity_announced, quantity_received, state, credit_quantity
+                                 FROM ledger.return_line WHERE return_id = %s AND line = %s FOR UPDATE""",
+            (row["return_id"], row["line"]),
+        ).fetchone()
+        if line is None:
+            raise ExceptionActionError(f"line {row['subject_key']} is not in the ledger")
+        announced, received, state, chosen = line
+        if received is None or received <= announced:
+            raise ExceptionActionError(
+                f"line {row['subject_key']} received {received} of {announced} announced: only a receipt "
+                "above the announced quantity holds the credit; resolve this exception instead"
+            )
+        if chosen is not None:
+            raise ExceptionActionError(
+                f"line {row['subject_key']} already has {chosen} unit(s) chosen to credit"
+            )
+        if not 0 <= quantity <= received:
+            raise ExceptionActionError(
+                f"the quantity to credit must be between 0 and the {received} unit(s) received"
+            )
+        conn.execute(
+            "UPDATE ledger.return_line SET credit_quantity = %s, updated_at = %s"
+            " WHERE return_id = %s AND line = %s",
+            (quantity, at, row["return_id"], row["line"]),
+        )
+        if quantity == 0 and state == "DISPOSITIONED":
+            conn.execute(
+                "UPDATE ledger.return_line SET state = 'CLOSED' WHERE return_id = %s AND line = %s",
+                (row["return_id"], row["line"]),
+            )
+            conn.execute(
+                """INSERT INTO ledger.line_history
+                                   (return_id, line, from_state, to_state, cause, batch_id, at)
+                            VALUES (%s, %s, 'DISPOSITIONED', 'CLOSED', 'NO_CREDIT_CHOSEN', %s, %s)""",
+                (row["return_id"], row["line"], f"manual:over_receipt:{exception_id}", at),
+            )
+        why = f"{actor} chose to credit {quantity} of {received} unit(s) received ({announced} announced)" + (
+            f": {note}" if note else ""
+        )
+        out = close(conn, exception_id, status="resolved", actor=actor, resolution=why, at=at)
+        record_one(
+            conn,
+            at=at,
+            actor=actor,
+            action="exception.credit_quantity",
+            subject=exception_subject(exception_id),
+            detail={
+                "type": row["type"],
+                "subject_key": row["subject_key"],
+                "credit_quantity": quantity,
+                "received": received,
+                "announced": announced,
+                "note": note,
+            },
+        )
+    out["credit_quantity"] = quantity
+    return out

@@ -1,0 +1,1 @@
+"""Intake: the ReBound feed, raw events as received, and the return orders they name."""

@@ -1,0 +1,218 @@
+"""Apply: the lifecycle rules over every event that passed screening, and their writes to the ledger.
+
+Events a line may take now go through returnledger.ledger.lifecycle (pure rules); the new line states,
+their history, holds and outcomes are written in sets by returnledger.ledger.writes (COPY, one UPDATE
+join), and the Amazon actions the rules earn become submissions (``ledger.amazon_submission``,
+returnledger.amazon.submissions), all in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import datetime
+
+import psycopg
+
+from returnledger.exception_queue.queue import NewException, raise_exceptions
+from returnledger.ledger import lifecycle
+from returnledger.ledger.holds import BLOCKED_SQL, record_outcomes, release_reference_holds
+from returnledger.ledger.runs import no_cyclic_gc
+from returnledger.ledger.writes import HISTORY_COLUMNS, AppliedEvent, Changes, load_lines, write_changes
+from returnledger.models import LINE_EVENTS, Disposition, EventType, ExceptionType, Grade
+from returnledger.reference.policy import load_policy
+from returnledger.screening.fields import int4_sql, parse_time
+from returnledger.store.db import copy_into, unit_of_work
+
+log = logging.getLogger(__name__)
+
+
+def line_event(p: dict) -> lifecycle.LineEvent:
+    """A validated payload as the lifecycle's event."""
+    occurred_at = parse_time(p["occurred_at"])
+    if occurred_at is None:
+        raise ValueError(f"event {p.get('event_id')!r}: occurred_at {p.get('occurred_at')!r} is no timestamp")
+    return lifecycle.LineEvent(
+        event_id=p["event_id"],
+        type=EventType(p["type"]),
+        occurred_at=occurred_at,
+        quantity=p.get("quantity"),
+        grade=p.get("grade"),
+        disposition=p.get("disposition"),
+    )
+
+
+_EVENT_TYPES = {t.value: t for t in EventType}  # a dict lookup: the enum's own call costs a microsecond a row
+# models.LINE_EVENTS as plain text: the hot loop looks the raw event_type up, and an enum member's hash is
+# a Python call per lookup
+_LINE_EVENT_VALUES = frozenset(t.value for t in LINE_EVENTS)
+_GRADES = frozenset(g.value for g in Grade)
+_DISPOSITIONS = frozenset(d.value for d in Disposition)
+
+
+def _unfit_detail(etype, ln, occurred_at, quantity, grade, disposition) -> str:
+    if etype not in _EVENT_TYPES:
+        why = f"unknown event type {etype!r}"
+    elif occurred_at is None:
+        why = "no occurred_at"
+    elif ln is None:
+        why = "no valid line number"
+    elif etype == EventType.RECEIVED.value:
+        why = "no whole-number quantity from 0 to 2147483647"
+    elif etype == EventType.GRADED.value:
+        why = f"grade {grade!r} is not one of A, B, C, D"
+    else:
+        why = f"disposition {disposition!r} is unknown"
+    return f"apply_guard: the event reached the lifecycle rules without passing validation: {why}"
+
+
+def _refuse_unfit(
+    conn: psycopg.Connection, unfit: list[tuple], held_ids: set[int], *, batch_id: str, at: datetime
+) -> int:
+    """Events apply cannot use (they bypassed validation): INVALID_EVENT, outcome INVALID, no line touched."""
+    ids = [u[0] for u in unfit]
+    conn.execute("DELETE FROM ledger.held_event WHERE raw_id = ANY(%b::bigint[])", (ids,))
+    raise_exceptions(
+        conn,
+        [
+            NewException(ExceptionType.INVALID_EVENT, f"raw:{i}", d, return_id=rid, line=ln, raw_id=i)
+            for i, rid, ln, d in unfit
+        ],
+        at=at,
+        batch_id=batch_id,
+    )
+    record_outcomes(conn, "INVALID", ids, [u[3] for u in unfit], batch_id=batch_id, at=at, decided=held_ids)
+    return len(ids)
+
+
+def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> dict:
+    """Lifecycle rules over passing events plus every held event that may now go on."""
+    stats = defaultdict(int)
+    with no_cyclic_gc(), unit_of_work(dsn) as conn:
+        policy = load_policy(conn)
+        stats["released_exceptions"] = release_reference_holds(conn, at=at)
+        # events to (re)apply: new passing events, and held events no longer blocked. Fields only some event
+        # types carry are read for those types alone and never cast blindly: a poison value is null here.
+        rows = conn.execute(f"""
+            WITH blocked AS ({BLOCKED_SQL})
+            SELECT r.raw_id, r.event_id, r.event_type, r.return_id, r.line, r.occurred_at,
+                   CASE WHEN r.event_type = 'RECEIVED' THEN {int4_sql("quantity")} END,
+                   CASE WHEN r.event_type = 'GRADED' THEN r.payload->>'grade' END,
+                   CASE WHEN r.event_type = 'DISPOSITIONED' THEN r.payload->>'disposition' END,
+                   (h.raw_id IS NOT NULL) AS was_held
+            FROM ledger.raw_event r LEFT JOIN ledger.held_event h USING (raw_id)
+            LEFT JOIN ledger.event_outcome o USING (raw_id)
+            LEFT JOIN (SELECT DISTINCT return_id, line FROM blocked WHERE line IS NOT NULL) bl
+                   ON bl.return_id = r.return_id AND bl.line = r.line
+            LEFT JOIN (SELECT DISTINCT return_id FROM blocked WHERE line IS NULL) br
+                   ON br.return_id = r.return_id
+            WHERE (o.raw_id IS NULL AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f
+                                                    WHERE f.raw_id = r.raw_id))
+               OR (o.status = 'HELD' AND bl.return_id IS NULL AND br.return_id IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f WHERE f.raw_id = r.raw_id
+                                     AND f.exception_type IN ('EVENT_CONFLICT', 'INVALID_RETURN_ORDER')))
+            ORDER BY r.raw_id""").fetchall()
+        blocked_lines: dict[tuple[str, int], tuple[str, str]] = {}
+        blocked_returns: dict[str, tuple[str, str]] = {}
+        for rid, ln, etype, subject in conn.execute(BLOCKED_SQL):
+            if ln is None:
+                blocked_returns.setdefault(rid, (etype, subject))
+            else:
+                blocked_lines.setdefault((rid, ln), (etype, subject))
+        line_events: dict[tuple[str, int], list[AppliedEvent]] = defaultdict(list)
+        return_events: dict[str, list[AppliedEvent]] = defaultdict(list)
+        to_hold: list[tuple] = []
+        unfit: list[tuple[int, str | None, int | None, str]] = []
+        held_ids = {r[0] for r in rows if r[-1]}
+        for raw_id, event_id, etype, rid, ln, occurred_at, quantity, grade, disposition, _ in rows:
+            t = _EVENT_TYPES.get(etype)
+            if (
+                t is None
+                or occurred_at is None
+                or (
+                    etype in _LINE_EVENT_VALUES
+                    and (
+                        ln is None
+                        or (t is EventType.RECEIVED and quantity is None)
+                        or (t is EventType.GRADED and grade not in _GRADES)
+                        or (t is EventType.DISPOSITIONED and disposition not in _DISPOSITIONS)
+                    )
+                )
+            ):
+                unfit.append(
+                    (raw_id, rid, ln, _unfit_detail(etype, ln, occurred_at, quantity, grade, disposition))
+                )
+                continue
+            ev = AppliedEvent(
+                raw_id,
+                rid,
+                ln,
+                lifecycle.LineEvent(
+                    event_id=event_id,
+                    type=t,
+                    occurred_at=occurred_at,
+                    quantity=quantity,
+                    grade=grade,
+                    disposition=disposition,
+                ),
+            )
+            block = blocked_returns.get(rid)
+            if block is None and etype in _LINE_EVENT_VALUES:
+                block = blocked_lines.get((rid, ln))
+            if block is not None:  # rows of a line (or return) with an open holding exception are held
+                to_hold.append((raw_id, rid, ln, ExceptionType(block[0]), block[1]))
+            elif etype not in _LINE_EVENT_VALUES:
+                return_events[ev.return_id].append(ev)
+            else:
+                line_events[(rid, ln)].append(ev)
+        if unfit:  # a poison record never stops the batch: it is reported and changes nothing
+            stats["invalid"] = _refuse_unfit(conn, unfit, held_ids, batch_id=batch_id, at=at)
+        lines, line_info = load_lines(conn, {k[0] for k in line_events} | set(return_events))
+        # history rows stream into a COPY while the rules run, so PostgreSQL stores them alongside
+        with copy_into(conn, "ledger.line_history", HISTORY_COLUMNS) as sink:
+            changes = Changes(lambda row: sink.write_row((*row, batch_id, at)))
+            # return-level milestones first: they never earn anything (held only with their whole return)
+            lines_of: dict[str, list[int]] = defaultdict(list)
+            for lrid, ln in lines:
+                lines_of[lrid].append(ln)
+            for rid, evs in return_events.items():
+                evs.sort(key=lambda e: e.event.occurred_at)
+                for ln in lines_of.get(rid, []):
+                    view = lines[(rid, ln)]
+                    for ev in evs:
+                        out = lifecycle.apply_event(view, ev.event, policy)
+                        changes.record(rid, ln, ev, out)
+                        view = out.line
+                    lines[(rid, ln)] = view
+                changes.done.extend(e.raw_id for e in evs)
+            for (rid, ln), evs in line_events.items():
+                view = lines.get((rid, ln))
+                if view is None:  # cannot happen for validated events; keep them visible instead of guessing
+                    to_hold.extend((e.raw_id, rid, ln, ExceptionType.OUT_OF_SEQUENCE) for e in evs)
+                    continue
+                final, results = lifecycle.replay(view, [e.event for e in evs], policy)
+                by_event = {id(e.event): e for e in evs}
+                for event, out in results:
+                    ev = by_event[id(event)]
+                    if out.hold is not None:
+                        to_hold.append((ev.raw_id, rid, ln, out.hold))
+                        continue
+                    changes.record(rid, ln, ev, out)
+                    changes.done.append(ev.raw_id)
+                lines[(rid, ln)] = final
+        stats.update(
+            write_changes(
+                conn,
+                lines,
+                line_info,
+                changes,
+                to_hold,
+                held_ids,
+                policy,
+                batch_id=batch_id,
+                at=at,
+                currency=currency,
+            )
+        )
+    log.info("apply %s: %s", batch_id, dict(stats))
+    return dict(stats)

@@ -1,0 +1,213 @@
+"""The writes of apply: what applying a batch changed, and how it goes into the ledger in sets.
+
+History rows stream into a COPY while the rules run; the new line states go in by binary COPY and one
+UPDATE join; then the submissions the rules earned, OUT_OF_SEQUENCE holds and every event's outcome.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from returnledger.amazon.submissions import write_submissions
+from returnledger.exception_queue.queue import NewException, line_subject, raise_exceptions, resolve_open
+from returnledger.ledger import lifecycle
+from returnledger.ledger.holds import hold, record_outcomes
+from returnledger.ledger.runs import SYSTEM_ACTOR
+from returnledger.models import ActionKind, EventType, ExceptionType, LineState
+from returnledger.store.db import copy_rows
+
+_LINE_STATES = {s.value: s for s in LineState}  # a dict lookup: cheaper than the enum's call
+
+
+@dataclass
+class AppliedEvent:
+    """An event on its way through the rules: its raw row, its return and line, its lifecycle event."""
+
+    raw_id: int
+    return_id: str
+    line: int | None
+    event: lifecycle.LineEvent
+
+
+HISTORY_COLUMNS = (
+    ("return_id", "text"),
+    ("line", "int4"),
+    ("from_state", "text"),
+    ("to_state", "text"),
+    ("event_id", "text"),
+    ("cause", "text"),
+    ("batch_id", "text"),
+    ("at", "timestamptz"),
+)
+
+
+class Changes:
+    """What applying a batch changed; history rows go to ``write_history`` as they arise."""
+
+    def __init__(self, write_history):
+        self.write_history = write_history
+        self.actions: list[tuple[str, int, ActionKind]] = []
+        self.raised: list[NewException] = []
+        self.ignored: dict[int, str] = {}
+        self.done: list[int] = []
+        self.touched: set[tuple[str, int]] = set()
+        self.received_at: dict[tuple[str, int], datetime] = {}
+        self.dispositioned_at: dict[tuple[str, int], datetime] = {}
+        self.last_event: dict[tuple[str, int], str] = {}
+
+    def record(self, rid: str, ln: int, ev: AppliedEvent, out) -> None:
+        if out.transitions:
+            key = (rid, ln)
+            event = ev.event
+            cause = event.type.value
+            for frm, to in out.transitions:
+                self.write_history((rid, ln, frm.value, to.value, event.event_id, cause))
+            self.touched.add(key)
+            self.last_event[key] = event.event_id
+            if event.type is EventType.RECEIVED:
+                self.received_at[key] = event.occurred_at
+            elif event.type is EventType.DISPOSITIONED:
+                self.dispositioned_at[key] = event.occurred_at
+        elif out.ignored:
+            self.ignored[ev.raw_id] = out.ignored
+        for kind in out.actions:
+            self.actions.append((rid, ln, kind))
+        for etype, detail in out.raised:
+            self.raised.append(NewException(etype, line_subject(rid, ln), detail, return_id=rid, line=ln))
+
+
+def load_lines(conn, return_ids: set[str]) -> tuple[dict[tuple[str, int], Any], dict[tuple[str, int], tuple]]:
+    """The lines of these returns as the lifecycle sees them, and what an Amazon action needs of each
+    (sku, asin, unit cost, returns notice), read in one pass."""
+    rows = conn.execute(
+        """SELECT l.return_id, l.line, l.state, l.quantity_announced, l.quantity_received, l.grade,
+                                  l.disposition, l.sku, s.asin, s.unit_cost, o.returns_notice
+                           FROM ledger.return_line l JOIN ledger.return_order o USING (return_id)
+                           LEFT JOIN ledger.sku s ON s.sku = l.sku
+                           WHERE l.return_id = ANY(%b::text[])""",
+        (sorted(return_ids),),
+    ).fetchall()
+    lines, info = {}, {}
+    for r in rows:
+        key = (r[0], r[1])
+        lines[key] = lifecycle.LineView(_LINE_STATES[r[2]], r[3], r[4], r[5], r[6])
+        info[key] = r[7:]
+    return lines, info
+
+
+_LINE_CHANGE_COLUMNS = (
+    ("rid", "text"),
+    ("ln", "int4"),
+    ("state", "text"),
+    ("qr", "int4"),
+    ("grade", "text"),
+    ("disp", "text"),
+    ("rat", "timestamptz"),
+    ("dat", "timestamptz"),
+    ("ev", "text"),
+)
+
+
+def write_changes(
+    conn, lines, line_info, ch: Changes, to_hold, held_ids, policy, *, batch_id, at, currency
+) -> dict:
+    """Write what a batch changed, in its transaction: line states, submissions, holds, outcomes."""
+    keys = sorted(ch.touched)
+    if keys:
+        # the new line states go in by binary COPY (formatted in C) and update the lines in one join
+        conn.execute("""CREATE TEMP TABLE IF NOT EXISTS line_change (rid text, ln int, state text, qr int,
+            grade text, disp text, rat timestamptz, dat timestamptz, ev text) ON COMMIT DELETE ROWS""")
+        copy_rows(
+            conn,
+            "line_change",
+            _LINE_CHANGE_COLUMNS,
+            (
+                (
+                    k[0],
+                    k[1],
+                    lines[k].state.value,
+                    lines[k].quantity_received,
+                    lines[k].grade,
+                    lines[k].disposition,
+                    ch.received_at.get(k),
+                    ch.dispositioned_at.get(k),
+                    ch.last_event.get(k),
+                )
+                for k in keys
+            ),
+        )
+        conn.execute("ANALYZE line_change")
+        conn.execute(
+            """
+            UPDATE ledger.return_line l SET state = x.state, quantity_received = x.qr, grade = x.grade,
+                   disposition = x.disp, received_at = COALESCE(x.rat, l.received_at),
+                   dispositioned_at = COALESCE(x.dat, l.dispositioned_at), updated_at = %s,
+                   last_event_id = x.ev
+            FROM line_change x WHERE l.return_id = x.rid AND l.line = x.ln""",
+            (at,),
+        )
+    # history rows were COPYed while the rules ran: each event is applied once (only events without an
+    # outcome get here, in this one transaction); the unique (line, event, state) key stops a double write
+    submissions = write_submissions(
+        conn, lines, line_info, ch.actions, policy, batch_id=batch_id, at=at, currency=currency
+    )
+    # holds: OUT_OF_SEQUENCE exceptions for lines that now wait; resolve those whose wait is over
+    oos: dict[tuple[str, int], NewException] = {}
+    for item in to_hold:
+        rid, ln, etype = item[1], item[2], item[3]
+        if etype == ExceptionType.OUT_OF_SEQUENCE:
+            oos.setdefault(
+                (rid, ln),
+                NewException(
+                    ExceptionType.OUT_OF_SEQUENCE,
+                    line_subject(rid, ln),
+                    "an event arrived before the event it follows (e.g. a disposition before the receipt); "
+                    "held until the missing event arrives",
+                    return_id=rid,
+                    line=ln,
+                ),
+            )
+    raise_exceptions(conn, list(oos.values()) + ch.raised, at=at, batch_id=batch_id)
+    hold(conn, to_hold, at=at, batch_id=batch_id)
+    done = ch.done
+    if done:
+        released = [i for i in done if i in held_ids]  # only held events have a hold row or an outcome yet
+        if released:
+            conn.execute("DELETE FROM ledger.held_event WHERE raw_id = ANY(%b::bigint[])", (released,))
+        applied = [i for i in done if i not in ch.ignored]
+        record_outcomes(conn, "APPLIED", applied, None, batch_id=batch_id, at=at, decided=held_ids)
+        record_outcomes(
+            conn,
+            "IGNORED",
+            list(ch.ignored),
+            list(ch.ignored.values()),
+            batch_id=batch_id,
+            at=at,
+            decided=held_ids,
+        )
+    waiting = {
+        (r[0], r[1])
+        for r in conn.execute(
+            "SELECT DISTINCT return_id, line FROM ledger.held_event WHERE reason = 'OUT_OF_SEQUENCE'"
+        )
+    }
+    cleared = [line_subject(rid, ln) for rid, ln in ch.touched if (rid, ln) not in waiting]
+    resolved = resolve_open(
+        conn,
+        ExceptionType.OUT_OF_SEQUENCE,
+        cleared,
+        at=at,
+        actor=SYSTEM_ACTOR,
+        resolution="released: the missing event arrived and the line went on in order",
+    )
+    return {
+        "applied": len(done) - len(ch.ignored),
+        "ignored": len(ch.ignored),
+        "held": len(to_hold),
+        "released_from_hold": len(held_ids & set(done)),
+        "lines_changed": len(keys),
+        "out_of_sequence_resolved": resolved,
+        **submissions,
+    }

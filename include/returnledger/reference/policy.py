@@ -1,0 +1,126 @@
+"""The disposition policy: which grades are sellable, what share of unit cost each disposition owes
+Amazon, and how long Amazon has to credit. This is the one place a policy block is read and checked
+(seed file, scenario, or the ledger's tables); the lifecycle applies the ``Policy`` it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+from psycopg.types.json import Jsonb
+
+from returnledger.ledger.lifecycle import Policy
+from returnledger.models import Disposition, Grade
+from returnledger.store.audit import record
+
+
+def policy_from_dict(data: Mapping) -> Policy:
+    """Validate a policy block (file or scenario): every disposition named, grades known."""
+    credit = dict(data.get("credit") or {})
+    unknown = set(credit) - {d.value for d in Disposition}
+    missing = {d.value for d in Disposition} - set(credit)
+    if unknown or missing:
+        raise ValueError(
+            f"disposition policy: unknown {sorted(unknown)}, missing {sorted(missing)} "
+            "(name every disposition; use null to hold, 0 for none owed)"
+        )
+    grades = list(data.get("sellable_grades") or [])
+    bad = [g for g in grades if str(g) not in {g.value for g in Grade}]
+    if bad or not grades:
+        raise ValueError(f"sellable_grades must be a non-empty list of A-D, got {grades}")
+    for d, v in credit.items():
+        if isinstance(v, bool) or not (v is None or isinstance(v, (int, float, str, Decimal))):
+            raise ValueError(f"credit fraction for {d} must be a number or null, got {v!r}")
+        if isinstance(v, str):
+            try:
+                Decimal(v)
+            except InvalidOperation:
+                raise ValueError(f"credit fraction for {d} must be a number or null, got {v!r}") from None
+    return Policy.from_dict({**data, "credit": credit})
+
+
+def read_policy(path: Path) -> Policy:
+    with open(path) as f:
+        return policy_from_dict(yaml.safe_load(f) or {})
+
+
+def write_policy(conn: psycopg.Connection, policy: Policy, *, at: datetime, actor: str) -> tuple[int, int]:
+    """Upsert the disposition fractions and the policy settings; returns (dispositions, settings) changed."""
+    current: dict[str, Decimal | None] = dict(
+        conn.execute("SELECT disposition, credit_fraction FROM ledger.disposition_policy")
+    )
+    changed = [
+        (d, current.get(d), f)
+        for d, f in sorted(policy.credit.items())
+        if d not in current or current[d] != f
+    ]
+    if changed:
+        conn.execute(
+            "INSERT INTO ledger.disposition_policy (disposition, credit_fraction)"
+            " SELECT * FROM unnest(%s::text[], %s::numeric[])"
+            " ON CONFLICT (disposition) DO UPDATE SET credit_fraction = EXCLUDED.credit_fraction",
+            ([c[0] for c in changed], [c[2] for c in changed]),
+        )
+        record(
+            conn,
+            [
+                ("disposition_policy.set", f"disposition:{d}", {"old": old, "new": new})
+                for d, old, new in changed
+            ],
+            at=at,
+            actor=actor,
+        )
+    settings = {
+        "sellable_grades": sorted(policy.sellable_grades),
+        "credit_window_days": policy.credit_window_days,
+    }
+    current_settings: dict[str, Any] = dict(
+        conn.execute("SELECT name, value FROM ledger.policy_setting WHERE name = ANY(%s)", (list(settings),))
+    )
+    changed_settings = [
+        (n, current_settings.get(n), v)
+        for n, v in settings.items()
+        if n not in current_settings or current_settings[n] != v
+    ]
+    for name, _old, value in changed_settings:
+        conn.execute(
+            "INSERT INTO ledger.policy_setting (name, value) VALUES (%s, %s)"
+            " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            (name, Jsonb(value)),
+        )
+    record(
+        conn,
+        [
+            ("policy_setting.set", f"setting:{n}", {"old": old, "new": new})
+            for n, old, new in changed_settings
+        ],
+        at=at,
+        actor=actor,
+    )
+    return len(changed), len(changed_settings)
+
+
+def load_policy(conn: psycopg.Connection) -> Policy:
+    """The policy the lifecycle applies; refuses to guess when reference data was never loaded."""
+    credit: dict[str, Decimal | None] = dict(
+        conn.execute("SELECT disposition, credit_fraction FROM ledger.disposition_policy")
+    )
+    settings: dict[str, Any] = dict(
+        conn.execute(
+            "SELECT name, value FROM ledger.policy_setting"
+            " WHERE name IN ('sellable_grades', 'credit_window_days')"
+        )
+    )
+    if not credit or len(settings) < 2:
+        raise LookupError("disposition policy not loaded: run `returnledger reference load` first")
+    return Policy(
+        sellable_grades=frozenset(settings["sellable_grades"]),
+        credit=credit,
+        credit_window_days=int(settings["credit_window_days"]),
+    )
