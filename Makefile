@@ -60,8 +60,10 @@ airflow: migrate ## local airflow standalone with this project's DAGs, plugin, c
 	($(MAKE) --no-print-directory sandbox || true) && \
 	$(PY) -m returnledger_dev.local_airflow; $(VENV)/bin/returnledger sandbox stop >/dev/null 2>&1 || true
 
-lint: venv ## ruff with the Airflow rules
+lint: venv ## ruff format --check, ruff (Airflow AIR, UP, SIM, RUF rules) and mypy on the runtime package
+	$(VENV)/bin/ruff format --check dags include plugins tests bench dev
 	$(VENV)/bin/ruff check dags include plugins tests bench dev
+	$(VENV)/bin/mypy
 
 bench: venv ## benchmarks (print ratios against baselines measured in the same run)
 	$(PY) bench/bench_sync.py

@@ -40,30 +40,37 @@ VIEWER, VIEWER_PASSWORD = "vera.viewer", "console-browser-viewer-pw"
 
 SEED = """
 INSERT INTO ledger.owner_team (exception_type, owner, sla_days, what_to_do) VALUES
- ('UNMAPPED_REASON_CODE', 'operations', 2, 'Add the ReBound reason to the reason-code map; held lines are released on the next sync.'),
+ ('UNMAPPED_REASON_CODE', 'operations', 2,
+  'Add the ReBound reason to the reason-code map; held lines are released on the next sync.'),
  ('SKU_MISMATCH', 'operations', 2, 'Add the SKU to the catalog.'),
  ('QUANTITY_MISMATCH', 'warehouse', 5, 'Recount the received units against the returns notice.');
 INSERT INTO ledger.return_order (return_id, returns_notice, rma_id, vret, created_at) VALUES
  ('RB-2001', 'RN-701', 'RMA-71', 'VRET-71', '2026-10-01T08:00Z'),
  ('RB-2002', 'RN-702', 'RMA-72', 'VRET-72', '2026-10-02T08:00Z'),
  ('RB-2003', 'RN-703', 'RMA-73', 'VRET-73', '2026-09-20T08:00Z');
-INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced, quantity_received, state) VALUES
+INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced, quantity_received, state)
+VALUES
  ('RB-2001', 1, 'SKU-KETTLE', 'LID_LOOSE', 1, NULL, 'IN_TRANSIT'),
  ('RB-2002', 1, 'SKU-UNKNOWN', 'DEFECTIVE', 1, NULL, 'ANNOUNCED'),
  ('RB-2003', 1, 'SKU-TOASTER', 'DEFECTIVE', 3, 2, 'RECEIVED');
 INSERT INTO ledger.line_history (return_id, line, from_state, to_state, event_id, cause, batch_id, at) VALUES
  ('RB-2001', 1, NULL, 'ANNOUNCED', 'ev-21', 'RETURN_CREATED', 'returns_sync:2026-10-01', '2026-10-01T08:00Z'),
- ('RB-2001', 1, 'ANNOUNCED', 'IN_TRANSIT', 'ev-22', 'IN_TRANSIT', 'returns_sync:2026-10-02', '2026-10-02T08:00Z');
+ ('RB-2001', 1, 'ANNOUNCED', 'IN_TRANSIT', 'ev-22', 'IN_TRANSIT', 'returns_sync:2026-10-02',
+  '2026-10-02T08:00Z');
 WITH seed (event_key, event_id, payload, delivered_at, received_at, batch_id, status) AS (VALUES
- ('ev-23', 'ev-23', '{"event_id": "ev-23", "type": "RECEIVED", "return_id": "RB-2001", "line": 1, "quantity": 1}',
+ ('ev-23', 'ev-23',
+  '{"event_id": "ev-23", "type": "RECEIVED", "return_id": "RB-2001", "line": 1, "quantity": 1}',
   '2026-10-03T08:00Z', '2026-10-04T00:00Z', 'returns_sync:2026-10-03', 'HELD')),
 ins AS (INSERT INTO ledger.raw_event (event_key, event_id, payload, delivered_at, received_at, batch_id)
-        SELECT event_key, event_id, payload::jsonb, delivered_at::timestamptz, received_at::timestamptz, batch_id
+        SELECT event_key, event_id, payload::jsonb, delivered_at::timestamptz, received_at::timestamptz,
+               batch_id
         FROM seed RETURNING raw_id, event_key)
 INSERT INTO ledger.event_outcome (raw_id, status, batch_id, decided_at)
-SELECT ins.raw_id, seed.status, seed.batch_id, seed.received_at::timestamptz FROM ins JOIN seed USING (event_key)
+SELECT ins.raw_id, seed.status, seed.batch_id, seed.received_at::timestamptz
+FROM ins JOIN seed USING (event_key)
 WHERE seed.status <> 'NEW';
-INSERT INTO ledger.exception (type, owner, subject_key, return_id, line, sku, detail, opened_at, opened_by_batch)
+INSERT INTO ledger.exception (type, owner, subject_key, return_id, line, sku, detail, opened_at,
+                              opened_by_batch)
 VALUES
  ('UNMAPPED_REASON_CODE', 'operations', 'RB-2001|1', 'RB-2001', 1, 'SKU-KETTLE',
   'ReBound reason LID_LOOSE has no active Amazon mapping', '2026-10-03T08:00Z', 'returns_sync:2026-10-03'),
@@ -117,7 +124,9 @@ def airflow_server(tmp_path, pg_server, fresh_db):
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
             "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:op,{VIEWER}:viewer",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta_dsn),

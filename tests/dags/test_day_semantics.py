@@ -1,4 +1,5 @@
-"""The run for day D covers day D: data interval [D, D+1) UTC, listed under D, reads what was delivered before D+1.
+"""The run for day D covers day D: data interval [D, D+1) UTC, listed under D, reads what was delivered
+before D+1.
 
 Guards issue 10: with ``@daily`` (a cron *trigger* timetable in Airflow 3) the run for D read only
 what was delivered before D 00:00, so a reason mapping added on D+1 was applied before the run that
@@ -36,9 +37,7 @@ def test_scheduled_run_for_day_d_covers_day_d(dag_id):
     assert end > start
     info = coerce_to_core_timetable(dag.timetable).next_dagrun_info(
         last_automated_data_interval=None,
-        restriction=TimeRestriction(
-            earliest=datetime(2026, 10, 5, tzinfo=UTC), latest=None, catchup=True
-        ),
+        restriction=TimeRestriction(earliest=datetime(2026, 10, 5, tzinfo=UTC), latest=None, catchup=True),
     )
     assert info.logical_date.date() == day  # the UI lists it under D
     assert info.run_after >= info.data_interval.end  # and it starts once the period is over

@@ -1,4 +1,5 @@
-"""The demo's parts that need no Airflow run: which weekly reviews it runs, the mail sink, quiet mail failures."""
+"""The demo's parts that need no Airflow run: which weekly reviews it runs, the mail sink,
+quiet mail failures."""
 
 from __future__ import annotations
 

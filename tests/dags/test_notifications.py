@@ -94,7 +94,8 @@ def seed_small_ledger(dsn: str) -> None:
             " ('CREDIT_MISSING', 'finance', 5)"
         )
         c.execute(
-            "INSERT INTO ledger.return_order (return_id, returns_notice) VALUES ('R-1', 'RN-1'), ('R-2', 'RN-2')"
+            "INSERT INTO ledger.return_order (return_id, returns_notice)"
+            " VALUES ('R-1', 'RN-1'), ('R-2', 'RN-2')"
         )
         c.execute(
             "INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced, state)"

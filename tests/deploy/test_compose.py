@@ -112,7 +112,7 @@ def test_secrets_only_from_env_file():
 
 def _compose_binary() -> list[str] | None:
     for cmd in (["docker", "compose"], ["docker-compose"]):
-        if shutil.which(cmd[0]) and subprocess.run(cmd + ["version"], capture_output=True).returncode == 0:
+        if shutil.which(cmd[0]) and subprocess.run([*cmd, "version"], capture_output=True).returncode == 0:
             return cmd
     return None
 
@@ -130,7 +130,7 @@ def test_docker_compose_config(tmp_path):
     env = (ROOT / ".env.example").read_text()
     (tmp_path / ".env").write_text(env)
     refused = subprocess.run(
-        cmd + ["config", "-q"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [*cmd, "config", "-q"], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert refused.returncode != 0 and "FERNET_KEY" in refused.stderr + refused.stdout
     filled = re.sub(
@@ -140,7 +140,7 @@ def test_docker_compose_config(tmp_path):
         flags=re.M,
     )
     (tmp_path / ".env").write_text(filled)
-    done = subprocess.run(cmd + ["config"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*cmd, "config"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     rendered = yaml.safe_load(done.stdout)
     worker = rendered["services"]["airflow-worker"]["environment"]

@@ -49,9 +49,11 @@ def test_role_owns_the_ledger_schema_and_everything_in_it(owned_ledger):
             == migrate.LEDGER_ROLE
         )
         owners = c.execute("""SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c
-                                JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'ledger'""").fetchall()
+                                JOIN pg_namespace n ON n.oid = c.relnamespace
+                                WHERE n.nspname = 'ledger'""").fetchall()
         functions = c.execute("""SELECT DISTINCT pg_get_userbyid(p.proowner) FROM pg_proc p
-                                   JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'ledger'""").fetchall()
+                                   JOIN pg_namespace n ON n.oid = p.pronamespace
+                                   WHERE n.nspname = 'ledger'""").fetchall()
     assert owners == [(migrate.LEDGER_ROLE,)]
     assert functions in ([], [(migrate.LEDGER_ROLE,)])
 
@@ -76,7 +78,7 @@ def test_role_works_the_ledger_but_cannot_reach_beyond_it(owned_ledger):
 
 
 def test_later_migrations_hand_new_objects_to_the_owner(owned_ledger, monkeypatch):
-    files = migrate.migration_files() + [("9999_added_later.sql", "CREATE TABLE ledger.added_later (id int)")]
+    files = [*migrate.migration_files(), ("9999_added_later.sql", "CREATE TABLE ledger.added_later (id int)")]
     monkeypatch.setattr(migrate, "migration_files", lambda: files)
     # no owner given, run by the administrator: the schema's owner gets the new table
     assert migrate.migrate(owned_ledger) == ["9999_added_later.sql"]

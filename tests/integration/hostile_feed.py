@@ -51,7 +51,8 @@ class FakeRebound:
 
 
 def order(rid: str, lines: list | None = None, **changes) -> dict:
-    """A ReBound return order, well-formed unless told otherwise; ``lines``: (line, quantity) or line objects."""
+    """A ReBound return order, well-formed unless told otherwise; ``lines``: (line, quantity) or line
+    objects."""
     o = {
         "return_id": rid,
         "order_reference": f"ORD-{rid}",

@@ -1,4 +1,5 @@
-"""Vendor Central returns export: the GX gate rejects bad files whole; imports are all-or-nothing and idempotent."""
+"""Vendor Central returns export: the GX gate rejects bad files whole; imports are all-or-nothing and
+idempotent."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def test_plain_path_and_missing_file(fresh_db, tmp_path):
     assert (
         import_amazon_export(fresh_db, str(tmp_path), "2026-11", at=AT, missing_ok=True).status == "MISSING"
     )
-    with pytest.raises(FileNotFoundError, match="vendor_central_returns_2026-11.csv"):
+    with pytest.raises(FileNotFoundError, match=r"vendor_central_returns_2026-11.csv"):
         import_amazon_export(fresh_db, str(tmp_path), "2026-11", at=AT)
 
 
@@ -69,39 +70,41 @@ def test_plain_path_and_missing_file(fresh_db, tmp_path):
             ],
         ),
         (
-            lambda rows, hdr: (rows[:1] + [rows[1][:9] + ["12,50x"]] + rows[2:], hdr),
+            lambda rows, hdr: ([*rows[:1], [*rows[1][:9], "12,50x"], *rows[2:]], hdr),
             None,
         ),  # comma splits the cell: row has too many cells
         (
-            lambda rows, hdr: (rows[:1] + [rows[1][:9] + ["12.5x"]] + rows[2:], hdr),
+            lambda rows, hdr: ([*rows[:1], [*rows[1][:9], "12.5x"], *rows[2:]], hdr),
             [f"{NAME} line 3, column charged_amount: charged_amount '12.5x' is not an amount"],
         ),
         (
-            lambda rows, hdr: (rows + [rows[0][:1] + ["RN0009"] + rows[0][2:]], hdr),
+            lambda rows, hdr: ([*rows, [*rows[0][:1], "RN0009", *rows[0][2:]]], hdr),
             [
-                f"{NAME} line 2, column amazon_return_id: amazon_return_id 'AR-1' appears more than once (lines 2, 5)"
+                f"{NAME} line 2, column amazon_return_id: amazon_return_id 'AR-1'"
+                " appears more than once (lines 2, 5)"
             ],
         ),
         (
-            lambda rows, hdr: (rows + [["AR-9"] + rows[0][1:]], hdr),
+            lambda rows, hdr: ([*rows, ["AR-9", *rows[0][1:]]], hdr),
             [
-                f"{NAME} line 2, column returns_notice: returns notice and SKU 'RN0001 / SKU-A' appear more than once"
+                f"{NAME} line 2, column returns_notice: returns notice and SKU 'RN0001 / SKU-A'"
+                " appear more than once"
             ],
         ),
         (
-            lambda rows, hdr: ([rows[0][:6] + ["-1"] + rows[0][7:]] + rows[1:], hdr),
+            lambda rows, hdr: ([[*rows[0][:6], "-1", *rows[0][7:]], *rows[1:]], hdr),
             [f"{NAME} line 2, column quantity: quantity '-1' is not a whole number of units"],
         ),
         (
-            lambda rows, hdr: ([rows[0][:8] + ["2026-02-30"] + rows[0][9:]] + rows[1:], hdr),
+            lambda rows, hdr: ([[*rows[0][:8], "2026-02-30", *rows[0][9:]], *rows[1:]], hdr),
             [f"{NAME} line 2, column returned_at: returned_at '2026-02-30' is not a valid calendar date"],
         ),
         (
-            lambda rows, hdr: (rows[:2] + [rows[2][:7] + ["PREPAID"] + rows[2][8:]], hdr),
+            lambda rows, hdr: ([*rows[:2], [*rows[2][:7], "PREPAID", *rows[2][8:]]], hdr),
             [f"{NAME} line 4, column label: label 'PREPAID' is not one of REBOUND, APRL"],
         ),
         (
-            lambda rows, hdr: ([[""] + rows[0][1:]] + rows[1:], hdr),
+            lambda rows, hdr: ([["", *rows[0][1:]], *rows[1:]], hdr),
             [f"{NAME} line 2, column amazon_return_id: amazon_return_id is empty"],
         ),
     ],
@@ -133,15 +136,16 @@ def test_bad_reissue_keeps_the_good_import_and_corrected_reissue_updates(fresh_d
     base = write(tmp_path, GOOD)
     import_amazon_export(fresh_db, base, "2026-10", at=AT)
     before = snapshot(fresh_db)
-    write(tmp_path, GOOD + [["AR-4", "RN0004", "", "", "", "SKU-D", "two", "REBOUND", "2026-10-10", ""]])
+    write(tmp_path, [*GOOD, ["AR-4", "RN0004", "", "", "", "SKU-D", "two", "REBOUND", "2026-10-10", ""]])
     with pytest.raises(AmazonExportRejected, match="line 5, column quantity"):
         import_amazon_export(fresh_db, base, "2026-10", at=AT)
     assert snapshot(fresh_db) == before
     with connect(fresh_db) as c:  # a post-hoc return already hangs off the dark return
         c.execute(
-            "UPDATE ledger.amazon_return SET linked_return_id = 'RB-PH-1' WHERE amazon_return_id = 'AR-APRL-1'"
+            "UPDATE ledger.amazon_return SET linked_return_id = 'RB-PH-1'"
+            " WHERE amazon_return_id = 'AR-APRL-1'"
         )
-    corrected = [GOOD[0][:9] + ["30.00"], GOOD[1]]  # AR-1 now charged, AR-APRL-1 dropped by Amazon
+    corrected = [[*GOOD[0][:9], "30.00"], GOOD[1]]  # AR-1 now charged, AR-APRL-1 dropped by Amazon
     write(tmp_path, corrected)
     r = import_amazon_export(fresh_db, base, "2026-10", at=datetime(2026, 11, 5, tzinfo=UTC))
     assert (r.status, r.rows, r.inserted, r.updated, r.removed) == ("IMPORTED", 2, 0, 1, 0)

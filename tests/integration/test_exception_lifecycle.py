@@ -120,9 +120,10 @@ def ledger(fresh_db):
         )
         for line, sku, qty in ((1, "SKU-1", 2), (2, "SKU-2", 1)):
             conn.execute(
-                "INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity,"
-                " unit_amount, currency, document_id, status, transaction_id, attempts, last_error, created_at,"
-                " created_batch, submitted_at, resolved_at) VALUES (%s, 'CREDIT_NOTE', 'R-1', %s, %s, %s, %s,"
+                "INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin,"
+                " quantity, unit_amount, currency, document_id, status, transaction_id, attempts, last_error,"
+                " created_at, created_batch, submitted_at, resolved_at)"
+                " VALUES (%s, 'CREDIT_NOTE', 'R-1', %s, %s, %s, %s,"
                 " 12.50, 'GBP', 'CN-RN-100-1', 'FAILED', 'tx-9', 1, %s, %s, 'b1', %s, %s)",
                 (
                     f"credit:R-1:{line}",
@@ -219,7 +220,7 @@ def test_resolve_records_who_when_why_and_refuses_twice(ledger):
             {"type": "QUANTITY_MISMATCH", "subject_key": "R-2|2", "why": "recounted: 1 unit"},
         )
     ]
-    with pytest.raises(ExceptionActionError, match="already resolved .*wendy"):
+    with pytest.raises(ExceptionActionError, match=r"already resolved .*wendy"):
         ex.resolve_exception(dsn, ids["qty"], actor="bob", resolution="again", at=at)
     with pytest.raises(ExceptionActionError, match="already resolved"):
         ex.dismiss_exception(dsn, ids["qty"], actor="bob", reason="again", at=at)
@@ -292,7 +293,7 @@ def test_retry_puts_the_whole_credit_note_back_to_pending_with_the_same_keys(led
 
 def test_retry_refuses_other_types_and_lines_without_a_failed_submission(ledger):
     dsn, ids = ledger
-    with pytest.raises(ExceptionActionError, match="it is QUANTITY_MISMATCH.*AMAZON_REJECTED"):
+    with pytest.raises(ExceptionActionError, match=r"it is QUANTITY_MISMATCH.*AMAZON_REJECTED"):
         retry.retry_submission(dsn, ids["qty"], actor="ian", at=T0)
     with db.connect(dsn) as conn:
         lonely = _exc(conn, "AMAZON_REJECTED", "R-2", 2)

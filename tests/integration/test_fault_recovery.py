@@ -232,7 +232,8 @@ class Slow:
     def submit_invoices(self, invoices, **kw):
         time.sleep(0.15)
         return real.submit_invoices(invoices, **kw)
-push_credits(cfg["dsn"], Slow(), party_id="VNDR1", at=datetime.fromisoformat(cfg["at"]), batch_id=cfg["batch"])
+push_credits(cfg["dsn"], Slow(), party_id="VNDR1", at=datetime.fromisoformat(cfg["at"]),
+             batch_id=cfg["batch"])
 print("finished", flush=True)
 """
 

@@ -301,7 +301,7 @@ def test_bytes_that_are_not_utf8_are_stored_as_bytes_and_reported(dsn):
     run_pass(dsn, rb, day=3)
     stored = rows(dsn, "SELECT event_key, payload, body, body_problem FROM ledger.raw_event ORDER BY raw_id")
     assert stored[0][0] == "bin" and stored[0][1] is None and bytes(stored[0][2]) == body
-    assert stored[0][3] == "not valid UTF-8 (byte 0xe9 at offset %d)" % body.index(b"\xe9")
+    assert stored[0][3] == "not valid UTF-8 (byte 0xe9 at offset {})".format(body.index(b"\xe9"))
     assert stored[1][0].startswith("noid:") and bytes(stored[1][2]) == b'\xfe\xff{"event_id": "x"'
     assert _outcome(dsn, "bin") == "INVALID" and _outcome(dsn, "ok") == "APPLIED"
     details = [r[2] for r in _open(dsn, "INVALID_EVENT")]
@@ -369,9 +369,7 @@ def test_a_feed_that_stops_advancing_is_reported_and_the_run_goes_on(fresh_db):
     ok = json.dumps(event("ev-stall-1", "RETURN_CREATED", "RB-STALL")).encode()
     client = Stalling({"RB-STALL": order("RB-STALL")})
     client.serve([ok], [ok])
-    stats = extract(
-        fresh_db, client, window_end=datetime(2026, 10, 3, tzinfo=UTC), batch_id="stall-1"
-    )
+    stats = extract(fresh_db, client, window_end=datetime(2026, 10, 3, tzinfo=UTC), batch_id="stall-1")
     assert "FeedStalledError" in stats["feed_problem"] and stats["new"] == 1
     with store.connect(fresh_db) as conn:
         assert conn.execute("SELECT position FROM ledger.sync_cursor").fetchone()[0] == "cursor-1"
@@ -381,9 +379,7 @@ def test_a_feed_that_stops_advancing_is_reported_and_the_run_goes_on(fresh_db):
         ).fetchall() == [("integration", "open")]
     healthy = FakeRebound({"RB-STALL": order("RB-STALL")})
     healthy.serve([])
-    stats = extract(
-        fresh_db, healthy, window_end=datetime(2026, 10, 4, tzinfo=UTC), batch_id="stall-2"
-    )
+    stats = extract(fresh_db, healthy, window_end=datetime(2026, 10, 4, tzinfo=UTC), batch_id="stall-2")
     assert "feed_problem" not in stats
     with store.connect(fresh_db) as conn:
         assert (

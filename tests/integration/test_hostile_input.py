@@ -21,6 +21,7 @@ of bytes, not HTTP. Each example runs in a database of its own, cloned from a mi
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -333,25 +334,29 @@ def _check(dsn: str, feed: dict, delivered: list[bytes]) -> None:
             == 0
         )
         assert (
-            conn.execute("""SELECT count(*) FROM ledger.event_outcome o WHERE o.status = 'HELD' AND NOT EXISTS (
-                                 SELECT 1 FROM ledger.held_event h JOIN ledger.exception e USING (exception_id)
+            conn.execute("""SELECT count(*) FROM ledger.event_outcome o
+                            WHERE o.status = 'HELD' AND NOT EXISTS (
+                                 SELECT 1 FROM ledger.held_event h
+                                 JOIN ledger.exception e USING (exception_id)
                                  WHERE h.raw_id = o.raw_id AND e.status = 'open')""").fetchone()[0]
             == 0
         )
         assert (
-            conn.execute("""SELECT count(*) FROM ledger.event_outcome o WHERE o.status = 'INVALID' AND NOT EXISTS (
-                                 SELECT 1 FROM ledger.exception e WHERE e.raw_id = o.raw_id)""").fetchone()[0]
+            conn.execute("""SELECT count(*) FROM ledger.event_outcome o
+                            WHERE o.status = 'INVALID' AND NOT EXISTS (
+                                 SELECT 1 FROM ledger.exception e
+                                 WHERE e.raw_id = o.raw_id)""").fetchone()[0]
             == 0
         )
         # no line moved on a bad event; no second body of an event id was applied
         moved = {r[0] for r in conn.execute("SELECT DISTINCT event_id FROM ledger.line_history")}
         assert moved <= feed["good_ids"], moved - feed["good_ids"]
         assert (
-            conn.execute("""SELECT count(*) FROM ledger.raw_event r JOIN ledger.event_conflict c USING (raw_id)
+            conn.execute("""SELECT count(*) FROM ledger.raw_event r
+                               JOIN ledger.event_conflict c USING (raw_id)
                                JOIN ledger.event_outcome o USING (raw_id)
-                               WHERE o.status = 'APPLIED' AND c.chosen IS NOT TRUE AND r.event_key LIKE '%#%'""").fetchone()[
-                0
-            ]
+                               WHERE o.status = 'APPLIED' AND c.chosen IS NOT TRUE
+                               AND r.event_key LIKE '%#%'""").fetchone()[0]
             == 0
         )
         assert (
@@ -388,10 +393,9 @@ def _settle(dsn: str) -> None:
         keep = next((r for r, s in versions if s == "APPLIED"), versions[-1][0])
         ex.pick_event_body(dsn, exc_id, keep, actor="property", at=AT, why="hypothesis")
     for (exc_id,) in invalid:
-        try:
+        # closed meanwhile (a superseded body's INVALID_EVENT)
+        with contextlib.suppress(ExceptionActionError):
             ex.resolve_exception(dsn, exc_id, actor="property", resolution="asked ReBound", at=AT)
-        except ExceptionActionError:  # closed meanwhile (a superseded body's INVALID_EVENT)
-            pass
 
 
 @settings(

@@ -5,8 +5,9 @@ Scenarios are built here (no ../shared needed), except the generated shared-noti
 the reference generator when it is beside the checkout.
 
 Findings and the tests that guard them:
-1. credit-note ids collided across returns sharing a notice -> test_returns_sharing_a_notice_each_get_their_credit,
-   test_generated_shared_notice_month_matches_expected, test_credit_note_ids_are_unique_in_the_ledger
+1. credit-note ids collided across returns sharing a notice ->
+   test_returns_sharing_a_notice_each_get_their_credit, test_generated_shared_notice_month_matches_expected,
+   test_credit_note_ids_are_unique_in_the_ledger
 2. resends assumed Amazon's "same note" answer -> test_reject_rule_with_faults_gives_the_same_outcome
 3. nothing claimed a row before sending -> test_two_pushers_at_once_send_each_note_once,
    test_push_killed_between_202_and_ledger_update
@@ -15,6 +16,7 @@ Findings and the tests that guard them:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from datetime import UTC, date, datetime, timedelta
@@ -48,13 +50,16 @@ def _utc(d: date) -> datetime:
 
 def _events(n: int, rid: str, day: str, *, received: int = 1, disposition: str = "REFURBISH") -> list[dict]:
     p = f"ev-{rid}"
-    ev = lambda i, t, h, **x: {
-        "event_id": f"{p}-{i}",
-        "type": t,
-        "return_id": rid,
-        "occurred_at": f"{day}T{h:02d}:00:00Z",
-        **x,
-    }
+
+    def ev(i, t, h, **x):
+        return {
+            "event_id": f"{p}-{i}",
+            "type": t,
+            "return_id": rid,
+            "occurred_at": f"{day}T{h:02d}:00:00Z",
+            **x,
+        }
+
     return [
         ev(1, "RETURN_CREATED", 8),
         ev(2, "IN_TRANSIT", 9),
@@ -70,7 +75,8 @@ def _scenario(
     faults: dict | None = None,
     duplicate: str = "same_note",
 ) -> dict:
-    """returns: (return_id, notice, sku, day, announced, received); every line 1 is REFURBISHed (100% credit)."""
+    """returns: (return_id, notice, sku, day, announced, received); every line 1 is REFURBISHed
+    (100% credit)."""
     skus = sorted({r[2] for r in returns})
     return {
         "format": "returns-scenario/1",
@@ -224,10 +230,9 @@ def _run_month(dsn, sb, scenario, *, amazon=None, extra_days: int = 2) -> None:
     days = list(_days(scenario))
     days += [days[-1] + timedelta(days=i) for i in range(1, extra_days + 1)]  # let confirm settle
     for d in days:
-        try:
+        # on a PushError the DAG task would retry; the next window sends what is left (same ids)
+        with contextlib.suppress(amazon_push.PushError):
             run_window(dsn, rebound, amazon, window_end=_utc(d + timedelta(days=1)), vendor=_vendor(sb))
-        except amazon_push.PushError:
-            pass  # the DAG task would retry; the next window sends what is left (same ids)
 
 
 def _ledger_credits(dsn) -> dict:
@@ -364,7 +369,7 @@ def _sync_without_push(dsn, sb, day: date):
 def test_two_pushers_at_once_send_each_note_once(ledger, tmp_path):
     from returnledger_dev.sandbox.harness import run_sandbox
 
-    path, scenario = _seed_pending_notes(ledger, tmp_path, n=12)
+    path, _scenario = _seed_pending_notes(ledger, tmp_path, n=12)
     with run_sandbox(path, tmp_path / "out", faults=False) as sb:
         end, batch = _sync_without_push(ledger, sb, date(2026, 10, 5))
         barrier = threading.Barrier(2)
@@ -412,7 +417,7 @@ def test_push_killed_between_202_and_ledger_update(ledger, tmp_path):
     Under the reject rule the resend is refused as a duplicate: one note at Amazon, one accepted credit."""
     from returnledger_dev.sandbox.harness import run_sandbox
 
-    path, scenario = _seed_pending_notes(ledger, tmp_path, n=3)
+    path, _scenario = _seed_pending_notes(ledger, tmp_path, n=3)
     with run_sandbox(path, tmp_path / "out", faults=False) as sb:
         end, batch = _sync_without_push(ledger, sb, date(2026, 10, 5))
 
@@ -464,7 +469,8 @@ def test_push_killed_between_202_and_ledger_update(ledger, tmp_path):
 
 
 def test_over_receipt_holds_the_credit_until_the_warehouse_chooses(ledger, tmp_path):
-    """Announced 1, received 5: no credit, recon ON_HOLD; the warehouse chooses 2: exactly 2 credited, once."""
+    """Announced 1, received 5: no credit, recon ON_HOLD; the warehouse chooses 2: exactly 2 credited,
+    once."""
     from returnledger.exception_queue import actions, queue
     from returnledger.reconciliation.match import reconcile
     from returnledger_dev.sandbox.harness import run_sandbox
@@ -532,12 +538,10 @@ def test_generated_shared_notice_month_matches_expected(ledger, tmp_path, genera
         for d in _days(scenario):
             for op in ops.get(d.isoformat(), []):
                 reference.apply_operation(ledger, op, at=_utc(d), actor="test operator")
-            try:
+            with contextlib.suppress(amazon_push.PushError):
                 run_window(
                     ledger, rebound, amazon, window_end=_utc(d + timedelta(days=1)), vendor=_vendor(sb)
                 )
-            except amazon_push.PushError:
-                pass
         sb.dump()
     assert _credits(_requests(tmp_path / "out")) == expected["credits"]
 

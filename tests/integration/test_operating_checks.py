@@ -162,8 +162,8 @@ def seed(dsn: str) -> None:
             (utc(2026, 10, 8), utc(2026, 10, 8, 0, 5), utc(2026, 10, 8, 6)),
         )
         c.execute(
-            "INSERT INTO ledger.reason_mapping (rebound_reason, amazon_reason, active, updated_at, updated_by,"
-            " reviewed_at) VALUES ('FAULTY', 'CR-DEFECTIVE', true, %s, 'seed', NULL),"
+            "INSERT INTO ledger.reason_mapping (rebound_reason, amazon_reason, active, updated_at,"
+            " updated_by, reviewed_at) VALUES ('FAULTY', 'CR-DEFECTIVE', true, %s, 'seed', NULL),"
             " ('CHANGED_MIND', 'CR-UNWANTED_ITEM', true, %s, 'seed', %s),"
             " ('TOO_SMALL', 'CR-APPAREL_TOO_SMALL', true, %s, 'seed', NULL),"
             " ('OLD_CODE', 'CR-OTHER', false, %s, 'seed', NULL)",

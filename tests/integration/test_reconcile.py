@@ -49,9 +49,9 @@ def test_exceptions_raised_once_with_owner_and_subject(led):
     ).fetchall()
     owners = {r[0]: r[1] for r in rows}
     assert owners == {"DARK_RETURN": "warehouse", "CREDIT_MISMATCH": "finance"}
-    dark = [r for r in rows if r[2] == "AR-APRL-1"][0]
+    dark = next(r for r in rows if r[2] == "AR-APRL-1")
     assert dark[3] is None and "RN-APRL-1" in dark[5] and "APRL" in dark[5]
-    mismatch = [r for r in rows if r[3] == "RB-2"][0]
+    mismatch = next(r for r in rows if r[3] == "RB-2")
     assert mismatch[4] == 1 and "15.00" in mismatch[5] and "10.00" in mismatch[5]
     assert {r[6] for r in rows} == {AS_OF}  # opened at the run's as-of, not the wall clock
 

@@ -1,4 +1,5 @@
-"""Builders for hand-made ledger states (plain SQL, real PostgreSQL) used by the reconciliation tests (no tests here)."""
+"""Builders for hand-made ledger states (plain SQL, real PostgreSQL) used by the reconciliation tests
+(no tests here)."""
 
 from __future__ import annotations
 
@@ -79,8 +80,8 @@ class Ledger:
         reason: str = "FAULTY",
     ):
         self.conn.execute(
-            "INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced, quantity_received,"
-            " grade, disposition, state, received_at, dispositioned_at)"
+            "INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced,"
+            " quantity_received, grade, disposition, state, received_at, dispositioned_at)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (
                 rid,
@@ -116,10 +117,11 @@ class Ledger:
             (doc or f"CN-{rid}", rid, T, "SUCCESS" if status == "ACCEPTED" else None),
         )
         self.conn.execute(
-            "INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity,"
-            " unit_amount, currency, document_id, status, transaction_id, last_error, created_at, created_batch,"
-            " submitted_at, resolved_at)"
-            " VALUES (%s, 'CREDIT_NOTE', %s, %s, %s, %s, %s, %s, 'GBP', %s, %s, %s, %s, %s, 'sync-test', %s, %s)",
+            "INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin,"
+            " quantity, unit_amount, currency, document_id, status, transaction_id, last_error, created_at,"
+            " created_batch, submitted_at, resolved_at)"
+            " VALUES (%s, 'CREDIT_NOTE', %s, %s, %s, %s, %s, %s, 'GBP', %s, %s, %s, %s, %s,"
+            " 'sync-test', %s, %s)",
             (
                 f"credit:{rid}:{line}",
                 rid,
@@ -152,8 +154,9 @@ class Ledger:
         linked: str | None = None,
     ):
         self.conn.execute(
-            "INSERT INTO ledger.amazon_return (amazon_return_id, returns_notice, rma_id, vret, asin, sku, quantity,"
-            " label, returned_at, charged_amount, source_file, imported_at, export_period, linked_return_id)"
+            "INSERT INTO ledger.amazon_return (amazon_return_id, returns_notice, rma_id, vret, asin, sku,"
+            " quantity, label, returned_at, charged_amount, source_file, imported_at, export_period,"
+            " linked_return_id)"
             " VALUES (%s, %s, %s, NULL, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (
                 arid,
@@ -184,8 +187,8 @@ class Ledger:
     ) -> int:
         resolved = None if status == "open" else T
         return self.conn.execute(
-            "INSERT INTO ledger.exception (type, owner, status, subject_key, return_id, line, amazon_return_id,"
-            " detail, opened_at, opened_by_batch, resolved_at, resolved_by)"
+            "INSERT INTO ledger.exception (type, owner, status, subject_key, return_id, line,"
+            " amazon_return_id, detail, opened_at, opened_by_batch, resolved_at, resolved_by)"
             " VALUES (%s, 'x', %s, %s, %s, %s, %s, 'test', %s, 'sync-test', %s, %s) RETURNING exception_id",
             (type_, status, subject, rid, line, arid, T, resolved, "someone" if resolved else None),
         ).fetchone()[0]

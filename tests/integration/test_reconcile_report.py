@@ -1,4 +1,5 @@
-"""Reconcile -> post-hoc returns -> month-end report, twice: same files, no duplicates, totals that tie out."""
+"""Reconcile -> post-hoc returns -> month-end report, twice: same files, no duplicates, totals that tie
+out."""
 
 from __future__ import annotations
 

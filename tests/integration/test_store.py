@@ -215,6 +215,5 @@ def test_raw_events_and_lines_cannot_be_removed(conn):
     """The audit trail's anchors refuse DELETE and TRUNCATE (they replace per-row foreign keys)."""
     for table in ("raw_event", "return_line"):
         for statement in (f"DELETE FROM ledger.{table}", f"TRUNCATE ledger.{table} CASCADE"):
-            with pytest.raises(psycopg.errors.RaiseException, match="keeps every row"):
-                with conn.transaction():
-                    conn.execute(statement)
+            with pytest.raises(psycopg.errors.RaiseException, match="keeps every row"), conn.transaction():
+                conn.execute(statement)

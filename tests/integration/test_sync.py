@@ -242,7 +242,8 @@ def test_out_of_sequence_hold_is_released_in_order(month):
             states = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT to_state FROM ledger.line_history WHERE return_id = %s AND line = %s ORDER BY history_id",
+                    "SELECT to_state FROM ledger.line_history WHERE return_id = %s AND line = %s"
+                    " ORDER BY history_id",
                     (rid, int(ln)),
                 )
             ]
@@ -264,8 +265,8 @@ def test_an_event_without_id_or_with_bad_fields_changes_no_line(month):
 
 
 def test_confirm_survives_a_transaction_amazon_does_not_know(month, tmp_path):
-    """A restarted Amazon side (here: a fresh simulator) answers 404 for stuck transactions: confirm records it
-    on the rows, keeps them SUBMITTED for the operating checks, and does not fail the run."""
+    """A restarted Amazon side (here: a fresh simulator) answers 404 for stuck transactions: confirm records
+    it on the rows, keeps them SUBMITTED for the operating checks, and does not fail the run."""
     from returnledger_dev.sandbox.harness import run_sandbox
 
     with db.connect(month["dsn"]) as conn:

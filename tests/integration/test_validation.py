@@ -138,7 +138,8 @@ def test_payloads_are_stored_as_received_and_counted_once(validated):
 
 
 def test_a_nul_character_is_kept_visible_and_stops_nothing(validated):
-    """PostgreSQL cannot store U+0000 in jsonb or text: the escape is kept as literal text, the rest as sent."""
+    """PostgreSQL cannot store U+0000 in jsonb or text: the escape is kept as literal text, the rest as
+    sent."""
     assert validated["stored"]["nul-note"]["note"] == "a\\u0000b"
     assert validated["stored"]["nul-note"]["quantity"] == 1
     assert validated["verdicts"]["nul-rid"] == "return_id_shape: return_id 'RB\\\\u00001' is not a ReBound id"

@@ -41,25 +41,31 @@ INSERT INTO ledger.return_order (return_id, returns_notice, rma_id, vret, create
  ('RB-1003', 'RN-503', 'RMA-3', 'VRET-3', '2026-09-15T09:00Z');
 INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced, quantity_received, grade,
                                 disposition, state, received_at, dispositioned_at, updated_at) VALUES
- ('RB-1001', 1, 'SKU-KETTLE', 'LID_LOOSE', 1, NULL, NULL, NULL, 'IN_TRANSIT', NULL, NULL, '2026-09-30T10:00Z'),
- ('RB-1002', 1, 'SKU-NOT-IN-CATALOG', 'DEFECTIVE', 2, NULL, NULL, NULL, 'ANNOUNCED', NULL, NULL, '2026-09-29T10:00Z'),
+ ('RB-1001', 1, 'SKU-KETTLE', 'LID_LOOSE', 1, NULL, NULL, NULL, 'IN_TRANSIT', NULL, NULL,
+  '2026-09-30T10:00Z'),
+ ('RB-1002', 1, 'SKU-NOT-IN-CATALOG', 'DEFECTIVE', 2, NULL, NULL, NULL, 'ANNOUNCED', NULL, NULL,
+  '2026-09-29T10:00Z'),
  ('RB-1003', 1, 'SKU-TOASTER', 'DEFECTIVE', 3, 2, 'A', 'RESTOCKED', 'REJECTED', '2026-09-16T10:00Z',
   '2026-09-18T10:00Z', '2026-09-20T10:00Z');
 INSERT INTO ledger.line_history (return_id, line, from_state, to_state, event_id, cause, batch_id, at) VALUES
  ('RB-1001', 1, NULL, 'ANNOUNCED', 'ev-1', 'RETURN_CREATED', 'returns_sync:2026-09-28', '2026-09-28T09:00Z'),
- ('RB-1001', 1, 'ANNOUNCED', 'IN_TRANSIT', 'ev-2', 'IN_TRANSIT', 'returns_sync:2026-09-30', '2026-09-30T10:00Z');
+ ('RB-1001', 1, 'ANNOUNCED', 'IN_TRANSIT', 'ev-2', 'IN_TRANSIT', 'returns_sync:2026-09-30',
+  '2026-09-30T10:00Z');
 WITH seed (event_key, event_id, payload, delivered_at, received_at, batch_id, status) AS (VALUES
  ('ev-1', 'ev-1', '{"event_id": "ev-1", "type": "RETURN_CREATED", "return_id": "RB-1001"}',
   '2026-09-28T09:00Z', '2026-09-29T00:00Z', 'returns_sync:2026-09-28', 'APPLIED'),
- ('ev-3', 'ev-3', '{"event_id": "ev-3", "type": "RECEIVED", "return_id": "RB-1001", "line": 1, "quantity": 1}',
+ ('ev-3', 'ev-3',
+  '{"event_id": "ev-3", "type": "RECEIVED", "return_id": "RB-1001", "line": 1, "quantity": 1}',
   '2026-10-01T09:00Z', '2026-10-02T00:00Z', 'returns_sync:2026-10-01', 'HELD'),
  ('ev-bad', 'ev-bad', '{"event_id": "ev-bad", "type": "GRADED", "return_id": "RB-1003", "grade": "Z"}',
   '2026-09-20T09:00Z', '2026-09-21T00:00Z', 'returns_sync:2026-09-20', 'INVALID')),
 ins AS (INSERT INTO ledger.raw_event (event_key, event_id, payload, delivered_at, received_at, batch_id)
-        SELECT event_key, event_id, payload::jsonb, delivered_at::timestamptz, received_at::timestamptz, batch_id
+        SELECT event_key, event_id, payload::jsonb, delivered_at::timestamptz, received_at::timestamptz,
+               batch_id
         FROM seed RETURNING raw_id, event_key)
 INSERT INTO ledger.event_outcome (raw_id, status, batch_id, decided_at)
-SELECT ins.raw_id, seed.status, seed.batch_id, seed.received_at::timestamptz FROM ins JOIN seed USING (event_key)
+SELECT ins.raw_id, seed.status, seed.batch_id, seed.received_at::timestamptz
+FROM ins JOIN seed USING (event_key)
 WHERE seed.status <> 'NEW';
 INSERT INTO ledger.exception (type, owner, status, subject_key, return_id, line, sku, raw_id, detail,
                               opened_at, opened_by_batch, resolved_at, resolved_by, resolution) VALUES
@@ -81,12 +87,12 @@ INSERT INTO ledger.held_event (raw_id, return_id, line, reason, exception_id, he
  (2, 'RB-1001', 1, 'UNMAPPED_REASON_CODE', 1, '2026-10-02T00:00Z');
 INSERT INTO ledger.credit_note (credit_note_id, return_id, created_at, created_batch) VALUES
  ('CN-RN-503-1', 'RB-1003', '2026-09-18T12:00Z', 'returns_sync:2026-09-18');
-INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity, unit_amount,
-   currency, document_id, status, transaction_id, attempts, last_error, created_at, created_batch,
-   submitted_at, resolved_at) VALUES
- ('credit:RB-1003:1', 'CREDIT_NOTE', 'RB-1003', 1, 'SKU-TOASTER', 'B0TOASTER1', 2, 24.99, 'GBP', 'CN-RN-503-1',
-  'FAILED', 'tx-9', 1, '{"errors":[{"code":"InvalidReturnsReference"}]}', '2026-09-18T12:00Z',
-  'returns_sync:2026-09-18', '2026-09-18T12:05Z', '2026-09-19T12:00Z');
+INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity,
+   unit_amount, currency, document_id, status, transaction_id, attempts, last_error, created_at,
+   created_batch, submitted_at, resolved_at) VALUES
+ ('credit:RB-1003:1', 'CREDIT_NOTE', 'RB-1003', 1, 'SKU-TOASTER', 'B0TOASTER1', 2, 24.99, 'GBP',
+  'CN-RN-503-1', 'FAILED', 'tx-9', 1, '{"errors":[{"code":"InvalidReturnsReference"}]}',
+  '2026-09-18T12:00Z', 'returns_sync:2026-09-18', '2026-09-18T12:05Z', '2026-09-19T12:00Z');
 """
 
 ROUTES = [
@@ -156,14 +162,16 @@ def client(ledger, auth):
 
 
 def ledger_state(dsn: str) -> tuple:
-    """Everything a console action can change: exceptions, audit log, mappings, catalog, submissions, lines."""
+    """Everything a console action can change: exceptions, audit log, mappings, catalog, submissions,
+    lines."""
     with psycopg.connect(dsn) as c:
         return tuple(
             c.execute(q).fetchall()
             for q in (
                 "SELECT exception_id, status, resolved_by, resolution FROM ledger.exception ORDER BY 1",
                 "SELECT count(*) FROM ledger.audit_log",
-                "SELECT rebound_reason, amazon_reason, active, updated_by FROM ledger.reason_mapping ORDER BY 1",
+                "SELECT rebound_reason, amazon_reason, active, updated_by FROM ledger.reason_mapping"
+                " ORDER BY 1",
                 "SELECT sku, asin, unit_cost, available, updated_by FROM ledger.sku ORDER BY 1",
                 "SELECT idempotency_key, status, attempts FROM ledger.amazon_submission ORDER BY 1",
                 "SELECT return_id, line, state FROM ledger.return_line ORDER BY 1, 2",
@@ -616,7 +624,8 @@ INSERT INTO ledger.return_order (return_id, returns_notice, rma_id, vret, create
  ('RB-{x}5', 'RN-{x}5', 'RMA-{x}5', 'VRET-{x}5', '2026-09-15T09:00Z');
 INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced, quantity_received, grade,
                                 disposition, state, received_at, dispositioned_at, updated_at) VALUES
- ('RB-{x}1', 1, 'SKU-KETTLE', 'LID_LOOSE_{x}', 1, NULL, NULL, NULL, 'IN_TRANSIT', NULL, NULL, '2026-09-30T10:00Z'),
+ ('RB-{x}1', 1, 'SKU-KETTLE', 'LID_LOOSE_{x}', 1, NULL, NULL, NULL, 'IN_TRANSIT', NULL, NULL,
+  '2026-09-30T10:00Z'),
  ('RB-{x}2', 1, 'SKU-{x}', 'DEFECTIVE', 1, NULL, NULL, NULL, 'ANNOUNCED', NULL, NULL, '2026-09-29T10:00Z'),
  ('RB-{x}3', 1, 'SKU-TOASTER', 'DEFECTIVE', 2, 2, 'A', 'RESTOCKED', 'REJECTED', '2026-09-16T10:00Z',
   '2026-09-18T10:00Z', '2026-09-20T10:00Z'),
@@ -626,12 +635,12 @@ INSERT INTO ledger.return_line (return_id, line, sku, reason, quantity_announced
   '2026-09-16T10:00Z');
 INSERT INTO ledger.credit_note (credit_note_id, return_id, created_at, created_batch) VALUES
  ('CN-RN-{x}3-1', 'RB-{x}3', '2026-09-18T12:00Z', 'returns_sync:2026-09-18');
-INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity, unit_amount,
-   currency, document_id, status, transaction_id, attempts, last_error, created_at, created_batch,
-   submitted_at, resolved_at) VALUES
- ('credit:RB-{x}3:1', 'CREDIT_NOTE', 'RB-{x}3', 1, 'SKU-TOASTER', 'B0TOASTER1', 2, 24.99, 'GBP', 'CN-RN-{x}3-1',
-  'FAILED', 'tx-{x}3', 1, '{{"errors":[{{"code":"InvalidReturnsReference"}}]}}', '2026-09-18T12:00Z',
-  'returns_sync:2026-09-18', '2026-09-18T12:05Z', '2026-09-19T12:00Z');
+INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity,
+   unit_amount, currency, document_id, status, transaction_id, attempts, last_error, created_at,
+   created_batch, submitted_at, resolved_at) VALUES
+ ('credit:RB-{x}3:1', 'CREDIT_NOTE', 'RB-{x}3', 1, 'SKU-TOASTER', 'B0TOASTER1', 2, 24.99, 'GBP',
+  'CN-RN-{x}3-1', 'FAILED', 'tx-{x}3', 1, '{{"errors":[{{"code":"InvalidReturnsReference"}}]}}',
+  '2026-09-18T12:00Z', 'returns_sync:2026-09-18', '2026-09-18T12:05Z', '2026-09-19T12:00Z');
 INSERT INTO ledger.exception (type, owner, subject_key, return_id, line, sku, detail, opened_at,
                               opened_by_batch) VALUES
  ('UNMAPPED_REASON_CODE', 'operations', 'RB-{x}1|1', 'RB-{x}1', 1, 'SKU-KETTLE', 'mapping {x}',
@@ -673,7 +682,8 @@ def _stop(proc, timeout: float = 30) -> None:
 
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory, pg_server):
-    """`airflow api-server` with the console plugin and four users; yields (base_url, ledger_dsn, passwords)."""
+    """`airflow api-server` with the console plugin and four users; yields (base_url, ledger_dsn,
+    passwords)."""
     import json
     import os
     import secrets
@@ -707,7 +717,9 @@ def api_server(tmp_path_factory, pg_server):
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(tmp / "no-dags"),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-                "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+                "AIRFLOW__CORE__AUTH_MANAGER": (
+                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+                ),
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
                     f"{u}:{r}" for u, r in SERVER_USERS.items()
                 ),
@@ -820,7 +832,8 @@ def test_roles_in_the_real_api_server(api_server):
                 r = me.bearer("POST", f"{path}/{action}", data=data)
                 assert r.status_code == 403, (user, action, r.text)
                 assert r.json()["detail"] == (
-                    f"{user} (role {SERVER_USERS[user]}) may read the returns exceptions but not act on them: "
+                    f"{user} (role {SERVER_USERS[user]}) may read the returns exceptions"
+                    " but not act on them: "
                     "resolving, dismissing, retrying and adding a mapping or a SKU need the Op or Admin role."
                 )
                 r = me.browser("POST", f"{path}/{action}", data, csrf=csrf_token_for(me.token))

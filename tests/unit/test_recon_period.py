@@ -1,4 +1,5 @@
-"""Which month a reconciliation run checks, and the keys its writes carry (returnledger.reconciliation.period)."""
+"""Which month a reconciliation run checks, and the keys its writes carry
+(returnledger.reconciliation.period)."""
 
 from __future__ import annotations
 

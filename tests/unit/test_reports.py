@@ -19,11 +19,12 @@ from returnledger.reports.finance import (
 
 
 def grouped(*rows, total=None):
-    """Rows shaped like _TOTALS_SQL: status, rows, units, amazon units, credited qty, credited £, charged £, is_total."""
+    """Rows shaped like _TOTALS_SQL: status, rows, units, amazon units, credited qty, credited £, charged £,
+    is_total."""
     out = [(s, *m, 0) for s, *m in rows]
     if total is None:
         total = [sum(r[i] for r in rows) for i in range(1, 7)]
-    return out + [(None, *total, 1)]
+    return [*out, (None, *total, 1)]
 
 
 def test_tie_out_orders_statuses_and_adds_up():
@@ -45,7 +46,7 @@ def test_tie_out_refuses_totals_that_do_not_add_up():
         total=[3, 4, 4, 4, Decimal("50.01"), Decimal("0")],
     )
     with pytest.raises(
-        ReportDoesNotTieOut, match="credited_amount per status adds up to 50.00, the total is 50.01"
+        ReportDoesNotTieOut, match=r"credited_amount per status adds up to 50.00, the total is 50.01"
     ):
         tie_out("2026-10", rows)
 
