@@ -65,9 +65,14 @@ lint: venv ## ruff format --check, ruff (Airflow AIR, UP, SIM, RUF rules) and my
 	$(VENV)/bin/ruff check dags include plugins tests bench dev
 	$(VENV)/bin/mypy
 
-bench: venv ## benchmarks (print ratios against baselines measured in the same run)
-	$(PY) bench/bench_sync.py
-	$(PY) bench/bench_reconcile.py
+BENCH_LOG ?= .local/bench.log
+bench: venv ## benchmarks: ratios against baselines measured in the same run, then one TARGET line per target
+	@mkdir -p $(dir $(BENCH_LOG)) && : > $(BENCH_LOG)
+	set -o pipefail; $(PY) bench/bench_sync.py | tee -a $(BENCH_LOG)
+	set -o pipefail; $(PY) bench/bench_reconcile.py | tee -a $(BENCH_LOG)
+	set -o pipefail; $(PY) bench/bench_push.py | tee -a $(BENCH_LOG)
+	set -o pipefail; $(PY) bench/bench_cluster.py --scenario $(SCENARIO) --workers 2 | tee -a $(BENCH_LOG)
+	@echo; echo "== summary (docs/performance.md)"; grep '^TARGET ' $(BENCH_LOG)
 
 clean: ## remove outputs and the local state (embedded database included)
 	-$(VENV)/bin/returnledger db stop

@@ -10,19 +10,15 @@ Airflow login page. Ends with the ledger checked and a screenshot in
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
+
+from airflow_api_server import running_api_server
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -83,90 +79,21 @@ VALUES (1, 'RB-2001', 1, 'UNMAPPED_REASON_CODE', 1, '2026-10-04T00:00Z');
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGINT to the server's process group (its clean shutdown), SIGKILL only if it hangs."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 @pytest.fixture
 def airflow_server(tmp_path, pg_server, fresh_db):
     """A running api-server with the console plugin; yields (base_url, ledger_dsn)."""
-    from returnledger.store import db
-
     with psycopg.connect(fresh_db) as c:
         c.execute(SEED)
-    meta_dsn = db.create_scratch_database(pg_server, prefix="airflow_meta")
-    home = tmp_path / "airflow_home"
-    home.mkdir()
-    passwords = home / "passwords.json"
-    passwords.write_text(json.dumps({USER: PASSWORD, VIEWER: VIEWER_PASSWORD}))
-    port = _free_port()
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k not in ("RETURNLEDGER_DSN",)
-    }
-    env.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-            "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__CORE__AUTH_MANAGER": (
-                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-            ),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:op,{VIEWER}:viewer",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta_dsn),
-            "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
-            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-            "AIRFLOW_CONN_RETURNS_DB": db.airflow_connection_json(fresh_db),
-            "GX_ANALYTICS_ENABLED": "false",
-        }
-    )
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=180)
-    log = (tmp_path / "api-server.log").open("w")
-    proc = subprocess.Popen(
-        [airflow, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"api-server exited: {(tmp_path / 'api-server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/returnledger/", timeout=2).status_code == 401:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"api-server not up: {(tmp_path / 'api-server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    with running_api_server(
+        tmp_path,
+        pg_server,
+        fresh_db,
+        users={USER: "op", VIEWER: "viewer"},
+        passwords={USER: PASSWORD, VIEWER: VIEWER_PASSWORD},
+        dags_folder=ROOT / "dags",
+        extra_env={"AIRFLOW__CORE__PARALLELISM": "4"},
+    ) as base:
         yield base, fresh_db
-    finally:
-        _stop(proc)
-        log.close()
-        db.drop_database(pg_server, meta_dsn)
 
 
 def test_exceptions_page_in_airflow(airflow_server, tmp_path):

@@ -10,32 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from scenario_parts import full_credit_policy, vendor
+
 ROOT = Path(__file__).resolve().parents[2]
 
 SCENARIO = {
     "format": "returns-scenario/1",
     "name": "hooks",
     "description": "two simulators for the hook tests",
-    "vendor": {
-        "party_id": "VNDR1",
-        "warehouse_id": "UK-HUB-1",
-        "currency": "GBP",
-        "marketplace_id": "A1F83G8C2ARO7P",
-    },
+    "vendor": vendor(),
     "run": {"from": "2026-10-05", "to": "2026-10-05", "close_period": "2026-10"},
-    "policy": {
-        "sellable_grades": ["A"],
-        "credit_window_days": 7,
-        "credit": {
-            "RESTOCKED": 1.0,
-            "REFURBISH": 1.0,
-            "RECYCLE": 1.0,
-            "DESTROY": 1.0,
-            "RETURN_TO_SUPPLIER": 1.0,
-            "QUARANTINED": None,
-            "REJECTED": 0,
-        },
-    },
+    "policy": full_credit_policy(),
     "catalog": [{"sku": "SKU-H", "asin": "B0HOOK0001", "unit_cost": "10.00", "available": 5}],
     "reason_codes": [{"rebound_reason": "FAULTY", "amazon_reason": "CR-DEFECTIVE"}],
     "rebound": {

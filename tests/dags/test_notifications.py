@@ -278,6 +278,20 @@ def airflow_env(pg_server, tmp_path_factory):
     db.drop_database(pg_server, meta)
 
 
+def _returns_db(dsn: str) -> str:
+    """The RETURNS_DB connection (JSON) of the ledger at ``dsn``, as the DAGs under ``dag.test()`` read it."""
+    info = __import__("psycopg").conninfo.conninfo_to_dict(dsn)
+    return json.dumps(
+        {
+            "conn_type": "postgres",
+            "host": info.get("host", "127.0.0.1"),
+            "port": int(info.get("port", 5432)),
+            "login": info.get("user", "postgres"),
+            "schema": info["dbname"],
+        }
+    )
+
+
 def _dag_test(airflow_env, dag_id: str, extra_env: dict, logical: str | None = None):
     args = [sys.executable, str(airflow_env["home"] / "runner.py"), str(airflow_env["dags"]), dag_id]
     if logical:
@@ -311,20 +325,12 @@ def test_dag_test_of_a_failing_dag_mails_task_and_dag_failure(airflow_env, smtp)
 @pytest.mark.slow
 def test_dag_test_of_operating_checks_mails_one_digest_per_team(airflow_env, smtp, fresh_db, tmp_path):
     seed_small_ledger(fresh_db)
-    info = __import__("psycopg").conninfo.conninfo_to_dict(fresh_db)
-    conn = {
-        "conn_type": "postgres",
-        "host": info.get("host", "127.0.0.1"),
-        "port": int(info.get("port", 5432)),
-        "login": info.get("user", "postgres"),
-        "schema": info["dbname"],
-    }
     out = _dag_test(
         airflow_env,
         "returns_operating_checks",
         {
             "AIRFLOW_CONN_SMTP_DEFAULT": smtp_uri(smtp.port),
-            "AIRFLOW_CONN_RETURNS_DB": json.dumps(conn),
+            "AIRFLOW_CONN_RETURNS_DB": _returns_db(fresh_db),
             "AIRFLOW_VAR_RETURNLEDGER_DIGEST_DIR": str(tmp_path / "digests"),
         },
         # the run listed under 9 Oct covers [9 Oct 07:00, 10 Oct 07:00): dag.test() asks for it by
@@ -364,21 +370,13 @@ def test_dag_test_of_operating_checks_mails_one_digest_per_team(airflow_env, smt
 @pytest.mark.slow
 def test_dag_test_of_weekly_review_mails_one_review_per_team(airflow_env, smtp, fresh_db, tmp_path):
     seed_small_ledger(fresh_db)
-    info = __import__("psycopg").conninfo.conninfo_to_dict(fresh_db)
-    conn = {
-        "conn_type": "postgres",
-        "host": info.get("host", "127.0.0.1"),
-        "port": int(info.get("port", 5432)),
-        "login": info.get("user", "postgres"),
-        "schema": info["dbname"],
-    }
     week_end = datetime(2026, 10, 12, 7, tzinfo=UTC)
     out = _dag_test(
         airflow_env,
         "returns_weekly_review",
         {
             "AIRFLOW_CONN_SMTP_DEFAULT": smtp_uri(smtp.port),
-            "AIRFLOW_CONN_RETURNS_DB": json.dumps(conn),
+            "AIRFLOW_CONN_RETURNS_DB": _returns_db(fresh_db),
             "AIRFLOW_VAR_RETURNLEDGER_DIGEST_DIR": str(tmp_path),
         },
         logical=week_end.isoformat(),

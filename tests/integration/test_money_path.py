@@ -36,6 +36,7 @@ from returnledger.ledger.runs import batch_id_for
 from returnledger.reference import load as reference
 from returnledger.screening.screen import quarantine, validate
 from returnledger.store import db, migrate
+from scenario_parts import full_credit_policy, sandbox_amazon_client, vendor
 
 pytestmark = pytest.mark.integration
 UTC = UTC
@@ -82,30 +83,13 @@ def _scenario(
         "format": "returns-scenario/1",
         "name": "money-path",
         "description": "issue 11",
-        "vendor": {
-            "party_id": "VNDR1",
-            "warehouse_id": "UK-HUB-1",
-            "currency": "GBP",
-            "marketplace_id": "A1F83G8C2ARO7P",
-        },
+        "vendor": vendor(),
         "run": {
             "from": min(r[3] for r in returns),
             "to": max(r[3] for r in returns),
             "close_period": "2026-10",
         },
-        "policy": {
-            "sellable_grades": ["A"],
-            "credit_window_days": 7,
-            "credit": {
-                "RESTOCKED": 1.0,
-                "REFURBISH": 1.0,
-                "RECYCLE": 1.0,
-                "DESTROY": 1.0,
-                "RETURN_TO_SUPPLIER": 1.0,
-                "QUARANTINED": None,
-                "REJECTED": 0,
-            },
-        },
+        "policy": full_credit_policy(),
         "catalog": [
             {"sku": s, "asin": f"B0{i:08d}", "unit_cost": f"{10 + i}.00", "available": 5}
             for i, s in enumerate(skus)
@@ -140,22 +124,11 @@ def _unit_cost(scenario: dict) -> dict[str, Decimal]:
 
 
 def _amazon(sb, **kw):
-    from returnledger.clients.amazon import AmazonVendorClient
-
-    ex = sb.amazon_extra
-    throttled = sb.scenario.faults.amazon.throttle is not None
     # Amazon's own quota (10/s) is a production setting; without a throttle fault the tests go faster
-    kw.setdefault("rate_per_s", ex["rate_per_s"] if throttled else 200)
-    kw.setdefault("burst", ex["burst"] if throttled else 50)
-    return AmazonVendorClient(
-        sb.amazon_url,
-        lwa_url=sb.lwa_url,
-        refresh_token=sb.lwa_refresh_token,
-        lwa_client_id=sb.lwa_client_id,
-        lwa_client_secret=sb.lwa_client_secret,
-        backoff_max_s=0.2,
-        **kw,
-    )
+    if sb.scenario.faults.amazon.throttle is None:
+        kw.setdefault("rate_per_s", 200)
+        kw.setdefault("burst", 50)
+    return sandbox_amazon_client(sb, backoff_max_s=0.2, **kw)
 
 
 def _vendor(sb) -> dict:

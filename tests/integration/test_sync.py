@@ -23,6 +23,8 @@ from returnledger.store import db
 sys.path.insert(0, str(Path(__file__).parent))
 from test_money_path import _credits
 
+from scenario_parts import sandbox_amazon_client
+
 pytestmark = pytest.mark.integration
 
 
@@ -39,19 +41,7 @@ def generated(generated_month, tmp_path_factory):
 
 
 def _amazon(sb):
-    from returnledger.clients.amazon import AmazonVendorClient
-
-    ex = sb.amazon_extra
-    return AmazonVendorClient(
-        sb.amazon_url,
-        lwa_url=sb.lwa_url,
-        refresh_token=sb.lwa_refresh_token,
-        lwa_client_id=sb.lwa_client_id,
-        lwa_client_secret=sb.lwa_client_secret,
-        rate_per_s=ex["rate_per_s"],
-        burst=ex["burst"],
-        backoff_max_s=0.5,
-    )
+    return sandbox_amazon_client(sb, backoff_max_s=0.5)
 
 
 def _vendor(sb) -> dict:

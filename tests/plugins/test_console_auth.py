@@ -656,113 +656,34 @@ INSERT INTO ledger.exception (type, owner, subject_key, return_id, line, sku, de
     return "\n".join(sql)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc, timeout: float = 30) -> None:
-    """SIGINT to the server's own process group (its clean shutdown), SIGKILL only if it hangs."""
-    import os
-    import signal
-    import subprocess
-
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory, pg_server):
     """`airflow api-server` with the console plugin and four users; yields (base_url, ledger_dsn,
     passwords)."""
-    import json
-    import os
     import secrets
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
 
-    import httpx
-
+    from airflow_api_server import running_api_server
     from returnledger.store import db, migrate
 
-    root = Path(__file__).resolve().parents[2]
     tmp = tmp_path_factory.mktemp("api_server")
     ledger = db.create_scratch_database(pg_server)
-    meta_dsn = db.create_scratch_database(pg_server, prefix="airflow_meta")
-    proc = log = None
     try:
         migrate.migrate(ledger)
         with psycopg.connect(ledger) as c:
             c.execute(_server_seed("AB"))
-        home = tmp / "airflow_home"
-        home.mkdir()
         passwords = {user: secrets.token_urlsafe(12) for user in SERVER_USERS}
-        (home / "passwords.json").write_text(json.dumps(passwords))
-        port = _free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k != "RETURNLEDGER_DSN"}
-        env.update(
-            {
-                "AIRFLOW_HOME": str(home),
-                "AIRFLOW__CORE__PLUGINS_FOLDER": str(root / "plugins"),
-                "AIRFLOW__CORE__DAGS_FOLDER": str(tmp / "no-dags"),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-                "AIRFLOW__CORE__AUTH_MANAGER": (
-                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-                ),
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
-                    f"{u}:{r}" for u, r in SERVER_USERS.items()
-                ),
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta_dsn),
-                "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
-                "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-                "AIRFLOW__API__PORT": str(port),
-                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-                "AIRFLOW_CONN_RETURNS_DB": db.airflow_connection_json(ledger),
-                "GX_ANALYTICS_ENABLED": "false",
-            }
-        )
-        airflow = str(Path(sys.executable).with_name("airflow"))
-        subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
-        log = (tmp / "api-server.log").open("w")
-        proc = subprocess.Popen(
-            [airflow, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"api-server exited: {(tmp / 'api-server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/returnledger/", timeout=2).status_code == 401:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"api-server not up: {(tmp / 'api-server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield base, ledger, passwords
+        with running_api_server(
+            tmp,
+            pg_server,
+            ledger,
+            users=SERVER_USERS,
+            passwords=passwords,
+            dags_folder=tmp / "no-dags",
+            migrate_timeout=300,
+            up_timeout=120,
+        ) as base:
+            yield base, ledger, passwords
     finally:
-        if proc is not None:
-            _stop(proc)
-        if log is not None:
-            log.close()
-        db.drop_database(pg_server, meta_dsn)
         db.drop_database(pg_server, ledger)
 
 

@@ -76,7 +76,7 @@ def _serve(*args, state):
 def test_serve_start_status_stop(scenarios_dir, tmp_path):
     state, out = tmp_path / "state", tmp_path / "out"
     rb, am = free_port(), free_port()
-    started = _serve(
+    start = [
         "start",
         "--scenario",
         str(scenarios_dir / "small-month.json"),
@@ -86,9 +86,8 @@ def test_serve_start_status_stop(scenarios_dir, tmp_path):
         str(rb),
         "--amazon-port",
         str(am),
-        "--no-faults",
-        state=state,
-    )
+    ]
+    started = _serve(*start, "--no-faults", state=state)
     try:
         assert started.returncode == 0, started.stderr
         assert f"http://127.0.0.1:{rb}" in started.stdout and "SIMULATED" in started.stdout
@@ -97,21 +96,7 @@ def test_serve_start_status_stop(scenarios_dir, tmp_path):
             "rebound": True,
             "amazon": True,
         }
-        assert (
-            _serve(
-                "start",
-                "--scenario",
-                str(scenarios_dir / "small-month.json"),
-                "--out",
-                str(out),
-                "--rebound-port",
-                str(rb),
-                "--amazon-port",
-                str(am),
-                state=state,
-            ).returncode
-            == 1
-        )
+        assert _serve(*start, state=state).returncode == 1
     finally:
         stopped = _serve("stop", state=state)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout

@@ -28,18 +28,10 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from returnledger_dev.demo.airflow_run import day_start
+from returnledger_dev.demo.outputs import RUN_OUTPUTS
 
 SYNC, RECON = "returns_sync", "returns_reconciliation"
-OUTPUTS = (
-    "amazon_requests.jsonl",
-    "rebound_created_returns.jsonl",
-    "exceptions.csv",
-    "month_end_report.csv",
-    "month_end_report.html",
-    "amazon_inventory.csv",
-    "summary.json",
-    "cluster.json",
-)
+OUTPUTS = (*RUN_OUTPUTS, "cluster.json")
 FINISHED = {"success", "failed"}
 
 

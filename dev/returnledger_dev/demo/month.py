@@ -24,6 +24,7 @@ from returnledger_dev.demo.airflow_run import (
 )
 from returnledger_dev.demo.mail import MailSink
 from returnledger_dev.demo.outputs import (
+    RUN_OUTPUTS,
     day_line,
     digest_counts,
     digests_of,
@@ -77,15 +78,7 @@ def run_scenario(
     t0 = time.monotonic()
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (
-        "amazon_requests.jsonl",
-        "rebound_created_returns.jsonl",
-        "exceptions.csv",
-        "month_end_report.csv",
-        "month_end_report.html",
-        "amazon_inventory.csv",
-        "summary.json",
-    ):
+    for name in RUN_OUTPUTS:
         (out_dir / name).unlink(missing_ok=True)
     digest_dir, mail_dir = out_dir / "digests", out_dir / "mail"
     for folder in (digest_dir, mail_dir):  # this run's digests and mail only

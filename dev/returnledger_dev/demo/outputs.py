@@ -14,6 +14,16 @@ from pathlib import Path
 
 from returnledger.store import db
 
+#: the files a demo run writes into its out folder (removed first, so a failed run leaves no stale ones)
+RUN_OUTPUTS = (
+    "amazon_requests.jsonl",
+    "rebound_created_returns.jsonl",
+    "exceptions.csv",
+    "month_end_report.csv",
+    "month_end_report.html",
+    "amazon_inventory.csv",
+    "summary.json",
+)
 EXCEPTION_COLUMNS = [
     "exception_id",
     "type",

@@ -48,28 +48,12 @@ QUOTA_EXCEEDED = {
 }
 
 
-def build_spapi_app(
-    scenario: dict,
-    *,
-    out_dir: Path,
-    seed: int = 0,
-    landing_dir: Path | None = None,
-    lwa_client_id: str = "sandbox-lwa-client",
-    lwa_client_secret: str = "sandbox-lwa-secret",
-    refresh_token: str = "sandbox-refresh-token",
-    processing_polls: int = 1,
-):
-    """FastAPI app of the simulated SP-API for one scenario; state is on ``app.state.sim``."""
-    sim = SpApiSimulator(
-        scenario,
-        out_dir=out_dir,
-        seed=seed,
-        landing_dir=landing_dir,
-        lwa_client_id=lwa_client_id,
-        lwa_client_secret=lwa_client_secret,
-        refresh_token=refresh_token,
-        processing_polls=processing_polls,
-    )
+def build_spapi_app(scenario: dict, *, out_dir: Path, **options: Any):
+    """FastAPI app of the simulated SP-API for one scenario; state is on ``app.state.sim``.
+
+    ``options`` are ``SpApiSimulator``'s (seed, landing_dir, LWA credentials, processing_polls).
+    """
+    sim = SpApiSimulator(scenario, out_dir=out_dir, **options)
 
     @asynccontextmanager
     async def lifespan(_app):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from returnledger.clients.ratelimit import TokenBucket
+from returnledger.reconciliation.amazon_export import COLUMNS  # the export's columns, one home
 from returnledger_dev.sandbox.scenario_rules import DUPLICATE_CREDIT_NOTE_MODES
 from returnledger_dev.sandbox.spapi_models import request_validator
 
@@ -26,18 +27,6 @@ OPERATIONS = {
     "submitInventoryUpdate": (10.0, 10),
     "getTransactionStatus": (10.0, 10),
 }
-RETURNS_EXPORT_COLUMNS = [
-    "amazon_return_id",
-    "returns_notice",
-    "rma_id",
-    "vret",
-    "asin",
-    "sku",
-    "quantity",
-    "label",
-    "returned_at",
-    "charged_amount",
-]
 DUPLICATE_CODE = "DuplicateInvoiceNumber"
 
 
@@ -142,9 +131,9 @@ class SpApiSimulator:
         tmp = path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(RETURNS_EXPORT_COLUMNS)
+            w.writerow(COLUMNS)
             for row in (self.scenario.get("amazon") or {}).get("returns") or []:
-                w.writerow(["" if row.get(c) is None else row.get(c) for c in RETURNS_EXPORT_COLUMNS])
+                w.writerow(["" if row.get(c) is None else row.get(c) for c in COLUMNS])
         tmp.replace(path)
         return path
 

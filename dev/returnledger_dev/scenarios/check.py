@@ -18,6 +18,7 @@ import csv
 import json
 import sys
 from collections import Counter
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -149,40 +150,33 @@ def check(expected: dict, out_dir: Path) -> list[tuple[str, Problems, int]]:
         keys = set(expected["credits"]) | set(got)
         results.append(("credits", _differences(expected["credits"], got, keys), len(expected["credits"])))
         results.append(("Amazon model", model_problems(requests), len(requests)))
-    inventory = _csv_rows(out_dir / "amazon_inventory.csv")
-    results.append(
-        ("inventory", ["amazon_inventory.csv missing"], 0)
-        if inventory is None
-        else (
+    csv_checks: list[tuple[str, str, str, Callable[[list[dict]], Problems]]] = [
+        (
             "inventory",
-            _differences(
-                expected["inventory"],
-                {r["sku"]: int(r["available"]) for r in inventory},
-                expected["inventory"],
+            "amazon_inventory.csv",
+            "inventory",
+            lambda rows: _differences(
+                expected["inventory"], {r["sku"]: int(r["available"]) for r in rows}, expected["inventory"]
             ),
-            len(expected["inventory"]),
-        )
-    )
-    exceptions = _csv_rows(out_dir / "exceptions.csv")
-    results.append(
-        ("exceptions", ["exceptions.csv missing"], 0)
-        if exceptions is None
-        else (
+        ),
+        (
             "exceptions",
-            exception_problems(exceptions, expected["exceptions"]),
-            len(expected["exceptions"]),
-        )
-    )
-    report = _csv_rows(out_dir / "month_end_report.csv")
-    results.append(
-        ("reconciliation", ["month_end_report.csv missing"], 0)
-        if report is None
-        else (
+            "exceptions.csv",
+            "exceptions",
+            lambda rows: exception_problems(rows, expected["exceptions"]),
+        ),
+        (
             "reconciliation",
-            _differences(expected["recon"], recon_statuses(report), expected["recon"]),
-            len(expected["recon"]),
+            "month_end_report.csv",
+            "recon",
+            lambda rows: _differences(expected["recon"], recon_statuses(rows), expected["recon"]),
+        ),
+    ]
+    for name, filename, key, compare in csv_checks:
+        rows = _csv_rows(out_dir / filename)
+        results.append(
+            (name, [f"{filename} missing"], 0) if rows is None else (name, compare(rows), len(expected[key]))
         )
-    )
     created = _jsonl(out_dir / "rebound_created_returns.jsonl")
     if created is None:
         results.append(("post-hoc returns", ["rebound_created_returns.jsonl missing"], 0))

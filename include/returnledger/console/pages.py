@@ -121,6 +121,13 @@ def _required(form: dict, name: str) -> str:
     return form[name]
 
 
+def _whole_number(form: dict, name: str, what: str) -> int:
+    try:
+        return int(_required(form, name))
+    except ValueError:
+        raise ValueError(f"{what} must be a whole number") from None
+
+
 def add_pages(
     app: FastAPI,
     *,
@@ -267,106 +274,90 @@ def add_pages(
         query = urlencode({"msg": done.format(user=caller.name)})
         return RedirectResponse(f"{base_of(request)}/exceptions/{exception_id}?{query}", status_code=303)
 
-    @app.post("/exceptions/{exception_id}/resolve", dependencies=act_guard)
-    async def resolve(request: Request, exception_id: int):
+    def action(path: str, verb: str, done: str):
+        """Register ``run(dsn, actor, form, exception_id)`` as POST /exceptions/{exception_id}/<path>,
+        run through ``act`` (route named after ``run``)."""
+
+        def register(run: Callable[[str, str, dict, int], Any]):
+            async def route(request: Request, exception_id: int):
+                return await act(
+                    request,
+                    exception_id,
+                    verb,
+                    lambda dsn, actor, form: run(dsn, actor, form, exception_id),
+                    done,
+                )
+
+            app.post(f"/exceptions/{{exception_id}}/{path}", dependencies=act_guard, name=run.__name__)(route)
+            return run
+
+        return register
+
+    @action(
+        "resolve", "resolve", "Resolved by {user}. Held lines, if any, are released on the next sync run."
+    )
+    def resolve(dsn, actor, form, exception_id):
         from returnledger.exception_queue.actions import resolve_exception
 
-        return await act(
-            request,
-            exception_id,
-            "resolve",
-            lambda dsn, actor, form: resolve_exception(
-                dsn, exception_id, actor=actor, resolution=_required(form, "resolution"), at=clock()
-            ),
-            "Resolved by {user}. Held lines, if any, are released on the next sync run.",
+        return resolve_exception(
+            dsn, exception_id, actor=actor, resolution=_required(form, "resolution"), at=clock()
         )
 
-    @app.post("/exceptions/{exception_id}/dismiss", dependencies=act_guard)
-    async def dismiss(request: Request, exception_id: int):
+    @action("dismiss", "dismiss", "Dismissed by {user}.")
+    def dismiss(dsn, actor, form, exception_id):
         from returnledger.exception_queue.actions import dismiss_exception
 
-        return await act(
-            request,
-            exception_id,
-            "dismiss",
-            lambda dsn, actor, form: dismiss_exception(
-                dsn, exception_id, actor=actor, reason=_required(form, "reason"), at=clock()
-            ),
-            "Dismissed by {user}.",
-        )
+        return dismiss_exception(dsn, exception_id, actor=actor, reason=_required(form, "reason"), at=clock())
 
-    @app.post("/exceptions/{exception_id}/retry", dependencies=act_guard)
-    async def retry(request: Request, exception_id: int):
+    @action(
+        "retry",
+        "retry",
+        "Retry requested by {user}: the submission goes to Amazon again on the next sync run.",
+    )
+    def retry(dsn, actor, form, exception_id):
         from returnledger.exception_queue.retry import retry_submission
 
-        return await act(
-            request,
-            exception_id,
-            "retry",
-            lambda dsn, actor, form: retry_submission(dsn, exception_id, actor=actor, at=clock()),
-            "Retry requested by {user}: the submission goes to Amazon again on the next sync run.",
-        )
+        return retry_submission(dsn, exception_id, actor=actor, at=clock())
 
-    @app.post("/exceptions/{exception_id}/mapping", dependencies=act_guard)
-    async def add_mapping(request: Request, exception_id: int):
+    @action(
+        "mapping",
+        "add the mapping",
+        "Mapping added and exception resolved by {user}; held lines are released on the next sync run.",
+    )
+    def add_mapping(dsn, actor, form, exception_id):
         from returnledger.exception_queue.actions import resolve_with_mapping
 
-        def run(dsn, actor, form):
-            reason = _required(form, "amazon_reason").upper()
-            return resolve_with_mapping(dsn, exception_id, reason, actor=actor, at=clock())
+        reason = _required(form, "amazon_reason").upper()
+        return resolve_with_mapping(dsn, exception_id, reason, actor=actor, at=clock())
 
-        return await act(
-            request,
-            exception_id,
-            "add the mapping",
-            run,
-            "Mapping added and exception resolved by {user}; held lines are released on the next sync run.",
-        )
-
-    @app.post("/exceptions/{exception_id}/credit-quantity", dependencies=act_guard)
-    async def credit_quantity(request: Request, exception_id: int):
+    @action(
+        "credit-quantity",
+        "choose the quantity to credit",
+        "Quantity to credit chosen by {user}; the credit note goes to Amazon on the next sync run.",
+    )
+    def credit_quantity(dsn, actor, form, exception_id):
         from returnledger.exception_queue.actions import resolve_over_receipt
 
-        def run(dsn, actor, form):
-            try:
-                quantity = int(_required(form, "credit_quantity"))
-            except ValueError:
-                raise ValueError("the quantity to credit must be a whole number") from None
-            return resolve_over_receipt(
-                dsn, exception_id, quantity, actor=actor, at=clock(), note=form.get("note", "")
-            )
-
-        return await act(
-            request,
-            exception_id,
-            "choose the quantity to credit",
-            run,
-            "Quantity to credit chosen by {user}; the credit note goes to Amazon on the next sync run.",
+        quantity = _whole_number(form, "credit_quantity", "the quantity to credit")
+        return resolve_over_receipt(
+            dsn, exception_id, quantity, actor=actor, at=clock(), note=form.get("note", "")
         )
 
-    @app.post("/exceptions/{exception_id}/sku", dependencies=act_guard)
-    async def add_sku(request: Request, exception_id: int):
+    @action(
+        "sku",
+        "add the SKU",
+        "SKU added and exception resolved by {user}; held lines are released on the next sync run.",
+    )
+    def add_sku(dsn, actor, form, exception_id):
         from returnledger.exception_queue.actions import resolve_with_sku
 
-        def run(dsn, actor, form):
-            try:
-                unit_cost = Decimal(_required(form, "unit_cost"))
-            except InvalidOperation:
-                raise ValueError("unit cost must be a number") from None
-            try:
-                available = int(_required(form, "available"))
-            except ValueError:
-                raise ValueError("available must be a whole number") from None
-            if unit_cost < 0 or available < 0:
-                raise ValueError("unit cost and available must be zero or more")
-            return resolve_with_sku(
-                dsn, exception_id, _required(form, "asin"), unit_cost, available, actor=actor, at=clock()
-            )
-
-        return await act(
-            request,
-            exception_id,
-            "add the SKU",
-            run,
-            "SKU added and exception resolved by {user}; held lines are released on the next sync run.",
+        try:
+            unit_cost = Decimal(_required(form, "unit_cost"))
+        except InvalidOperation:
+            raise ValueError("unit cost must be a number") from None
+        available = _whole_number(form, "available", "available")
+        if unit_cost < 0 or available < 0:
+            raise ValueError("unit cost and available must be zero or more")
+        return resolve_with_sku(
+            dsn, exception_id, _required(form, "asin"), unit_cost, available, actor=actor, at=clock()
         )

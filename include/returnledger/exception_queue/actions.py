@@ -19,8 +19,9 @@ import psycopg
 from returnledger.exception_queue.conflicts import chosen_raw_id, pick_body, versions_hint
 from returnledger.exception_queue.queue import (
     ExceptionActionError,
+    audit_exception,
     close,
-    exception_subject,
+    close_audited,
     lock_open,
     replay_events,
     required,
@@ -28,7 +29,6 @@ from returnledger.exception_queue.queue import (
 from returnledger.models import ExceptionType
 from returnledger.reference.mappings import add_reason_mapping
 from returnledger.reference.skus import add_sku
-from returnledger.store.audit import record_one
 from returnledger.store.db import unit_of_work
 
 
@@ -47,24 +47,9 @@ def resolve_exception(dsn_or_conn, exception_id: int, *, actor: str, resolution:
             return pick_body(
                 conn, row, chosen_raw_id(conn, row, resolution), actor=actor, at=at, why=resolution
             )
-        out = close(conn, exception_id, status="resolved", actor=actor, resolution=resolution, at=at)
-        replayed = _replay_for(conn, row)
-        record_one(
-            conn,
-            at=at,
-            actor=actor,
-            action="exception.resolve",
-            subject=exception_subject(exception_id),
-            detail={
-                "type": row["type"],
-                "subject_key": row["subject_key"],
-                "why": resolution,
-                **({"replayed_events": replayed} if replayed else {}),
-            },
+        return _close_and_replay(
+            conn, row, status="resolved", action="resolve", actor=actor, why=resolution, at=at, replay=True
         )
-    if replayed:
-        out["replayed_events"] = replayed
-    return out
 
 
 def dismiss_exception(dsn_or_conn, exception_id: int, *, actor: str, reason: str, at: datetime) -> dict:
@@ -82,21 +67,40 @@ def dismiss_exception(dsn_or_conn, exception_id: int, *, actor: str, reason: str
                 f"cannot dismiss exception {exception_id}: an EVENT_CONFLICT holds its line until one "
                 f"body is chosen; {versions_hint(conn, row)}"
             )
-        out = close(conn, exception_id, status="dismissed", actor=actor, resolution=reason, at=at)
-        replayed = _replay_for(conn, row) if row["type"] == ExceptionType.INVALID_RETURN_ORDER else 0
-        record_one(
+        return _close_and_replay(
             conn,
-            at=at,
+            row,
+            status="dismissed",
+            action="dismiss",
             actor=actor,
-            action="exception.dismiss",
-            subject=exception_subject(exception_id),
-            detail={
-                "type": row["type"],
-                "subject_key": row["subject_key"],
-                "why": reason,
-                **({"replayed_events": replayed} if replayed else {}),
-            },
+            why=reason,
+            at=at,
+            replay=row["type"] == ExceptionType.INVALID_RETURN_ORDER,
         )
+
+
+def _close_and_replay(
+    conn: psycopg.Connection,
+    row: dict,
+    *,
+    status: str,
+    action: str,
+    actor: str,
+    why: str,
+    at: datetime,
+    replay: bool,
+) -> dict:
+    """Close the exception, send its events back through the sync when ``replay``, and audit both."""
+    out = close(conn, row["exception_id"], status=status, actor=actor, resolution=why, at=at)
+    replayed = _replay_for(conn, row) if replay else 0
+    audit_exception(
+        conn,
+        row,
+        action,
+        actor=actor,
+        at=at,
+        detail={"why": why, **({"replayed_events": replayed} if replayed else {})},
+    )
     if replayed:
         out["replayed_events"] = replayed
     return out
@@ -170,20 +174,14 @@ def resolve_with_mapping(dsn, exception_id: int, amazon_reason: str, *, actor: s
             conn, rebound_reason, amazon_reason, at=at, actor=actor, why=f"resolves exception {exception_id}"
         )
         why = f"mapped ReBound reason {rebound_reason} to {amazon_reason}"
-        out = close(conn, exception_id, status="resolved", actor=actor, resolution=why, at=at)
-        record_one(
+        out = close_audited(
             conn,
-            at=at,
+            row,
+            "resolve_with_mapping",
+            why,
             actor=actor,
-            action="exception.resolve_with_mapping",
-            subject=exception_subject(exception_id),
-            detail={
-                "type": row["type"],
-                "subject_key": row["subject_key"],
-                "why": why,
-                "rebound_reason": rebound_reason,
-                "amazon_reason": amazon_reason,
-            },
+            at=at,
+            detail={"why": why, "rebound_reason": rebound_reason, "amazon_reason": amazon_reason},
         )
     out["mapping"] = {"rebound_reason": rebound_reason, "amazon_reason": amazon_reason}
     return out
@@ -207,16 +205,14 @@ def resolve_with_sku(
             raise ExceptionActionError(f"exception {exception_id} names no SKU")
         add_sku(conn, sku, asin, Decimal(str(unit_cost)), int(available), at=at, actor=actor)
         why = f"added SKU {sku} (ASIN {asin}, unit cost {unit_cost}, available {available}) to the catalog"
-        out = close(conn, exception_id, status="resolved", actor=actor, resolution=why, at=at)
-        record_one(
+        out = close_audited(
             conn,
-            at=at,
+            row,
+            "resolve_with_sku",
+            why,
             actor=actor,
-            action="exception.resolve_with_sku",
-            subject=exception_subject(exception_id),
+            at=at,
             detail={
-                "type": row["type"],
-                "subject_key": row["subject_key"],
                 "why": why,
                 "sku": sku,
                 "asin": asin,
@@ -295,16 +291,14 @@ def resolve_over_receipt(
         why = f"{actor} chose to credit {quantity} of {received} unit(s) received ({announced} announced)" + (
             f": {note}" if note else ""
         )
-        out = close(conn, exception_id, status="resolved", actor=actor, resolution=why, at=at)
-        record_one(
+        out = close_audited(
             conn,
-            at=at,
+            row,
+            "credit_quantity",
+            why,
             actor=actor,
-            action="exception.credit_quantity",
-            subject=exception_subject(exception_id),
+            at=at,
             detail={
-                "type": row["type"],
-                "subject_key": row["subject_key"],
                 "credit_quantity": quantity,
                 "received": received,
                 "announced": announced,

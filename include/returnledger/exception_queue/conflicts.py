@@ -16,11 +16,9 @@ from psycopg.rows import dict_row
 
 from returnledger.exception_queue.queue import (
     ExceptionActionError,
-    close,
-    exception_subject,
+    close_audited,
     replay_events,
 )
-from returnledger.store.audit import record_one
 
 _VERSIONS_SQL = """
 SELECT c.raw_id, c.chosen, COALESCE(o.status, 'NEW') AS status, r.body_problem
@@ -111,16 +109,14 @@ def pick_body(
     text = f"kept raw {raw_id}" + (f"; superseded raw {', '.join(map(str, losers))}" if losers else "")
     if why and why.strip():
         text += f": {why.strip()}"
-    out = close(conn, exception_id, status="resolved", actor=actor, resolution=text, at=at)
-    record_one(
+    out = close_audited(
         conn,
-        at=at,
+        row,
+        "pick_body",
+        text,
         actor=actor,
-        action="exception.pick_body",
-        subject=exception_subject(exception_id),
+        at=at,
         detail={
-            "type": row["type"],
-            "subject_key": row["subject_key"],
             "event_id": event_id,
             "chosen_raw_id": raw_id,
             "superseded_raw_ids": losers,

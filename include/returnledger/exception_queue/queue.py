@@ -19,6 +19,7 @@ from psycopg.rows import dict_row
 
 from returnledger.models import ExceptionType
 from returnledger.reference.owners import default_owners
+from returnledger.store.audit import record_one
 
 #: the columns of ledger.exception every reader shows
 EXCEPTION_COLUMNS = (
@@ -234,3 +235,39 @@ def close(
     if row is None:
         raise ExceptionNotFound(f"exception {exception_id} does not exist")
     return row
+
+
+def audit_exception(
+    conn: psycopg.Connection, row: dict, action: str, *, actor: str, at: datetime, detail: dict
+) -> None:
+    """Write who / when / what / why of an action on the exception ``row`` to the audit log.
+
+    The entry is ``exception.<action>``; its detail always carries the exception's type and subject key,
+    followed by ``detail``.
+    """
+    record_one(
+        conn,
+        at=at,
+        actor=actor,
+        action=f"exception.{action}",
+        subject=exception_subject(row["exception_id"]),
+        detail={"type": row["type"], "subject_key": row["subject_key"], **detail},
+    )
+
+
+def close_audited(
+    conn: psycopg.Connection,
+    row: dict,
+    action: str,
+    resolution: str,
+    *,
+    actor: str,
+    at: datetime,
+    detail: dict,
+    status: str = "resolved",
+) -> dict:
+    """Close the locked exception ``row`` with ``resolution`` and audit ``action`` (see
+    ``audit_exception``); returns the closed row."""
+    out = close(conn, row["exception_id"], status=status, actor=actor, resolution=resolution, at=at)
+    audit_exception(conn, row, action, actor=actor, at=at, detail=detail)
+    return out

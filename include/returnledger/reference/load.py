@@ -40,15 +40,16 @@ def load_reference(dsn, folder: Path | None = None, *, at: datetime, actor: str 
     policy = read_policy(folder / POLICY_FILE)
     owners = read_owners(folder / OWNERS_FILE)
     with unit_of_work(dsn, lock=REFERENCE_LOCK) as conn:
-        n_map = write_mappings(
-            conn,
-            {r: (c, True) for r, c in mappings.items()},
-            at=at,
-            actor=actor,
-            why=f"loaded from {REASON_CODES_FILE}",
+        return _write_reference(
+            conn, mappings, policy, owners, at=at, actor=actor, why=f"loaded from {REASON_CODES_FILE}"
         )
-        n_disp, n_set = write_policy(conn, policy, at=at, actor=actor)
-        n_own = write_owners(conn, owners, at=at, actor=actor)
+
+
+def _write_reference(conn, mappings: Mapping, policy, owners, *, at: datetime, actor: str, why: str) -> dict:
+    """Write the reason mappings (all active), the disposition policy and the owner teams; their counts."""
+    n_map = write_mappings(conn, {r: (c, True) for r, c in mappings.items()}, at=at, actor=actor, why=why)
+    n_disp, n_set = write_policy(conn, policy, at=at, actor=actor)
+    n_own = write_owners(conn, owners, at=at, actor=actor)
     return {
         "reason_mappings": n_map,
         "disposition_policy": n_disp,
@@ -78,23 +79,17 @@ def load_scenario_reference(
     ]
     owners = read_owners(Path(owners_folder or default_folder()) / OWNERS_FILE)
     with unit_of_work(dsn, lock=REFERENCE_LOCK) as conn:
-        n_map = write_mappings(
+        counts = _write_reference(
             conn,
-            {r: (c, True) for r, c in mappings.items()},
+            mappings,
+            policy,
+            owners,
             at=at,
             actor=actor,
             why=f"scenario {scenario.get('name', '')}".strip(),
         )
-        n_disp, n_set = write_policy(conn, policy, at=at, actor=actor)
-        n_own = write_owners(conn, owners, at=at, actor=actor)
-        n_sku = write_skus(conn, catalog, at=at, actor=actor, reset_stock=reset_stock)
-    return {
-        "reason_mappings": n_map,
-        "disposition_policy": n_disp,
-        "policy_settings": n_set,
-        "owner_teams": n_own,
-        "skus": n_sku,
-    }
+        counts["skus"] = write_skus(conn, catalog, at=at, actor=actor, reset_stock=reset_stock)
+    return counts
 
 
 def apply_operation(dsn_or_conn, op: Mapping, *, at: datetime, actor: str = "scenario") -> bool:

@@ -5,7 +5,7 @@ Amazon, and how long Amazon has to credit. This is the one place a policy block 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -55,11 +55,7 @@ def write_policy(conn: psycopg.Connection, policy: Policy, *, at: datetime, acto
     current: dict[str, Decimal | None] = dict(
         conn.execute("SELECT disposition, credit_fraction FROM ledger.disposition_policy")
     )
-    changed = [
-        (d, current.get(d), f)
-        for d, f in sorted(policy.credit.items())
-        if d not in current or current[d] != f
-    ]
+    changed = _changes(current, sorted(policy.credit.items()))
     if changed:
         conn.execute(
             "INSERT INTO ledger.disposition_policy (disposition, credit_fraction)"
@@ -83,11 +79,7 @@ def write_policy(conn: psycopg.Connection, policy: Policy, *, at: datetime, acto
     current_settings: dict[str, Any] = dict(
         conn.execute("SELECT name, value FROM ledger.policy_setting WHERE name = ANY(%s)", (list(settings),))
     )
-    changed_settings = [
-        (n, current_settings.get(n), v)
-        for n, v in settings.items()
-        if n not in current_settings or current_settings[n] != v
-    ]
+    changed_settings = _changes(current_settings, settings.items())
     for name, _old, value in changed_settings:
         conn.execute(
             "INSERT INTO ledger.policy_setting (name, value) VALUES (%s, %s)"
@@ -104,6 +96,11 @@ def write_policy(conn: psycopg.Connection, policy: Policy, *, at: datetime, acto
         actor=actor,
     )
     return len(changed), len(changed_settings)
+
+
+def _changes(current: Mapping[str, Any], wanted: Iterable[tuple[str, Any]]) -> list[tuple[str, Any, Any]]:
+    """(name, old, new) of each wanted value that is new or differs from the current one, in order."""
+    return [(k, current.get(k), v) for k, v in wanted if k not in current or current[k] != v]
 
 
 def load_policy(conn: psycopg.Connection) -> Policy:

@@ -86,6 +86,20 @@ def render_html(title: str, intro: str, counts: dict[str, int], sections: list[S
     return render("digest.html", mail=True, title=title, intro=intro, counts=counts, sections=sections)
 
 
+def _digest(
+    team: str,
+    subject: str,
+    intro: str,
+    counts: dict[str, int],
+    kind: str,
+    as_of: datetime,
+    sections: list[Section],
+) -> Digest:
+    """One team's digest, its HTML titled by the subject without the ``[returnledger]`` tag."""
+    html = render_html(subject[len("[returnledger] ") :], intro, counts, sections)
+    return Digest(team, subject, html, counts, kind, as_of, sections)
+
+
 def daily_digests(conn: psycopg.Connection, as_of: datetime, t: Thresholds) -> list[Digest]:
     """Each team's day: its queue by type, what is over SLA, what is new, stalled flows, idle lines."""
     since = as_of - timedelta(days=1)
@@ -233,17 +247,7 @@ def daily_digests(conn: psycopg.Connection, as_of: datetime, t: Thresholds) -> l
             f"{counts['new']} new, {late} over SLA"
         )
         intro = f"Owner team {team}, as of {as_of:%Y-%m-%d %H:%M} UTC (yesterday = the 24 hours before)."
-        digests.append(
-            Digest(
-                team,
-                subject,
-                render_html(subject[len("[returnledger] ") :], intro, counts, sections),
-                counts,
-                "daily",
-                as_of,
-                sections,
-            )
-        )
+        digests.append(_digest(team, subject, intro, counts, "daily", as_of, sections))
     return digests
 
 
@@ -370,15 +374,5 @@ def weekly_digests(conn: psycopg.Connection, as_of: datetime, t: Thresholds) -> 
             f" {counts['open']} open"
         )
         intro = f"Owner team {team}, the 7 days to {as_of:%Y-%m-%d %H:%M} UTC."
-        digests.append(
-            Digest(
-                team,
-                subject,
-                render_html(subject[len("[returnledger] ") :], intro, counts, sections),
-                counts,
-                "weekly",
-                as_of,
-                sections,
-            )
-        )
+        digests.append(_digest(team, subject, intro, counts, "weekly", as_of, sections))
     return digests
