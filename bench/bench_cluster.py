@@ -35,6 +35,7 @@ from pathlib import Path
 from returnledger.store import db
 from returnledger_dev.cluster import demo as cluster_demo
 from returnledger_dev.cluster import processes as lc
+from targets import report
 
 
 def _free_port() -> int:
@@ -145,6 +146,19 @@ def main() -> int:
             print(f"   {label:<38}{statistics.median(v):>7.1f} {_p(v, 0.95):>7.1f}")
         print(f"   task instances by worker: {r['hosts']}")
     (out / "bench_cluster.json").write_text(json.dumps(results, indent=1))
+    # Target 1 is for a vendor with 100k returns a month (one day ~ 21k events); a smaller scenario
+    # measures the fixed costs every run pays, never the target itself.
+    month = len(json.loads(Path(a.scenario).read_text())["rebound"]["returns"])
+    best = min(results, key=lambda r: statistics.median(r["wall"]))
+    wall = statistics.median(best["wall"])
+    report(
+        "daily run through the scheduler",
+        f"median {wall:.1f}s per daily returns_sync run, {month:,} returns/month, {best['workers']} worker(s)"
+        f" (tasks running {statistics.median(best['busy']):.1f}s, between tasks"
+        f" {statistics.median(best['between']):.1f}s)",
+        "<= 30 s at 100,000 returns/month",
+        wall <= 30 and month >= 100_000,
+    )
     return 0
 
 

@@ -39,15 +39,19 @@ _CLAIMABLE = """(s.status = 'PENDING' OR (s.status = 'SENDING' AND s.claim_key I
 
 def claim_credit_notes(conn, claim: Claim) -> dict[str, list[dict]]:
     """Claim up to CLAIM_CHUNK credit notes; returns their rows by credit note id (empty: nothing left)."""
+    # the claimable note ids first, once (MATERIALIZED): PostgreSQL never turns a sub-query holding the
+    # volatile lock probe into a join, so an EXISTS here probed every note, sent or not, in id order until
+    # it had found CLAIM_CHUNK (0.8 s per claim with 1,800 of 2,000 sent, and growing with history)
     with conn.transaction():
         note_ids = [
             r[0]
             for r in conn.execute(
                 f"""
-            SELECT n.credit_note_id FROM ledger.credit_note n
-             WHERE EXISTS (SELECT 1 FROM ledger.amazon_submission s
-                            WHERE s.document_id = n.credit_note_id AND s.kind = 'CREDIT_NOTE'
-                              AND {_CLAIMABLE})
+            WITH claimable AS MATERIALIZED (
+                SELECT DISTINCT s.document_id FROM ledger.amazon_submission s
+                 WHERE s.kind = 'CREDIT_NOTE' AND {_CLAIMABLE})
+            SELECT n.credit_note_id
+              FROM ledger.credit_note n JOIN claimable c ON c.document_id = n.credit_note_id
              ORDER BY n.credit_note_id LIMIT %(n)s FOR UPDATE OF n SKIP LOCKED""",
                 {"me": claim.key, "n": CLAIM_CHUNK},
             )

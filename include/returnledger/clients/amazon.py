@@ -4,20 +4,21 @@ The same code talks to Amazon and to the sandbox's simulated SP-API; only the
 endpoint and the Login-with-Amazon (LWA) URL differ (how they reach sp_api is in
 returnledger.clients.amazon_auth).
 
-Retries and idempotency: throttling (429), Amazon's 5xx, timeouts and
-connection errors are retried with exponential back-off behind a client-side
-token bucket per operation. What retrying cannot fix raises at once, with
-Amazon's ``errors``: ``AmazonRequestError`` when Amazon refused the request
-itself (400 and other 4xx), ``AmazonAuthError`` for refused credentials. When
-retries run out the call raises ``AmazonUnavailableError``; the work should stay
-pending and go again on a later run. A retry resends exactly the body it was given,
-so callers give every credit note a deterministic ``id``. Amazon does not document
-what it answers to an ``id`` it already holds: the same note again, or a new
-transaction that fails with ``DuplicateInvoiceNumber``. The sync handles both (a
+Retries and idempotency: throttling (429), Amazon's 5xx, timeouts and connection
+errors are retried with exponential back-off behind a client-side token bucket per
+operation, which keeps ``jitter_s`` worth of tokens in hand so that jitter on the
+way does not turn a request sent at the rate into a 429. What retrying cannot fix
+raises at once, with Amazon's ``errors``: ``AmazonRequestError`` when Amazon refused
+the request itself (400 and other 4xx), ``AmazonAuthError`` for refused credentials.
+When retries run out the call raises ``AmazonUnavailableError``; the work should
+stay pending and go again on a later run. A retry resends exactly the body it was
+given, so callers give every credit note a deterministic ``id``. Amazon does not
+document what it answers to an ``id`` it already holds: the same note again, or a
+new transaction that fails with ``DuplicateInvoiceNumber``. The sync handles both (a
 duplicate refusal of a note it may already have delivered is evidence that Amazon
 holds it), and every HTTP attempt can be logged through ``on_attempt``. Inventory
-updates carry absolute quantities, so a resend sets the same stock. This module
-is payload-agnostic: building credit notes is the sync pipeline's job.
+updates carry absolute quantities, so a resend sets the same stock. This module is
+payload-agnostic: building credit notes is the sync pipeline's job.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class AmazonVendorClient:
         region: str = "eu",
         rate_per_s: float = 10.0,
         burst: int = 10,
+        jitter_s: float = 0.1,
         max_attempts: int = 8,
         backoff_max_s: float = 10.0,
         timeout: float = 30.0,
@@ -120,7 +122,9 @@ class AmazonVendorClient:
         self.backoff_max_s = backoff_max_s
         self.backoff_base_s = min(1.0, 1.0 / max(rate_per_s, 0.001))
         self.timeout = timeout
-        self.buckets = {op: TokenBucket(rate_per_s, burst) for op in OPERATIONS}
+        # Amazon's bucket refills at the same rate as ours: keep jitter_s worth of tokens in hand, so that
+        # requests arriving closer together than we sent them are not throttled (see TokenBucket.reserve)
+        self.buckets = {op: TokenBucket(rate_per_s, burst, rate_per_s * jitter_s) for op in OPERATIONS}
         self.attempts = {op: 0 for op in OPERATIONS}  # requests sent, for run statistics
         self._local = threading.local()
         self._jitter = random.Random()
@@ -194,9 +198,11 @@ class AmazonVendorClient:
 
         def _attempt():
             nonlocal refreshed
+            # built before the token is taken: a first sp_api client takes ~0.1 s to build, and a request
+            # sent that much later than its token was taken meets Amazon's bucket that much emptier
+            client = self._api(api)
             self.buckets[op].acquire()
             self.attempts[op] += 1
-            client = self._api(api)
             try:
                 return fn(client)
             except spx.SellingApiRequestThrottledException as e:

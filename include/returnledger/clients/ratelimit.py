@@ -7,10 +7,17 @@ import time
 
 
 class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up."""
+    """``rate`` tokens per second, at most ``burst`` saved up.
 
-    def __init__(self, rate: float, burst: int):
+    ``reserve`` is for the client side: ``acquire`` spends a token only once ``1 + reserve`` are saved up
+    (at most ``burst``), so a request that reaches the server's bucket up to ``reserve / rate`` seconds
+    sooner after the previous one than it left us (network or server jitter) still finds a token there.
+    The sustained rate stays ``rate``: the reserve is set aside once, at the start.
+    """
+
+    def __init__(self, rate: float, burst: int, reserve: float = 0.0):
         self.rate, self.burst = float(rate), max(1, int(burst))
+        self.reserve = min(max(0.0, float(reserve)), self.burst - 1.0)
         self.tokens = float(self.burst)
         self.updated = time.monotonic()
         self.lock = threading.Lock()
@@ -30,14 +37,15 @@ class TokenBucket:
             return False
 
     def acquire(self) -> None:
-        """Wait for a token (the client side: spend time rather than Amazon's 429s)."""
+        """Wait for a token, keeping the reserve (the client side: spend time rather than Amazon's 429s)."""
+        need = 1.0 + self.reserve
         while True:
             with self.lock:
                 self._refill()
-                if self.tokens >= 1:
+                if self.tokens >= need:
                     self.tokens -= 1
                     return
-                wait = (1 - self.tokens) / self.rate
+                wait = (need - self.tokens) / self.rate
             time.sleep(wait)
 
     def drain(self) -> None:
