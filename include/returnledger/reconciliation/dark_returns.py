@@ -24,12 +24,9 @@ EXISTS (SELECT 1 FROM ledger.return_order o JOIN ledger.return_line l ON l.retur
 """
 
 # Amazon return records of the period's export with no ReBound return line for
-# their returns notice and SKU. Still reported after a post-hoc record exists.
-DARK_RESULTS_SQL = f"""
-INSERT INTO ledger.recon_result (
-    period, row_key, return_id, line, amazon_return_id, sku, asin, quantity_received, grade, disposition,
-    credit_note_id, credited_quantity, credited_amount, currency, amazon_status, recon_status, computed_at,
-    returns_notice, rma_id, vret, amazon_quantity, charged_amount, post_hoc_return_id, batch_id)
+# their returns notice and SKU. Still reported after a post-hoc record exists. The
+# rows in the column order of ledger.recon_result (reconciliation.match.RESULT_COLUMNS).
+DARK_ROWS_SQL = f"""
 SELECT %(key)s, ar.amazon_return_id, NULL, NULL, ar.amazon_return_id, ar.sku, ar.asin, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, 'DARK_RETURN', %(as_of)s,
        ar.returns_notice, ar.rma_id, ar.vret, ar.quantity, ar.charged_amount, ar.linked_return_id, %(batch)s

@@ -9,51 +9,113 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from returnledger.exception_queue.queue import NewException, raise_exceptions, resolve_open
+from returnledger.exception_queue.queue import resolve_open
 from returnledger.models import ExceptionType
-from returnledger.money import money_text
 from returnledger.reconciliation.dark_returns import SETTLED_DARK_SQL
+from returnledger.reference.owners import default_owners
 
-_NOT_RAISED = """
-NOT EXISTS (SELECT 1 FROM ledger.exception e WHERE e.type = %(type)s AND e.subject_key = r.row_key)
+
+def _not_raised(type_: str) -> str:
+    """No exception of the type (open, resolved or dismissed) was ever raised for the row's subject."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM ledger.exception e WHERE e.type = '{type_}'"
+        " AND e.subject_key = r.row_key)"
+    )
+
+
+def _text(expr: str) -> str:
+    """``expr`` as Python's f-string shows it (a NULL as 'None')."""
+    return f"COALESCE(({expr})::text, 'None')"
+
+
+def _amount(expr: str) -> str:
+    """An amount as money.money_text writes it (to the penny), 'n/a' when there is none."""
+    return f"COALESCE(round({expr}, 2)::text, 'n/a')"
+
+
+# Each finding is a row (type, subject, return, line, sku, Amazon row, detail), raised in one INSERT; the
+# detail is the exception's text. Parameters: as_of_day ('YYYY-MM-DD') and window_text, as the run prints
+# them.
+_CREDIT_MISMATCH_SQL = f"""
+SELECT 'CREDIT_MISMATCH', r.row_key, r.return_id, r.line, r.sku, r.amazon_return_id,
+       format('Amazon charged %%s %%s for returns notice %%s / %%s (export row %%s) but the accepted credit '
+              'note %%s credited %%s',
+              {_amount("r.charged_amount")}, COALESCE(r.currency, ''), {_text("r.returns_notice")},
+              {_text("r.sku")}, {_text("r.amazon_return_id")}, {_text("r.credit_note_id")},
+              {_amount("r.credited_amount")})
+  FROM ledger.recon_result r
+ WHERE r.period = %(key)s AND r.recon_status = 'CREDIT_MISMATCH' AND {_not_raised("CREDIT_MISMATCH")}
 """
 
 _CREDIT_MISSING_SQL = f"""
-SELECT r.row_key, r.return_id, r.line, r.sku, r.returns_notice, r.credit_note_id, r.amazon_status,
-       r.quantity_received, l.dispositioned_at
+SELECT 'CREDIT_MISSING', r.row_key, r.return_id, r.line, r.sku, NULL,
+       format('%%s unit(s) of %%s (returns notice %%s) were dispositioned %%s days before %%s and Amazon has '
+              'not accepted a credit within the %%s-day window: %%s',
+              {_text("r.quantity_received")}, {_text("r.sku")}, {_text("r.returns_notice")},
+              {_text("floor(extract(epoch FROM (%(as_of)s - l.dispositioned_at)) / 86400)::bigint")},
+              %(as_of_day)s::text, %(window_text)s::text,
+              CASE WHEN r.amazon_status = 'ACCEPTED'
+                   THEN format('the ledger marks credit note %%s accepted, but Amazon never confirmed it '
+                               '(no Success of its transaction and no duplicate refusal naming it in the '
+                               'send log)', {_text("r.credit_note_id")})
+                   WHEN COALESCE(r.credit_note_id, '') <> ''
+                   THEN format('credit note %%s is %%s', r.credit_note_id, {_text("r.amazon_status")})
+                   ELSE 'no credit note was sent' END)
   FROM ledger.recon_result r
   JOIN ledger.return_line l ON l.return_id = r.return_id AND l.line = r.line
- WHERE r.period = %(key)s AND r.recon_status = 'CREDIT_MISSING' AND {_NOT_RAISED}
-"""
-
-_CREDIT_MISMATCH_SQL = f"""
-SELECT r.row_key, r.return_id, r.line, r.sku, r.returns_notice, r.credit_note_id, r.credited_amount,
-       r.charged_amount, r.currency, r.amazon_return_id
-  FROM ledger.recon_result r
- WHERE r.period = %(key)s AND r.recon_status = 'CREDIT_MISMATCH' AND {_NOT_RAISED}
+ WHERE r.period = %(key)s AND r.recon_status = 'CREDIT_MISSING' AND {_not_raised("CREDIT_MISSING")}
 """
 
 _DARK_EXC_SQL = f"""
-SELECT r.row_key, r.sku, r.returns_notice, r.rma_id, r.amazon_quantity, a.label, a.returned_at, a.source_file
+SELECT 'DARK_RETURN', r.row_key, NULL, NULL, r.sku, r.row_key,
+       format('Amazon return %%s (%%s label, returns notice %%s, RMA %%s, %%s x %%s, returned %%s, file %%s) '
+              'has no ReBound return; check the parcel at the warehouse',
+              r.row_key, {_text("a.label")}, {_text("r.returns_notice")}, COALESCE(NULLIF(r.rma_id, ''), '-'),
+              {_text("r.amazon_quantity")}, {_text("r.sku")}, {_text("to_char(a.returned_at, 'YYYY-MM-DD')")},
+              {_text("a.source_file")})
   FROM ledger.recon_result r
   JOIN ledger.amazon_return a ON a.amazon_return_id = r.amazon_return_id
- WHERE r.period = %(key)s AND r.recon_status = 'DARK_RETURN' AND {_NOT_RAISED}
+ WHERE r.period = %(key)s AND r.recon_status = 'DARK_RETURN' AND {_not_raised("DARK_RETURN")}
 """
 
 # Received units (all lines of a returns notice and SKU, once all are received)
 # against Amazon's quantity for that notice and SKU.
 _QUANTITY_SQL = f"""
-WITH g AS (
-    SELECT r.*, sum(r.quantity_received) OVER w AS received_total,
-           count(*) OVER w AS n_lines, count(r.quantity_received) OVER w AS n_received
-      FROM ledger.recon_result r
-     WHERE r.period = %(key)s AND r.return_id IS NOT NULL AND r.amazon_quantity IS NOT NULL
-    WINDOW w AS (PARTITION BY r.returns_notice, r.sku)
+SELECT 'QUANTITY_MISMATCH', r.row_key, r.return_id, r.line, r.sku, r.amazon_return_id,
+       format('%%s unit(s) of %%s received for returns notice %%s, Amazon''s returns export %%s shows %%s',
+              r.received_total, {_text("r.sku")}, {_text("r.returns_notice")}, {_text("r.amazon_return_id")},
+              r.amazon_quantity)
+  FROM (SELECT r.*, sum(r.quantity_received) OVER w AS received_total,
+               count(*) OVER w AS n_lines, count(r.quantity_received) OVER w AS n_received
+          FROM ledger.recon_result r
+         WHERE r.period = %(key)s AND r.return_id IS NOT NULL AND r.amazon_quantity IS NOT NULL
+        WINDOW w AS (PARTITION BY r.returns_notice, r.sku)) r
+ WHERE r.n_lines = r.n_received AND r.received_total <> r.amazon_quantity
+   AND {_not_raised("QUANTITY_MISMATCH")}
+"""
+
+# The findings raised in one statement, type by type as before (the order of the exception ids); the
+# queue's partial unique index keeps one open exception per type and subject. Returns, per type found,
+# how many were new to the queue.
+_RAISE_SQL = f"""
+WITH found (type, subject_key, return_id, line, sku, amazon_return_id, detail) AS MATERIALIZED (
+    {_CREDIT_MISMATCH_SQL}
+    UNION ALL {_CREDIT_MISSING_SQL}
+    UNION ALL {_DARK_EXC_SQL}
+    UNION ALL {_QUANTITY_SQL}
+), opened AS (
+    INSERT INTO ledger.exception (type, owner, subject_key, return_id, line, sku, amazon_return_id,
+                                  detail, opened_at, opened_by_batch)
+    SELECT f.type, COALESCE(o.owner, d.owner), f.subject_key, f.return_id, f.line, f.sku, f.amazon_return_id,
+           f.detail, %(at)s, %(batch)s
+      FROM found f
+      LEFT JOIN ledger.owner_team o ON o.exception_type = f.type
+      LEFT JOIN unnest(%(owner_types)s::text[], %(owners)s::text[]) AS d(type, owner) ON d.type = f.type
+    ON CONFLICT (type, subject_key) WHERE status = 'open' DO NOTHING
+    RETURNING type
 )
-SELECT r.row_key, r.return_id, r.line, r.sku, r.returns_notice, r.received_total, r.amazon_quantity,
-       r.amazon_return_id
-  FROM g r
- WHERE r.n_lines = r.n_received AND r.received_total <> r.amazon_quantity AND {_NOT_RAISED}
+SELECT t.type, (SELECT count(*) FROM opened o WHERE o.type = t.type)
+  FROM (SELECT DISTINCT type FROM found) t ORDER BY t.type
 """
 
 # Open CREDIT_MISSING exceptions that this run shows are settled: the credit was accepted after all.
@@ -64,99 +126,22 @@ SELECT r.row_key FROM ledger.recon_result r
 """
 
 
-def _amount(value) -> str:
-    return "n/a" if value is None else money_text(value)
-
-
-def _credit_missing(rows, as_of: datetime, window_days) -> list[NewException]:
-    out = []
-    for key, rid, line, sku, notice, note_id, status, qty, disp_at in rows:
-        age = (as_of - disp_at).days if disp_at else None
-        sent = f"credit note {note_id} is {status}" if note_id else "no credit note was sent"
-        if status == "ACCEPTED":
-            sent = (
-                f"the ledger marks credit note {note_id} accepted, but Amazon never confirmed it "
-                "(no Success of its transaction and no duplicate refusal naming it in the send log)"
-            )
-        out.append(
-            NewException(
-                ExceptionType.CREDIT_MISSING,
-                key,
-                f"{qty} unit(s) of {sku} (returns notice {notice}) were dispositioned {age} days before "
-                f"{as_of:%Y-%m-%d} and Amazon has not accepted a credit within the {window_days}-day window: "
-                f"{sent}",
-                return_id=rid,
-                line=line,
-                sku=sku,
-            )
-        )
-    return out
-
-
-def _credit_mismatch(rows) -> list[NewException]:
-    return [
-        NewException(
-            ExceptionType.CREDIT_MISMATCH,
-            key,
-            f"Amazon charged {_amount(charged)} {cur or ''} for returns notice {notice} / {sku} "
-            f"(export row {arid}) but the accepted credit note {note_id} credited {_amount(credited)}",
-            return_id=rid,
-            line=line,
-            sku=sku,
-            amazon_return_id=arid,
-        )
-        for key, rid, line, sku, notice, note_id, credited, charged, cur, arid in rows
-    ]
-
-
-def _dark(rows) -> list[NewException]:
-    return [
-        NewException(
-            ExceptionType.DARK_RETURN,
-            key,
-            f"Amazon return {key} ({label} label, returns notice {notice}, RMA {rma or '-'}, {qty} x {sku}, "
-            f"returned {returned}, file {src}) has no ReBound return; check the parcel at the warehouse",
-            sku=sku,
-            amazon_return_id=key,
-        )
-        for key, sku, notice, rma, qty, label, returned, src in rows
-    ]
-
-
-def _quantity(rows) -> list[NewException]:
-    return [
-        NewException(
-            ExceptionType.QUANTITY_MISMATCH,
-            key,
-            f"{received} unit(s) of {sku} received for returns notice {notice}, Amazon's returns export "
-            f"{arid} shows {amazon_qty}",
-            return_id=rid,
-            line=line,
-            sku=sku,
-            amazon_return_id=arid,
-        )
-        for key, rid, line, sku, notice, received, amazon_qty, arid in rows
-    ]
-
-
-def find(conn, params: dict, *, as_of: datetime, window_days) -> list[NewException]:
-    """The exceptions a period's fresh results call for; ``params``: the reconciliation's query parameters."""
-    new: list[NewException] = []
-    new += _credit_missing(
-        conn.execute(_CREDIT_MISSING_SQL, {**params, "type": "CREDIT_MISSING"}), as_of, window_days
-    )
-    new += _credit_mismatch(conn.execute(_CREDIT_MISMATCH_SQL, {**params, "type": "CREDIT_MISMATCH"}))
-    new += _dark(conn.execute(_DARK_EXC_SQL, {**params, "type": "DARK_RETURN"}))
-    new += _quantity(conn.execute(_QUANTITY_SQL, {**params, "type": "QUANTITY_MISMATCH"}))
-    return new
-
-
-def raise_found(conn, new: list[NewException], *, at: datetime, batch_id: str) -> dict[str, int]:
-    """Raise the found exceptions type by type; returns how many of each were new to the queue."""
-    raised = {}
-    for t in sorted({str(n.type) for n in new}):
-        raised[t] = raise_exceptions(conn, [n for n in new if str(n.type) == t], at=at, batch_id=batch_id)
-    return raised
+def raise_found(conn, params: dict, *, as_of: datetime, window_days, batch_id: str) -> dict[str, int]:
+    """Raise what a period's fresh results call for; returns, per type found, how many were new to the
+    queue. ``params``: the reconciliation's query parameters."""
+    owners = default_owners()
+    rows = conn.execute(
+        _RAISE_SQL,
+        {
+            **params,
+            "as_of_day": f"{as_of:%Y-%m-%d}",
+            "window_text": str(window_days),
+            "at": as_of,
+            "owner_types": list(owners),
+            "owners": [o.owner for o in owners.values()],
+        },
+    ).fetchall()
+    return {t: n for t, n in rows}
 
 
 def resolve_settled(conn, params: dict, *, at: datetime, batch_id: str) -> int:

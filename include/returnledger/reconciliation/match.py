@@ -5,8 +5,8 @@ every return line of the period (the recon status table in
 scenarios/README.md, first status that applies), one finds the period's dark
 returns (returnledger.reconciliation.dark_returns), and the exception queue
 gets what the results call for (returnledger.reconciliation.findings). A
-period's results are replaced in one transaction, so a rerun for the same
-period and as-of date writes the same rows.
+period's results become the run's rows in one transaction, and only rows that
+differ are written: a rerun for the same period and as-of date writes nothing.
 
 Lines are matched to Amazon rows by returns notice and SKU (Amazon keeps one
 row per returns notice and SKU). Dates come from the run (``as_of`` is the
@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 from returnledger.models import HOLDING_TYPES
 from returnledger.reconciliation import findings
-from returnledger.reconciliation.dark_returns import DARK_RESULTS_SQL, REBOUND_ORDER
+from returnledger.reconciliation.dark_returns import DARK_ROWS_SQL, REBOUND_ORDER
 from returnledger.reconciliation.period import period_bounds
 from returnledger.store.db import unit_of_work
 
@@ -48,6 +48,8 @@ class ReconSummary:
     seconds: float = 0.0
     #: seconds per step, for the run log and the benchmark
     steps: dict[str, float] = field(default_factory=dict)
+    #: rows of ledger.recon_result this run inserted, updated and deleted (a rerun: all 0)
+    written: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         """Small, JSON-safe summary for XCom."""
@@ -62,6 +64,7 @@ class ReconSummary:
             "exceptions_resolved": self.exceptions_resolved,
             "seconds": round(self.seconds, 3),
             "steps": {k: round(v, 3) for k, v in self.steps.items()},
+            "written": self.written,
         }
 
 
@@ -73,7 +76,15 @@ SELECT COALESCE((SELECT (value #>> '{}')::numeric FROM ledger.policy_setting
                 %(default)s)
 """
 
-_DELETE_RESULTS_SQL = "DELETE FROM ledger.recon_result WHERE period = %(key)s"
+#: the columns of ledger.recon_result, in the order the row queries produce them
+RESULT_COLUMNS = (
+    "period", "row_key", "return_id", "line", "amazon_return_id", "sku", "asin", "quantity_received", "grade",
+    "disposition", "credit_note_id", "credited_quantity", "credited_amount", "currency", "amazon_status",
+    "recon_status", "computed_at", "returns_notice", "rma_id", "vret", "amazon_quantity", "charged_amount",
+    "post_hoc_return_id", "batch_id",
+)  # fmt: skip
+_COLS = ", ".join(RESULT_COLUMNS)
+_VALUE_COLS = [c for c in RESULT_COLUMNS if c not in ("period", "row_key")]
 
 _DELETE_OLD_DAILY_SQL = """
 DELETE FROM ledger.recon_result
@@ -81,24 +92,31 @@ DELETE FROM ledger.recon_result
 """
 
 # One row per return line of the period's return orders; the CASE is the
-# status table of scenarios/README.md in order (first that applies).
+# status table of scenarios/README.md in order (first status that applies).
+# Shape, for a million lines: the credit join and the window (Amazon's charge
+# against the accepted credits of the returns notice and SKU) run over the narrow
+# line rows first; every other join is a hash join. The partition and DISTINCT ON
+# keys are compared in "C" order: only equality matters there, and it is the same.
 _LINES_SQL = f"""
-INSERT INTO ledger.recon_result (
-    period, row_key, return_id, line, amazon_return_id, sku, asin, quantity_received, grade, disposition,
-    credit_note_id, credited_quantity, credited_amount, currency, amazon_status, recon_status, computed_at,
-    returns_notice, rma_id, vret, amazon_quantity, charged_amount, post_hoc_return_id, batch_id)
 WITH period_lines AS (
     SELECT o.return_id, l.line, o.returns_notice, o.rma_id, o.vret, l.sku, l.quantity_received, l.grade,
-           l.disposition, l.dispositioned_at, l.quantity_announced, l.credit_quantity
+           l.disposition, l.dispositioned_at, l.quantity_announced, l.credit_quantity,
+           c.asin AS credit_asin, c.document_id AS credit_note_id, c.quantity AS credited_quantity,
+           round(c.quantity * c.unit_amount, 2) AS credited_amount, c.currency, c.status AS credit_status,
+           sum(round(c.quantity * c.unit_amount, 2)) FILTER (WHERE c.status = 'ACCEPTED')
+               OVER (PARTITION BY o.returns_notice COLLATE "C", l.sku COLLATE "C") AS accepted_amount
       FROM ledger.return_order o
       JOIN ledger.return_line l ON l.return_id = o.return_id
+      LEFT JOIN ledger.amazon_submission c
+             ON c.kind = 'CREDIT_NOTE' AND c.return_id = l.return_id AND c.line = l.line
      WHERE o.created_at >= %(start)s AND o.created_at < %(end)s AND {REBOUND_ORDER}
 ), amazon AS (          -- one Amazon row per returns notice and SKU (newest import wins)
-    SELECT DISTINCT ON (a.returns_notice, a.sku)
+    SELECT DISTINCT ON (a.returns_notice COLLATE "C", a.sku COLLATE "C")
            a.amazon_return_id, a.returns_notice, a.sku, a.asin, a.rma_id, a.vret, a.quantity, a.charged_amount
       FROM ledger.amazon_return a
-     WHERE a.returns_notice IN (SELECT returns_notice FROM period_lines)
-     ORDER BY a.returns_notice, a.sku, a.imported_at DESC, a.amazon_return_id
+     WHERE a.returns_notice IN (SELECT o.returns_notice FROM ledger.return_order o
+                                 WHERE o.created_at >= %(start)s AND o.created_at < %(end)s)
+     ORDER BY a.returns_notice COLLATE "C", a.sku COLLATE "C", a.imported_at DESC, a.amazon_return_id
 ), held_lines AS (      -- lines held by an open quarantine exception
     SELECT e.return_id, e.line FROM ledger.exception e
      WHERE e.status = 'open' AND e.type = ANY(%(holding)s) AND e.return_id IS NOT NULL AND e.line IS NOT NULL
@@ -115,28 +133,20 @@ WITH period_lines AS (
      WHERE e.status = 'open' AND e.type = ANY(%(holding)s) AND h.line IS NULL
 ), joined AS (
     SELECT p.*, a.amazon_return_id, a.quantity AS amazon_quantity, a.charged_amount,
-           COALESCE(c.asin, s.asin, a.asin) AS asin,
+           COALESCE(p.credit_asin, s.asin, a.asin) AS asin,
            COALESCE(p.rma_id, a.rma_id) AS rma, COALESCE(p.vret, a.vret) AS vret_no,
-           c.document_id AS credit_note_id, c.quantity AS credited_quantity,
-           round(c.quantity * c.unit_amount, 2) AS credited_amount,
-           c.currency, c.status AS credit_status,
            -- what Amazon took in, not only what the ledger says: a Success of the note's transaction, or
            -- a duplicate refusal naming it (credit_note.confirmed_by), else the ledger's ACCEPTED is unproven
            (n.confirmed_by IS NOT NULL) AS amazon_confirmed,
            dp.disposition IS NOT NULL AS has_policy, dp.credit_fraction,
-           (hl.return_id IS NOT NULL OR hr.return_id IS NOT NULL) AS held,
-           sum(round(c.quantity * c.unit_amount, 2)) FILTER (WHERE c.status = 'ACCEPTED')
-               OVER (PARTITION BY p.returns_notice, p.sku) AS accepted_amount
+           (hl.return_id IS NOT NULL OR hr.return_id IS NOT NULL) AS held
       FROM period_lines p
       LEFT JOIN amazon a ON a.returns_notice = p.returns_notice AND a.sku = p.sku
-      LEFT JOIN ledger.amazon_submission c
-             ON c.kind = 'CREDIT_NOTE' AND c.return_id = p.return_id AND c.line = p.line
-      LEFT JOIN ledger.credit_note n ON n.credit_note_id = c.document_id
+      LEFT JOIN ledger.credit_note n ON n.credit_note_id = p.credit_note_id
       LEFT JOIN ledger.sku s ON s.sku = p.sku
       LEFT JOIN ledger.disposition_policy dp ON dp.disposition = p.disposition
-      LEFT JOIN (SELECT DISTINCT return_id, line FROM held_lines) hl
-             ON hl.return_id = p.return_id AND hl.line = p.line
-      LEFT JOIN (SELECT DISTINCT return_id FROM held_returns) hr ON hr.return_id = p.return_id
+      LEFT JOIN held_lines hl ON hl.return_id = p.return_id AND hl.line = p.line
+      LEFT JOIN held_returns hr ON hr.return_id = p.return_id
 )
 SELECT %(key)s, return_id || '|' || line, return_id, line, amazon_return_id, sku, asin, quantity_received,
        grade, disposition, credit_note_id, credited_quantity, credited_amount, currency, credit_status,
@@ -160,6 +170,50 @@ SELECT %(key)s, return_id || '|' || line, return_id, line, amazon_return_id, sku
   FROM joined
 """
 
+# A first run of a result key writes its rows straight in.
+_INSERT_SQL = f"""
+INSERT INTO ledger.recon_result ({_COLS})
+{_LINES_SQL}
+UNION ALL
+{DARK_ROWS_SQL}
+"""
+
+# A later run writes only the difference: rows that are new, rows whose values changed, rows no longer
+# produced. One full join of the fresh rows with the stored ones finds it; a rerun that finds the same
+# answer writes nothing.
+_APPLY_SQL = f"""
+WITH fresh ({_COLS}) AS (
+{_LINES_SQL}
+UNION ALL
+{DARK_ROWS_SQL}
+), diff AS MATERIALIZED (
+    SELECT f.*, r.row_key AS stored_key
+      FROM fresh f
+      FULL JOIN (SELECT * FROM ledger.recon_result WHERE period = %(key)s) r ON r.row_key = f.row_key
+     WHERE f.row_key IS NULL OR r.row_key IS NULL
+        OR ({", ".join("r." + c for c in _VALUE_COLS)})
+           IS DISTINCT FROM ({", ".join("f." + c for c in _VALUE_COLS)})
+), gone AS (
+    DELETE FROM ledger.recon_result r USING diff d
+     WHERE d.row_key IS NULL AND r.period = %(key)s AND r.row_key = d.stored_key
+    RETURNING 1
+), changed AS (
+    UPDATE ledger.recon_result r SET ({", ".join(_VALUE_COLS)}) = ({", ".join("d." + c for c in _VALUE_COLS)})
+      FROM diff d
+     WHERE d.row_key IS NOT NULL AND d.stored_key IS NOT NULL AND r.period = %(key)s
+       AND r.row_key = d.stored_key
+    RETURNING 1
+), added AS (
+    INSERT INTO ledger.recon_result ({_COLS})
+    SELECT {", ".join("d." + c for c in RESULT_COLUMNS)} FROM diff d
+     WHERE d.row_key IS NOT NULL AND d.stored_key IS NULL
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM changed), (SELECT count(*) FROM gone)
+"""
+
+_HAS_ROWS_SQL = "SELECT EXISTS (SELECT 1 FROM ledger.recon_result WHERE period = %(key)s)"
+
 _COUNT_SQL = "SELECT recon_status, count(*) FROM ledger.recon_result WHERE period = %(key)s GROUP BY 1"
 
 
@@ -179,7 +233,11 @@ def reconcile(
     t0 = time.perf_counter()
     summary = ReconSummary(period=period, result_key=key, as_of=as_of, batch_id=batch_id)
     with unit_of_work(dsn) as conn:
+        # a few big hash joins and one sort: memory for them, no JIT (its compile time never pays back
+        # here) and no parallel workers (two cores, and each worker would repeat the Amazon sort)
         conn.execute("SET LOCAL work_mem = '256MB'")
+        conn.execute("SET LOCAL jit = off")
+        conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         # one reconciliation of a result key at a time
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('recon:' || %s))", (key,))
         window_days = conn.execute(_CREDIT_WINDOW_SQL, {"default": DEFAULT_CREDIT_WINDOW_DAYS}).fetchall()[0][
@@ -203,24 +261,27 @@ def reconcile(
             summary.steps[name] = now - mark
             mark = now
 
-        conn.execute(_DELETE_RESULTS_SQL, params)
         if key.startswith("daily:"):
             oldest = f"daily:{(as_of - timedelta(days=DAILY_RETENTION_DAYS)).date().isoformat()}"
             conn.execute(_DELETE_OLD_DAILY_SQL, {"oldest": oldest})
-        step("replace")
-        conn.execute(_LINES_SQL, params)
-        step("lines")
-        conn.execute(DARK_RESULTS_SQL, params)
-        step("dark")
+        step("retention")
+        # the period's results become exactly this run's rows; unchanged rows are not rewritten
+        if conn.execute(_HAS_ROWS_SQL, params).fetchall()[0][0]:
+            added, changed, gone = conn.execute(_APPLY_SQL, params).fetchall()[0]
+        else:
+            added, changed, gone = conn.execute(_INSERT_SQL, params).rowcount, 0, 0
+        summary.written = {"inserted": added, "updated": changed, "deleted": gone}
+        step("match")
         # fresh statistics: the queries below read the rows just written and the exception queue
         # (stale stats of a once-empty table send the planner into nested loops over a million rows)
-        conn.execute("ANALYZE ledger.recon_result")
+        if added or changed or gone:
+            conn.execute("ANALYZE ledger.recon_result")
         conn.execute("ANALYZE ledger.exception")
         step("analyze")
 
-        new = findings.find(conn, params, as_of=as_of, window_days=window_days)
-        step("find_exceptions")
-        summary.exceptions_raised = findings.raise_found(conn, new, at=as_of, batch_id=batch_id)
+        summary.exceptions_raised = findings.raise_found(
+            conn, params, as_of=as_of, window_days=window_days, batch_id=batch_id
+        )
         step("raise_exceptions")
         summary.exceptions_resolved += findings.resolve_settled(conn, params, at=as_of, batch_id=batch_id)
         step("resolve_settled")
