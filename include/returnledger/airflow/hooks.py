@@ -17,6 +17,7 @@ Connections (local values in airflow_settings.yaml; production: a secrets backen
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +70,7 @@ def base_url(c: Connection) -> str:
     return f"{host}:{c.port}" if c.port else host
 
 
-class _ClientHook(BaseHook):
+class _ClientHook(BaseHook, ABC):
     """One connection lookup per hook (so per task); subclasses build the client from it."""
 
     conn_name_attr = "conn_id"
@@ -91,8 +92,9 @@ class _ClientHook(BaseHook):
         value = (self.connection.extra_dejson or {}).get(key)
         return default if value in (None, "") else value
 
+    @abstractmethod
     def _probe(self) -> None:
-        raise NotImplementedError
+        """The cheapest real call the service answers (a 404 for an unknown id counts as reachable)."""
 
     def test_connection(self) -> tuple[bool, str]:
         """One cheap real call with a single attempt; ``(ok, message)`` for the UI's Test button."""
