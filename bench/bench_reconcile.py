@@ -29,6 +29,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from returnledger.reconciliation import results
 from returnledger.reconciliation.match import reconcile
 from returnledger.reconciliation.period import period_bounds
 from returnledger.store import db, migrate
@@ -155,15 +156,16 @@ class BackendPeak(threading.Thread):
 
 
 _RESET_SQL = [
-    "DELETE FROM ledger.recon_result",
     "DELETE FROM ledger.exception WHERE type IN"
     " ('CREDIT_MISSING', 'CREDIT_MISMATCH', 'DARK_RETURN', 'QUANTITY_MISMATCH')",
 ]
 
 
 def reset(dsn: str) -> None:
-    """A kept database back to its generated state (``--reuse``): no results, no reconciliation exceptions."""
+    """A kept database back to its generated state (``--reuse``): no results (no partitions), no
+    reconciliation exceptions."""
     with db.connect(dsn) as conn:
+        results.drop_partitions(conn, results.partitions(conn))
         for sql in _RESET_SQL:
             conn.execute(sql)
         conn.commit()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from test_reconcile_helpers import AS_OF, PERIOD, Ledger, build_month
 
+from returnledger.reconciliation import results
 from returnledger.reconciliation.match import reconcile
 from returnledger.reconciliation.period import period_bounds
+from returnledger.store.db import connect
 
 pytestmark = pytest.mark.integration
 
@@ -192,3 +194,77 @@ def test_rejects_bad_period_and_naive_as_of(led):
     with pytest.raises(ValueError):
         reconcile(led.dsn, PERIOD, as_of=AS_OF.replace(tzinfo=None), batch_id="x")
     assert period_bounds("2026-12")[1].year == 2027
+
+
+def test_quantity_counts_every_line_of_the_notice_and_sku_once_all_are_received(led):
+    """Two returns on one returns notice and SKU: nothing is compared until both are received, then the
+    sum of their units (the row's received_total) is held against Amazon's quantity for the notice."""
+    n = led.order("RB-Q1", "2026-10-05", "RN-SHARED")
+    led.order("RB-Q2", "2026-10-06", "RN-SHARED")
+    led.line("RB-Q1", 1, "SKU-A", received=1, grade="A", disposition="RESTOCKED", dispositioned="2026-10-20")
+    led.line("RB-Q2", 1, "SKU-A")  # announced, not received yet
+    led.amazon("AR-Q", n, "SKU-A", 3)
+    reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="recon:q1")
+    totals = "SELECT row_key, received_total FROM ledger.recon_result WHERE period = %s ORDER BY row_key"
+    assert led.conn.execute(totals, (PERIOD,)).fetchall() == [("RB-Q1|1", None), ("RB-Q2|1", None)]
+    assert led.exceptions("QUANTITY_MISMATCH") == []
+
+    led.conn.execute("UPDATE ledger.return_line SET quantity_received = 1 WHERE return_id = 'RB-Q2'")
+    summary = reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="recon:q2")
+    assert led.conn.execute(totals, (PERIOD,)).fetchall() == [("RB-Q1|1", 2), ("RB-Q2|1", 2)]
+    assert summary.exceptions_raised["QUANTITY_MISMATCH"] == 2
+    assert led.exceptions("QUANTITY_MISMATCH") == [
+        ("QUANTITY_MISMATCH", "RB-Q1|1", "open"),
+        ("QUANTITY_MISMATCH", "RB-Q2|1", "open"),
+    ]
+    detail = led.conn.execute(
+        "SELECT detail FROM ledger.exception WHERE type = 'QUANTITY_MISMATCH' AND subject_key = 'RB-Q1|1'"
+    ).fetchone()[0]
+    assert detail.startswith("2 unit(s) of SKU-A received for returns notice RN-SHARED") and detail.endswith(
+        " 3"
+    )
+
+
+def test_each_result_key_is_a_partition_and_expired_daily_results_are_dropped(led):
+    build_month(led)
+    for day in ("2026-09-20", "2026-10-20", "2026-10-21"):  # each run as of the end of its day
+        as_of = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
+        reconcile(led.dsn, PERIOD, as_of=as_of, batch_id=f"daily {day}", result_key=f"daily:{day}")
+    with connect(led.dsn) as conn:
+        assert sorted(results.partitions(conn)) == [
+            "daily:2026-09-20",
+            "daily:2026-10-20",
+            "daily:2026-10-21",
+        ]
+        name = results.partition_name(conn, "daily:2026-10-20")
+    assert name.startswith("recon_result_daily_2026_10_20_")
+    # the run for 2026-11-03 keeps 35 days: 2026-09-20 goes, with its partition
+    reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="daily 2026-11-03", result_key="daily:2026-11-03")
+    with connect(led.dsn) as conn:
+        assert sorted(results.partitions(conn)) == [
+            "daily:2026-10-20",
+            "daily:2026-10-21",
+            "daily:2026-11-03",
+        ]
+    assert led.statuses("daily:2026-09-20") == {}
+    assert set(led.statuses("daily:2026-10-20")) == set(led.statuses("daily:2026-11-03"))
+    # a rerun of a key finds its partition and writes nothing
+    again = reconcile(
+        led.dsn, PERIOD, as_of=AS_OF, batch_id="daily 2026-11-03", result_key="daily:2026-11-03"
+    )
+    assert again.written == {"inserted": 0, "updated": 0, "deleted": 0}
+
+
+def test_a_failed_first_run_leaves_no_partition(led, monkeypatch):
+    build_month(led)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("findings failed")
+
+    monkeypatch.setattr("returnledger.reconciliation.findings.raise_found", boom)
+    with pytest.raises(RuntimeError, match="findings failed"):
+        reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="recon:2026-10")
+    with connect(led.dsn) as conn:
+        assert results.partitions(conn) == {}
+    monkeypatch.undo()
+    assert reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="recon:2026-10").written["inserted"] > 0

@@ -76,6 +76,45 @@ def test_a_changed_migration_file_is_refused(empty_db, monkeypatch):
         migrate.migrate(empty_db)
 
 
+def test_results_stored_before_partitioning_keep_their_rows_and_keys(empty_db, monkeypatch):
+    """Migration 0015 turns ledger.recon_result into one partition per result key without losing a row."""
+    files = migrate.migration_files()
+    before = [f for f in files if f[0] < "0015"]
+    monkeypatch.setattr(migrate, "migration_files", lambda: before)
+    migrate.migrate(empty_db)
+    rows = [
+        ("2026-10", "RB-1|1", "MATCHED"),
+        ("2026-10", "AR-9", "DARK_RETURN"),
+        ("daily:2026-10-05", "RB-1|1", "PENDING"),
+    ]
+    with db.connect(empty_db) as c:
+        for period, key, status in rows:
+            c.execute(
+                "INSERT INTO ledger.recon_result (period, row_key, recon_status, computed_at)"
+                " VALUES (%s, %s, %s, %s)",
+                (period, key, status, AT),
+            )
+        c.commit()
+    monkeypatch.undo()
+    assert migrate.migrate(empty_db)[0] == "0015_recon_result_partitions.sql"
+    with db.connect(empty_db) as c:
+        stored = c.execute("SELECT period, row_key, recon_status FROM ledger.recon_result").fetchall()
+        parts = c.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'ledger.recon_result'::regclass ORDER BY 1"
+        ).fetchall()
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            c.execute(
+                "INSERT INTO ledger.recon_result (period, row_key, recon_status, computed_at)"
+                " VALUES ('2026-10', 'RB-1|1', 'MATCHED', %s)",
+                (AT,),
+            )
+    assert sorted(stored) == sorted(rows)
+    names = [name for (name,) in parts]
+    assert len(names) == 2 and names[0].startswith("recon_result_2026_10_")
+    assert names[1].startswith("recon_result_daily_2026_10_05_")
+
+
 def add_line(conn: psycopg.Connection, return_id="RB-T-1", line=1, quantity=2) -> None:
     conn.execute(
         "INSERT INTO return_order (return_id, returns_notice) VALUES (%s, %s) ON CONFLICT DO NOTHING",

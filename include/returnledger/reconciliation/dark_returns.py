@@ -29,7 +29,8 @@ EXISTS (SELECT 1 FROM ledger.return_order o JOIN ledger.return_line l ON l.retur
 DARK_ROWS_SQL = f"""
 SELECT %(key)s, ar.amazon_return_id, NULL, NULL, ar.amazon_return_id, ar.sku, ar.asin, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, 'DARK_RETURN', %(as_of)s,
-       ar.returns_notice, ar.rma_id, ar.vret, ar.quantity, ar.charged_amount, ar.linked_return_id, %(batch)s
+       ar.returns_notice, ar.rma_id, ar.vret, ar.quantity, ar.charged_amount, ar.linked_return_id, %(batch)s,
+       NULL
   FROM ledger.amazon_return ar
  WHERE ar.export_period = %(period)s
    AND NOT {_HAS_REBOUND_RETURN}

@@ -43,8 +43,8 @@ SELECT 'CREDIT_MISMATCH', r.row_key, r.return_id, r.line, r.sku, r.amazon_return
               {_amount("r.charged_amount")}, COALESCE(r.currency, ''), {_text("r.returns_notice")},
               {_text("r.sku")}, {_text("r.amazon_return_id")}, {_text("r.credit_note_id")},
               {_amount("r.credited_amount")})
-  FROM ledger.recon_result r
- WHERE r.period = %(key)s AND r.recon_status = 'CREDIT_MISMATCH' AND {_not_raised("CREDIT_MISMATCH")}
+  FROM candidates r
+ WHERE r.recon_status = 'CREDIT_MISMATCH' AND {_not_raised("CREDIT_MISMATCH")}
 """
 
 _CREDIT_MISSING_SQL = f"""
@@ -61,9 +61,9 @@ SELECT 'CREDIT_MISSING', r.row_key, r.return_id, r.line, r.sku, NULL,
                    WHEN COALESCE(r.credit_note_id, '') <> ''
                    THEN format('credit note %%s is %%s', r.credit_note_id, {_text("r.amazon_status")})
                    ELSE 'no credit note was sent' END)
-  FROM ledger.recon_result r
+  FROM candidates r
   JOIN ledger.return_line l ON l.return_id = r.return_id AND l.line = r.line
- WHERE r.period = %(key)s AND r.recon_status = 'CREDIT_MISSING' AND {_not_raised("CREDIT_MISSING")}
+ WHERE r.recon_status = 'CREDIT_MISSING' AND {_not_raised("CREDIT_MISSING")}
 """
 
 _DARK_EXC_SQL = f"""
@@ -73,32 +73,34 @@ SELECT 'DARK_RETURN', r.row_key, NULL, NULL, r.sku, r.row_key,
               r.row_key, {_text("a.label")}, {_text("r.returns_notice")}, COALESCE(NULLIF(r.rma_id, ''), '-'),
               {_text("r.amazon_quantity")}, {_text("r.sku")}, {_text("to_char(a.returned_at, 'YYYY-MM-DD')")},
               {_text("a.source_file")})
-  FROM ledger.recon_result r
+  FROM candidates r
   JOIN ledger.amazon_return a ON a.amazon_return_id = r.amazon_return_id
- WHERE r.period = %(key)s AND r.recon_status = 'DARK_RETURN' AND {_not_raised("DARK_RETURN")}
+ WHERE r.recon_status = 'DARK_RETURN' AND {_not_raised("DARK_RETURN")}
 """
 
-# Received units (all lines of a returns notice and SKU, once all are received)
-# against Amazon's quantity for that notice and SKU.
+# Received units (all lines of a returns notice and SKU, once all are received: the row's received_total,
+# counted by the match in the same pass) against Amazon's quantity for that notice and SKU.
 _QUANTITY_SQL = f"""
 SELECT 'QUANTITY_MISMATCH', r.row_key, r.return_id, r.line, r.sku, r.amazon_return_id,
        format('%%s unit(s) of %%s received for returns notice %%s, Amazon''s returns export %%s shows %%s',
               r.received_total, {_text("r.sku")}, {_text("r.returns_notice")}, {_text("r.amazon_return_id")},
               r.amazon_quantity)
-  FROM (SELECT r.*, sum(r.quantity_received) OVER w AS received_total,
-               count(*) OVER w AS n_lines, count(r.quantity_received) OVER w AS n_received
-          FROM ledger.recon_result r
-         WHERE r.period = %(key)s AND r.return_id IS NOT NULL AND r.amazon_quantity IS NOT NULL
-        WINDOW w AS (PARTITION BY r.returns_notice, r.sku)) r
- WHERE r.n_lines = r.n_received AND r.received_total <> r.amazon_quantity
+  FROM candidates r
+ WHERE r.return_id IS NOT NULL AND r.amazon_quantity IS NOT NULL AND r.received_total <> r.amazon_quantity
    AND {_not_raised("QUANTITY_MISMATCH")}
 """
 
 # The findings raised in one statement, type by type as before (the order of the exception ids); the
-# queue's partial unique index keeps one open exception per type and subject. Returns, per type found,
-# how many were new to the queue.
+# queue's partial unique index keeps one open exception per type and subject. One scan of the period's
+# results picks the rows that can raise anything. Returns, per type found, how many were new to the queue.
 _RAISE_SQL = f"""
-WITH found (type, subject_key, return_id, line, sku, amazon_return_id, detail) AS MATERIALIZED (
+WITH candidates AS MATERIALIZED (
+    SELECT * FROM ledger.recon_result r
+     WHERE r.period = %(key)s
+       AND (r.recon_status IN ('CREDIT_MISMATCH', 'CREDIT_MISSING', 'DARK_RETURN')
+            OR (r.return_id IS NOT NULL AND r.amazon_quantity IS NOT NULL
+                AND r.received_total <> r.amazon_quantity))
+), found (type, subject_key, return_id, line, sku, amazon_return_id, detail) AS MATERIALIZED (
     {_CREDIT_MISMATCH_SQL}
     UNION ALL {_CREDIT_MISSING_SQL}
     UNION ALL {_DARK_EXC_SQL}

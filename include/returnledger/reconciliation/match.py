@@ -5,8 +5,10 @@ every return line of the period (the recon status table in
 scenarios/README.md, first status that applies), one finds the period's dark
 returns (returnledger.reconciliation.dark_returns), and the exception queue
 gets what the results call for (returnledger.reconciliation.findings). A
-period's results become the run's rows in one transaction, and only rows that
-differ are written: a rerun for the same period and as-of date writes nothing.
+period's results become the run's rows in one transaction: a result key's first
+run builds its partition of ledger.recon_result (returnledger.reconciliation.results),
+a later one writes only rows that differ, so a rerun for the same period and as-of
+date writes nothing.
 
 Lines are matched to Amazon rows by returns notice and SKU (Amazon keeps one
 row per returns notice and SKU). Dates come from the run (``as_of`` is the
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from returnledger.models import HOLDING_TYPES
-from returnledger.reconciliation import findings
+from returnledger.reconciliation import findings, results
 from returnledger.reconciliation.dark_returns import DARK_ROWS_SQL, REBOUND_ORDER
 from returnledger.reconciliation.period import period_bounds
 from returnledger.store.db import unit_of_work
@@ -81,35 +83,35 @@ RESULT_COLUMNS = (
     "period", "row_key", "return_id", "line", "amazon_return_id", "sku", "asin", "quantity_received", "grade",
     "disposition", "credit_note_id", "credited_quantity", "credited_amount", "currency", "amazon_status",
     "recon_status", "computed_at", "returns_notice", "rma_id", "vret", "amazon_quantity", "charged_amount",
-    "post_hoc_return_id", "batch_id",
+    "post_hoc_return_id", "batch_id", "received_total",
 )  # fmt: skip
 _COLS = ", ".join(RESULT_COLUMNS)
 _VALUE_COLS = [c for c in RESULT_COLUMNS if c not in ("period", "row_key")]
 
-_DELETE_OLD_DAILY_SQL = """
-DELETE FROM ledger.recon_result
- WHERE period LIKE 'daily:%%' AND period < %(oldest)s
-"""
-
 # One row per return line of the period's return orders; the CASE is the
 # status table of scenarios/README.md in order (first status that applies).
-# Shape, for a million lines: the credit join and the window (Amazon's charge
-# against the accepted credits of the returns notice and SKU) run over the narrow
-# line rows first; every other join is a hash join. The partition and DISTINCT ON
-# keys are compared in "C" order: only equality matters there, and it is the same.
+# Shape, for a million lines: the credit join and one window over the returns
+# notice and SKU (Amazon's charge against the accepted credits; the units
+# received against Amazon's quantity) run over the narrow line rows first; every
+# other join is a hash join, and the holds are hashed lookups, not joins that
+# copy every row. The partition and DISTINCT ON keys are compared in "C" order:
+# only equality matters there, and it is the same.
 _LINES_SQL = f"""
 WITH period_lines AS (
     SELECT o.return_id, l.line, o.returns_notice, o.rma_id, o.vret, l.sku, l.quantity_received, l.grade,
            l.disposition, l.dispositioned_at, l.quantity_announced, l.credit_quantity,
            c.asin AS credit_asin, c.document_id AS credit_note_id, c.quantity AS credited_quantity,
            round(c.quantity * c.unit_amount, 2) AS credited_amount, c.currency, c.status AS credit_status,
-           sum(round(c.quantity * c.unit_amount, 2)) FILTER (WHERE c.status = 'ACCEPTED')
-               OVER (PARTITION BY o.returns_notice COLLATE "C", l.sku COLLATE "C") AS accepted_amount
+           sum(round(c.quantity * c.unit_amount, 2)) FILTER (WHERE c.status = 'ACCEPTED') OVER w
+               AS accepted_amount,
+           CASE WHEN count(*) OVER w = count(l.quantity_received) OVER w
+                THEN sum(l.quantity_received) OVER w END AS received_total
       FROM ledger.return_order o
       JOIN ledger.return_line l ON l.return_id = o.return_id
       LEFT JOIN ledger.amazon_submission c
              ON c.kind = 'CREDIT_NOTE' AND c.return_id = l.return_id AND c.line = l.line
      WHERE o.created_at >= %(start)s AND o.created_at < %(end)s AND {REBOUND_ORDER}
+    WINDOW w AS (PARTITION BY o.returns_notice COLLATE "C", l.sku COLLATE "C")
 ), amazon AS (          -- one Amazon row per returns notice and SKU (newest import wins)
     SELECT DISTINCT ON (a.returns_notice COLLATE "C", a.sku COLLATE "C")
            a.amazon_return_id, a.returns_notice, a.sku, a.asin, a.rma_id, a.vret, a.quantity, a.charged_amount
@@ -139,14 +141,13 @@ WITH period_lines AS (
            -- a duplicate refusal naming it (credit_note.confirmed_by), else the ledger's ACCEPTED is unproven
            (n.confirmed_by IS NOT NULL) AS amazon_confirmed,
            dp.disposition IS NOT NULL AS has_policy, dp.credit_fraction,
-           (hl.return_id IS NOT NULL OR hr.return_id IS NOT NULL) AS held
+           ((p.return_id, p.line) IN (SELECT return_id, line FROM held_lines)
+            OR p.return_id IN (SELECT return_id FROM held_returns)) AS held
       FROM period_lines p
       LEFT JOIN amazon a ON a.returns_notice = p.returns_notice AND a.sku = p.sku
       LEFT JOIN ledger.credit_note n ON n.credit_note_id = p.credit_note_id
       LEFT JOIN ledger.sku s ON s.sku = p.sku
       LEFT JOIN ledger.disposition_policy dp ON dp.disposition = p.disposition
-      LEFT JOIN held_lines hl ON hl.return_id = p.return_id AND hl.line = p.line
-      LEFT JOIN held_returns hr ON hr.return_id = p.return_id
 )
 SELECT %(key)s, return_id || '|' || line, return_id, line, amazon_return_id, sku, asin, quantity_received,
        grade, disposition, credit_note_id, credited_quantity, credited_amount, currency, credit_status,
@@ -166,13 +167,13 @@ SELECT %(key)s, return_id || '|' || line, return_id, line, amazon_return_id, sku
          WHEN charged_amount IS NOT NULL AND charged_amount <> accepted_amount THEN 'CREDIT_MISMATCH'
          ELSE 'MATCHED'
        END,
-       %(as_of)s, returns_notice, rma, vret_no, amazon_quantity, charged_amount, NULL, %(batch)s
+       %(as_of)s, returns_notice, rma, vret_no, amazon_quantity, charged_amount, NULL, %(batch)s,
+       received_total
   FROM joined
 """
 
-# A first run of a result key writes its rows straight in.
-_INSERT_SQL = f"""
-INSERT INTO ledger.recon_result ({_COLS})
+#: a period's rows: its lines, then its dark returns
+_ROWS_SQL = f"""
 {_LINES_SQL}
 UNION ALL
 {DARK_ROWS_SQL}
@@ -183,9 +184,7 @@ UNION ALL
 # answer writes nothing.
 _APPLY_SQL = f"""
 WITH fresh ({_COLS}) AS (
-{_LINES_SQL}
-UNION ALL
-{DARK_ROWS_SQL}
+{_ROWS_SQL}
 ), diff AS MATERIALIZED (
     SELECT f.*, r.row_key AS stored_key
       FROM fresh f
@@ -211,8 +210,6 @@ UNION ALL
 )
 SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM changed), (SELECT count(*) FROM gone)
 """
-
-_HAS_ROWS_SQL = "SELECT EXISTS (SELECT 1 FROM ledger.recon_result WHERE period = %(key)s)"
 
 _COUNT_SQL = "SELECT recon_status, count(*) FROM ledger.recon_result WHERE period = %(key)s GROUP BY 1"
 
@@ -263,19 +260,19 @@ def reconcile(
 
         if key.startswith("daily:"):
             oldest = f"daily:{(as_of - timedelta(days=DAILY_RETENTION_DAYS)).date().isoformat()}"
-            conn.execute(_DELETE_OLD_DAILY_SQL, {"oldest": oldest})
+            results.expire_daily(conn, oldest)
         step("retention")
         # the period's results become exactly this run's rows; unchanged rows are not rewritten
-        if conn.execute(_HAS_ROWS_SQL, params).fetchall()[0][0]:
+        if results.has_partition(conn, key):
             added, changed, gone = conn.execute(_APPLY_SQL, params).fetchall()[0]
-        else:
-            added, changed, gone = conn.execute(_INSERT_SQL, params).rowcount, 0, 0
+        else:  # the key's first run: its partition is built from the rows, then attached
+            added, changed, gone = results.load_partition(conn, key, _ROWS_SQL, _COLS, params), 0, 0
         summary.written = {"inserted": added, "updated": changed, "deleted": gone}
         step("match")
         # fresh statistics: the queries below read the rows just written and the exception queue
         # (stale stats of a once-empty table send the planner into nested loops over a million rows)
         if added or changed or gone:
-            conn.execute("ANALYZE ledger.recon_result")
+            results.analyze_partition(conn, key)
         conn.execute("ANALYZE ledger.exception")
         step("analyze")
 
