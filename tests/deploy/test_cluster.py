@@ -79,6 +79,9 @@ def test_month_through_the_scheduler_on_two_celery_workers(tmp_path, pg_server, 
         db.drop_database(pg_server, ledger)
         db.drop_database(pg_server, lc.metadata_dsn(ledger))
     assert lc.read_state(root) is None  # stopped, nothing left running
+    # each worker imported the heavy libraries once at start (returnledger.airflow.celery), for its tasks
+    for i in (1, 2):
+        assert "preloaded in the Celery worker" in (root / "logs" / f"worker-{i}.log").read_text()
 
     check = subprocess.run(
         [

@@ -36,6 +36,8 @@ LOCAL_ONLY = {
     "AIRFLOW__API__PORT": "a free port on a shared machine",
     MARK: "marks every process of the cluster, so stop leaves none behind",
 }
+#: the workers preload the heavy libraries every task would import (returnledger.airflow.celery)
+CELERY_CONFIG_OPTIONS = "returnledger.airflow.celery.CELERY_CONFIG"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
@@ -173,6 +175,7 @@ def airflow_env(spec: ClusterSpec, *, api_port: int, meta_dsn: str, password_fil
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta,
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + meta.replace("postgresql+psycopg2://", "postgresql://", 1),
         "AIRFLOW__CELERY__BROKER_URL": spec.redis_url,
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": CELERY_CONFIG_OPTIONS,
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": spec.queue,
         "AIRFLOW__CORE__FERNET_KEY": keys["fernet_key"],
         "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],

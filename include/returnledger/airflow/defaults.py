@@ -9,7 +9,8 @@ the local values). Each has a default under the data folder ``$RETURNLEDGER_HOME
 - ``returnledger_digest_dir``: the folder for the owner-team digests, default ``<data>/digests``;
 - ``returnledger_validation_dir``: the folder for each sync run's validation result, default
   ``$RETURNLEDGER_VALIDATION_DIR`` else ``<data>/validation``.
-The mail addresses are Variables too; returnledger.airflow.notifiers documents them.
+The mail addresses are Variables too (``returnledger_alert_to``, ``returnledger_team_emails``);
+returnledger.airflow.notifiers documents them. ``variable`` is the one reader of them all.
 """
 
 from __future__ import annotations
@@ -42,11 +43,17 @@ def default_args(owner: str = "returnledger") -> dict:
     }
 
 
+#: who hears about failed tasks and DAG runs when ``returnledger_alert_to`` is not set
+DEFAULT_ALERT_TO = "integration@localhost"
+
+
 def _variable_defaults() -> dict[str, str]:
     from returnledger.store.db import local_dir
 
     data = local_dir()
     return {
+        "returnledger_alert_to": DEFAULT_ALERT_TO,
+        "returnledger_team_emails": "{}",
         "returnledger_export_base": f"file://{data}/landing",
         "returnledger_report_base": f"file://{data}/reports",
         "returnledger_digest_dir": str(data / "digests"),
@@ -56,11 +63,23 @@ def _variable_defaults() -> dict[str, str]:
     }
 
 
-def variable(name: str) -> str:
-    """One of the Variables above: its value, else its documented default (read at run time only)."""
-    from airflow.sdk import Variable
+def variable(name: str, *, quiet: bool = False) -> str:
+    """One of the Variables above: its value, else its documented default (read at run time only).
 
+    ``quiet``: where Airflow cannot answer (a failure callback outside a task, tests, the CLI), read
+    ``AIRFLOW_VAR_<NAME>`` or the default instead of raising; a mail about a failure must still go out.
+    """
     defaults = _variable_defaults()
     if name not in defaults:
         raise KeyError(f"{name} is not one of the Variables returnledger.airflow.defaults documents")
-    return Variable.get(name, default=defaults[name])
+    env = os.environ.get(f"AIRFLOW_VAR_{name.upper()}")
+    if quiet and env is not None:
+        return env
+    try:
+        from airflow.sdk import Variable
+
+        return Variable.get(name, default=defaults[name])
+    except Exception:
+        if not quiet:
+            raise
+        return defaults[name]

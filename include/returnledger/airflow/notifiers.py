@@ -21,28 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
+from returnledger.airflow.defaults import DEFAULT_ALERT_TO, variable
 from returnledger.render import render
 
 log = logging.getLogger(__name__)
 
 SMTP_CONN_ID = "smtp_default"
-DEFAULT_ALERT_TO = "integration@localhost"
 DEFAULT_FROM = "returnledger@localhost"
-
-
-def _variable(name: str, default: str | None = None) -> str | None:
-    """An Airflow Variable, or the default outside Airflow / when the Variable is not set."""
-    env = os.environ.get(f"AIRFLOW_VAR_{name.upper()}")
-    if env is not None:
-        return env
-    try:
-        from airflow.sdk import Variable
-
-        return Variable.get(name, default=default)
-    except Exception:  # no Airflow context (tests, CLI): fall back quietly
-        return default
 
 
 def _from_email(smtp_conn_id: str) -> str:
@@ -56,7 +42,7 @@ def _from_email(smtp_conn_id: str) -> str:
 
 def team_address(owner: str) -> str:
     """Mail address of an owner team (Variable ``returnledger_team_emails``, else ``<team>@localhost``)."""
-    raw = _variable("returnledger_team_emails")
+    raw = variable("returnledger_team_emails", quiet=True)
     if raw:
         try:
             mapping = json.loads(raw)
@@ -113,7 +99,7 @@ class FailureNotifier:
             from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
             subject, body = failure_message(context, self.level)
-            to = to or _variable("returnledger_alert_to", DEFAULT_ALERT_TO) or DEFAULT_ALERT_TO
+            to = to or variable("returnledger_alert_to", quiet=True) or DEFAULT_ALERT_TO
             SmtpNotifier(
                 to=to,
                 from_email=_from_email(self.smtp_conn_id),
