@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import psycopg
 
-from returnledger.screening.fields import as_int4, as_text, parse_time
+from returnledger.screening.fields import INT4_MAX, INT4_MIN, as_int4, as_text, parse_time
 from returnledger.store.db import copy_rows, raw_json, unit_of_work
 
 # a JSON \u0000 escape (one not itself escaped): PostgreSQL's jsonb cannot hold U+0000
@@ -192,11 +192,14 @@ def raw_rows(events: list[Any]) -> _Landing:
     ``delivered_at``) is kept as a version of its own, keyed ``event_id#<hash>``.
     """
     rows = _Landing()
+    original, version_of, get = rows.original, rows.version_of, rows.get
+    raw_types = (msgspec.Raw, bytes, bytearray, memoryview)
+    decode_head = _HEAD.decode
     for e in events:
-        if isinstance(e, (msgspec.Raw, bytes, bytearray, memoryview)):
+        if isinstance(e, raw_types):
             body = bytes(e)
             try:
-                h = _HEAD.decode(body)
+                h = decode_head(body)
             except _HEAD_ERRORS:  # valid JSON that is not an object, or bytes msgspec refuses
                 h = _head_of(_lenient(body))
         else:
@@ -207,20 +210,21 @@ def raw_rows(events: list[Any]) -> _Landing:
             h = _head_of(e)
         eid = as_text(h.event_id)
         key = eid if eid is not None else _noid_key(body)
-        row = rows.get(key)
+        row = get(key)
         if row is not None:
-            first = rows.original[key]
+            first = original[key]
             if body == first or _comparable(body) == _comparable(first):
                 row[3] += 1
                 continue
             key = f"{key}#{_fingerprint(_comparable(body))}"
-            row = rows.get(key)
+            row = get(key)
             if row is not None:
                 row[3] += 1
                 continue
-            rows.version_of[key] = eid
+            version_of[key] = eid
         payload, exact, problem = screen_body(body)
         occurred = parse_time(h.occurred_at)
+        line = h.line
         rows[key] = [
             key,
             eid,
@@ -229,12 +233,12 @@ def raw_rows(events: list[Any]) -> _Landing:
             parse_time(h.delivered_at) or occurred,
             as_text(h.type),
             as_text(h.return_id),
-            as_int4(h.line),
+            line if type(line) is int and INT4_MIN <= line <= INT4_MAX else as_int4(line),
             occurred,
             exact,
             problem,
         ]
-        rows.original[key] = body
+        original[key] = body
     return rows
 
 

@@ -18,7 +18,7 @@ from returnledger.exception_queue.queue import NewException, raise_exceptions
 from returnledger.ledger import lifecycle
 from returnledger.ledger.holds import BLOCKED_SQL, record_outcomes, release_reference_holds
 from returnledger.ledger.runs import no_cyclic_gc
-from returnledger.ledger.writes import HISTORY_COLUMNS, AppliedEvent, Changes, load_lines, write_changes
+from returnledger.ledger.writes import HISTORY_COLUMNS, Changes, load_lines, write_changes
 from returnledger.models import LINE_EVENTS, Disposition, EventType, ExceptionType, Grade
 from returnledger.reference.policy import load_policy
 from returnledger.screening.fields import int4_sql, parse_time
@@ -119,23 +119,28 @@ def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> di
                 blocked_returns.setdefault(rid, (etype, subject))
             else:
                 blocked_lines.setdefault((rid, ln), (etype, subject))
-        line_events: dict[tuple[str, int], list[AppliedEvent]] = defaultdict(list)
-        return_events: dict[str, list[AppliedEvent]] = defaultdict(list)
+        # events as (raw_id, lifecycle event): one object per event, the rules' own
+        line_events: dict[tuple[str, int], list[tuple[int, lifecycle.LineEvent]]] = defaultdict(list)
+        return_events: dict[str, list[tuple[int, lifecycle.LineEvent]]] = defaultdict(list)
         to_hold: list[tuple] = []
         unfit: list[tuple[int, str | None, int | None, str]] = []
         held_ids = {r[0] for r in rows if r[-1]}
+        received, graded, dispositioned = EventType.RECEIVED, EventType.GRADED, EventType.DISPOSITIONED
+        line_event_values, event_types = _LINE_EVENT_VALUES, _EVENT_TYPES
+        new_event = lifecycle.LineEvent
         for raw_id, event_id, etype, rid, ln, occurred_at, quantity, grade, disposition, _ in rows:
-            t = _EVENT_TYPES.get(etype)
+            t = event_types.get(etype)
+            is_line_event = etype in line_event_values
             if (
                 t is None
                 or occurred_at is None
                 or (
-                    etype in _LINE_EVENT_VALUES
+                    is_line_event
                     and (
                         ln is None
-                        or (t is EventType.RECEIVED and quantity is None)
-                        or (t is EventType.GRADED and grade not in _GRADES)
-                        or (t is EventType.DISPOSITIONED and disposition not in _DISPOSITIONS)
+                        or (t is received and quantity is None)
+                        or (t is graded and grade not in _GRADES)
+                        or (t is dispositioned and disposition not in _DISPOSITIONS)
                     )
                 )
             ):
@@ -143,63 +148,59 @@ def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> di
                     (raw_id, rid, ln, _unfit_detail(etype, ln, occurred_at, quantity, grade, disposition))
                 )
                 continue
-            ev = AppliedEvent(
-                raw_id,
-                rid,
-                ln,
-                lifecycle.LineEvent(
-                    event_id=event_id,
-                    type=t,
-                    occurred_at=occurred_at,
-                    quantity=quantity,
-                    grade=grade,
-                    disposition=disposition,
-                ),
-            )
-            block = blocked_returns.get(rid)
-            if block is None and etype in _LINE_EVENT_VALUES:
+            block = blocked_returns.get(rid) if blocked_returns else None
+            if block is None and is_line_event and blocked_lines:
                 block = blocked_lines.get((rid, ln))
             if block is not None:  # rows of a line (or return) with an open holding exception are held
                 to_hold.append((raw_id, rid, ln, ExceptionType(block[0]), block[1]))
-            elif etype not in _LINE_EVENT_VALUES:
-                return_events[ev.return_id].append(ev)
+                continue
+            ev = new_event(event_id, t, occurred_at, quantity, grade, disposition)
+            if is_line_event:
+                line_events[(rid, ln)].append((raw_id, ev))
             else:
-                line_events[(rid, ln)].append(ev)
+                return_events[rid].append((raw_id, ev))
         if unfit:  # a poison record never stops the batch: it is reported and changes nothing
             stats["invalid"] = _refuse_unfit(conn, unfit, held_ids, batch_id=batch_id, at=at)
         lines, line_info = load_lines(conn, {k[0] for k in line_events} | set(return_events))
         # history rows stream into a COPY while the rules run, so PostgreSQL stores them alongside
         with copy_into(conn, "ledger.line_history", HISTORY_COLUMNS) as sink:
-            changes = Changes(lambda row: sink.write_row((*row, batch_id, at)))
+            changes = Changes(sink.write_row, batch_id, at)
+            record, done, apply_event = changes.record, changes.done, lifecycle.apply_event
             # return-level milestones first: they never earn anything (held only with their whole return)
             lines_of: dict[str, list[int]] = defaultdict(list)
             for lrid, ln in lines:
                 lines_of[lrid].append(ln)
-            for rid, evs in return_events.items():
-                evs.sort(key=lambda e: e.event.occurred_at)
-                for ln in lines_of.get(rid, []):
-                    view = lines[(rid, ln)]
-                    for ev in evs:
-                        out = lifecycle.apply_event(view, ev.event, policy)
-                        changes.record(rid, ln, ev, out)
+            for rid, revs in return_events.items():
+                revs.sort(key=lambda e: e[1].occurred_at)
+                for ln in lines_of.get(rid, ()):
+                    key = (rid, ln)
+                    view = lines[key]
+                    for raw_id, event in revs:
+                        out = apply_event(view, event, policy)
+                        record(rid, ln, raw_id, event, out)
                         view = out.line
-                    lines[(rid, ln)] = view
-                changes.done.extend(e.raw_id for e in evs)
-            for (rid, ln), evs in line_events.items():
-                view = lines.get((rid, ln))
+                    lines[key] = view
+                done.extend(e[0] for e in revs)
+            for key, evs in line_events.items():
+                rid, ln = key
+                view = lines.get(key)
                 if view is None:  # cannot happen for validated events; keep them visible instead of guessing
-                    to_hold.extend((e.raw_id, rid, ln, ExceptionType.OUT_OF_SEQUENCE) for e in evs)
+                    to_hold.extend((e[0], rid, ln, ExceptionType.OUT_OF_SEQUENCE) for e in evs)
                     continue
-                final, results = lifecycle.replay(view, [e.event for e in evs], policy)
-                by_event = {id(e.event): e for e in evs}
+                if len(evs) == 1:
+                    raw_of = None
+                    final, results = lifecycle.replay(view, [evs[0][1]], policy)
+                else:
+                    raw_of = {id(e): i for i, e in evs}
+                    final, results = lifecycle.replay(view, [e for _, e in evs], policy)
                 for event, out in results:
-                    ev = by_event[id(event)]
+                    raw_id = evs[0][0] if raw_of is None else raw_of[id(event)]
                     if out.hold is not None:
-                        to_hold.append((ev.raw_id, rid, ln, out.hold))
+                        to_hold.append((raw_id, rid, ln, out.hold))
                         continue
-                    changes.record(rid, ln, ev, out)
-                    changes.done.append(ev.raw_id)
-                lines[(rid, ln)] = final
+                    record(rid, ln, raw_id, event, out)
+                    done.append(raw_id)
+                lines[key] = final
         stats.update(
             write_changes(
                 conn,

@@ -19,12 +19,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 
 from returnledger.models import ActionKind, Disposition, EventType, ExceptionType, LineState
 from returnledger.money import to_pennies
 
-_S = LineState
+# the members as plain attributes: an enum class attribute is a metaclass lookup (several times a global's
+# cost), and the rules read a dozen per line-event; the members themselves are the enums' own
+_S = SimpleNamespace(**LineState.__members__)
+_E = SimpleNamespace(**EventType.__members__)
+_D = SimpleNamespace(**Disposition.__members__)
+_A = SimpleNamespace(**ActionKind.__members__)
 
 #: progress of a line through the warehouse; REJECTED ranks with the final states
 #: because it is only ever reached at or after the disposition
@@ -165,17 +170,17 @@ def apply_event(line: LineView, event: LineEvent, policy: Policy) -> Outcome:
     rank = _RANK[state]
     etype = event.type if type(event.type) is EventType else EventType(event.type)
 
-    if etype == EventType.RETURN_CREATED:
+    if etype == _E.RETURN_CREATED:
         if state == _S.ANNOUNCED:
             return Outcome(line=line, transitions=(), actions=())  # confirms what the line already says
         return _ignore(line, f"return created, but the line is already {state}")
 
-    if etype == EventType.IN_TRANSIT:
+    if etype == _E.IN_TRANSIT:
         if state == _S.ANNOUNCED:
             return Outcome(line=_to(line, _S.IN_TRANSIT), transitions=((state, _S.IN_TRANSIT),), actions=())
         return _ignore(line, f"in transit, but the line is already {state}")
 
-    if etype == EventType.RECEIVED:
+    if etype == _E.RECEIVED:
         if event.quantity is None or event.quantity < 0:
             raise ValueError(f"RECEIVED event {event.event_id} needs a quantity >= 0")
         if rank >= _RANK[_S.RECEIVED]:
@@ -198,7 +203,7 @@ def apply_event(line: LineView, event: LineEvent, policy: Policy) -> Outcome:
             raised=raised,
         )
 
-    if etype == EventType.GRADED:
+    if etype == _E.GRADED:
         if not event.grade:
             raise ValueError(f"GRADED event {event.event_id} needs a grade")
         if rank < _RANK[_S.RECEIVED]:
@@ -211,7 +216,7 @@ def apply_event(line: LineView, event: LineEvent, policy: Policy) -> Outcome:
             line=_to(line, _S.GRADED, grade=event.grade), transitions=((state, _S.GRADED),), actions=()
         )
 
-    if etype == EventType.DISPOSITIONED:
+    if etype == _E.DISPOSITIONED:
         if not event.disposition:
             raise ValueError(f"DISPOSITIONED event {event.event_id} needs a disposition")
         if rank < _RANK[_S.GRADED]:
@@ -234,13 +239,13 @@ def _disposition(line: LineView, disposition: str, policy: Policy) -> Outcome:
     fraction = policy.credit_fraction(disposition)
     actions: list[ActionKind] = []
 
-    if disposition == Disposition.REJECTED:
+    if disposition == _D.REJECTED:
         # inspection rejection never credits and never restocks, whatever the policy table says
         steps.append((_S.DISPOSITIONED, _S.REJECTED))
         return Outcome(line=_to(after, _S.REJECTED), transitions=tuple(steps), actions=())
 
-    if disposition == Disposition.RESTOCKED and line.grade in policy.sellable_grades and received > 0:
-        actions.append(ActionKind.INVENTORY)
+    if disposition == _D.RESTOCKED and line.grade in policy.sellable_grades and received > 0:
+        actions.append(_A.INVENTORY)
 
     if received == 0:
         final = _S.CLOSED  # nothing came back, so nothing is owed
@@ -254,7 +259,7 @@ def _disposition(line: LineView, disposition: str, policy: Policy) -> Outcome:
         final = _S.CLOSED  # rule 4: the policy says none is owed
     else:
         final = _S.DISPOSITIONED
-        actions.append(ActionKind.CREDIT_NOTE)
+        actions.append(_A.CREDIT_NOTE)
     if final != _S.DISPOSITIONED:
         steps.append((_S.DISPOSITIONED, final))
     return Outcome(line=_to(after, final), transitions=tuple(steps), actions=tuple(actions))

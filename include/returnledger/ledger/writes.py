@@ -6,7 +6,6 @@ UPDATE join; then the submissions the rules earned, OUT_OF_SEQUENCE holds and ev
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -19,16 +18,7 @@ from returnledger.models import ActionKind, EventType, ExceptionType, LineState
 from returnledger.store.db import copy_rows
 
 _LINE_STATES = {s.value: s for s in LineState}  # a dict lookup: cheaper than the enum's call
-
-
-@dataclass
-class AppliedEvent:
-    """An event on its way through the rules: its raw row, its return and line, its lifecycle event."""
-
-    raw_id: int
-    return_id: str
-    line: int | None
-    event: lifecycle.LineEvent
+_RECEIVED, _DISPOSITIONED = EventType.RECEIVED, EventType.DISPOSITIONED  # globals: cheaper than class lookups
 
 
 HISTORY_COLUMNS = (
@@ -44,10 +34,12 @@ HISTORY_COLUMNS = (
 
 
 class Changes:
-    """What applying a batch changed; history rows go to ``write_history`` as they arise."""
+    """What applying a batch changed; history rows go to ``write_history`` (with the batch id and time) as
+    they arise."""
 
-    def __init__(self, write_history):
+    def __init__(self, write_history, batch_id: str, at: datetime):
         self.write_history = write_history
+        self.batch_id, self.at = batch_id, at
         self.actions: list[tuple[str, int, ActionKind]] = []
         self.raised: list[NewException] = []
         self.ignored: dict[int, str] = {}
@@ -57,25 +49,28 @@ class Changes:
         self.dispositioned_at: dict[tuple[str, int], datetime] = {}
         self.last_event: dict[tuple[str, int], str] = {}
 
-    def record(self, rid: str, ln: int, ev: AppliedEvent, out) -> None:
+    def record(self, rid: str, ln: int, raw_id: int, event: lifecycle.LineEvent, out) -> None:
+        """One event's outcome on one line. States and event types are StrEnums, i.e. their text already:
+        the binary COPY takes them as they are."""
         if out.transitions:
             key = (rid, ln)
-            event = ev.event
-            cause = event.type.value
+            event_id, etype = event.event_id, event.type
             for frm, to in out.transitions:
-                self.write_history((rid, ln, frm.value, to.value, event.event_id, cause))
+                self.write_history((rid, ln, frm, to, event_id, etype, self.batch_id, self.at))
             self.touched.add(key)
-            self.last_event[key] = event.event_id
-            if event.type is EventType.RECEIVED:
+            self.last_event[key] = event_id
+            if etype is _RECEIVED:
                 self.received_at[key] = event.occurred_at
-            elif event.type is EventType.DISPOSITIONED:
+            elif etype is _DISPOSITIONED:
                 self.dispositioned_at[key] = event.occurred_at
         elif out.ignored:
-            self.ignored[ev.raw_id] = out.ignored
-        for kind in out.actions:
-            self.actions.append((rid, ln, kind))
-        for etype, detail in out.raised:
-            self.raised.append(NewException(etype, line_subject(rid, ln), detail, return_id=rid, line=ln))
+            self.ignored[raw_id] = out.ignored
+        if out.actions:
+            for kind in out.actions:
+                self.actions.append((rid, ln, kind))
+        if out.raised:
+            for etype, detail in out.raised:
+                self.raised.append(NewException(etype, line_subject(rid, ln), detail, return_id=rid, line=ln))
 
 
 def load_lines(conn, return_ids: set[str]) -> tuple[dict[tuple[str, int], Any], dict[tuple[str, int], tuple]]:
@@ -110,6 +105,24 @@ _LINE_CHANGE_COLUMNS = (
 )
 
 
+def _line_change_rows(keys, lines, ch: Changes):
+    """The changed lines' new states (a StrEnum state is its text for the binary COPY)."""
+    received_at, dispositioned_at, last_event = ch.received_at.get, ch.dispositioned_at.get, ch.last_event.get
+    for k in keys:
+        v = lines[k]
+        yield (
+            k[0],
+            k[1],
+            v.state,
+            v.quantity_received,
+            v.grade,
+            v.disposition,
+            received_at(k),
+            dispositioned_at(k),
+            last_event(k),
+        )
+
+
 def write_changes(
     conn, lines, line_info, ch: Changes, to_hold, held_ids, policy, *, batch_id, at, currency
 ) -> dict:
@@ -123,20 +136,7 @@ def write_changes(
             conn,
             "line_change",
             _LINE_CHANGE_COLUMNS,
-            (
-                (
-                    k[0],
-                    k[1],
-                    lines[k].state.value,
-                    lines[k].quantity_received,
-                    lines[k].grade,
-                    lines[k].disposition,
-                    ch.received_at.get(k),
-                    ch.dispositioned_at.get(k),
-                    ch.last_event.get(k),
-                )
-                for k in keys
-            ),
+            _line_change_rows(keys, lines, ch),
         )
         conn.execute("ANALYZE line_change")
         conn.execute(

@@ -13,6 +13,7 @@ from typing import Any
 
 #: the largest value an int4 column holds: ledger line numbers and quantities are int4
 INT4_MAX = 2**31 - 1
+INT4_MIN = -(2**31)
 
 
 def parse_time(v: Any) -> datetime | None:
@@ -37,6 +38,8 @@ def _parse_text_time(v: str) -> datetime | None:
 def as_text(v: Any) -> str | None:
     """The validation rule for text fields: a non-empty JSON string, else null. Characters PostgreSQL text
     cannot hold are kept visible as their escapes: NUL as ``\\u0000``, a lone surrogate as ``\\ud800``."""
+    if type(v) is str and v and v.isascii() and "\x00" not in v:  # nearly every value: kept as it is
+        return v
     if not isinstance(v, str) or not v:
         return None
     if "\x00" in v:

@@ -48,7 +48,13 @@ class ValidationOutcome:
     rows: int
     passed: list[int]
     failed: list[Verdict]
-    result_json: dict = field(repr=False, default_factory=dict)
+    gx_result: Any = field(repr=False, default=None)  # GX's validation result object
+
+    @property
+    def result_json(self) -> dict:
+        """GX's result as JSON, built only when asked for (``write_result``): a quarter of a second per
+        100k rows that the sync itself never reads."""
+        return {} if self.gx_result is None else self.gx_result.to_json_dict()
 
 
 def build_checks() -> list[Check]:
@@ -294,7 +300,7 @@ def validate_frame(df) -> ValidationOutcome:
                 )
             )
     passed = [x for x in df.index.tolist() if x not in first]
-    return ValidationOutcome(rows=len(df), passed=passed, failed=failed, result_json=result.to_json_dict())
+    return ValidationOutcome(rows=len(df), passed=passed, failed=failed, gx_result=result)
 
 
 def _isna(v) -> bool:
