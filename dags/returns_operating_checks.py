@@ -58,7 +58,7 @@ from returnledger.airflow.tasks import send
     doc_md=__doc__,
 )
 def returns_operating_checks():
-    @task
+    @task(multiple_outputs=False)
     def check_flows() -> dict:
         """Raise SYNC_STALLED for what is stuck as of the run's end; resolve what got moving again."""
         from returnledger.airflow.hooks import ledger_dsn

@@ -70,7 +70,7 @@ REPORT = Asset(name="returns_month_end_report", uri="returnledger://reports/mont
     },
 )
 def returns_reconciliation():
-    @task
+    @task(multiple_outputs=False)
     def resolve_window() -> dict:
         """Period, as-of, result key and batch id of this run, resolved once from the run (not the clock)."""
         from returnledger.airflow.schedule import run_interval
@@ -79,7 +79,7 @@ def returns_reconciliation():
         start, end = run_interval()
         return recon_window(start, end, get_current_context()["params"].get("close_period")).as_dict()
 
-    @task
+    @task(multiple_outputs=False)
     def import_amazon_export(window: dict) -> dict:
         """Validate and load the month's Vendor Central returns export (required on close runs)."""
         from returnledger.airflow.defaults import variable
@@ -95,7 +95,7 @@ def returns_reconciliation():
         )
         return result.as_dict()
 
-    @task(outlets=[RECON_RESULTS])
+    @task(outlets=[RECON_RESULTS], multiple_outputs=False)
     def reconcile(window: dict, imported: dict) -> dict:
         """Match the period's lines and Amazon records; raise the exceptions; replace the results."""
         from returnledger.airflow.hooks import ledger_dsn
@@ -126,7 +126,7 @@ def returns_reconciliation():
         """Only a close run writes the report and tells finance."""
         return bool(window["close"])
 
-    @task(outlets=[REPORT], on_success_callback=[finance_notice()])
+    @task(outlets=[REPORT], on_success_callback=[finance_notice()], multiple_outputs=False)
     def write_report(window: dict) -> dict:
         """month_end_report.csv + .html under <returnledger_report_base>/<period>/ (s3: aws_default)."""
         from returnledger.airflow.defaults import variable

@@ -64,7 +64,7 @@ from returnledger.airflow.schedule import sync_schedule
     doc_md=__doc__,
 )
 def returns_sync():
-    @task
+    @task(multiple_outputs=False)
     def extract() -> dict:
         """Land the ReBound events delivered before the run's end (then move the cursor); fetch their orders.
 
@@ -85,7 +85,7 @@ def returns_sync():
             stats = run_extract(ledger_dsn(), rebound, window_end=end, batch_id=window["batch_id"])
         return {**window, "extract": stats}
 
-    @task
+    @task(multiple_outputs=False)
     def validate(window: dict) -> dict:
         """Screen the batch (field rules, Great Expectations suite); the result JSON goes to
         Variable `returnledger_validation_dir`."""
@@ -110,7 +110,7 @@ def returns_sync():
             if needed
         ]
 
-    @task
+    @task(multiple_outputs=False)
     def quarantine(window: dict) -> dict:
         """One exception per failing row, owned by the team that can fix it; the line's events are held."""
         from returnledger.airflow.hooks import ledger_dsn
@@ -120,7 +120,7 @@ def returns_sync():
             ledger_dsn(), batch_id=window["batch_id"], at=datetime.fromisoformat(window["window_end"])
         )
 
-    @task(trigger_rule="none_failed_min_one_success")
+    @task(trigger_rule="none_failed_min_one_success", multiple_outputs=False)
     def apply(window: dict) -> dict:
         """Lifecycle rules: line state, history and the Amazon outbox; held events go on once freed."""
         from returnledger.airflow.hooks import AmazonSpApiHook, ledger_dsn
@@ -133,7 +133,7 @@ def returns_sync():
             currency=AmazonSpApiHook().vendor["currency"],
         )
 
-    @task(pool=AMAZON_POOL, trigger_rule="none_failed")
+    @task(pool=AMAZON_POOL, trigger_rule="none_failed", multiple_outputs=False)
     def push_inventory(window: dict) -> dict:
         """Send Amazon the absolute stock of every SKU whose sellable count changed."""
         from returnledger.airflow.hooks import AmazonSpApiHook, ledger_dsn
@@ -149,7 +149,7 @@ def returns_sync():
             batch_id=window["batch_id"],
         )
 
-    @task(pool=AMAZON_POOL, trigger_rule="none_failed")
+    @task(pool=AMAZON_POOL, trigger_rule="none_failed", multiple_outputs=False)
     def push_credits(window: dict) -> dict:
         """Send the pending credit notes (claimed first, every attempt in the send log)."""
         from returnledger.airflow.hooks import AmazonSpApiHook, ledger_dsn
@@ -164,7 +164,7 @@ def returns_sync():
             batch_id=window["batch_id"],
         )
 
-    @task(pool=AMAZON_POOL, outlets=[LEDGER], trigger_rule="none_failed")
+    @task(pool=AMAZON_POOL, outlets=[LEDGER], trigger_rule="none_failed", multiple_outputs=False)
     def confirm(window: dict) -> dict:
         """Ask Amazon how what was sent ended: Success closes a line, Failure raises AMAZON_REJECTED."""
         from returnledger.airflow.hooks import AmazonSpApiHook, ledger_dsn

@@ -56,6 +56,14 @@ def test_sync_routes_with_labels_and_pool(dagbag):
     assert dag.get_task("confirm").outlets, "returns_sync must emit the ledger Asset"
 
 
+def test_task_results_are_one_xcom_each(dagbag):
+    """A task returning a dict pushes it as one XCom: inferred multiple_outputs would also push every key
+    as its own XCom (40 extra writes a daily run), and the DAGs only ever read the whole result."""
+    for dag_id, dag in dagbag.dags.items():
+        for t in dag.tasks:
+            assert not getattr(t, "multiple_outputs", False), f"{dag_id}.{t.task_id} pushes each key"
+
+
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
 def test_no_heavy_imports_at_top(dag_file):
     for line in dag_file.read_text().splitlines():
