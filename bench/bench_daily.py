@@ -52,6 +52,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from returnledger.store import db
+from simulators import SandboxProcess  # bench/: this script's folder is on sys.path
 from targets import report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,35 +157,11 @@ def choose_day(scenario: dict, per_day: Counter, wanted: str) -> tuple[date, flo
 # --------------------------------------------------------------------------- simulators in their own process
 
 
-class Simulators:
+class Simulators(SandboxProcess):
     """Both simulators in one process of their own (``returnledger_dev.sandbox.serve``), free ports."""
 
     def __init__(self, scenario_path: Path, work: Path):
-        from returnledger_dev.sandbox.server import free_port
-
-        self.state, self.out = work / "sandbox", work / "sandbox-out"
-        rport, aport = free_port(), free_port()
-        self.rebound_url, self.amazon_url = f"http://127.0.0.1:{rport}", f"http://127.0.0.1:{aport}"
-        self._cli(
-            "start",
-            "--scenario",
-            str(scenario_path),
-            "--out",
-            str(self.out),
-            "--rebound-port",
-            str(rport),
-            "--amazon-port",
-            str(aport),
-            "--wait",
-            "900",
-        )
-
-    def _cli(self, *args: str) -> None:
-        subprocess.run(
-            [sys.executable, "-m", "returnledger_dev.sandbox.serve", *args, "--state-dir", str(self.state)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        super().__init__(scenario_path, work, out=work / "sandbox-out", wait_s=900)
 
     def amazon_extra(self, scenario: dict, rate: float, burst: int) -> dict:
         from returnledger_dev.sandbox import harness as h
@@ -201,16 +178,6 @@ class Simulators:
             "warehouse_id": v["warehouse_id"],
             "currency": v["currency"],
         }
-
-    def requests(self) -> list[dict]:
-        try:
-            lines = (self.out / "amazon_requests.jsonl").read_text().splitlines()
-        except OSError:
-            return []
-        return [json.loads(x) for x in lines if x.strip()]
-
-    def stop(self) -> None:
-        self._cli("stop")
 
 
 # --------------------------------------------------------------------------- steady state before day D

@@ -22,7 +22,6 @@ import importlib.util
 import json
 import math
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ from returnledger.reference import load as reference
 from returnledger.reference.policy import load_policy
 from returnledger.screening.screen import quarantine, validate
 from returnledger.store import db, migrate
+from simulators import SandboxProcess  # bench/: this script's folder is on sys.path
 from targets import report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,40 +257,6 @@ def raw_table_floor(dsn: str, events: list) -> float:
         db.copy_rows(conn, "ledger.raw_event", RAW_COLUMNS, ((*r, when, "floor") for r in rows))
         conn.commit()
         return time.perf_counter() - t
-
-
-class SandboxProcess:
-    """Both simulators in their own process (``returnledger_dev.sandbox.serve``), on free loopback ports."""
-
-    def __init__(self, scenario: Path, work: Path):
-        from returnledger_dev.sandbox.server import free_port
-
-        self.state = work / "sandbox"
-        rport, aport = free_port(), free_port()
-        self.rebound_url, self.amazon_url = f"http://127.0.0.1:{rport}", f"http://127.0.0.1:{aport}"
-        self._cli(
-            "start",
-            "--scenario",
-            str(scenario),
-            "--out",
-            str(work / "out"),
-            "--rebound-port",
-            str(rport),
-            "--amazon-port",
-            str(aport),
-            "--wait",
-            "600",
-        )
-
-    def _cli(self, *args: str) -> None:
-        subprocess.run(
-            [sys.executable, "-m", "returnledger_dev.sandbox.serve", *args, "--state-dir", str(self.state)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-
-    def stop(self) -> None:
-        self._cli("stop")
 
 
 def main() -> int:
