@@ -68,9 +68,10 @@ def analyze_partition(conn, key: str) -> None:
     conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier("ledger", partition_name(conn, key))))
 
 
-def drop_partitions(conn, keys) -> int:
-    """Drop the partitions (and so the results) of ``keys``; returns how many were dropped."""
-    existing = partitions(conn)
+def drop_partitions(conn, keys, existing: dict[str, str] | None = None) -> int:
+    """Drop the partitions (and so the results) of ``keys``; returns how many were dropped.
+    ``existing``: ``partitions(conn)`` when the caller has just read it."""
+    existing = partitions(conn) if existing is None else existing
     dropped = 0
     for key in keys:
         if key in existing:
@@ -81,4 +82,5 @@ def drop_partitions(conn, keys) -> int:
 
 def expire_daily(conn, oldest: str) -> int:
     """Drop the daily rolling-check results older than the key ``oldest`` ('daily:YYYY-MM-DD')."""
-    return drop_partitions(conn, [k for k in partitions(conn) if k.startswith("daily:") and k < oldest])
+    existing = partitions(conn)
+    return drop_partitions(conn, [k for k in existing if k.startswith("daily:") and k < oldest], existing)
