@@ -2,9 +2,9 @@
 
 Apply writes these rows in the same transaction as the line changes that earned them (so an action is
 never lost nor earned twice); the pushes send them later. A credit note is a row of ``ledger.credit_note``
-whose id, ``CN-<return>-<first line>``, is unique by construction (each line is in exactly one note) and by
-the table's key; notes never span returns, so several returns booked under one Amazon returns notice each
-get their own.
+whose id, ``CN-<return>-<lowest line it contains>``, is unique by construction (each line is in exactly
+one note, and a line the run skips names nothing) and by the table's key; notes never span returns, so
+several returns booked under one Amazon returns notice each get their own.
 """
 
 from __future__ import annotations
@@ -70,29 +70,36 @@ def write_submissions(conn, lines, info, actions, policy, *, batch_id, at, curre
         )
     }
     fresh = [(key, a) for key, a in zip(keys, actions, strict=True) if key not in known]
-    # one note per return and batch, named after its first line: computed over the NEW rows only, so a
-    # note id can never be one a line of an earlier batch already used
-    first_line: dict[str, int] = {}
-    for _, (rid, ln, kind) in fresh:
-        if kind == ActionKind.CREDIT_NOTE:
-            first_line[rid] = min(first_line.get(rid, ln), ln)
-    rows: list[tuple] = []
-    notes: dict[str, tuple[str, str, str]] = {}
+    # what each new row sends; a credit the policy holds or that owes nothing is skipped here, before
+    # any note is named: a skipped line is picked up again on later runs, so it must never name a note
+    planned: list[tuple] = []
     for key, (rid, ln, kind) in fresh:
         sku, asin, unit_cost, notice = info[(rid, ln)]
         if kind == ActionKind.CREDIT_NOTE:
             view = lines.get((rid, ln))
             qty = credit_qty.get((rid, ln), view.quantity_received if view else None)
-            disposition = view.disposition if view else None
-            fraction = policy.credit_fraction(disposition)
+            fraction = policy.credit_fraction(view.disposition if view else None)
             if not qty or fraction is None:
                 continue
             unit = lifecycle.credit_unit_amount(Decimal(unit_cost), Decimal(fraction))
-            note_id = credit_note_id(rid, first_line[rid])
+            planned.append((key, kind, rid, ln, sku, asin, qty, unit, notice))
+        else:
+            planned.append((key, kind, rid, ln, sku, asin, lines[(rid, ln)].quantity_received, None, None))
+    # one note per return and batch, named after the lowest line it contains: each line is in exactly one
+    # note (its submission key is unique), so no two notes of a return can share a name
+    first_line: dict[str, int] = {}
+    for _, kind, rid, ln, *_rest in planned:
+        if kind == ActionKind.CREDIT_NOTE:
+            first_line[rid] = min(first_line.get(rid, ln), ln)
+    note_of = _free_note_ids(conn, {rid: credit_note_id(rid, ln) for rid, ln in first_line.items()})
+    rows: list[tuple] = []
+    notes: dict[str, tuple[str, str, str]] = {}
+    for key, kind, rid, ln, sku, asin, qty, unit, notice in planned:
+        if kind == ActionKind.CREDIT_NOTE:
+            note_id = note_of[rid]
             notes[note_id] = (note_id, rid, notice)
             rows.append((key, str(kind), rid, ln, sku, asin, qty, unit, currency, note_id))
         else:
-            qty = lines[(rid, ln)].quantity_received
             rows.append((key, str(kind), rid, ln, sku, asin, qty, None, None, None))
     # the note rows first (their key refuses a reused id loudly), then the lines that form them
     copy_rows(conn, "ledger.credit_note", _CREDIT_NOTE_COLUMNS, ((*n, at, batch_id) for n in notes.values()))
@@ -112,6 +119,32 @@ def write_submissions(conn, lines, info, actions, policy, *, batch_id, at, curre
         "inventory_actions": sum(1 for r in rows if r[1] == ActionKind.INVENTORY),
         "over_receipts_released": len(credit_qty),
     }
+
+
+def _free_note_ids(conn, wanted: dict[str, str]) -> dict[str, str]:
+    """The note ids to use, per return. A ledger written before notes were named from their own lines may
+    hold a note named after a line it does not contain; that line's own note then takes the first free
+    ``<id>r2``, ``<id>r3``... (a letter after the line number: no other return's regular id looks like it)."""
+    if not wanted:
+        return wanted
+
+    def taken(ids) -> set[str]:
+        return {
+            r[0]
+            for r in conn.execute(
+                "SELECT credit_note_id FROM ledger.credit_note WHERE credit_note_id = ANY(%b::text[])",
+                (list(ids),),
+            )
+        }
+
+    out = dict(wanted)
+    clash = taken(out.values())
+    k = 1
+    while clash:  # only on a ledger with such legacy notes: one more lookup per round
+        k += 1
+        out.update({rid: f"{wanted[rid]}r{k}" for rid, n in out.items() if n in clash})
+        clash = taken(n for n in out.values() if n.endswith(f"r{k}"))
+    return out
 
 
 _RELEASED_OVER_RECEIPTS_SQL = """
