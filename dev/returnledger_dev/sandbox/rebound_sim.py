@@ -185,6 +185,10 @@ def build_rebound_app(
     fault_cfg = {
         "error_rate": scenario.faults.rebound.error_rate if faults else 0.0,
         "timeout_rate": scenario.faults.rebound.timeout_rate if faults else 0.0,
+        # SIMULATED fault of the return-order lookup alone (GET /v1/returns?ids=...), set through
+        # POST /_sandbox/faults: None (serve it), "outage" (503 on every call) or "no_returns_key" (a 200
+        # whose body lacks the ``returns`` list); the feed and the other endpoints keep working
+        "returns_lookup": None,
     }
     stats: Counter = Counter(
         dict.fromkeys(
@@ -202,6 +206,7 @@ def build_rebound_app(
                 "returns_create_repeats",
                 "webhooks_delivered",
                 "webhook_attempts",
+                "fault_returns_lookup",
             ),
             0,
         )
@@ -326,6 +331,9 @@ def build_rebound_app(
         """Batch lookup: ``ids=a,b,c`` (up to 200)."""
         if (denied := await gate(request)) is not None:
             return denied
+        if fault_cfg["returns_lookup"] == "outage":
+            stats["fault_returns_lookup"] += 1
+            return _json({"error": "service_unavailable", "message": "simulated return-order outage"}, 503)
         wanted = [i for i in ids.split(",") if i]
         if not wanted or len(wanted) > MAX_IDS:
             return _json({"error": "invalid_request", "message": f"ids: give 1..{MAX_IDS} return ids"}, 400)
@@ -333,6 +341,9 @@ def build_rebound_app(
         for rid in wanted:
             order = _order(rid)
             (found.append(order) if order is not None else missing.append(rid))
+        if fault_cfg["returns_lookup"] == "no_returns_key":
+            stats["fault_returns_lookup"] += 1
+            return _json({"missing": missing})
         return _json({"returns": found, "missing": missing})
 
     @app.post("/v1/returns", tags=["returns"])
@@ -409,8 +420,16 @@ def build_rebound_app(
 
     @app.post("/_sandbox/faults", tags=["sandbox control"])
     async def set_faults(request: Request) -> Response:
-        """Change fault rates at run time: JSON ``{error_rate?, timeout_rate?}``."""
+        """Change fault rates at run time: JSON ``{error_rate?, timeout_rate?, returns_lookup?}``
+        (``returns_lookup``: null, "outage" or "no_returns_key", see ``fault_cfg``)."""
         body = await request.json()
+        if "returns_lookup" in body:
+            if body["returns_lookup"] not in (None, "outage", "no_returns_key"):
+                return _json(
+                    {"error": "invalid_request", "message": "returns_lookup: null, outage or no_returns_key"},
+                    400,
+                )
+            fault_cfg["returns_lookup"] = body["returns_lookup"]
         for key in ("error_rate", "timeout_rate"):
             if key in body:
                 value = float(body[key])

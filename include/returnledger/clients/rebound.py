@@ -333,8 +333,17 @@ class ReboundClient:
         for start in range(0, len(askable), BATCH_IDS):
             batch = askable[start : start + BATCH_IDS]
             payload = _decode(self._request("GET", "/v1/returns", params={"ids": ",".join(batch)}))
-            found.extend(payload["returns"])
-            missing.extend(payload["missing"])
+            returns = payload.get("returns") if isinstance(payload, dict) else None
+            absent = payload.get("missing", []) if isinstance(payload, dict) else None
+            if not isinstance(returns, list) or not isinstance(absent, list):
+                # a 200 that is not the lookup's answer says nothing about these ids: not "none found"
+                raise ReboundError(
+                    "ReBound answered GET /v1/returns without its 'returns' and 'missing' lists",
+                    status=200,
+                    body=repr(payload)[:500],
+                )
+            found.extend(returns)
+            missing.extend(absent)
         return found, missing
 
     def get_return(self, return_id: str) -> dict | None:

@@ -75,7 +75,8 @@ def dismiss_exception(dsn_or_conn, exception_id: int, *, actor: str, reason: str
             actor=actor,
             why=reason,
             at=at,
-            replay=row["type"] == ExceptionType.INVALID_RETURN_ORDER,
+            # events held for a failing or unread return order go back through the sync, never stay held
+            replay=row["type"] in (ExceptionType.INVALID_RETURN_ORDER, ExceptionType.SYNC_STALLED),
         )
 
 
@@ -110,13 +111,14 @@ def _replay_for(conn: psycopg.Connection, row: dict) -> int:
     """Events a closed exception sent back through the sync (same path as a new delivery)."""
     if row["type"] == ExceptionType.INVALID_EVENT and row["raw_id"] is not None:
         return replay_events(conn, [row["raw_id"]])
-    if row["type"] == ExceptionType.INVALID_RETURN_ORDER:
+    if row["type"] in (ExceptionType.INVALID_RETURN_ORDER, ExceptionType.SYNC_STALLED):
+        # SYNC_STALLED holds events only for an order ReBound could not be read (order-fetch:RID)
         ids = [
             r[0]
             for r in conn.execute(
-                "SELECT raw_id FROM ledger.held_event WHERE reason = 'INVALID_RETURN_ORDER'"
+                "SELECT raw_id FROM ledger.held_event WHERE reason = %s"
                 " AND (exception_id = %s OR (%s::text IS NOT NULL AND return_id = %s))",
-                (row["exception_id"], row["return_id"], row["return_id"]),
+                (str(row["type"]), row["exception_id"], row["return_id"], row["return_id"]),
             )
         ]
         return replay_events(conn, ids)

@@ -91,6 +91,15 @@ def order_subject(return_id: str) -> str:
     return f"order:{return_id}"
 
 
+#: subjects of the SYNC_STALLED raised for a return order ReBound could not be read
+ORDER_FETCH_PREFIX = "order-fetch:"
+
+
+def order_fetch_subject(return_id: str) -> str:
+    """Subject of the SYNC_STALLED of a return order the sync could not read (outage, malformed answer)."""
+    return f"{ORDER_FETCH_PREFIX}{return_id}"
+
+
 def exception_subject(exception_id: int) -> str:
     """The audit_log subject of one exception."""
     return f"exception:{exception_id}"

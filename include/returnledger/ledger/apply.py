@@ -110,7 +110,8 @@ def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> di
                                                     WHERE f.raw_id = r.raw_id))
                OR (o.status = 'HELD' AND bl.return_id IS NULL AND br.return_id IS NULL
                    AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f WHERE f.raw_id = r.raw_id
-                                     AND f.exception_type IN ('EVENT_CONFLICT', 'INVALID_RETURN_ORDER')))
+                                     AND f.exception_type IN ('EVENT_CONFLICT', 'INVALID_RETURN_ORDER',
+                                                              'SYNC_STALLED')))
             ORDER BY r.raw_id""").fetchall()
         blocked_lines: dict[tuple[str, int], tuple[str, str]] = {}
         blocked_returns: dict[str, tuple[str, str]] = {}

@@ -11,19 +11,27 @@ from datetime import datetime
 
 import psycopg
 
-from returnledger.exception_queue.queue import event_subject, line_subject, order_subject, resolve_open
+from returnledger.exception_queue.queue import (
+    event_subject,
+    line_subject,
+    order_fetch_subject,
+    order_subject,
+    resolve_open,
+)
 from returnledger.ledger.runs import SYSTEM_ACTOR
 from returnledger.models import REFERENCE_HOLDS, ExceptionType, sql_list
 from returnledger.store.db import copy_rows
 
 
 def hold_subject(etype: ExceptionType, rid: str, ln: int, event_id: str) -> str:
-    """The exception a held event waits on: its event id (EVENT_CONFLICT), its return (INVALID_RETURN_ORDER),
-    else its line."""
+    """The exception a held event waits on: its event id (EVENT_CONFLICT), its return (INVALID_RETURN_ORDER,
+    SYNC_STALLED of an order ReBound could not be asked for), else its line."""
     if etype == ExceptionType.EVENT_CONFLICT:
         return event_subject(event_id)
     if etype == ExceptionType.INVALID_RETURN_ORDER:
         return order_subject(rid)
+    if etype == ExceptionType.SYNC_STALLED:  # the only SYNC_STALLED screening raises: an unread order
+        return order_fetch_subject(rid)
     return line_subject(rid, ln)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import psycopg
 
+from returnledger.exception_queue.queue import ORDER_FETCH_PREFIX
 from returnledger.models import LINE_EVENTS, LINE_EVENTS_SQL
 from returnledger.screening.fields import given_sql, number_sql, text_sql, whole_sql
 
@@ -27,7 +28,11 @@ VALIDATION_FRAME_SQL = f"""
            CASE WHEN r.event_type IN {LINE_EVENTS_SQL} THEN {number_sql("line")} END AS line_number,
            CASE WHEN r.event_type IN {LINE_EVENTS_SQL} THEN {given_sql("line")} END AS line_given,
            CASE WHEN r.event_type = 'RECEIVED' THEN {given_sql("quantity")} END AS quantity_given,
-           r.body_problem AS payload_problem, c.versions AS conflict, j.problems AS order_problem
+           r.body_problem AS payload_problem, c.versions AS conflict, j.problems AS order_problem,
+           -- ReBound could not be asked for the order this event needs (SYNC_STALLED order-fetch:RID)
+           CASE WHEN u.return_id IS NOT NULL AND (o.return_id IS NULL OR (r.event_type IN {LINE_EVENTS_SQL}
+                                                                        AND l.return_id IS NULL))
+                THEN 'the lookup failed' END AS order_unread
     FROM ledger.raw_event r
     LEFT JOIN ledger.return_order o ON o.return_id = r.return_id
     LEFT JOIN ledger.return_line l ON l.return_id = r.return_id AND l.line = r.line
@@ -40,6 +45,9 @@ VALIDATION_FRAME_SQL = f"""
     LEFT JOIN (SELECT return_id, string_agg(problems, '; ' ORDER BY rejected_id) AS problems
                FROM ledger.return_order_rejected WHERE cleared_at IS NULL AND return_id IS NOT NULL
                GROUP BY return_id) j ON j.return_id = r.return_id
+    LEFT JOIN (SELECT DISTINCT return_id FROM ledger.exception
+               WHERE status = 'open' AND type = 'SYNC_STALLED' AND subject_key LIKE '{ORDER_FETCH_PREFIX}%'
+                 AND return_id IS NOT NULL) u ON u.return_id = r.return_id
     WHERE NOT EXISTS (SELECT 1 FROM ledger.event_outcome x WHERE x.raw_id = r.raw_id)
       AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f WHERE f.raw_id = r.raw_id)"""
 
@@ -76,6 +84,7 @@ FRAME_COLUMNS = {
     "payload_problem": "str",
     "conflict": "str",
     "order_problem": "str",
+    "order_unread": "str",
 }
 
 

@@ -127,7 +127,9 @@ def quarantine(dsn: str, *, batch_id: str, at: datetime) -> dict:
                     subject,
                     detail,
                     return_id=rid,
-                    line=None if etype == ExceptionType.INVALID_RETURN_ORDER else ln,
+                    line=None
+                    if etype in (ExceptionType.INVALID_RETURN_ORDER, ExceptionType.SYNC_STALLED)
+                    else ln,
                     sku=sku,
                     raw_id=raw_id if etype == ExceptionType.EVENT_CONFLICT else None,
                 ),

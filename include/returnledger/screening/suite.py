@@ -198,6 +198,15 @@ def build_checks() -> list[Check]:
             {"column": "order_problem"},
             "ReBound's return order {return_id!r} fails its own checks ({value}); its events wait",
         ),
+        # ReBound could not be asked for the order (outage, malformed answer): the event waits, it is not
+        # "unknown to ReBound"; the sync asks again on every run and releases it once ReBound answers
+        Check(
+            "return_order_read",
+            ExceptionType.SYNC_STALLED,
+            "ExpectColumnValuesToBeNull",
+            {"column": "order_unread"},
+            "ReBound's return order {return_id!r} could not be read; the event waits until it can be",
+        ),
         # reference checks are joins: a null on the joined column means no match in ReBound / our tables
         Check(
             "return_known",
