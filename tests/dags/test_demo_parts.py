@@ -114,3 +114,73 @@ def test_failure_mail_without_a_mail_server_is_one_error_line_without_traceback(
     out = capsys.readouterr()
     assert "Traceback" not in out.out + out.err
     assert "integration@localhost" in mail[0].getMessage()  # says to whom it was meant
+
+
+QUARTER = {  # a run over three months, closed on the 3rd of each next month (generate.py --months 3)
+    "from": "2026-10-01",
+    "to": "2027-01-03",
+    "close_period": "2026-12",
+    "closes": [
+        {"period": "2026-10", "on": "2026-11-03"},
+        {"period": "2026-11", "on": "2026-12-03"},
+        {"period": "2026-12", "on": "2027-01-03"},
+    ],
+}
+
+
+def test_each_close_of_the_scenario_runs_on_its_day():
+    from returnledger_dev.demo.month import closes_by_day
+
+    assert closes_by_day(QUARTER, date(2026, 10, 1), date(2027, 1, 3)) == {
+        date(2026, 11, 3): ["2026-10"],
+        date(2026, 12, 3): ["2026-11"],
+        date(2027, 1, 3): ["2026-12"],
+    }
+    # without `closes`: one close of close_period on the last day
+    one = {"from": "2026-10-01", "to": "2026-11-03", "close_period": "2026-10"}
+    assert closes_by_day(one, date(2026, 10, 1), date(2026, 11, 3)) == {date(2026, 11, 3): ["2026-10"]}
+    # a rerun of some days makes only the closes of those days
+    assert closes_by_day(QUARTER, date(2026, 12, 1), date(2026, 12, 31)) == {date(2026, 12, 3): ["2026-11"]}
+    assert closes_by_day(one, date(2026, 10, 5), date(2026, 10, 12)) == {}
+
+
+def test_the_screen_line_of_a_close_day_names_the_period_closed():
+    from returnledger_dev.demo.outputs import day_line
+
+    line = day_line(
+        date(2026, 12, 3),
+        (10, 1, 2),
+        digests=4,
+        weekly=None,
+        operator=0,
+        seconds=12.0,
+        closes=[("2026-11", True)],
+    )
+    assert line.startswith("  2026-12-03 Thu  events    10") and "closed 2026-11" in line
+    failed = day_line(
+        date(2026, 12, 3),
+        (0, 0, 0),
+        digests=0,
+        weekly=None,
+        operator=0,
+        seconds=1,
+        closes=[("2026-11", False)],
+    )
+    assert "closed 2026-11 (report NOT written)" in failed
+    assert "closed" not in day_line(
+        date(2026, 12, 2), (0, 0, 0), digests=0, weekly=None, operator=0, seconds=1
+    )
+
+
+def test_each_close_keeps_its_report_and_the_top_level_one_is_the_last(tmp_path):
+    from returnledger_dev.demo.outputs import publish_close
+
+    for period in ("2026-10", "2026-11"):
+        folder = tmp_path / "closes" / period
+        folder.mkdir(parents=True)
+        (folder / "month_end_report.csv").write_text(f"report {period}\n")
+        (folder / "month_end_report.html").write_text(f"<p>{period}</p>")
+        assert publish_close(tmp_path, period)
+    assert (tmp_path / "month_end_report.csv").read_text() == "report 2026-11\n"
+    assert (tmp_path / "closes" / "2026-10" / "month_end_report.csv").read_text() == "report 2026-10\n"
+    assert not publish_close(tmp_path, "2026-12")  # that close wrote nothing

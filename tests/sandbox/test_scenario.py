@@ -252,3 +252,37 @@ def test_generated_scenario_loads_and_matches_the_file(generated_scenario):
     assert s.faults.rebound.error_rate == 0.05
     assert s.faults.amazon.throttle.rate == 10
     assert {op.action for op in s.operations} <= {"add_reason_mapping", "add_sku"}
+
+
+def test_several_closes_load_and_a_bad_close_is_named(small_raw):
+    raw = copy.deepcopy(small_raw)
+    closes = [{"period": "2026-10", "on": "2026-11-03"}, {"period": "2026-11", "on": "2026-12-03"}]
+    raw["run"].update({"to": "2026-12-03", "close_period": "2026-11", "closes": closes})
+    s = Scenario.from_dict(raw)
+    assert [(c.period, c.on.isoformat()) for c in s.run.closes or []] == [
+        ("2026-10", "2026-11-03"),
+        ("2026-11", "2026-12-03"),
+    ]
+    bad = [
+        (
+            [{"period": "2026-10", "on": "2026-10-31"}],
+            "run.closes[0].on: 2026-10 cannot be closed on 2026-10-31, before the month ended",
+        ),
+        (
+            [{"period": "2026-11", "on": "2026-12-04"}],
+            "run.closes[0].on: 2026-12-04 is not a day of the run (2026-10-01..2026-12-03)",
+        ),
+        (
+            list(reversed(closes)),
+            "run.closes[1]: closes must be in order of period and day, each period once "
+            "(2026-10 on 2026-11-03 after 2026-11 on 2026-12-03)",
+        ),
+    ]
+    for wrong, message in bad:
+        raw["run"]["closes"] = wrong
+        with pytest.raises(ScenarioError) as e:
+            Scenario.from_dict(raw)
+        assert str(e.value) == message
+    raw["run"]["closes"] = [{"period": "2026-13", "on": "2026-12-03"}]
+    with pytest.raises(ScenarioError, match=r"^run\.closes\[0\]\.period: "):
+        Scenario.from_dict(raw)

@@ -118,3 +118,82 @@ def test_credits_count_each_note_id_taken_in_with_202_once():
         dict(post, status=202, body=json.dumps({"invoices": [dict(note, id="CN-2")]})),
     ]
     assert check.credits_from_requests(log) == {"RN1|SKU-1": {"quantity": 4, "amount": "18.00"}}
+
+
+CLOSES = {  # two closes: October's settled RB-1 and reported AR-1; November carries RB-2 only
+    "2026-10": {"RB-1|1": "MATCHED", "RB-2|1": "PENDING", "AR-1": "DARK_RETURN"},
+    "2026-11": {"RB-2|1": "CREDIT_MISSING"},
+}
+
+
+def _close_report(out: Path, period: str, rows: list[tuple[str, str, str, str]]) -> None:
+    folder = out / "closes" / period
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_csv(
+        folder / "month_end_report.csv",
+        [{"return_id": r, "line": n, "amazon_return_id": a, "recon_status": s} for r, n, a, s in rows],
+    )
+
+
+@pytest.fixture
+def closed(outputs) -> Path:
+    """The outputs of a run with two closes that meet CLOSES."""
+    _close_report(
+        outputs,
+        "2026-10",
+        [("RB-1", "1", "", "MATCHED"), ("RB-2", "1", "", "PENDING"), ("", "", "AR-1", "DARK_RETURN")],
+    )
+    _close_report(outputs, "2026-11", [("RB-2", "1", "", "CREDIT_MISSING")])
+    return outputs
+
+
+def _closes_verdict(out: Path, capsys) -> tuple[int, list[str]]:
+    expected = out / "scenario.expected.json"
+    expected.write_text(json.dumps({**EXPECTED, "closes": CLOSES}))
+    rc = check.main([str(expected), str(out)])
+    return rc, capsys.readouterr().out.splitlines()
+
+
+def test_every_close_is_checked(closed, capsys):
+    rc, lines = _closes_verdict(closed, capsys)
+    assert rc == 0 and lines[-1] == "8 passed, 0 failed", lines
+    assert "ok   close 2026-10: 3 checked" in lines and "ok   close 2026-11: 1 checked" in lines
+
+
+@pytest.mark.parametrize(
+    ("period", "rows"),
+    [
+        # a row an earlier close settled is reported again: a row that should not be there
+        ("2026-11", [("RB-2", "1", "", "CREDIT_MISSING"), ("RB-1", "1", "", "MATCHED")]),
+        # a dark return reported twice
+        ("2026-11", [("RB-2", "1", "", "CREDIT_MISSING"), ("", "", "AR-1", "DARK_RETURN")]),
+        # the carried-over line is missing
+        ("2026-11", []),
+        # the wrong status
+        (
+            "2026-10",
+            [("RB-1", "1", "", "MATCHED"), ("RB-2", "1", "", "PENDING"), ("", "", "AR-1", "MATCHED")],
+        ),
+    ],
+    ids=["settled-row-repeated", "dark-return-repeated", "carried-row-missing", "wrong-status"],
+)
+def test_a_close_with_a_row_too_many_or_too_few_fails(closed, capsys, period, rows):
+    (closed / "closes" / period / "month_end_report.csv").unlink()
+    if rows:
+        _close_report(closed, period, rows)
+    else:
+        (closed / "closes" / period / "month_end_report.csv").write_text(
+            "return_id,line,amazon_return_id,recon_status\n"
+        )
+    rc, lines = _closes_verdict(closed, capsys)
+    assert rc == 1 and lines[-1] == "7 passed, 1 failed", lines
+    assert [line.split(":")[0] for line in lines if line.startswith("FAIL")] == [f"FAIL close {period}"]
+
+
+def test_a_close_without_its_report_fails(closed, capsys):
+    (closed / "closes" / "2026-10" / "month_end_report.csv").unlink()
+    rc, lines = _closes_verdict(closed, capsys)
+    assert rc == 1 and lines[-1] == "7 passed, 1 failed", lines
+    assert (
+        "FAIL close 2026-10: 1 of 0 differ; first: ['closes/2026-10/month_end_report.csv missing']" in lines
+    )

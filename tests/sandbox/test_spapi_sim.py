@@ -414,3 +414,48 @@ def test_faults_are_deterministic_and_lost_responses_apply(served, scenario, tmp
     # a lost response was applied (taken in), an error was not
     assert s1["credit_notes_taken_in"] == a1.count(202) + s1["faults"]["lost_response"]
     assert httpx.get(f"{base}/_sandbox/health").json()["status"] == "ok"
+
+
+def test_each_month_closed_has_its_export_with_the_rows_returned_in_it(tmp_path):
+    from returnledger_dev.sandbox.spapi_state import SpApiSimulator
+
+    def row(arid: str, returned_at: str) -> dict:
+        return {
+            "amazon_return_id": arid,
+            "returns_notice": f"RN-{arid}",
+            "sku": "SKU-1",
+            "asin": "B1",
+            "quantity": 1,
+            "label": "APRL",
+            "returned_at": returned_at,
+        }
+
+    scenario = {
+        "run": {
+            "from": "2026-10-01",
+            "to": "2027-01-03",
+            "close_period": "2026-12",
+            "closes": [
+                {"period": "2026-10", "on": "2026-11-03"},
+                {"period": "2026-11", "on": "2026-12-03"},
+                {"period": "2026-12", "on": "2027-01-03"},
+            ],
+        },
+        "catalog": [],
+        "amazon": {"returns": [row("A1", "2026-10-31"), row("A2", "2026-11-01"), row("A3", "2027-01-02")]},
+    }
+    sim = SpApiSimulator(scenario, out_dir=tmp_path / "out", landing_dir=tmp_path / "landing")
+    try:
+        exports = {}
+        for path in sorted((tmp_path / "landing").glob("*.csv")):
+            with path.open() as f:
+                exports[path.name] = [r["amazon_return_id"] for r in csv.DictReader(f)]
+    finally:
+        sim.close()
+    # a row exists from its returned_at: it is in the export of its month, and only there
+    assert exports == {
+        "vendor_central_returns_2026-10.csv": ["A1"],
+        "vendor_central_returns_2026-11.csv": ["A2"],
+        "vendor_central_returns_2026-12.csv": [],
+        "vendor_central_returns_2027-01.csv": ["A3"],
+    }

@@ -1,4 +1,5 @@
-"""``make cluster-demo``: a whole scenario month through the real scheduler on the local Celery cluster.
+"""``make cluster-demo``: a whole scenario (one month or several) through the real scheduler on the local
+Celery cluster.
 
 What ``make demo`` does with ``dag.test()``, done the way a deployment runs it: a fresh ledger with
 the scenario's reference data, both simulators, then ``returnledger_dev.cluster.processes``
@@ -6,11 +7,13 @@ the scenario's reference data, both simulators, then ``returnledger_dev.cluster.
 an operator would, the DAGs are unpaused and for every scenario day D (after the day's manual
 ``operations``) the ``returns_sync`` run listed under D is created: logical date D, data interval
 [D, D+1) UTC, the run the scheduler itself makes for D (``--mode backfill`` asks for the same runs as
-backfills instead, one per stretch of days between operator actions). The scheduler queues the tasks
-on Celery and the workers run them. Then the close run of ``returns_reconciliation`` (conf
-``close_period``), then one day's ``push_credits`` is cleared through the REST API and runs again,
-and the outputs of scenarios/README.md are written, plus ``cluster.json``: which worker ran what
-(task instance hostnames), per-run timings, and what the rerun sent.
+backfills instead, one per stretch of days between operator actions and closes). The scheduler queues
+the tasks on Celery and the workers run them. On each close day of the scenario (``run.closes``, else
+``close_period`` on ``to``) the close run of ``returns_reconciliation`` (conf ``close_period``) follows
+that day's sync and writes ``closes/<period>/``; the top-level report is the last close's. Then one
+day's ``push_credits`` is cleared through the REST API and runs again, and the outputs of
+scenarios/README.md are written, plus ``cluster.json``: which worker ran what (task instance
+hostnames), per-run timings, and what the rerun sent.
 
 The scenario is a past month, so the cluster runs with ``[scheduler] use_job_schedule = False``: the
 scheduler runs every run it is given but makes none from the clock (nor from asset events), which would
@@ -28,7 +31,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from returnledger_dev.demo.airflow_run import day_start
-from returnledger_dev.demo.outputs import RUN_OUTPUTS
+from returnledger_dev.demo.month import closes_by_day
+from returnledger_dev.demo.outputs import CLOSES_DIR, RUN_OUTPUTS, publish_close
 
 SYNC, RECON = "returns_sync", "returns_reconciliation"
 OUTPUTS = (*RUN_OUTPUTS, "cluster.json")
@@ -81,7 +85,8 @@ def unpause(api, dag_ids) -> None:
 
 def trigger_day(api, dag_id: str, day: date, conf: dict | None = None) -> str:
     """Create the run listed under ``day``: logical date D, data interval [D, D+1), as the scheduler would."""
-    run_id = f"day__{day.isoformat()}" if not conf else f"close__{day.isoformat()}"
+    period = (conf or {}).get("close_period")
+    run_id = f"close__{period}__{day.isoformat()}" if period else f"day__{day.isoformat()}"
     start = day_start(day)
     api.post(
         f"/dags/{dag_id}/dagRuns",
@@ -243,10 +248,11 @@ def run_cluster_scenario(
     out_dir.mkdir(parents=True, exist_ok=True)
     for output in OUTPUTS:
         (out_dir / output).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / CLOSES_DIR, ignore_errors=True)  # this run's closes only
     dsn = db.resolve_dsn(dsn)
     scenario = load_scenario_dict(scenario_path)
     first, last = date.fromisoformat(scenario["run"]["from"]), date.fromisoformat(scenario["run"]["to"])
-    period = scenario["run"]["close_period"]
+    closes = closes_by_day(scenario["run"], first, last)
     migrate.reset(dsn)
     migrate.migrate(
         dsn, owner=ClusterSpec.ledger_role, owner_password=os.environ.get("RETURNLEDGER_LEDGER_PASSWORD")
@@ -282,7 +288,8 @@ def run_cluster_scenario(
             },
             extra_env={
                 "AIRFLOW_VAR_RETURNLEDGER_EXPORT_BASE": sandbox.landing_dir.as_uri(),
-                "AIRFLOW_VAR_RETURNLEDGER_REPORT_BASE": out_dir.as_uri(),
+                # each close run writes <report base>/<period>/: OUT/closes/<period>/
+                "AIRFLOW_VAR_RETURNLEDGER_REPORT_BASE": (out_dir / CLOSES_DIR).as_uri(),
                 "AIRFLOW_VAR_RETURNLEDGER_DIGEST_DIR": str(out_dir / "digests"),
                 "RETURNLEDGER_VALIDATION_DIR": str(out_dir / "validation"),
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "false",
@@ -298,21 +305,17 @@ def run_cluster_scenario(
             wait_dag_parsed(api, dag_ids)
             unpause(api, dag_ids)
             progress(f"DAGs parsed and unpaused ({time.monotonic() - t:.0f}s)")
+
+            def close_day(day: date) -> None:
+                """The close runs of ``day``, after its sync: each writes OUT/closes/<period>/."""
+                for period in closes.get(day, []):
+                    _close(api, day, period, out_dir, report, progress, state["log_dir"])
+
             if mode == "backfill":
-                _month_by_backfill(api, first, last, ops_by_day, dsn, report, progress)
+                _month_by_backfill(api, first, last, ops_by_day, dsn, report, progress, (closes, close_day))
             else:
-                _month_by_runs(api, first, last, ops_by_day, dsn, report, progress)
-            t = time.monotonic()
-            run_id = trigger_day(api, RECON, last, {"close_period": period})
-            run = wait_run(api, RECON, run_id)
-            report["runs"][f"{RECON}:{run_id}"] = run_timing(run, task_instances(api, RECON, run_id))
-            progress(f"  {last}: {RECON} close {period} {run['state']} ({time.monotonic() - t:.1f}s)")
-            if run["state"] != "success":
-                raise RuntimeError(f"{RECON} close run {run_id} failed; logs under {state['log_dir']}")
-            for report_file in ("month_end_report.csv", "month_end_report.html"):
-                written = out_dir / period / report_file  # the close run writes <report base>/<period>/
-                if written.exists():
-                    shutil.copyfile(written, out_dir / report_file)
+                _month_by_runs(api, first, last, ops_by_day, dsn, report, progress, close_day)
+            report["closes"] = [period for periods in closes.values() for period in periods]
             if rerun:
                 report["rerun"] = _rerun_push_credits(api, out_dir, progress)
             tis = task_instances(api, SYNC) + task_instances(api, RECON)
@@ -346,7 +349,22 @@ def _apply_operations(dsn: str, day: date, ops_by_day: dict, progress) -> None:
         progress(f"  {day}: operator {op['action']} {op.get('rebound_reason') or op.get('sku')}")
 
 
-def _month_by_runs(api, first, last, ops_by_day, dsn, report, progress) -> None:
+def _close(api, day: date, period: str, out_dir: Path, report: dict, progress, log_dir) -> None:
+    """The close run of ``period`` listed under ``day``; its report becomes the top-level one."""
+    t = time.monotonic()
+    run_id = trigger_day(api, RECON, day, {"close_period": period})
+    run = wait_run(api, RECON, run_id)
+    report["runs"][f"{RECON}:{run_id}"] = run_timing(run, task_instances(api, RECON, run_id))
+    progress(f"  {day}: {RECON} close {period} {run['state']} ({time.monotonic() - t:.1f}s)")
+    if run["state"] != "success":
+        raise RuntimeError(f"{RECON} close run {run_id} failed; logs under {log_dir}")
+    if not publish_close(out_dir, period):
+        raise RuntimeError(
+            f"{RECON} close run {run_id} wrote no report under {out_dir / CLOSES_DIR / period}"
+        )
+
+
+def _month_by_runs(api, first, last, ops_by_day, dsn, report, progress, close_day) -> None:
     day = first
     while day <= last:
         _apply_operations(dsn, day, ops_by_day, progress)
@@ -361,13 +379,17 @@ def _month_by_runs(api, first, last, ops_by_day, dsn, report, progress) -> None:
         )
         if run["state"] != "success":
             raise RuntimeError(f"{SYNC} for {day} failed")
+        close_day(day)
         day += timedelta(days=1)
 
 
-def _month_by_backfill(api, first, last, ops_by_day, dsn, report, progress) -> None:
-    """Backfills between operator actions: an operation for day D is applied before the run for D starts."""
+def _month_by_backfill(api, first, last, ops_by_day, dsn, report, progress, closing) -> None:
+    """Backfills between operator actions and closes: an operation for day D is applied before the run for
+    D starts, and a close made on day D follows the run for D."""
     op_days = sorted(date.fromisoformat(d) for d in ops_by_day if first <= date.fromisoformat(d) <= last)
-    starts = sorted({first, *op_days})
+    closes, close_day = closing  # {day: periods closed}, and what closes them
+    after_close = [d + timedelta(days=1) for d in closes if first <= d < last]
+    starts = sorted({first, *op_days, *after_close})
     for i, seg_start in enumerate(starts):
         seg_end = (starts[i + 1] - timedelta(days=1)) if i + 1 < len(starts) else last
         _apply_operations(dsn, seg_start, ops_by_day, progress)
@@ -382,6 +404,7 @@ def _month_by_backfill(api, first, last, ops_by_day, dsn, report, progress) -> N
             f"  {seg_start}..{seg_end}: backfill of {len(run_ids)} {SYNC} run(s) "
             f"({time.monotonic() - t:.1f}s)"
         )
+        close_day(seg_end)
 
 
 def credit_posts_by_run(api, out_dir: Path) -> dict[str, int]:

@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from returnledger.store import db
+from returnledger_dev.demo.outputs import CLOSES_DIR
 from returnledger_dev.local_airflow import ensure_database, init_metadata
 
 
@@ -49,7 +50,8 @@ def prepare_airflow(
     os.environ.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")  # the demo's log file, not the screen
     os.environ["AIRFLOW_VAR_RETURNLEDGER_EXPORT_BASE"] = sandbox.landing_dir.as_uri()
-    os.environ["AIRFLOW_VAR_RETURNLEDGER_REPORT_BASE"] = out_dir.as_uri()
+    # each close run writes <report base>/<period>/: OUT/closes/<period>/ (scenarios README, outputs)
+    os.environ["AIRFLOW_VAR_RETURNLEDGER_REPORT_BASE"] = (out_dir / CLOSES_DIR).as_uri()
     os.environ["AIRFLOW_VAR_RETURNLEDGER_DIGEST_DIR"] = str(out_dir / "digests")
     os.environ["RETURNLEDGER_VALIDATION_DIR"] = str(out_dir / "validation")
     if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in os.environ:

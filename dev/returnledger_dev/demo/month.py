@@ -1,5 +1,5 @@
-"""A whole scenario month through Airflow (see ``run_scenario``): the days, the weekly reviews and
-the month-end close, in the order the scheduler would run them.
+"""A whole scenario through Airflow (see ``run_scenario``): the days, the weekly reviews and the
+month-end closes (one month or several), in the order the scheduler would run them.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ from returnledger_dev.demo.airflow_run import (
 )
 from returnledger_dev.demo.mail import MailSink
 from returnledger_dev.demo.outputs import (
+    CLOSES_DIR,
     RUN_OUTPUTS,
     day_line,
     digest_counts,
     digests_of,
     export_exceptions,
     ledger_counts,
+    publish_close,
     shown,
     summary,
 )
@@ -52,6 +54,21 @@ def weekly_reviews(first: date, last: date) -> list[date]:
     return weeks
 
 
+def closes_by_day(run: dict, start: date, end: date) -> dict[date, list[str]]:
+    """The periods closed on each day from ``start`` to ``end``, in the scenario's order.
+
+    A close of ``run.closes`` (or the one close of ``close_period`` on ``to``) runs on its day ``on``, after
+    that day's sync; a close on a day outside the days run is not made.
+    """
+    from returnledger_dev.sandbox.scenario import close_runs
+
+    out: dict[date, list[str]] = {}
+    for period, on in close_runs(run):
+        if start <= on <= end:
+            out.setdefault(on, []).append(period)
+    return out
+
+
 def run_scenario(
     scenario_path: Path,
     out_dir: Path,
@@ -67,7 +84,8 @@ def run_scenario(
     """Run a whole scenario; returns the summary. Output files land in ``out_dir``.
 
     ``progress(text)`` gets the screen lines (one per day); ``stage(kind, **info)``, when given, hears where
-    the run is ("start-up", "day" with day/n/of, "close" with day/period).
+    the run is ("start-up", "day" with day/n/of, "close" with day/period). Each close of the scenario runs
+    after its day's sync and writes OUT/closes/<period>/; the top-level report is the last close's.
     """
     from returnledger.reference import load as reference
     from returnledger_dev.sandbox.harness import run_sandbox
@@ -81,7 +99,7 @@ def run_scenario(
     for name in RUN_OUTPUTS:
         (out_dir / name).unlink(missing_ok=True)
     digest_dir, mail_dir = out_dir / "digests", out_dir / "mail"
-    for folder in (digest_dir, mail_dir):  # this run's digests and mail only
+    for folder in (digest_dir, mail_dir, out_dir / CLOSES_DIR):  # this run's digests, mail and closes only
         shutil.rmtree(folder, ignore_errors=True)
     dsn = db.resolve_dsn(dsn)
     if not keep_db:
@@ -102,7 +120,7 @@ def run_scenario(
     for op in scenario.get("operations") or []:
         ops_by_day.setdefault(op["on"], []).append(op)
     weeks = weekly_reviews(first, last)
-    period = scenario["run"]["close_period"]
+    closes = closes_by_day(scenario["run"], start, end) if close else {}
     with run_sandbox(scenario_path, out_dir, faults=faults) as sandbox, MailSink(mail_dir) as sink:
         home = Path(os.environ.get("RETURNLEDGER_AIRFLOW_HOME") or db.local_dir() / "airflow-demo")
         prepare_airflow(dsn, sandbox, home, out_dir=out_dir, fresh=not keep_db, smtp_port=sink.port)
@@ -117,9 +135,19 @@ def run_scenario(
             f"127.0.0.1:{sink.port}, Airflow"
         )
 
+        recon_dag = load_dag("returns_reconciliation") if closes else None
+
         def review(week: date) -> int:
             run_checked(weekly_dag, week, errors)
             return digests_of(digest_dir, "weekly", covering_interval(weekly_dag, week)[1])
+
+        def close_month(period: str, day: date) -> tuple[str, bool]:
+            """The close run of ``period`` on ``day``; its report is the top-level one until the next."""
+            stage("close", day=day.isoformat(), period=period)
+            run_checked(recon_dag, day, errors, {"close_period": period})
+            written = publish_close(out_dir, period)
+            log.info("%s: close of %s, report %s", day, period, "written" if written else "NOT written")
+            return period, written
 
         day = start
         while day <= end:
@@ -134,6 +162,7 @@ def run_scenario(
                 if week + timedelta(days=7) == day:
                     weekly = review(week)
             run_checked(sync_dag, day, errors)
+            closed = [close_month(period, day) for period in closes.get(day, [])]
             run_checked(checks_dag, day, errors)
             digests = digests_of(digest_dir, "daily", covering_interval(checks_dag, day)[1])
             for week in weeks:  # the scenario ends on a Sunday: its last week's review starts right after
@@ -149,25 +178,12 @@ def run_scenario(
                     weekly=weekly,
                     operator=len(ops),
                     seconds=time.monotonic() - t,
+                    closes=closed,
                 )
             )
             day += timedelta(days=1)
-        report = None
-        if close:
-            stage("close", day=last.isoformat(), period=period)
-            t = time.monotonic()
-            recon_dag = load_dag("returns_reconciliation")
-            run_checked(recon_dag, last, errors, {"close_period": period})
-            for name in ("month_end_report.csv", "month_end_report.html"):
-                written = out_dir / period / name  # the close run writes <report base>/<period>/
-                if written.exists():
-                    shutil.copyfile(written, out_dir / name)
-            if (out_dir / "month_end_report.html").exists():
-                report = out_dir / "month_end_report.html"
-            progress(
-                f"  {last} {last:%a}  month-end close {period}: report "
-                f"{'written' if report else 'NOT written'}  ({time.monotonic() - t:.0f}s)"
-            )
+        report = out_dir / "month_end_report.html"
+        report = report if closes and report.exists() else None
         sandbox.dump()
     export_exceptions(dsn, out_dir)
     s = summary(dsn)
@@ -176,6 +192,8 @@ def run_scenario(
     s["seconds"] = round(time.monotonic() - t0, 1)
     s["outputs"] = {
         "report": shown(report) if report else None,
+        "closes": [period for periods in closes.values() for period in periods],
+        "closes_dir": shown(out_dir / CLOSES_DIR),
         "digests": shown(digest_dir),
         "mail": shown(mail_dir),
         "log": shown(out_dir / "demo.log"),

@@ -9,6 +9,7 @@ import json
 import re
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +25,9 @@ RUN_OUTPUTS = (
     "amazon_inventory.csv",
     "summary.json",
 )
+#: each close run's report, as that close wrote it: OUT/closes/<period>/ (the report base of the runs)
+CLOSES_DIR = "closes"
+REPORT_FILES = ("month_end_report.csv", "month_end_report.html")
 EXCEPTION_COLUMNS = [
     "exception_id",
     "type",
@@ -132,9 +136,30 @@ def digest_counts(folder: Path) -> dict:
     }
 
 
+def publish_close(out_dir: Path, period: str) -> bool:
+    """After the close run of ``period``: its report (OUT/closes/<period>/) becomes the top-level
+    month_end_report.*, the last close's in the end. False when the close wrote no report."""
+    import shutil
+
+    folder = out_dir / CLOSES_DIR / period
+    if not all((folder / name).is_file() for name in REPORT_FILES):
+        return False
+    for name in REPORT_FILES:
+        shutil.copyfile(folder / name, out_dir / name)
+    return True
+
+
 def day_line(
-    day: date, delta: tuple[int, int, int], *, digests: int, weekly: int | None, operator: int, seconds: float
+    day: date,
+    delta: tuple[int, int, int],
+    *,
+    digests: int,
+    weekly: int | None,
+    operator: int,
+    seconds: float,
+    closes: Sequence[tuple[str, bool]] = (),
 ) -> str:
+    """A scenario day on the screen; ``closes``: (period, report written) of the close runs made that day."""
     events, opened, credits = delta
     parts = [
         f"  {day} {day:%a}",
@@ -147,6 +172,8 @@ def day_line(
         parts.append(f"weekly review {weekly}")
     if operator:
         parts.append(f"operator actions {operator}")
+    for period, written in closes:
+        parts.append(f"closed {period}" + ("" if written else " (report NOT written)"))
     return "  ".join(parts) + f"  ({seconds:.0f}s)"
 
 
@@ -173,6 +200,9 @@ def print_summary(s: dict, out=sys.stdout) -> None:
     )
     if s["recon"]:
         p("Month-end reconciliation: " + ", ".join(f"{k} {v}" for k, v in s["recon"].items()))
+    o = s.get("outputs") or {}
+    if o.get("closes"):
+        p(f"Closes made: {', '.join(o['closes'])} (each close's report: {o['closes_dir']}/<period>/)")
     d = s.get("digests")
     if d:
         daily, weekly = d["daily"], d["weekly"]

@@ -1,12 +1,14 @@
-"""The scenario runner behind ``make demo``: a whole month through Airflow itself.
+"""The scenario runner behind ``make demo``: a whole scenario (one month or several) through Airflow itself.
 
 ``run_scenario`` starts from a clean ledger (unless told to keep it), loads reference data from the
 scenario, starts both simulators and a local mail sink, then drives every scenario day D through Airflow
 with the runs that cover D: the scenario's manual operations for D (through the same commands an operator
 uses), ``returns_sync`` for D, then ``returns_operating_checks`` for D (the digest per owner team);
 ``returns_weekly_review`` runs on each Monday for the week that just ended, when the scenario covered all
-of it. Then the month-end close run of ``returns_reconciliation``, and the run outputs of
-scenarios/README.md are written into the output folder, with ``digests/``, ``mail/`` and ``demo.log``.
+of it. On each close day of the scenario (``run.closes``, else ``close_period`` on ``to``) the close run of
+``returns_reconciliation`` for that period follows the day's sync and writes ``closes/<period>/``. The run
+outputs of scenarios/README.md are written into the output folder, with ``digests/``, ``mail/`` and
+``demo.log``.
 
 ``demo`` is what ``returnledger demo`` (``make demo``) calls. It keeps the screen quiet: one line per
 scenario day and the summary; everything else (embedded server start-up, Airflow, GX, warnings) goes to
@@ -274,7 +276,7 @@ def demo(
         "start-up": "during start-up, before the first day",
         "day": f"on {day} (day {where.get('n')} of {where.get('of')}; {(where.get('n') or 1) - 1} done)",
         "day-done": f"after {day} (day {where.get('n')} of {where.get('of')}; {where.get('n')} done)",
-        "close": f"during the month-end close run ({day}), after the last day",
+        "close": f"during the close run of {where.get('period')} on {day}, after that day's sync",
     }.get(stage, f"at {stage}")
     if state["signal"] is not None:
         say(f"\nStopped by {_SIGNAL_NAMES.get(state['signal'], state['signal'])} {at}.")
@@ -326,5 +328,5 @@ def register(subparsers) -> None:
     p.add_argument("--keep-db", action="store_true", help="do not start from a clean ledger")
     p.add_argument("--no-faults", action="store_true", help="ignore the scenario's injected faults")
     p.add_argument("--days", help="only these days FROM[:TO] (YYYY-MM-DD), e.g. to rerun one day")
-    p.add_argument("--no-close", action="store_true", help="skip the month-end close run")
+    p.add_argument("--no-close", action="store_true", help="skip the scenario's close runs")
     p.set_defaults(func=_cmd_demo)

@@ -87,6 +87,13 @@ def load_scenario_dict(path: str | Path) -> dict:
     return raw
 
 
+def close_runs(run: dict) -> list[tuple[str, date]]:
+    """The scenario's close runs, (period, day) in order: ``run.closes``, else one close of
+    ``close_period`` on ``to`` (scenarios README, top level)."""
+    closes = run.get("closes") or [{"period": run["close_period"], "on": run["to"]}]
+    return [(c["period"], date.fromisoformat(c["on"])) for c in closes]
+
+
 # --- the format ------------------------------------------------------------------
 
 _STRICT = ConfigDict(extra="forbid")
@@ -105,11 +112,24 @@ class Vendor(BaseModel):
     marketplace_id: Id
 
 
+Period = Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+
+
+class Close(BaseModel):
+    """One close run of the scenario: the month ``period`` closed on day ``on``, after that day's sync."""
+
+    model_config = _STRICT
+    period: Period
+    on: date
+
+
 class Run(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     from_: Annotated[date, Field(alias="from")]
     to: date
-    close_period: Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")]
+    close_period: Period
+    #: every close run in order; without it there is one, {period: close_period, on: to}
+    closes: Annotated[list[Close], Field(min_length=1)] | None = None
 
 
 class Policy(BaseModel):

@@ -4,6 +4,7 @@ path of the first problem, then what is wrong with it."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -143,6 +144,25 @@ def _check_redeliveries(s: Scenario) -> None:
         prev[eid] = i
 
 
+def _check_closes(s: Scenario) -> None:
+    """Each close runs on a scenario day after its month ended, months in order and closed once."""
+    previous = None
+    for i, c in enumerate(s.run.closes or []):
+        y, m = map(int, c.period.split("-"))
+        month_end = date(y + (m == 12), m % 12 + 1, 1)
+        where = f"run.closes[{i}]"
+        if not s.run.from_ <= c.on <= s.run.to:
+            raise ScenarioError(f"{where}.on: {c.on} is not a day of the run ({s.run.from_}..{s.run.to})")
+        if c.on < month_end:
+            raise ScenarioError(f"{where}.on: {c.period} cannot be closed on {c.on}, before the month ended")
+        if previous is not None and (c.period <= previous[0] or c.on < previous[1]):
+            raise ScenarioError(
+                f"{where}: closes must be in order of period and day, each period once "
+                f"({c.period} on {c.on} after {previous[0]} on {previous[1]})"
+            )
+        previous = (c.period, c.on)
+
+
 def check_consistency(s: Scenario) -> None:
     """The consistency rules that a schema cannot state (uniqueness, references, times)."""
     _duplicates(s.catalog, "sku", "catalog")
@@ -152,6 +172,7 @@ def check_consistency(s: Scenario) -> None:
     _duplicates(s.amazon.returns, "amazon_return_id", "amazon.returns")
     if s.run.to < s.run.from_:
         raise ScenarioError(f"run.to: before run.from ({s.run.to} < {s.run.from_})")
+    _check_closes(s)
     lines: dict[str, set[int]] = {}
     for i, r in enumerate(s.rebound.returns):
         numbers = [ln.line for ln in r.lines]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from returnledger.clients.ratelimit import TokenBucket
-from returnledger.reconciliation.amazon_export import COLUMNS  # the export's columns, one home
+from returnledger.reconciliation.amazon_export import COLUMNS, export_name  # the export's columns, one home
 from returnledger_dev.sandbox.scenario_rules import DUPLICATE_CREDIT_NOTE_MODES
 from returnledger_dev.sandbox.spapi_models import request_validator
 
@@ -28,6 +28,18 @@ OPERATIONS = {
     "getTransactionStatus": (10.0, 10),
 }
 DUPLICATE_CODE = "DuplicateInvoiceNumber"
+
+
+def export_rows_by_period(scenario: dict) -> dict[str, list[dict]]:
+    """``amazon.returns`` split into the monthly exports: a row exists from its ``returned_at``, so it is
+    in the export of the month it was returned in (scenarios README, "Periods"). Every month a close of the
+    scenario imports has an export, empty when nothing was returned in it."""
+    run = scenario.get("run") or {}
+    closes = run.get("closes") or [{"period": run.get("close_period", "")}]
+    out: dict[str, list[dict]] = {c["period"]: [] for c in closes if c.get("period")}
+    for row in (scenario.get("amazon") or {}).get("returns") or []:
+        out.setdefault(str(row.get("returned_at") or "")[:7], []).append(row)
+    return out
 
 
 def returns_notice_of(invoice: dict) -> str:
@@ -122,20 +134,22 @@ class SpApiSimulator:
             self.log_file.flush()
 
     def write_returns_export(self) -> Path | None:
-        """The Vendor Central returns export, as the CSV a vendor downloads, into the landing folder."""
+        """The Vendor Central returns exports, as the CSVs a vendor downloads, into the landing folder:
+        one per month, each with the rows returned (``returned_at``) in that month, for every month a
+        close of the scenario needs and every month with rows; the close period's path is returned."""
         if self.landing_dir is None:
             return None
         self.landing_dir.mkdir(parents=True, exist_ok=True)
-        period = (self.scenario.get("run") or {}).get("close_period", "")
-        path = self.landing_dir / f"vendor_central_returns_{period}.csv"
-        tmp = path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(COLUMNS)
-            for row in (self.scenario.get("amazon") or {}).get("returns") or []:
-                w.writerow(["" if row.get(c) is None else row.get(c) for c in COLUMNS])
-        tmp.replace(path)
-        return path
+        for period, rows in export_rows_by_period(self.scenario).items():
+            path = self.landing_dir / export_name(period)
+            tmp = path.with_suffix(".csv.tmp")
+            with tmp.open("w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(COLUMNS)
+                for row in rows:
+                    w.writerow(["" if row.get(c) is None else row.get(c) for c in COLUMNS])
+            tmp.replace(path)
+        return self.landing_dir / export_name((self.scenario.get("run") or {}).get("close_period", ""))
 
     def dump(self) -> dict:
         with self.lock:

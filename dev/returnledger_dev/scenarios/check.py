@@ -6,8 +6,11 @@ Reads only the run's output files (never the ledger, never returnledger's own ru
 independent of the package under test. Six checks: credits (what Amazon took in with a 202, per returns
 notice and SKU, each credit-note id once), every body POSTed to Amazon against Amazon's published models
 (the copies in returnledger_dev/sandbox/amazon_models, read as the simulated SP-API reads them), the
-simulator's final inventory, the exceptions the scenario must raise, each line's month-end recon status,
-and the post-hoc returns created in ReBound.
+simulator's final inventory, the exceptions the scenario must raise, each line's month-end recon status
+(the last close's report), and the post-hoc returns created in ReBound. A scenario with several closes
+(``closes`` in the expected file) adds one check per close: OUT/closes/<period>/month_end_report.csv
+against that close's expected report, both ways (a row missing and a row that should not be there, e.g.
+one an earlier close settled, both fail).
 One line per check (``ok   NAME: ...`` or ``FAIL NAME: ...``), then ``N passed, M failed``; exit 1 on
 any failure. Same verdicts as the team's reference checker (../shared/scenarios/check.py).
 """
@@ -139,8 +142,22 @@ def _differences(expected: dict, got: dict, keys) -> Problems:
     return [(k, expected.get(k), got.get(k)) for k in sorted(keys) if expected.get(k) != got.get(k)]
 
 
+def close_checks(closes: dict[str, dict[str, str]], out_dir: Path) -> list[tuple[str, Problems, int]]:
+    """One check per close: its report's rows against the close's expected rows, compared both ways."""
+    results: list[tuple[str, Problems, int]] = []
+    for period, wanted in sorted(closes.items()):
+        filename = f"closes/{period}/month_end_report.csv"
+        rows = _csv_rows(out_dir / filename)
+        if rows is None:
+            results.append((f"close {period}", [f"{filename} missing"], 0))
+            continue
+        got = recon_statuses(rows)
+        results.append((f"close {period}", _differences(wanted, got, set(wanted) | set(got)), len(wanted)))
+    return results
+
+
 def check(expected: dict, out_dir: Path) -> list[tuple[str, Problems, int]]:
-    """(check name, problems, how many were checked) for each of the six checks."""
+    """(check name, problems, how many were checked) for each of the six checks, then one per close."""
     results: list[tuple[str, Problems, int]] = []
     requests = _jsonl(out_dir / "amazon_requests.jsonl")
     if requests is None:
@@ -177,6 +194,7 @@ def check(expected: dict, out_dir: Path) -> list[tuple[str, Problems, int]]:
         results.append(
             (name, [f"{filename} missing"], 0) if rows is None else (name, compare(rows), len(expected[key]))
         )
+    results += close_checks(expected.get("closes") or {}, out_dir)
     created = _jsonl(out_dir / "rebound_created_returns.jsonl")
     if created is None:
         results.append(("post-hoc returns", ["rebound_created_returns.jsonl missing"], 0))
