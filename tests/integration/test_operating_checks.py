@@ -187,6 +187,7 @@ def test_daily_counts_are_as_of_the_run_date(ledger):
     assert sorted(d) == ["finance", "integration", "operations", "warehouse"]
     assert d["operations"].counts == {
         "open": 2,
+        "carried_over": 0,
         "new": 1,
         "resolved": 0,
         "sla_breached": 1,
@@ -291,6 +292,8 @@ def test_weekly_review_trend_top_skus_stale_mappings_dark_returns(ledger):
         "opened_this_week": 2,
         "resolved_this_week": 0,
         "open": 2,
+        "carried_over_open": 0,
+        "carried_over_resolved": 0,
         "sla_breached": 2,
         "top_skus": 3,
         "stale_mappings": 1,
@@ -300,6 +303,8 @@ def test_weekly_review_trend_top_skus_stale_mappings_dark_returns(ledger):
         "opened_this_week": 1,
         "resolved_this_week": 1,
         "open": 2,
+        "carried_over_open": 0,
+        "carried_over_resolved": 0,
         "sla_breached": 1,
         "top_skus": 0,
         "stale_mappings": 0,
@@ -420,3 +425,60 @@ def test_digest_cli_writes_the_files(ledger, tmp_path, capsys):
     out = capsys.readouterr().out
     assert '"raised": 5' in out and "daily-2026-10-10-integration.html" in out
     assert len(list(tmp_path.glob("daily-2026-10-10-*.html"))) == 4
+
+
+def test_exceptions_carried_over_from_earlier_months_are_counted_apart_from_new_ones(ledger):
+    """An exception opened in a month before the digest's day is carried over: the daily digest counts it
+    apart from the month's new ones, and the weekly review shows whether that backlog shrinks."""
+    with db.connect(ledger) as c:
+        c.execute(  # a November exception: new in November, not carried over
+            "INSERT INTO ledger.exception (type, owner, status, subject_key, return_id, line, detail,"
+            " opened_at, opened_by_batch) VALUES ('CREDIT_MISSING', 'finance', 'open', 'R-7|1', 'R-7', 1,"
+            " 'late', %s, 'seed')",
+            (utc(2026, 11, 1, 10),),
+        )
+        c.execute(  # October's quantity mismatch settled on 1 November, its dark return on 5 November
+            "UPDATE ledger.exception SET status = 'resolved', resolved_at = %s, resolved_by = 'x',"
+            " resolution = 'done' WHERE subject_key = 'R-3|1'",
+            (utc(2026, 11, 1, 12),),
+        )
+        c.execute(
+            "UPDATE ledger.exception SET status = 'resolved', resolved_at = %s, resolved_by = 'x',"
+            " resolution = 'done' WHERE subject_key = 'AMZ-1'",
+            (utc(2026, 11, 5),),
+        )
+        c.commit()
+    d = by_owner(oc.build_digests(ledger, as_of=utc(2026, 11, 2, 7), kind="daily"))
+    # operations: E1 and E2 (October) still open; finance: only the November exception; warehouse: AMZ-1
+    assert {t: (x.counts["open"], x.counts["carried_over"]) for t, x in d.items()} == {
+        "finance": (1, 0),
+        "integration": (0, 0),
+        "operations": (2, 2),
+        "warehouse": (1, 1),
+    }
+    by_type = {s.title: s for s in d["operations"].sections}["Open exceptions by type"]
+    assert by_type.columns[2] == "carried over from earlier months"
+    assert sorted((r[0], r[1], r[2]) for r in by_type.rows) == [
+        ("SKU_MISMATCH", 1, 1),
+        ("UNMAPPED_REASON_CODE", 1, 1),
+    ]
+    # in October nothing is carried over: every open exception is the month's own
+    october = by_owner(oc.build_digests(ledger, as_of=AS_OF, kind="daily"))
+    assert {x.counts["carried_over"] for x in october.values()} == {0}
+
+    w = by_owner(oc.build_digests(ledger, as_of=utc(2026, 11, 9), kind="weekly"))
+    # the week to 9 November settled the warehouse's carried-over dark return; operations' two stay open
+    assert (w["warehouse"].counts["carried_over_open"], w["warehouse"].counts["carried_over_resolved"]) == (
+        0,
+        1,
+    )
+    assert (w["operations"].counts["carried_over_open"], w["operations"].counts["carried_over_resolved"]) == (
+        2,
+        0,
+    )
+    assert w["finance"].counts["carried_over_open"] == 0  # opened in November: new, not carried over
+    backlog = {s.title: s for s in w["warehouse"].sections}["Open from earlier months at each week end"]
+    assert backlog.columns == ["type", *(f"week to 2026-{m}" for m in ("10-19", "10-26", "11-02", "11-09"))]
+    assert backlog.rows == [["DARK_RETURN", 0, 0, 1, 0]]  # the backlog shrank
+    ops = {s.title: s for s in w["operations"].sections}["Open from earlier months at each week end"]
+    assert ops.rows == [["SKU_MISMATCH", 0, 0, 1, 1], ["UNMAPPED_REASON_CODE", 0, 0, 1, 1]]

@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 from returnledger.exception_queue.stalled import StallLimits, held_line, stalled_flows
 from returnledger.render import cell, render
 from returnledger.reports.digest_sql import (
+    BACKLOG_TREND_SQL,
     BY_TYPE_SQL,
     DARK_RETURNS_SQL,
     NEW_LIST_SQL,
@@ -119,11 +120,12 @@ def daily_digests(conn: psycopg.Connection, as_of: datetime, t: Thresholds) -> l
         mine = [r for r in by_type if r["owner"] == team]
         counts = {
             k: sum(r[k] or 0 for r in mine)
-            for k in ("open", "new", "resolved", "sla_breached", "aged_over_7d")
+            for k in ("open", "carried_over", "new", "resolved", "sla_breached", "aged_over_7d")
         }
         counts.update(
             stalled_submissions=len(stalled["submissions"]) if team == stalled_owner else 0,
             stalled_held_lines=len(stalled["held"]) if team == stalled_owner else 0,
+            uncredited_lines=len(stalled["uncredited"]) if team == stalled_owner else 0,
             sync_late=int(stalled["sync_late"]) if team == stalled_owner else 0,
             lines_not_dispositioned=len(undispositioned) if team == warehouse else 0,
         )
@@ -133,6 +135,7 @@ def daily_digests(conn: psycopg.Connection, as_of: datetime, t: Thresholds) -> l
                 [
                     "type",
                     "open",
+                    "carried over from earlier months",
                     "new since yesterday",
                     "resolved since yesterday",
                     "over SLA",
@@ -143,6 +146,7 @@ def daily_digests(conn: psycopg.Connection, as_of: datetime, t: Thresholds) -> l
                     [
                         r["type"],
                         r["open"],
+                        r["carried_over"],
                         r["new"],
                         r["resolved"],
                         r["sla_breached"],
@@ -151,11 +155,22 @@ def daily_digests(conn: psycopg.Connection, as_of: datetime, t: Thresholds) -> l
                     ]
                     for r in mine
                 ],
+                note="Carried over: opened in a month before this one and still open.",
                 empty="No exceptions for this team.",
             ),
             Section(
                 "Open exceptions, over SLA first",
-                ["id", "type", "subject", "opened", "age (days)", "SLA (days)", "over SLA", "detail"],
+                [
+                    "id",
+                    "type",
+                    "subject",
+                    "opened",
+                    "age (days)",
+                    "SLA (days)",
+                    "over SLA",
+                    "carried over",
+                    "detail",
+                ],
                 [
                     [
                         r["exception_id"],
@@ -165,6 +180,7 @@ def daily_digests(conn: psycopg.Connection, as_of: datetime, t: Thresholds) -> l
                         r["age_days"],
                         r["sla_days"],
                         r["over_sla"],
+                        r["carried_over"],
                         r["detail"],
                     ]
                     for r in open_list
@@ -208,6 +224,16 @@ def daily_digests(conn: psycopg.Connection, as_of: datetime, t: Thresholds) -> l
                         ]
                         for h in stalled["held"]
                     ][: t.list_limit]
+                    + [
+                        [
+                            "credit owed, never sent",
+                            f"{u['units']} unit(s), {u['disposition']}",
+                            f"{u['return_id']}|{u['line']}",
+                            "NO CREDIT NOTE",
+                            u["waiting_since"],
+                        ]
+                        for u in stalled["uncredited"]
+                    ][: t.list_limit]
                     + (
                         [["returns_sync", "last successful run", "", "LATE", last]]
                         if stalled["sync_late"]
@@ -217,7 +243,8 @@ def daily_digests(conn: psycopg.Connection, as_of: datetime, t: Thresholds) -> l
                         f"Last successful returns_sync run: {cell(last) or 'never'}."
                         f" Pending actions older than {t.pending_submission},"
                         f" unanswered ones older than {t.submitted_unanswered}"
-                        f" and events held longer than {t.held_event} raise SYNC_STALLED."
+                        f" and events held longer than {t.held_event} raise SYNC_STALLED, as does a"
+                        " dispositioned line owed a credit that no note carries and no exception explains."
                     ),
                 )
             )
@@ -258,6 +285,7 @@ def weekly_digests(conn: psycopg.Connection, as_of: datetime, t: Thresholds) -> 
     with conn.cursor(row_factory=dict_row) as cur:
         by_type = cur.execute(BY_TYPE_SQL, query_params(as_of, since=since)).fetchall()
         trend = cur.execute(TREND_SQL, {"as_of": as_of, "weeks": t.trend_weeks}).fetchall()
+        backlog = cur.execute(BACKLOG_TREND_SQL, {"as_of": as_of, "weeks": t.trend_weeks}).fetchall()
         top_skus = cur.execute(TOP_SKUS_SQL, {"as_of": as_of, "since": since, "top": t.top_n}).fetchall()
         top_reasons = cur.execute(
             TOP_REASONS_SQL, {"as_of": as_of, "since": since, "top": t.top_n}
@@ -274,10 +302,16 @@ def weekly_digests(conn: psycopg.Connection, as_of: datetime, t: Thresholds) -> 
         for r in trend:
             if r["owner"] == team:
                 trend_rows.setdefault(r["type"], {})[r["n"]] = (r["opened"], r["resolved"])
+        backlog_rows: dict[str, dict[int, int]] = {}
+        for r in backlog:
+            if r["owner"] == team:
+                backlog_rows.setdefault(r["type"], {})[r["n"]] = r["open"]
         counts = {
             "opened_this_week": sum(r["new"] for r in mine),
             "resolved_this_week": sum(r["resolved"] for r in mine),
             "open": sum(r["open"] for r in mine),
+            "carried_over_open": sum(r["carried_over"] for r in mine),
+            "carried_over_resolved": sum(r["carried_over_resolved"] for r in mine),
             "sla_breached": sum(r["sla_breached"] for r in mine),
             "top_skus": len(top_skus) if team == mapping_owner else 0,
             "stale_mappings": len(stale) if team == mapping_owner else 0,
@@ -296,6 +330,20 @@ def weekly_digests(conn: psycopg.Connection, as_of: datetime, t: Thresholds) -> 
                     for typ, cells in sorted(trend_rows.items())
                 ],
                 note="Each cell: opened / resolved (or dismissed) in that week.",
+            ),
+            Section(
+                "Open from earlier months at each week end",
+                ["type"] + [f"week to {w:%Y-%m-%d}" for w in week_ends],
+                [
+                    [typ] + [cells.get(n, 0) for n in range(t.trend_weeks - 1, -1, -1)]
+                    for typ, cells in sorted(backlog_rows.items())
+                ],
+                note=(
+                    "The backlog carried over: exceptions open at each week end that were opened in a month"
+                    " before that week end's month. Falling numbers: the backlog is shrinking (a month end"
+                    " adds the month's open exceptions to it)."
+                ),
+                empty="No exceptions carried over from earlier months.",
             ),
             Section(
                 "Open at week end",

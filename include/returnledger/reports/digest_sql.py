@@ -1,7 +1,9 @@
 """The queries behind the operating digests, each computed as of the run date, and who gets which.
 
 Every number is *as of* the run's date (the data interval end), never the wall clock: an exception
-counts as open at ``as_of`` when it was opened before and not yet resolved then.
+counts as open at ``as_of`` when it was opened before and not yet resolved then. It is *carried over*
+when it was opened in a month before the month of ``as_of`` (the backlog from earlier months, counted
+apart from the month's own).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ _EXCEPTIONS_AS_OF = (
 e AS (
     SELECT x.*, sla.sla_days,
            (x.resolved_at IS NULL OR x.resolved_at > %(as_of)s) AS open_at,
+           x.opened_at < date_trunc('month', %(as_of)s::timestamptz, 'UTC') AS carried_over,
            floor(extract(epoch FROM (%(as_of)s - x.opened_at)) / 86400)::int AS age_days,
            """
     + overdue_sql("x", "%(as_of)s")
@@ -36,8 +39,11 @@ BY_TYPE_SQL = (
     + """
 SELECT owner, type,
        count(*) FILTER (WHERE open_at) AS open,
+       count(*) FILTER (WHERE open_at AND carried_over) AS carried_over,
        count(*) FILTER (WHERE opened_at > %(since)s) AS new,
        count(*) FILTER (WHERE NOT open_at AND resolved_at > %(since)s) AS resolved,
+       count(*) FILTER (WHERE carried_over AND NOT open_at AND resolved_at > %(since)s)
+           AS carried_over_resolved,
        count(*) FILTER (WHERE open_at AND over_sla) AS sla_breached,
        count(*) FILTER (WHERE open_at AND age_days >= 7) AS aged_over_7d,
        max(age_days) FILTER (WHERE open_at) AS oldest_days
@@ -54,7 +60,7 @@ OPEN_LIST_SQL = (
     SELECT e.*, row_number() OVER (PARTITION BY owner ORDER BY over_sla DESC, opened_at, exception_id) AS rn
     FROM e WHERE open_at
 )
-SELECT exception_id, owner, type, subject_key, detail, opened_at, age_days, sla_days, over_sla
+SELECT exception_id, owner, type, subject_key, detail, opened_at, age_days, sla_days, over_sla, carried_over
 FROM ranked WHERE rn <= %(limit)s
 ORDER BY owner, over_sla DESC, opened_at, exception_id
 """
@@ -79,6 +85,21 @@ FROM ledger.exception x CROSS JOIN weeks w
 WHERE x.opened_at <= %(as_of)s
   AND (x.opened_at > %(as_of)s - make_interval(days => 7 * %(weeks)s)
        OR x.resolved_at > %(as_of)s - make_interval(days => 7 * %(weeks)s))
+GROUP BY x.owner, x.type, w.n
+ORDER BY x.owner, x.type, w.n
+"""
+
+#: per owner and type, the exceptions open at each of the last weeks' ends that were opened in a month
+#: before that week end's month: the backlog from earlier months, week by week (falling = shrinking)
+BACKLOG_TREND_SQL = """
+WITH weeks AS (
+    SELECT n, %(as_of)s - make_interval(days => 7 * n) AS w_end
+    FROM generate_series(0, %(weeks)s - 1) AS n
+)
+SELECT x.owner, x.type, w.n, count(*) AS open
+FROM ledger.exception x
+JOIN weeks w ON x.opened_at < date_trunc('month', w.w_end, 'UTC')
+            AND (x.resolved_at IS NULL OR x.resolved_at > w.w_end)
 GROUP BY x.owner, x.type, w.n
 ORDER BY x.owner, x.type, w.n
 """
