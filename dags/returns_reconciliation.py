@@ -27,15 +27,23 @@ ReBound (`rebound_api` connection) and the report under Variable
 `returnledger_finance_to`. The Variables' defaults (a folder under
 `$RETURNLEDGER_HOME/.local`) are listed in returnledger.airflow.defaults.
 
+**What a run covers.** Every line of every return created before the month's end
+that no earlier close settled (MATCHED or NO_CREDIT_DUE), whatever month it was
+created in, and the dark returns no earlier close reported; a daily check applies
+the same rule as of its day (docs/operating-guide.md, "Periods").
+
 **Rerunning is safe.** Re-importing the same export changes nothing (sha256),
 reconciliation replaces a period's results in one transaction, exceptions are
 raised once per subject, the post-hoc endpoint is idempotent on the Amazon return
-id, and the report is rewritten byte for byte. Dates come from the run (as-of =
+id. A close stores its report with its sha256 and the month is final: a cleared
+close run writes the stored report out again and recomputes nothing (the task log
+says so); reopening a month is an Admin action (`returnledger reopen-period`). Dates come from the run (as-of =
 data interval end), never from the wall clock. See docs/reconciliation.md.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, Param, dag, get_current_context, task
@@ -43,6 +51,8 @@ from airflow.sdk import Asset, AssetOrTimeSchedule, Param, dag, get_current_cont
 from returnledger.airflow.defaults import LEDGER, default_args
 from returnledger.airflow.notifiers import dag_failure_callbacks, finance_notice
 from returnledger.airflow.schedule import period_schedule
+
+log = logging.getLogger(__name__)
 
 # what this DAG produces (never LEDGER itself: that would trigger this DAG again)
 RECON_RESULTS = Asset(name="returns_recon_results", uri="returnledger://ledger/recon_result")
@@ -85,6 +95,14 @@ def returns_reconciliation():
         from returnledger.airflow.defaults import variable
         from returnledger.airflow.hooks import ledger_dsn
         from returnledger.reconciliation.amazon_export import import_amazon_export as run_import
+        from returnledger.reconciliation.closes import is_closed
+
+        closed = window["close"] and is_closed(ledger_dsn(), window["period"])
+        if closed:  # a closed month is final: nothing of it is imported or recomputed
+            log.info(
+                "%s is closed (version %s): its export is not imported again", closed.period, closed.version
+            )
+            return {"status": "CLOSED", "version": closed.version}
 
         result = run_import(
             ledger_dsn(),
@@ -99,8 +117,21 @@ def returns_reconciliation():
     def reconcile(window: dict, imported: dict) -> dict:
         """Match the period's lines and Amazon records; raise the exceptions; replace the results."""
         from returnledger.airflow.hooks import ledger_dsn
+        from returnledger.reconciliation.closes import is_closed
         from returnledger.reconciliation.match import reconcile as run_reconcile
 
+        closed = window["close"] and is_closed(ledger_dsn(), window["period"])
+        if closed:
+            log.info(
+                "%s is closed (version %s, as of %s, run %s, csv sha256 %s): returning the stored report, "
+                "nothing recomputed; reopen the month (returnledger reopen-period) to close it again",
+                closed.period,
+                closed.version,
+                closed.as_of.isoformat(),
+                closed.batch_id,
+                closed.csv_sha256,
+            )
+            return {**closed.as_dict(), "stored": True, "export": imported["status"]}
         summary = run_reconcile(
             ledger_dsn(),
             window["period"],
@@ -128,14 +159,21 @@ def returns_reconciliation():
 
     @task(outlets=[REPORT], on_success_callback=[finance_notice()], multiple_outputs=False)
     def write_report(window: dict) -> dict:
-        """month_end_report.csv + .html under <returnledger_report_base>/<period>/ (s3: aws_default)."""
+        """month_end_report.csv + .html under <returnledger_report_base>/<period>/ (s3: aws_default), stored
+        with its sha256 as the month's close; a closed month's stored report is written out as it was."""
         from returnledger.airflow.defaults import variable
         from returnledger.airflow.hooks import ledger_dsn
+        from returnledger.reconciliation.closes import close_month
         from returnledger.reconciliation.storage import storage_path
-        from returnledger.reports.finance import write_month_end_report
 
         out = storage_path(variable("returnledger_report_base")) / window["period"]
-        return write_month_end_report(ledger_dsn(), window["period"], str(out))
+        return close_month(
+            ledger_dsn(),
+            window["period"],
+            str(out),
+            as_of=datetime.fromisoformat(window["as_of"]),
+            batch_id=window["batch_id"],
+        )
 
     window = resolve_window()
     summary = reconcile(window, import_amazon_export(window))

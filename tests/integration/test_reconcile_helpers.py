@@ -387,7 +387,8 @@ def build_month(led: Ledger) -> dict[str, str]:
     led.credit("RB-11", 1, "SKU-B", 1, "ACCEPTED")
     led.amazon("AR-11-1", n, "SKU-B", 1, charged="10.00")
 
-    # outside the period: created in September; its Amazon row is in September's export
+    # created in September, its Amazon rows in September's export: no September close settled or reported
+    # them, so October's close reports them (scenarios/README.md, "Periods")
     n = led.order("RB-OLD", "2026-09-30")
     led.line(
         "RB-OLD",
@@ -399,8 +400,10 @@ def build_month(led: Ledger) -> dict[str, str]:
         dispositioned="2026-10-02",
         state="CREDIT_SUBMITTED",
     )
-    led.amazon("AR-OLD-1", n, "SKU-A", 1, period="2026-09")
-    led.amazon("AR-OLD-DARK", "RN-SEPT-DARK", "SKU-A", 1, label="APRL", period="2026-09")
+    led.amazon("AR-OLD-1", n, "SKU-A", 1, period="2026-09", returned="2026-09-30")
+    led.amazon(
+        "AR-OLD-DARK", "RN-SEPT-DARK", "SKU-A", 1, label="APRL", period="2026-09", returned="2026-09-29"
+    )
 
     # dark returns: an APRL label with no ReBound return; one already has its post-hoc record
     led.amazon("AR-APRL-1", "RN-APRL-1", "SKU-B", 1, label="APRL", returned="2026-10-15")
@@ -428,4 +431,6 @@ def build_month(led: Ledger) -> dict[str, str]:
         "AR-APRL-1": "DARK_RETURN",
         "AR-APRL-2": "DARK_RETURN",
         "AR-1-X": "DARK_RETURN",
+        "RB-OLD|1": "CREDIT_MISSING",
+        "AR-OLD-DARK": "DARK_RETURN",
     }

@@ -62,7 +62,8 @@ def test_close_twice_is_identical(led, tmp_path):
     client = FakeRebound()
     out = f"file://{tmp_path}/2026-10"
     created, totals = close_period(led.dsn, client, out)
-    assert created == 2 and client.calls == 2  # AR-APRL-1 and AR-1-X; AR-APRL-2 was linked already
+    # AR-APRL-1, AR-1-X and September's AR-OLD-DARK (no September close reported it); AR-APRL-2 was linked
+    assert created == 3 and client.calls == 3
     first_csv = (tmp_path / "2026-10" / CSV_NAME).read_bytes()
     first_html = (tmp_path / "2026-10" / HTML_NAME).read_bytes()
     exceptions = led.conn.execute(
@@ -71,10 +72,10 @@ def test_close_twice_is_identical(led, tmp_path):
     orders = led.conn.execute(
         "SELECT * FROM ledger.return_order WHERE source = 'POST_HOC' ORDER BY 1"
     ).fetchall()
-    assert [o[0] for o in orders] == ["RB-PH-2", "RB-POSTHOC-1", "RB-POSTHOC-2"]
+    assert [o[0] for o in orders] == ["RB-PH-2", "RB-POSTHOC-1", "RB-POSTHOC-2", "RB-POSTHOC-3"]
 
     created_again, totals_again = close_period(led.dsn, client, out)
-    assert created_again == 0 and client.calls == 2  # nothing left to create; ReBound not asked again
+    assert created_again == 0 and client.calls == 3  # nothing left to create; ReBound not asked again
     assert (tmp_path / "2026-10" / CSV_NAME).read_bytes() == first_csv
     assert (tmp_path / "2026-10" / HTML_NAME).read_bytes() == first_html
     assert totals_again == totals
@@ -96,7 +97,7 @@ def test_report_rows_and_dark_returns(led, tmp_path):
     rows = list(csv.DictReader(io.StringIO((tmp_path / CSV_NAME).read_text())))
     assert list(rows[0])[: len(REPORT_COLUMNS)] == REPORT_COLUMNS
     keyed = {(r["return_id"] + "|" + r["line"]) if r["return_id"] else r["amazon_return_id"]: r for r in rows}
-    assert len(keyed) == len(rows) == totals["rows"] == 17
+    assert len(keyed) == len(rows) == totals["rows"] == 19  # with September's RB-OLD|1 and AR-OLD-DARK
     dark = keyed["AR-APRL-1"]
     assert dark["recon_status"] == "DARK_RETURN" and dark["return_id"] == "" and dark["line"] == ""
     assert dark["post_hoc_return_id"] == client.records["AR-APRL-1"]["return_id"]
@@ -139,7 +140,7 @@ def test_totals_tie_out(led, tmp_path):
     ) + Decimal("4.99") + Decimal("4.99") + Decimal("12.50") + Decimal("10.00") + Decimal(
         "10.00"
     )  # every credit note row of the period, whatever its status
-    assert totals["by_status"]["DARK_RETURN"]["amazon_units"] == 3
+    assert totals["by_status"]["DARK_RETURN"]["amazon_units"] == 4
 
 
 def test_empty_period_is_refused(led, tmp_path):
@@ -159,7 +160,7 @@ def test_real_rebound_client_against_sandbox(led, tmp_path, scenarios_dir):
     app = build_rebound_app(scenario, out_dir=tmp_path, faults=False)
     with serve_in_thread(app) as url, ReboundClient(url, "sandbox-client", "sandbox-secret") as client:
         reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="b")
-        assert create_post_hoc_returns(led.dsn, client, at=AS_OF, batch_id="b") == 2
+        assert create_post_hoc_returns(led.dsn, client, at=AS_OF, batch_id="b") == 3
         assert create_post_hoc_returns(led.dsn, client, at=AS_OF, batch_id="b") == 0
     linked = dict(
         led.conn.execute(
@@ -168,7 +169,11 @@ def test_real_rebound_client_against_sandbox(led, tmp_path, scenarios_dir):
         ).fetchall()
     )
     created = [json.loads(x) for x in (tmp_path / "rebound_created_returns.jsonl").read_text().splitlines()]
-    assert sorted(r["amazon_return_id"] for r in created) == ["AR-1-X", "AR-APRL-1"]  # once each
+    assert sorted(r["amazon_return_id"] for r in created) == [
+        "AR-1-X",
+        "AR-APRL-1",
+        "AR-OLD-DARK",
+    ]  # once each
     assert linked == {"AR-APRL-2": "RB-PH-2", **{r["amazon_return_id"]: r["return_id"] for r in created}}
     orders = led.conn.execute(
         "SELECT return_id, source, amazon_return_id, returns_notice FROM ledger.return_order"

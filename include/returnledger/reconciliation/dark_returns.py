@@ -23,25 +23,29 @@ EXISTS (SELECT 1 FROM ledger.return_order o JOIN ledger.return_line l ON l.retur
          WHERE o.returns_notice = ar.returns_notice AND l.sku = ar.sku AND {REBOUND_ORDER})
 """
 
-# Amazon return records of the period's export with no ReBound return line for
-# their returns notice and SKU. Still reported after a post-hoc record exists. The
-# rows in the column order of ledger.recon_result (reconciliation.match.RESULT_COLUMNS).
+# Amazon return records with no ReBound return line for their returns notice and SKU that the run covers
+# (scenarios/README.md, "Periods"): returned before the period's end and since the earlier close's month,
+# or returned before it but imported after that close (a late export row); a dark return an earlier close
+# reported is not reported again. Still reported after a post-hoc record exists. The rows in the column
+# order of ledger.recon_result (reconciliation.match.RESULT_COLUMNS).
 DARK_ROWS_SQL = f"""
 SELECT %(key)s, ar.amazon_return_id, NULL, NULL, ar.amazon_return_id, ar.sku, ar.asin, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, 'DARK_RETURN', %(as_of)s,
        ar.returns_notice, ar.rma_id, ar.vret, ar.quantity, ar.charged_amount, ar.linked_return_id, %(batch)s,
-       NULL
+       NULL, %(report_period)s, ar.returned_at, NULL::numeric
   FROM ledger.amazon_return ar
- WHERE ar.export_period = %(period)s
+ WHERE ((ar.returned_at >= %(since_day)s AND ar.returned_at < %(end_day)s)
+        OR (ar.returned_at < %(since_day)s AND ar.imported_at > %(prior_as_of)s))
    AND NOT {_HAS_REBOUND_RETURN}
+   AND NOT EXISTS (SELECT 1 FROM ledger.recon_carry k
+                    WHERE k.row_key = ar.amazon_return_id AND k.first_period <= %(prior)s)
 """
 
-#: open DARK_RETURN exceptions of the period that a ReBound return now explains
+#: open DARK_RETURN exceptions that a ReBound return now explains (few: only the open ones are read)
 SETTLED_DARK_SQL = f"""
-SELECT ar.amazon_return_id FROM ledger.amazon_return ar
-  JOIN ledger.exception e
-    ON e.type = 'DARK_RETURN' AND e.status = 'open' AND e.subject_key = ar.amazon_return_id
- WHERE ar.export_period = %(period)s
+SELECT ar.amazon_return_id FROM ledger.exception e
+  JOIN ledger.amazon_return ar ON ar.amazon_return_id = e.subject_key
+ WHERE e.type = 'DARK_RETURN' AND e.status = 'open'
    AND {_HAS_REBOUND_RETURN}
 """
 

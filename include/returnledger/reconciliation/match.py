@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from returnledger.models import HOLDING_TYPES
 from returnledger.reconciliation import findings, results
 from returnledger.reconciliation.dark_returns import DARK_ROWS_SQL, REBOUND_ORDER
-from returnledger.reconciliation.period import period_bounds
+from returnledger.reconciliation.period import PeriodClosed, period_bounds
 from returnledger.store.db import unit_of_work
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class ReconSummary:
     steps: dict[str, float] = field(default_factory=dict)
     #: rows of ledger.recon_result this run inserted, updated and deleted (a rerun: all 0)
     written: dict[str, int] = field(default_factory=dict)
+    #: the earlier close this run carries from (None before any close)
+    carries_from: str | None = None
 
     def as_dict(self) -> dict:
         """Small, JSON-safe summary for XCom."""
@@ -67,6 +69,7 @@ class ReconSummary:
             "seconds": round(self.seconds, 3),
             "steps": {k: round(v, 3) for k, v in self.steps.items()},
             "written": self.written,
+            "carries_from": self.carries_from,
         }
 
 
@@ -83,13 +86,18 @@ RESULT_COLUMNS = (
     "period", "row_key", "return_id", "line", "amazon_return_id", "sku", "asin", "quantity_received", "grade",
     "disposition", "credit_note_id", "credited_quantity", "credited_amount", "currency", "amazon_status",
     "recon_status", "computed_at", "returns_notice", "rma_id", "vret", "amazon_quantity", "charged_amount",
-    "post_hoc_return_id", "batch_id", "received_total",
+    "post_hoc_return_id", "batch_id", "received_total", "first_reported", "origin_date", "amount_owed",
 )  # fmt: skip
 _COLS = ", ".join(RESULT_COLUMNS)
 _VALUE_COLS = [c for c in RESULT_COLUMNS if c not in ("period", "row_key")]
 
-# One row per return line of the period's return orders; the CASE is the
-# status table of scenarios/README.md in order (first status that applies).
+# One row per return line the run covers (the Periods rule of scenarios/README.md): lines of the return
+# orders created since the earlier close's month and before this period's end, the lines an earlier close
+# reported and did not settle (they carry, with the close that first reported them), and the lines of
+# return orders that reached the ledger after the close of their month. A line settled by an earlier close
+# is in none of the three, and none of them reads the lines settled long ago, so a close costs what its own
+# lines cost, not every line ever settled. The CASE is the status table of scenarios/README.md in order
+# (first status that applies).
 # Shape, for a million lines: the credit join and one window over the returns
 # notice and SKU (Amazon's charge against the accepted credits; the units
 # received against Amazon's quantity) run over the narrow line rows first; every
@@ -97,27 +105,51 @@ _VALUE_COLS = [c for c in RESULT_COLUMNS if c not in ("period", "row_key")]
 # copy every row. The partition and DISTINCT ON keys are compared in "C" order:
 # only equality matters there, and it is the same.
 _LINES_SQL = f"""
-WITH period_lines AS (
-    SELECT o.return_id, l.line, o.returns_notice, o.rma_id, o.vret, l.sku, l.quantity_received, l.grade,
-           l.disposition, l.dispositioned_at, l.quantity_announced, l.credit_quantity,
+WITH covered AS MATERIALIZED (
+    SELECT o.return_id, o.returns_notice, o.rma_id, o.vret, o.created_at, NULL::text AS first_reported
+      FROM ledger.return_order o
+     WHERE o.created_at >= %(since)s AND o.created_at < %(end)s AND {REBOUND_ORDER}
+    UNION ALL
+    SELECT o.return_id, o.returns_notice, o.rma_id, o.vret, o.created_at, NULL
+      FROM ledger.recon_late_order x JOIN ledger.return_order o ON o.return_id = x.return_id
+     WHERE o.created_at < %(since)s AND (x.reported_period IS NULL OR x.reported_period > %(prior)s)
+       AND {REBOUND_ORDER}
+), carried AS (         -- lines an earlier close reported and did not settle
+    SELECT k.return_id, k.line, k.first_period FROM ledger.recon_carry k
+     WHERE k.return_id IS NOT NULL AND k.first_period <= %(prior)s
+       AND (k.settled_period IS NULL OR k.settled_period > %(prior)s)
+), run_lines AS (
+    SELECT o.return_id, l.line, o.returns_notice, o.rma_id, o.vret, o.created_at, o.first_reported, l.sku,
+           l.quantity_received, l.grade, l.disposition, l.dispositioned_at, l.quantity_announced,
+           l.credit_quantity
+      FROM covered o JOIN ledger.return_line l ON l.return_id = o.return_id
+    UNION ALL
+    SELECT o.return_id, l.line, o.returns_notice, o.rma_id, o.vret, o.created_at, k.first_period, l.sku,
+           l.quantity_received, l.grade, l.disposition, l.dispositioned_at, l.quantity_announced,
+           l.credit_quantity
+      FROM carried k
+      JOIN ledger.return_line l ON l.return_id = k.return_id AND l.line = k.line
+      JOIN ledger.return_order o ON o.return_id = k.return_id
+     WHERE {REBOUND_ORDER}
+), period_lines AS (
+    SELECT p.*,
            c.asin AS credit_asin, c.document_id AS credit_note_id, c.quantity AS credited_quantity,
            round(c.quantity * c.unit_amount, 2) AS credited_amount, c.currency, c.status AS credit_status,
            sum(round(c.quantity * c.unit_amount, 2)) FILTER (WHERE c.status = 'ACCEPTED') OVER w
                AS accepted_amount,
-           CASE WHEN count(*) OVER w = count(l.quantity_received) OVER w
-                THEN sum(l.quantity_received) OVER w END AS received_total
-      FROM ledger.return_order o
-      JOIN ledger.return_line l ON l.return_id = o.return_id
+           CASE WHEN count(*) OVER w = count(p.quantity_received) OVER w
+                THEN sum(p.quantity_received) OVER w END AS received_total
+      FROM run_lines p
       LEFT JOIN ledger.amazon_submission c
-             ON c.kind = 'CREDIT_NOTE' AND c.return_id = l.return_id AND c.line = l.line
-     WHERE o.created_at >= %(start)s AND o.created_at < %(end)s AND {REBOUND_ORDER}
-    WINDOW w AS (PARTITION BY o.returns_notice COLLATE "C", l.sku COLLATE "C")
+             ON c.kind = 'CREDIT_NOTE' AND c.return_id = p.return_id AND c.line = p.line
+    WINDOW w AS (PARTITION BY p.returns_notice COLLATE "C", p.sku COLLATE "C")
 ), amazon AS (          -- one Amazon row per returns notice and SKU (newest import wins)
     SELECT DISTINCT ON (a.returns_notice COLLATE "C", a.sku COLLATE "C")
            a.amazon_return_id, a.returns_notice, a.sku, a.asin, a.rma_id, a.vret, a.quantity, a.charged_amount
       FROM ledger.amazon_return a
-     WHERE a.returns_notice IN (SELECT o.returns_notice FROM ledger.return_order o
-                                 WHERE o.created_at >= %(start)s AND o.created_at < %(end)s)
+     WHERE a.returns_notice IN (SELECT o.returns_notice FROM covered o
+                                UNION SELECT o.returns_notice FROM carried k
+                                        JOIN ledger.return_order o ON o.return_id = k.return_id)
      ORDER BY a.returns_notice COLLATE "C", a.sku COLLATE "C", a.imported_at DESC, a.amazon_return_id
 ), held_lines AS (      -- lines held by an open quarantine exception
     SELECT e.return_id, e.line FROM ledger.exception e
@@ -140,7 +172,7 @@ WITH period_lines AS (
            -- what Amazon took in, not only what the ledger says: a Success of the note's transaction, or
            -- a duplicate refusal naming it (credit_note.confirmed_by), else the ledger's ACCEPTED is unproven
            (n.confirmed_by IS NOT NULL) AS amazon_confirmed,
-           dp.disposition IS NOT NULL AS has_policy, dp.credit_fraction,
+           dp.disposition IS NOT NULL AS has_policy, dp.credit_fraction, s.unit_cost,
            ((p.return_id, p.line) IN (SELECT return_id, line FROM held_lines)
             OR p.return_id IN (SELECT return_id FROM held_returns)) AS held
       FROM period_lines p
@@ -168,7 +200,13 @@ SELECT %(key)s, return_id || '|' || line, return_id, line, amazon_return_id, sku
          ELSE 'MATCHED'
        END,
        %(as_of)s, returns_notice, rma, vret_no, amazon_quantity, charged_amount, NULL, %(batch)s,
-       received_total
+       received_total, COALESCE(first_reported, %(report_period)s), (created_at AT TIME ZONE 'UTC')::date,
+       -- the credit the line is owed: the credit note's amount once one is made, else the policy's
+       CASE WHEN disposition IS NOT NULL AND credit_fraction > 0 AND COALESCE(quantity_received, 0) > 0
+                 AND COALESCE(credit_quantity, 1) > 0
+            THEN COALESCE(credited_amount,
+                          round(unit_cost * credit_fraction, 2) * COALESCE(credit_quantity, quantity_received))
+       END
   FROM joined
 """
 
@@ -213,6 +251,34 @@ SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM changed), (SELECT cou
 
 _COUNT_SQL = "SELECT recon_status, count(*) FROM ledger.recon_result WHERE period = %(key)s GROUP BY 1"
 
+# The earlier close a run builds on: the latest close in force of a month before the run's period; a daily
+# check takes only a close made before its day ended (a rerun of an old day does not see later closes).
+_PRIOR_SQL = """
+SELECT period, period_end, as_of FROM ledger.period_close
+ WHERE reopened_at IS NULL AND period < %(period)s AND (NOT %(daily)s OR as_of < %(as_of)s)
+ ORDER BY period DESC LIMIT 1
+"""
+_CLOSED_SQL = "SELECT version FROM ledger.period_close WHERE period = %(period)s AND reopened_at IS NULL"
+#: no earlier close: every line and Amazon row since the start of time
+_BEGINNING = datetime(1, 1, 1, tzinfo=UTC)
+
+
+def coverage(conn, period: str, *, as_of: datetime, daily: bool) -> dict:
+    """The query parameters saying what a run covers (the Periods rule): this period's end, and the
+    earlier close it builds on (its month's end, its as-of, its period; None before any close)."""
+    _, end = period_bounds(period)
+    prior = conn.execute(_PRIOR_SQL, {"period": period, "daily": daily, "as_of": as_of}).fetchone()
+    since = prior[1] if prior else _BEGINNING
+    return {
+        "end": end,
+        "since": since,
+        "end_day": end.date(),
+        "since_day": since.date(),
+        "prior": prior[0] if prior else None,
+        "prior_as_of": prior[2] if prior else None,
+        "report_period": None if daily else period,
+    }
+
 
 def reconcile(
     dsn: str, period: str, *, as_of: datetime, batch_id: str, result_key: str | None = None
@@ -225,10 +291,11 @@ def reconcile(
     """
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware (the run's data interval end)")
-    start, end = period_bounds(period)
+    start, _ = period_bounds(period)
     key = result_key or period
     t0 = time.perf_counter()
     summary = ReconSummary(period=period, result_key=key, as_of=as_of, batch_id=batch_id)
+    daily = key.startswith("daily:")
     with unit_of_work(dsn) as conn:
         # a few big hash joins and one sort: memory for them, no JIT (its compile time never pays back
         # here) and no parallel workers (two cores, and each worker would repeat the Amazon sort)
@@ -237,19 +304,23 @@ def reconcile(
         conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         # one reconciliation of a result key at a time
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('recon:' || %s))", (key,))
+        # a closed month is final: its results are what its stored report was written from
+        if not daily and conn.execute(_CLOSED_SQL, {"period": key}).fetchone():
+            raise PeriodClosed(f"{key} is closed: its report is final (reopen the month to close it again)")
         window_days = conn.execute(_CREDIT_WINDOW_SQL, {"default": DEFAULT_CREDIT_WINDOW_DAYS}).fetchall()[0][
             0
         ]
         params = {
+            **coverage(conn, period, as_of=as_of, daily=daily),
             "key": key,
             "period": period,
             "start": start,
-            "end": end,
             "as_of": as_of,
             "batch": batch_id,
             "holding": _HOLDING,
             "window": timedelta(days=float(window_days)),
         }
+        summary.carries_from = params["prior"]
         mark = time.perf_counter()
 
         def step(name: str) -> None:
@@ -258,7 +329,7 @@ def reconcile(
             summary.steps[name] = now - mark
             mark = now
 
-        if key.startswith("daily:"):
+        if daily:
             oldest = f"daily:{(as_of - timedelta(days=DAILY_RETENTION_DAYS)).date().isoformat()}"
             results.expire_daily(conn, oldest)
         step("retention")
@@ -273,7 +344,7 @@ def reconcile(
         # (stale stats of a once-empty table send the planner into nested loops over a million rows)
         if added or changed or gone:
             results.analyze_partition(conn, key)
-        conn.execute("ANALYZE ledger.exception")
+        results.analyze(conn, "ledger.exception")
         step("analyze")
 
         summary.exceptions_raised = findings.raise_found(
@@ -288,9 +359,10 @@ def reconcile(
         step("count")
     summary.seconds = time.perf_counter() - t0
     log.info(
-        "reconciled %s as of %s: %s rows %s, exceptions %s",
+        "reconciled %s as of %s (carrying from the close of %s): %s rows %s, exceptions %s",
         key,
         as_of.isoformat(),
+        summary.carries_from or "no earlier month",
         summary.rows,
         summary.by_status,
         summary.exceptions_raised,

@@ -15,6 +15,10 @@ from datetime import UTC, date, datetime, timedelta
 PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 
+class PeriodClosed(RuntimeError):
+    """The month is closed: its report is final and is not recomputed (reopen it first)."""
+
+
 def period_bounds(period: str) -> tuple[datetime, datetime]:
     """[start, end) of a 'YYYY-MM' period in UTC."""
     m = PERIOD_RE.match(period or "")

@@ -4,13 +4,21 @@ Written from ``ledger.recon_result`` of the closed period only, so it shows
 exactly what reconciliation decided and a rerun writes byte-identical files.
 The totals per recon status are computed by PostgreSQL and must add up to
 the period's grand total (rows, units and pounds) before anything is written.
+
+A close covers what is still open from earlier months (scenarios/README.md, "Periods"), so every row says
+which close first reported it and how old it is, and the HTML opens with the money at risk by age and by
+month of origin, then the trend over every closed month. Once a close stores its report
+(returnledger.reconciliation.closes) the month is final: writing its report again writes the stored files.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import hashlib
 import io
 import logging
+from dataclasses import dataclass
 from decimal import Decimal
 
 from returnledger.models import ReconStatus
@@ -46,6 +54,11 @@ EXTRA_COLUMNS = [
     "charged_amount",
     "post_hoc_return_id",
 ]
+#: carry-over, at the end so the columns above keep their places: the close that first reported the row,
+#: the day it originates from (return created, Amazon row returned), its age in days at this close, and
+#: the credit the line is owed (money at risk when Amazon has not accepted it)
+CARRY_COLUMNS = ["first_reported", "origin_date", "age_days", "amount_owed"]
+CSV_COLUMNS = REPORT_COLUMNS + EXTRA_COLUMNS + CARRY_COLUMNS
 CSV_NAME = "month_end_report.csv"
 HTML_NAME = "month_end_report.html"
 MEASURES = [
@@ -65,9 +78,12 @@ STATUS_ACTIONS = {
     "CREDIT_MISSING": "Chase Amazon for the credit note; accrue the credit at month end.",
     "CREDIT_REJECTED": "Integration fixes the rejected credit note and resubmits; accrue meanwhile.",
     "DARK_RETURN": "Warehouse checks the parcel; a post-hoc ReBound return is created. Do not credit yet.",
-    "QUARANTINED": "Operations clears the hold (reason-code mapping, SKU, sequence); carry to next period.",
-    "PENDING": "Still in the warehouse or within the credit window; carry to next period.",
-    "ON_HOLD": "Policy holds the credit (e.g. quarantined stock); review with operations.",
+    "QUARANTINED": "Operations clears the hold (reason-code mapping, SKU, sequence); the next close reports "
+    "it again until it settles.",
+    "PENDING": "Still in the warehouse or within the credit window; the next close reports it again until it "
+    "settles.",
+    "ON_HOLD": "Policy holds the credit (e.g. quarantined stock); review with operations. Carried to the next "
+    "close.",
     "NO_CREDIT_DUE": "Nothing: the policy owes no credit (e.g. inspection rejected the item).",
 }
 STATUS_COLOURS = {
@@ -91,7 +107,8 @@ class ReportDoesNotTieOut(AssertionError):
 # The post-hoc ReBound return is read live: it is created after matching, in the same run.
 _ROWS_SQL = f"""
 SELECT {", ".join("r." + c for c in REPORT_COLUMNS + EXTRA_COLUMNS[:-1])},
-       CASE WHEN r.recon_status = 'DARK_RETURN' THEN COALESCE(a.linked_return_id, r.post_hoc_return_id) END
+       CASE WHEN r.recon_status = 'DARK_RETURN' THEN COALESCE(a.linked_return_id, r.post_hoc_return_id) END,
+       r.first_reported, r.origin_date, (r.computed_at AT TIME ZONE 'UTC')::date - r.origin_date, r.amount_owed
   FROM ledger.recon_result r
   LEFT JOIN ledger.amazon_return a ON a.amazon_return_id = r.amazon_return_id
  WHERE r.period = %(period)s
@@ -112,6 +129,109 @@ _META_SQL = """
 SELECT max(computed_at), max(batch_id), string_agg(DISTINCT currency, ', ')
   FROM ledger.recon_result WHERE period = %(period)s
 """
+
+
+#: money at risk: credit owed and not accepted by Amazon (refused, missing, or sent and still in its window)
+AT_RISK = ["CREDIT_MISSING", "CREDIT_REJECTED", "PENDING"]
+AGE_BUCKETS = ["0-30", "31-60", "61-90", ">90"]
+
+# One pass over the close's rows for the carry-over: rows and credit owed per first-reporting close,
+# month of origin, age bucket and status.
+_CARRY_SQL = """
+SELECT first_reported, to_char(origin_date, 'YYYY-MM'),
+       CASE WHEN age <= 30 THEN '0-30' WHEN age <= 60 THEN '31-60' WHEN age <= 90 THEN '61-90' ELSE '>90' END,
+       recon_status, count(*), COALESCE(sum(amount_owed), 0)
+  FROM (SELECT first_reported, origin_date, recon_status, amount_owed,
+               (computed_at AT TIME ZONE 'UTC')::date - origin_date AS age
+          FROM ledger.recon_result WHERE period = %(period)s) r
+ GROUP BY 1, 2, 3, 4
+ ORDER BY 1, 2, 3, 4
+"""
+
+# The closes in force before this period (their stored totals), for the trend; and this period's earlier
+# versions (reopened), which a new version shows beside itself.
+_TREND_SQL = """
+SELECT period, version, totals FROM ledger.period_close
+ WHERE reopened_at IS NULL AND period < %(period)s ORDER BY period
+"""
+_VERSIONS_SQL = """
+SELECT version, as_of, batch_id, rows, csv_sha256, html_sha256, reopened_at, reopened_by, reopen_reason, totals
+  FROM ledger.period_close WHERE period = %(period)s ORDER BY version
+"""
+
+
+def carry_over(rows, period: str) -> dict:
+    """The carry-over tables from _CARRY_SQL rows: money at risk by age and by month of origin, rows per
+    first-reporting close (this close's new rows against those carried from earlier closes), and the
+    per-status totals kept for the trend."""
+    by_age = {b: {"rows": 0, "amount": Decimal("0")} for b in AGE_BUCKETS}
+    by_origin: dict[str, dict] = {}
+    by_first: dict[str, dict] = {}
+    statuses: dict[str, dict] = {}
+    for first, origin, bucket, status, n, amount in rows:
+        amount = Decimal(amount)
+        st = statuses.setdefault(status, {"rows": 0, "amount_owed": Decimal("0")})
+        st["rows"] += n
+        st["amount_owed"] += amount
+        f = by_first.setdefault(first or "", {"rows": 0, "at_risk": Decimal("0")})
+        f["rows"] += n
+        if status in AT_RISK and amount:
+            by_age[bucket]["rows"] += n
+            by_age[bucket]["amount"] += amount
+            o = by_origin.setdefault(origin or "", {"rows": 0, "amount": Decimal("0")})
+            o["rows"] += n
+            o["amount"] += amount
+            f["at_risk"] += amount
+    return {
+        "by_age": by_age,
+        "by_origin": dict(sorted(by_origin.items())),
+        "by_first": dict(sorted(by_first.items())),
+        "carried_rows": sum(v["rows"] for k, v in by_first.items() if k and k < period),
+        "new_rows": sum(v["rows"] for k, v in by_first.items() if not k or k >= period),
+        "at_risk": sum((v["amount"] for v in by_age.values()), Decimal("0")),
+        "statuses": {s: statuses[s] for s in STATUS_ORDER if s in statuses},
+    }
+
+
+def stored_totals(statuses: dict) -> dict:
+    """Per-status totals as a close stores them (JSON: amounts as text)."""
+    return {s: {"rows": v["rows"], "amount_owed": cell(v["amount_owed"])} for s, v in statuses.items()}
+
+
+def trend_of(earlier: list, period: str, statuses: dict) -> list[dict]:
+    """Every closed month up to this one: rows and credit owed per status (earlier closes' stored totals,
+    then this close's)."""
+    months = [{"period": p, "version": v, "totals": t} for p, v, t in earlier]
+    months.append({"period": period, "version": None, "totals": stored_totals(statuses)})
+    return months
+
+
+def _trend_chart(trend: list[dict], width: int = 520) -> dict:
+    """Stacked bars of rows per status per closed month, for an inline SVG."""
+    top = max((sum(v["rows"] for v in m["totals"].values()) for m in trend), default=0) or 1
+    bars = []
+    for i, m in enumerate(trend):
+        x = 0.0
+        for status in STATUS_ORDER:
+            n = m["totals"].get(status, {}).get("rows", 0)
+            if not n:
+                continue
+            w = round(n / top * width, 1)
+            bars.append(
+                {
+                    "y": i * 26,
+                    "x": round(140 + x, 1),
+                    "width": w,
+                    "colour": STATUS_COLOURS.get(status),
+                    "n": n,
+                }
+            )
+            x += w
+    labels = [
+        {"y": i * 26, "period": m["period"], "rows": sum(v["rows"] for v in m["totals"].values())}
+        for i, m in enumerate(trend)
+    ]
+    return {"bars": bars, "labels": labels, "height": len(trend) * 26 + 4}
 
 
 def _totals(conn, period: str) -> tuple[dict, dict]:
@@ -151,8 +271,20 @@ def _chart(by_status: dict, measure: str, width: int = 520) -> list[dict]:
     ]
 
 
-def _render_html(period: str, meta, by_status: dict, total: dict, details: dict, counts: dict) -> str:
+def _render_html(
+    period: str,
+    meta,
+    by_status: dict,
+    total: dict,
+    details: dict,
+    counts: dict,
+    *,
+    carry: dict | None = None,
+    trend: list[dict] | None = None,
+    versions: list | None = None,
+) -> str:
     as_of, batch_id, currency = meta
+    trend = trend or []
     return render(
         HTML_NAME,
         period=period,
@@ -167,18 +299,46 @@ def _render_html(period: str, meta, by_status: dict, total: dict, details: dict,
         amount_chart=_chart(by_status, "credited_amount"),
         details=details,
         detail_counts=counts,
-        columns=REPORT_COLUMNS + EXTRA_COLUMNS,
+        columns=CSV_COLUMNS,
         limit=DETAIL_LIMIT,
         csv_name=CSV_NAME,
+        carry=carry,
+        trend=trend,
+        trend_chart=_trend_chart(trend) if trend else None,
+        trend_statuses=[s for s in STATUS_ORDER if any(s in m["totals"] for m in trend)],
+        versions=versions or [],
     )
+
+
+@dataclass
+class WrittenReport:
+    """A report as written: its summary, and the files' bytes and sha256 for the close to store."""
+
+    result: dict
+    csv_gzip: bytes
+    csv_sha256: str
+    html: bytes
+    html_sha256: str
+    totals: dict
 
 
 def write_month_end_report(dsn: str, period: str, out_base_uri: str, *, allow_empty: bool = False) -> dict:
     """Write month_end_report.csv and .html under ``out_base_uri``; returns the totals.
 
-    Refuses to write an empty report unless ``allow_empty``: no rows for a
-    period almost always means reconciliation has not run for it.
+    A closed month's report is final: its stored files are written out as they were. Refuses to write an
+    empty report unless ``allow_empty``: no rows for a period almost always means reconciliation has not
+    run for it.
     """
+    from returnledger.reconciliation import closes
+
+    stored = closes.write_stored(dsn, period, out_base_uri)
+    if stored is not None:
+        return stored
+    return write_report(dsn, period, out_base_uri, allow_empty=allow_empty).result
+
+
+def write_report(dsn: str, period: str, out_base_uri: str, *, allow_empty: bool = False) -> WrittenReport:
+    """Write the report from the period's results as they are now (the close stores what this returns)."""
     attention = ["CREDIT_MISSING", "CREDIT_MISMATCH", "CREDIT_REJECTED", "DARK_RETURN", "QUARANTINED"]
     details: dict[str, list[list[str]]] = {s: [] for s in attention}
     counts: dict[str, int] = dict.fromkeys(attention, 0)
@@ -187,18 +347,36 @@ def write_month_end_report(dsn: str, period: str, out_base_uri: str, *, allow_em
     base = storage_path(out_base_uri)
     base.mkdir(parents=True, exist_ok=True)
     csv_path = storage_path(join_uri(out_base_uri, CSV_NAME))
+    csv_hash = hashlib.sha256()
+    packed = io.BytesIO()
     with connect(dsn) as conn:
         by_status, total = _totals(conn, period)
         if not total["rows"] and not allow_empty:
             raise LookupError(f"no reconciliation results for {period}: run reconcile for the period first")
         meta = conn.execute(_META_SQL, {"period": period}).fetchall()[0]  # an aggregate: always one row
-        with csv_path.open("wb") as fb, io.TextIOWrapper(fb, encoding="utf-8", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(REPORT_COLUMNS + EXTRA_COLUMNS)
+        carry = carry_over(conn.execute(_CARRY_SQL, {"period": period}).fetchall(), period)
+        trend = trend_of(conn.execute(_TREND_SQL, {"period": period}).fetchall(), period, carry["statuses"])
+        versions = conn.execute(_VERSIONS_SQL, {"period": period}).fetchall()
+        with (
+            csv_path.open("wb") as fb,
+            gzip.GzipFile(fileobj=packed, mode="wb", mtime=0, compresslevel=1) as gz,
+        ):
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\n")
+
+            def flush() -> None:
+                data = buffer.getvalue().encode("utf-8")
+                buffer.seek(0)
+                buffer.truncate()
+                fb.write(data)
+                gz.write(data)
+                csv_hash.update(data)
+
+            writer.writerow(CSV_COLUMNS)
             with conn.cursor(name="month_end_report") as cur:  # server-side: a million rows stream through
                 cur.itersize = 20000
                 cur.execute(_ROWS_SQL, {"period": period})
-                for row in cur:
+                for i, row in enumerate(cur, 1):
                     cells = [cell(v) for v in row]
                     writer.writerow(cells)
                     status = cells[status_idx]
@@ -206,10 +384,15 @@ def write_month_end_report(dsn: str, period: str, out_base_uri: str, *, allow_em
                         counts[status] += 1
                         if len(details[status]) < DETAIL_LIMIT:
                             details[status].append(cells)
-    html = _render_html(period, meta, by_status, total, details, counts)
+                    if not i % 20000:
+                        flush()
+            flush()
+    html = _render_html(
+        period, meta, by_status, total, details, counts, carry=carry, trend=trend, versions=versions
+    ).encode("utf-8")
     html_path = storage_path(join_uri(out_base_uri, HTML_NAME))
     with html_path.open("wb") as fb:
-        fb.write(html.encode("utf-8"))
+        fb.write(html)
 
     def plain(m: dict) -> dict:
         return {k: (cell(v) if isinstance(v, Decimal) else v) for k, v in m.items()}
@@ -220,8 +403,20 @@ def write_month_end_report(dsn: str, period: str, out_base_uri: str, *, allow_em
         "rows": total["rows"],
         "total": plain(total),
         "by_status": {s: plain(m) for s, m in by_status.items()},
+        "carried_rows": carry["carried_rows"],
+        "new_rows": carry["new_rows"],
+        "at_risk": cell(carry["at_risk"]),
         "csv": str(csv_path),
         "html": str(html_path),
+        "csv_sha256": csv_hash.hexdigest(),
+        "html_sha256": hashlib.sha256(html).hexdigest(),
     }
     log.info("month-end report for %s: %s rows, %s", period, total["rows"], result["total"])
-    return result
+    return WrittenReport(
+        result=result,
+        csv_gzip=packed.getvalue(),
+        csv_sha256=result["csv_sha256"],
+        html=html,
+        html_sha256=result["html_sha256"],
+        totals=stored_totals(carry["statuses"]),
+    )
