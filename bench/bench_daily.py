@@ -753,8 +753,8 @@ def main() -> int:
         t = time.monotonic()
         migrate.migrate(
             ledger,
-            owner=ClusterSpec.ledger_role,
-            owner_password=os.environ.get("RETURNLEDGER_LEDGER_PASSWORD"),
+            runtime=ClusterSpec.ledger_role,
+            runtime_password=os.environ.get("RETURNLEDGER_LEDGER_PASSWORD"),
         )
         reference.load_reference(ledger, at=utc(first))
         reference.load_scenario_reference(ledger, scenario, at=utc(first))

@@ -255,7 +255,7 @@ def run_cluster_scenario(
     closes = closes_by_day(scenario["run"], first, last)
     migrate.reset(dsn)
     migrate.migrate(
-        dsn, owner=ClusterSpec.ledger_role, owner_password=os.environ.get("RETURNLEDGER_LEDGER_PASSWORD")
+        dsn, runtime=ClusterSpec.ledger_role, runtime_password=os.environ.get("RETURNLEDGER_LEDGER_PASSWORD")
     )
     reference.load_reference(dsn, at=day_start(first))
     reference.load_scenario_reference(dsn, scenario, at=day_start(first))
@@ -346,7 +346,7 @@ def _apply_operations(dsn: str, day: date, ops_by_day: dict, progress) -> None:
 
     for op in ops_by_day.get(day.isoformat(), []):
         reference.apply_operation(dsn, op, at=day_start(day), actor="operator (scenario)")
-        progress(f"  {day}: operator {op['action']} {op.get('rebound_reason') or op.get('sku')}")
+        progress(f"  {day}: operator {op['action']} {reference.operation_subject(op)}")
 
 
 def _close(api, day: date, period: str, out_dir: Path, report: dict, progress, log_dir) -> None:

@@ -129,9 +129,11 @@ def start(spec: ClusterSpec, *, progress=print, timeout_s: float = 300) -> dict:
     (spec.root / "airflow").mkdir(exist_ok=True)
     cluster_id = f"{spec.name}-{uuid.uuid4().hex[:12]}"
 
-    # the ledger, owned by the least-privilege role the DAGs use; reference data
+    # the ledger, owned by a role nobody logs in as; the DAGs use the least-privilege runtime role
     applied = migrate.migrate(
-        spec.ledger_dsn, owner=spec.ledger_role, owner_password=os.environ.get("RETURNLEDGER_LEDGER_PASSWORD")
+        spec.ledger_dsn,
+        runtime=spec.ledger_role,
+        runtime_password=os.environ.get("RETURNLEDGER_LEDGER_PASSWORD"),
     )
     if spec.load_reference:
         from datetime import datetime

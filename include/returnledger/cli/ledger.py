@@ -18,7 +18,10 @@ def _cmd_migrate(args) -> int:
     if args.reset:
         migrate.reset(dsn)
     applied = migrate.migrate(
-        dsn, owner=args.owner, owner_password=os.environ.get("RETURNLEDGER_LEDGER_PASSWORD")
+        dsn,
+        owner=args.owner,
+        runtime=args.runtime_role,
+        runtime_password=os.environ.get("RETURNLEDGER_LEDGER_PASSWORD"),
     )
     print("applied: " + (", ".join(applied) if applied else "nothing (schema is current)"))
     return 0
@@ -140,8 +143,13 @@ def register(subparsers) -> None:
     m.add_argument("--create-database", action="store_true", help="create the DSN's database if missing")
     m.add_argument(
         "--owner",
-        help="least-privilege login role that owns the ledger (created if missing; "
-        "password from RETURNLEDGER_LEDGER_PASSWORD), e.g. returnledger",
+        help="role that owns the ledger schema and its objects; nobody logs in as it (created NOLOGIN if "
+        "missing; default returnledger_owner when --runtime-role is given)",
+    )
+    m.add_argument(
+        "--runtime-role",
+        help="least-privilege login role the DAGs, workers and console use: rows only, owns nothing "
+        "(created if missing; password from RETURNLEDGER_LEDGER_PASSWORD), e.g. returnledger",
     )
     m.set_defaults(func=_cmd_migrate)
     d = subparsers.add_parser("db", help="the embedded PostgreSQL under .local/")

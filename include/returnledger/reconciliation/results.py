@@ -46,26 +46,22 @@ def load_partition(conn, key: str, rows_sql: str, columns: str, params: dict) ->
     ATTACH skips its validating scan), then is attached. All in the caller's transaction: a failure
     leaves no partition behind.
     """
-    table = sql.Identifier("ledger", partition_name(conn, key))
-    conn.execute(
-        sql.SQL("CREATE TABLE {} (LIKE ledger.recon_result INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(
-            table
-        )
-    )
+    # the partition's DDL runs as the ledger's owner (migration 0018): the runtime role owns no table
+    name = conn.execute("SELECT ledger.recon_partition_create(%s)", (key,)).fetchall()[0][0]
+    table = sql.Identifier("ledger", name)
     rows = conn.execute(sql.SQL(f"INSERT INTO {{}} ({columns}) {rows_sql}").format(table), params).rowcount
-    conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (period, row_key)").format(table))
-    conn.execute(sql.SQL("ALTER TABLE {} ADD CHECK (period = {})").format(table, sql.Literal(key)))
-    conn.execute(
-        sql.SQL("ALTER TABLE ledger.recon_result ATTACH PARTITION {} FOR VALUES IN ({})").format(
-            table, sql.Literal(key)
-        )
-    )
+    conn.execute("SELECT ledger.recon_partition_attach(%s)", (key,))
     return rows
 
 
 def analyze_partition(conn, key: str) -> None:
     """Fresh statistics for one key's rows (ANALYZE of the parent would read every partition)."""
-    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier("ledger", partition_name(conn, key))))
+    analyze(conn, f"ledger.{partition_name(conn, key)}")
+
+
+def analyze(conn, table: str) -> None:
+    """ANALYZE a ledger table as its owner (the runtime role owns none; migration 0018)."""
+    conn.execute("SELECT ledger.analyze_table(%s::regclass)", (table,))
 
 
 def drop_partitions(conn, keys, existing: dict[str, str] | None = None) -> int:
@@ -74,8 +70,10 @@ def drop_partitions(conn, keys, existing: dict[str, str] | None = None) -> int:
     existing = partitions(conn) if existing is None else existing
     dropped = 0
     for key in keys:
-        if key in existing:
-            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("ledger", existing[key])))
+        if (
+            key in existing
+            and conn.execute("SELECT ledger.recon_partition_drop(%s)", (key,)).fetchall()[0][0]
+        ):
             dropped += 1
     return dropped
 

@@ -3,12 +3,19 @@
 ``schema_migrations`` records what ran; running ``migrate`` twice changes
 nothing. An advisory lock keeps two processes from migrating at once.
 
-Deployments reach the ledger as a least-privilege role (``LEDGER_ROLE``): a login role with no
-superuser, CREATEDB or CREATEROLE right that owns the ``ledger`` schema and everything in it, and
-nothing else. ``migrate(dsn, owner=...)`` (``returnledger migrate --owner``, run by an administrator)
-creates it and hands it the schema and every object the migrations create (CREATE SCHEMA needs a right
-on the database that the role does not get, so migrations run as the administrator and ownership moves
-after). Later runs without ``owner`` hand new objects to the schema's owner as well.
+Two roles, neither with a server power (superuser, CREATEDB, CREATEROLE, replication, RLS bypass):
+
+- the owner (``OWNER_ROLE``, ``returnledger migrate --owner``): owns the ``ledger`` schema and every
+  object in it. Nobody logs in as it: migrations run as an administrator and hand what they create to it
+  (CREATE SCHEMA needs a right on the database the owner does not get), so only the migration job, which
+  holds the administrator's credentials, ever changes the schema.
+- the runtime role (``LEDGER_ROLE``, ``--runtime-role``, password from RETURNLEDGER_LEDGER_PASSWORD):
+  what the DAGs, the workers and the console log in as. It reads and writes rows and owns nothing, so it
+  cannot alter or drop a table nor disable or drop the append-only triggers; the few schema changes the
+  runs make (reconciliation partitions, statistics) go through the owner's functions of migration 0018.
+
+Later runs without roles hand new objects to the schema's owner and grant the runtime roles (those with
+USAGE on the schema) their rights on them.
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ from psycopg import sql
 from returnledger.store.db import SCHEMA, connect, resolve_dsn
 
 _LOCK_ID = 0x5E7B0D  # advisory lock id for migrations
-#: the role the DAGs use for the ledger in the compose file and the local cluster
+#: the runtime role: the DAGs, workers and console use it for the ledger (compose file, local cluster)
 LEDGER_ROLE = "returnledger"
+#: the role that owns the ledger schema and everything in it; nobody logs in as it
+OWNER_ROLE = "returnledger_owner"
 
 
 def migration_files() -> list[tuple[str, str]]:
@@ -33,14 +42,27 @@ def migration_files() -> list[tuple[str, str]]:
 
 
 def migrate(
-    dsn: str | None = None, *, owner: str | None = None, owner_password: str | None = None
+    dsn: str | None = None,
+    *,
+    owner: str | None = None,
+    runtime: str | None = None,
+    runtime_password: str | None = None,
 ) -> list[str]:
     """Apply pending migrations; returns the names applied now.
 
-    ``owner``: the role that owns the ledger (created if missing, see ``ensure_role``): it gets the schema
-    and everything the migrations create in it. Without it, a schema owned by another role the connecting
-    user may act as (an earlier ``owner``) keeps that owner for what the migrations add.
+    ``owner``: the role that owns the ledger (created NOLOGIN if missing; ``OWNER_ROLE`` when only
+    ``runtime`` is given): it gets the schema and everything the migrations create in it. ``runtime``:
+    the login role the runs use (created if missing, see ``ensure_role``): rows only, no ownership.
+    Without them, a schema owned by another role the connecting user may act as (an earlier ``owner``)
+    keeps that owner for what the migrations add, and its runtime roles get their rights on it.
     """
+    if runtime and owner is None:
+        owner = OWNER_ROLE
+    if runtime and runtime == owner:
+        raise ValueError(
+            f"the runtime role {runtime!r} cannot also own the ledger: a role that owns the tables can "
+            "drop them and their append-only triggers"
+        )
     applied_now: list[str] = []
     with connect(dsn) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_ID,))
@@ -52,7 +74,9 @@ def migrate(
             )
             conn.commit()
             if owner:
-                ensure_role(conn, owner, owner_password)
+                ensure_owner_role(conn, owner)
+                if runtime:
+                    ensure_role(conn, runtime, runtime_password)
                 hand_over(conn, owner)
                 conn.commit()
             run_as = owner or _acting_owner(conn)
@@ -74,6 +98,8 @@ def migrate(
                 applied_now.append(name)
             if run_as and applied_now:  # what the migrations created belongs to the ledger's owner too
                 hand_over(conn, run_as)
+            for role in sorted({*([runtime] if runtime else []), *_runtime_roles(conn)}):
+                grant_runtime(conn, role)
             conn.commit()
         finally:
             conn.rollback()  # nothing after the commit above; a failed migration's transaction otherwise
@@ -91,6 +117,59 @@ def _acting_owner(conn: psycopg.Connection) -> str | None:
         (SCHEMA,),
     ).fetchone()
     return row[0] if row and row[1] else None
+
+
+def _runtime_roles(conn: psycopg.Connection) -> list[str]:
+    """Roles other than the owner that may use the ledger schema (the runtime roles an earlier run set)."""
+    return [
+        r[0]
+        for r in conn.execute(
+            """SELECT DISTINCT pg_get_userbyid(a.grantee) FROM pg_namespace n, aclexplode(n.nspacl) a
+                WHERE n.nspname = %s AND a.privilege_type = 'USAGE' AND a.grantee <> n.nspowner
+                  AND a.grantee <> 0""",
+            (SCHEMA,),
+        )
+    ]
+
+
+def ensure_owner_role(conn: psycopg.Connection, role: str) -> None:
+    """The ledger's owner: a role nobody logs in as, without any server power (created if missing)."""
+    ident = sql.Identifier(role)
+    found = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    if found and found[0]:
+        # roles belong to the whole server: turning a login role into the owner would lock out whoever
+        # uses it (an earlier deployment's runtime role, say); refuse and name it
+        raise ValueError(
+            f"role {role!r} can log in, so it cannot be the ledger's owner (nobody logs in as the owner); "
+            f"give another --owner, e.g. {OWNER_ROLE}, and {role!r} as --runtime-role"
+        )
+    if not found:
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(ident))
+        except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+            pass  # created meanwhile by a migration of another database on the same server
+    conn.execute(
+        sql.SQL(
+            "ALTER ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+            " PASSWORD NULL"
+        ).format(ident)
+    )
+
+
+def grant_runtime(conn: psycopg.Connection, role: str) -> None:
+    """The runtime role's rights: use the schema, read and write rows, use the sequences, call the
+    functions; never CREATE in the schema, TRUNCATE, REFERENCES or TRIGGER (idempotent)."""
+    args = {"schema": sql.Identifier(SCHEMA), "role": sql.Identifier(role)}
+    for statement in (
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        "REVOKE CREATE ON SCHEMA {schema} FROM {role}",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}",
+        "REVOKE TRUNCATE, REFERENCES, TRIGGER ON ALL TABLES IN SCHEMA {schema} FROM {role}",
+        "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
+        "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {schema} TO {role}",
+    ):
+        conn.execute(sql.SQL(statement).format(**args))
 
 
 def ensure_role(conn: psycopg.Connection, role: str, password: str | None = None) -> None:
@@ -190,8 +269,11 @@ def reset(dsn: str | None = None) -> None:
 
 __all__ = [
     "LEDGER_ROLE",
+    "OWNER_ROLE",
     "ensure_database",
+    "ensure_owner_role",
     "ensure_role",
+    "grant_runtime",
     "hand_over",
     "migrate",
     "migration_files",
