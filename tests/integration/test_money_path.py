@@ -385,10 +385,16 @@ class _Crash(BaseException):
     """Stands for the process dying: not an Exception, so no handler in the push path catches it."""
 
 
-def test_push_killed_between_202_and_ledger_update(ledger, tmp_path):
-    """Amazon took the note (202); the pusher dies before the ledger update; the task is rerun.
-    Under the reject rule the resend is refused as a duplicate: one note at Amazon, one accepted credit."""
+def test_push_killed_between_202_and_ledger_update(ledger, tmp_path, monkeypatch):
+    """Amazon took the note (202); the pusher dies before the ledger update; the task is rerun once the
+    dead pusher's lease has run out. Under the reject rule the resend is refused as a duplicate naming the
+    logged transaction: one note at Amazon, one accepted credit."""
+    import time
+
+    from returnledger.amazon.claims import LEASE_ENV
     from returnledger_dev.sandbox.harness import run_sandbox
+
+    monkeypatch.setenv(LEASE_ENV, "1")
 
     path, _scenario = _seed_pending_notes(ledger, tmp_path, n=3)
     with run_sandbox(path, tmp_path / "out", faults=False) as sb:
@@ -414,7 +420,8 @@ def test_push_killed_between_202_and_ledger_update(ledger, tmp_path):
                 ).fetchone()[0]
                 >= 1
             ), "the dead pusher's claim is left behind"
-        # the retry: the dead claim is taken over (its session is gone), the note resent with the same id
+        # the retry: the dead claim is taken over once its lease ran out, the note resent with the same id
+        time.sleep(1.2)
         amazon = _amazon(sb)
         push_credits(ledger, amazon, party_id="VNDR1", at=end, batch_id=batch)
         stats = confirm(ledger, amazon, at=end, batch_id=batch, rounds=6, wait_s=0.3)
@@ -521,7 +528,8 @@ def test_generated_shared_notice_month_matches_expected(ledger, tmp_path, genera
 
 def test_circuit_breaker_stops_a_push_step_during_an_outage(ledger, tmp_path):
     """Amazon answers every request with 5xx: the step stops after BREAKER_FAILURES notes, leaves every
-    note PENDING (same ids) for the next run and does not hold the pool retrying each note in turn."""
+    note PENDING (same ids) for the next run, does not hold the pool retrying each note in turn, and
+    fails (AmazonOutage: the same signal as confirm's, tests/sandbox/test_money_evidence.py)."""
     from returnledger_dev.sandbox.harness import run_sandbox
 
     rows = [(f"RB-1-{i:07d}", f"RN-{i}", "SKU-A", "2026-10-05", 1, 1) for i in range(1, 13)]
@@ -529,9 +537,9 @@ def test_circuit_breaker_stops_a_push_step_during_an_outage(ledger, tmp_path):
     path = _start(ledger, scenario, tmp_path)
     with run_sandbox(path, tmp_path / "out", faults=True) as sb:
         end, batch = _sync_without_push(ledger, sb, date(2026, 10, 5))
-        stats = push_credits(ledger, _amazon(sb, max_attempts=3), party_id="VNDR1", at=end, batch_id=batch)
-    assert stats["calls"] == amazon_push.BREAKER_FAILURES
-    assert stats["stopped_by_breaker"] == 12 - amazon_push.BREAKER_FAILURES
+        with pytest.raises(amazon_push.AmazonOutage) as outage:
+            push_credits(ledger, _amazon(sb, max_attempts=3), party_id="VNDR1", at=end, batch_id=batch)
+    assert outage.value.failed == amazon_push.BREAKER_FAILURES and outage.value.stopped
     with db.connect(ledger) as conn:
         assert dict(
             conn.execute(
@@ -540,5 +548,6 @@ def test_circuit_breaker_stops_a_push_step_during_an_outage(ledger, tmp_path):
         ) == {"PENDING": 12}
         attempts = conn.execute(
             "SELECT count(*), count(DISTINCT document_id) FROM ledger.submission_attempt"
+            " WHERE outcome <> 'SENDING'"
         ).fetchone()
     assert attempts == (3 * amazon_push.BREAKER_FAILURES, amazon_push.BREAKER_FAILURES)

@@ -19,7 +19,9 @@ treats it as the same credit note, answered with the first transactionId;
 ``DuplicateInvoiceNumber``, naming the transaction that took the note in.
 An id counts as taken in once a submission of it was applied (202, or a lost
 response) and its transaction does not end in Failure; a note whose
-transaction fails may be sent again and is judged afresh.
+transaction fails may be sent again and is judged afresh. The fault
+``faults.amazon.duplicate_details: "empty"`` makes that refusal name nothing
+(empty ``details``), for the ledger's evidence rule (design.md rule 11).
 """
 
 from __future__ import annotations

@@ -88,6 +88,14 @@ class SpApiSimulator:
         faults = ((scenario.get("faults") or {}).get("amazon")) or {}
         self.error_rate = float(faults.get("error_rate") or 0)
         self.lost_rate = float(faults.get("lost_response_rate") or 0)
+        # FAULT (not Amazon's documented behaviour, which names nothing either way): "empty" answers a
+        # duplicate credit-note id under "reject" with empty ``details``, so the refusal names no transaction
+        self.duplicate_details = faults.get("duplicate_details") or "named"
+        if self.duplicate_details not in ("named", "empty"):
+            raise ValueError(
+                f"faults.amazon.duplicate_details: unknown value {self.duplicate_details!r} "
+                "(expected 'named' or 'empty')"
+            )
         throttle = faults.get("throttle")
         self.buckets = {}
         for op, (rate, burst) in OPERATIONS.items():
@@ -290,7 +298,7 @@ class SpApiSimulator:
                     {
                         "code": DUPLICATE_CODE,
                         "message": f"invoice {i} was already submitted",
-                        "details": held[i]["transaction_id"],
+                        "details": held[i]["transaction_id"] if self.duplicate_details == "named" else "",
                     }
                     for i in ids
                     if i in held

@@ -83,7 +83,7 @@ def reject(
         params = (error, at, ids, expect, *((claim.key,) if claim is not None else ()))
         done = conn.execute(
             f"""UPDATE ledger.amazon_submission SET status = 'FAILED', last_error = %s,
-                                       resolved_at = %s, claim_key = NULL
+                                       resolved_at = %s, claim_key = NULL, lease_until = NULL
                                  WHERE submission_id = ANY(%s) AND status = %s {guard}
                                 RETURNING return_id, line, sku""",
             params,
@@ -152,16 +152,59 @@ def accept(
 
 
 def follow(conn, ids: list[int], tx: str, original: str, credit_note_id: str | None) -> None:
-    """Amazon refused a resend as a duplicate of ``original``: the note is held there; follow that one."""
+    """Amazon refused a resend as a duplicate of ``original``, a transaction that may be this note's: poll
+    that one. Its Success accepts the note; its Failure means the refusal proved nothing (``unproven``)."""
     with conn.transaction():
         conn.execute(
-            """UPDATE ledger.amazon_submission SET transaction_id = %s,
+            """UPDATE ledger.amazon_submission SET transaction_id = %s, refused_transaction_id = %s,
                                last_error = %s WHERE submission_id = ANY(%s) AND status = 'SUBMITTED'
                                AND transaction_id = %s""",
-            (original, f"resend {tx} refused as a duplicate of {original}: following {original}", ids, tx),
+            (
+                original,
+                tx,
+                f"resend {tx} refused as a duplicate of {original}: following {original}",
+                ids,
+                tx,
+            ),
         )
-        if credit_note_id:
-            conn.execute(
-                "UPDATE ledger.credit_note SET held_transaction_id = %s WHERE credit_note_id = %s",
-                (original, credit_note_id),
-            )
+
+
+def unproven(conn, ids: list[int], detail: str, *, at: datetime, batch_id: str) -> int:
+    """Amazon refused the note's id as a duplicate without evidence that it holds this note (design rule
+    11): the note is not accepted and not rejected. Its submission ends FAILED (an operator can Retry it),
+    its lines wait at CREDIT_SUBMITTED, and an AMAZON_REJECTED exception (integration) says why."""
+    with conn.transaction():
+        done = conn.execute(
+            """UPDATE ledger.amazon_submission SET status = 'FAILED', last_error = %s, resolved_at = %s,
+                      claim_key = NULL, lease_until = NULL
+                WHERE submission_id = ANY(%s) AND status = 'SUBMITTED'
+               RETURNING return_id, line, sku""",
+            (detail, at, ids),
+        ).fetchall()
+        # a line whose 202 was never recorded (lost response) is DISPOSITIONED: it was sent, so it waits
+        # at CREDIT_SUBMITTED like the others
+        transition(
+            conn,
+            [(rid, ln) for rid, ln, _ in done],
+            lifecycle.on_credit_submitted,
+            cause="AMAZON_DUPLICATE_UNPROVEN",
+            at=at,
+            batch_id=batch_id,
+        )
+        raise_exceptions(
+            conn,
+            [
+                NewException(
+                    ExceptionType.AMAZON_REJECTED,
+                    line_subject(rid, ln),
+                    detail,
+                    return_id=rid,
+                    line=ln,
+                    sku=sku,
+                )
+                for rid, ln, sku in done
+            ],
+            at=at,
+            batch_id=batch_id,
+        )
+    return len(done)

@@ -1,9 +1,16 @@
 """Confirm: poll Amazon for the transactions of submitted actions until each is final.
 
-Success closes the lines; Failure raises AMAZON_REJECTED. A Failure with ``DuplicateInvoiceNumber`` for a
-note this ledger has sent before is Amazon saying it already holds the note: a duplicate refusal of a note
-we may already have delivered is evidence that Amazon holds it, so the ledger follows the transaction
-Amazon names (or records the evidence), never a REJECTED line.
+Success closes the lines; Failure raises AMAZON_REJECTED. A line is accepted only on Amazon's evidence
+(design rule 11): a Success of the note's own transaction, or a ``DuplicateInvoiceNumber`` refusal whose
+``details`` name a transaction of that note which then does not end in Failure. A transaction is the
+note's when the send log has it under the note's id, or, for a transaction the ledger never heard of,
+when the send log shows an attempt of the note whose outcome is unknown (a 5xx, no answer, or a SENDING
+row without an outcome: the response that would have named it was lost). A refusal that names nothing,
+or names a transaction that is not the note's or that failed, proves nothing: the note is not accepted,
+its lines wait at CREDIT_SUBMITTED and AMAZON_REJECTED says that Amazon refused the id without naming
+what it holds (returnledger.amazon.answers.unproven). A duplicate refusal never makes a line REJECTED.
+
+An Amazon outage ends this step the way it ends the push steps (returnledger.amazon.push.AmazonOutage).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import logging
 import time
 from datetime import datetime
 
-from returnledger.amazon.answers import accept, follow, reject
+from returnledger.amazon.answers import accept, follow, reject, unproven
 from returnledger.models import ActionKind
 from returnledger.store.db import connect
 
@@ -30,26 +37,62 @@ def _duplicate_of(errors: list[dict]) -> tuple[bool, str | None]:
     return False, None
 
 
-def _sent_before(conn, credit_note_id: str | None, tx: str) -> bool:
-    """Did this ledger send the note in an attempt other than the one that got ``tx``?
+# what the send log knows of a transaction Amazon named in a duplicate refusal of a note
+_NAMED_SQL = """
+SELECT bool_or(a.document_id = %(note)s AND a.transaction_id = %(named)s) AS ours,
+       bool_or(a.document_id IS DISTINCT FROM %(note)s AND a.transaction_id = %(named)s) AS another_notes,
+       string_agg(DISTINCT a.document_id, ', ') FILTER (WHERE a.document_id IS DISTINCT FROM %(note)s
+                                                        AND a.transaction_id = %(named)s) AS other_ids,
+       bool_or(a.document_id = %(note)s AND (
+                   a.outcome = 'NO_ANSWER' OR a.http_status >= 500
+                   OR (a.outcome = 'SENDING' AND NOT EXISTS (
+                           SELECT 1 FROM ledger.submission_attempt r
+                            WHERE r.send_id = a.send_id AND r.attempt = a.attempt AND r.outcome <> 'SENDING'))
+               )) AS unknown_outcome
+  FROM ledger.submission_attempt a
+ WHERE a.document_id = %(note)s OR a.transaction_id = %(named)s
+"""
 
-    A duplicate refusal is evidence that Amazon holds the note only if an earlier send of ours may have
-    been taken in; on the very first send it means the id belongs to somebody else's invoice.
+
+def judge_refusal(conn, note_id: str | None, tx: str, named: str | None) -> tuple[bool, str]:
+    """Is a duplicate refusal (transaction ``tx``, ``details`` = ``named``) evidence worth following?
+
+    Returns (follow ``named``, why not: a sentence for the exception when it is not).
     """
-    if credit_note_id is None:
-        return False
-    return bool(
-        conn.execute(
-            """SELECT 1 FROM ledger.submission_attempt WHERE document_id = %s
-                                   AND transaction_id IS DISTINCT FROM %s LIMIT 1""",
-            (credit_note_id, tx),
-        ).fetchone()
+    if not named:
+        return False, "without naming the transaction that holds it (empty details)"
+    if named == tx or note_id is None:
+        return False, f"naming transaction {named}, the refused transaction itself"
+    ours, another, other_ids, unknown = conn.execute(_NAMED_SQL, {"note": note_id, "named": named}).fetchone()
+    if another and not ours:
+        return (
+            False,
+            f"naming transaction {named}, which carried another credit note of this ledger ({other_ids})",
+        )
+    if ours:
+        return True, ""
+    if unknown:  # an attempt whose answer we never read may have been taken in as ``named``
+        return True, ""
+    return False, (
+        f"naming transaction {named}, which is none of this ledger's sends of the note (every earlier "
+        "attempt has a known outcome that took nothing in)"
+    )
+
+
+def _unproven_detail(note_id: str | None, why: str, errors) -> str:
+    return (
+        f"Amazon refused credit note {note_id} as a duplicate (DuplicateInvoiceNumber) {why}. That is no "
+        "evidence that Amazon credited this note: it is not accepted and its line waits (CREDIT_SUBMITTED, "
+        f"not closed). Look invoice {note_id} up in Vendor Central: if Amazon holds this credit, resolve "
+        "with that finding; if another invoice holds the id, correct it there and Retry. Amazon's answer: "
+        f"{json.dumps(errors, default=str)}"
     )
 
 
 def confirm(dsn: str, client, *, at: datetime, batch_id: str, rounds: int = 3, wait_s: float = 1.0) -> dict:
     """Poll Amazon for submitted transactions: ``rounds`` times, ``wait_s`` apart while some still process."""
-    from returnledger.clients.amazon import AmazonRequestError
+    from returnledger.amazon.push import BREAKER_FAILURES, AmazonOutage
+    from returnledger.clients.amazon import AmazonRequestError, AmazonUnavailableError
 
     stats = {
         "accepted": 0,
@@ -59,11 +102,15 @@ def confirm(dsn: str, client, *, at: datetime, batch_id: str, rounds: int = 3, w
         "inventory_failed": 0,
         "polls": 0,
         "duplicates_followed": 0,
+        "unproven": 0,
+        "unavailable": 0,
     }
+    consecutive, last_unavailable, stopped = 0, None, False
     with connect(dsn) as conn:
         for attempt in range(rounds):
             pending = conn.execute("""
-                SELECT transaction_id, kind, array_agg(submission_id), min(document_id)
+                SELECT transaction_id, kind, array_agg(submission_id), min(document_id),
+                       min(refused_transaction_id)
                   FROM ledger.amazon_submission
                 WHERE status = 'SUBMITTED' AND transaction_id IS NOT NULL
                 GROUP BY transaction_id, kind ORDER BY transaction_id""").fetchall()
@@ -71,7 +118,10 @@ def confirm(dsn: str, client, *, at: datetime, batch_id: str, rounds: int = 3, w
             if not pending:
                 break
             still, followed = 0, 0
-            for tx, kind, ids, note_id in pending:
+            for tx, kind, ids, note_id, refused in pending:
+                if consecutive >= BREAKER_FAILURES:
+                    stopped = True
+                    break
                 stats["polls"] += 1
                 try:
                     status = (
@@ -79,6 +129,13 @@ def confirm(dsn: str, client, *, at: datetime, batch_id: str, rounds: int = 3, w
                         if kind == ActionKind.CREDIT_NOTE
                         else client.get_df_transaction(tx)
                     )
+                except (
+                    AmazonUnavailableError
+                ) as e:  # retries ran out: the rows stay SUBMITTED for the next try
+                    consecutive += 1
+                    stats["unavailable"] += 1
+                    last_unavailable = e
+                    continue
                 except AmazonRequestError as e:
                     # Amazon refuses to report this transaction (e.g. 404: unknown or expired). Keep the rows
                     # SUBMITTED with the reason; the operating checks raise SYNC_STALLED if it persists.
@@ -88,22 +145,40 @@ def confirm(dsn: str, client, *, at: datetime, batch_id: str, rounds: int = 3, w
                     )
                     conn.commit()
                     stats["unknown"] = stats.get("unknown", 0) + 1
+                    consecutive = 0
                     continue
+                consecutive = 0
                 if status.status == "Success":
                     accept(conn, kind, ids, tx, note_id, at=at, batch_id=batch_id, evidence="SUCCESS")
                     stats["accepted" if kind == ActionKind.CREDIT_NOTE else "inventory_accepted"] += 1
                 elif status.status == "Failure" and kind == ActionKind.CREDIT_NOTE:
-                    dup, original = _duplicate_of(status.errors)
-                    if dup and _sent_before(conn, note_id, tx):
-                        if original and original != tx:
-                            follow(conn, ids, tx, original, note_id)
+                    dup, named = _duplicate_of(status.errors)
+                    if dup:
+                        worth, why = judge_refusal(conn, note_id, tx, named)
+                        if worth and named is not None:
+                            follow(conn, ids, tx, named, note_id)
                             followed += 1
-                        else:  # Amazon holds it and names no other transaction: that is the evidence
-                            accept(
-                                conn, kind, ids, tx, note_id, at=at, batch_id=batch_id, evidence="DUPLICATE"
+                            stats["duplicates_followed"] += 1
+                        else:
+                            unproven(
+                                conn,
+                                ids,
+                                _unproven_detail(note_id, why, status.errors),
+                                at=at,
+                                batch_id=batch_id,
                             )
-                            stats["accepted"] += 1
-                        stats["duplicates_followed"] += 1
+                            stats["unproven"] += 1
+                        conn.commit()
+                        continue
+                    if (
+                        refused
+                    ):  # the transaction a duplicate refusal named failed: the refusal proved nothing
+                        why = f"naming transaction {tx}, which ended in Failure"
+                        unproven(
+                            conn, ids, _unproven_detail(note_id, why, status.errors), at=at, batch_id=batch_id
+                        )
+                        stats["unproven"] += 1
+                        conn.commit()
                         continue
                     rows = [
                         dict(zip(("submission_id", "return_id", "line", "sku"), r, strict=True))
@@ -113,13 +188,14 @@ def confirm(dsn: str, client, *, at: datetime, batch_id: str, rounds: int = 3, w
                             (ids,),
                         )
                     ]
-                    detail = json.dumps(status.errors, default=str)
-                    if dup:
-                        detail = (
-                            "the credit-note id was already used at Amazon by an invoice this ledger never "
-                            f"sent: {detail}"
-                        )
-                    reject(conn, rows, detail, at=at, batch_id=batch_id, expect="SUBMITTED")
+                    reject(
+                        conn,
+                        rows,
+                        json.dumps(status.errors, default=str),
+                        at=at,
+                        batch_id=batch_id,
+                        expect="SUBMITTED",
+                    )
                     stats["rejected"] += 1
                 elif status.status == "Failure":
                     with conn.transaction():
@@ -132,7 +208,10 @@ def confirm(dsn: str, client, *, at: datetime, batch_id: str, rounds: int = 3, w
                     stats["inventory_failed"] += 1
                 else:
                     still += 1
+                conn.commit()
             stats["processing"] = still
+            if stopped:
+                break
             if followed:
                 continue  # poll the transactions Amazon named at once
             if still and attempt < rounds - 1:
@@ -140,4 +219,17 @@ def confirm(dsn: str, client, *, at: datetime, batch_id: str, rounds: int = 3, w
             else:
                 break
     log.info("confirm %s: %s", batch_id, stats)
+    if stats["unavailable"]:
+        with connect(dsn) as conn:
+            left = conn.execute(
+                "SELECT count(DISTINCT transaction_id) FROM ledger.amazon_submission"
+                " WHERE status = 'SUBMITTED'"
+            ).fetchone() or (0,)
+        raise AmazonOutage(
+            "confirm",
+            failed=stats["unavailable"],
+            stopped=stopped,
+            left=f"{left[0]} transaction(s) left SUBMITTED, to be polled again",
+            last=last_unavailable,
+        )
     return stats

@@ -156,11 +156,13 @@ class AmazonVendorClient:
             wait = max(wait, 1.0 / self.buckets[op].rate)
         return wait * (0.5 + self._jitter.random() / 2)
 
-    def _call(self, op: str, api: str, fn, on_attempt=None):
+    def _call(self, op: str, api: str, fn, on_attempt=None, before_attempt=None):
         """Run ``fn(client)`` under the bucket with retries; Amazon refusals become AmazonRequestError.
 
-        ``on_attempt(attempt, http_status, result, errors)`` is told of every HTTP attempt as it ends
-        (status None: no answer), so a caller can keep a send log of each try, not only of the last.
+        ``before_attempt(attempt)`` is called before every HTTP attempt and may stop the call by raising
+        (nothing is sent then); ``on_attempt(attempt, http_status, result, errors)`` is told of every HTTP
+        attempt as it ends (status None: no answer), so a caller can keep a send log of each try, written
+        down before it leaves and after it ends.
         """
         import httpx
         from sp_api.auth.exceptions import AuthorizationError
@@ -179,6 +181,8 @@ class AmazonVendorClient:
         def attempt():
             nonlocal tries
             tries += 1
+            if before_attempt is not None:
+                before_attempt(tries)
             try:
                 result = _attempt()
             except BaseException as e:
@@ -291,7 +295,7 @@ class AmazonVendorClient:
         )
 
     # --- operations ------------------------------------------------------------------
-    def submit_invoices(self, invoices: list[dict], *, on_attempt=None) -> str:
+    def submit_invoices(self, invoices: list[dict], *, on_attempt=None, before_attempt=None) -> str:
         """POST invoices/credit notes (body ``{"invoices": invoices}``); returns the transactionId.
 
         Retries resend the identical body: give each credit note a deterministic id, and read the
@@ -303,6 +307,7 @@ class AmazonVendorClient:
             "invoices",
             lambda c: self._transaction_id("submitInvoices", c.submit_invoices(body)),
             on_attempt=on_attempt,
+            before_attempt=before_attempt,
         )
 
     def get_transaction(self, transaction_id: str) -> TransactionStatus:
@@ -320,6 +325,7 @@ class AmazonVendorClient:
         items: list[dict],
         is_full_update: bool = False,
         on_attempt=None,
+        before_attempt=None,
     ) -> str:
         """POST absolute available quantities for the warehouse's SKUs; returns the transactionId."""
         inventory = {
@@ -334,6 +340,7 @@ class AmazonVendorClient:
                 "submitInventoryUpdate", c.submit_inventory_update(warehouse_id, inventory=inventory)
             ),
             on_attempt=on_attempt,
+            before_attempt=before_attempt,
         )
 
     def get_df_transaction(self, transaction_id: str) -> TransactionStatus:

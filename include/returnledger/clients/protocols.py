@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 #: told of every HTTP attempt as it ends: (attempt, http_status, transaction_id, errors)
 OnAttempt = Callable[[int, int | None, str | None, list[dict]], None]
+#: called before every HTTP attempt with its number; raising stops the call before anything is sent
+BeforeAttempt = Callable[[int], None]
 
 
 class ReturnsFeed(Protocol):
@@ -45,7 +47,13 @@ class ReturnsFeed(Protocol):
 class VendorCentral(Protocol):
     """Amazon SP-API vendor operations: credit notes, inventory, and their transaction status."""
 
-    def submit_invoices(self, invoices: list[dict], *, on_attempt: OnAttempt | None = None) -> str: ...
+    def submit_invoices(
+        self,
+        invoices: list[dict],
+        *,
+        on_attempt: OnAttempt | None = None,
+        before_attempt: BeforeAttempt | None = None,
+    ) -> str: ...
 
     def get_transaction(self, transaction_id: str) -> TransactionStatus: ...
 
@@ -57,6 +65,7 @@ class VendorCentral(Protocol):
         items: list[dict],
         is_full_update: bool = False,
         on_attempt: OnAttempt | None = None,
+        before_attempt: BeforeAttempt | None = None,
     ) -> str: ...
 
     def get_df_transaction(self, transaction_id: str) -> TransactionStatus: ...
