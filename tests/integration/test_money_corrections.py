@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from returnledger.exception_queue import actions
+from returnledger.exception_queue.queue import ExceptionActionError
 from returnledger.ledger.run_window import run_window
 from returnledger.reference import load as reference
 from returnledger.store import db, migrate
@@ -219,3 +220,262 @@ def test_a_legacy_note_named_after_a_skipped_line_does_not_block_that_lines_own_
             "R8": "CN-R8-1",
         }
         conn.rollback()
+
+
+# --------------------------------------------------------------------------- finding 5 and rule 10
+
+
+def _one_line_return(rid: str, day: str, announced: int) -> dict:
+    return {rid: (day, [announced])}
+
+
+def _received(rid: str, eid: str, at: str, quantity, ln: int = 1) -> dict:
+    return _ev(eid, "RECEIVED", rid, at, line=ln, quantity=quantity)
+
+
+def _settled(rid: str, day: str, disposition: str = "REFURBISH", ln: int = 1) -> list[dict]:
+    return [
+        _ev(f"ev-{rid}-grd", "GRADED", rid, f"{day}T15:00:00Z", line=ln, grade="B"),
+        _ev(f"ev-{rid}-dsp", "DISPOSITIONED", rid, f"{day}T16:00:00Z", line=ln, disposition=disposition),
+    ]
+
+
+def test_recount_before_and_after_disposition(ledger, tmp_path):
+    """Rule 10. Before the disposition the newest count stands: announced 3, received 1, recounted 3 ->
+    credit 3; received 3, recounted 1 -> credit 1; an over-receipt recounted to the announced quantity is
+    no longer held, a receipt recounted above it is. After the disposition a recount changes nothing sent
+    and raises QUANTITY_MISMATCH (warehouse) with both counts. A redelivery of the same event stays a
+    no-op."""
+    d5, d6 = "2026-10-05", "2026-10-06"
+    returns = {
+        "RB-UP": (d5, [3]),  # 1 then 3
+        "RB-DOWN": (d5, [3]),  # 3 then 1
+        "RB-OVER-OK": (d5, [1]),  # 2 (over, held) then 1
+        "RB-OVER-NEW": (d5, [1]),  # 1 then 2 (over: the credit waits for the warehouse)
+        "RB-LATE": (d5, [3]),  # 3, dispositioned, then recounted 1
+    }
+    late_receipt = _received("RB-LATE", "ev-RB-LATE-rec", f"{d5}T10:00:00Z", 3)
+    events = [
+        _received("RB-UP", "ev-RB-UP-rec", f"{d5}T10:00:00Z", 1),
+        _received("RB-UP", "ev-RB-UP-recount", f"{d6}T10:00:00Z", 3),
+        *_settled("RB-UP", d6),
+        _received("RB-DOWN", "ev-RB-DOWN-rec", f"{d5}T10:00:00Z", 3),
+        _received("RB-DOWN", "ev-RB-DOWN-recount", f"{d6}T10:00:00Z", 1),
+        *_settled("RB-DOWN", d6),
+        _received("RB-OVER-OK", "ev-RB-OVER-OK-rec", f"{d5}T10:00:00Z", 2),
+        _received("RB-OVER-OK", "ev-RB-OVER-OK-recount", f"{d6}T10:00:00Z", 1),
+        *_settled("RB-OVER-OK", d6),
+        _received("RB-OVER-NEW", "ev-RB-OVER-NEW-rec", f"{d5}T10:00:00Z", 1),
+        _received("RB-OVER-NEW", "ev-RB-OVER-NEW-recount", f"{d6}T10:00:00Z", 2),
+        *_settled("RB-OVER-NEW", d6),
+        late_receipt,
+        *_settled("RB-LATE", d5, "RESTOCKED"),
+        _received("RB-LATE", "ev-RB-LATE-recount", f"{d6}T10:00:00Z", 1),
+        {**late_receipt, "delivered_at": "2026-10-07T09:00:00Z"},  # ReBound redelivers the receipt
+    ]
+    scenario = _scenario(returns, events, (d5, "2026-10-08"))
+    with _start(ledger, scenario, tmp_path) as sb:
+        m = Month(ledger, sb)
+        m.day(date(2026, 10, 5))
+        assert [d for _, _, d in m.mismatch("RB-UP", 1)] == ["received 1 of 3 announced"]
+        assert m.mismatch("RB-DOWN", 1) == []
+        late_credit = m.one(
+            "SELECT quantity FROM ledger.amazon_submission WHERE return_id = 'RB-LATE'"
+            " AND kind = 'CREDIT_NOTE'"
+        )
+        assert late_credit == (3,)
+        m.days(date(2026, 10, 6), date(2026, 10, 8))
+        sb.dump()
+        received = dict(m.all("SELECT return_id, quantity_received FROM ledger.return_line"))
+        open_mismatch = {rid: m.mismatch(rid, 1) for rid in returns}
+        resolved_up = m.all(
+            "SELECT resolution FROM ledger.exception WHERE type = 'QUANTITY_MISMATCH' AND return_id = 'RB-UP'"
+            " AND status = 'resolved'"
+        )
+        history = m.all(
+            "SELECT return_id, event_id, from_state, to_state, detail FROM ledger.line_history"
+            " WHERE cause = 'RECOUNT' ORDER BY return_id"
+        )
+        late_state = m.one("SELECT state FROM ledger.return_line WHERE return_id = 'RB-LATE'")[0]
+        outcomes = dict(
+            m.all(
+                "SELECT r.event_id, o.status FROM ledger.raw_event r"
+                " JOIN ledger.event_outcome o USING (raw_id) WHERE r.event_id = 'ev-RB-LATE-rec'"
+            )
+        )
+    notes = _notes_taken_in(tmp_path / "out")
+    # before the disposition: the newest count is what the credit follows
+    assert notes == {
+        "CN-RB-UP-1": [3],
+        "CN-RB-DOWN-1": [1],
+        "CN-RB-OVER-OK-1": [1],
+        "CN-RB-LATE-1": [3],  # sent before the recount, and unchanged by it
+    }, notes
+    assert received == {"RB-UP": 3, "RB-DOWN": 1, "RB-OVER-OK": 1, "RB-OVER-NEW": 2, "RB-LATE": 3}
+    # the mismatch follows the count: resolved when it matches, raised when it differs
+    assert open_mismatch["RB-UP"] == [] and len(resolved_up) == 1 and "recounted" in resolved_up[0][0]
+    assert [(o, d) for _, o, d in open_mismatch["RB-DOWN"]] == [
+        ("warehouse", "received 1 of 3 announced (recounted; 3 before)")
+    ]
+    assert open_mismatch["RB-OVER-OK"] == []
+    assert [d for *_, d in open_mismatch["RB-OVER-NEW"]] == [
+        "received 2 of 1 announced (recounted; 1 before)"
+    ]
+    # after the disposition: nothing sent changes, finance sees both counts
+    [(_, owner, detail)] = open_mismatch["RB-LATE"]
+    assert owner == "warehouse" and "recounted 1 unit(s) after the disposition" in detail
+    assert "counted 3 of 3 announced" in detail and late_state == "CLOSED"
+    # every recount is in the line's history with both counts; the redelivery changed nothing
+    assert [(r[0], r[1], r[4]) for r in history] == [
+        ("RB-DOWN", "ev-RB-DOWN-recount", {"counted_before": 3, "recounted": 1, "after_disposition": False}),
+        ("RB-LATE", "ev-RB-LATE-recount", {"counted_before": 3, "recounted": 1, "after_disposition": True}),
+        (
+            "RB-OVER-NEW",
+            "ev-RB-OVER-NEW-recount",
+            {"counted_before": 1, "recounted": 2, "after_disposition": False},
+        ),
+        (
+            "RB-OVER-OK",
+            "ev-RB-OVER-OK-recount",
+            {"counted_before": 2, "recounted": 1, "after_disposition": False},
+        ),
+        ("RB-UP", "ev-RB-UP-recount", {"counted_before": 1, "recounted": 3, "after_disposition": False}),
+    ]
+    assert outcomes == {"ev-RB-LATE-rec": "APPLIED"}
+
+
+def test_receipt_of_zero_units_is_invalid_and_the_real_one_applies(ledger, tmp_path):
+    """A RECEIVED of 0 units is no receipt: INVALID_EVENT, the line untouched; the real receipt of 2 that
+    follows under another event id is the line's receipt, and its credit goes out."""
+    d5, d6 = "2026-10-05", "2026-10-06"
+    events = [
+        _received("RB-ZERO", "ev-RB-ZERO-rec0", f"{d5}T10:00:00Z", 0),
+        _received("RB-ZERO", "ev-RB-ZERO-rec2", f"{d6}T10:00:00Z", 2),
+        *_settled("RB-ZERO", d6),
+    ]
+    scenario = _scenario({"RB-ZERO": (d5, [2])}, events, (d5, "2026-10-07"))
+    with _start(ledger, scenario, tmp_path) as sb:
+        m = Month(ledger, sb)
+        m.day(date(2026, 10, 5))
+        invalid = m.all(
+            "SELECT e.detail FROM ledger.exception e JOIN ledger.raw_event r USING (raw_id)"
+            " WHERE e.type = 'INVALID_EVENT' AND r.event_id = 'ev-RB-ZERO-rec0'"
+        )
+        after_zero = m.one("SELECT state, quantity_received FROM ledger.return_line")
+        m.days(date(2026, 10, 6), date(2026, 10, 7))
+        sb.dump()
+        line = m.one("SELECT state, quantity_received FROM ledger.return_line")
+        mismatches = m.all("SELECT 1 FROM ledger.exception WHERE type = 'QUANTITY_MISMATCH'")
+    assert len(invalid) == 1 and "out of range (1..100000)" in invalid[0][0], invalid
+    assert after_zero == ("IN_TRANSIT", None)
+    assert line == ("CLOSED", 2) and mismatches == []
+    assert _notes_taken_in(tmp_path / "out") == {"CN-RB-ZERO-1": [2]}
+
+
+# --------------------------------------------------------------------------- finding 6
+
+
+def test_over_receipt_closes_only_with_a_quantity(ledger, tmp_path, capsys):
+    """An over-receipt's QUANTITY_MISMATCH refuses the generic Resolve and Dismiss (console and CLI) and
+    closes only by choosing the quantity: 0 closes the line with nothing owed, before or after the
+    disposition; a line left owed a credit with no note and no exception is reported as a stall."""
+    from returnledger.cli.main import main as cli
+    from returnledger.exception_queue.stalled import check_stalled_flows
+    from returnledger.render import render
+
+    d5, d6 = "2026-10-05", "2026-10-06"
+    returns = {rid: (d5, [1]) for rid in ("RB-HELD", "RB-ZERO", "RB-EARLY0", "RB-EARLY1", "RB-LOST")}
+    events = [_received(rid, f"ev-{rid}-rec", f"{d5}T10:00:00Z", 3) for rid in returns]
+    for rid in ("RB-HELD", "RB-ZERO", "RB-LOST"):
+        events += _settled(rid, d5)
+    for rid in ("RB-EARLY0", "RB-EARLY1"):  # the warehouse chooses before the disposition
+        events += _settled(rid, d6)
+    scenario = _scenario(returns, events, (d5, "2026-10-09"))
+    at = _utc(date(2026, 10, 6), 7)
+    with _start(ledger, scenario, tmp_path) as sb:
+        m = Month(ledger, sb)
+        m.day(date(2026, 10, 5))
+        exc = {rid: m.mismatch(rid, 1)[0][0] for rid in returns}
+        for verb in ("resolve", "dismiss"):
+            with pytest.raises(
+                ExceptionActionError, match=r"returnledger exceptions credit \d+ QUANTITY"
+            ) as why:
+                getattr(actions, f"{verb}_exception")(
+                    ledger,
+                    exc["RB-HELD"],
+                    actor="ops",
+                    at=at,
+                    **{"resolution" if verb == "resolve" else "reason": "counted again, fine"},
+                )
+            assert "0 closes the line with nothing owed" in str(why.value)
+            assert (
+                cli(
+                    [
+                        "exceptions",
+                        verb,
+                        str(exc["RB-HELD"]),
+                        "--why",
+                        "fine",
+                        "--actor",
+                        "ops",
+                        "--dsn",
+                        ledger,
+                    ]
+                )
+                == 2
+            )
+        assert "refused: cannot dismiss" in capsys.readouterr().out
+        # the console offers only the quantity action for it
+        with db.connect(ledger) as conn:
+            from returnledger.exception_queue.queries import exception_detail
+
+            detail = exception_detail(conn, exc["RB-HELD"])
+        from returnledger.console.pages import _over_received
+
+        x = dict(detail["exception"])
+        over = _over_received(x, detail["line"] or {})
+        page = render(
+            "console/detail.html",
+            base="",
+            user="wh",
+            read_only=False,
+            x=x,
+            can_act=True,
+            over_received=over,
+            sections=[],
+            csrf="t",
+            what_to_do=None,
+        )
+        assert over == {"received": 3, "announced": 1}
+        assert 'id="credit-quantity-form"' in page and 'id="resolve-form"' not in page
+        assert 'id="dismiss-form"' not in page
+        # the choices: 1 unit (console's function), 0 through the CLI, and two before the disposition
+        actions.resolve_over_receipt(ledger, exc["RB-HELD"], 1, actor="wh", at=at, note="2 were not ours")
+        assert cli(["exceptions", "credit", str(exc["RB-ZERO"]), "0", "--actor", "wh", "--dsn", ledger]) == 0
+        for rid, q in (("RB-EARLY0", 0), ("RB-EARLY1", 1)):
+            actions.resolve_over_receipt(ledger, exc[rid], q, actor="wh", at=at)
+        # the old way out: the exception closed without a quantity (as Resolve did before)
+        with db.connect(ledger) as conn:
+            conn.execute(
+                "UPDATE ledger.exception SET status = 'resolved', resolved_at = %s, resolved_by = 'ops',"
+                " resolution = 'closed by hand' WHERE exception_id = %s",
+                (at, exc["RB-LOST"]),
+            )
+        m.days(date(2026, 10, 6), date(2026, 10, 9))
+        sb.dump()
+        states = dict(m.all("SELECT return_id, state FROM ledger.return_line"))
+        stall = check_stalled_flows(ledger, as_of=_utc(date(2026, 10, 9), 23))
+        stalled = m.all(
+            "SELECT subject_key, return_id, owner FROM ledger.exception WHERE type = 'SYNC_STALLED'"
+            " AND status = 'open' AND subject_key LIKE 'uncredited:%%'"
+        )
+    assert _notes_taken_in(tmp_path / "out") == {"CN-RB-HELD-1": [1], "CN-RB-EARLY1-1": [1]}
+    assert states == {
+        "RB-HELD": "CLOSED",
+        "RB-ZERO": "CLOSED",
+        "RB-EARLY0": "CLOSED",
+        "RB-EARLY1": "CLOSED",
+        "RB-LOST": "DISPOSITIONED",
+    }
+    assert stall["uncredited_lines"] == 1
+    assert stalled == [("uncredited:RB-LOST|1", "RB-LOST", "integration")]

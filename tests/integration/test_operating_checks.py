@@ -194,6 +194,7 @@ def test_daily_counts_are_as_of_the_run_date(ledger):
         "aged_over_7d": 0,
         "stalled_submissions": 0,
         "stalled_held_lines": 0,
+        "uncredited_lines": 0,
         "sync_late": 0,
         "lines_not_dispositioned": 0,
     }
@@ -222,6 +223,7 @@ def test_check_stalled_flows_raises_once_and_resolves_what_moved(ledger):
     assert first == {
         "stalled_submissions": 3,
         "stalled_held_lines": 1,
+        "uncredited_lines": 0,
         "sync_late": 1,
         "raised": 5,
         "resolved": 0,

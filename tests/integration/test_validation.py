@@ -121,7 +121,9 @@ def test_messages_quote_the_value_received(validated):
     assert v["rid-na"] == "return_known: return 'NA' is not known to ReBound"
     assert v["type-odd"] == "type_known: unknown event type 'TELEPORTED'"
     assert v["grade-odd"] == "grade_known: grade 'Z\\té' is not one of A, B, C, D"
-    assert v["qty-negative"].endswith("received quantity -1 is out of range (0..100000)")
+    assert v["qty-negative"].endswith(
+        "received quantity -1 is out of range (1..100000): a receipt is at least one unit"
+    )
     assert "'NEW_REASON'" in v["unmapped"] and "'SKU-NEW'" in v["no-asin"]
 
 

@@ -1,4 +1,4 @@
-"""The return-line lifecycle rules (design.md 1-7), one behaviour per test."""
+"""The return-line lifecycle rules (design.md 1-8, 10), one behaviour per test."""
 
 from __future__ import annotations
 
@@ -93,11 +93,51 @@ def test_received_more_than_announced_is_a_mismatch_too():
 @pytest.mark.parametrize(
     "state", [S.RECEIVED, S.GRADED, S.DISPOSITIONED, S.CREDIT_SUBMITTED, S.CLOSED, S.REJECTED]
 )
-def test_a_second_receipt_under_another_id_is_ignored(state):
+def test_a_second_receipt_with_the_same_count_is_ignored(state):
     current = line(state, quantity_received=2, grade="A")
-    out = apply_event(current, ev("RECEIVED", quantity=1, event_id="redelivered"), POLICY)
+    out = apply_event(current, ev("RECEIVED", quantity=2, event_id="again"), POLICY)
     assert out.line == current and out.transitions == () and out.actions == () and out.raised == ()
-    assert out.ignored and "already received" in out.ignored
+    assert out.ignored and "same count" in out.ignored and out.recount is None
+
+
+@pytest.mark.parametrize("state", [S.RECEIVED, S.GRADED])
+@pytest.mark.parametrize(("announced", "first", "recount", "mismatch"), [(3, 1, 3, False), (3, 3, 1, True)])
+def test_a_recount_before_the_disposition_stands_and_the_mismatch_follows_it(
+    state, announced, first, recount, mismatch
+):
+    """Rule 10: the newest count is the line's; QUANTITY_MISMATCH only if it still differs."""
+    current = line(state, announced, quantity_received=first, grade="A" if state == S.GRADED else None)
+    out = apply_event(current, ev("RECEIVED", quantity=recount, event_id="recount"), POLICY)
+    assert out.line.state == state and out.line.quantity_received == recount and out.actions == ()
+    assert out.transitions == ((state, state),) and out.recount == (first, recount) and not out.ignored
+    assert [t for t, _ in out.raised] == ([ExceptionType.QUANTITY_MISMATCH] if mismatch else [])
+
+
+def test_the_disposition_credits_the_recounted_quantity_and_holds_a_recounted_over_receipt():
+    recounted = apply_event(
+        graded(received=1, announced=3), ev("RECEIVED", quantity=3, event_id="rc"), POLICY
+    )
+    out = apply_event(recounted.line, ev("DISPOSITIONED", disposition="REFURBISH"), POLICY)
+    assert out.actions == (ActionKind.CREDIT_NOTE,) and out.line.quantity_received == 3
+    over = apply_event(graded(received=3, announced=3), ev("RECEIVED", quantity=4, event_id="rc"), POLICY)
+    held = apply_event(over.line, ev("DISPOSITIONED", disposition="REFURBISH"), POLICY)
+    assert held.actions == () and held.line.state == S.DISPOSITIONED  # rule 8: the warehouse chooses
+
+
+@pytest.mark.parametrize("state", [S.DISPOSITIONED, S.CREDIT_SUBMITTED, S.CLOSED, S.REJECTED])
+def test_a_recount_after_the_disposition_changes_nothing_and_shows_both_counts(state):
+    current = line(state, 3, quantity_received=3, grade="A", disposition="RESTOCKED")
+    out = apply_event(current, ev("RECEIVED", quantity=1, event_id="recount"), POLICY)
+    assert out.line == current and out.actions == () and out.recount == (3, 1)
+    [(etype, detail)] = out.raised
+    assert etype == ExceptionType.QUANTITY_MISMATCH and "recounted 1" in detail and "counted 3" in detail
+
+
+@pytest.mark.parametrize("quantity", [0, -1, None])
+def test_a_receipt_below_one_unit_is_a_programming_error(quantity):
+    """Screening refuses it as INVALID_EVENT before the rules see it."""
+    with pytest.raises(ValueError, match="at least 1"):
+        apply_event(line(), ev("RECEIVED", quantity=quantity), POLICY)
 
 
 def test_graded_after_receipt_and_regrade_while_graded():

@@ -61,7 +61,7 @@ def any_events(draw) -> list[LineEvent]:
                 event_id=event_id,
                 type=type_,
                 occurred_at=T0 + timedelta(hours=draw(st.integers(0, 48))),
-                quantity=draw(st.integers(0, 5)) if type_ == EventType.RECEIVED else None,
+                quantity=draw(st.integers(1, 5)) if type_ == EventType.RECEIVED else None,
                 grade=draw(st.sampled_from(GRADES)) if type_ == EventType.GRADED else None,
                 disposition=draw(st.sampled_from(DISPOSITIONS)) if type_ == EventType.DISPOSITIONED else None,
             )
@@ -74,7 +74,7 @@ def stories(draw) -> tuple[LineView, list[LineEvent]]:
     """One line's true story (a prefix of the lifecycle), each event possibly redelivered,
     under the same event id or another one, in lifecycle order."""
     announced = draw(st.integers(1, 3))
-    received = draw(st.integers(0, announced + 1))
+    received = draw(st.integers(1, announced + 1))
     grade = draw(st.sampled_from(GRADES))
     disposition = draw(st.sampled_from(DISPOSITIONS))
     steps = draw(st.integers(0, len(STORY)))
@@ -104,7 +104,7 @@ def apply_all(line: LineView, events, policy):
     return line, outcomes
 
 
-@given(lines(), st.integers(0, 6), policies)
+@given(lines(), st.integers(1, 6), policies)
 def test_received_alone_never_yields_an_amazon_action(line, quantity, policy):
     out = apply_event(line, LineEvent("r", EventType.RECEIVED, T0, quantity=quantity), policy)
     assert out.actions == ()

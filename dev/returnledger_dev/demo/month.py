@@ -156,7 +156,7 @@ def run_scenario(
             ops = ops_by_day.get(day.isoformat(), [])
             for op in ops:
                 reference.apply_operation(dsn, op, at=day_start(day), actor="operator (scenario)")
-                log.info("%s: operator %s %s", day, op["action"], op.get("rebound_reason") or op.get("sku"))
+                log.info("%s: operator %s %s", day, op["action"], reference.operation_subject(op))
             weekly = None
             for week in weeks:  # the review of the week that ended last night starts Monday 07:00
                 if week + timedelta(days=7) == day:

@@ -291,7 +291,18 @@ class AddSku(BaseModel):
     available: Annotated[int, Field(ge=0)]
 
 
-Operation = Annotated[AddReasonMapping | AddSku, Field(discriminator="action")]
+class ResolveOverReceipt(BaseModel):
+    """The warehouse resolves an over-receipt's QUANTITY_MISMATCH: the units to credit, 0 to all."""
+
+    model_config = _STRICT
+    on: date
+    action: Literal["resolve_over_receipt"]
+    return_id: Id
+    line: Annotated[int, Field(ge=1)]
+    quantity: Annotated[int, Field(ge=0)]
+
+
+Operation = Annotated[AddReasonMapping | AddSku | ResolveOverReceipt, Field(discriminator="action")]
 
 Rate = Annotated[float, Field(ge=0, le=1)]
 
@@ -313,6 +324,8 @@ class AmazonFaults(BaseModel):
     error_rate: Rate = 0.0
     lost_response_rate: Rate = 0.0
     throttle: Throttle | None = None
+    # a misbehaving Amazon: "empty" refuses a duplicate credit-note id without naming the transaction
+    duplicate_details: Literal["named", "empty"] = "named"
 
 
 class Faults(BaseModel):

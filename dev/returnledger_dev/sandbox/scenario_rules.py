@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from returnledger_dev.sandbox.scenario import Scenario
 
 DUPLICATE_CREDIT_NOTE_MODES = ("same_note", "reject")
-_UNION_TAGS = frozenset(EventType) | {"add_reason_mapping", "add_sku"}
+_UNION_TAGS = frozenset(EventType) | {"add_reason_mapping", "add_sku", "resolve_over_receipt"}
 
 
 class ScenarioError(ValueError):
@@ -191,3 +191,16 @@ def check_consistency(s: Scenario) -> None:
         line = fields.get("line")
         if line is not None and line not in known:
             raise ScenarioError(f"rebound.events[{i}].line: return {e.return_id!r} has no line {line}")
+    for i, op in enumerate(s.operations):
+        if op.action != "resolve_over_receipt":
+            continue
+        known = lines.get(op.return_id)
+        if known is None or op.line not in known:
+            raise ScenarioError(
+                f"operations[{i}]: resolve_over_receipt names line {op.line} of return {op.return_id!r}, "
+                "which rebound.returns does not have"
+            )
+        if not s.run.from_ <= op.on <= s.run.to:
+            raise ScenarioError(
+                f"operations[{i}].on: {op.on} is not a day of the run ({s.run.from_}..{s.run.to})"
+            )

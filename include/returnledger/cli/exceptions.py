@@ -1,4 +1,5 @@
-"""``returnledger exceptions list|show|resolve|dismiss|retry|map|sku|pick``: work the exception queue."""
+"""``returnledger exceptions list|show|resolve|dismiss|retry|map|sku|credit|pick``: work the exception
+queue."""
 
 from __future__ import annotations
 
@@ -57,6 +58,10 @@ def _cmd_action(args) -> int:
             out = actions.resolve_with_sku(
                 dsn, args.id, args.asin, args.unit_cost, args.available, actor=actor, at=at
             )
+        elif args.action == "credit":
+            out = actions.resolve_over_receipt(
+                dsn, args.id, args.quantity, actor=actor, at=at, note=args.note
+            )
         elif args.action == "pick":
             out = actions.pick_event_body(dsn, args.id, args.raw_id, actor=actor, at=at, why=args.why)
         else:  # pragma: no cover - argparse restricts the choices
@@ -84,7 +89,7 @@ def _cmd_show(args) -> int:
 
 
 def register(subparsers) -> None:
-    """``returnledger exceptions list|show|resolve|dismiss|retry|map|sku|pick``."""
+    """``returnledger exceptions list|show|resolve|dismiss|retry|map|sku|credit|pick``."""
     p = subparsers.add_parser("exceptions", help="work the exception queue")
     sub = p.add_subparsers(dest="exceptions_command", required=True)
 
@@ -134,6 +139,16 @@ def register(subparsers) -> None:
     sk.add_argument("unit_cost")
     sk.add_argument("available", type=int)
     sk.set_defaults(func=_cmd_action, action="sku")
+
+    cr = sub.add_parser(
+        "credit",
+        help="over-receipt QUANTITY_MISMATCH: choose the units to credit (0 closes the line, nothing owed)",
+    )
+    common(cr)
+    cr.add_argument("id", type=int)
+    cr.add_argument("quantity", type=int, help="units to credit, from 0 to the units received")
+    cr.add_argument("--note", default="", help="why this quantity (e.g. 2 units were another vendor's)")
+    cr.set_defaults(func=_cmd_action, action="credit")
 
     pk = sub.add_parser(
         "pick", help="EVENT_CONFLICT: keep one stored body of the event id, supersede the others"

@@ -64,10 +64,13 @@ def render_page(
 
 
 def _over_received(x: dict, line: dict) -> dict | None:
-    """A QUANTITY_MISMATCH whose line received more than announced and has no credit quantity chosen yet."""
+    """A QUANTITY_MISMATCH that holds an over-receipt's credit: the line's own (not a recount's after the
+    disposition), the line received more than announced, and no credit quantity is chosen yet. The page
+    then offers only the quantity action (``exception_queue.actions.over_receipt_held``)."""
     received, announced = line.get("quantity_received"), line.get("quantity_announced")
     if (
         x.get("type") != "QUANTITY_MISMATCH"
+        or x.get("subject_key") != f"{x.get('return_id')}|{x.get('line')}"
         or received is None
         or announced is None
         or received <= announced

@@ -22,6 +22,7 @@ from returnledger.exception_queue.queue import (
     audit_exception,
     close,
     close_audited,
+    line_subject,
     lock_open,
     replay_events,
     required,
@@ -34,7 +35,8 @@ from returnledger.store.db import unit_of_work
 
 def resolve_exception(dsn_or_conn, exception_id: int, *, actor: str, resolution: str, at: datetime) -> dict:
     """Record that a person fixed the cause. Holding exceptions release their events on the next sync run
-    (the sync raises the exception again if the cause is in fact still there).
+    (the sync raises the exception again if the cause is in fact still there). An over-receipt's
+    QUANTITY_MISMATCH is refused: it closes only with ``resolve_over_receipt`` (a quantity to credit).
 
     INVALID_EVENT: the event is examined again by the next sync run (validated, then applied if it now
     passes). INVALID_RETURN_ORDER: the return's held events are examined again. EVENT_CONFLICT is resolved
@@ -43,6 +45,7 @@ def resolve_exception(dsn_or_conn, exception_id: int, *, actor: str, resolution:
     actor, resolution = required(actor, "actor"), required(resolution, "resolution")
     with unit_of_work(dsn_or_conn) as conn:
         row = lock_open(conn, exception_id, action="resolve")
+        refuse_closing_an_over_receipt(conn, row, "resolve")
         if row["type"] == ExceptionType.EVENT_CONFLICT:
             return pick_body(
                 conn, row, chosen_raw_id(conn, row, resolution), actor=actor, at=at, why=resolution
@@ -57,11 +60,13 @@ def dismiss_exception(dsn_or_conn, exception_id: int, *, actor: str, reason: str
 
     A dismissed INVALID_EVENT stays invalid for good. The held events of a dismissed INVALID_RETURN_ORDER
     are examined again (they wait again if the order still fails). An EVENT_CONFLICT cannot be dismissed:
-    its line waits until one of the bodies is chosen.
+    its line waits until one of the bodies is chosen; nor can an over-receipt's QUANTITY_MISMATCH (see
+    ``resolve_over_receipt``).
     """
     actor, reason = required(actor, "actor"), required(reason, "reason")
     with unit_of_work(dsn_or_conn) as conn:
         row = lock_open(conn, exception_id, action="dismiss")
+        refuse_closing_an_over_receipt(conn, row, "dismiss")
         if row["type"] == ExceptionType.EVENT_CONFLICT:
             raise ExceptionActionError(
                 f"cannot dismiss exception {exception_id}: an EVENT_CONFLICT holds its line until one "
@@ -78,6 +83,40 @@ def dismiss_exception(dsn_or_conn, exception_id: int, *, actor: str, reason: str
             # events held for a failing or unread return order go back through the sync, never stay held
             replay=row["type"] in (ExceptionType.INVALID_RETURN_ORDER, ExceptionType.SYNC_STALLED),
         )
+
+
+def over_receipt_held(conn: psycopg.Connection, row: dict) -> tuple[int, int] | None:
+    """(received, announced) when this exception is the QUANTITY_MISMATCH that holds an over-receipt's
+    credit (rule 8: received above announced, no quantity chosen yet), else None."""
+    if (
+        row["type"] != ExceptionType.QUANTITY_MISMATCH
+        or row["return_id"] is None
+        or row["line"] is None
+        or row["subject_key"] != line_subject(row["return_id"], row["line"])
+    ):
+        return None
+    found = conn.execute(
+        "SELECT quantity_received, quantity_announced FROM ledger.return_line"
+        " WHERE return_id = %s AND line = %s AND quantity_received > quantity_announced"
+        " AND credit_quantity IS NULL",
+        (row["return_id"], row["line"]),
+    ).fetchone()
+    return (found[0], found[1]) if found else None
+
+
+def refuse_closing_an_over_receipt(conn: psycopg.Connection, row: dict, action: str) -> None:
+    """An over-receipt's QUANTITY_MISMATCH closes only by choosing the quantity to credit: a plain resolve
+    or dismiss would leave the line dispositioned with its credit held, no exception and no note."""
+    held = over_receipt_held(conn, row)
+    if held is None:
+        return
+    received, announced = held
+    raise ExceptionActionError(
+        f"cannot {action} exception {row['exception_id']}: line {row['subject_key']} received {received} of"
+        f" {announced} announced, and its credit is held until the warehouse chooses how many units to credit"
+        f" (0 to {received}; 0 closes the line with nothing owed). Use 'Credit this quantity' in the console,"
+        f" or: returnledger exceptions credit {row['exception_id']} QUANTITY"
+    )
 
 
 def _close_and_replay(
@@ -309,3 +348,29 @@ def resolve_over_receipt(
         )
     out["credit_quantity"] = quantity
     return out
+
+
+def open_over_receipt_exception(dsn_or_conn, return_id: str, line: int) -> int:
+    """The id of the open QUANTITY_MISMATCH that holds line ``return_id|line``'s over-receipt credit."""
+    subject = line_subject(return_id, int(line))
+    with unit_of_work(dsn_or_conn) as conn:
+        found = conn.execute(
+            "SELECT exception_id FROM ledger.exception"
+            " WHERE type = 'QUANTITY_MISMATCH' AND status = 'open' AND subject_key = %s",
+            (subject,),
+        ).fetchone()
+    if found is None:
+        raise ExceptionActionError(
+            f"line {subject} has no open QUANTITY_MISMATCH: it was not received above the announced quantity"
+            " (or not received yet), or its quantity was already chosen"
+        )
+    return found[0]
+
+
+def resolve_over_receipt_of_line(
+    dsn, return_id: str, line: int, quantity: int, *, actor: str, at: datetime, note: str = ""
+) -> dict:
+    """``resolve_over_receipt`` for the line's open over-receipt exception (a scenario's
+    ``resolve_over_receipt`` operation names the line, the console the exception)."""
+    exception_id = open_over_receipt_exception(dsn, return_id, line)
+    return resolve_over_receipt(dsn, exception_id, quantity, actor=actor, at=at, note=note)

@@ -1,5 +1,5 @@
-"""Stalled flows: what is stuck at the run's date (Amazon actions, held events, the sync itself), raised as
-SYNC_STALLED and resolved again once it moves.
+"""Stalled flows: what is stuck at the run's date (Amazon actions, held events, lines owed a credit that
+nothing will send, the sync itself), raised as SYNC_STALLED and resolved again once it moves.
 
 Every answer is *as of* the run's date (the data interval end), never the wall clock, so a rerun of a past
 day's check finds that day's stalls again.
@@ -55,6 +55,31 @@ ORDER BY held_since, return_id, line
 """
 
 
+# dispositioned lines whose policy owes a credit (units received, or the units the warehouse chose for an
+# over-receipt) that no credit note carries and no exception explains: nothing would ever send it
+_UNCREDITED_SQL = """
+SELECT l.return_id, l.line, l.sku, l.disposition, COALESCE(l.credit_quantity, l.quantity_received) AS units,
+       l.dispositioned_at AS waiting_since
+FROM ledger.return_line l
+JOIN ledger.disposition_policy p ON p.disposition = l.disposition AND p.credit_fraction > 0
+WHERE l.state = 'DISPOSITIONED'
+  AND l.dispositioned_at <= %(as_of)s - %(pending)s
+  AND l.updated_at <= %(as_of)s - %(pending)s
+  AND COALESCE(l.credit_quantity, l.quantity_received) > 0
+  AND NOT EXISTS (SELECT 1 FROM ledger.amazon_submission a
+                   WHERE a.kind = 'CREDIT_NOTE' AND a.return_id = l.return_id AND a.line = l.line)
+  AND NOT EXISTS (SELECT 1 FROM ledger.exception e
+                   WHERE e.return_id = l.return_id AND e.line = l.line AND e.type <> 'SYNC_STALLED'
+                     AND e.opened_at <= %(as_of)s AND (e.status = 'open' OR e.resolved_at > %(as_of)s))
+ORDER BY l.dispositioned_at, l.return_id, l.line
+"""
+
+
+def uncredited_subject(return_id: str, line: int) -> str:
+    """Subject of the SYNC_STALLED raised for a line owed a credit that nothing will send."""
+    return f"uncredited:{return_id}|{line}"
+
+
 def stalled_flows(
     conn: psycopg.Connection, *, as_of: datetime, thresholds: StallLimits = StallLimits()
 ) -> dict:
@@ -69,11 +94,18 @@ def stalled_flows(
     with conn.cursor(row_factory=dict_row) as cur:
         submissions = cur.execute(_STALLED_SUBMISSIONS_SQL, p).fetchall()
         held = cur.execute(_STALLED_HELD_SQL, p).fetchall()
+        uncredited = cur.execute(_UNCREDITED_SQL, p).fetchall()
         last = cur.execute(
             "SELECT max(finished_at) AS last FROM ledger.sync_run WHERE finished_at <= %s", (as_of,)
         ).fetchall()[0]["last"]  # an aggregate: always one row
     sync_late = last is None or as_of - last > thresholds.sync_expected
-    return {"submissions": submissions, "held": held, "last_sync": last, "sync_late": sync_late}
+    return {
+        "submissions": submissions,
+        "held": held,
+        "uncredited": uncredited,
+        "last_sync": last,
+        "sync_late": sync_late,
+    }
 
 
 def held_line(return_id: str, line: int | None) -> str:
@@ -114,6 +146,18 @@ def check_stalled_flows(dsn_or_conn, *, as_of: datetime, thresholds: StallLimits
             )
             for h in found["held"]
         ]
+        items += [
+            NewException(
+                type=ExceptionType.SYNC_STALLED,
+                subject_key=uncredited_subject(u["return_id"], u["line"]),
+                detail=f"dispositioned {u['disposition']} on {u['waiting_since']:%Y-%m-%d} with {u['units']}"
+                " unit(s) of credit owed, but no credit note and no open exception: nothing will send it",
+                return_id=u["return_id"],
+                line=u["line"],
+                sku=u["sku"],
+            )
+            for u in found["uncredited"]
+        ]
         if found["sync_late"]:
             last = f"{found['last_sync']:%Y-%m-%d %H:%M} UTC" if found["last_sync"] else "never"
             items.append(
@@ -130,7 +174,7 @@ def check_stalled_flows(dsn_or_conn, *, as_of: datetime, thresholds: StallLimits
             for r in conn.execute(
                 "SELECT subject_key FROM ledger.exception WHERE type = 'SYNC_STALLED' AND status = 'open'"
                 " AND opened_at <= %s AND (subject_key LIKE 'submission:%%' OR subject_key LIKE 'held:%%'"
-                " OR subject_key LIKE 'sync:%%')",
+                " OR subject_key LIKE 'sync:%%' OR subject_key LIKE 'uncredited:%%')",
                 (as_of,),
             )
         ]
@@ -146,6 +190,7 @@ def check_stalled_flows(dsn_or_conn, *, as_of: datetime, thresholds: StallLimits
     return {
         "stalled_submissions": len(found["submissions"]),
         "stalled_held_lines": len(found["held"]),
+        "uncredited_lines": len(found["uncredited"]),
         "sync_late": int(found["sync_late"]),
         "raised": raised,
         "resolved": resolved,

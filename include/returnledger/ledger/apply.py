@@ -58,7 +58,7 @@ def _unfit_detail(etype, ln, occurred_at, quantity, grade, disposition) -> str:
     elif ln is None:
         why = "no valid line number"
     elif etype == EventType.RECEIVED.value:
-        why = "no whole-number quantity from 0 to 2147483647"
+        why = "no whole-number quantity from 1 to 2147483647 (a receipt is at least one unit)"
     elif etype == EventType.GRADED.value:
         why = f"grade {grade!r} is not one of A, B, C, D"
     else:
@@ -96,7 +96,7 @@ def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> di
         rows = conn.execute(f"""
             WITH blocked AS ({BLOCKED_SQL})
             SELECT r.raw_id, r.event_id, r.event_type, r.return_id, r.line, r.occurred_at,
-                   CASE WHEN r.event_type = 'RECEIVED' THEN {int4_sql("quantity")} END,
+                   CASE WHEN r.event_type = 'RECEIVED' THEN {int4_sql("quantity", 1)} END,
                    CASE WHEN r.event_type = 'GRADED' THEN r.payload->>'grade' END,
                    CASE WHEN r.event_type = 'DISPOSITIONED' THEN r.payload->>'disposition' END,
                    (h.raw_id IS NOT NULL) AS was_held

@@ -1,5 +1,5 @@
 """The return-line state machine: which ReBound event moves a line where, and
-which Amazon action it earns (design.md, rules 1-7).
+which Amazon action it earns (design.md, rules 1-8 and 10).
 
 Pure functions, no I/O: the sync reads a line's current state from the
 ledger, calls ``replay`` with the line's held events plus the new ones, and
@@ -9,8 +9,9 @@ that the money-relevant decisions (restock or not, credit or not) live in one
 place.
 
 A held event changes nothing and is re-applied on the next run; an ignored
-event changed nothing because the line is already past it (a redelivery
-under another event id, say) and is never applied again.
+event changed nothing because the line is already past it (a milestone
+already reached, the same count again) and is never applied again. A second
+receipt with another count is a recount (rule 10), never ignored.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class Outcome:
     ] = ()  # e.g. (QUANTITY_MISMATCH, "received 1 of 2 announced")
     ignored: str | None = None  # why the event changed nothing (e.g. a redelivery)
     hold_detail: str | None = None  # why the event is held (the exception's detail)
+    recount: tuple[int, int] | None = None  # rule 10: (count before, recount), see ``_recount``
 
 
 def _to(
@@ -181,12 +183,11 @@ def apply_event(line: LineView, event: LineEvent, policy: Policy) -> Outcome:
         return _ignore(line, f"in transit, but the line is already {state}")
 
     if etype == _E.RECEIVED:
-        if event.quantity is None or event.quantity < 0:
-            raise ValueError(f"RECEIVED event {event.event_id} needs a quantity >= 0")
+        if event.quantity is None or event.quantity < 1:
+            # screening refuses these (INVALID_EVENT): a receipt is at least one unit
+            raise ValueError(f"RECEIVED event {event.event_id} needs a quantity of at least 1")
         if rank >= _RANK[_S.RECEIVED]:
-            return _ignore(
-                line, f"already received ({line.quantity_received} units); redelivery of the receipt"
-            )
+            return _recount(line, event, state)
         raised: tuple[tuple[ExceptionType, str], ...] = ()
         if event.quantity != line.quantity_announced:
             raised = (
@@ -228,6 +229,39 @@ def apply_event(line: LineView, event: LineEvent, policy: Policy) -> Outcome:
         return _disposition(line, event.disposition, policy)
 
     raise ValueError(f"unknown event type {event.type!r}")
+
+
+def _recount(line: LineView, event: LineEvent, state: LineState) -> Outcome:
+    """Rule 10: another RECEIVED for a received line (a new event id: the sync dedupes ids before this).
+
+    The same count again changes nothing. Before the disposition the newest count stands, and the line's
+    QUANTITY_MISMATCH follows it (none when it now matches the announced quantity); the disposition then
+    decides the credit on that count (an over-receipt holds it, rule 8). After the disposition nothing
+    that was sent changes: QUANTITY_MISMATCH shows both counts, and finance decides."""
+    before, now = line.quantity_received or 0, event.quantity or 0  # apply_event checked the quantity
+    if before == now:
+        return _ignore(line, f"already received {before} unit(s); the same count again changes nothing")
+    if _RANK[state] > _RANK[_S.GRADED]:
+        detail = (
+            f"recounted {now} unit(s) after the disposition {line.disposition or state}; the receipt counted"
+            f" {before} of {line.quantity_announced} announced. Nothing sent to Amazon changed: finance"
+            " decides whether a correction is owed"
+        )
+        return Outcome(
+            line=line,
+            transitions=((state, state),),
+            actions=(),
+            raised=((ExceptionType.QUANTITY_MISMATCH, detail),),
+            recount=(before, now),
+        )
+    detail = f"received {now} of {line.quantity_announced} announced (recounted; {before} before)"
+    return Outcome(
+        line=_to(line, state, quantity_received=now),
+        transitions=((state, state),),
+        actions=(),
+        raised=((ExceptionType.QUANTITY_MISMATCH, detail),) if now != line.quantity_announced else (),
+        recount=(before, now),
+    )
 
 
 def _disposition(line: LineView, disposition: str, policy: Policy) -> Outcome:

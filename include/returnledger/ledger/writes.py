@@ -19,6 +19,7 @@ from returnledger.store.db import copy_rows
 
 _LINE_STATES = {s.value: s for s in LineState}  # a dict lookup: cheaper than the enum's call
 _RECEIVED, _DISPOSITIONED = EventType.RECEIVED, EventType.DISPOSITIONED  # globals: cheaper than class lookups
+_MISMATCH = ExceptionType.QUANTITY_MISMATCH
 
 
 HISTORY_COLUMNS = (
@@ -48,10 +49,17 @@ class Changes:
         self.received_at: dict[tuple[str, int], datetime] = {}
         self.dispositioned_at: dict[tuple[str, int], datetime] = {}
         self.last_event: dict[tuple[str, int], str] = {}
+        # recounts (rule 10): their history rows, with both counts, and the lines whose receipt
+        # QUANTITY_MISMATCH follows the new count (resolved, then raised again if it still differs)
+        self.recounts: list[tuple] = []
+        self.recounted: set[str] = set()
 
     def record(self, rid: str, ln: int, raw_id: int, event: lifecycle.LineEvent, out) -> None:
         """One event's outcome on one line. States and event types are StrEnums, i.e. their text already:
         the binary COPY takes them as they are."""
+        if out.recount is not None:
+            self._recount(rid, ln, event, out)
+            return
         if out.transitions:
             key = (rid, ln)
             event_id, etype = event.event_id, event.type
@@ -71,6 +79,76 @@ class Changes:
         if out.raised:
             for etype, detail in out.raised:
                 self.raised.append(NewException(etype, line_subject(rid, ln), detail, return_id=rid, line=ln))
+
+    def _recount(self, rid: str, ln: int, event: lifecycle.LineEvent, out) -> None:
+        """A recount: its history row (both counts), and its QUANTITY_MISMATCH. Before the disposition the
+        line's own mismatch follows the new count; after it, each recount raises one of its own (the
+        receipt's may still be open), so finance sees every count."""
+        key, subject = (rid, ln), line_subject(rid, ln)
+        (state, _), before, now = out.transitions[0], out.recount[0], out.recount[1]
+        after = out.line.quantity_received != now
+        self.touched.add(key)
+        self.last_event[key] = event.event_id
+        self.recounts.append((rid, ln, state, event.event_id, before, now, after))
+        if not after:
+            self.recounted.add(subject)
+            self.raised = [x for x in self.raised if not (x.subject_key == subject and x.type == _MISMATCH)]
+        else:
+            subject = f"{subject}|recount:{event.event_id}"
+        for etype, detail in out.raised:
+            self.raised.append(NewException(etype, subject, detail, return_id=rid, line=ln))
+
+
+def write_recounts(conn, ch: Changes) -> int:
+    """The recounts' history rows (cause RECOUNT, both counts in ``detail``), and the line's receipt
+    QUANTITY_MISMATCH settled where a recount before the disposition changed it (raised again with
+    the new count by the caller when it still differs)."""
+    if not ch.recounts:
+        return 0
+    conn.execute(
+        """INSERT INTO ledger.line_history (return_id, line, from_state, to_state, event_id, cause, batch_id,
+                                            at, detail)
+           SELECT x.rid, x.ln, x.state, x.state, x.ev, 'RECOUNT', %s, %s,
+                  jsonb_build_object('counted_before', x.before, 'recounted', x.now,
+                                     'after_disposition', x.after)
+             FROM unnest(%b::text[], %b::int[], %b::text[], %b::text[], %b::int[], %b::int[], %b::bool[])
+                  AS x(rid, ln, state, ev, before, now, after)
+           ON CONFLICT DO NOTHING""",
+        (ch.batch_id, ch.at, *(list(col) for col in zip(*ch.recounts, strict=True))),
+    )
+    resolve_open(
+        conn,
+        ExceptionType.QUANTITY_MISMATCH,
+        sorted(ch.recounted),
+        at=ch.at,
+        actor=SYSTEM_ACTOR,
+        resolution="recounted before the disposition: the new count stands (a new exception follows it"
+        " if it still differs from the announced quantity)",
+    )
+    return len(ch.recounts)
+
+
+_CLOSE_CHOSEN_AT_ZERO_SQL = """
+WITH closed AS (
+    UPDATE ledger.return_line l SET state = 'CLOSED', updated_at = %(at)s
+      FROM unnest(%(rid)s::text[], %(ln)s::int[]) AS x(rid, ln)
+     WHERE l.return_id = x.rid AND l.line = x.ln AND l.state = 'DISPOSITIONED' AND l.credit_quantity = 0
+    RETURNING l.return_id, l.line
+)
+INSERT INTO ledger.line_history (return_id, line, from_state, to_state, event_id, cause, batch_id, at)
+SELECT return_id, line, 'DISPOSITIONED', 'CLOSED', NULL, 'NO_CREDIT_CHOSEN', %(batch)s, %(at)s FROM closed
+"""
+
+
+def _close_lines_chosen_at_zero(conn, keys, *, batch_id, at) -> int:
+    """An over-receipt the warehouse resolved with 0 units before its disposition: nothing is owed, so the
+    disposition closes the line (rule 4), as choosing 0 after the disposition does."""
+    if not keys:
+        return 0
+    return conn.execute(
+        _CLOSE_CHOSEN_AT_ZERO_SQL,
+        {"rid": [k[0] for k in keys], "ln": [k[1] for k in keys], "batch": batch_id, "at": at},
+    ).rowcount
 
 
 def load_lines(conn, return_ids: set[str]) -> tuple[dict[tuple[str, int], Any], dict[tuple[str, int], tuple]]:
@@ -153,6 +231,9 @@ def write_changes(
     submissions = write_submissions(
         conn, lines, line_info, ch.actions, policy, batch_id=batch_id, at=at, currency=currency
     )
+    closed = _close_lines_chosen_at_zero(
+        conn, [k for k in keys if lines[k].state == LineState.DISPOSITIONED], batch_id=batch_id, at=at
+    )
     # holds: OUT_OF_SEQUENCE exceptions for lines that now wait; resolve those whose wait is over
     oos: dict[tuple[str, int], NewException] = {}
     for item in to_hold:
@@ -169,6 +250,7 @@ def write_changes(
                     line=ln,
                 ),
             )
+    recounts = write_recounts(conn, ch)  # before raising: a recount's new mismatch replaces the old one
     raise_exceptions(conn, list(oos.values()) + ch.raised, at=at, batch_id=batch_id)
     hold(conn, to_hold, at=at, batch_id=batch_id)
     done = ch.done
@@ -209,5 +291,7 @@ def write_changes(
         "released_from_hold": len(held_ids & set(done)),
         "lines_changed": len(keys),
         "out_of_sequence_resolved": resolved,
+        **({"recounts": recounts} if recounts else {}),
+        **({"closed_with_nothing_chosen": closed} if closed else {}),
         **submissions,
     }

@@ -92,6 +92,13 @@ def load_scenario_reference(
     return counts
 
 
+def operation_subject(op: Mapping) -> str:
+    """What one of a scenario's operations is about, for a log line."""
+    if op.get("action") == "resolve_over_receipt":
+        return f"{op.get('return_id')}|{op.get('line')}: credit {op.get('quantity')} unit(s)"
+    return str(op.get("rebound_reason") or op.get("sku"))
+
+
 def apply_operation(dsn_or_conn, op: Mapping, *, at: datetime, actor: str = "scenario") -> bool:
     """Apply one of a scenario's ``operations`` (what people do by hand) through the operator actions."""
     action = op.get("action")
@@ -103,4 +110,18 @@ def apply_operation(dsn_or_conn, op: Mapping, *, at: datetime, actor: str = "sce
         return add_sku(
             dsn_or_conn, op["sku"], op["asin"], op["unit_cost"], op["available"], at=at, actor=actor
         )
+    if action == "resolve_over_receipt":
+        # the warehouse's choice, through the action the console and the CLI call
+        from returnledger.exception_queue.actions import resolve_over_receipt_of_line
+
+        resolve_over_receipt_of_line(
+            dsn_or_conn,
+            op["return_id"],
+            op["line"],
+            op["quantity"],
+            at=at,
+            actor=actor,
+            note=op.get("why") or "",
+        )
+        return True
     raise ValueError(f"unknown operation {action!r}")

@@ -155,8 +155,9 @@ def build_checks() -> list[Check]:
             "quantity_range",
             inv,
             "ExpectColumnValuesToBeBetween",
-            {"column": "quantity", "min_value": 0, "max_value": MAX_QUANTITY, **typed(EventType.RECEIVED)},
-            f"received quantity {{quantity_given}} is out of range (0..{MAX_QUANTITY})",
+            {"column": "quantity", "min_value": 1, "max_value": MAX_QUANTITY, **typed(EventType.RECEIVED)},
+            f"received quantity {{quantity_given}} is out of range (1..{MAX_QUANTITY}): a receipt is at least"
+            " one unit",
         ),
         Check(
             "grade_known",
