@@ -37,13 +37,12 @@ reconciliation replaces a period's results in one transaction, exceptions are
 raised once per subject, the post-hoc endpoint is idempotent on the Amazon return
 id. A close stores its report with its sha256 and the month is final: a cleared
 close run writes the stored report out again and recomputes nothing (the task log
-says so); reopening a month is an Admin action (`returnledger reopen-period`). Dates come from the run (as-of =
-data interval end), never from the wall clock. See docs/reconciliation.md.
+says so); reopening a month is an Admin action (`returnledger reopen-period`).
+Dates come from the run (as-of = data interval end), never from the wall clock. See docs/reconciliation.md.
 """
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, Param, dag, get_current_context, task
@@ -51,8 +50,6 @@ from airflow.sdk import Asset, AssetOrTimeSchedule, Param, dag, get_current_cont
 from returnledger.airflow.defaults import LEDGER, default_args
 from returnledger.airflow.notifiers import dag_failure_callbacks, finance_notice
 from returnledger.airflow.schedule import period_schedule
-
-log = logging.getLogger(__name__)
 
 # what this DAG produces (never LEDGER itself: that would trigger this DAG again)
 RECON_RESULTS = Asset(name="returns_recon_results", uri="returnledger://ledger/recon_result")
@@ -95,15 +92,11 @@ def returns_reconciliation():
         from returnledger.airflow.defaults import variable
         from returnledger.airflow.hooks import ledger_dsn
         from returnledger.reconciliation.amazon_export import import_amazon_export as run_import
-        from returnledger.reconciliation.closes import is_closed
+        from returnledger.reconciliation.closes import closed_run
 
-        closed = window["close"] and is_closed(ledger_dsn(), window["period"])
-        if closed:  # a closed month is final: nothing of it is imported or recomputed
-            log.info(
-                "%s is closed (version %s): its export is not imported again", closed.period, closed.version
-            )
-            return {"status": "CLOSED", "version": closed.version}
-
+        stored = window["close"] and closed_run(ledger_dsn(), window["period"], step="import")
+        if stored:  # a closed month is final: nothing of it is imported or recomputed
+            return {"status": "CLOSED", "version": stored["version"]}
         result = run_import(
             ledger_dsn(),
             variable("returnledger_export_base"),
@@ -117,21 +110,12 @@ def returns_reconciliation():
     def reconcile(window: dict, imported: dict) -> dict:
         """Match the period's lines and Amazon records; raise the exceptions; replace the results."""
         from returnledger.airflow.hooks import ledger_dsn
-        from returnledger.reconciliation.closes import is_closed
+        from returnledger.reconciliation.closes import closed_run
         from returnledger.reconciliation.match import reconcile as run_reconcile
 
-        closed = window["close"] and is_closed(ledger_dsn(), window["period"])
-        if closed:
-            log.info(
-                "%s is closed (version %s, as of %s, run %s, csv sha256 %s): returning the stored report, "
-                "nothing recomputed; reopen the month (returnledger reopen-period) to close it again",
-                closed.period,
-                closed.version,
-                closed.as_of.isoformat(),
-                closed.batch_id,
-                closed.csv_sha256,
-            )
-            return {**closed.as_dict(), "stored": True, "export": imported["status"]}
+        stored = window["close"] and closed_run(ledger_dsn(), window["period"], step="reconcile")
+        if stored:  # the stored report stands; nothing is recomputed
+            return {**stored, "export": imported["status"]}
         summary = run_reconcile(
             ledger_dsn(),
             window["period"],

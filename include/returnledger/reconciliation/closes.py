@@ -21,6 +21,7 @@ from datetime import datetime
 
 from psycopg.types.json import Jsonb
 
+from returnledger.reconciliation import results
 from returnledger.reconciliation.period import PeriodClosed, period_bounds
 from returnledger.reconciliation.storage import join_uri, storage_path
 from returnledger.store import audit
@@ -92,7 +93,8 @@ _LATE_REPORTED_SQL = """
 UPDATE ledger.recon_late_order x SET reported_period = %(period)s
  WHERE x.reported_period IS NULL
    AND EXISTS (SELECT 1 FROM ledger.return_line l
-                 JOIN ledger.recon_result r ON r.period = %(period)s AND r.row_key = l.return_id || '|' || l.line
+                 JOIN ledger.recon_result r
+                   ON r.period = %(period)s AND r.row_key = l.return_id || '|' || l.line
                 WHERE l.return_id = x.return_id)
 """
 # ... and what reopening takes back
@@ -121,6 +123,25 @@ def versions(conn, period: str) -> list[StoredClose]:
 def is_closed(dsn: str, period: str) -> StoredClose | None:
     with connect(dsn) as conn:
         return current(conn, period)
+
+
+def closed_run(dsn: str, period: str, *, step: str) -> dict | None:
+    """For a close run's ``step``: the stored close when the month is closed (and a task log line saying
+    that its report is returned as stored, nothing recomputed), None when it is open."""
+    close = is_closed(dsn, period)
+    if close is None:
+        return None
+    log.info(
+        "%s: %s is closed (version %s, as of %s, run %s, csv sha256 %s): the stored report stands, nothing "
+        "is recomputed; reopen the month (returnledger reopen-period) to close it again",
+        step,
+        period,
+        close.version,
+        close.as_of.isoformat(),
+        close.batch_id,
+        close.csv_sha256,
+    )
+    return {**close.as_dict(), "stored": True}
 
 
 def _write_files(out_base_uri: str, files: dict[str, bytes]) -> None:
@@ -194,7 +215,9 @@ def close_month(dsn: str, period: str, out_base_uri: str, *, as_of: datetime, ba
             csv_bytes, html = _files_of(conn, period, v.version)
             old_files[f"month_end_report.v{v.version}.csv"] = csv_bytes
             old_files[f"month_end_report.v{v.version}.html"] = html
-    written = write_report(dsn, period, out_base_uri)
+        reconciled = results.has_partition(conn, period)
+    # a month with nothing to report is a legitimate close once it was reconciled (an empty partition)
+    written = write_report(dsn, period, out_base_uri, allow_empty=reconciled)
     _write_files(out_base_uri, old_files)  # a new version keeps the earlier ones beside it
     _, period_end = period_bounds(period)
     with unit_of_work(dsn) as conn:
@@ -204,7 +227,7 @@ def close_month(dsn: str, period: str, out_base_uri: str, *, as_of: datetime, ba
         check_order(conn, period)
         version = conn.execute(
             "SELECT COALESCE(max(version), 0) + 1 FROM ledger.period_close WHERE period = %s", (period,)
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         conn.execute(
             "INSERT INTO ledger.period_close (period, version, period_end, as_of, batch_id, rows, totals,"
             " csv_gzip, csv_sha256, html, html_sha256)"

@@ -204,8 +204,8 @@ SELECT %(key)s, return_id || '|' || line, return_id, line, amazon_return_id, sku
        -- the credit the line is owed: the credit note's amount once one is made, else the policy's
        CASE WHEN disposition IS NOT NULL AND credit_fraction > 0 AND COALESCE(quantity_received, 0) > 0
                  AND COALESCE(credit_quantity, 1) > 0
-            THEN COALESCE(credited_amount,
-                          round(unit_cost * credit_fraction, 2) * COALESCE(credit_quantity, quantity_received))
+            THEN COALESCE(credited_amount, round(unit_cost * credit_fraction, 2)
+                                           * COALESCE(credit_quantity, quantity_received))
        END
   FROM joined
 """

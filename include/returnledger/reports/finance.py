@@ -23,7 +23,7 @@ from decimal import Decimal
 
 from returnledger.models import ReconStatus
 from returnledger.reconciliation.storage import join_uri, storage_path
-from returnledger.render import cell, render
+from returnledger.render import cell, render, spreadsheet_text
 from returnledger.store.db import connect
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,8 @@ STATUS_ACTIONS = {
     "it again until it settles.",
     "PENDING": "Still in the warehouse or within the credit window; the next close reports it again until it "
     "settles.",
-    "ON_HOLD": "Policy holds the credit (e.g. quarantined stock); review with operations. Carried to the next "
-    "close.",
+    "ON_HOLD": "Policy holds the credit (e.g. quarantined stock); review with operations. Carried to the "
+    "next close.",
     "NO_CREDIT_DUE": "Nothing: the policy owes no credit (e.g. inspection rejected the item).",
 }
 STATUS_COLOURS = {
@@ -108,7 +108,8 @@ class ReportDoesNotTieOut(AssertionError):
 _ROWS_SQL = f"""
 SELECT {", ".join("r." + c for c in REPORT_COLUMNS + EXTRA_COLUMNS[:-1])},
        CASE WHEN r.recon_status = 'DARK_RETURN' THEN COALESCE(a.linked_return_id, r.post_hoc_return_id) END,
-       r.first_reported, r.origin_date, (r.computed_at AT TIME ZONE 'UTC')::date - r.origin_date, r.amount_owed
+       r.first_reported, r.origin_date, (r.computed_at AT TIME ZONE 'UTC')::date - r.origin_date,
+       r.amount_owed
   FROM ledger.recon_result r
   LEFT JOIN ledger.amazon_return a ON a.amazon_return_id = r.amazon_return_id
  WHERE r.period = %(period)s
@@ -155,7 +156,8 @@ SELECT period, version, totals FROM ledger.period_close
  WHERE reopened_at IS NULL AND period < %(period)s ORDER BY period
 """
 _VERSIONS_SQL = """
-SELECT version, as_of, batch_id, rows, csv_sha256, html_sha256, reopened_at, reopened_by, reopen_reason, totals
+SELECT version, as_of, batch_id, rows, csv_sha256, html_sha256, reopened_at, reopened_by, reopen_reason,
+       totals
   FROM ledger.period_close WHERE period = %(period)s ORDER BY version
 """
 
@@ -164,7 +166,7 @@ def carry_over(rows, period: str) -> dict:
     """The carry-over tables from _CARRY_SQL rows: money at risk by age and by month of origin, rows per
     first-reporting close (this close's new rows against those carried from earlier closes), and the
     per-status totals kept for the trend."""
-    by_age = {b: {"rows": 0, "amount": Decimal("0")} for b in AGE_BUCKETS}
+    by_age: dict[str, dict] = {b: {"rows": 0, "amount": Decimal("0")} for b in AGE_BUCKETS}
     by_origin: dict[str, dict] = {}
     by_first: dict[str, dict] = {}
     statuses: dict[str, dict] = {}
@@ -378,7 +380,10 @@ def write_report(dsn: str, period: str, out_base_uri: str, *, allow_empty: bool 
                 cur.execute(_ROWS_SQL, {"period": period})
                 for i, row in enumerate(cur, 1):
                     cells = [cell(v) for v in row]
-                    writer.writerow(cells)
+                    # text (ReBound's SKU, notice, RMA, VRET...) never runs as a formula in a spreadsheet
+                    writer.writerow(
+                        [spreadsheet_text(c) if type(v) is str else c for v, c in zip(row, cells)]
+                    )
                     status = cells[status_idx]
                     if status in counts:
                         counts[status] += 1
