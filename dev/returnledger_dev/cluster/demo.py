@@ -477,6 +477,7 @@ def _cmd_cluster_demo(a) -> int:
         mode=a.mode,
         rerun=not a.no_rerun,
         root=Path(a.root) if a.root else None,
+        name=a.name,
     )
     print_summary(s)
     print(f"\noutputs in {Path(a.out).resolve()} ({s['seconds']} s); cluster facts in cluster.json")
@@ -498,4 +499,9 @@ def register(subparsers) -> None:
     p.add_argument("--mode", choices=["runs", "backfill"], default="runs")
     p.add_argument("--no-rerun", action="store_true")
     p.add_argument("--root", default=None, help="the cluster's state folder (default .local/cluster-demo)")
+    p.add_argument(
+        "--name",
+        default="demo",
+        help="names the cluster's Celery queue and workers (clusters sharing one Redis need different names)",
+    )
     p.set_defaults(func=_cmd_cluster_demo)
