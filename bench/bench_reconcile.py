@@ -116,6 +116,62 @@ GENERATE_SQL = [
 ]
 
 
+def later_month_sql(month: int) -> list[str]:
+    """GENERATE_SQL for the ``month``-th month after October (ids tagged with the month, dates in it, the
+    catalog and policy already there)."""
+    period = f"{2026 + (9 + month) // 12}-{(9 + month) % 12 + 1:02d}"
+    tag = f"M{month}"
+    out = []
+    for sql in GENERATE_SQL[3:]:
+        for prefix in ("'RB-'", "'RN'", "'ORD-'", "'RMA'", "'VRET'", "'CN-'", "'tx-'", "'AR-'", "'RNAPRL'",
+                       "'RMAAPRL'", "'AR-APRL-'"):  # fmt: skip
+            sql = sql.replace(f"{prefix} ||", f"{prefix[:-1]}{tag}-' ||")
+        sql = sql.replace("2026-10", period).replace(
+            "(SELECT count(*) FROM ledger.amazon_return)",
+            f"(SELECT count(*) FROM ledger.amazon_return WHERE export_period = '{period}')",
+        )
+        out.append(sql)
+    return out
+
+
+def close_later_months(dsn: str, lines: int, months: int) -> list[tuple[str, float, float, dict]]:
+    """Close October (its report stored), then generate and close each later month: every close's
+    reconcile time and its report-and-store time, to compare month N with month 1."""
+    import tempfile
+
+    from returnledger.reconciliation.closes import close_month
+
+    timings = []
+    with tempfile.TemporaryDirectory() as out:
+        for month in range(months):
+            period = f"{2026 + (9 + month) // 12}-{(9 + month) % 12 + 1:02d}"
+            start, end = period_bounds(period)
+            as_of = end + timedelta(days=3)
+            batch = f"returns_reconciliation:close:{period}:{as_of:%Y-%m-%dT%H:%M}"
+            if month:
+                params = {"t": start, "start": start, "orders": lines // 2, "skus": N_SKUS, "lines": lines}
+                with db.connect(dsn) as conn:
+                    for sql in later_month_sql(month):
+                        conn.execute(sql, params if "%(" in sql else None)
+                    conn.commit()
+                    conn.autocommit = True
+                    conn.execute("VACUUM ANALYZE")
+            t0 = time.perf_counter()
+            summary = reconcile(dsn, period, as_of=as_of, batch_id=batch)
+            recon_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            close_month(dsn, period, f"{out}/{period}", as_of=as_of, batch_id=batch)
+            store_s = time.perf_counter() - t0
+            timings.append((period, recon_s, store_s, summary.as_dict()))
+            print(
+                f"close of {period}: reconcile {recon_s:.1f} s ({summary.rows:,} rows, carried from "
+                f"{summary.carries_from}), report written and stored {store_s:.1f} s; "
+                f"steps {summary.as_dict()['steps']}",
+                flush=True,
+            )
+    return timings
+
+
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -192,12 +248,14 @@ def floor_s(dsn: str) -> float:
     from returnledger.reconciliation import match
     from returnledger.reconciliation.dark_returns import DARK_ROWS_SQL
 
-    start, end = period_bounds(PERIOD)
+    start, _ = period_bounds(PERIOD)
+    with db.connect(dsn) as conn:
+        covered = match.coverage(conn, PERIOD, as_of=AS_OF, daily=False)
     params = {
+        **covered,
         "key": "floor",
         "period": PERIOD,
         "start": start,
-        "end": end,
         "as_of": AS_OF,
         "batch": BATCH,
         "holding": match._HOLDING,
@@ -307,6 +365,13 @@ def main() -> int:
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--keep", action="store_true", help="keep the scratch database (its DSN is printed)")
     ap.add_argument("--reuse", metavar="DSN", help="a database kept by --keep: skip generating")
+    ap.add_argument(
+        "--months",
+        type=int,
+        default=0,
+        help="then close October and N-1 later months of --lines each (each close's report stored) and "
+        "compare the last close with the first",
+    )
     args = ap.parse_args()
     server = os.environ.get("RETURNLEDGER_TEST_SERVER_DSN") or db.resolve_dsn()
     dsn = args.reuse or db.create_scratch_database(server, prefix="bench_reconcile")
@@ -368,6 +433,16 @@ def main() -> int:
             f"reconcile: {backend_mb:.0f} MB (work_mem for the reconcile transaction is 256 MB)"
         )
         peak = max(rss_sql, backend_mb)
+        if args.months:
+            reset(dsn)
+            timings = close_later_months(dsn, args.lines, args.months)
+            first_s, last_s = timings[0][1], timings[-1][1]
+            report(
+                f"close of month {len(timings)} vs month 1 (reconcile)",
+                f"{last_s:.1f} s vs {first_s:.1f} s ({last_s / first_s:.2f}x)",
+                "about the same (<= 1.5x)",
+                last_s <= 1.5 * first_s,
+            )
         ok = sql_s <= 15 and naive_s / sql_s >= 2 and peak <= 1536 and rerun_written == 0 and agree
         report(
             "month-end reconciliation 1M x 1M",

@@ -567,9 +567,70 @@ def test_every_state_changing_route_carries_the_act_guard():
     assert {r.path for r in changing} == {
         "/exceptions/{exception_id}/" + v
         for v in ("resolve", "dismiss", "retry", "mapping", "sku", "credit-quantity")
-    }
+    } | {"/closes/{period}/reopen"}
     for r in changing:
         assert require_may_act in [d.call for d in r.dependant.dependencies], r.path
+
+
+def _closed_october(dsn: str) -> None:
+    """October closed (version 1), as a close run stores it."""
+    import gzip
+    import hashlib
+
+    csv_bytes, html = b"return_id\n", b"<html></html>"
+    with psycopg.connect(dsn) as c:
+        c.execute(
+            "INSERT INTO ledger.period_close (period, version, period_end, as_of, batch_id, rows, totals,"
+            " csv_gzip, csv_sha256, html, html_sha256) VALUES ('2026-10', 1, '2026-11-01T00:00Z',"
+            " '2026-11-04T00:00Z', 'close-run', 0, '{}', %s, %s, %s, %s)",
+            (
+                gzip.compress(csv_bytes),
+                hashlib.sha256(csv_bytes).hexdigest(),
+                html,
+                hashlib.sha256(html).hexdigest(),
+            ),
+        )
+
+
+@pytest.mark.parametrize("role", ["OP", "VIEWER"])
+def test_only_an_admin_may_reopen_a_closed_month(client, auth, ledger, role):
+    _closed_october(ledger)
+    h = {"Authorization": f"Bearer {token_for(auth, 'olivia', role=role)}"}
+    page = client.get(f"{PREFIX}/closes", headers=h)
+    assert page.status_code == 200 and "2026-10" in page.text and 'id="reopen-form"' not in page.text
+    r = client.post(
+        f"{PREFIX}/closes/2026-10/reopen", data={"reason": "x"}, headers=h, follow_redirects=False
+    )
+    assert r.status_code == 403, r.text
+    with psycopg.connect(ledger) as c:
+        assert c.execute("SELECT reopened_at FROM ledger.period_close").fetchall() == [(None,)]
+        assert c.execute(
+            "SELECT count(*) FROM ledger.audit_log WHERE action = 'reopen_period'"
+        ).fetchone() == (0,)
+
+
+def test_an_admin_reopens_a_closed_month_audited_and_its_report_is_kept(client, auth, ledger):
+    _closed_october(ledger)
+    client.cookies.set("_token", token_for(auth, "ada", role="ADMIN"))
+    try:
+        page = client.get(f"{PREFIX}/closes").text
+        assert 'id="reopen-form"' in page
+        r = client.post(
+            f"{PREFIX}/closes/2026-10/reopen",
+            data={"reason": "late Amazon credit", "csrf_token": csrf_of(page)},
+            headers={"Origin": "http://airflow.test"},
+            follow_redirects=True,
+        )
+    finally:
+        client.cookies.clear()
+    assert r.status_code == 200 and "2026-10 reopened by ada" in r.text
+    with psycopg.connect(ledger) as c:
+        assert c.execute(
+            "SELECT version, reopened_by, reopen_reason FROM ledger.period_close"
+        ).fetchall() == [(1, "ada", "late Amazon credit")]
+        assert c.execute(
+            "SELECT actor, subject, detail->>'reason' FROM ledger.audit_log WHERE action = 'reopen_period'"
+        ).fetchall() == [("ada", "2026-10", "late Amazon credit")]
 
 
 def test_unknown_methods_and_paths_need_the_act_permission_too(client, auth, ledger):

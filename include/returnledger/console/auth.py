@@ -123,6 +123,13 @@ class AirflowAuth:
             return SimpleAuthManagerRole[role].order >= SimpleAuthManagerRole[SIMPLE_ROLE_TO_ACT].order
         return True
 
+    def may_admin(self, user: Any) -> bool:
+        """Reopen a closed month: the Admin role (simple), configuration rights (others: FAB's Admin)."""
+        manager = self._manager()
+        if self._is_simple(manager):
+            return (getattr(user, "role", None) or "").upper() == "ADMIN"
+        return bool(manager.is_authorized_configuration(method="PUT", user=user))
+
     def act_requirement(self) -> str:
         """What acting needs, in words, for the page and the 403 message."""
         try:
@@ -157,6 +164,8 @@ class Caller:
     token: str
     via_cookie: bool
     may_act: bool
+    #: an Admin: may also reopen a closed month
+    may_admin: bool = False
 
 
 async def authenticate(request: Request, auth: AirflowAuth) -> Caller:
@@ -167,7 +176,15 @@ async def authenticate(request: Request, auth: AirflowAuth) -> Caller:
     name = auth.user_name(user)
     if not auth.may_read(user):
         raise Forbidden(f"{name} may not read the returns exceptions")
-    return Caller(user=user, name=name, token=token, via_cookie=via_cookie, may_act=auth.may_act(user))
+    may_act = auth.may_act(user)
+    return Caller(
+        user=user,
+        name=name,
+        token=token,
+        via_cookie=via_cookie,
+        may_act=may_act,
+        may_admin=may_act and auth.may_admin(user),
+    )
 
 
 def may_not_act(auth: AirflowAuth, caller: Caller) -> str:
@@ -183,6 +200,13 @@ def require_may_act(request: Request) -> None:
     caller: Caller | None = getattr(request.state, "caller", None)
     if caller is None or not caller.may_act:
         raise HTTPException(403, "Not allowed to act on the returns exceptions")
+
+
+def require_admin(request: Request) -> None:
+    """Route guard of the Admin-only actions (reopening a closed month)."""
+    caller: Caller | None = getattr(request.state, "caller", None)
+    if caller is None or not caller.may_admin:
+        raise HTTPException(403, "Only an Admin may reopen a closed month")
 
 
 def csrf_token_for(session_token: str) -> str:
