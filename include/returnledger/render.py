@@ -33,6 +33,23 @@ def cell(value: Any) -> str:
     return str(value)
 
 
+#: how a cell starts when a spreadsheet would run it as a formula (=, +, -, @, a tab or CR), or when it
+#: already starts with the apostrophe that marks text: such text from ReBound or Amazon gets one more
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def spreadsheet_text(text: str) -> str:
+    """Text for a CSV people open in a spreadsheet: shown, never run. A leading apostrophe (the spreadsheet
+    convention for "this is text") goes before a value that starts like a formula; ``from_spreadsheet_text``
+    takes it off again, so readers that compare values get them exactly."""
+    return "'" + text if text[:1] in FORMULA_START else text
+
+
+def from_spreadsheet_text(text: str) -> str:
+    """The value ``spreadsheet_text`` was given."""
+    return text[1:] if text[:1] == "'" and text[1:2] and text[1:2] in FORMULA_START else text
+
+
 def show(value: Any) -> Any:
     """Payloads as indented JSON; everything else as text (autoescaped)."""
     if value is None:

@@ -56,7 +56,10 @@ def test_init_creates_folders_database_role_and_ledger():
     assert re.search(r'chown -R "\$\{AIRFLOW_UID:-50000\}:0" .*/opt/airflow/logs', script)
     assert "/opt/returnledger/.local" in script.split("chown", 1)[1]
     assert "airflow db migrate" in script
-    assert "returnledger migrate --create-database --owner returnledger" in script
+    assert (
+        "returnledger migrate --create-database --owner returnledger_owner --runtime-role returnledger"
+        in script
+    )
     assert "returnledger reference load" in script
     assert init["environment"]["RETURNLEDGER_DSN"].endswith("@postgres:5432/returnledger")
     assert "simple_auth_manager_passwords.json" in script
@@ -105,7 +108,8 @@ def test_secrets_only_from_env_file():
         for ln in (ROOT / ".env.example").read_text().splitlines()
         if "=" in ln and not ln.startswith("#")
     }
-    refs = set(re.findall(r"\$\{(\w+)", (ROOT / "docker-compose.yaml").read_text()))
+    # $${name} is a shell variable of a service's script (compose's escaped dollar), not compose's
+    refs = set(re.findall(r"(?<!\$)\$\{(\w+)", (ROOT / "docker-compose.yaml").read_text()))
     optional = {k for k in refs if re.search(r"\$\{" + k + ":-", (ROOT / "docker-compose.yaml").read_text())}
     assert refs - optional <= example, sorted(refs - optional - example)
 
@@ -127,6 +131,8 @@ def test_docker_compose_config(tmp_path):
             "the rules above still hold for the parsed file"
         )
     shutil.copy(ROOT / "docker-compose.yaml", tmp_path / "docker-compose.yaml")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "postgres_password").write_text("superuser-test\n")
     env = (ROOT / ".env.example").read_text()
     (tmp_path / ".env").write_text(env)
     refused = subprocess.run(
@@ -134,7 +140,8 @@ def test_docker_compose_config(tmp_path):
     )
     assert refused.returncode != 0 and "FERNET_KEY" in refused.stderr + refused.stdout
     filled = re.sub(
-        r"^(AIRFLOW__CORE__FERNET_KEY|AIRFLOW__API_AUTH__JWT_SECRET|AIRFLOW__API__SECRET_KEY)=$",
+        r"^(AIRFLOW__CORE__FERNET_KEY|AIRFLOW__API_AUTH__JWT_SECRET|AIRFLOW__API__SECRET_KEY"
+        r"|_AIRFLOW_WWW_USER_PASSWORD|AIRFLOW_DB_PASSWORD|RETURNLEDGER_LEDGER_PASSWORD)=$",
         r"\1=test-value",
         env,
         flags=re.M,
@@ -146,7 +153,7 @@ def test_docker_compose_config(tmp_path):
     worker = rendered["services"]["airflow-worker"]["environment"]
     assert worker["AIRFLOW__CORE__FERNET_KEY"] == "test-value"
     assert (
-        worker["AIRFLOW_CONN_RETURNS_DB"] == "postgresql://returnledger:change-me@postgres:5432/returnledger"
+        worker["AIRFLOW_CONN_RETURNS_DB"] == "postgresql://returnledger:test-value@postgres:5432/returnledger"
     )
 
 

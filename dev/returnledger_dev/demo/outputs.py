@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+from returnledger.render import spreadsheet_text
 from returnledger.store import db
 
 #: the files a demo run writes into its out folder (removed first, so a failed run leaves no stale ones)
@@ -60,8 +61,17 @@ def export_exceptions(dsn: str, out_dir: Path) -> int:
         w = csv.writer(f)
         w.writerow(EXCEPTION_COLUMNS)
         for r in rows:
-            w.writerow(["" if v is None else (v.isoformat() if isinstance(v, datetime) else v) for v in r])
+            w.writerow([_csv_cell(v) for v in r])
     return len(rows)
+
+
+def _csv_cell(v):
+    """A cell of a CSV people open: text that would run as a spreadsheet formula is shown as text."""
+    if v is None:
+        return ""
+    if isinstance(v, datetime):
+        return v.isoformat()
+    return spreadsheet_text(v) if isinstance(v, str) else v
 
 
 def summary(dsn: str) -> dict:

@@ -47,7 +47,18 @@ def _csv_rows(path: Path) -> list[dict] | None:
     if not path.is_file():
         return None
     with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+        # text a spreadsheet would run as a formula is written with a leading apostrophe
+        # (returnledger.render.spreadsheet_text): compare the value it stands for
+        return [{k: _unquote(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _unquote(value):
+    if isinstance(value, str) and value[:1] == "'" and value[1:2] and value[1:2] in _FORMULA_START:
+        return value[1:]
+    return value
 
 
 def _body(request: dict):
