@@ -18,14 +18,8 @@ from urllib.parse import urlencode
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from returnledger.console.auth import (
-    CSRF_FIELD,
-    AirflowAuth,
-    Caller,
-    csrf_token_for,
-    require_admin,
-    require_may_act,
-)
+from returnledger.console.auth import CSRF_FIELD, AirflowAuth, Caller, csrf_token_for, require_may_act
+from returnledger.console.closes import add_close_pages
 from returnledger.models import ExceptionStatus, ExceptionType
 from returnledger.reference.mappings import AMAZON_REASON_CODES
 from returnledger.render import render
@@ -149,6 +143,7 @@ def add_pages(
     """The console's routes on ``app``."""
     #: on every state-changing route; the middleware has refused already, this keeps new routes honest
     act_guard = [Depends(require_may_act)]
+    add_close_pages(app, dsn_provider=dsn_provider, clock=clock, act_guard=act_guard)
 
     def connect():
         from returnledger.store.db import connect as db_connect
@@ -249,54 +244,6 @@ def add_pages(
             error=error,
             what_to_do=x.get("what_to_do"),
         )
-
-    @app.get("/closes", response_class=HTMLResponse)
-    def closes_page(
-        request: Request, msg: str | None = None, error: str | None = None, status_code: int = 200
-    ):
-        """Every close of every month, versions included; an Admin may reopen the latest closed month."""
-        caller: Caller = request.state.caller
-        with connect() as conn:
-            rows = conn.execute(
-                "SELECT period, version, as_of, batch_id, rows, csv_sha256, reopened_at, reopened_by,"
-                " reopen_reason FROM ledger.period_close ORDER BY period DESC, version DESC"
-            ).fetchall()
-        current = [r[0] for r in rows if r[6] is None]
-        return render_page(
-            request,
-            "closes",
-            status_code=status_code,
-            caller=caller,
-            rows=rows,
-            latest=current[0] if current else None,
-            can_reopen=caller.may_admin,
-            csrf=csrf_token_for(caller.token) if caller.may_admin else "",
-            message=msg,
-            error=error,
-        )
-
-    @app.post("/closes/{period}/reopen", dependencies=[*act_guard, Depends(require_admin)])
-    async def reopen_close(request: Request, period: str):
-        """Reopen a closed month (Admin, audited): its report stays; the next close writes a new version."""
-        from starlette.concurrency import run_in_threadpool
-
-        from returnledger.reconciliation.closes import reopen
-
-        caller: Caller = request.state.caller
-        form = {k: str(v).strip() for k, v in (await request.form()).items() if k != CSRF_FIELD}
-        try:
-            old = await run_in_threadpool(
-                reopen, dsn_provider(), period, actor=caller.name, reason=form.get("reason", ""), at=clock()
-            )
-        except ValueError as exc:
-            log.info("console reopen of %s by %s refused: %s", period, caller.name, exc)
-            return closes_page(request, error=f"Could not reopen {period}: {exc}", status_code=409)
-        log.info("console: %s reopened %s version %s", caller.name, period, old.version)
-        done = (
-            f"{period} reopened by {caller.name}; version {old.version} is kept as written. The month's next "
-            "close (clear or trigger its close run of returns_reconciliation) writes the new version."
-        )
-        return RedirectResponse(f"{base_of(request)}/closes?{urlencode({'msg': done})}", status_code=303)
 
     @app.get("/exceptions/{exception_id}", response_class=HTMLResponse)
     def exception_page(request: Request, exception_id: int, msg: str | None = None):
