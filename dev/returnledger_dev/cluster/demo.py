@@ -239,6 +239,7 @@ def run_cluster_scenario(
     from returnledger_dev.cluster.api import AirflowAPI
     from returnledger_dev.cluster.processes import start, stop
     from returnledger_dev.cluster.spec import DEFAULT_REDIS_URL, ClusterSpec, free_port
+    from returnledger_dev.demo.ledger_db import own_ledger
     from returnledger_dev.demo.outputs import export_exceptions, summary
     from returnledger_dev.sandbox.harness import run_sandbox
     from returnledger_dev.sandbox.scenario import load_scenario_dict
@@ -249,11 +250,13 @@ def run_cluster_scenario(
     for output in OUTPUTS:
         (out_dir / output).unlink(missing_ok=True)
     shutil.rmtree(out_dir / CLOSES_DIR, ignore_errors=True)  # this run's closes only
-    dsn = db.resolve_dsn(dsn)
+    # the DSN names the server only: this cluster demo creates a ledger database of its own there
+    dsn = own_ledger(
+        db.resolve_dsn(dsn), out_dir, keep=False, created_by="make cluster-demo", prefix="returnledger_cdemo"
+    )
     scenario = load_scenario_dict(scenario_path)
     first, last = date.fromisoformat(scenario["run"]["from"]), date.fromisoformat(scenario["run"]["to"])
     closes = closes_by_day(scenario["run"], first, last)
-    migrate.reset(dsn)
     migrate.migrate(
         dsn, runtime=ClusterSpec.ledger_role, runtime_password=os.environ.get("RETURNLEDGER_LEDGER_PASSWORD")
     )

@@ -22,6 +22,7 @@ from returnledger_dev.demo.airflow_run import (
     run_checked,
     scenario_day,
 )
+from returnledger_dev.demo.ledger_db import own_ledger
 from returnledger_dev.demo.mail import MailSink
 from returnledger_dev.demo.outputs import (
     CLOSES_DIR,
@@ -101,9 +102,11 @@ def run_scenario(
     digest_dir, mail_dir = out_dir / "digests", out_dir / "mail"
     for folder in (digest_dir, mail_dir, out_dir / CLOSES_DIR):  # this run's digests, mail and closes only
         shutil.rmtree(folder, ignore_errors=True)
-    dsn = db.resolve_dsn(dsn)
-    if not keep_db:
-        migrate.reset(dsn)
+    # the DSN names the server only: this demo creates a ledger database of its own there (or, with keep_db,
+    # continues the one an earlier demo into this OUT created) and never wipes one it did not create
+    dsn = own_ledger(
+        db.resolve_dsn(dsn), out_dir, keep=keep_db, created_by="make demo", prefix="returnledger_demo"
+    )
     migrate.migrate(dsn)
     scenario = load_scenario_dict(scenario_path)
     first, last = scenario_day(scenario["run"]["from"]), scenario_day(scenario["run"]["to"])

@@ -16,7 +16,7 @@ def _cmd_migrate(args) -> int:
     if args.create_database and migrate.ensure_database(dsn):
         print("created the ledger database")
     if args.reset:
-        migrate.reset(dsn)
+        migrate.reset(dsn, database=args.database)
     applied = migrate.migrate(
         dsn,
         owner=args.owner,
@@ -139,7 +139,14 @@ def _register_reference(subparsers) -> None:
 def register(subparsers) -> None:
     """``migrate``, ``db``, ``reference load``, ``mapping add|deactivate`` and ``sku add``."""
     m = subparsers.add_parser("migrate", help="apply pending schema migrations (idempotent)")
-    m.add_argument("--reset", action="store_true", help="drop the ledger schema first (loses data)")
+    m.add_argument(
+        "--reset",
+        action="store_true",
+        help="drop the ledger schema first (loses every ledger row); needs --database naming the database",
+    )
+    m.add_argument(
+        "--database", help="with --reset: the name of the DSN's database, to confirm which is wiped"
+    )
     m.add_argument("--create-database", action="store_true", help="create the DSN's database if missing")
     m.add_argument(
         "--owner",

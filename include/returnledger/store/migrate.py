@@ -260,8 +260,17 @@ def ensure_database(dsn: str | None = None) -> bool:
     return True
 
 
-def reset(dsn: str | None = None) -> None:
-    """Drop the ledger schema (demo runs start clean)."""
+def reset(dsn: str | None = None, *, database: str) -> None:
+    """Drop the ledger schema of ``database`` and everything in it. The caller names the database (there
+    is no default): a reset aimed at a DSN it did not mean refuses instead of wiping that ledger."""
+    from returnledger.store.db import database_name
+
+    actual = database_name(resolve_dsn(dsn))
+    if not database or database != actual:
+        raise ValueError(
+            f"reset drops every ledger row of database {actual!r}: name that database to confirm"
+            f" (--database {actual}); {database!r} was given"
+        )
     with connect(dsn) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
         conn.commit()
