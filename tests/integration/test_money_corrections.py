@@ -253,6 +253,7 @@ def test_recount_before_and_after_disposition(ledger, tmp_path):
         "RB-OVER-OK": (d5, [1]),  # 2 (over, held) then 1
         "RB-OVER-NEW": (d5, [1]),  # 1 then 2 (over: the credit waits for the warehouse)
         "RB-LATE": (d5, [3]),  # 3, dispositioned, then recounted 1
+        "RB-SAMEDAY": (d5, [3]),  # 5 then 3 in the same run: the mismatch is raised, then settled
     }
     late_receipt = _received("RB-LATE", "ev-RB-LATE-rec", f"{d5}T10:00:00Z", 3)
     events = [
@@ -268,6 +269,9 @@ def test_recount_before_and_after_disposition(ledger, tmp_path):
         _received("RB-OVER-NEW", "ev-RB-OVER-NEW-rec", f"{d5}T10:00:00Z", 1),
         _received("RB-OVER-NEW", "ev-RB-OVER-NEW-recount", f"{d6}T10:00:00Z", 2),
         *_settled("RB-OVER-NEW", d6),
+        _received("RB-SAMEDAY", "ev-RB-SAMEDAY-rec", f"{d5}T10:00:00Z", 5),
+        _received("RB-SAMEDAY", "ev-RB-SAMEDAY-recount", f"{d5}T10:30:00Z", 3),
+        *_settled("RB-SAMEDAY", d5),
         late_receipt,
         *_settled("RB-LATE", d5, "RESTOCKED"),
         _received("RB-LATE", "ev-RB-LATE-recount", f"{d6}T10:00:00Z", 1),
@@ -288,6 +292,10 @@ def test_recount_before_and_after_disposition(ledger, tmp_path):
         sb.dump()
         received = dict(m.all("SELECT return_id, quantity_received FROM ledger.return_line"))
         open_mismatch = {rid: m.mismatch(rid, 1) for rid in returns}
+        sameday = m.all(
+            "SELECT status, detail FROM ledger.exception WHERE type = 'QUANTITY_MISMATCH'"
+            " AND return_id = 'RB-SAMEDAY'"
+        )
         resolved_up = m.all(
             "SELECT resolution FROM ledger.exception WHERE type = 'QUANTITY_MISMATCH' AND return_id = 'RB-UP'"
             " AND status = 'resolved'"
@@ -310,8 +318,17 @@ def test_recount_before_and_after_disposition(ledger, tmp_path):
         "CN-RB-DOWN-1": [1],
         "CN-RB-OVER-OK-1": [1],
         "CN-RB-LATE-1": [3],  # sent before the recount, and unchanged by it
+        "CN-RB-SAMEDAY-1": [3],
     }, notes
-    assert received == {"RB-UP": 3, "RB-DOWN": 1, "RB-OVER-OK": 1, "RB-OVER-NEW": 2, "RB-LATE": 3}
+    assert sameday == [("resolved", "received 5 of 3 announced")]
+    assert received == {
+        "RB-UP": 3,
+        "RB-DOWN": 1,
+        "RB-OVER-OK": 1,
+        "RB-OVER-NEW": 2,
+        "RB-LATE": 3,
+        "RB-SAMEDAY": 3,
+    }
     # the mismatch follows the count: resolved when it matches, raised when it differs
     assert open_mismatch["RB-UP"] == [] and len(resolved_up) == 1 and "recounted" in resolved_up[0][0]
     assert [(o, d) for _, o, d in open_mismatch["RB-DOWN"]] == [
@@ -338,6 +355,11 @@ def test_recount_before_and_after_disposition(ledger, tmp_path):
             "RB-OVER-OK",
             "ev-RB-OVER-OK-recount",
             {"counted_before": 2, "recounted": 1, "after_disposition": False},
+        ),
+        (
+            "RB-SAMEDAY",
+            "ev-RB-SAMEDAY-recount",
+            {"counted_before": 5, "recounted": 3, "after_disposition": False},
         ),
         ("RB-UP", "ev-RB-UP-recount", {"counted_before": 1, "recounted": 3, "after_disposition": False}),
     ]

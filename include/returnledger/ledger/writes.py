@@ -53,6 +53,9 @@ class Changes:
         # QUANTITY_MISMATCH follows the new count (resolved, then raised again if it still differs)
         self.recounts: list[tuple] = []
         self.recounted: set[str] = set()
+        self.recounted_raised: list[
+            NewException
+        ] = []  # a mismatch raised earlier in this batch, then recounted
 
     def record(self, rid: str, ln: int, raw_id: int, event: lifecycle.LineEvent, out) -> None:
         """One event's outcome on one line. States and event types are StrEnums, i.e. their text already:
@@ -92,7 +95,10 @@ class Changes:
         self.recounts.append((rid, ln, state, event.event_id, before, now, after))
         if not after:
             self.recounted.add(subject)
-            self.raised = [x for x in self.raised if not (x.subject_key == subject and x.type == _MISMATCH)]
+            earlier = [x for x in self.raised if x.subject_key == subject and x.type == _MISMATCH]
+            if earlier:  # raised by this batch's receipt: kept in the queue's history, then settled below
+                self.recounted_raised += earlier
+                self.raised = [x for x in self.raised if x not in earlier]
         else:
             subject = f"{subject}|recount:{event.event_id}"
         for etype, detail in out.raised:
@@ -116,6 +122,7 @@ def write_recounts(conn, ch: Changes) -> int:
            ON CONFLICT DO NOTHING""",
         (ch.batch_id, ch.at, *(list(col) for col in zip(*ch.recounts, strict=True))),
     )
+    raise_exceptions(conn, ch.recounted_raised, at=ch.at, batch_id=ch.batch_id)
     resolve_open(
         conn,
         ExceptionType.QUANTITY_MISMATCH,
