@@ -12,7 +12,6 @@ need it wait (held by screening), it is asked for again on every run, and the fi
 from __future__ import annotations
 
 import json
-import logging
 import re
 from datetime import UTC, datetime
 from hashlib import md5
@@ -21,16 +20,15 @@ from typing import Any
 import msgspec
 import psycopg
 
-from returnledger.clients.rebound_feed import ReboundError
 from returnledger.exception_queue.queue import (
     ORDER_FETCH_PREFIX,
     NewException,
-    order_fetch_subject,
     order_subject,
     raise_exceptions,
     replay_events,
     resolve_open,
 )
+from returnledger.intake.order_lookup import ask_rebound, report_unread
 from returnledger.intake.raw import REFUSED, screen_body, storable
 from returnledger.ledger.runs import SYSTEM_ACTOR
 from returnledger.models import LINE_EVENTS_SQL, RETURN_ID_PATTERN, ExceptionType
@@ -38,7 +36,6 @@ from returnledger.screening.fields import INT4_MAX, as_int4, as_whole, is_db_tex
 from returnledger.store.db import copy_rows, raw_json, unit_of_work
 
 _ID_RE = re.compile(RETURN_ID_PATTERN)
-log = logging.getLogger(__name__)
 
 _REFRESH_SQL = f"""
 SELECT DISTINCT return_id FROM (
@@ -89,7 +86,7 @@ def fetch_return_orders(
     ids = [i for i in ids if _ID_RE.match(i)]
     if not ids:
         return 0, 0, 0
-    found, missing, unread, problem = _ask_rebound(client, ids)
+    found, missing, unread, problem = ask_rebound(client, ids)
     good: dict[str, dict] = {}
     bad: list[tuple[str | None, bytes, str, str]] = []
     for o in list(found or []):
@@ -143,78 +140,10 @@ def fetch_return_orders(
             )
     if bad:
         _reject_orders(conn, bad, at=at, batch_id=batch_id)
-    _report_unread(conn, ids, unread, problem, at=at, batch_id=batch_id)
+    report_unread(conn, ids, unread, problem, at=at, batch_id=batch_id)
     _release_fixed_events(conn, at=at)
     conn.commit()
     return len(good), len(missing or []), len(bad)
-
-
-def _ask_rebound(client, ids: list[str]) -> tuple[list, list, list[str], ReboundError | None]:
-    """ReBound's answer for ``ids``, one lookup batch at a time: (found orders, ids ReBound does not
-    know, ids it could not be asked about, the last error). A batch that fails does not lose the others."""
-    from returnledger.clients.rebound import BATCH_IDS
-
-    found: list = []
-    missing: list = []
-    unread: list[str] = []
-    problem: ReboundError | None = None
-    for start in range(0, len(ids), BATCH_IDS):
-        batch = ids[start : start + BATCH_IDS]
-        try:
-            got, gone = client.get_returns(batch)
-        except ReboundError as exc:
-            unread.extend(batch)
-            problem = exc
-            continue
-        found.extend(got or [])
-        missing.extend(gone or [])
-    return found, missing, unread, problem
-
-
-def _report_unread(
-    conn, asked: list[str], unread: list[str], problem: ReboundError | None, *, at: datetime, batch_id: str
-) -> None:
-    """SYNC_STALLED for each order ReBound could not be asked about; the orders it answered for resolve
-    theirs and send the events held for them back through the sync (validated again in this run)."""
-    if unread:
-        log.error("return orders: %d could not be read from ReBound: %s", len(unread), problem)
-        why = f"{type(problem).__name__}: {str(problem)[:300]}" if problem else "no answer"
-        raise_exceptions(
-            conn,
-            [
-                NewException(
-                    ExceptionType.SYNC_STALLED,
-                    order_fetch_subject(rid),
-                    f"ReBound return order {rid} could not be read ({why}); its events wait and the order is"
-                    " asked for again on every run",
-                    return_id=rid,
-                )
-                for rid in unread
-            ],
-            at=at,
-            batch_id=batch_id,
-        )
-    answered = sorted(set(asked) - set(unread))
-    if answered:
-        resolve_open(
-            conn,
-            ExceptionType.SYNC_STALLED,
-            [order_fetch_subject(r) for r in answered],
-            at=at,
-            actor=SYSTEM_ACTOR,
-            resolution="released: ReBound answered for the return order again",
-        )
-        replay_events(
-            conn,
-            [
-                r[0]
-                for r in conn.execute(
-                    "SELECT raw_id FROM ledger.held_event"
-                    " WHERE reason = 'SYNC_STALLED' AND return_id = ANY(%s)",
-                    (answered,),
-                )
-            ],
-        )
 
 
 def _order_bytes(o: Any) -> bytes:
