@@ -239,8 +239,11 @@ print("finished", flush=True)
 
 
 @pytest.mark.parametrize("rule", ["same_note", "reject"])
-def test_push_process_killed_mid_batch(fresh_db, tmp_path, rule):
+def test_push_process_killed_mid_batch(fresh_db, tmp_path, rule, monkeypatch):
+    from returnledger.amazon.claims import LEASE_ENV
     from returnledger_dev.sandbox.harness import run_sandbox
+
+    monkeypatch.setenv(LEASE_ENV, "1")  # the killed pusher's claims (leases) run out a second after it died
 
     rows = [(f"RB-3-{i:07d}", f"RN-K{i}", "SKU-A", "2026-10-05", 1, 1) for i in range(20)]
     scenario = _scenario(rows, duplicate=rule)
@@ -281,6 +284,7 @@ def test_push_process_killed_mid_batch(fresh_db, tmp_path, rule):
                 "SELECT count(*) FROM ledger.amazon_submission WHERE status <> 'SUBMITTED'"
             ).fetchone()[0]
         assert 0 < left < 20, f"the kill must land mid-batch ({left} notes not submitted)"
+        time.sleep(1.3)  # the task's retry comes after the dead pusher's leases ran out
         amazon = _amazon(sb)
         push_credits(fresh_db, amazon, party_id="VNDR1", at=end, batch_id=batch)  # the task's retry
         confirm(fresh_db, amazon, at=end, batch_id=batch, rounds=8, wait_s=0.3)
