@@ -26,17 +26,24 @@ stored feed cursor. To redo 7 October, clear the run listed under 7 October.
    `amazon_sp_api` pool: absolute stock per SKU; one credit note per return and
    batch, id `CN-<return>-<first line>` (unique in the ledger). Each note is
    claimed before it is sent and every HTTP attempt goes to the send log
-   (`ledger.submission_attempt`). After 5 failed sends in a row the step stops
-   and leaves the rest PENDING for the next run.
+   (`ledger.submission_attempt`). A claim is a lease in the rows (owner, expiry
+   renewed while the pusher works), so a lost database connection takes nothing.
 7. `confirm` - polls Amazon's transaction status: Success closes the line,
-   Failure raises AMAZON_REJECTED, and a `DuplicateInvoiceNumber` refusal of a
-   note sent before is followed to the transaction Amazon names.
+   Failure raises AMAZON_REJECTED, and a `DuplicateInvoiceNumber` refusal is
+   followed to the transaction it names only when that is one of the note's
+   own sends; a refusal naming nothing closes nothing (AMAZON_REJECTED, the
+   line waits).
+
+**Amazon outage**: `push_inventory`, `push_credits` and `confirm` fail the same
+way, "AmazonUnavailable: ...", after 5 failed calls in a row at most; unsent
+notes stay PENDING (same ids), sent ones SUBMITTED, and Airflow's retry or the
+next run goes on from there.
 8. `finish` - books the run in `ledger.sync_run` (its window and each step's
    counts), which the operating check reads to tell that the sync is alive.
 
 **Rerunning is safe**: clear any run or task in the UI. Events are deduplicated by
 id, the cursor only moves forward, outbox rows are unique per line and action,
-a note claimed by a living pusher is never sent by another, and a resent credit
+a note claimed by a living pusher (its lease) is never sent by another, and a resent credit
 note keeps its id: whether Amazon answers it as the same note or refuses it as a
 duplicate, it is credited once. Every task has an `execution_timeout`.
 """

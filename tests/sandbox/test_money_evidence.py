@@ -210,7 +210,7 @@ def test_duplicate_refusal_without_evidence_does_not_accept(ledger, tmp_path, re
         recon = conn.execute(
             "SELECT recon_status FROM ledger.recon_result WHERE row_key = %s", ("RB-9-0000001|1",)
         ).fetchone()[0]
-    assert recon != "MATCHED"
+    assert recon == "CREDIT_REJECTED", recon  # never MATCHED (operating guide, "Amazon's evidence")
 
 
 @pytest.fixture

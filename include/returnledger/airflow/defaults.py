@@ -24,8 +24,9 @@ from airflow.sdk import Asset
 AMAZON_POOL = "amazon_sp_api"
 #: the ledger: returns_sync emits it, returns_reconciliation follows it
 LEDGER = Asset(name="returns_ledger", uri="returnledger://ledger/return_line")
-#: no task may hold a worker (or the amazon_sp_api pool) longer than this; a push step's circuit breaker
-#: and the clients' retry budgets end well before it, so a long outage leaves work PENDING for the next run
+#: no task may hold a worker (or the amazon_sp_api pool) longer than this; the push and confirm steps'
+#: circuit breakers and the clients' retry budgets end well before it: an outage fails the task
+#: (AmazonOutage), retried by Airflow, with the work PENDING or SUBMITTED for the retry or the next run
 TASK_TIMEOUT = timedelta(minutes=45)
 
 

@@ -15,8 +15,9 @@ stay pending and go again on a later run. A retry resends exactly the body it wa
 given, so callers give every credit note a deterministic ``id``. Amazon does not
 document what it answers to an ``id`` it already holds: the same note again, or a
 new transaction that fails with ``DuplicateInvoiceNumber``. The sync handles both (a
-duplicate refusal of a note it may already have delivered is evidence that Amazon
-holds it), and every HTTP attempt can be logged through ``on_attempt``. Inventory
+duplicate refusal counts only when it names a transaction of that note:
+returnledger.amazon.confirm), and every HTTP attempt can be written down before it
+leaves (``before_attempt``) and after it ends (``on_attempt``). Inventory
 updates carry absolute quantities, so a resend sets the same stock. This module is
 payload-agnostic: building credit notes is the sync pipeline's job.
 """
