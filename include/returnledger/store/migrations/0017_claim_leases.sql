@@ -26,3 +26,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS submission_attempt_once_idx
     ON ledger.submission_attempt (send_id, attempt, outcome) WHERE send_id IS NOT NULL;
 COMMENT ON COLUMN ledger.submission_attempt.outcome IS
     'SENDING (written before the HTTP attempt), ACCEPTED_202, RETRY (429/5xx), REFUSED (4xx), NO_ANSWER';
+
+-- 4. Repair: before this migration a duplicate refusal that named no other transaction accepted the note
+--    (confirmed_by = 'DUPLICATE', held by the refused transaction itself). That proves nothing (design
+--    rule 11): such a note no longer counts as confirmed by Amazon, so the month-end report shows its
+--    lines CREDIT_MISSING and raises CREDIT_MISSING (finance) instead of MATCHED.
+UPDATE ledger.credit_note SET confirmed_by = NULL, confirmed_at = NULL WHERE confirmed_by = 'DUPLICATE';
