@@ -88,9 +88,12 @@ def summary(dsn: str) -> dict:
         accepted = conn.execute("""SELECT COALESCE(sum(quantity * unit_amount), 0)
                                    FROM ledger.amazon_submission
                                    WHERE kind = 'CREDIT_NOTE' AND status = 'ACCEPTED'""").fetchone()[0]
+        # the last close's rows (periods YYYY-MM sort by time): earlier closes reported other rows
         recon = dict(
             conn.execute("""SELECT recon_status, count(*) FROM ledger.recon_result
-                                     WHERE period NOT LIKE 'daily:%%' GROUP BY 1 ORDER BY 1""").fetchall()
+                             WHERE period = (SELECT max(period) FROM ledger.recon_result
+                                              WHERE period NOT LIKE 'daily:%%')
+                             GROUP BY 1 ORDER BY 1""").fetchall()
         )
     return {
         "lines_by_state": states,
@@ -209,7 +212,7 @@ def print_summary(s: dict, out=sys.stdout) -> None:
         f"£ credited: {s['credited_gbp']}  £ accepted by Amazon: {s['accepted_gbp']}"
     )
     if s["recon"]:
-        p("Month-end reconciliation: " + ", ".join(f"{k} {v}" for k, v in s["recon"].items()))
+        p("Month-end reconciliation (last close): " + ", ".join(f"{k} {v}" for k, v in s["recon"].items()))
     o = s.get("outputs") or {}
     if o.get("closes"):
         p(f"Closes made: {', '.join(o['closes'])} (each close's report: {o['closes_dir']}/<period>/)")
