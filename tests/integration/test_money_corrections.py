@@ -563,3 +563,32 @@ def test_generated_month_with_recounts_and_resolved_over_receipts(ledger, tmp_pa
     with (tmp_path / "out" / "amazon_inventory.csv").open() as f:
         stock = {r["sku"]: int(r["available"]) for r in csv.DictReader(f)}
     assert {k: stock.get(k) for k in expected["inventory"]} == expected["inventory"]
+
+
+def test_scenario_loader_accepts_resolve_over_receipt_and_names_a_bad_one(tmp_path):
+    """The operation as scenarios/README.md defines it loads; one naming a line ReBound does not have, a
+    negative quantity or a day outside the run is refused with its JSON path."""
+    from returnledger_dev.sandbox.scenario import load_scenario
+    from returnledger_dev.sandbox.scenario_rules import ScenarioError
+
+    base = _scenario({"RB-1": ("2026-10-05", [1])}, [], ("2026-10-05", "2026-10-09"))
+    good = {
+        "on": "2026-10-06",
+        "action": "resolve_over_receipt",
+        "return_id": "RB-1",
+        "line": 1,
+        "quantity": 0,
+    }
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({**base, "operations": [good]}))
+    [op] = load_scenario(path).operations
+    assert (op.action, op.return_id, op.line, op.quantity) == ("resolve_over_receipt", "RB-1", 1, 0)
+    for bad, message in (
+        ({"line": 2}, "operations[0]: resolve_over_receipt names line 2 of return 'RB-1'"),
+        ({"quantity": -1}, "operations[0].quantity"),
+        ({"on": "2026-11-01"}, "operations[0].on: 2026-11-01 is not a day of the run"),
+    ):
+        path.write_text(json.dumps({**base, "operations": [{**good, **bad}]}))
+        with pytest.raises(ScenarioError) as err:
+            load_scenario(path)
+        assert str(err.value).startswith(message), str(err.value)
