@@ -126,8 +126,8 @@ _CARRIED = """
 # looks their lines up by key instead of hashing every line of the ledger)
 _LINES_SQL = f"""
 WITH run_lines AS (
-    SELECT o.return_id, l.line, o.returns_notice, o.rma_id, o.vret, o.created_at, NULL::text AS first_reported,
-           l.sku, l.quantity_received, l.grade, l.disposition, l.dispositioned_at, l.quantity_announced,
+    SELECT o.return_id, l.line, o.returns_notice, o.rma_id, o.vret, o.created_at,
+           NULL::text AS first_reported, l.sku, l.quantity_received, l.grade, l.disposition, l.dispositioned_at, l.quantity_announced,
            l.credit_quantity
       FROM ({_COVERED_ORDERS}) o JOIN ledger.return_line l ON l.return_id = o.return_id
     UNION ALL
