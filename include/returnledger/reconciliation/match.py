@@ -127,8 +127,8 @@ _CARRIED = """
 _LINES_SQL = f"""
 WITH run_lines AS (
     SELECT o.return_id, l.line, o.returns_notice, o.rma_id, o.vret, o.created_at,
-           NULL::text AS first_reported, l.sku, l.quantity_received, l.grade, l.disposition, l.dispositioned_at, l.quantity_announced,
-           l.credit_quantity
+           NULL::text AS first_reported, l.sku, l.quantity_received, l.grade, l.disposition,
+           l.dispositioned_at, l.quantity_announced, l.credit_quantity
       FROM ({_COVERED_ORDERS}) o JOIN ledger.return_line l ON l.return_id = o.return_id
     UNION ALL
     SELECT o.return_id, l.line, o.returns_notice, o.rma_id, o.vret, o.created_at, k.first_period, l.sku,
