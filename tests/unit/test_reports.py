@@ -92,3 +92,33 @@ def test_html_escapes_ledger_values():
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "run&lt;1&gt;" in html and "2026-11-04T00:00:00+00:00" in html
     assert html.count("<svg") == 2
+
+
+def test_money_at_risk_by_age_origin_and_first_report():
+    from returnledger.reports.carry_over import carry_over, trend_chart, trend_of
+
+    rows = [  # first_reported, origin month, age bucket, status, rows, credit owed
+        ("2026-10", "2026-10", "31-60", "CREDIT_MISSING", 2, Decimal("20.00")),
+        ("2026-10", "2026-10", "31-60", "ON_HOLD", 1, Decimal("0")),  # held by policy: not at risk
+        ("2026-11", "2026-11", "0-30", "PENDING", 3, Decimal("15.00")),  # sent, in its window: at risk
+        ("2026-11", "2026-11", "0-30", "PENDING", 1, Decimal("0")),  # not dispositioned: nothing owed yet
+        ("2026-11", "2026-11", "0-30", "MATCHED", 5, Decimal("50.00")),
+        ("2026-09", "2026-08", ">90", "CREDIT_REJECTED", 1, Decimal("7.50")),
+    ]
+    c = carry_over(rows, "2026-11")
+    assert c["at_risk"] == Decimal("42.50")
+    assert {b: (m["rows"], m["amount"]) for b, m in c["by_age"].items()} == {
+        "0-30": (3, Decimal("15.00")),
+        "31-60": (2, Decimal("20.00")),
+        "61-90": (0, Decimal("0")),
+        ">90": (1, Decimal("7.50")),
+    }
+    assert list(c["by_origin"]) == ["2026-08", "2026-10", "2026-11"]
+    assert (c["carried_rows"], c["new_rows"]) == (4, 9)
+    trend = trend_of(
+        [("2026-10", 1, {"MATCHED": {"rows": 4, "amount_owed": "40.00"}})], "2026-11", c["statuses"]
+    )
+    assert [m["period"] for m in trend] == ["2026-10", "2026-11"]
+    assert trend[1]["totals"]["PENDING"] == {"rows": 4, "amount_owed": "15.00"}
+    chart = trend_chart(trend, {})
+    assert [label["rows"] for label in chart["labels"]] == [4, 13]
