@@ -43,7 +43,7 @@ from test_money_path import (
     _vendor,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DAY = date(2026, 10, 5)
 
