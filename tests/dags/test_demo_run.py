@@ -66,6 +66,10 @@ def demo_env(tmp_path_factory, pg_server, generated_month):
     yield {"base": base, "scenario": base / "scenario.json", "env": env}
     db.drop_database(pg_server, ledger)
     db.drop_database(pg_server, meta)
+    for recorded in base.glob("*/ledger_database.txt"):  # the ledgers the demos made for themselves
+        own = db.with_database(pg_server, recorded.read_text().strip())
+        db.drop_database(pg_server, own)
+        db.drop_database(pg_server, db.with_database(pg_server, f"{db.database_name(own)}_airflow"))
 
 
 def _command(demo_env, out: str) -> list[str]:

@@ -57,14 +57,13 @@ def test_month_through_the_scheduler_on_two_celery_workers(tmp_path, pg_server, 
     (tmp_path / "scenario.json").write_text(json.dumps(scenario))
     (tmp_path / "scenario.expected.json").write_text(json.dumps(expected))
 
-    ledger = db.create_scratch_database(pg_server, "rl_cluster_test")
     root, out = tmp_path / "cluster", tmp_path / "out"
     name = f"test{uuid.uuid4().hex[:6]}"  # its own Celery queue and worker names on a shared Redis
     try:
         s = cluster_demo.run_cluster_scenario(
             tmp_path / "scenario.json",
             out,
-            dsn=ledger,
+            dsn=pg_server,  # the server: the demo creates its own ledger database there
             faults=False,
             port=_free_port(),
             root=root,
@@ -76,8 +75,12 @@ def test_month_through_the_scheduler_on_two_celery_workers(tmp_path, pg_server, 
     finally:
         if lc.read_state(root):
             lc.stop(root, progress=lambda *_: None)
-        db.drop_database(pg_server, ledger)
-        db.drop_database(pg_server, lc.metadata_dsn(ledger))
+        from returnledger_dev.demo.ledger_db import LEDGER_FILE
+
+        if (out / LEDGER_FILE).is_file():  # the ledger the demo made for itself, and its Airflow metadata
+            ledger = db.with_database(pg_server, (out / LEDGER_FILE).read_text().strip())
+            db.drop_database(pg_server, ledger)
+            db.drop_database(pg_server, lc.metadata_dsn(ledger))
     assert lc.read_state(root) is None  # stopped, nothing left running
     # each worker imported the heavy libraries once at start (returnledger.airflow.celery), for its tasks
     for i in (1, 2):
