@@ -52,14 +52,13 @@ def _p(values: list[float], q: float) -> float:
 
 
 def run(scenario: Path, workers: int, server: str, out: Path) -> dict:
-    ledger = db.create_scratch_database(server, "rl_bench_cluster")
     root = out / f"cluster-{workers}w"
     t = time.monotonic()
     try:
         s = cluster_demo.run_cluster_scenario(
             scenario,
             out / f"{workers}w",
-            dsn=ledger,
+            dsn=server,  # the server: the demo creates its own ledger database there
             faults=False,
             port=_free_port(),
             root=root,
@@ -72,8 +71,11 @@ def run(scenario: Path, workers: int, server: str, out: Path) -> dict:
     finally:
         if lc.read_state(root):
             lc.stop(root, progress=lambda *_: None)
-        db.drop_database(server, ledger)
-        db.drop_database(server, lc.metadata_dsn(ledger))
+        recorded = out / f"{workers}w" / "ledger_database.txt"
+        if recorded.is_file():  # the ledger the demo made for itself, and its Airflow metadata
+            ledger = db.with_database(server, recorded.read_text().strip())
+            db.drop_database(server, ledger)
+            db.drop_database(server, lc.metadata_dsn(ledger))
     total = time.monotonic() - t
     runs = [v for k, v in s["cluster"]["runs"].items() if k.startswith("returns_sync:")]
     cadence, prev = [], None  # runs are in logical-date order; each backfill queues its runs at once
