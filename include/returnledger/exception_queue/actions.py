@@ -276,8 +276,10 @@ def resolve_over_receipt(
     """The warehouse resolves an over-receipt (received above announced) by choosing the units to credit.
 
     The credit was held (recon ON_HOLD) since the receipt; the chosen quantity, between 0 and the units
-    received, is stored on the line and the next sync run sends exactly one credit note for it. 0 closes
-    the line with nothing owed. The choice is audited.
+    received, is stored on the line and the next sync run sends exactly one credit note for it (if the
+    choice comes before the disposition, the run that applies the disposition sends it). 0 closes the
+    line with nothing owed. This is the only way to close such an exception (``resolve_exception`` and
+    ``dismiss_exception`` refuse it). The choice is audited.
     """
     actor = required(actor, "actor")
     try:
