@@ -185,11 +185,11 @@ def build_rebound_app(
     fault_cfg = {
         "error_rate": scenario.faults.rebound.error_rate if faults else 0.0,
         "timeout_rate": scenario.faults.rebound.timeout_rate if faults else 0.0,
-        # SIMULATED fault of the return-order lookup alone (GET /v1/returns?ids=...), set through
-        # POST /_sandbox/faults: None (serve it), "outage" (503 on every call) or "no_returns_key" (a 200
-        # whose body lacks the ``returns`` list); the feed and the other endpoints keep working
-        "returns_lookup": None,
     }
+    # SIMULATED fault of the return-order lookup alone (GET /v1/returns?ids=...), set through
+    # POST /_sandbox/faults: None (serve it), "outage" (503 on every call) or "no_returns_key" (a 200
+    # whose body lacks the ``returns`` list); the feed and the other endpoints keep working
+    lookup_fault: dict[str, str | None] = {"returns_lookup": None}
     stats: Counter = Counter(
         dict.fromkeys(
             (
@@ -331,7 +331,7 @@ def build_rebound_app(
         """Batch lookup: ``ids=a,b,c`` (up to 200)."""
         if (denied := await gate(request)) is not None:
             return denied
-        if fault_cfg["returns_lookup"] == "outage":
+        if lookup_fault["returns_lookup"] == "outage":
             stats["fault_returns_lookup"] += 1
             return _json({"error": "service_unavailable", "message": "simulated return-order outage"}, 503)
         wanted = [i for i in ids.split(",") if i]
@@ -341,7 +341,7 @@ def build_rebound_app(
         for rid in wanted:
             order = _order(rid)
             (found.append(order) if order is not None else missing.append(rid))
-        if fault_cfg["returns_lookup"] == "no_returns_key":
+        if lookup_fault["returns_lookup"] == "no_returns_key":
             stats["fault_returns_lookup"] += 1
             return _json({"missing": missing})
         return _json({"returns": found, "missing": missing})
@@ -414,6 +414,7 @@ def build_rebound_app(
                 **dict(stats),
                 "feed_length": len(feed),
                 "faults": fault_cfg,
+                **lookup_fault,
                 "webhooks_acknowledged": len(acked),
             }
         )
@@ -421,7 +422,7 @@ def build_rebound_app(
     @app.post("/_sandbox/faults", tags=["sandbox control"])
     async def set_faults(request: Request) -> Response:
         """Change fault rates at run time: JSON ``{error_rate?, timeout_rate?, returns_lookup?}``
-        (``returns_lookup``: null, "outage" or "no_returns_key", see ``fault_cfg``)."""
+        (``returns_lookup``: null, "outage" or "no_returns_key", see ``lookup_fault``)."""
         body = await request.json()
         if "returns_lookup" in body:
             if body["returns_lookup"] not in (None, "outage", "no_returns_key"):
@@ -429,7 +430,7 @@ def build_rebound_app(
                     {"error": "invalid_request", "message": "returns_lookup: null, outage or no_returns_key"},
                     400,
                 )
-            fault_cfg["returns_lookup"] = body["returns_lookup"]
+            lookup_fault["returns_lookup"] = body["returns_lookup"]
         for key in ("error_rate", "timeout_rate"):
             if key in body:
                 value = float(body[key])
