@@ -184,3 +184,41 @@ def test_each_close_keeps_its_report_and_the_top_level_one_is_the_last(tmp_path)
     assert (tmp_path / "month_end_report.csv").read_text() == "report 2026-11\n"
     assert (tmp_path / "closes" / "2026-10" / "month_end_report.csv").read_text() == "report 2026-10\n"
     assert not publish_close(tmp_path, "2026-12")  # that close wrote nothing
+
+
+def test_cluster_demo_runs_scenario_days_after_this_machines_clock():
+    """Airflow backfills only runs whose data interval has ended, and its scheduler starts no run before its
+    run_after: a scenario that reaches past the machine's clock (a quarter from October on 4 December) has
+    its later days created as runs that may start now."""
+    from datetime import UTC, datetime
+
+    from returnledger_dev.cluster.demo import backfill_plan, day_run_body
+
+    now = datetime(2026, 12, 4, 9, 30, tzinfo=UTC)
+    days = [date(2026, 10, 8), date(2026, 11, 15)]  # operator actions
+    closes = [date(2026, 11, 3), date(2026, 12, 3), date(2027, 1, 3)]
+    assert backfill_plan(date(2026, 10, 1), date(2027, 1, 3), days, closes, now) == [
+        (date(2026, 10, 1), date(2026, 10, 7), True),
+        (date(2026, 10, 8), date(2026, 11, 3), True),  # the close of October follows its last day
+        (date(2026, 11, 4), date(2026, 11, 14), True),
+        (date(2026, 11, 15), date(2026, 12, 3), True),
+        (date(2026, 12, 4), date(2027, 1, 3), False),  # 4 December has not ended yet: runs, not a backfill
+    ]
+    cut = backfill_plan(date(2026, 11, 20), date(2026, 12, 10), [], [], now)
+    assert cut == [
+        (date(2026, 11, 20), date(2026, 12, 3), True),
+        (date(2026, 12, 4), date(2026, 12, 10), False),
+    ]
+
+    past = day_run_body(date(2026, 10, 5), None, now)
+    assert (past["logical_date"], past["data_interval_end"], past["run_after"]) == (
+        "2026-10-05T00:00:00Z",
+        "2026-10-06T00:00:00Z",
+        "2026-10-06T00:00:00Z",
+    )
+    future = day_run_body(date(2027, 1, 3), {"close_period": "2026-12"}, now)
+    assert future["dag_run_id"] == "close__2026-12__2027-01-03"
+    assert (future["data_interval_start"], future["run_after"]) == (
+        "2027-01-03T00:00:00Z",
+        "2026-12-04T09:30:00Z",
+    )

@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from returnledger_dev.demo.airflow_run import day_start
@@ -83,24 +83,28 @@ def unpause(api, dag_ids) -> None:
         api.patch(f"/dags/{dag_id}", {"is_paused": False})
 
 
-def trigger_day(api, dag_id: str, day: date, conf: dict | None = None) -> str:
-    """Create the run listed under ``day``: logical date D, data interval [D, D+1), as the scheduler would."""
+def day_run_body(day: date, conf: dict | None, now: datetime) -> dict:
+    """The REST body of the run listed under ``day``: logical date D, data interval [D, D+1), as the
+    scheduler would make it. ``run_after`` (the scheduler starts no run before it) is D+1, or ``now`` for a
+    day that has not ended on this machine's clock: a scenario may reach past it (a quarter from October)."""
     period = (conf or {}).get("close_period")
-    run_id = f"close__{period}__{day.isoformat()}" if period else f"day__{day.isoformat()}"
     start = day_start(day)
-    api.post(
-        f"/dags/{dag_id}/dagRuns",
-        {
-            "dag_run_id": run_id,
-            "logical_date": _iso(start),
-            "data_interval_start": _iso(start),
-            "data_interval_end": _iso(start + timedelta(days=1)),
-            "run_after": _iso(start + timedelta(days=1)),
-            "conf": conf or {},
-            "note": "scenario day, created by make cluster-demo",
-        },
-    )
-    return run_id
+    return {
+        "dag_run_id": f"close__{period}__{day.isoformat()}" if period else f"day__{day.isoformat()}",
+        "logical_date": _iso(start),
+        "data_interval_start": _iso(start),
+        "data_interval_end": _iso(start + timedelta(days=1)),
+        "run_after": _iso(min(start + timedelta(days=1), now.astimezone(UTC))),
+        "conf": conf or {},
+        "note": "scenario day, created by make cluster-demo",
+    }
+
+
+def trigger_day(api, dag_id: str, day: date, conf: dict | None = None) -> str:
+    """Create the run listed under ``day`` (day_run_body); returns its run id."""
+    body = day_run_body(day, conf, datetime.now(UTC))
+    api.post(f"/dags/{dag_id}/dagRuns", body)
+    return body["dag_run_id"]
 
 
 def wait_run(api, dag_id: str, run_id: str, timeout_s: float = 1800, poll_s: float = 0.5) -> dict:
@@ -367,35 +371,68 @@ def _close(api, day: date, period: str, out_dir: Path, report: dict, progress, l
         )
 
 
+def _run_day(api, day: date, report: dict, progress) -> None:
+    """The returns_sync run listed under ``day``, created through the REST API and waited for."""
+    t = time.monotonic()
+    run_id = trigger_day(api, SYNC, day)
+    run = wait_run(api, SYNC, run_id)
+    timing = run_timing(run, task_instances(api, SYNC, run_id))
+    report["runs"][f"{SYNC}:{run_id}"] = timing
+    progress(
+        f"  {day}: {SYNC} {run['state']} ({time.monotonic() - t:.1f}s; tasks running "
+        f"{timing['tasks_running_s']}s of {timing['wall_s']}s)"
+    )
+    if run["state"] != "success":
+        raise RuntimeError(f"{SYNC} for {day} failed")
+
+
 def _month_by_runs(api, first, last, ops_by_day, dsn, report, progress, close_day) -> None:
     day = first
     while day <= last:
         _apply_operations(dsn, day, ops_by_day, progress)
-        t = time.monotonic()
-        run_id = trigger_day(api, SYNC, day)
-        run = wait_run(api, SYNC, run_id)
-        timing = run_timing(run, task_instances(api, SYNC, run_id))
-        report["runs"][f"{SYNC}:{run_id}"] = timing
-        progress(
-            f"  {day}: {SYNC} {run['state']} ({time.monotonic() - t:.1f}s; tasks running "
-            f"{timing['tasks_running_s']}s of {timing['wall_s']}s)"
-        )
-        if run["state"] != "success":
-            raise RuntimeError(f"{SYNC} for {day} failed")
+        _run_day(api, day, report, progress)
         close_day(day)
         day += timedelta(days=1)
 
 
+def backfill_plan(
+    first: date, last: date, op_days, close_days, now: datetime
+) -> list[tuple[date, date, bool]]:
+    """The stretches of days ``(start, end, by_backfill)`` of a backfill-mode run, in order.
+
+    A stretch starts on the first day, on each day with operator actions (applied before its run) and on
+    the day after each close (a close follows its day's run). Airflow backfills only runs whose data
+    interval has ended by ``now``; the days after that, which a scenario may reach, are runs made one by one.
+    """
+    after_close = [d + timedelta(days=1) for d in close_days if first <= d < last]
+    starts = sorted({first, *(d for d in op_days if first <= d <= last), *after_close})
+    last_ended = now.astimezone(UTC).date() - timedelta(days=1)  # D's interval ends at D+1 00:00
+    plan = []
+    for i, start in enumerate(starts):
+        end = (starts[i + 1] - timedelta(days=1)) if i + 1 < len(starts) else last
+        if start <= last_ended < end:
+            plan += [(start, last_ended, True), (last_ended + timedelta(days=1), end, False)]
+        else:
+            plan.append((start, end, end <= last_ended))
+    return plan
+
+
 def _month_by_backfill(api, first, last, ops_by_day, dsn, report, progress, closing) -> None:
-    """Backfills between operator actions and closes: an operation for day D is applied before the run for
-    D starts, and a close made on day D follows the run for D."""
-    op_days = sorted(date.fromisoformat(d) for d in ops_by_day if first <= date.fromisoformat(d) <= last)
+    """Backfills between operator actions and closes (backfill_plan): an operation for day D is applied
+    before the run for D starts, and a close made on day D follows the run for D."""
+    op_days = [date.fromisoformat(d) for d in ops_by_day]
     closes, close_day = closing  # {day: periods closed}, and what closes them
-    after_close = [d + timedelta(days=1) for d in closes if first <= d < last]
-    starts = sorted({first, *op_days, *after_close})
-    for i, seg_start in enumerate(starts):
-        seg_end = (starts[i + 1] - timedelta(days=1)) if i + 1 < len(starts) else last
+    for seg_start, seg_end, by_backfill in backfill_plan(first, last, op_days, closes, datetime.now(UTC)):
         _apply_operations(dsn, seg_start, ops_by_day, progress)
+        if not by_backfill:  # not ended yet on this machine's clock: no backfill takes these days
+            day = seg_start
+            while day <= seg_end:
+                if day > seg_start:
+                    _apply_operations(dsn, day, ops_by_day, progress)
+                _run_day(api, day, report, progress)
+                close_day(day)
+                day += timedelta(days=1)
+            continue
         t = time.monotonic()
         run_ids = backfill(api, SYNC, seg_start, seg_end)
         for run_id in run_ids:
