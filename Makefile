@@ -53,7 +53,7 @@ airflow: migrate ## local airflow standalone with this project's DAGs, plugin, c
 	@eval "$$($(VENV)/bin/returnledger airflow-settings)"; \
 	export AIRFLOW_HOME=$(CURDIR)/.local/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
 	       AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins AIRFLOW__CORE__PARALLELISM=4 \
-	       AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG=2 AIRFLOW__SCHEDULER__PARSING_PROCESSES=1 PATH=$(CURDIR)/$(VENV)/bin:$$PATH; \
+	       AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG=2 AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES=1 AIRFLOW__CORE__TEST_CONNECTION=Enabled PATH=$(CURDIR)/$(VENV)/bin:$$PATH; \
 	airflow db migrate >/dev/null && \
 	$(VENV)/bin/returnledger airflow-settings --pools | while IFS=$$'\t' read -r name slots desc; do \
 	  airflow pools set "$$name" "$$slots" "$$desc" >/dev/null; done && \

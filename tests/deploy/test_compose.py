@@ -218,3 +218,29 @@ def test_cluster_sets_exactly_the_variables_the_compose_file_sets(cluster_env):
             assert HOST_SPECIFIC[key](value, cluster_env[key]), (key, value, cluster_env[key])
         else:
             assert value == cluster_env[key], (key, value, cluster_env[key])
+
+
+def test_connection_test_button_is_enabled_in_compose_the_cluster_and_make_airflow(cluster_env):
+    """Airflow ships ``[core] test_connection`` Disabled: without it the hooks' test_connection is
+    unreachable from the UI and the REST API (issue 24)."""
+    assert ENV["AIRFLOW__CORE__TEST_CONNECTION"] == "Enabled"
+    assert cluster_env["AIRFLOW__CORE__TEST_CONNECTION"] == "Enabled"
+    airflow_target = (ROOT / "Makefile").read_text().split("\nairflow:", 1)[1].split("\n\n", 1)[0]
+    assert "AIRFLOW__CORE__TEST_CONNECTION=Enabled" in airflow_target
+    assert (
+        'setdefault("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")'
+        in (ROOT / "dev" / "returnledger_dev" / "local_airflow.py").read_text()
+    )
+
+
+def test_no_airflow_2_scheduler_parsing_processes_anywhere():
+    """Airflow 3 reads ``[dag_processor] parsing_processes``; the [scheduler] name is silently ignored."""
+    stale = "AIRFLOW__SCHEDULER__" + "PARSING_PROCESSES"
+    for path in [
+        ROOT / "Makefile",
+        ROOT / "docker-compose.yaml",
+        *(ROOT / "dev").rglob("*.py"),
+        *(ROOT / "docs").rglob("*.md"),
+    ]:
+        assert stale not in path.read_text(), path
+    assert "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES=1" in (ROOT / "Makefile").read_text()

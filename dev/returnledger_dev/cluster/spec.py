@@ -188,6 +188,7 @@ def airflow_env(spec: ClusterSpec, *, api_port: int, meta_dsn: str, password_fil
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "true",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "true",
+        "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
         **TUNING,
         "GX_ANALYTICS_ENABLED": "false",
         "RETURNLEDGER_HOME": str(root),
