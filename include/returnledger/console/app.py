@@ -31,17 +31,27 @@ from returnledger.console.pages import add_pages, base_of, render_page
 log = logging.getLogger(__name__)
 
 
+class ConsoleConfigError(RuntimeError):
+    """The console cannot reach the ledger: its ``returns_db`` connection is missing or unreadable."""
+
+
 def default_dsn() -> str:
-    """The ledger DSN: Airflow's returns_db connection inside Airflow, else RETURNLEDGER_DSN."""
+    """The ledger DSN from Airflow's ``returns_db`` connection, and nothing else.
+
+    No fallback to RETURNLEDGER_DSN or an embedded server: a console that quietly opened another
+    database would show (and change) a ledger the DAGs never write to.
+    """
+    from returnledger.airflow.hooks import DB_CONN_ID, ledger_dsn
+
     try:
-        from returnledger.airflow.hooks import ledger_dsn
-
         return ledger_dsn()
-    except Exception as exc:  # not inside Airflow, or no returns_db connection defined
-        log.debug("returns_db connection unavailable (%s); using RETURNLEDGER_DSN", exc)
-        from returnledger.store.db import resolve_dsn
-
-        return resolve_dsn()
+    except Exception as exc:
+        raise ConsoleConfigError(
+            f"the returns exceptions console reads the ledger only through the Airflow connection "
+            f"{DB_CONN_ID!r}, which could not be read ({type(exc).__name__}: {exc}); define it "
+            f"(AIRFLOW_CONN_{DB_CONN_ID.upper()}, the Connections page or the secrets backend) "
+            f"and restart the api-server"
+        ) from exc
 
 
 def _utcnow() -> datetime:
@@ -56,10 +66,12 @@ def create_console_app(
 ) -> FastAPI:
     """The console as a FastAPI app; the plugin mounts it under /returnledger.
 
-    ``dsn_provider`` returns the ledger DSN on each request (default: returns_db
-    connection, else RETURNLEDGER_DSN); ``auth`` validates tokens (default: the
-    api-server's auth manager); ``clock`` gives the time actions are recorded at.
+    ``dsn_provider`` returns the ledger DSN on each request (default: the returns_db connection,
+    checked here so a missing one stops the start with ConsoleConfigError); ``auth`` validates tokens
+    (default: the api-server's auth manager); ``clock`` gives the time actions are recorded at.
     """
+    if dsn_provider is None:
+        default_dsn()  # refuse to start without the returns_db connection, not on the first request
     auth = auth or AirflowAuth()
     app = FastAPI(title="Returns exceptions", docs_url=None, redoc_url=None, openapi_url=None)
 
