@@ -6,7 +6,7 @@ return-order and post-hoc endpoints follow the simulated contract in
 docs/sandbox.md because ReBound's are not public; the sandbox serves exactly
 this contract, so the same code runs against both.
 
-Transient failures (5xx, 429, timeouts, dropped connections) are retried with
+Transient failures (5xx, 429, timeouts, dropped connections) are retried (tenacity) with
 exponential back-off and jitter, honouring ``Retry-After`` up to a bound and
 within a total wait budget; anything else is a ReboundError at once, so a bad
 request is never hammered. Events come back as the raw dicts the API served
@@ -20,7 +20,6 @@ instead of looping.
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
@@ -29,6 +28,13 @@ from typing import Any
 
 import httpx
 import msgspec
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from returnledger.clients.rebound_feed import (
     EventPage,
@@ -40,6 +46,8 @@ from returnledger.clients.rebound_feed import (
 )
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: what another attempt can fix: a 5xx or 429 (_Transient), a timeout, a dropped connection
+RETRYABLE = (_Transient, httpx.TimeoutException, httpx.TransportError)
 BATCH_IDS = 200
 
 
@@ -99,7 +107,7 @@ def _decode(response) -> Any:
 class ReboundClient:
     """One ReBound account (client id/secret, optional flow key); not thread-safe.
 
-    Retries: up to ``max_attempts`` attempts per request. Between attempts it waits an exponential
+    Retries (tenacity): up to ``max_attempts`` attempts per request. Between attempts it waits an exponential
     back-off with jitter (0.1 s doubling, at most ``backoff_max_s``), or ReBound's ``Retry-After``
     when that is longer. A ``Retry-After`` above ``retry_after_max_s`` is not waited for at all: the
     request fails at once with ReboundUnavailableError (come back later, e.g. on the task's next
@@ -145,7 +153,6 @@ class ReboundClient:
         )
         self._token: str | None = None
         self._token_expires = 0.0
-        self._jitter = random.Random()
         #: how the client waits between attempts (tests replace it)
         self.sleep = time.sleep
         #: attempts, refreshes and waits, for logs and tests
@@ -160,33 +167,54 @@ class ReboundClient:
 
     # --- plumbing ----------------------------------------------------------------
 
-    def _backoff(self, attempt: int) -> float:
-        """Exponential back-off with jitter after failed attempt number ``attempt`` (1-based)."""
-        return min(self.backoff_max_s, 0.1 * 2 ** (attempt - 1) + self._jitter.uniform(0, 0.1))
+    def _wait(self, method: str, path: str):
+        """tenacity's wait for one request: the back-off, or a longer ``Retry-After``; raises
+        ReboundUnavailableError instead when ReBound asks for too long a pause or the budget would be
+        crossed (tenacity passes it through: the request fails at once)."""
+        backoff = wait_exponential_jitter(multiplier=0.1, max=self.backoff_max_s, jitter=0.1)
 
-    def _delay(self, attempt: int, exc: Exception, waited: float, method: str, path: str) -> float:
-        """How long to wait before the next attempt, or ReboundUnavailableError when not to retry."""
-        retry_after = exc.retry_after if isinstance(exc, _Transient) else None
-        status = exc.status if isinstance(exc, _Transient) else None
-        body = exc.body if isinstance(exc, _Transient) else None
-        if retry_after is not None and retry_after > self.retry_after_max_s:
-            raise ReboundUnavailableError(
-                f"{method} {path}: ReBound asked to retry after {retry_after:g} s, longer than this client "
-                f"waits (retry_after_max_s={self.retry_after_max_s:g}); try again later",
-                status=status,
-                body=body,
-                retry_after=retry_after,
-            ) from exc
-        delay = max(self._backoff(attempt), retry_after or 0.0)
-        if waited + delay > self.retry_budget_s:
-            raise ReboundUnavailableError(
-                f"{method} {path}: still failing after {attempt} attempts and {waited:g} s of waiting; "
-                f"the next wait ({delay:g} s) would exceed retry_budget_s={self.retry_budget_s:g}",
-                status=status,
-                body=body,
-                retry_after=retry_after,
-            ) from exc
-        return delay
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            transient = exc if isinstance(exc, _Transient) else None
+            retry_after = transient.retry_after if transient else None
+            status = transient.status if transient else None
+            body = transient.body if transient else None
+            if retry_after is not None and retry_after > self.retry_after_max_s:
+                raise ReboundUnavailableError(
+                    f"{method} {path}: ReBound asked to retry after {retry_after:g} s, longer than this "
+                    f"client waits (retry_after_max_s={self.retry_after_max_s:g}); try again later",
+                    status=status,
+                    body=body,
+                    retry_after=retry_after,
+                ) from exc
+            delay = max(backoff(state), retry_after or 0.0)
+            waited = state.idle_for
+            if waited + delay > self.retry_budget_s:
+                raise ReboundUnavailableError(
+                    f"{method} {path}: still failing after {state.attempt_number} attempts and {waited:g} s "
+                    f"of waiting; the next wait ({delay:g} s) would exceed "
+                    f"retry_budget_s={self.retry_budget_s:g}",
+                    status=status,
+                    body=body,
+                    retry_after=retry_after,
+                ) from exc
+            return delay
+
+        return wait
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        self.stats["retries"] += 1
+        self.stats["waited_s"] += state.next_action.sleep if state.next_action else 0.0
+
+    def _out_of_attempts(self, state: RetryCallState) -> None:
+        """After the last attempt: a 5xx/429 as it came (a ReboundUnavailableError), a network failure
+        as ReboundUnavailableError."""
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Transient):
+            raise exc
+        raise ReboundUnavailableError(
+            f"ReBound unreachable after {self.max_attempts} attempts: {exc!r}"
+        ) from exc
 
     @staticmethod
     def _check(response: httpx.Response) -> httpx.Response:
@@ -235,27 +263,15 @@ class ReboundClient:
     def _request(self, method: str, path: str, *, ok: tuple[int, ...] = (200,), **kwargs) -> httpx.Response:
         """The request with retries (see the class docstring); a non-retryable answer outside ``ok``
         raises ReboundError at once."""
-        waited = 0.0
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                r = self._send_once(method, path, **kwargs)
-                break
-            except _Transient as exc:
-                if attempt >= self.max_attempts:
-                    raise
-                delay = self._delay(attempt, exc, waited, method, path)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                if attempt >= self.max_attempts:
-                    raise ReboundUnavailableError(
-                        f"ReBound unreachable after {self.max_attempts} attempts: {exc!r}"
-                    ) from exc
-                delay = self._delay(attempt, exc, waited, method, path)
-            self.stats["retries"] += 1
-            self.stats["waited_s"] += delay
-            waited += delay
-            self.sleep(delay)
+        retrying = Retrying(
+            retry=retry_if_exception_type(RETRYABLE),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self._wait(method, path),
+            sleep=lambda seconds: self.sleep(seconds),  # read per wait: tests replace self.sleep
+            before_sleep=self._count_retry,
+            retry_error_callback=self._out_of_attempts,
+        )
+        r = retrying(self._send_once, method, path, **kwargs)
         if r.status_code not in ok:
             raise ReboundError(f"{method} {path} failed", status=r.status_code, body=r.text)
         return r
