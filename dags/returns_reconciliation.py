@@ -91,19 +91,21 @@ def returns_reconciliation():
         """Validate and load the month's Vendor Central returns export (required on close runs)."""
         from returnledger.airflow.defaults import variable
         from returnledger.airflow.hooks import ledger_dsn
+        from returnledger.airflow.tasks import fail_fast
         from returnledger.reconciliation.amazon_export import import_amazon_export as run_import
         from returnledger.reconciliation.closes import closed_run
 
         stored = window["close"] and closed_run(ledger_dsn(), window["period"], step="import")
         if stored:  # a closed month is final: nothing of it is imported or recomputed
             return {"status": "CLOSED", "version": stored["version"]}
-        result = run_import(
-            ledger_dsn(),
-            variable("returnledger_export_base"),
-            window["period"],
-            at=datetime.fromisoformat(window["as_of"]),
-            missing_ok=not window["close"],
-        )
+        with fail_fast():  # a rejected export is rejected again on every try
+            result = run_import(
+                ledger_dsn(),
+                variable("returnledger_export_base"),
+                window["period"],
+                at=datetime.fromisoformat(window["as_of"]),
+                missing_ok=not window["close"],
+            )
         return result.as_dict()
 
     @task(outlets=[RECON_RESULTS], multiple_outputs=False)

@@ -144,45 +144,51 @@ def returns_sync():
     def push_inventory(window: dict) -> dict:
         """Send Amazon the absolute stock of every SKU whose sellable count changed."""
         from returnledger.airflow.hooks import AmazonSpApiHook, ledger_dsn
+        from returnledger.airflow.tasks import fail_fast
         from returnledger.amazon.push import push_inventory as run_push
 
         amazon = AmazonSpApiHook()
-        return run_push(
-            ledger_dsn(),
-            amazon.get_conn(),
-            warehouse_id=amazon.vendor["warehouse_id"],
-            party_id=amazon.vendor["party_id"],
-            at=datetime.fromisoformat(window["window_end"]),
-            batch_id=window["batch_id"],
-        )
+        with fail_fast():  # bad credentials: no retries
+            return run_push(
+                ledger_dsn(),
+                amazon.get_conn(),
+                warehouse_id=amazon.vendor["warehouse_id"],
+                party_id=amazon.vendor["party_id"],
+                at=datetime.fromisoformat(window["window_end"]),
+                batch_id=window["batch_id"],
+            )
 
     @task(pool=AMAZON_POOL, trigger_rule="none_failed", multiple_outputs=False)
     def push_credits(window: dict) -> dict:
         """Send the pending credit notes (claimed first, every attempt in the send log)."""
         from returnledger.airflow.hooks import AmazonSpApiHook, ledger_dsn
+        from returnledger.airflow.tasks import fail_fast
         from returnledger.amazon.push import push_credits as run_push
 
         amazon = AmazonSpApiHook()
-        return run_push(
-            ledger_dsn(),
-            amazon.get_conn(),
-            party_id=amazon.vendor["party_id"],
-            at=datetime.fromisoformat(window["window_end"]),
-            batch_id=window["batch_id"],
-        )
+        with fail_fast():  # bad credentials: no retries
+            return run_push(
+                ledger_dsn(),
+                amazon.get_conn(),
+                party_id=amazon.vendor["party_id"],
+                at=datetime.fromisoformat(window["window_end"]),
+                batch_id=window["batch_id"],
+            )
 
     @task(pool=AMAZON_POOL, outlets=[LEDGER], trigger_rule="none_failed", multiple_outputs=False)
     def confirm(window: dict) -> dict:
         """Ask Amazon how what was sent ended: Success closes a line, Failure raises AMAZON_REJECTED."""
         from returnledger.airflow.hooks import AmazonSpApiHook, ledger_dsn
+        from returnledger.airflow.tasks import fail_fast
         from returnledger.amazon.confirm import confirm as run_confirm
 
-        return run_confirm(
-            ledger_dsn(),
-            AmazonSpApiHook().get_conn(),
-            at=datetime.fromisoformat(window["window_end"]),
-            batch_id=window["batch_id"],
-        )
+        with fail_fast():  # bad credentials: no retries
+            return run_confirm(
+                ledger_dsn(),
+                AmazonSpApiHook().get_conn(),
+                at=datetime.fromisoformat(window["window_end"]),
+                batch_id=window["batch_id"],
+            )
 
     @task
     def finish(window: dict, validated: dict, confirmed: dict) -> None:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from airflow.sdk import get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from returnledger.airflow.hooks import AMAZON_CONN_ID
 
 # given as doc_md: a mapped task does not take its docs from the function's docstring
 SEND_DOC = """Mail one owner team its digest through `smtp_default` (Variable `returnledger_team_emails`).
@@ -18,3 +24,31 @@ def send(digest: dict) -> str:
     ctx = get_current_context()
     ctx["team"] = digest["owner"]  # type: ignore[typeddict-unknown-key]  # read by map_index_template
     return send_digest(digest, ctx)
+
+
+@contextmanager
+def fail_fast() -> Iterator[None]:
+    """Failures another try cannot fix end the task at once, without its retries, saying what to fix.
+
+    Bad Amazon credentials are refused on every try, and a rejected export is the same file on every
+    try: retrying only delays the mail. Business modules raise their own errors; only this edge turns
+    them into AirflowFailException (no retries).
+    """
+    from returnledger.clients.amazon import AmazonAuthError
+    from returnledger.reconciliation.amazon_export import AmazonExportRejected
+
+    try:
+        yield
+    except AmazonAuthError as e:
+        raise AirflowFailException(
+            f"Amazon refused the credentials of the {AMAZON_CONN_ID!r} connection ({e}). Fix its LWA client "
+            f"id/secret (login/password) or its refresh_token extra, check it with the connection's Test "
+            f"button, then clear this task; retries would be refused the same way. Nothing was lost: the "
+            f"notes and restocks stay PENDING."
+        ) from e
+    except AmazonExportRejected as e:
+        raise AirflowFailException(
+            f"{e}\nFix the export (or get a corrected one from Vendor Central), put it in place of "
+            f"{e.source} (under the Variable returnledger_export_base), then clear this task; retrying "
+            f"the same file would reject it again."
+        ) from e

@@ -79,7 +79,7 @@ def push_credits(dsn: str, client, *, party_id: str, at: datetime, batch_id: str
     One note per call keeps Amazon's transaction status unambiguous per note (a Failure or
     a stuck Processing for one note never drags another with it).
     """
-    from returnledger.clients.amazon import AmazonRequestError
+    from returnledger.clients.amazon import AmazonAuthError, AmazonRequestError
 
     stats = {
         "credit_notes": 0,
@@ -134,6 +134,10 @@ def push_credits(dsn: str, client, *, party_id: str, at: datetime, batch_id: str
                     stats["rejected"] += 1
                     consecutive = 0
                     continue
+                except AmazonAuthError as e:  # every next call would be refused too: stop, all stay PENDING
+                    release(ledger, ids, claim, f"{type(e).__name__}: {e}"[:2000])
+                    release_all(ledger, claim)
+                    raise
                 except (LedgerUnreachable, psycopg.Error):
                     raise  # the ledger, not Amazon: this pusher stops; its leases run out for the next try
                 except Exception as e:
@@ -208,6 +212,8 @@ def push_inventory(
     items_per_call: int = 100,
 ) -> dict:
     """Send the new absolute available quantity of every SKU with pending restocks, in batches."""
+    from returnledger.clients.amazon import AmazonAuthError
+
     stats = {"skus": 0, "lines": 0, "calls": 0, "failed": 0, "stopped_by_breaker": 0, "claims_lost": 0}
     errors = []
     unavailable, last_unavailable = 0, None
@@ -264,6 +270,10 @@ def push_inventory(
                 log.warning("push_inventory %s: %s", batch_id, e)
                 stats["claims_lost"] += 1
                 continue
+            except AmazonAuthError as e:  # every next call would be refused too: stop, all stay PENDING
+                release(ledger, ids, claim, f"{type(e).__name__}: {e}"[:2000])
+                release_all(ledger, claim)
+                raise
             except (LedgerUnreachable, psycopg.Error):
                 raise
             except Exception as e:
