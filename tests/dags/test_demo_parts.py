@@ -222,3 +222,20 @@ def test_cluster_demo_runs_scenario_days_after_this_machines_clock():
         "2027-01-03T00:00:00Z",
         "2026-12-04T09:30:00Z",
     )
+
+
+def test_cluster_demo_refuses_a_scenario_that_ends_after_this_machines_clock():
+    """The scheduler runs no task whose logical date is after the clock (Airflow's 'Logical Date' dependency):
+    the cluster demo says so before it starts, instead of waiting on a run that never starts."""
+    from datetime import UTC, datetime
+
+    from returnledger_dev.cluster.demo import future_days_problem
+
+    now = datetime(2026, 12, 4, 9, 30, tzinfo=UTC)
+    assert future_days_problem(date(2026, 12, 4), now) is None  # today's run may start (run_after: now)
+    problem = future_days_problem(date(2027, 1, 3), now)
+    assert problem is not None
+    assert problem.startswith(
+        "the scenario runs to 2027-01-03, but this machine's clock is at 2026-12-04 09:30"
+    )
+    assert "2026-12-05" in problem and "make demo" in problem

@@ -100,6 +100,23 @@ def day_run_body(day: date, conf: dict | None, now: datetime) -> dict:
     }
 
 
+def future_days_problem(last: date, now: datetime) -> str | None:
+    """Why the scenario cannot run on the real scheduler today, or None.
+
+    Airflow's scheduler starts no task whose run's logical date is after the clock (its "Logical Date"
+    dependency; Airflow 3 has no setting to lift it), so a scenario whose days reach past today (a
+    generated quarter from October run in early December) would wait forever on its first such day."""
+    now = now.astimezone(UTC)
+    if day_start(last) <= now:
+        return None
+    first_blocked = now.date() + timedelta(days=1)  # today's run may start: its run_after is now
+    return (
+        f"the scenario runs to {last}, but this machine's clock is at {now:%Y-%m-%d %H:%M} UTC: Airflow's "
+        f"scheduler starts no task whose logical date is in the future, so the runs from {first_blocked} on "
+        "would never start. Run it with make demo (dag.test), or on the cluster once its last day has begun."
+    )
+
+
 def trigger_day(api, dag_id: str, day: date, conf: dict | None = None) -> str:
     """Create the run listed under ``day`` (day_run_body); returns its run id."""
     body = day_run_body(day, conf, datetime.now(UTC))
@@ -254,13 +271,16 @@ def run_cluster_scenario(
     for output in OUTPUTS:
         (out_dir / output).unlink(missing_ok=True)
     shutil.rmtree(out_dir / CLOSES_DIR, ignore_errors=True)  # this run's closes only
+    scenario = load_scenario_dict(scenario_path)
+    first, last = date.fromisoformat(scenario["run"]["from"]), date.fromisoformat(scenario["run"]["to"])
+    closes = closes_by_day(scenario["run"], first, last)
+    problem = future_days_problem(last, datetime.now(UTC))
+    if problem:
+        raise RuntimeError(f"cluster-demo of {scenario_path}: {problem}")
     # the DSN names the server only: this cluster demo creates a ledger database of its own there
     dsn = own_ledger(
         db.resolve_dsn(dsn), out_dir, keep=False, created_by="make cluster-demo", prefix="returnledger_cdemo"
     )
-    scenario = load_scenario_dict(scenario_path)
-    first, last = date.fromisoformat(scenario["run"]["from"]), date.fromisoformat(scenario["run"]["to"])
-    closes = closes_by_day(scenario["run"], first, last)
     migrate.migrate(
         dsn, runtime=ClusterSpec.ledger_role, runtime_password=os.environ.get("RETURNLEDGER_LEDGER_PASSWORD")
     )
