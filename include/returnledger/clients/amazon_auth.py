@@ -28,9 +28,11 @@ def token_client_class(lwa_url: str):
     """An ``AccessTokenClient`` for the LWA endpoint at ``lwa_url`` (Amazon's or the simulator's).
 
     The library caches access tokens in a process-wide cache keyed by the
-    refresh token alone; this subclass keys by LWA URL and client id too, so two
-    endpoints never share a token, and ``forget_token`` drops a token that the
-    API refused (an expired token, or a restarted simulator).
+    refresh token alone; this subclass keys by LWA URL, client id and client secret
+    too, so two endpoints never share a token, and a wrong secret (the connection
+    form's Test in a long-lived api-server) never borrows the token a right one got;
+    ``forget_token`` drops a token that the API refused (an expired token, or a
+    restarted simulator).
     """
     from sp_api.auth import AccessTokenClient
 
@@ -40,7 +42,10 @@ def token_client_class(lwa_url: str):
     path = parts.path if parts.path not in ("", "/") else "/auth/o2/token"
 
     def _get_cache_key(self, token_flavor=""):
-        raw = "|".join((lwa_url, self.cred.client_id or "", self.cred.refresh_token or "", token_flavor))
+        cred = self.cred
+        raw = "|".join(
+            (lwa_url, cred.client_id or "", cred.client_secret or "", cred.refresh_token or "", token_flavor)
+        )
         return "access_token_" + hashlib.sha256(raw.encode()).hexdigest()
 
     def forget_token(self):
