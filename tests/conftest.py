@@ -31,8 +31,12 @@ def _server_dsn() -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> str:
-    return _server_dsn()
+def pg_server():
+    from returnledger.store import db
+
+    yield _server_dsn()
+    # while pytest's streams are open: pgserver's own atexit hook would log to closed ones
+    db.release_embedded()
 
 
 @pytest.fixture(scope="session")

