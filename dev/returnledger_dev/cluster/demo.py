@@ -22,13 +22,17 @@ otherwise add a run for yesterday's real date that reads the whole month at once
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TextIO
 
 from returnledger_dev.demo.airflow_run import day_start
 from returnledger_dev.demo.month import closes_by_day
@@ -522,25 +526,79 @@ def _rerun_push_credits(api, out_dir: Path, progress) -> dict:
     return result
 
 
-def _cmd_cluster_demo(a) -> int:
+LOG_NAME = "cluster-demo.log"
+
+
+@contextlib.contextmanager
+def quiet_screen(log_path: Path) -> Iterator[TextIO]:
+    """``make demo``'s quiet screen: what is written to the yielded stream goes to the screen; everything
+    else written to stdout/stderr (logging with the REST request lines, the embedded server's start-up,
+    child processes) goes to ``log_path``. Redirected at the file descriptors, so handlers made earlier
+    and subprocesses follow too."""
     import logging
 
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    screen = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as log:
+        root, level = logging.getLogger(), logging.getLogger().level
+        streams = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+        # handlers that print to the terminal give way to one into the log (no line twice in the log)
+        to_screen = [h for h in root.handlers if type(h) is logging.StreamHandler and h.stream in streams]
+        into_log = logging.StreamHandler(log)
+        into_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for h in to_screen:
+            root.removeHandler(h)
+        root.addHandler(into_log)
+        root.setLevel(logging.INFO)
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield screen
+        finally:
+            root.removeHandler(into_log)
+            root.setLevel(level)
+            for h in to_screen:
+                root.addHandler(h)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            screen.close()
+
+
+def _cmd_cluster_demo(a) -> int:
     from returnledger_dev.demo.outputs import print_summary
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    s = run_cluster_scenario(
-        Path(a.scenario),
-        Path(a.out),
-        faults=not a.no_faults,
-        port=a.port,
-        workers=a.workers,
-        mode=a.mode,
-        rerun=not a.no_rerun,
-        root=Path(a.root) if a.root else None,
-        name=a.name,
-    )
-    print_summary(s)
-    print(f"\noutputs in {Path(a.out).resolve()} ({s['seconds']} s); cluster facts in cluster.json")
+    out = Path(a.out).resolve()
+    log_path = out / LOG_NAME
+    log_path.unlink(missing_ok=True)
+    with quiet_screen(log_path) as screen:
+        say = lambda text: print(text, file=screen)  # noqa: E731
+        say(f"returnledger cluster-demo: {a.scenario} -> {out}/  (everything but this screen: {log_path})")
+        try:
+            s = run_cluster_scenario(
+                Path(a.scenario),
+                Path(a.out),
+                faults=not a.no_faults,
+                port=a.port,
+                workers=a.workers,
+                mode=a.mode,
+                rerun=not a.no_rerun,
+                root=Path(a.root) if a.root else None,
+                name=a.name,
+                progress=say,
+            )
+        except Exception as e:
+            say(f"cluster-demo failed: {type(e).__name__}: {e}\n(the full log: {log_path})")
+            raise
+        print_summary(s, out=screen)
+        say(f"\noutputs in {out} ({s['seconds']} s); cluster facts in cluster.json; log: {log_path}")
     return 0
 
 
