@@ -132,6 +132,7 @@ def _scenario() -> dict:
 @pytest.mark.slow
 def test_day_d_events_raise_on_d_and_release_on_d_plus_1(tmp_path, pg_server):
     from returnledger.store import db
+    from returnledger_dev.demo.ledger_db import LEDGER_FILE
 
     scenario = tmp_path / "day.json"
     scenario.write_text(json.dumps(_scenario()))
@@ -182,7 +183,9 @@ def test_day_d_events_raise_on_d_and_release_on_d_plus_1(tmp_path, pg_server):
         )
         # R1 credited once released on 6 Oct; R2's events, all on the last day, were read and credited
         assert notices == ["RNDAY1", "RNDAY2"], notices
-        with db.connect(ledger) as conn:
+        # the ledger the demo made for itself on the DSN's server
+        own = db.with_database(ledger, (out / LEDGER_FILE).read_text().strip())
+        with db.connect(own) as conn:
             runs = conn.execute(
                 "SELECT window_start, window_end FROM ledger.sync_run ORDER BY window_end"
             ).fetchall()
@@ -194,3 +197,7 @@ def test_day_d_events_raise_on_d_and_release_on_d_plus_1(tmp_path, pg_server):
     finally:
         db.drop_database(pg_server, ledger)
         db.drop_database(pg_server, meta)
+        if (tmp_path / "out" / LEDGER_FILE).exists():
+            own = db.with_database(pg_server, (tmp_path / "out" / LEDGER_FILE).read_text().strip())
+            db.drop_database(pg_server, own)
+            db.drop_database(pg_server, db.with_database(pg_server, f"{db.database_name(own)}_airflow"))
