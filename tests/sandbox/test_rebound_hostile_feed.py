@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from returnledger.clients.rebound import ReboundClient, parse_retry_after
+from returnledger.clients.rebound import ReboundClient
 from returnledger.clients.rebound_feed import (
     FeedPageError,
     FeedStalledError,
@@ -22,6 +22,7 @@ from returnledger.clients.rebound_feed import (
     decode_event_page,
     split_event_page,
 )
+from returnledger.clients.retry_after import parse_retry_after
 from returnledger_dev.sandbox.scenario import Scenario, load_scenario
 
 CLIENT = dict(client_id="sandbox-client", client_secret="sandbox-secret")

@@ -23,7 +23,6 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -44,6 +43,7 @@ from returnledger.clients.rebound_feed import (
     _Transient,
     decode_event_page,
 )
+from returnledger.clients.retry_after import parse_retry_after
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: what another attempt can fix: a 5xx or 429 (_Transient), a timeout, a dropped connection
@@ -56,29 +56,6 @@ def _utc_z(t: datetime) -> str:
         raise ValueError(f"until must be timezone-aware, got naive {t.isoformat()}")
     t = t.astimezone(UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{t.microsecond:06d}" if t.microsecond else "") + "Z"
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value: delay-seconds or an HTTP date (RFC 9110);
-    None when absent or unreadable, 0 for a date in the past."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # nan, inf
-        return None
-    return max(0.0, seconds)
 
 
 def _retry_after(response: httpx.Response) -> float | None:

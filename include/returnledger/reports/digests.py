@@ -22,7 +22,8 @@ from typing import Literal
 
 import psycopg
 
-from returnledger.reports.digest_sections import Digest, Thresholds, daily_digests, weekly_digests
+from returnledger.reports.digest_sections import Digest, Thresholds, daily_digests
+from returnledger.reports.weekly_digest import weekly_digests
 
 Kind = Literal["daily", "weekly"]
 DEFAULT_THRESHOLDS = Thresholds()
