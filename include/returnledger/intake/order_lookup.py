@@ -72,23 +72,30 @@ def report_unread(
             batch_id=batch_id,
         )
     answered = sorted(set(asked) - set(unread))
-    if answered:
-        resolve_open(
-            conn,
-            ExceptionType.SYNC_STALLED,
-            [order_fetch_subject(r) for r in answered],
-            at=at,
-            actor=SYSTEM_ACTOR,
-            resolution="released: ReBound answered for the return order again",
-        )
-        replay_events(
-            conn,
-            [
-                r[0]
-                for r in conn.execute(
-                    "SELECT raw_id FROM ledger.held_event"
-                    " WHERE reason = 'SYNC_STALLED' AND return_id = ANY(%s)",
-                    (answered,),
-                )
-            ],
-        )
+    release_orders(
+        conn,
+        ExceptionType.SYNC_STALLED,
+        answered,
+        [order_fetch_subject(r) for r in answered],
+        at=at,
+        resolution="released: ReBound answered for the return order again",
+    )
+
+
+def release_orders(
+    conn, kind: ExceptionType, return_ids: list[str], subjects: list[str], *, at: datetime, resolution: str
+) -> None:
+    """Close the orders' open ``kind`` exceptions and replay the events they held (the run's transaction)."""
+    if not return_ids:
+        return
+    resolve_open(conn, kind, subjects, at=at, actor=SYSTEM_ACTOR, resolution=resolution)
+    replay_events(
+        conn,
+        [
+            r[0]
+            for r in conn.execute(
+                "SELECT raw_id FROM ledger.held_event WHERE reason = %s AND return_id = ANY(%s)",
+                (str(kind), return_ids),
+            )
+        ],
+    )

@@ -26,9 +26,8 @@ from returnledger.exception_queue.queue import (
     order_subject,
     raise_exceptions,
     replay_events,
-    resolve_open,
 )
-from returnledger.intake.order_lookup import ask_rebound, report_unread
+from returnledger.intake.order_lookup import ask_rebound, release_orders, report_unread
 from returnledger.intake.raw import REFUSED, screen_body, storable
 from returnledger.ledger.runs import SYSTEM_ACTOR
 from returnledger.models import LINE_EVENTS_SQL, RETURN_ID_PATTERN, ExceptionType
@@ -118,26 +117,14 @@ def fetch_return_orders(
                 )
             }
         )
-        if cleared:
-            resolve_open(
-                conn,
-                ExceptionType.INVALID_RETURN_ORDER,
-                [order_subject(r) for r in cleared],
-                at=at,
-                actor=SYSTEM_ACTOR,
-                resolution="released: ReBound's return order now passes its checks",
-            )
-            replay_events(
-                conn,
-                [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT raw_id FROM ledger.held_event"
-                        " WHERE reason = 'INVALID_RETURN_ORDER' AND return_id = ANY(%s)",
-                        (cleared,),
-                    )
-                ],
-            )
+        release_orders(
+            conn,
+            ExceptionType.INVALID_RETURN_ORDER,
+            cleared,
+            [order_subject(r) for r in cleared],
+            at=at,
+            resolution="released: ReBound's return order now passes its checks",
+        )
     if bad:
         _reject_orders(conn, bad, at=at, batch_id=batch_id)
     report_unread(conn, ids, unread, problem, at=at, batch_id=batch_id)
