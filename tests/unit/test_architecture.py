@@ -99,3 +99,97 @@ def test_subpackage_inits_only_say_what_they_are_for():
             continue
         body = ast.parse(init.read_text()).body
         assert len(body) == 1 and isinstance(body[0], ast.Expr), f"{init} should hold only its docstring"
+
+
+#: the one console module that may use the Airflow api-server's auth (core-internal modules that may change
+#: between Airflow minor versions); everything else reaches Airflow through returnledger.airflow
+AIRFLOW_AUTH_ADAPTER = "returnledger.console.auth"
+
+#: the business subpackages, lowest first: each may import only those before it (docs/architecture.md)
+BUSINESS_ORDER = (
+    "reference",
+    "exception_queue",
+    "ledger",
+    "screening",
+    "intake",
+    "amazon",
+    "reconciliation",
+    "reports",
+)
+
+
+def _airflow_imports(path: Path) -> list[str]:
+    """Every import of ``airflow`` in ``path``, in any form and at any depth (functions, TYPE_CHECKING)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found += [f"{n} (line {node.lineno})" for n in names if n == "airflow" or n.startswith("airflow.")]
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_only_the_airflow_edge_and_the_console_auth_adapter_import_airflow(module):
+    if module == "returnledger.airflow" or module.startswith("returnledger.airflow."):
+        return
+    if module == AIRFLOW_AUTH_ADAPTER:
+        return
+    assert not _airflow_imports(MODULES[module]), (
+        f"{module} imports Airflow: {_airflow_imports(MODULES[module])}; go through returnledger.airflow"
+    )
+
+
+def test_the_airflow_import_check_sees_every_form(tmp_path):
+    """The check above sees function-level, aliased and dotted imports, not only the top of a file."""
+    src = tmp_path / "m.py"
+    src.write_text(
+        "import os\nimport airflow\nfrom airflow_extra import x\n"
+        "def f():\n    from airflow.sdk import ObjectStoragePath\n    import airflow.models as m\n"
+    )
+    assert _airflow_imports(src) == ["airflow (line 2)", "airflow.sdk (line 5)", "airflow.models (line 6)"]
+
+
+def _package_graph() -> dict[str, dict[str, list[str]]]:
+    """Business subpackage -> the other business subpackages it imports (anywhere in a module) -> where."""
+    graph: dict[str, dict[str, list[str]]] = {p: {} for p in BUSINESS_ORDER}
+    for module, path in MODULES.items():
+        mine = module.split(".")[1] if module.count(".") >= 1 else ""
+        if mine not in graph:
+            continue
+        for imported in _imports(path, top_level_only=False):
+            theirs = imported.split(".")[1] if "." in imported else ""
+            if theirs in graph and theirs != mine:
+                graph[mine].setdefault(theirs, []).append(module)
+    return graph
+
+
+def test_the_business_order_names_every_business_subpackage():
+    business = {m.split(".")[1] for m in MODULES if _layer(m) == "business" and m.count(".") >= 1}
+    assert business == set(BUSINESS_ORDER)
+
+
+def test_no_two_business_subpackages_import_each_other():
+    graph = _package_graph()
+    pairs = sorted(
+        f"{a} <-> {b} ({sorted(set(graph[a][b]))} / {sorted(set(graph[b][a]))})"
+        for a in graph
+        for b in graph[a]
+        if a < b and a in graph.get(b, {})
+    )
+    assert not pairs, "business subpackages that import each other: " + "; ".join(pairs)
+
+
+def test_business_subpackages_import_only_those_below_them():
+    """The one-way order of docs/architecture.md: a subpackage imports only those listed before it."""
+    graph = _package_graph()
+    upward = sorted(
+        f"{a} -> {b} ({sorted(set(where))})"
+        for a, targets in graph.items()
+        for b, where in targets.items()
+        if BUSINESS_ORDER.index(b) > BUSINESS_ORDER.index(a)
+    )
+    assert not upward, "imports against the business order: " + "; ".join(upward)
