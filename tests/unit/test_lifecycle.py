@@ -10,7 +10,6 @@ import pytest
 from returnledger.ledger.lifecycle import (
     LineEvent,
     LineView,
-    Policy,
     apply_event,
     credit_unit_amount,
     on_credit_result,
@@ -18,6 +17,7 @@ from returnledger.ledger.lifecycle import (
     replay,
 )
 from returnledger.models import ActionKind, EventType, ExceptionType, LineState
+from returnledger.reference.policy import Policy
 
 S = LineState
 T0 = datetime(2026, 10, 5, 8, tzinfo=UTC)

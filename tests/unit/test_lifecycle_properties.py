@@ -9,8 +9,9 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from returnledger.ledger.lifecycle import LineEvent, LineView, Policy, apply_event, replay
+from returnledger.ledger.lifecycle import LineEvent, LineView, apply_event, replay
 from returnledger.models import ActionKind, Disposition, EventType, Grade, LineState
+from returnledger.reference.policy import Policy
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 STORY = [

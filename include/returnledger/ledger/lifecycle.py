@@ -16,14 +16,18 @@ receipt with another count is a recount (rule 10), never ignored.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from types import MappingProxyType, SimpleNamespace
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from returnledger.models import ActionKind, Disposition, EventType, ExceptionType, LineState
 from returnledger.money import to_pennies
+
+if TYPE_CHECKING:  # the policy is reference data (reference.policy); the rules only read it
+    from returnledger.reference.policy import Policy
 
 # the members as plain attributes: an enum class attribute is a metaclass lookup (several times a global's
 # cost), and the rules read a dozen per line-event; the members themselves are the enums' own
@@ -54,38 +58,6 @@ EVENT_ORDER = {
     EventType.GRADED: 3,
     EventType.DISPOSITIONED: 4,
 }
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The disposition policy: what is sellable and what share of unit cost each disposition owes Amazon."""
-
-    sellable_grades: frozenset[str]
-    credit: Mapping[str, Decimal | None]  # disposition -> fraction; None = hold, 0 = none owed
-    credit_window_days: int
-
-    def __post_init__(self) -> None:
-        credit = {str(k): (None if v is None else Decimal(str(v))) for k, v in self.credit.items()}
-        for disposition, fraction in credit.items():
-            if fraction is not None and not (0 <= fraction <= 1):
-                raise ValueError(f"credit fraction for {disposition} must be between 0 and 1, got {fraction}")
-        if self.credit_window_days <= 0:
-            raise ValueError(f"credit_window_days must be positive, got {self.credit_window_days}")
-        object.__setattr__(self, "sellable_grades", frozenset(str(g) for g in self.sellable_grades))
-        object.__setattr__(self, "credit", MappingProxyType(credit))
-
-    def credit_fraction(self, disposition) -> Decimal | None:
-        """Share of unit cost owed; a disposition the policy does not name holds (never guess a credit)."""
-        return self.credit.get(str(disposition))
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> Policy:
-        """From a scenario's or disposition_policy.yaml's ``policy`` block."""
-        return cls(
-            sellable_grades=frozenset(data.get("sellable_grades") or ()),
-            credit=dict(data.get("credit") or {}),
-            credit_window_days=int(data.get("credit_window_days", 7)),
-        )
 
 
 def _state(value) -> LineState:
@@ -385,7 +357,6 @@ __all__ = [
     "LineEvent",
     "LineView",
     "Outcome",
-    "Policy",
     "apply_event",
     "credit_unit_amount",
     "on_credit_result",

@@ -1,23 +1,56 @@
 """The disposition policy: which grades are sellable, what share of unit cost each disposition owes
 Amazon, and how long Amazon has to credit. This is the one place a policy block is read and checked
-(seed file, scenario, or the ledger's tables); the lifecycle applies the ``Policy`` it returns.
+(seed file, scenario, or the ledger's tables) into a ``Policy``, which the lifecycle applies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import psycopg
 import yaml
 from psycopg.types.json import Jsonb
 
-from returnledger.ledger.lifecycle import Policy
 from returnledger.models import Disposition, Grade
 from returnledger.store.audit import record
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The disposition policy: what is sellable and what share of unit cost each disposition owes Amazon."""
+
+    sellable_grades: frozenset[str]
+    credit: Mapping[str, Decimal | None]  # disposition -> fraction; None = hold, 0 = none owed
+    credit_window_days: int
+
+    def __post_init__(self) -> None:
+        credit = {str(k): (None if v is None else Decimal(str(v))) for k, v in self.credit.items()}
+        for disposition, fraction in credit.items():
+            if fraction is not None and not (0 <= fraction <= 1):
+                raise ValueError(f"credit fraction for {disposition} must be between 0 and 1, got {fraction}")
+        if self.credit_window_days <= 0:
+            raise ValueError(f"credit_window_days must be positive, got {self.credit_window_days}")
+        object.__setattr__(self, "sellable_grades", frozenset(str(g) for g in self.sellable_grades))
+        object.__setattr__(self, "credit", MappingProxyType(credit))
+
+    def credit_fraction(self, disposition) -> Decimal | None:
+        """Share of unit cost owed; a disposition the policy does not name holds (never guess a credit)."""
+        return self.credit.get(str(disposition))
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Policy:
+        """From a scenario's or disposition_policy.yaml's ``policy`` block."""
+        return cls(
+            sellable_grades=frozenset(data.get("sellable_grades") or ()),
+            credit=dict(data.get("credit") or {}),
+            credit_window_days=int(data.get("credit_window_days", 7)),
+        )
 
 
 def policy_from_dict(data: Mapping) -> Policy:
