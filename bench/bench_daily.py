@@ -190,9 +190,9 @@ def preload(dsn: str, sims: Simulators, scenario: dict, first: date, day: date) 
     from returnledger.intake.feed import extract
     from returnledger.ledger.apply import apply
     from returnledger.ledger.runs import batch_id_for, finish_run
-    from returnledger.reference import load as reference
     from returnledger.screening.screen import batch_outcome, quarantine, validate
     from returnledger_dev.sandbox import harness as h
+    from returnledger_dev.scenarios import reference as scenario_reference
 
     ops: dict[str, list[dict]] = {}
     for op in scenario.get("operations") or []:
@@ -205,7 +205,7 @@ def preload(dsn: str, sims: Simulators, scenario: dict, first: date, day: date) 
     d = first
     while d < day:
         for op in ops.get(d.isoformat(), []):
-            reference.apply_operation(dsn, op, at=utc(d), actor="operator (scenario)")
+            scenario_reference.apply_operation(dsn, op, at=utc(d), actor="operator (scenario)")
             totals["operations"] += 1
         start, end = utc(d), utc(d + timedelta(days=1))
         batch = batch_id_for(end)
@@ -226,11 +226,11 @@ def preload(dsn: str, sims: Simulators, scenario: dict, first: date, day: date) 
 
 def day_operations(dsn: str, scenario: dict, day: date) -> int:
     """D's operator actions, applied just before D's run (as the cluster demo does)."""
-    from returnledger.reference import load as reference
+    from returnledger_dev.scenarios import reference as scenario_reference
 
     ops = [op for op in scenario.get("operations") or [] if op["on"] == day.isoformat()]
     for op in ops:
-        reference.apply_operation(dsn, op, at=utc(day), actor="operator (scenario)")
+        scenario_reference.apply_operation(dsn, op, at=utc(day), actor="operator (scenario)")
     return len(ops)
 
 
@@ -720,6 +720,7 @@ def main() -> int:
     from returnledger.reference import load as reference
     from returnledger.store import migrate
     from returnledger_dev.cluster.spec import ClusterSpec, metadata_dsn
+    from returnledger_dev.scenarios import reference as scenario_reference
 
     server = a.server or os.environ.get("RETURNLEDGER_TEST_SERVER_DSN") or db.resolve_dsn()
     rate = a.amazon_rate if a.amazon_rate is not None else 10.0
@@ -757,7 +758,7 @@ def main() -> int:
             runtime_password=os.environ.get("RETURNLEDGER_LEDGER_PASSWORD"),
         )
         reference.load_reference(ledger, at=utc(first))
-        reference.load_scenario_reference(ledger, scenario, at=utc(first))
+        scenario_reference.load_scenario_reference(ledger, scenario, at=utc(first))
         sims = Simulators(path, work)
         say(f"ledger migrated, reference data loaded, simulators up ({time.monotonic() - t:.1f}s; {load()})")
         t = time.monotonic()

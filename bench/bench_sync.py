@@ -42,6 +42,7 @@ from returnledger.reference import load as reference
 from returnledger.reference.policy import load_policy
 from returnledger.screening.screen import quarantine, validate
 from returnledger.store import db, migrate
+from returnledger_dev.scenarios import reference as scenario_reference
 from simulators import SandboxProcess  # bench/: this script's folder is on sys.path
 from targets import report
 
@@ -287,7 +288,7 @@ def main() -> int:
     first = date.fromisoformat(scenario["run"]["from"])
     window_end = utc(date.fromisoformat(scenario["run"]["to"]) + timedelta(days=1))
     reference.load_reference(dsn, at=utc(first))
-    reference.load_scenario_reference(dsn, scenario, at=utc(first))
+    scenario_reference.load_scenario_reference(dsn, scenario, at=utc(first))
     sandbox = SandboxProcess(path, work)
     try:
         rebound = ReboundClient(
@@ -338,7 +339,7 @@ def main() -> int:
         found, _ = rebound.get_returns(sample_ids)
         naive_dsn = fresh_db(server, "returnledger_bench_naive")
         reference.load_reference(naive_dsn, at=utc(first))
-        reference.load_scenario_reference(naive_dsn, scenario, at=utc(first))
+        scenario_reference.load_scenario_reference(naive_dsn, scenario, at=utc(first))
         settle(server)
         naive_secs = naive_path(naive_dsn, sample, found, scenario)
         fast_rate = delivered / total

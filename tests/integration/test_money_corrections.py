@@ -32,6 +32,7 @@ from returnledger.exception_queue.queue import ExceptionActionError
 from returnledger.ledger.run_window import run_window
 from returnledger.reference import load as reference
 from returnledger.store import db, migrate
+from returnledger_dev.scenarios import reference as scenario_reference
 from scenario_parts import full_credit_policy, sandbox_amazon_client, vendor
 
 pytestmark = pytest.mark.integration
@@ -155,7 +156,7 @@ def _start(dsn: str, scenario: dict, tmp: Path, *, faults: bool = False):
     path.write_text(json.dumps(scenario))
     first = date.fromisoformat(scenario["run"]["from"])
     reference.load_reference(dsn, at=_utc(first))
-    reference.load_scenario_reference(dsn, scenario, at=_utc(first))
+    scenario_reference.load_scenario_reference(dsn, scenario, at=_utc(first))
     return run_sandbox(path, tmp / "out", faults=faults, timeout_delay_s=0.8)
 
 
@@ -554,7 +555,7 @@ def test_generated_month_with_recounts_and_resolved_over_receipts(ledger, tmp_pa
         d = first
         while d <= last:
             for op in ops.get(d.isoformat(), []):
-                reference.apply_operation(ledger, op, at=_utc(d), actor="warehouse (scenario)")
+                scenario_reference.apply_operation(ledger, op, at=_utc(d), actor="warehouse (scenario)")
             with contextlib.suppress(PushError):  # the DAG task would retry; the next day sends the rest
                 m.day(d)
             d += timedelta(days=1)

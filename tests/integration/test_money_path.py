@@ -36,6 +36,7 @@ from returnledger.ledger.runs import batch_id_for
 from returnledger.reference import load as reference
 from returnledger.screening.screen import quarantine, validate
 from returnledger.store import db, migrate
+from returnledger_dev.scenarios import reference as scenario_reference
 from scenario_parts import full_credit_policy, sandbox_amazon_client, vendor
 
 pytestmark = pytest.mark.integration
@@ -186,7 +187,7 @@ def _start(dsn: str, scenario: dict, tmp: Path, name: str = "s.json"):
     path.write_text(json.dumps(scenario))
     first = date.fromisoformat(scenario["run"]["from"])
     reference.load_reference(dsn, at=_utc(first))
-    reference.load_scenario_reference(dsn, scenario, at=_utc(first))
+    scenario_reference.load_scenario_reference(dsn, scenario, at=_utc(first))
     return path
 
 
@@ -517,7 +518,7 @@ def test_generated_shared_notice_month_matches_expected(ledger, tmp_path, genera
             ops.setdefault(op["on"], []).append(op)
         for d in _days(scenario):
             for op in ops.get(d.isoformat(), []):
-                reference.apply_operation(ledger, op, at=_utc(d), actor="test operator")
+                scenario_reference.apply_operation(ledger, op, at=_utc(d), actor="test operator")
             with contextlib.suppress(amazon_push.PushError):
                 run_window(
                     ledger, rebound, amazon, window_end=_utc(d + timedelta(days=1)), vendor=_vendor(sb)

@@ -377,8 +377,12 @@ def test_thresholds_change_what_counts_as_stalled(ledger):
 def test_reviewing_a_mapping_takes_it_off_the_weekly_list(ledger):
     from returnledger.exception_queue.queue import ExceptionActionError
 
-    with pytest.raises(ExceptionActionError, match="no active reason mapping for OLD_CODE"):
+    # a refused review is the review's own error, not an exception-queue action's
+    with pytest.raises(review.MappingReviewError, match="no active reason mapping for OLD_CODE") as refused:
         review.mark_mappings_reviewed(ledger, ["FAULTY", "OLD_CODE"], actor="olga", at=utc(2026, 10, 11))
+    assert not isinstance(refused.value, ExceptionActionError)
+    with pytest.raises(review.MappingReviewError, match="actor must not be empty"):
+        review.mark_mappings_reviewed(ledger, ["FAULTY"], actor=" ", at=utc(2026, 10, 11))
     with db.connect(ledger) as c:  # refused as a whole: FAULTY is not marked either
         assert c.execute(
             "SELECT reviewed_at FROM ledger.reason_mapping WHERE rebound_reason = 'FAULTY'"

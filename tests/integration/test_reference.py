@@ -16,12 +16,13 @@ import yaml
 from returnledger.cli import ledger as ledger_cli
 from returnledger.models import Disposition, ExceptionType
 from returnledger.reference.change import default_folder
-from returnledger.reference.load import apply_operation, load_reference, load_scenario_reference
+from returnledger.reference.load import load_reference
 from returnledger.reference.mappings import active_mappings, add_reason_mapping, deactivate_reason_mapping
 from returnledger.reference.owners import owner_teams, read_owners
 from returnledger.reference.policy import Policy, load_policy, read_policy
 from returnledger.reference.skus import add_sku
 from returnledger.store import db
+from returnledger_dev.scenarios.reference import apply_operation, load_scenario_reference
 
 pytestmark = pytest.mark.integration
 

@@ -19,6 +19,7 @@ from returnledger.ledger.run_window import run_window
 from returnledger.ledger.runs import SYSTEM_ACTOR
 from returnledger.reference import load as reference
 from returnledger.store import db
+from returnledger_dev.scenarios import reference as scenario_reference
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_money_path import _credits
@@ -57,7 +58,7 @@ def _run_days(dsn, sb, scenario, days, *, rebound=None, amazon=None):
         ops.setdefault(op["on"], []).append(op)
     for d in days:
         for op in ops.get(d.isoformat(), []):
-            reference.apply_operation(dsn, op, at=_utc(d), actor="test operator")
+            scenario_reference.apply_operation(dsn, op, at=_utc(d), actor="test operator")
         run_window(dsn, rebound, amazon, window_end=_utc(d + timedelta(days=1)), vendor=_vendor(sb))
 
 
@@ -83,7 +84,7 @@ def month(generated, pg_server, tmp_path_factory):
     migrate.migrate(dsn)
     first = date.fromisoformat(scenario["run"]["from"])
     reference.load_reference(dsn, at=_utc(first))
-    reference.load_scenario_reference(dsn, scenario, at=_utc(first))
+    scenario_reference.load_scenario_reference(dsn, scenario, at=_utc(first))
     out = tmp_path_factory.mktemp("out")
     with run_sandbox(path, out, faults=True, timeout_delay_s=0.8) as sb:
         _run_days(dsn, sb, scenario, list(_all_days(scenario)))

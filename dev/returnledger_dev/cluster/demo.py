@@ -268,6 +268,7 @@ def run_cluster_scenario(
     from returnledger_dev.demo.outputs import export_exceptions, summary
     from returnledger_dev.sandbox.harness import run_sandbox
     from returnledger_dev.sandbox.scenario import load_scenario_dict
+    from returnledger_dev.scenarios import reference as scenario_reference
 
     t0 = time.monotonic()
     out_dir = out_dir.resolve()
@@ -289,7 +290,7 @@ def run_cluster_scenario(
         dsn, runtime=ClusterSpec.ledger_role, runtime_password=os.environ.get("RETURNLEDGER_LEDGER_PASSWORD")
     )
     reference.load_reference(dsn, at=day_start(first))
-    reference.load_scenario_reference(dsn, scenario, at=day_start(first))
+    scenario_reference.load_scenario_reference(dsn, scenario, at=day_start(first))
     ops_by_day: dict[str, list[dict]] = {}
     for op in scenario.get("operations") or []:
         ops_by_day.setdefault(op["on"], []).append(op)
@@ -373,11 +374,11 @@ def run_cluster_scenario(
 
 
 def _apply_operations(dsn: str, day: date, ops_by_day: dict, progress) -> None:
-    from returnledger.reference import load as reference
+    from returnledger_dev.scenarios import reference as scenario_reference
 
     for op in ops_by_day.get(day.isoformat(), []):
-        reference.apply_operation(dsn, op, at=day_start(day), actor="operator (scenario)")
-        progress(f"  {day}: operator {op['action']} {reference.operation_subject(op)}")
+        scenario_reference.apply_operation(dsn, op, at=day_start(day), actor="operator (scenario)")
+        progress(f"  {day}: operator {op['action']} {scenario_reference.operation_subject(op)}")
 
 
 def _close(api, day: date, period: str, out_dir: Path, report: dict, progress, log_dir) -> None:

@@ -91,6 +91,7 @@ def run_scenario(
     from returnledger.reference import load as reference
     from returnledger_dev.sandbox.harness import run_sandbox
     from returnledger_dev.sandbox.scenario import load_scenario_dict
+    from returnledger_dev.scenarios import reference as scenario_reference
 
     stage = stage or (lambda kind, **info: None)
     stage("start-up")
@@ -113,7 +114,7 @@ def run_scenario(
     start, end = days or (first, last)
     if not keep_db:
         reference.load_reference(dsn, at=day_start(first))
-        reference.load_scenario_reference(dsn, scenario, at=day_start(first))
+        scenario_reference.load_scenario_reference(dsn, scenario, at=day_start(first))
     n_days = (end - start).days + 1
     progress(
         f"  scenario {scenario.get('name')}: {len(scenario['rebound']['returns'])} returns, "
@@ -158,8 +159,8 @@ def run_scenario(
             t, before = time.monotonic(), ledger_counts(dsn)
             ops = ops_by_day.get(day.isoformat(), [])
             for op in ops:
-                reference.apply_operation(dsn, op, at=day_start(day), actor="operator (scenario)")
-                log.info("%s: operator %s %s", day, op["action"], reference.operation_subject(op))
+                scenario_reference.apply_operation(dsn, op, at=day_start(day), actor="operator (scenario)")
+                log.info("%s: operator %s %s", day, op["action"], scenario_reference.operation_subject(op))
             weekly = None
             for week in weeks:  # the review of the week that ended last night starts Monday 07:00
                 if week + timedelta(days=7) == day:

@@ -22,15 +22,14 @@ def _cmd_digest(args) -> int:
 
 
 def _cmd_review(args) -> int:
-    from returnledger.exception_queue.queue import ExceptionActionError
-    from returnledger.reference.review import mark_mappings_reviewed
+    from returnledger.reference.review import MappingReviewError, mark_mappings_reviewed
     from returnledger.store.db import resolve_dsn
 
     try:
         done = mark_mappings_reviewed(
             resolve_dsn(args.dsn), args.reasons, actor=args.actor or login_name(), at=now(), why=args.why
         )
-    except ExceptionActionError as exc:
+    except MappingReviewError as exc:
         print(f"refused: {exc}")
         return 2
     print(f"reviewed: {', '.join(done)}")

@@ -5,9 +5,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from returnledger.exception_queue.queue import ExceptionActionError, required
 from returnledger.store import audit
 from returnledger.store.db import unit_of_work
+
+
+class MappingReviewError(ValueError):
+    """A review that cannot be recorded: no reason named, an unknown or inactive one, no reviewer."""
+
+
+def _required(value: str | None, what: str) -> str:
+    if value is None or not str(value).strip():
+        raise MappingReviewError(f"{what} must not be empty")
+    return str(value).strip()
 
 
 def mark_mappings_reviewed(
@@ -17,10 +26,10 @@ def mark_mappings_reviewed(
 
     Unknown or inactive reasons are refused and nothing is recorded.
     """
-    actor = required(actor, "actor")
-    reasons = sorted({required(r, "rebound_reason") for r in rebound_reasons})
+    actor = _required(actor, "actor")
+    reasons = sorted({_required(r, "rebound_reason") for r in rebound_reasons})
     if not reasons:
-        raise ExceptionActionError("name at least one ReBound reason")
+        raise MappingReviewError("name at least one ReBound reason")
     with unit_of_work(dsn_or_conn) as conn:
         done = conn.execute(
             "UPDATE ledger.reason_mapping SET reviewed_at = %s WHERE active AND rebound_reason = ANY(%s)"
@@ -29,7 +38,7 @@ def mark_mappings_reviewed(
         ).fetchall()
         missing = sorted(set(reasons) - {r[0] for r in done})
         if missing:
-            raise ExceptionActionError(f"no active reason mapping for {', '.join(missing)}")
+            raise MappingReviewError(f"no active reason mapping for {', '.join(missing)}")
         audit.record(
             conn,
             [
