@@ -111,9 +111,9 @@ def test_whole_pipeline_runs_under_the_runtime_role(deployed, tmp_path):
     functions), a rerun of the close, and the report."""
     from test_money_path import SHARED, _amazon, _credits, _requests, _scenario, _start, _utc, _vendor
 
-    from returnledger.ledger.run_window import run_window
     from returnledger.reconciliation.match import reconcile
     from returnledger.reports.finance import write_month_end_report
+    from returnledger_dev.run_window import run_window
     from returnledger_dev.sandbox.harness import run_sandbox
 
     runtime = _as(deployed, migrate.LEDGER_ROLE)
@@ -286,11 +286,11 @@ def test_csv_export_neutralises_formulas(pg_server, tmp_path):
     from test_money_path import _amazon, _scenario, _start, _utc, _vendor
 
     from returnledger.exception_queue.queue import NewException, raise_exceptions
-    from returnledger.ledger.run_window import run_window
     from returnledger.models import ExceptionType
     from returnledger.reconciliation.match import reconcile
     from returnledger.reports.finance import write_month_end_report
     from returnledger_dev.demo.outputs import export_exceptions
+    from returnledger_dev.run_window import run_window
     from returnledger_dev.sandbox.harness import run_sandbox
     from returnledger_dev.scenarios.check import _csv_rows
 

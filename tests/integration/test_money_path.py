@@ -31,11 +31,11 @@ from returnledger.amazon.confirm import confirm
 from returnledger.amazon.push import push_credits
 from returnledger.intake.feed import extract
 from returnledger.ledger.apply import apply
-from returnledger.ledger.run_window import run_window
 from returnledger.ledger.runs import batch_id_for
 from returnledger.reference import load as reference
 from returnledger.screening.screen import quarantine, validate
 from returnledger.store import db, migrate
+from returnledger_dev.run_window import run_window
 from returnledger_dev.scenarios import reference as scenario_reference
 from scenario_parts import full_credit_policy, sandbox_amazon_client, vendor
 

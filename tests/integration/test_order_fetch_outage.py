@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from returnledger.ledger.run_window import run_window
 from returnledger.store import db, migrate
+from returnledger_dev.run_window import run_window
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_money_path import _amazon, _credits, _requests, _scenario, _start, _utc, _vendor

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from returnledger.amazon.confirm import confirm
-from returnledger.ledger.run_window import run_window
 from returnledger.ledger.runs import SYSTEM_ACTOR
 from returnledger.reference import load as reference
 from returnledger.store import db
+from returnledger_dev.run_window import run_window
 from returnledger_dev.scenarios import reference as scenario_reference
 
 sys.path.insert(0, str(Path(__file__).parent))

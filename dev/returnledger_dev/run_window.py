@@ -1,7 +1,8 @@
 """One sync run end to end, outside the scheduler: the DAG ``returns_sync``'s steps in its order.
 
-Tests and the benchmark run a window with ``run_window``; the DAG calls the same step functions, one task
-each: extract -> validate -> quarantine / apply -> push_inventory, push_credits -> confirm -> finish.
+Tests run a window with ``run_window``; the DAG calls the same step functions, one task each:
+extract -> validate -> quarantine / apply -> push_inventory, push_credits -> confirm -> finish. It is dev
+tooling: it calls every business subpackage, and production runs the steps through the DAG.
 """
 
 from __future__ import annotations
