@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from returnledger.console.auth import CSRF_FIELD, AirflowAuth, Caller, csrf_token_for, require_may_act
 from returnledger.console.closes import add_close_pages
+from returnledger.console.returns import add_return_pages
 from returnledger.models import ExceptionStatus, ExceptionType
 from returnledger.reference.mappings import AMAZON_REASON_CODES
 from returnledger.render import render
@@ -144,6 +145,7 @@ def add_pages(
     #: on every state-changing route; the middleware has refused already, this keeps new routes honest
     act_guard = [Depends(require_may_act)]
     add_close_pages(app, dsn_provider=dsn_provider, clock=clock, act_guard=act_guard)
+    add_return_pages(app, dsn_provider=dsn_provider, clock=clock, list_limit=list_limit)
 
     def connect():
         from returnledger.store.db import connect as db_connect
