@@ -30,7 +30,8 @@ def _console_app():
 
 class ReturnledgerConsolePlugin(AirflowPlugin):
     name = "returnledger_console"
-    external_views: ClassVar[list[dict[str, Any]]] = [
+    #: the exception queue; ``external_views`` adds "Find a return" and each team's queue with its counts
+    static_views: ClassVar[list[dict[str, Any]]] = [
         {
             "name": "Returns exceptions",
             "href": f"{URL_PREFIX}/",
@@ -39,6 +40,14 @@ class ReturnledgerConsolePlugin(AirflowPlugin):
             "category": "browse",
         }
     ]
+
+    @property
+    def external_views(self) -> list[dict[str, Any]]:
+        """Asked by the api-server each time the UI loads its navigation: the team queues' names carry
+        their overdue and open counts of the moment (returnledger.console.nav)."""
+        from returnledger.console.nav import nav_views
+
+        return [*self.static_views, *nav_views(URL_PREFIX)]
 
     @property
     def fastapi_apps(self):
