@@ -5,7 +5,7 @@
 
 A fresh scratch database gets ``--notes`` pending credit notes (1 to 3 lines each) and restocks over
 ``--skus`` SKUs, written set-wise in SQL and through the package's own writer
-(``returnledger.amazon.submissions.write_submissions``). The simulated SP-API runs in its own process
+(``returnledger.ledger.submissions.write_submissions``). The simulated SP-API runs in its own process
 (``returnledger_dev.sandbox.spapi_sim.build_spapi_app``), throttled at the client's configured rate
 and burst (its token bucket answers 429 beyond it, like Amazon). ``push_inventory`` and
 ``push_credits`` then run through the production client (python-amazon-sp-api). Printed:
@@ -44,9 +44,9 @@ import psycopg
 
 from returnledger.amazon.credit_note import build_credit_note
 from returnledger.amazon.push import push_credits, push_inventory
-from returnledger.amazon.submissions import write_submissions
 from returnledger.clients.amazon import AmazonVendorClient
 from returnledger.ledger import lifecycle
+from returnledger.ledger.submissions import write_submissions
 from returnledger.models import ActionKind, LineState
 from returnledger.reference import load as reference
 from returnledger.reference.policy import load_policy

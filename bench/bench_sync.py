@@ -31,11 +31,12 @@ from pathlib import Path
 import psycopg
 
 from returnledger.amazon.push import push_credits, push_inventory
+from returnledger.fields import parse_time
 from returnledger.intake.feed import extract
 from returnledger.intake.orders import store_return_orders
 from returnledger.intake.raw import RAW_COLUMNS, event_key, raw_rows
 from returnledger.ledger import lifecycle
-from returnledger.ledger.apply import apply, line_event
+from returnledger.ledger.apply import apply
 from returnledger.ledger.runs import batch_id_for
 from returnledger.models import EventType, LineState
 from returnledger.reference import load as reference
@@ -195,7 +196,7 @@ def _naive_apply(conn, ev, p, line_no, policy) -> None:
         grade=line[3],
         disposition=line[4],
     )
-    out = lifecycle.apply_event(view, line_event(p), policy)
+    out = lifecycle.apply_event(view, _line_event(p), policy)
     if out.hold or not out.transitions:
         return
     conn.execute(
@@ -411,3 +412,18 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _line_event(p: dict) -> lifecycle.LineEvent:
+    """A validated payload as the lifecycle's event (the rules alone, without apply's set reads)."""
+    occurred_at = parse_time(p["occurred_at"])
+    if occurred_at is None:
+        raise ValueError(f"event {p.get('event_id')!r}: occurred_at {p.get('occurred_at')!r} is no timestamp")
+    return lifecycle.LineEvent(
+        event_id=p["event_id"],
+        type=EventType(p["type"]),
+        occurred_at=occurred_at,
+        quantity=p.get("quantity"),
+        grade=p.get("grade"),
+        disposition=p.get("disposition"),
+    )

@@ -29,9 +29,9 @@ import pytest
 from returnledger.amazon.push import PushError
 from returnledger.exception_queue import actions
 from returnledger.exception_queue.queue import ExceptionActionError
-from returnledger.ledger.run_window import run_window
 from returnledger.reference import load as reference
 from returnledger.store import db, migrate
+from returnledger_dev.run_window import run_window
 from returnledger_dev.scenarios import reference as scenario_reference
 from scenario_parts import full_credit_policy, sandbox_amazon_client, vendor
 
@@ -208,7 +208,7 @@ def test_credit_note_id_never_reused_after_a_held_resolution(ledger, tmp_path):
 def test_a_legacy_note_named_after_a_skipped_line_does_not_block_that_lines_own_note(ledger):
     """A ledger written by the old naming holds CN-<return>-1 for a note of line 2; when line 1's credit
     is finally owed, its note takes a free id instead of failing on the key."""
-    from returnledger.amazon.submissions import _free_note_ids
+    from returnledger.ledger.submissions import _free_note_ids
 
     with db.connect(ledger) as conn:
         conn.execute(

@@ -2,7 +2,7 @@
 
 Guarantees, each guarded by a test (tests/integration/test_money_path.py,
 tests/sandbox/test_money_evidence.py):
-- **One id, one note** (returnledger.amazon.submissions).
+- **One id, one note** (returnledger.ledger.submissions).
 - **Claimed before sent**: a claim is a lease in the rows, renewed before every HTTP attempt, so a lost
   database connection takes nothing from a living pusher; **a send log** writes every HTTP attempt down
   before it leaves and after it ends (returnledger.amazon.claims).

@@ -27,11 +27,11 @@ from returnledger.exception_queue.queue import (
     raise_exceptions,
     replay_events,
 )
+from returnledger.fields import INT4_MAX, as_int4, as_whole, is_db_text, parse_time
 from returnledger.intake.order_lookup import ask_rebound, release_orders, report_unread
 from returnledger.intake.raw import REFUSED, screen_body, storable
 from returnledger.ledger.runs import SYSTEM_ACTOR
 from returnledger.models import LINE_EVENTS_SQL, RETURN_ID_PATTERN, ExceptionType
-from returnledger.screening.fields import INT4_MAX, as_int4, as_whole, is_db_text, parse_time
 from returnledger.store.db import copy_rows, raw_json, unit_of_work
 
 _ID_RE = re.compile(RETURN_ID_PATTERN)

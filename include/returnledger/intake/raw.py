@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import psycopg
 
-from returnledger.screening.fields import INT4_MAX, INT4_MIN, as_int4, as_text, parse_time
+from returnledger.fields import INT4_MAX, INT4_MIN, as_int4, as_text, parse_time
 from returnledger.store.db import copy_rows, raw_json, unit_of_work
 
 # a JSON \u0000 escape (one not itself escaped): PostgreSQL's jsonb cannot hold U+0000

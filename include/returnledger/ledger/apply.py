@@ -3,7 +3,7 @@
 Events a line may take now go through returnledger.ledger.lifecycle (pure rules); the new line states,
 their history, holds and outcomes are written in sets by returnledger.ledger.writes (COPY, one UPDATE
 join), and the Amazon actions the rules earn become submissions (``ledger.amazon_submission``,
-returnledger.amazon.submissions), all in one transaction.
+returnledger.ledger.submissions), all in one transaction.
 """
 
 from __future__ import annotations
@@ -15,31 +15,16 @@ from datetime import datetime
 import psycopg
 
 from returnledger.exception_queue.queue import NewException, raise_exceptions
+from returnledger.fields import int4_sql
 from returnledger.ledger import lifecycle
 from returnledger.ledger.holds import BLOCKED_SQL, record_outcomes, release_reference_holds
 from returnledger.ledger.runs import no_cyclic_gc
 from returnledger.ledger.writes import HISTORY_COLUMNS, Changes, load_lines, write_changes
 from returnledger.models import LINE_EVENTS, Disposition, EventType, ExceptionType, Grade
 from returnledger.reference.policy import load_policy
-from returnledger.screening.fields import int4_sql, parse_time
 from returnledger.store.db import copy_into, unit_of_work
 
 log = logging.getLogger(__name__)
-
-
-def line_event(p: dict) -> lifecycle.LineEvent:
-    """A validated payload as the lifecycle's event."""
-    occurred_at = parse_time(p["occurred_at"])
-    if occurred_at is None:
-        raise ValueError(f"event {p.get('event_id')!r}: occurred_at {p.get('occurred_at')!r} is no timestamp")
-    return lifecycle.LineEvent(
-        event_id=p["event_id"],
-        type=EventType(p["type"]),
-        occurred_at=occurred_at,
-        quantity=p.get("quantity"),
-        grade=p.get("grade"),
-        disposition=p.get("disposition"),
-    )
 
 
 _EVENT_TYPES = {t.value: t for t in EventType}  # a dict lookup: the enum's own call costs a microsecond a row

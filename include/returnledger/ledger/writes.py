@@ -9,11 +9,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from returnledger.amazon.submissions import write_submissions
 from returnledger.exception_queue.queue import NewException, line_subject, raise_exceptions, resolve_open
 from returnledger.ledger import lifecycle
 from returnledger.ledger.holds import hold, record_outcomes
 from returnledger.ledger.runs import SYSTEM_ACTOR
+from returnledger.ledger.submissions import write_submissions
 from returnledger.models import ActionKind, EventType, ExceptionType, LineState
 from returnledger.store.db import copy_rows
 

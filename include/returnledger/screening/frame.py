@@ -1,6 +1,6 @@
 """The frame the events suite runs on: one row per unprocessed raw event, built in PostgreSQL.
 
-The SQL applies the field rules (returnledger.screening.fields) and joins what a check needs (the return
+The SQL applies the field rules (returnledger.fields) and joins what a check needs (the return
 order, the reference data, conflicting bodies, rejected orders); ``FRAME_COLUMNS`` are its columns as
 pandas reads them. The suite (returnledger.screening.suite) only checks the columns.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import psycopg
 
 from returnledger.exception_queue.queue import ORDER_FETCH_PREFIX
+from returnledger.fields import given_sql, number_sql, text_sql, whole_sql
 from returnledger.models import LINE_EVENTS, LINE_EVENTS_SQL
-from returnledger.screening.fields import given_sql, number_sql, text_sql, whole_sql
 
 # The frame the events suite runs on, built in PostgreSQL from the unprocessed raw rows. The typed columns
 # of raw_event were filled at extract by the same rules (wrong JSON type -> null, which fails its check);

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from returnledger.fields import INT4_MAX
 from returnledger.models import RETURN_ID_PATTERN, Disposition, EventType, ExceptionType, Grade
-from returnledger.screening.fields import INT4_MAX
 from returnledger.screening.gx import ephemeral_context, run_suite
 
 MAX_QUANTITY = 100_000
