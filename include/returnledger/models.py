@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+# ExceptionType is re-exported: it is built from the registry
+from returnledger.exception_types import ExceptionType as ExceptionType
+from returnledger.exception_types import holding_types
+
 #: what a ReBound return id may look like (anything else is an INVALID_EVENT, never a query parameter)
 RETURN_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
@@ -64,30 +68,9 @@ class LineState(StrEnum):
     REJECTED = "REJECTED"
 
 
-class ExceptionType(StrEnum):
-    UNMAPPED_REASON_CODE = "UNMAPPED_REASON_CODE"
-    SKU_MISMATCH = "SKU_MISMATCH"
-    INVALID_EVENT = "INVALID_EVENT"
-    OUT_OF_SEQUENCE = "OUT_OF_SEQUENCE"
-    QUANTITY_MISMATCH = "QUANTITY_MISMATCH"
-    AMAZON_REJECTED = "AMAZON_REJECTED"
-    CREDIT_MISSING = "CREDIT_MISSING"
-    DARK_RETURN = "DARK_RETURN"
-    CREDIT_MISMATCH = "CREDIT_MISMATCH"
-    SYNC_STALLED = "SYNC_STALLED"
-    EVENT_CONFLICT = "EVENT_CONFLICT"  # an event id delivered again with another body
-    INVALID_RETURN_ORDER = "INVALID_RETURN_ORDER"  # a ReBound return order that fails its own checks
-
-
-#: exceptions that hold a line's events until they are resolved
-HOLDING_TYPES = frozenset(
-    {ExceptionType.UNMAPPED_REASON_CODE, ExceptionType.SKU_MISMATCH, ExceptionType.OUT_OF_SEQUENCE}
-)
-#: the holding exceptions a reference-data fix (a reason mapping, a SKU) releases; OUT_OF_SEQUENCE
-#: releases itself when the missing event arrives
-REFERENCE_HOLDS = tuple(
-    t for t in ExceptionType if t in HOLDING_TYPES and t is not ExceptionType.OUT_OF_SEQUENCE
-)
+#: the exception types and which of them hold a line: read from the registry, the one place a type is
+#: described (returnledger.exception_types)
+HOLDING_TYPES = holding_types()
 
 
 class ExceptionStatus(StrEnum):

@@ -17,7 +17,8 @@ import psycopg
 from returnledger.exception_queue.queue import NewException, raise_exceptions
 from returnledger.fields import int4_sql
 from returnledger.ledger import lifecycle
-from returnledger.ledger.holds import BLOCKED_SQL, record_outcomes, release_reference_holds
+from returnledger.exception_types import Release, released_by, replay_only_types, sql_in
+from returnledger.ledger.holds import blocked_sql, record_outcomes, release_reference_holds
 from returnledger.ledger.runs import no_cyclic_gc
 from returnledger.ledger.writes import HISTORY_COLUMNS, Changes, load_lines, write_changes
 from returnledger.models import LINE_EVENTS, Disposition, EventType, ExceptionType, Grade
@@ -73,13 +74,15 @@ def _refuse_unfit(
 def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> dict:
     """Lifecycle rules over passing events plus every held event that may now go on."""
     stats = defaultdict(int)
+    blocked, replay_only = blocked_sql(), sql_in(replay_only_types())  # the registry's hold rules
+    (waits_for_earlier,) = released_by(Release.EARLIER_EVENT)
     with no_cyclic_gc(), unit_of_work(dsn) as conn:
         policy = load_policy(conn)
         stats["released_exceptions"] = release_reference_holds(conn, at=at)
         # events to (re)apply: new passing events, and held events no longer blocked. Fields only some event
         # types carry are read for those types alone and never cast blindly: a poison value is null here.
         rows = conn.execute(f"""
-            WITH blocked AS ({BLOCKED_SQL})
+            WITH blocked AS ({blocked})
             SELECT r.raw_id, r.event_id, r.event_type, r.return_id, r.line, r.occurred_at,
                    CASE WHEN r.event_type = 'RECEIVED' THEN {int4_sql("quantity", 1)} END,
                    CASE WHEN r.event_type = 'GRADED' THEN r.payload->>'grade' END,
@@ -95,12 +98,11 @@ def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> di
                                                     WHERE f.raw_id = r.raw_id))
                OR (o.status = 'HELD' AND bl.return_id IS NULL AND br.return_id IS NULL
                    AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f WHERE f.raw_id = r.raw_id
-                                     AND f.exception_type IN ('EVENT_CONFLICT', 'INVALID_RETURN_ORDER',
-                                                              'SYNC_STALLED')))
+                                     AND f.exception_type IN {replay_only}))
             ORDER BY r.raw_id""").fetchall()
         blocked_lines: dict[tuple[str, int], tuple[str, str]] = {}
         blocked_returns: dict[str, tuple[str, str]] = {}
-        for rid, ln, etype, subject in conn.execute(BLOCKED_SQL):
+        for rid, ln, etype, subject in conn.execute(blocked):
             if ln is None:
                 blocked_returns.setdefault(rid, (etype, subject))
             else:
@@ -171,7 +173,7 @@ def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> di
                 rid, ln = key
                 view = lines.get(key)
                 if view is None:  # cannot happen for validated events; keep them visible instead of guessing
-                    to_hold.extend((e[0], rid, ln, ExceptionType.OUT_OF_SEQUENCE) for e in evs)
+                    to_hold.extend((e[0], rid, ln, ExceptionType(waits_for_earlier)) for e in evs)
                     continue
                 if len(evs) == 1:
                     raw_of = None

@@ -11,28 +11,27 @@ from datetime import datetime
 
 import psycopg
 
-from returnledger.exception_queue.queue import (
-    event_subject,
-    line_subject,
-    order_fetch_subject,
-    order_subject,
-    resolve_open,
+from returnledger.exception_queue.queue import line_subject, resolve_open
+from returnledger.exception_types import (
+    KINDS,
+    Holds,
+    Release,
+    blocking_types,
+    kind,
+    released_by,
+    sql_in,
 )
 from returnledger.ledger.runs import SYSTEM_ACTOR
-from returnledger.models import REFERENCE_HOLDS, ExceptionType, sql_list
 from returnledger.store.db import copy_rows
 
 
-def hold_subject(etype: ExceptionType, rid: str, ln: int, event_id: str) -> str:
-    """The exception a held event waits on: its event id (EVENT_CONFLICT), its return (INVALID_RETURN_ORDER,
-    SYNC_STALLED of an order ReBound could not be asked for), else its line."""
-    if etype == ExceptionType.EVENT_CONFLICT:
-        return event_subject(event_id)
-    if etype == ExceptionType.INVALID_RETURN_ORDER:
-        return order_subject(rid)
-    if etype == ExceptionType.SYNC_STALLED:  # the only SYNC_STALLED screening raises: an unread order
-        return order_fetch_subject(rid)
-    return line_subject(rid, ln)
+def hold_subject(etype: str, rid: str | None, ln: int | None, event_id: str | None) -> str:
+    """The subject of the exception a held event waits on (its type's ``hold_key`` in the registry: the
+    line, the return, the event id)."""
+    key = kind(etype).hold_key
+    if key is None:
+        raise ValueError(f"{etype} holds nothing (returnledger.exception_types)")
+    return key.format(return_id=rid, line=ln, event_id=event_id)
 
 
 def record_outcomes(
@@ -110,18 +109,18 @@ def hold(conn: psycopg.Connection, items: list[tuple], *, at: datetime, batch_id
 
 
 def release_reference_holds(conn: psycopg.Connection, *, at: datetime) -> int:
-    """Resolve UNMAPPED_REASON_CODE / SKU_MISMATCH exceptions whose mapping or SKU now exists."""
-    fixed = conn.execute("""
+    """Resolve the open exceptions whose reference data now covers their line (the registry's
+    ``released_when_sql`` of each ``Release.REFERENCE_DATA`` type: a reason mapping, a SKU)."""
+    types = sorted(released_by(Release.REFERENCE_DATA))
+    if not types:
+        return 0
+    covered = " OR ".join(f"(e.type = '{t}' AND {KINDS[t].released_when_sql})" for t in types)
+    fixed = conn.execute(f"""
         SELECT e.type, e.subject_key FROM ledger.exception e
         JOIN ledger.return_line l ON l.return_id = e.return_id AND l.line = e.line
-        WHERE e.status = 'open' AND (
-              (e.type = 'UNMAPPED_REASON_CODE'
-               AND EXISTS (SELECT 1 FROM ledger.reason_mapping m
-                           WHERE m.rebound_reason = l.reason AND m.active))
-           OR (e.type = 'SKU_MISMATCH'
-               AND EXISTS (SELECT 1 FROM ledger.sku s WHERE s.sku = l.sku AND s.asin <> '')))""").fetchall()
+        WHERE e.status = 'open' AND ({covered})""").fetchall()
     n = 0
-    for etype in REFERENCE_HOLDS:
+    for etype in types:
         keys = [k for t, k in fixed if t == etype]
         n += resolve_open(
             conn,
@@ -134,15 +133,23 @@ def release_reference_holds(conn: psycopg.Connection, *, at: datetime) -> int:
     return n
 
 
-# lines (or whole returns: line null) whose events wait: reference holds, undecided EVENT_CONFLICT bodies,
-# and returns whose order failed its checks
-BLOCKED_SQL = f"""
-    SELECT return_id, line, type, subject_key FROM ledger.exception
-    WHERE status = 'open' AND type IN {sql_list(REFERENCE_HOLDS)}
+def blocked_sql() -> str:
+    """Lines (or whole returns: line null) whose held events wait, as (return_id, line, type, subject):
+    the open exceptions of the types that block their line or return while open, and the lines of an
+    event id whose bodies are still undecided (``Release.PICK``). Read from the registry when called."""
+    (pick,) = sorted(released_by(Release.PICK)) or [None]
+    conflicts = (
+        f"""
     UNION ALL
-    SELECT r.return_id, r.line, 'EVENT_CONFLICT', 'event:' || c.event_id
+    SELECT r.return_id, r.line, '{pick}', 'event:' || c.event_id
     FROM ledger.event_conflict c JOIN ledger.raw_event r USING (raw_id)
-    WHERE c.chosen IS NULL AND r.return_id IS NOT NULL
+    WHERE c.chosen IS NULL AND r.return_id IS NOT NULL"""
+        if pick
+        else ""
+    )
+    return f"""
+    SELECT return_id, line, type, subject_key FROM ledger.exception
+    WHERE status = 'open' AND type IN {sql_in(blocking_types(Holds.LINE))}{conflicts}
     UNION ALL
     SELECT return_id, NULL, type, subject_key FROM ledger.exception
-    WHERE status = 'open' AND type = 'INVALID_RETURN_ORDER' AND return_id IS NOT NULL"""
+    WHERE status = 'open' AND type IN {sql_in(blocking_types(Holds.RETURN))} AND return_id IS NOT NULL"""

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import psycopg
 
 from returnledger.exception_queue.queue import NewException, raise_exceptions
+from returnledger.exception_types import Holds, Subject, kind, screening_outcome
 from returnledger.ledger.holds import hold, hold_subject, record_outcomes
-from returnledger.models import ExceptionType
+from returnledger.moment import RunMoment
 from returnledger.screening.frame import read_validation_frame
 from returnledger.screening.gx import import_gx
 from returnledger.screening.suite import validate_frame, write_result
@@ -91,9 +91,10 @@ def batch_outcome(stats: dict) -> BatchOutcome:
     )
 
 
-def quarantine(dsn: str, *, batch_id: str, at: datetime) -> dict:
+def quarantine(dsn: str, *, run: RunMoment) -> dict:
     """One exception per failing row (per line for reference failures, per event id for conflicting bodies,
     per return for a failing return order); hold the events that wait on it."""
+    batch_id, at = run.batch_id, run.as_of
     with unit_of_work(dsn) as conn:
         rows = conn.execute("""
             SELECT f.raw_id, f.exception_type, f.detail, f.return_id, f.line, f.sku, r.event_id
@@ -102,10 +103,10 @@ def quarantine(dsn: str, *, batch_id: str, at: datetime) -> dict:
             ORDER BY f.raw_id""").fetchall()
         invalid, held = [], []
         for raw_id, etype, detail, rid, ln, sku, event_id in rows:
-            if etype == ExceptionType.INVALID_EVENT:
+            if screening_outcome(etype) == "refuse":  # the registry: a raw-event type that holds nothing
                 invalid.append(
                     NewException(
-                        ExceptionType.INVALID_EVENT,
+                        etype,
                         f"raw:{raw_id}",
                         detail,
                         return_id=rid,
@@ -115,11 +116,11 @@ def quarantine(dsn: str, *, batch_id: str, at: datetime) -> dict:
                     )
                 )
             else:
-                etype = ExceptionType(etype)
                 held.append((raw_id, etype, detail, rid, ln, sku, hold_subject(etype, rid, ln, event_id)))
         raise_exceptions(conn, invalid, at=at, batch_id=batch_id)
-        line_ex: dict[tuple[ExceptionType, str], NewException] = {}
+        line_ex: dict[tuple[str, str], NewException] = {}
         for raw_id, etype, detail, rid, ln, sku, subject in held:
+            k = kind(etype)
             line_ex.setdefault(
                 (etype, subject),
                 NewException(
@@ -127,11 +128,9 @@ def quarantine(dsn: str, *, batch_id: str, at: datetime) -> dict:
                     subject,
                     detail,
                     return_id=rid,
-                    line=None
-                    if etype in (ExceptionType.INVALID_RETURN_ORDER, ExceptionType.SYNC_STALLED)
-                    else ln,
+                    line=None if k.holds is Holds.RETURN else ln,
                     sku=sku,
-                    raw_id=raw_id if etype == ExceptionType.EVENT_CONFLICT else None,
+                    raw_id=raw_id if k.subject is Subject.EVENT else None,
                 ),
             )
         raise_exceptions(conn, list(line_ex.values()), at=at, batch_id=batch_id)

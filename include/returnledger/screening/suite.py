@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from returnledger.exception_types import screening_outcome
 from returnledger.fields import INT4_MAX
 from returnledger.models import RETURN_ID_PATTERN, Disposition, EventType, ExceptionType, Grade
 from returnledger.screening.gx import ephemeral_context, run_suite
@@ -67,7 +68,7 @@ def build_checks() -> list[Check]:
         return {"row_condition": f'type=="{t.value}"', "condition_parser": "pandas"}
 
     inv = ExceptionType.INVALID_EVENT
-    return [
+    checks = [
         # an event id that arrived with another body: every body waits until a person picks one
         Check(
             "event_conflict",
@@ -238,6 +239,9 @@ def build_checks() -> list[Check]:
             "SKU {sku!r} is not in the catalog (or has no ASIN)",
         ),
     ]
+    for c in checks:  # the registry refuses a type whose held events the same run would apply
+        screening_outcome(c.exception_type)
+    return checks
 
 
 #: failures of these checks can be fixed later (ReBound adds the return or line): the sync asks ReBound

@@ -96,6 +96,7 @@ def migrate(
                         (name, digest),
                     )
                 applied_now.append(name)
+            seed_exception_types(conn)
             if run_as and applied_now:  # what the migrations created belongs to the ledger's owner too
                 hand_over(conn, run_as)
             for role in sorted({*([runtime] if runtime else []), *_runtime_roles(conn)}):
@@ -106,6 +107,31 @@ def migrate(
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
             conn.commit()
     return applied_now
+
+
+def seed_exception_types(conn: psycopg.Connection) -> int:
+    """Upsert the exception-type registry (returnledger.exception_types) into ``ledger.exception_type``,
+    whose rows the exception tables' foreign keys name (migration 0020); idempotent, run by every
+    ``migrate``. Returns the rows added or changed. A type removed from the registry keeps its row (old
+    exceptions still name it)."""
+    from returnledger.exception_types import KINDS
+
+    if conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.exception_type",)).fetchone()[0] is None:
+        return 0
+    rows = [(k.code, k.subject.value, k.holds.value, k.released_by.value, k.summary) for k in KINDS.values()]
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            f"""INSERT INTO {SCHEMA}.exception_type AS t (code, subject, holds, released_by, summary)
+                VALUES (%s, %s, %s, %s, %s)
+                ON CONFLICT (code) DO UPDATE SET subject = EXCLUDED.subject, holds = EXCLUDED.holds,
+                       released_by = EXCLUDED.released_by, summary = EXCLUDED.summary
+                WHERE (t.subject, t.holds, t.released_by, t.summary)
+                      IS DISTINCT FROM (EXCLUDED.subject, EXCLUDED.holds, EXCLUDED.released_by,
+                                        EXCLUDED.summary)""",
+            rows,
+        )
+        changed = cur.rowcount
+    return max(changed, 0)
 
 
 def _acting_owner(conn: psycopg.Connection) -> str | None:

@@ -1,0 +1,318 @@
+"""The exception-type registry: what each exception type is about, what it holds, what releases it, what
+resolving or dismissing it sends back through the sync, which actions people have on it (the console and
+the CLI offer the same ones) and which extra parts its page shows. People's data (owner team, SLA days,
+what to do) stays in ``include/reference/owners.yaml``; a test checks both name the same types.
+
+Everything else reads this table instead of naming types: ``ExceptionType`` is built from it; the
+sync's holds and releases (``ledger.holds``, ``ledger.apply``), screening's quarantine, the actions
+(``exception_queue.actions``), the queue's detail, the console page and the CLI, the database's
+``ledger.exception_type`` table (seeded by ``store.migrate``) and the operating guide's type table
+(``render_guide_table``).
+
+API (all read the registry when called, so a test may add a throwaway type to ``KINDS``):
+
+- ``KINDS``: code -> ``ExceptionKind``; ``kind(code)``; ``is_known(code)``; ``all_codes()``.
+- ``holding_types()``: types whose open exception holds its line's events (and the line's reconciliation).
+- ``holds(code)``: True when the type's exceptions keep events waiting (any scope).
+- ``blocking_types(scope)``: types that keep the held events of their line (``Holds.LINE``) or return
+  (``Holds.RETURN``) waiting while open; ``replay_only_types()``: types whose held events go on only when
+  sent back through screening, never by ``apply``'s release; ``released_by(release)``: types with that rule.
+- ``offering(action)``: types on which ``action`` (one of ``ACTIONS``) may be taken.
+- ``screening_outcome(code)``: "refuse" or "hold" for a screening check raising ``code``; ValueError for
+  a type whose held event the same run would apply (the "silent trap" of issue 23).
+  ``screening.suite.build_checks`` calls it for every check, so such a rule cannot be built.
+- ``registry_problems()``: what is inconsistent (e.g. a holding type nothing releases).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Subject(StrEnum):
+    """What one exception is about (its ``subject_key``)."""
+
+    LINE = "line"  # RID|LINE
+    RETURN = "return"  # order:RID
+    EVENT = "event id"  # event:<event id>
+    RAW_EVENT = "raw event"  # raw:<raw_id>
+    AMAZON_ROW = "Amazon row"  # a reconciliation row key or Amazon return id
+    FEED = "feed"  # the sync itself: submission:, held:, sync:, uncredited:, order-fetch:
+
+
+class Holds(StrEnum):
+    """What waits while the exception is open."""
+
+    NOTHING = "nothing"
+    LINE = "the line's events"
+    RETURN = "the return's events"
+    EVENT = "the event id's line"
+
+
+class Release(StrEnum):
+    """What lets held events go on."""
+
+    NOTHING_HELD = "-"
+    CLOSE = "a person resolves or dismisses it; the next sync applies the held events"
+    REFERENCE_DATA = "the reference data now covers the line (next sync), or a person closes it"
+    EARLIER_EVENT = "the missing earlier event arrives (next sync)"
+    PICK = "a person picks the right body (pick); the next sync screens it again"
+    ORDER_PASSES = "ReBound's order passes on a later fetch, or a person closes it (events screened again)"
+    ORDER_READ = "ReBound answers for the order, or a person closes it (events screened again)"
+
+
+#: releases under which the line's (return's) held events keep waiting while the exception is open
+_BLOCKS_WHILE_OPEN = frozenset({Release.CLOSE, Release.REFERENCE_DATA, Release.ORDER_PASSES})
+#: releases whose held events go on only when sent back through screening (replay), never by apply
+_REPLAY_ONLY = frozenset({Release.PICK, Release.ORDER_PASSES, Release.ORDER_READ})
+
+
+class Replay(StrEnum):
+    """What closing the exception sends back through the sync (like a new delivery)."""
+
+    NONE = "-"
+    RAW_EVENT = "its raw event"
+    HELD_EVENTS = "its held events"
+
+
+#: the actions people take on an exception: name -> what it does. The console and the CLI offer each one
+#: (CLI ``returnledger exceptions <name>``; console form posting to ``/exceptions/{id}/<CONSOLE_PATHS>``)
+ACTIONS = {
+    "resolve": "mark resolved: you fixed the cause",
+    "dismiss": "dismiss: nothing to fix",
+    "retry": "resubmit the same credit note on the next sync run",
+    "map": "add the missing reason mapping and resolve",
+    "sku": "add the SKU to the catalog and resolve",
+    "credit": "over-receipt: choose the units to credit (0 closes the line, nothing owed)",
+    "pick": "keep one stored body of the event id, supersede the others",
+}
+#: the console route of each action (``POST /exceptions/{id}/<path>``)
+CONSOLE_PATHS = {a: a for a in ACTIONS} | {"map": "mapping", "credit": "credit-quantity"}
+
+#: parts every exception page shows when they exist (``exception_queue.queries.exception_detail``)
+COMMON_SECTIONS = ("return_order", "line", "history", "submissions", "held_events", "raw_events",
+                   "amazon_return", "audit")  # fmt: skip
+#: parts only some types show: the Amazon send log, every body of the event id, the rejected orders
+EXTRA_SECTIONS = ("send_log", "event_bodies", "rejected_return_orders")
+
+
+@dataclass(frozen=True)
+class ExceptionKind:
+    """One exception type. ``hold_key``: the subject of the exception a held event waits on, formatted with
+    ``return_id``, ``line`` and ``event_id`` (None: the type holds nothing). ``released_when_sql``: for
+    ``Release.REFERENCE_DATA``, the condition over the held line ``l`` (ledger.return_line) under which the
+    sync resolves the exception itself."""
+
+    code: str
+    subject: Subject
+    summary: str
+    holds: Holds = Holds.NOTHING
+    released_by: Release = Release.NOTHING_HELD
+    hold_key: str | None = None
+    released_when_sql: str | None = None
+    on_resolve: Replay = Replay.NONE
+    on_dismiss: Replay = Replay.NONE
+    actions: tuple[str, ...] = ("resolve", "dismiss")
+    sections: tuple[str, ...] = ()  # of EXTRA_SECTIONS; COMMON_SECTIONS are always shown
+
+
+_LINE_KEY = "{return_id}|{line}"
+KINDS: dict[str, ExceptionKind] = {
+    k.code: k
+    for k in (
+        ExceptionKind(
+            "UNMAPPED_REASON_CODE",
+            Subject.LINE,
+            "A ReBound reason code has no active mapping to an Amazon CR- code",
+            Holds.LINE,
+            Release.REFERENCE_DATA,
+            _LINE_KEY,
+            released_when_sql="EXISTS (SELECT 1 FROM ledger.reason_mapping m"
+            " WHERE m.rebound_reason = l.reason AND m.active)",
+            actions=("map", "resolve", "dismiss"),
+        ),
+        ExceptionKind(
+            "SKU_MISMATCH",
+            Subject.LINE,
+            "The line's SKU is not in the catalog (or has no ASIN)",
+            Holds.LINE,
+            Release.REFERENCE_DATA,
+            _LINE_KEY,
+            released_when_sql="EXISTS (SELECT 1 FROM ledger.sku s WHERE s.sku = l.sku AND s.asin <> '')",
+            actions=("sku", "resolve", "dismiss"),
+        ),
+        ExceptionKind(
+            "INVALID_EVENT",
+            Subject.RAW_EVENT,
+            "A ReBound event fails its checks (schema, values, unknown return or line)",
+            on_resolve=Replay.RAW_EVENT,
+        ),
+        ExceptionKind(
+            "OUT_OF_SEQUENCE",
+            Subject.LINE,
+            "An event came before the one it follows",
+            Holds.LINE,
+            Release.EARLIER_EVENT,
+            _LINE_KEY,
+        ),
+        ExceptionKind(
+            "QUANTITY_MISMATCH",
+            Subject.LINE,
+            "Units received differ from those announced (line) or from Amazon's export (reconciliation row)",
+            actions=("credit", "resolve", "dismiss"),
+        ),
+        ExceptionKind(
+            "AMAZON_REJECTED",
+            Subject.LINE,
+            "Amazon answered a credit note with Failure",
+            actions=("retry", "resolve", "dismiss"),
+            sections=("send_log",),
+        ),
+        ExceptionKind(
+            "CREDIT_MISSING",
+            Subject.AMAZON_ROW,
+            "A dispositioned line has no accepted credit within the credit window",
+            sections=("send_log",),
+        ),
+        ExceptionKind(
+            "DARK_RETURN",
+            Subject.AMAZON_ROW,
+            "An Amazon return has no ReBound return",
+        ),
+        ExceptionKind(
+            "CREDIT_MISMATCH",
+            Subject.AMAZON_ROW,
+            "Amazon charged another amount than the accepted credit note credited",
+            sections=("send_log",),
+        ),
+        ExceptionKind(
+            "SYNC_STALLED",
+            Subject.FEED,
+            "The sync is stuck (no run, a stuck submission, long-held events) or a return order is unread",
+            Holds.RETURN,
+            Release.ORDER_READ,
+            "order-fetch:{return_id}",
+            on_resolve=Replay.HELD_EVENTS,
+            on_dismiss=Replay.HELD_EVENTS,
+        ),
+        ExceptionKind(
+            "EVENT_CONFLICT",
+            Subject.EVENT,
+            "One event id was delivered with different bodies",
+            Holds.EVENT,
+            Release.PICK,
+            "event:{event_id}",
+            actions=("pick", "resolve"),  # resolve must name the body ("keep raw <raw_id>"); no dismiss
+            sections=("event_bodies",),
+        ),
+        ExceptionKind(
+            "INVALID_RETURN_ORDER",
+            Subject.RETURN,
+            "A ReBound return order fails its own checks",
+            Holds.RETURN,
+            Release.ORDER_PASSES,
+            "order:{return_id}",
+            on_resolve=Replay.HELD_EVENTS,
+            on_dismiss=Replay.HELD_EVENTS,
+            sections=("rejected_return_orders",),
+        ),
+    )
+}
+
+#: the exception types, as an enum built from the registry (``returnledger.models`` re-exports it)
+ExceptionType = StrEnum("ExceptionType", {c: c for c in KINDS})
+ExceptionType.__doc__ = "Exception types: one member per entry of ``returnledger.exception_types.KINDS``."
+
+
+def kind(code: str) -> ExceptionKind:
+    try:
+        return KINDS[str(code)]
+    except KeyError:
+        raise ValueError(f"unknown exception type {code!r}") from None
+
+
+def is_known(code: str | None) -> bool:
+    return code is not None and str(code) in KINDS
+
+
+def all_codes() -> list[str]:
+    return list(KINDS)
+
+
+def _where(pred) -> frozenset[str]:
+    return frozenset(c for c, k in KINDS.items() if pred(k))
+
+
+def holds(code: str) -> bool:
+    """Whether exceptions of this type keep events waiting."""
+    k = kind(code)
+    return k.holds is not Holds.NOTHING and k.released_by is not Release.NOTHING_HELD
+
+
+def holding_types() -> frozenset[str]:
+    """Types whose open exception holds its line's events (the line's reconciliation waits too)."""
+    return _where(lambda k: k.holds is Holds.LINE)
+
+
+def blocking_types(scope: Holds) -> frozenset[str]:
+    """Types whose open exception keeps the held events of its line (return) waiting."""
+    return _where(lambda k: k.holds is scope and k.released_by in _BLOCKS_WHILE_OPEN)
+
+
+def replay_only_types() -> frozenset[str]:
+    """Types whose held events go on only when sent back through screening, never by apply's release."""
+    return _where(lambda k: k.released_by in _REPLAY_ONLY)
+
+
+def released_by(release: Release) -> frozenset[str]:
+    return _where(lambda k: k.released_by is release)
+
+
+def screening_outcome(code: str) -> str:
+    """What screening does with an event that fails a check raising ``code``: ``"refuse"`` (a raw-event
+    type that holds nothing: the event is INVALID) or ``"hold"`` (the event waits on the exception).
+    Any other type is refused with ValueError: its held event would be applied by the same run (a type
+    that holds must keep its line or return waiting while open, or release only by replay)."""
+    k = kind(code)
+    if k.subject is Subject.RAW_EVENT and k.holds is Holds.NOTHING:
+        return "refuse"
+    if code in blocking_types(Holds.LINE) | blocking_types(Holds.RETURN) | replay_only_types():
+        return "hold"
+    raise ValueError(
+        f"{code} cannot be raised by a screening check: it neither refuses the event (a raw-event type that"
+        " holds nothing) nor keeps it waiting until released (Release.CLOSE, REFERENCE_DATA, PICK,"
+        " ORDER_PASSES, ORDER_READ); see returnledger.exception_types"
+    )
+
+
+def offering(action: str) -> frozenset[str]:
+    """Types on which people may take ``action``."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    return _where(lambda k: action in k.actions)
+
+
+def sql_in(codes) -> str:
+    """Codes as an SQL list literal, sorted (``('A', 'B')``); ``(NULL)`` when empty."""
+    codes = sorted(str(c) for c in codes)
+    return "(" + ", ".join(f"'{c}'" for c in codes) + ")" if codes else "(NULL)"
+
+
+def registry_problems() -> list[str]:
+    """What is inconsistent in the registry (empty: all is well)."""
+    out = []
+    for c, k in KINDS.items():
+        if c != k.code or not c.replace("_", "").isalnum() or not c.isupper():
+            out.append(f"{c}: the key must be the code, in upper case")
+        if (k.holds is Holds.NOTHING) != (k.released_by is Release.NOTHING_HELD):
+            out.append(f"{c}: holds {k.holds.name} but released by {k.released_by.name}")
+        if (k.holds is Holds.NOTHING) != (k.hold_key is None):
+            out.append(f"{c}: a hold_key is needed exactly when the type holds")
+        if (k.released_by is Release.REFERENCE_DATA) != (k.released_when_sql is not None):
+            out.append(f"{c}: released_when_sql goes with Release.REFERENCE_DATA")
+        if k.holds is not Holds.NOTHING and not {"resolve", "pick"} & set(k.actions):
+            out.append(f"{c}: holds, yet no action closes it")
+        out += [f"{c}: unknown action {a!r}" for a in k.actions if a not in ACTIONS]
+        out += [f"{c}: unknown section {s!r}" for s in k.sections if s not in EXTRA_SECTIONS]
+    return out
