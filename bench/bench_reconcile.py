@@ -139,7 +139,7 @@ def close_later_months(dsn: str, lines: int, months: int) -> list[tuple[str, flo
     reconcile time and its report-and-store time, to compare month N with month 1."""
     import tempfile
 
-    from returnledger.reconciliation.closes import close_month
+    from returnledger.reports.month_close import close_month
 
     timings = []
     with tempfile.TemporaryDirectory() as out:

@@ -149,8 +149,8 @@ def returns_reconciliation():
         with its sha256 as the month's close; a closed month's stored report is written out as it was."""
         from returnledger.airflow.defaults import variable
         from returnledger.airflow.hooks import ledger_dsn
-        from returnledger.reconciliation.closes import close_month
         from returnledger.reconciliation.storage import storage_path
+        from returnledger.reports.month_close import close_month
 
         out = storage_path(variable("returnledger_report_base")) / window["period"]
         return close_month(

@@ -14,10 +14,11 @@ import pytest
 from test_reconcile_helpers import Ledger
 
 from returnledger.cli.main import main as cli
-from returnledger.reconciliation.closes import CloseRefused, close_month, reopen
+from returnledger.reconciliation.closes import CloseRefused, reopen
 from returnledger.reconciliation.match import reconcile
 from returnledger.reconciliation.period import PeriodClosed
 from returnledger.reports.finance import CSV_NAME, HTML_NAME
+from returnledger.reports.month_close import close_month
 
 pytestmark = pytest.mark.integration
 

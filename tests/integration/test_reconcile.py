@@ -8,9 +8,9 @@ import pytest
 from test_reconcile_helpers import AS_OF, PERIOD, Ledger, build_month
 
 from returnledger.reconciliation import results
-from returnledger.reconciliation.closes import close_month
 from returnledger.reconciliation.match import reconcile
 from returnledger.reconciliation.period import period_bounds
+from returnledger.reports.month_close import close_month
 from returnledger.store.db import connect
 
 pytestmark = pytest.mark.integration

@@ -34,8 +34,9 @@ def _cmd_reconcile(args) -> int:
 
 
 def _close(dsn: str, period: str, out: str, as_of, batch_id: str) -> dict:
-    from returnledger.reconciliation.closes import close_month, is_closed
+    from returnledger.reconciliation.closes import is_closed
     from returnledger.reconciliation.match import reconcile
+    from returnledger.reports.month_close import close_month
 
     if not is_closed(dsn, period):
         reconcile(dsn, period, as_of=as_of, batch_id=batch_id)

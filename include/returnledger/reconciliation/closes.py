@@ -21,7 +21,6 @@ from datetime import datetime
 
 from psycopg.types.json import Jsonb
 
-from returnledger.reconciliation import results
 from returnledger.reconciliation.period import PeriodClosed, period_bounds
 from returnledger.reconciliation.storage import join_uri, storage_path
 from returnledger.store import audit
@@ -144,7 +143,7 @@ def closed_run(dsn: str, period: str, *, step: str) -> dict | None:
     return {**close.as_dict(), "stored": True}
 
 
-def _write_files(out_base_uri: str, files: dict[str, bytes]) -> None:
+def write_files(out_base_uri: str, files: dict[str, bytes]) -> None:
     storage_path(out_base_uri).mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         with storage_path(join_uri(out_base_uri, name)).open("wb") as fh:
@@ -172,7 +171,7 @@ def write_stored(dsn: str, period: str, out_base_uri: str) -> dict | None:
         if close is None:
             return None
         csv_bytes, html = _files_of(conn, period, close.version)
-    _write_files(out_base_uri, {CSV_NAME: csv_bytes, HTML_NAME: html})
+    write_files(out_base_uri, {CSV_NAME: csv_bytes, HTML_NAME: html})
     log.info(
         "%s is closed (version %s, as of %s, run %s): wrote its stored report, csv sha256 %s; nothing "
         "recomputed",
@@ -197,28 +196,19 @@ def check_order(conn, period: str) -> None:
         raise CloseRefused(f"{period} cannot be closed or reopened: {later} is closed after it")
 
 
-def close_month(dsn: str, period: str, out_base_uri: str, *, as_of: datetime, batch_id: str) -> dict:
-    """The close's report. A closed month: its stored report, written out again, nothing recomputed. An
-    open one: the report written from the period's results (reconcile them first) and stored as the
-    month's next version, with what later closes must know about it."""
-    from returnledger.reports.finance import write_report
+def earlier_files(conn, period: str) -> dict[str, bytes]:
+    """The files of every earlier version of ``period``: a new version keeps them beside itself."""
+    files = {}
+    for v in versions(conn, period):
+        csv_bytes, html = _files_of(conn, period, v.version)
+        files[f"month_end_report.v{v.version}.csv"] = csv_bytes
+        files[f"month_end_report.v{v.version}.html"] = html
+    return files
 
-    period_bounds(period)
-    stored = write_stored(dsn, period, out_base_uri)
-    if stored is not None:
-        return stored
-    with connect(dsn) as conn:
-        check_order(conn, period)
-        earlier = versions(conn, period)
-        old_files = {}
-        for v in earlier:
-            csv_bytes, html = _files_of(conn, period, v.version)
-            old_files[f"month_end_report.v{v.version}.csv"] = csv_bytes
-            old_files[f"month_end_report.v{v.version}.html"] = html
-        reconciled = results.has_partition(conn, period)
-    # a month with nothing to report is a legitimate close once it was reconciled (an empty partition)
-    written = write_report(dsn, period, out_base_uri, allow_empty=reconciled)
-    _write_files(out_base_uri, old_files)  # a new version keeps the earlier ones beside it
+
+def store_close(dsn: str, period: str, written, *, as_of: datetime, batch_id: str) -> dict:
+    """Store a month-end report just written (``reports.finance.WrittenReport``) as the month's next close,
+    with what later closes must know about it; refused when another run closed the month meanwhile."""
     _, period_end = period_bounds(period)
     with unit_of_work(dsn) as conn:
         conn.execute(_LOCK_SQL)
