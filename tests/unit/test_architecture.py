@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "include" / "returnledger"
 
-FOUNDATION = {"models", "money", "fields", "store", "render", "clients"}
+FOUNDATION = {"models", "exception_types", "money", "moment", "fields", "store", "render", "clients"}
 EDGE = {"airflow", "console", "cli"}
 MAX_LINES = 400
 
