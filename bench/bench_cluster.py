@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from returnledger.store import db
+from returnledger_dev import scratch_db
 from returnledger_dev.cluster import demo as cluster_demo
 from returnledger_dev.cluster import processes as lc
 from targets import report
@@ -73,9 +74,9 @@ def run(scenario: Path, workers: int, server: str, out: Path) -> dict:
             lc.stop(root, progress=lambda *_: None)
         recorded = out / f"{workers}w" / "ledger_database.txt"
         if recorded.is_file():  # the ledger the demo made for itself, and its Airflow metadata
-            ledger = db.with_database(server, recorded.read_text().strip())
-            db.drop_database(server, ledger)
-            db.drop_database(server, lc.metadata_dsn(ledger))
+            ledger = scratch_db.with_database(server, recorded.read_text().strip())
+            scratch_db.drop_database(server, ledger)
+            scratch_db.drop_database(server, lc.metadata_dsn(ledger))
     total = time.monotonic() - t
     runs = [v for k, v in s["cluster"]["runs"].items() if k.startswith("returns_sync:")]
     cadence, prev = [], None  # runs are in logical-date order; each backfill queues its runs at once

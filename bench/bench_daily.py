@@ -52,6 +52,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from returnledger.store import db
+from returnledger_dev import scratch_db
 from simulators import SandboxProcess  # bench/: this script's folder is on sys.path
 from targets import report
 
@@ -748,7 +749,7 @@ def main() -> int:
         f"{average:,.0f} deliveries a day; day D = {day}: {per_day[day.isoformat()]:,} deliveries "
         f"(the 15th: {per_day[day.replace(day=15).isoformat()]:,})"
     )
-    ledger = db.create_scratch_database(server, "rl_bench_daily")
+    ledger = scratch_db.create_scratch_database(server, "rl_bench_daily")
     sims = None
     try:
         t = time.monotonic()
@@ -789,8 +790,8 @@ def main() -> int:
         if sims is not None:
             sims.stop()
         path.unlink(missing_ok=True)  # the generated month (160 MB at 100k returns); logs stay in `work`
-        db.drop_database(server, ledger)
-        db.drop_database(server, metadata_dsn(ledger))
+        scratch_db.drop_database(server, ledger)
+        scratch_db.drop_database(server, metadata_dsn(ledger))
     facts = {
         "returns": a.returns,
         "seed": a.seed,

@@ -51,6 +51,7 @@ from returnledger.models import ActionKind, LineState
 from returnledger.reference import load as reference
 from returnledger.reference.policy import load_policy
 from returnledger.store import db, migrate
+from returnledger_dev import scratch_db
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from targets import report
@@ -82,7 +83,7 @@ def fresh_db(server: str, name: str) -> str:
     with psycopg.connect(server, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         c.execute(f'CREATE DATABASE "{name}"')
-    dsn = db.with_database(server, name)
+    dsn = scratch_db.with_database(server, name)
     migrate.migrate(dsn)
     return dsn
 

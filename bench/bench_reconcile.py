@@ -33,6 +33,7 @@ from returnledger.reconciliation import results
 from returnledger.reconciliation.match import reconcile
 from returnledger.reconciliation.period import period_bounds
 from returnledger.store import db, migrate
+from returnledger_dev import scratch_db
 from targets import report  # bench/targets.py: this script's folder is on sys.path
 
 PERIOD = "2026-10"
@@ -374,7 +375,7 @@ def main() -> int:
     )
     args = ap.parse_args()
     server = os.environ.get("RETURNLEDGER_TEST_SERVER_DSN") or db.resolve_dsn()
-    dsn = args.reuse or db.create_scratch_database(server, prefix="bench_reconcile")
+    dsn = args.reuse or scratch_db.create_scratch_database(server, prefix="bench_reconcile")
     if args.keep or args.reuse:
         print(f"database: {dsn}")
     try:
@@ -454,7 +455,7 @@ def main() -> int:
         return 0 if ok else 1
     finally:
         if not args.keep and not args.reuse:
-            db.drop_database(server, dsn)
+            scratch_db.drop_database(server, dsn)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from returnledger.reference import load as reference
 from returnledger.reference.policy import load_policy
 from returnledger.screening.screen import quarantine, validate
 from returnledger.store import db, migrate
+from returnledger_dev import scratch_db
 from returnledger_dev.scenarios import reference as scenario_reference
 from simulators import SandboxProcess  # bench/: this script's folder is on sys.path
 from targets import report
@@ -70,7 +71,7 @@ def fresh_db(server: str, name: str) -> str:
     with psycopg.connect(server, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         c.execute(f'CREATE DATABASE "{name}"')
-    dsn = db.with_database(server, name)
+    dsn = scratch_db.with_database(server, name)
     migrate.migrate(dsn)
     return dsn
 

@@ -53,9 +53,9 @@ def running_api_server(
 ) -> Iterator[str]:
     """Start the api-server (``users``: name -> role, ``passwords``: name -> password) and yield its base
     URL once the console answers; stopped and its metadata database dropped afterwards."""
-    from returnledger.store import db
+    from returnledger_dev import scratch_db
 
-    meta_dsn = db.create_scratch_database(pg_server, prefix="airflow_meta")
+    meta_dsn = scratch_db.create_scratch_database(pg_server, prefix="airflow_meta")
     proc = log = None
     try:
         home = workdir / "airflow_home"
@@ -74,12 +74,12 @@ def running_api_server(
                 ),
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in users.items()),
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta_dsn),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": scratch_db.sqlalchemy_url(meta_dsn),
                 "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
                 "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
                 "AIRFLOW__API__PORT": str(port),
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-                "AIRFLOW_CONN_RETURNS_DB": db.airflow_connection_json(ledger_dsn),
+                "AIRFLOW_CONN_RETURNS_DB": scratch_db.airflow_connection_json(ledger_dsn),
                 "GX_ANALYTICS_ENABLED": "false",
                 **(extra_env or {}),
             }
@@ -116,4 +116,4 @@ def running_api_server(
             stop(proc)
         if log is not None:
             log.close()
-        db.drop_database(pg_server, meta_dsn)
+        scratch_db.drop_database(pg_server, meta_dsn)

@@ -42,23 +42,25 @@ def pg_server():
 @pytest.fixture(scope="session")
 def db_dsn(pg_server):
     """DSN of this session's own fresh, migrated database (dropped afterwards)."""
-    from returnledger.store import db, migrate
+    from returnledger.store import migrate
+    from returnledger_dev import scratch_db
 
-    dsn = db.create_scratch_database(pg_server)
+    dsn = scratch_db.create_scratch_database(pg_server)
     migrate.migrate(dsn)
     yield dsn
-    db.drop_database(pg_server, dsn)
+    scratch_db.drop_database(pg_server, dsn)
 
 
 @pytest.fixture
 def fresh_db(pg_server):
     """A database of its own for a test that needs an empty ledger."""
-    from returnledger.store import db, migrate
+    from returnledger.store import migrate
+    from returnledger_dev import scratch_db
 
-    dsn = db.create_scratch_database(pg_server)
+    dsn = scratch_db.create_scratch_database(pg_server)
     migrate.migrate(dsn)
     yield dsn
-    db.drop_database(pg_server, dsn)
+    scratch_db.drop_database(pg_server, dsn)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from returnledger.store import db
+from returnledger_dev import scratch_db
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
@@ -74,11 +74,11 @@ def test_a_cleared_close_run_of_a_closed_month_returns_the_stored_report(pg_serv
         (ROOT / "dags" / "returns_reconciliation.py").read_bytes()
     )
     (home / "runner.py").write_text(RUNNER)
-    meta = db.create_scratch_database(pg_server, prefix="close_rerun_airflow_meta")
+    meta = scratch_db.create_scratch_database(pg_server, prefix="close_rerun_airflow_meta")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
     env.update(
         AIRFLOW_HOME=str(home),
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=db.sqlalchemy_url(meta),
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=scratch_db.sqlalchemy_url(meta),
         AIRFLOW__CORE__LOAD_EXAMPLES="false",
         AIRFLOW__CORE__DAGS_FOLDER=str(dags),
         AIRFLOW__CORE__UNIT_TEST_MODE="false",
@@ -104,7 +104,7 @@ def test_a_cleared_close_run_of_a_closed_month_returns_the_stored_report(pg_serv
             timeout=600,
         )
     finally:
-        db.drop_database(pg_server, meta)
+        scratch_db.drop_database(pg_server, meta)
     out = proc.stdout + proc.stderr
     assert "STATE success" in proc.stdout, out[-6000:]
     assert {p.name: p.read_bytes() for p in (reports / OCT).iterdir()} == stored

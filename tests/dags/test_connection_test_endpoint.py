@@ -34,10 +34,11 @@ def sandbox(tmp_path_factory):
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, pg_server):
     """(base URL, admin bearer headers) of an api-server with compose's [core] test_connection."""
-    from returnledger.store import db, migrate
+    from returnledger.store import migrate
+    from returnledger_dev import scratch_db
 
     tmp = tmp_path_factory.mktemp("conn_test_api")
-    ledger = db.create_scratch_database(pg_server)
+    ledger = scratch_db.create_scratch_database(pg_server)
     password = secrets.token_urlsafe(12)
     try:
         migrate.migrate(ledger)
@@ -58,7 +59,7 @@ def api(tmp_path_factory, pg_server):
             assert r.status_code == 201, r.text
             yield base, {"Authorization": f"Bearer {r.json()['access_token']}"}
     finally:
-        db.drop_database(pg_server, ledger)
+        scratch_db.drop_database(pg_server, ledger)
 
 
 def _test(api, body: dict) -> dict:

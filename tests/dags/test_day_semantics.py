@@ -132,17 +132,18 @@ def _scenario() -> dict:
 @pytest.mark.slow
 def test_day_d_events_raise_on_d_and_release_on_d_plus_1(tmp_path, pg_server):
     from returnledger.store import db
+    from returnledger_dev import scratch_db
     from returnledger_dev.demo.ledger_db import LEDGER_FILE
 
     scenario = tmp_path / "day.json"
     scenario.write_text(json.dumps(_scenario()))
-    ledger = db.create_scratch_database(pg_server, "rl_day")
-    meta = db.create_scratch_database(pg_server, "rl_day_airflow")
+    ledger = scratch_db.create_scratch_database(pg_server, "rl_day")
+    meta = scratch_db.create_scratch_database(pg_server, "rl_day_airflow")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETURNLEDGER"))}
     env.update(
         {
             "RETURNLEDGER_DSN": ledger,
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": scratch_db.sqlalchemy_url(meta),
             "RETURNLEDGER_AIRFLOW_HOME": str(tmp_path / "airflow_home"),
             "GX_ANALYTICS_ENABLED": "false",
         }
@@ -184,7 +185,7 @@ def test_day_d_events_raise_on_d_and_release_on_d_plus_1(tmp_path, pg_server):
         # R1 credited once released on 6 Oct; R2's events, all on the last day, were read and credited
         assert notices == ["RNDAY1", "RNDAY2"], notices
         # the ledger the demo made for itself on the DSN's server
-        own = db.with_database(ledger, (out / LEDGER_FILE).read_text().strip())
+        own = scratch_db.with_database(ledger, (out / LEDGER_FILE).read_text().strip())
         with db.connect(own) as conn:
             runs = conn.execute(
                 "SELECT window_start, window_end FROM ledger.sync_run ORDER BY window_end"
@@ -195,9 +196,11 @@ def test_day_d_events_raise_on_d_and_release_on_d_plus_1(tmp_path, pg_server):
             (datetime(2026, 10, 6, tzinfo=utc), datetime(2026, 10, 7, tzinfo=utc)),
         ], runs
     finally:
-        db.drop_database(pg_server, ledger)
-        db.drop_database(pg_server, meta)
+        scratch_db.drop_database(pg_server, ledger)
+        scratch_db.drop_database(pg_server, meta)
         if (tmp_path / "out" / LEDGER_FILE).exists():
-            own = db.with_database(pg_server, (tmp_path / "out" / LEDGER_FILE).read_text().strip())
-            db.drop_database(pg_server, own)
-            db.drop_database(pg_server, db.with_database(pg_server, f"{db.database_name(own)}_airflow"))
+            own = scratch_db.with_database(pg_server, (tmp_path / "out" / LEDGER_FILE).read_text().strip())
+            scratch_db.drop_database(pg_server, own)
+            scratch_db.drop_database(
+                pg_server, scratch_db.with_database(pg_server, f"{db.database_name(own)}_airflow")
+            )

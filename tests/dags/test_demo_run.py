@@ -47,29 +47,32 @@ def _teams() -> list[str]:
 @pytest.fixture(scope="module")
 def demo_env(tmp_path_factory, pg_server, generated_month):
     from returnledger.store import db
+    from returnledger_dev import scratch_db
 
     base = tmp_path_factory.mktemp("demo")
     scenario, _ = generated_month(12, 7, False)
     scenario["run"].update({"from": FIRST.isoformat(), "to": LAST.isoformat()})
     (base / "scenario.json").write_text(json.dumps(scenario))
-    ledger = db.create_scratch_database(pg_server, "rl_demo")
-    meta = db.create_scratch_database(pg_server, "rl_demo_airflow")
+    ledger = scratch_db.create_scratch_database(pg_server, "rl_demo")
+    meta = scratch_db.create_scratch_database(pg_server, "rl_demo_airflow")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETURNLEDGER"))}
     env.update(
         {
             "RETURNLEDGER_DSN": ledger,
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": scratch_db.sqlalchemy_url(meta),
             "RETURNLEDGER_AIRFLOW_HOME": str(base / "airflow_home"),
             "GX_ANALYTICS_ENABLED": "false",
         }
     )
     yield {"base": base, "scenario": base / "scenario.json", "env": env}
-    db.drop_database(pg_server, ledger)
-    db.drop_database(pg_server, meta)
+    scratch_db.drop_database(pg_server, ledger)
+    scratch_db.drop_database(pg_server, meta)
     for recorded in base.glob("*/ledger_database.txt"):  # the ledgers the demos made for themselves
-        own = db.with_database(pg_server, recorded.read_text().strip())
-        db.drop_database(pg_server, own)
-        db.drop_database(pg_server, db.with_database(pg_server, f"{db.database_name(own)}_airflow"))
+        own = scratch_db.with_database(pg_server, recorded.read_text().strip())
+        scratch_db.drop_database(pg_server, own)
+        scratch_db.drop_database(
+            pg_server, scratch_db.with_database(pg_server, f"{db.database_name(own)}_airflow")
+        )
 
 
 def _command(demo_env, out: str) -> list[str]:

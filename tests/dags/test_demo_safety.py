@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from returnledger.store import db, migrate
+from returnledger_dev import scratch_db
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,7 @@ def real_ledger(pg_server):
     name = f"rl_real_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_server, autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{name}"')
-    dsn = db.with_database(pg_server, name)
+    dsn = scratch_db.with_database(pg_server, name)
     try:
         migrate.migrate(dsn)
         with psycopg.connect(dsn) as c:
@@ -40,7 +41,7 @@ def real_ledger(pg_server):
             )
         yield dsn
     finally:
-        db.drop_database(pg_server, dsn)
+        scratch_db.drop_database(pg_server, dsn)
 
 
 def _rows(dsn: str) -> int:
@@ -78,19 +79,19 @@ def test_demo_refuses_a_ledger_it_did_not_create(real_ledger, pg_server, tmp_pat
         made.append((tmp_path / "c" / LEDGER_FILE).read_text().strip())
         assert len(set(made)) == 3 and db.database_name(real_ledger) not in made, made
         for name in made:  # each is marked as a demo's own
-            db.require_scratch(db.with_database(pg_server, name), action="check")
+            scratch_db.require_scratch(scratch_db.with_database(pg_server, name), action="check")
 
         # --keep-db continues only a database a demo created; pointed at the real one it refuses, naming it
         (tmp_path / "a" / LEDGER_FILE).write_text(db.database_name(real_ledger) + "\n")
-        with pytest.raises(db.NotScratchDatabase) as refused:
+        with pytest.raises(scratch_db.NotScratchDatabase) as refused:
             run_scenario(SCENARIO, tmp_path / "a", dsn=real_ledger, keep_db=True, progress=lambda *_: None)
         assert db.database_name(real_ledger) in str(refused.value)
         assert "no demo or test created it" in str(refused.value)
         assert _rows(real_ledger) == 1
     finally:
         for name in made:
-            db.drop_database(pg_server, db.with_database(pg_server, name))
-            db.drop_database(pg_server, db.with_database(pg_server, f"{name}_airflow"))
+            scratch_db.drop_database(pg_server, scratch_db.with_database(pg_server, name))
+            scratch_db.drop_database(pg_server, scratch_db.with_database(pg_server, f"{name}_airflow"))
 
 
 def test_reset_asks_for_the_database_by_name(real_ledger):

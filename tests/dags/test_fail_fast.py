@@ -16,6 +16,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from returnledger.store import db, migrate
+from returnledger_dev import scratch_db
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
@@ -34,11 +35,11 @@ def _task(dag_file: str, dag_id: str, task_id: str):
 
 @pytest.fixture
 def ledger(pg_server, monkeypatch):
-    dsn = db.create_scratch_database(pg_server, "rl_failfast")
+    dsn = scratch_db.create_scratch_database(pg_server, "rl_failfast")
     migrate.migrate(dsn)
-    monkeypatch.setenv("AIRFLOW_CONN_RETURNS_DB", db.airflow_connection_json(dsn))
+    monkeypatch.setenv("AIRFLOW_CONN_RETURNS_DB", scratch_db.airflow_connection_json(dsn))
     yield dsn
-    db.drop_database(pg_server, dsn)
+    scratch_db.drop_database(pg_server, dsn)
 
 
 def test_bad_amazon_credentials_fail_push_credits_at_once_saying_what_to_fix(ledger, tmp_path, monkeypatch):

@@ -156,9 +156,9 @@ def test_ledger_dsn_comes_through_postgres_hook(monkeypatch, pg_server):
     import psycopg
 
     from returnledger.airflow.hooks import ledger_dsn
-    from returnledger.store import db
+    from returnledger_dev import scratch_db
 
-    monkeypatch.setenv("AIRFLOW_CONN_RETURNS_DB", db.airflow_connection_json(pg_server))
+    monkeypatch.setenv("AIRFLOW_CONN_RETURNS_DB", scratch_db.airflow_connection_json(pg_server))
     with psycopg.connect(ledger_dsn()) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     # fields left empty fall back to the local defaults; extras PostgresHook passes on are kept

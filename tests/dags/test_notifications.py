@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from returnledger.store import db
+from returnledger_dev import scratch_db
 
 ROOT = Path(__file__).resolve().parents[2]
 AS_OF = datetime(2026, 10, 10, tzinfo=UTC)
@@ -250,8 +251,8 @@ print("STATE", dr.state)
 def airflow_env(pg_server, tmp_path_factory):
     """A throwaway Airflow: own home, metadata in a fresh PostgreSQL database, migrated once."""
     home = tmp_path_factory.mktemp("airflow_home")
-    meta = db.create_scratch_database(pg_server, prefix="d1_airflow_meta")
-    sa = db.sqlalchemy_url(meta)
+    meta = scratch_db.create_scratch_database(pg_server, prefix="d1_airflow_meta")
+    sa = scratch_db.sqlalchemy_url(meta)
     dags = home / "dags"
     dags.mkdir()
     (dags / "failing_on_purpose.py").write_text(FAILING_DAG)
@@ -275,7 +276,7 @@ def airflow_env(pg_server, tmp_path_factory):
     )
     (home / "runner.py").write_text(RUNNER)
     yield {"env": env, "home": home, "dags": dags}
-    db.drop_database(pg_server, meta)
+    scratch_db.drop_database(pg_server, meta)
 
 
 def _returns_db(dsn: str) -> str:

@@ -33,16 +33,17 @@ def _generate(generated_month, out: Path, *, returns: int, seed: int, faults: bo
 def e2e(tmp_path_factory, pg_server, generated_month):
     """A scenario with faults, its own ledger and Airflow metadata databases, and a runner."""
     from returnledger.store import db
+    from returnledger_dev import scratch_db
 
     base = tmp_path_factory.mktemp("e2e")
     scenario = _generate(generated_month, base, returns=25, seed=11, faults=True)
-    ledger = db.create_scratch_database(pg_server, "rl_e2e")
-    meta = db.create_scratch_database(pg_server, "rl_e2e_airflow")
+    ledger = scratch_db.create_scratch_database(pg_server, "rl_e2e")
+    meta = scratch_db.create_scratch_database(pg_server, "rl_e2e_airflow")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETURNLEDGER"))}
     env.update(
         {
             "RETURNLEDGER_DSN": ledger,
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db.sqlalchemy_url(meta),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": scratch_db.sqlalchemy_url(meta),
             "RETURNLEDGER_AIRFLOW_HOME": str(base / "airflow_home"),
             "GX_ANALYTICS_ENABLED": "false",
         }
@@ -69,12 +70,14 @@ def e2e(tmp_path_factory, pg_server, generated_month):
         "run": run,
         "dsn": ledger,
     }
-    db.drop_database(pg_server, ledger)
-    db.drop_database(pg_server, meta)
+    scratch_db.drop_database(pg_server, ledger)
+    scratch_db.drop_database(pg_server, meta)
     for recorded in base.glob("*/ledger_database.txt"):  # the ledgers the demos made for themselves
-        own = db.with_database(pg_server, recorded.read_text().strip())
-        db.drop_database(pg_server, own)
-        db.drop_database(pg_server, db.with_database(pg_server, f"{db.database_name(own)}_airflow"))
+        own = scratch_db.with_database(pg_server, recorded.read_text().strip())
+        scratch_db.drop_database(pg_server, own)
+        scratch_db.drop_database(
+            pg_server, scratch_db.with_database(pg_server, f"{db.database_name(own)}_airflow")
+        )
 
 
 def _check(e2e, out: str) -> dict[str, str]:
@@ -114,13 +117,14 @@ def test_month_without_faults_matches_expected(e2e):
 def test_rerunning_a_day_sends_nothing_new(e2e):
     """Clear-and-rerun of a day already done: no new Amazon submissions, ledger unchanged."""
     from returnledger.store import db
+    from returnledger_dev import scratch_db
     from returnledger_dev.demo.ledger_db import LEDGER_FILE
 
     # the clean run's own ledger (the demo made it on the DSN's server), continued into another OUT
     clean = (e2e["base"] / "clean" / LEDGER_FILE).read_text()
     (e2e["base"] / "rerun").mkdir(exist_ok=True)
     (e2e["base"] / "rerun" / LEDGER_FILE).write_text(clean)
-    dsn = db.with_database(e2e["dsn"], clean.strip())
+    dsn = scratch_db.with_database(e2e["dsn"], clean.strip())
 
     def snapshot():
         with db.connect(dsn) as conn:
@@ -165,6 +169,7 @@ def test_faults_give_the_same_outcome(e2e):
 
 def test_every_malformed_event_is_an_invalid_event_with_its_payload(e2e):
     from returnledger.store import db
+    from returnledger_dev import scratch_db
     from returnledger_dev.demo.ledger_db import LEDGER_FILE
     from returnledger_dev.sandbox.scenario import load_scenario_dict
 
@@ -173,7 +178,7 @@ def test_every_malformed_event_is_an_invalid_event_with_its_payload(e2e):
     if not recorded.exists():  # run alone: the faults month first
         e2e["run"]("faults")
     # the ledger the faults demo made for itself, on the test server
-    with db.connect(db.with_database(e2e["dsn"], recorded.read_text().strip())) as conn:
+    with db.connect(scratch_db.with_database(e2e["dsn"], recorded.read_text().strip())) as conn:
         rows = conn.execute("""SELECT r.payload FROM ledger.exception e JOIN ledger.raw_event r USING (raw_id)
                                WHERE e.type = 'INVALID_EVENT'""").fetchall()
         touched = conn.execute("""SELECT count(*) FROM ledger.line_history h JOIN ledger.raw_event_status r

@@ -49,7 +49,7 @@ def redis_url() -> str:
 
 
 def test_month_through_the_scheduler_on_two_celery_workers(tmp_path, pg_server, redis_url, generated_month):
-    from returnledger.store import db
+    from returnledger_dev import scratch_db
     from returnledger_dev.cluster import demo as cluster_demo
     from returnledger_dev.cluster import processes as lc
 
@@ -78,9 +78,9 @@ def test_month_through_the_scheduler_on_two_celery_workers(tmp_path, pg_server, 
         from returnledger_dev.demo.ledger_db import LEDGER_FILE
 
         if (out / LEDGER_FILE).is_file():  # the ledger the demo made for itself, and its Airflow metadata
-            ledger = db.with_database(pg_server, (out / LEDGER_FILE).read_text().strip())
-            db.drop_database(pg_server, ledger)
-            db.drop_database(pg_server, lc.metadata_dsn(ledger))
+            ledger = scratch_db.with_database(pg_server, (out / LEDGER_FILE).read_text().strip())
+            scratch_db.drop_database(pg_server, ledger)
+            scratch_db.drop_database(pg_server, lc.metadata_dsn(ledger))
     assert lc.read_state(root) is None  # stopped, nothing left running
     # each worker imported the heavy libraries once at start (returnledger.airflow.celery), for its tasks
     for i in (1, 2):

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from returnledger.store import db, migrate
+from returnledger_dev import scratch_db
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
@@ -40,12 +41,12 @@ def _as(dsn: str, role: str) -> str:
 @pytest.fixture
 def deployed(pg_server):
     """A ledger migrated the way airflow-init does it: an owner nobody logs in as, a runtime role."""
-    dsn = db.create_scratch_database(pg_server, "rl_rights")
+    dsn = scratch_db.create_scratch_database(pg_server, "rl_rights")
     try:
         migrate.migrate(dsn, owner=migrate.OWNER_ROLE, runtime=migrate.LEDGER_ROLE)
         yield dsn
     finally:
-        db.drop_database(pg_server, dsn)
+        scratch_db.drop_database(pg_server, dsn)
 
 
 DENIED = (
@@ -294,7 +295,7 @@ def test_csv_export_neutralises_formulas(pg_server, tmp_path):
     from returnledger_dev.sandbox.harness import run_sandbox
     from returnledger_dev.scenarios.check import _csv_rows
 
-    dsn = db.create_scratch_database(pg_server, "rl_csv")
+    dsn = scratch_db.create_scratch_database(pg_server, "rl_csv")
     try:
         migrate.migrate(dsn)
         scenario = _scenario([("RB-1-0000001", HOSTILE["notice"], HOSTILE["sku"], "2026-10-05", 1, 1)])
@@ -326,7 +327,7 @@ def test_csv_export_neutralises_formulas(pg_server, tmp_path):
             conn.commit()
         export_exceptions(dsn, tmp_path / "report")
     finally:
-        db.drop_database(pg_server, dsn)
+        scratch_db.drop_database(pg_server, dsn)
 
     for name in ("month_end_report.csv", "exceptions.csv"):
         with (tmp_path / "report" / name).open(newline="") as f:

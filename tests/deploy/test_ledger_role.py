@@ -12,18 +12,19 @@ import psycopg
 import pytest
 
 from returnledger.store import db, migrate
+from returnledger_dev import scratch_db
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def owned_ledger(pg_server):
-    dsn = db.create_scratch_database(pg_server, "rl_role")
+    dsn = scratch_db.create_scratch_database(pg_server, "rl_role")
     try:
         migrate.migrate(dsn, owner=migrate.OWNER_ROLE, runtime=migrate.LEDGER_ROLE)
         yield dsn
     finally:
-        db.drop_database(pg_server, dsn)
+        scratch_db.drop_database(pg_server, dsn)
 
 
 def _as_role(dsn: str) -> str:

@@ -32,6 +32,7 @@ from returnledger.ledger.apply import apply
 from returnledger.ledger.runs import batch_id_for
 from returnledger.screening.screen import quarantine, validate
 from returnledger.store import db, migrate
+from returnledger_dev import scratch_db
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_money_path import _amazon, _credits, _requests, _scenario, _start, _utc, _vendor
@@ -171,8 +172,8 @@ def test_postgresql_crash_in_the_middle_of_apply(cluster, tmp_path):
     from returnledger_dev.sandbox.harness import run_sandbox
 
     scenario = _month(60)
-    clean = db.create_scratch_database(cluster.dsn, "rl_clean")
-    faulty = db.create_scratch_database(cluster.dsn, "rl_crash")
+    clean = scratch_db.create_scratch_database(cluster.dsn, "rl_clean")
+    faulty = scratch_db.create_scratch_database(cluster.dsn, "rl_crash")
     for dsn in (clean, faulty):
         migrate.migrate(dsn)
     path = _start(clean, scenario, tmp_path)

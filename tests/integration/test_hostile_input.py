@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from returnledger.exception_queue import actions as ex
 from returnledger.exception_queue.queue import ExceptionActionError
 from returnledger.store import db, migrate
+from returnledger_dev import scratch_db
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,11 +50,11 @@ RAN = {"examples": 0, "events": 0, "bad_events": 0}
 @pytest.fixture(scope="module")
 def template(pg_server):
     """A migrated database with reference data, cloned for every example."""
-    dsn = db.create_scratch_database(pg_server, "rl_hostile_tpl")
+    dsn = scratch_db.create_scratch_database(pg_server, "rl_hostile_tpl")
     migrate.migrate(dsn)
     seed(dsn)
     yield dsn
-    db.drop_database(pg_server, dsn)
+    scratch_db.drop_database(pg_server, dsn)
     print(
         f"\nhostile-input property: {RAN['examples']} examples, {RAN['events']} events delivered, "
         f"{RAN['bad_events']} of them hostile"
@@ -66,7 +67,7 @@ def _clone(server: str, template_dsn: str) -> str:
     with psycopg.connect(server, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}"')
         c.execute(f'CREATE DATABASE "{name}" TEMPLATE "{tpl}"')
-    return db.with_database(server, name)
+    return scratch_db.with_database(server, name)
 
 
 # --------------------------------------------------------------------------- the hostile feed
@@ -434,4 +435,4 @@ def test_hostile_feed_is_stored_decided_once_and_moves_no_line(pg_server, templa
         RAN["events"] += len(delivered)
         RAN["bad_events"] += feed["n_bad"]
     finally:
-        db.drop_database(pg_server, dsn)
+        scratch_db.drop_database(pg_server, dsn)

@@ -31,6 +31,7 @@ from returnledger.exception_queue import actions
 from returnledger.exception_queue.queue import ExceptionActionError
 from returnledger.reference import load as reference
 from returnledger.store import db, migrate
+from returnledger_dev import scratch_db
 from returnledger_dev.run_window import run_window
 from returnledger_dev.scenarios import reference as scenario_reference
 from scenario_parts import full_credit_policy, sandbox_amazon_client, vendor
@@ -105,10 +106,10 @@ def _scenario(returns: dict[str, tuple[str, list[int]]], events: list[dict], day
 
 @pytest.fixture
 def ledger(pg_server):
-    dsn = db.create_scratch_database(pg_server, "rl_corrections")
+    dsn = scratch_db.create_scratch_database(pg_server, "rl_corrections")
     migrate.migrate(dsn)
     yield dsn
-    db.drop_database(pg_server, dsn)
+    scratch_db.drop_database(pg_server, dsn)
 
 
 class Month:

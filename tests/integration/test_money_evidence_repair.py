@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 
 from returnledger.store import db, migrate
+from returnledger_dev import scratch_db
 
 pytestmark = pytest.mark.integration
 
 
 def test_notes_accepted_on_a_refusal_naming_nothing_no_longer_count_as_confirmed(pg_server, monkeypatch):
-    dsn = db.create_scratch_database(pg_server, "rl_0017")
+    dsn = scratch_db.create_scratch_database(pg_server, "rl_0017")
     try:
         files = migrate.migration_files()
         monkeypatch.setattr(migrate, "migration_files", lambda: [f for f in files if f[0] < "0017"])
@@ -35,4 +36,4 @@ def test_notes_accepted_on_a_refusal_naming_nothing_no_longer_count_as_confirmed
             got = dict(conn.execute("SELECT credit_note_id, confirmed_by FROM ledger.credit_note").fetchall())
         assert got == {"CN-R-1-1": None, "CN-R-1-2": "SUCCESS", "CN-R-1-3": "LEGACY"}
     finally:
-        db.drop_database(pg_server, dsn)
+        scratch_db.drop_database(pg_server, dsn)

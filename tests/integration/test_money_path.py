@@ -35,6 +35,7 @@ from returnledger.ledger.runs import batch_id_for
 from returnledger.reference import load as reference
 from returnledger.screening.screen import quarantine, validate
 from returnledger.store import db, migrate
+from returnledger_dev import scratch_db
 from returnledger_dev.run_window import run_window
 from returnledger_dev.scenarios import reference as scenario_reference
 from scenario_parts import full_credit_policy, sandbox_amazon_client, vendor
@@ -176,10 +177,10 @@ def _note_posts(requests) -> dict[str, int]:
 
 @pytest.fixture
 def ledger(pg_server):
-    dsn = db.create_scratch_database(pg_server, "rl_money")
+    dsn = scratch_db.create_scratch_database(pg_server, "rl_money")
     migrate.migrate(dsn)
     yield dsn
-    db.drop_database(pg_server, dsn)
+    scratch_db.drop_database(pg_server, dsn)
 
 
 def _start(dsn: str, scenario: dict, tmp: Path, name: str = "s.json"):

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from returnledger.store import db, migrate
+from returnledger_dev import scratch_db
 from returnledger_dev.run_window import run_window
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -32,10 +33,10 @@ NEW = "RB-1-0000002"  # first seen on day 2, while its order cannot be read
 
 @pytest.fixture
 def ledger(pg_server):
-    dsn = db.create_scratch_database(pg_server, "rl_orders")
+    dsn = scratch_db.create_scratch_database(pg_server, "rl_orders")
     migrate.migrate(dsn)
     yield dsn
-    db.drop_database(pg_server, dsn)
+    scratch_db.drop_database(pg_server, dsn)
 
 
 def _month() -> dict:

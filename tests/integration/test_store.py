@@ -9,6 +9,7 @@ import pytest
 from psycopg import errors, sql
 
 from returnledger.store import db, migrate
+from returnledger_dev import scratch_db
 
 pytestmark = pytest.mark.integration
 
@@ -40,9 +41,9 @@ def schema_snapshot(dsn: str) -> dict:
 
 @pytest.fixture
 def empty_db(pg_server):
-    dsn = db.create_scratch_database(pg_server)
+    dsn = scratch_db.create_scratch_database(pg_server)
     yield dsn
-    db.drop_database(pg_server, dsn)
+    scratch_db.drop_database(pg_server, dsn)
 
 
 def test_migrations_apply_from_empty_and_a_second_run_changes_nothing(empty_db):

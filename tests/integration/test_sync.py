@@ -18,6 +18,7 @@ from returnledger.amazon.confirm import confirm
 from returnledger.ledger.runs import SYSTEM_ACTOR
 from returnledger.reference import load as reference
 from returnledger.store import db
+from returnledger_dev import scratch_db
 from returnledger_dev.run_window import run_window
 from returnledger_dev.scenarios import reference as scenario_reference
 
@@ -80,7 +81,7 @@ def month(generated, pg_server, tmp_path_factory):
     from returnledger_dev.sandbox.harness import run_sandbox
 
     path, scenario, expected = generated
-    dsn = db.create_scratch_database(pg_server, "rl_sync")
+    dsn = scratch_db.create_scratch_database(pg_server, "rl_sync")
     migrate.migrate(dsn)
     first = date.fromisoformat(scenario["run"]["from"])
     reference.load_reference(dsn, at=_utc(first))
@@ -90,7 +91,7 @@ def month(generated, pg_server, tmp_path_factory):
         _run_days(dsn, sb, scenario, list(_all_days(scenario)))
         sb.dump()
         yield {"dsn": dsn, "sb": sb, "out": out, "scenario": scenario, "expected": expected}
-    db.drop_database(pg_server, dsn)
+    scratch_db.drop_database(pg_server, dsn)
 
 
 def test_credits_and_stock_match_expected_despite_faults(month):

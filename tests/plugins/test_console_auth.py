@@ -724,10 +724,11 @@ def api_server(tmp_path_factory, pg_server):
     import secrets
 
     from airflow_api_server import running_api_server
-    from returnledger.store import db, migrate
+    from returnledger.store import migrate
+    from returnledger_dev import scratch_db
 
     tmp = tmp_path_factory.mktemp("api_server")
-    ledger = db.create_scratch_database(pg_server)
+    ledger = scratch_db.create_scratch_database(pg_server)
     try:
         migrate.migrate(ledger)
         with psycopg.connect(ledger) as c:
@@ -745,7 +746,7 @@ def api_server(tmp_path_factory, pg_server):
         ) as base:
             yield base, ledger, passwords
     finally:
-        db.drop_database(pg_server, ledger)
+        scratch_db.drop_database(pg_server, ledger)
 
 
 class ServerSession:

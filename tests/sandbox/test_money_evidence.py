@@ -28,6 +28,7 @@ from returnledger.amazon import push as amazon_push
 from returnledger.amazon.confirm import confirm
 from returnledger.amazon.push import push_credits, push_inventory
 from returnledger.store import db, migrate
+from returnledger_dev import scratch_db
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
 from test_fault_recovery import cluster  # noqa: F401  (fixture: a private PostgreSQL this test may restart)
@@ -215,10 +216,10 @@ def test_duplicate_refusal_without_evidence_does_not_accept(ledger, tmp_path, re
 
 @pytest.fixture
 def ledger(pg_server):
-    dsn = db.create_scratch_database(pg_server, "rl_evidence")
+    dsn = scratch_db.create_scratch_database(pg_server, "rl_evidence")
     migrate.migrate(dsn)
     yield dsn
-    db.drop_database(pg_server, dsn)
+    scratch_db.drop_database(pg_server, dsn)
 
 
 # --------------------------------------------------------------------------- finding 3: leases
@@ -256,7 +257,7 @@ def test_claim_survives_a_lost_connection(cluster, tmp_path, rule, fault):  # no
     from returnledger_dev.sandbox.harness import run_sandbox
 
     n = 6
-    dsn = db.create_scratch_database(cluster.dsn, "rl_lease")
+    dsn = scratch_db.create_scratch_database(cluster.dsn, "rl_lease")
     migrate.migrate(dsn)
     path = _start(dsn, _scenario(_rows(n), duplicate=rule), tmp_path)
     dbname = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]

@@ -140,10 +140,10 @@ def metadata_dsn(ledger_dsn: str) -> str:
     """Airflow's metadata database and Celery's results: ``<ledger database>_cluster``, same server."""
     import psycopg
 
-    from returnledger.store import db
+    from returnledger_dev import scratch_db
 
     ledger = psycopg.conninfo.conninfo_to_dict(ledger_dsn).get("dbname") or "postgres"
-    return db.with_database(ledger_dsn, f"{ledger}_cluster"[:63])
+    return scratch_db.with_database(ledger_dsn, f"{ledger}_cluster"[:63])
 
 
 def role_dsn(admin_dsn: str, role: str) -> str:
@@ -162,10 +162,11 @@ def airflow_env(spec: ClusterSpec, *, api_port: int, meta_dsn: str, password_fil
     """The variables every component gets: the compose file's ``x-airflow-common`` environment, with this
     machine's hosts, ports and folders."""
     from returnledger.store import db
+    from returnledger_dev import scratch_db
 
     keys = _secrets(spec.root)
     root = db.project_root()
-    meta = db.sqlalchemy_url(meta_dsn)
+    meta = scratch_db.sqlalchemy_url(meta_dsn)
     api = f"http://127.0.0.1:{api_port}"
     env = {
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
@@ -198,10 +199,10 @@ def airflow_env(spec: ClusterSpec, *, api_port: int, meta_dsn: str, password_fil
 
 def connections_env(spec: ClusterSpec) -> dict[str, str]:
     """AIRFLOW_CONN_* / AIRFLOW_VAR_* from airflow_settings.yaml, the ledger as the least-privilege role."""
-    from returnledger.store import db
+    from returnledger_dev import scratch_db
     from returnledger_dev.settings import load_settings
 
-    ledger = json.loads(db.airflow_connection_json(role_dsn(spec.ledger_dsn, spec.ledger_role)))
+    ledger = json.loads(scratch_db.airflow_connection_json(role_dsn(spec.ledger_dsn, spec.ledger_role)))
     return load_settings(overrides={"returns_db": ledger, **spec.conn_overrides})["env"]
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from returnledger.store import db
+from returnledger_dev import scratch_db
 from returnledger_dev.demo.outputs import CLOSES_DIR
 from returnledger_dev.local_airflow import ensure_database, init_metadata
 
@@ -33,7 +34,7 @@ def prepare_airflow(
     from returnledger_dev.settings import apply_env, load_settings
 
     home.mkdir(parents=True, exist_ok=True)
-    ledger_conn = json.loads(db.airflow_connection_json(dsn))
+    ledger_conn = json.loads(scratch_db.airflow_connection_json(dsn))
     overrides = {
         "returns_db": ledger_conn,
         # a client timeout below the simulator's slow answers (3 s), so injected timeouts really time out
@@ -56,9 +57,9 @@ def prepare_airflow(
     os.environ["RETURNLEDGER_VALIDATION_DIR"] = str(out_dir / "validation")
     if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in os.environ:
         name = _metadata_database(dsn)
-        meta = db.with_database(dsn, name)
+        meta = scratch_db.with_database(dsn, name)
         ensure_database(dsn, name, fresh=fresh)
-        os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = db.sqlalchemy_url(meta)
+        os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = scratch_db.sqlalchemy_url(meta)
     init_metadata(settings["pools"])
 
 

@@ -3,7 +3,7 @@
 ``make demo`` and ``make cluster-demo`` used to reset the ledger at the default DSN (RETURNLEDGER_DSN or the
 embedded server), so a demo wiped whatever ledger was there, another demo's included. Now the DSN only
 names the *server*: each demo creates a uniquely named database there, marked as a scratch database
-(returnledger.store.db.create_scratch_database), and records its name in OUT/ledger_database.txt.
+(returnledger_dev.scratch_db.create_scratch_database), and records its name in OUT/ledger_database.txt.
 ``--keep-db`` continues that recorded database, and only if it carries the mark; anything else is refused,
 naming the database and why.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 
 from returnledger.store import db
+from returnledger_dev import scratch_db
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +30,15 @@ def own_ledger(server_dsn: str, out_dir: Path, *, keep: bool, created_by: str, p
     recorded = out_dir / LEDGER_FILE
     if keep:
         if not recorded.is_file():
-            raise db.NotScratchDatabase(
+            raise scratch_db.NotScratchDatabase(
                 f"--keep-db continues the ledger an earlier demo created for {out_dir}, but {recorded} is"
                 " missing: there is no demo ledger to continue (run once without --keep-db)"
             )
-        dsn = db.with_database(server_dsn, recorded.read_text().strip())
-        db.require_scratch(dsn, action="continue a demo in")
+        dsn = scratch_db.with_database(server_dsn, recorded.read_text().strip())
+        scratch_db.require_scratch(dsn, action="continue a demo in")
         return dsn
     _drop_previous(server_dsn, recorded)
-    dsn = db.create_scratch_database(server_dsn, prefix, created_by=created_by)
+    dsn = scratch_db.create_scratch_database(server_dsn, prefix, created_by=created_by)
     recorded.write_text(db.database_name(dsn) + "\n")
     log.info("demo ledger: database %s (created for this demo)", db.database_name(dsn))
     return dsn
@@ -49,10 +50,10 @@ def _drop_previous(server_dsn: str, recorded: Path) -> None:
     if not recorded.is_file():
         return
     name = recorded.read_text().strip()
-    previous = db.with_database(server_dsn, name)
+    previous = scratch_db.with_database(server_dsn, name)
     try:
-        db.require_scratch(previous, action="drop the previous demo ledger")
-    except db.NotScratchDatabase as exc:
+        scratch_db.require_scratch(previous, action="drop the previous demo ledger")
+    except scratch_db.NotScratchDatabase as exc:
         log.info("previous demo ledger kept: %s", exc)
         return
     with psycopg.connect(server_dsn, autocommit=True) as conn:
