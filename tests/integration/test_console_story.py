@@ -205,6 +205,8 @@ def test_the_timeline_is_in_time_order_and_in_plain_words(ledger):
     assert say("event_outcome", "HELD") in held["words"]
     accepted = next(e for e in t if e["kind"] == "transition" and e["code"] == "CREDIT_ACCEPTED")
     assert accepted["words"].startswith("Amazon accepted the credit note")
+    kinds_in_order = [e["kind"] for e in t]
+    assert kinds_in_order.index("credit_note") < kinds_in_order.index("attempt")  # same moment, made first
     closed = next(e for e in t if e["kind"] == "exception_closed")
     assert "ian.integration" in closed["words"] and "ReBound resent it" in closed["words"]
 

@@ -68,6 +68,7 @@ GLOSSARY: dict[str, dict[str, str]] = {
         "INVENTORY": "stock update to Amazon (units back in stock)",
     },
     "attempt_outcome": {
+        "SENDING": "about to send: recorded before the request left for Amazon",
         "ACCEPTED_202": "Amazon took the request in (answer 202)",
         "RETRY": "Amazon was busy or failed; sent again",
         "REFUSED": "Amazon refused the request",

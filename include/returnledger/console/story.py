@@ -221,6 +221,26 @@ def _did(event: dict) -> str:
     return event["outcome"]
 
 
+#: the order of things that happened at the same moment (one run does several)
+_RANK = {
+    k: i
+    for i, k in enumerate(
+        (
+            "order",
+            "event",
+            "exception_opened",
+            "transition",
+            "credit_note",
+            "attempt",
+            "confirmed",
+            "inventory",
+            "exception_closed",
+            "recon",
+        )
+    )
+}
+
+
 def _entry(at, kind: str, line, code, code_kind: str | None, words: str, ref: str = "") -> dict:
     return {
         "at": at,
@@ -253,7 +273,7 @@ def timeline(story: dict) -> list[dict]:
             )
         )
     for h in story["history"]:
-        words = f"from {h['from_state'] or 'nothing'} ({h['cause']})"
+        words = f"(was {h['from_state'] or 'new'}; because of {h['cause']})"
         out.append(_entry(h["at"], "transition", h["line"], h["to_state"], "line_state", words))
     for x in story["exceptions"]:
         ref = f"exception-{x['exception_id']}"
@@ -297,4 +317,4 @@ def timeline(story: dict) -> list[dict]:
             _entry(r["close_as_of"] or r["computed_at"], "recon", r["line"], r["recon_status"], None, words)
         )
     far = datetime.max.replace(tzinfo=UTC)
-    return sorted(out, key=lambda e: e["at"] or far)
+    return sorted(out, key=lambda e: (e["at"] or far, _RANK[e["kind"]]))

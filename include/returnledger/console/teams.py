@@ -37,7 +37,7 @@ SELECT e.exception_id, e.type, e.owner, e.status, e.subject_key, e.return_id, e.
        e.opened_at, e.opened_by_batch,
        sla.sla_days, sla.what_to_do,
        e.opened_at + make_interval(days => sla.sla_days) AS sla_due_at,
-       floor(extract(epoch FROM (%(as_of)s - e.opened_at)) / 86400)::int AS age_days,
+       GREATEST(floor(extract(epoch FROM (%(as_of)s - e.opened_at)) / 86400), 0)::int AS age_days,
        {overdue_sql("e", "%(as_of)s")} AS overdue
   FROM ledger.exception e JOIN sla ON sla.type = e.type
  WHERE e.owner = %(team)s AND e.status = 'open'
