@@ -259,17 +259,6 @@ RAW_COLUMNS = (
 )
 
 
-def land_raw(
-    conn: psycopg.Connection, events: list[Any], *, window_end: datetime, batch_id: str
-) -> tuple[int, int, int]:
-    """COPY payloads as received into the append-only raw table; returns (new rows, repeats, rows without id).
-
-    Keys already stored only count another delivery. New rows go straight in with COPY: the
-    unique event key still guards against a concurrent writer (the chunk then fails and is retried).
-    """
-    return land_rows(conn, raw_rows(events), len(events), window_end=window_end, batch_id=batch_id)
-
-
 def _decoded(text: str | None) -> Any:
     """A stored payload (jsonb as text) as a value; text Python cannot read as JSON stays text."""
     if text is None:
@@ -286,6 +275,10 @@ def _decoded(text: str | None) -> Any:
 def land_rows(
     conn, rows: dict[str, list], delivered: int, *, window_end: datetime, batch_id: str
 ) -> tuple[int, int, int]:
+    """COPY a chunk's raw rows (``raw_rows``) into the append-only raw table; returns (new rows, repeats,
+    rows without id). Keys already stored only count another delivery. New rows go straight in with COPY:
+    the unique event key still guards against a concurrent writer (the chunk then fails and is retried).
+    """
     if not isinstance(rows, _Landing):  # rows built elsewhere: no versions, no bytes to compare
         landing = _Landing()
         landing.update(rows)
