@@ -24,7 +24,7 @@ from returnledger.exception_queue.queue import (
     line_subject,
     raise_exceptions,
 )
-from returnledger.intake.raw import land_raw
+from returnledger.intake.raw import land_rows, raw_rows
 from returnledger.reference.owners import default_owners
 from returnledger.store import db
 
@@ -59,7 +59,7 @@ def _seed_return(conn, rid, notice, lines, *, state="ANNOUNCED"):
 
 def _raw(conn, event_id, payload, *, status="APPLIED"):
     # landed the way extract lands a delivery, so the typed columns are filled as in production
-    land_raw(conn, [payload], window_end=T0, batch_id="returns_sync:2026-10-04")
+    land_rows(conn, raw_rows([payload]), 1, window_end=T0, batch_id="returns_sync:2026-10-04")
     raw_id = conn.execute("SELECT raw_id FROM ledger.raw_event WHERE event_key = %s", (event_id,)).fetchone()[
         0
     ]

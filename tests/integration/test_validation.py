@@ -1,6 +1,6 @@
 """The events suite on a real PostgreSQL: each malformed field fails its own check, by name.
 
-Events land through ``land_raw`` (as extract lands them, bytes as received) and are
+Events land through ``raw_rows`` and ``land_rows`` (as extract lands them, bytes as received) and are
 validated by ``validate``; the test reads the per-row verdicts back.
 """
 
@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from returnledger.intake.orders import store_return_orders
-from returnledger.intake.raw import land_raw
+from returnledger.intake.raw import land_rows, raw_rows
 from returnledger.screening.screen import validate
 from returnledger.store import db
 
@@ -87,7 +87,7 @@ def validated(fresh_db):
         # raw bytes as the feed sends them (one with no id, one delivered twice), plus decoded values
         raw = [msgspec.Raw(msgspec.json.encode(p)) for p, _ in CASES.values()]
         raw += [msgspec.Raw(b"[1, 2]"), msgspec.Raw(msgspec.json.encode(CASES["ok"][0]))]
-        new, repeats, without_id = land_raw(conn, raw, window_end=T0, batch_id="test")
+        new, repeats, without_id = land_rows(conn, raw_rows(raw), len(raw), window_end=T0, batch_id="test")
         conn.commit()
     stats = validate(fresh_db, batch_id="test")
     with db.connect(fresh_db) as conn:
