@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 from returnledger.cli.common import login_name, now
-from returnledger.models import ExceptionStatus, ExceptionType
+from returnledger.exception_types import ACTIONS, all_codes, offering
+from returnledger.models import ExceptionStatus
 
 
 def _dsn(args) -> str:
@@ -88,6 +89,17 @@ def _cmd_show(args) -> int:
     return 0
 
 
+def _help(action: str) -> str:
+    """An action's help, with the types it applies to (the exception-type registry's)."""
+    types, others = offering(action), sorted(set(all_codes()) - offering(action))
+    on = (
+        " / ".join(sorted(types))
+        if len(types) <= len(others)
+        else "any type" + (f" but {' / '.join(others)}" if others else "")
+    )
+    return f"{on}: {ACTIONS[action]}"
+
+
 def register(subparsers) -> None:
     """``returnledger exceptions list|show|resolve|dismiss|retry|map|sku|credit|pick``."""
     p = subparsers.add_parser("exceptions", help="work the exception queue")
@@ -100,7 +112,7 @@ def register(subparsers) -> None:
     ls = sub.add_parser("list", help="list exceptions, open and oldest first")
     common(ls)
     ls.add_argument("--owner")
-    ls.add_argument("--type", choices=sorted(t.value for t in ExceptionType))
+    ls.add_argument("--type", choices=sorted(all_codes()))
     ls.add_argument("--status", choices=[s.value for s in ExceptionStatus])
     ls.add_argument("--min-age", type=int, default=None, help="only exceptions at least this many days old")
     ls.add_argument("--limit", type=int, default=500)
@@ -111,28 +123,25 @@ def register(subparsers) -> None:
     show.add_argument("id", type=int)
     show.set_defaults(func=_cmd_show)
 
-    for name, help_ in (
-        ("resolve", "mark resolved: you fixed the cause"),
-        ("dismiss", "dismiss: nothing to fix"),
-    ):
-        sp = sub.add_parser(name, help=help_)
+    for name in ("resolve", "dismiss"):
+        sp = sub.add_parser(name, help=_help(name))
         common(sp)
         sp.add_argument("id", type=int)
         sp.add_argument("--why", required=True, help="what was done, or why nothing is needed")
         sp.set_defaults(func=_cmd_action, action=name)
 
-    rt = sub.add_parser("retry", help="AMAZON_REJECTED: resubmit the same credit note on the next sync run")
+    rt = sub.add_parser("retry", help=_help("retry"))
     common(rt)
     rt.add_argument("id", type=int)
     rt.set_defaults(func=_cmd_action, action="retry")
 
-    mp = sub.add_parser("map", help="UNMAPPED_REASON_CODE: add the reason mapping and resolve")
+    mp = sub.add_parser("map", help=_help("map"))
     common(mp)
     mp.add_argument("id", type=int)
     mp.add_argument("amazon_reason", help="Amazon reason code, e.g. CR-UNWANTED_ITEM")
     mp.set_defaults(func=_cmd_action, action="map")
 
-    sk = sub.add_parser("sku", help="SKU_MISMATCH: add the SKU to the catalog and resolve")
+    sk = sub.add_parser("sku", help=_help("sku"))
     common(sk)
     sk.add_argument("id", type=int)
     sk.add_argument("asin")
@@ -140,19 +149,14 @@ def register(subparsers) -> None:
     sk.add_argument("available", type=int)
     sk.set_defaults(func=_cmd_action, action="sku")
 
-    cr = sub.add_parser(
-        "credit",
-        help="over-receipt QUANTITY_MISMATCH: choose the units to credit (0 closes the line, nothing owed)",
-    )
+    cr = sub.add_parser("credit", help=_help("credit"))
     common(cr)
     cr.add_argument("id", type=int)
     cr.add_argument("quantity", type=int, help="units to credit, from 0 to the units received")
     cr.add_argument("--note", default="", help="why this quantity (e.g. 2 units were another vendor's)")
     cr.set_defaults(func=_cmd_action, action="credit")
 
-    pk = sub.add_parser(
-        "pick", help="EVENT_CONFLICT: keep one stored body of the event id, supersede the others"
-    )
+    pk = sub.add_parser("pick", help=_help("pick"))
     common(pk)
     pk.add_argument("id", type=int)
     pk.add_argument("raw_id", type=int, help="raw id of the body that is right (see `exceptions show`)")

@@ -21,14 +21,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from returnledger.console.auth import CSRF_FIELD, AirflowAuth, Caller, csrf_token_for, require_may_act
 from returnledger.console.closes import add_close_pages
 from returnledger.console.returns import add_return_pages
-from returnledger.models import ExceptionStatus, ExceptionType
+from returnledger.exception_types import CONSOLE_PATHS, all_codes, is_known, kind, offering
+from returnledger.models import ExceptionStatus
 from returnledger.reference.mappings import AMAZON_REASON_CODES
 from returnledger.render import render
 
 log = logging.getLogger(__name__)
 
-#: exception types whose fix is to send the Amazon action again
-RETRYABLE_TYPES = frozenset({ExceptionType.AMAZON_REJECTED})
 #: headings of the exception detail's parts (returnledger.exception_queue.queries.exception_detail)
 SECTION_TITLES = {
     "return_order": "Return order (returns notice)",
@@ -71,7 +70,7 @@ def _over_received(x: dict, line: dict) -> dict | None:
     then offers only the quantity action (``exception_queue.actions.over_receipt_held``)."""
     received, announced = line.get("quantity_received"), line.get("quantity_announced")
     if (
-        x.get("type") != "QUANTITY_MISMATCH"
+        x.get("type") not in offering("credit")
         or x.get("subject_key") != f"{x.get('return_id')}|{x.get('line')}"
         or received is None
         or announced is None
@@ -167,7 +166,7 @@ def add_pages(
 
         caller: Caller = request.state.caller
         type_ = type or None
-        if type_ and type_ not in ExceptionType.__members__:
+        if type_ and not is_known(type_):
             raise HTTPException(400, f"unknown exception type {type_!r}")
         status_ = None if status in (None, "", "all") else status
         if status_ and status_ not in {s.value for s in ExceptionStatus}:
@@ -197,7 +196,7 @@ def add_pages(
             caller=caller,
             rows=[_row_view(r, when) for r in rows],
             owners=owners,
-            types=[t.value for t in ExceptionType],
+            types=all_codes(),
             statuses=["open", "resolved", "dismissed", "all"],
             f={"owner": owner or "", "type": type_ or "", "status": status or "all", "min_age_days": min_age},
             as_of=when,
@@ -240,7 +239,9 @@ def add_pages(
             csrf=csrf_token_for(caller.token) if caller.may_act else "",
             reason_codes=AMAZON_REASON_CODES,
             rebound_reason=line.get("reason"),
-            retryable=x.get("type") in RETRYABLE_TYPES,
+            # the actions the registry offers on this type (the CLI offers the same), and their routes
+            actions=kind(x["type"]).actions if is_known(x.get("type")) else ("resolve", "dismiss"),
+            paths=CONSOLE_PATHS,
             over_received=_over_received(x, line),
             message=message,
             error=error,
@@ -348,6 +349,19 @@ def add_pages(
         quantity = _whole_number(form, "credit_quantity", "the quantity to credit")
         return resolve_over_receipt(
             dsn, exception_id, quantity, actor=actor, at=clock(), note=form.get("note", "")
+        )
+
+    @action(
+        CONSOLE_PATHS["pick"],
+        "pick the body",
+        "Body chosen by {user}, the others superseded; the line's held events go on at the next sync run.",
+    )
+    def pick(dsn, actor, form, exception_id):
+        from returnledger.exception_queue.actions import pick_event_body
+
+        raw_id = _whole_number(form, "raw_id", "the raw id of the body")
+        return pick_event_body(
+            dsn, exception_id, raw_id, actor=actor, at=clock(), why=form.get("why") or None
         )
 
     @action(

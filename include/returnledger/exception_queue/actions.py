@@ -5,8 +5,10 @@ over-receipt (retrying a rejected credit note is ``exception_queue.retry``).
 People act from the console (plugins/) or the CLI. Every action locks the exception row, refuses a
 transition that makes no sense (resolving twice, retrying something Amazon did not reject), and writes
 who / when / what / why to ``ledger.audit_log`` in the same transaction. The sync releases held events
-on its next run; events an action sends back (``replay_events``: a resolved INVALID_EVENT or
-INVALID_RETURN_ORDER, a kept body) are validated and applied by that run like a new delivery.
+on its next run; events an action sends back (``replay_events``: what the type's registry entry says
+closing it replays, a kept body) are validated and applied by that run like a new delivery. Which action
+applies to which type, and what resolving or dismissing replays, is read from the exception-type
+registry (``returnledger.exception_types``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from returnledger.exception_queue.queue import (
     replay_events,
     required,
 )
-from returnledger.models import ExceptionType
+from returnledger.exception_types import Release, Replay, kind, offering
 from returnledger.reference.mappings import add_reason_mapping
 from returnledger.reference.skus import add_sku
 from returnledger.store.db import unit_of_work
@@ -38,40 +40,53 @@ def resolve_exception(dsn_or_conn, exception_id: int, *, actor: str, resolution:
     (the sync raises the exception again if the cause is in fact still there). An over-receipt's
     QUANTITY_MISMATCH is refused: it closes only with ``resolve_over_receipt`` (a quantity to credit).
 
-    INVALID_EVENT: the event is examined again by the next sync run (validated, then applied if it now
-    passes). INVALID_RETURN_ORDER: the return's held events are examined again. EVENT_CONFLICT is resolved
-    by choosing a body: the resolution must say which one ("keep raw <raw_id>"), see ``pick_event_body``.
+    What resolving sends back through the next sync run is the type's ``on_resolve`` in the registry (its
+    raw event, or its held events: validated again, then applied if they now pass). A type released by
+    picking a body (``Release.PICK``) is resolved by choosing one: the resolution must say which
+    ("keep raw <raw_id>"), see ``pick_event_body``.
     """
     actor, resolution = required(actor, "actor"), required(resolution, "resolution")
     with unit_of_work(dsn_or_conn) as conn:
         row = lock_open(conn, exception_id, action="resolve")
         refuse_closing_an_over_receipt(conn, row, "resolve")
-        if row["type"] == ExceptionType.EVENT_CONFLICT:
+        k = kind(row["type"])
+        if k.released_by is Release.PICK:
             return pick_body(
                 conn, row, chosen_raw_id(conn, row, resolution), actor=actor, at=at, why=resolution
             )
         return _close_and_replay(
-            conn, row, status="resolved", action="resolve", actor=actor, why=resolution, at=at, replay=True
+            conn,
+            row,
+            status="resolved",
+            action="resolve",
+            actor=actor,
+            why=resolution,
+            at=at,
+            replay=k.on_resolve,
         )
 
 
 def dismiss_exception(dsn_or_conn, exception_id: int, *, actor: str, reason: str, at: datetime) -> dict:
     """Close an exception that needs no fix (a known test return, a duplicate report); the reason is kept.
 
-    A dismissed INVALID_EVENT stays invalid for good. The held events of a dismissed INVALID_RETURN_ORDER
-    are examined again (they wait again if the order still fails). An EVENT_CONFLICT cannot be dismissed:
-    its line waits until one of the bodies is chosen; nor can an over-receipt's QUANTITY_MISMATCH (see
-    ``resolve_over_receipt``).
+    What dismissing sends back is the type's ``on_dismiss`` in the registry (a dismissed invalid event
+    stays invalid for good; the held events of a failing or unread return order are examined again and
+    wait again if it still fails). A type whose registry entry has no ``dismiss`` action cannot be
+    dismissed (a conflicting event's line waits until one body is chosen); nor can an over-receipt's
+    QUANTITY_MISMATCH (see ``resolve_over_receipt``).
     """
     actor, reason = required(actor, "actor"), required(reason, "reason")
     with unit_of_work(dsn_or_conn) as conn:
         row = lock_open(conn, exception_id, action="dismiss")
         refuse_closing_an_over_receipt(conn, row, "dismiss")
-        if row["type"] == ExceptionType.EVENT_CONFLICT:
-            raise ExceptionActionError(
-                f"cannot dismiss exception {exception_id}: an EVENT_CONFLICT holds its line until one "
-                f"body is chosen; {versions_hint(conn, row)}"
+        k = kind(row["type"])
+        if "dismiss" not in k.actions:
+            why = (
+                f"an {row['type']} holds its line until one body is chosen; {versions_hint(conn, row)}"
+                if k.released_by is Release.PICK
+                else f"{row['type']} offers only {' / '.join(k.actions)}"
             )
+            raise ExceptionActionError(f"cannot dismiss exception {exception_id}: {why}")
         return _close_and_replay(
             conn,
             row,
@@ -81,7 +96,7 @@ def dismiss_exception(dsn_or_conn, exception_id: int, *, actor: str, reason: str
             why=reason,
             at=at,
             # events held for a failing or unread return order go back through the sync, never stay held
-            replay=row["type"] in (ExceptionType.INVALID_RETURN_ORDER, ExceptionType.SYNC_STALLED),
+            replay=k.on_dismiss,
         )
 
 
@@ -89,7 +104,7 @@ def over_receipt_held(conn: psycopg.Connection, row: dict) -> tuple[int, int] | 
     """(received, announced) when this exception is the QUANTITY_MISMATCH that holds an over-receipt's
     credit (rule 8: received above announced, no quantity chosen yet), else None."""
     if (
-        row["type"] != ExceptionType.QUANTITY_MISMATCH
+        row["type"] not in offering("credit")
         or row["return_id"] is None
         or row["line"] is None
         or row["subject_key"] != line_subject(row["return_id"], row["line"])
@@ -128,11 +143,11 @@ def _close_and_replay(
     actor: str,
     why: str,
     at: datetime,
-    replay: bool,
+    replay: Replay,
 ) -> dict:
-    """Close the exception, send its events back through the sync when ``replay``, and audit both."""
+    """Close the exception, send what ``replay`` names back through the sync, and audit both."""
     out = close(conn, row["exception_id"], status=status, actor=actor, resolution=why, at=at)
-    replayed = _replay_for(conn, row) if replay else 0
+    replayed = _replay_for(conn, row, replay)
     audit_exception(
         conn,
         row,
@@ -146,12 +161,12 @@ def _close_and_replay(
     return out
 
 
-def _replay_for(conn: psycopg.Connection, row: dict) -> int:
+def _replay_for(conn: psycopg.Connection, row: dict, replay: Replay) -> int:
     """Events a closed exception sent back through the sync (same path as a new delivery)."""
-    if row["type"] == ExceptionType.INVALID_EVENT and row["raw_id"] is not None:
+    if replay is Replay.RAW_EVENT and row["raw_id"] is not None:
         return replay_events(conn, [row["raw_id"]])
-    if row["type"] in (ExceptionType.INVALID_RETURN_ORDER, ExceptionType.SYNC_STALLED):
-        # SYNC_STALLED holds events only for an order ReBound could not be read (order-fetch:RID)
+    if replay is Replay.HELD_EVENTS:
+        # the events held against this exception, or against its return's (an order's) exception
         ids = [
             r[0]
             for r in conn.execute(
@@ -167,7 +182,8 @@ def _replay_for(conn: psycopg.Connection, row: dict) -> int:
 def pick_event_body(
     dsn_or_conn, exception_id: int, raw_id: int, *, actor: str, at: datetime, why: str | None = None
 ) -> dict:
-    """Resolve an EVENT_CONFLICT by choosing the body that is right, atomically.
+    """Resolve a conflict of bodies (an exception offering ``pick``) by choosing the body that is right,
+    atomically.
 
     The chosen body goes on: if it was held for the conflict it is examined again by the next sync run
     (validated, then applied), and the line's other held events follow through the usual release. Every
@@ -177,7 +193,7 @@ def pick_event_body(
     """
     actor = required(actor, "actor")
     with unit_of_work(dsn_or_conn) as conn:
-        row = lock_open(conn, exception_id, types={"EVENT_CONFLICT"}, action="pick a body for")
+        row = lock_open(conn, exception_id, types=offering("pick"), action="pick a body for")
         return pick_body(conn, row, int(raw_id), actor=actor, at=at, why=why)
 
 
@@ -203,13 +219,13 @@ def _line_reason(conn: psycopg.Connection, row: dict) -> str:
 
 
 def resolve_with_mapping(dsn, exception_id: int, amazon_reason: str, *, actor: str, at: datetime) -> dict:
-    """Add the missing reason-code mapping and resolve the UNMAPPED_REASON_CODE exception, atomically.
+    """Add the missing reason-code mapping and resolve the exception (one offering ``map``), atomically.
 
     The held events of every line with that reason are released by the next sync run.
     """
     actor, amazon_reason = required(actor, "actor"), required(amazon_reason, "amazon_reason")
     with unit_of_work(dsn) as conn:
-        row = lock_open(conn, exception_id, types={"UNMAPPED_REASON_CODE"}, action="resolve with a mapping")
+        row = lock_open(conn, exception_id, types=offering("map"), action="resolve with a mapping")
         rebound_reason = _line_reason(conn, row)
         add_reason_mapping(
             conn, rebound_reason, amazon_reason, at=at, actor=actor, why=f"resolves exception {exception_id}"
@@ -234,7 +250,7 @@ def resolve_with_sku(
     """Add the missing SKU to the catalog and resolve the SKU_MISMATCH exception, atomically."""
     actor, asin = required(actor, "actor"), required(asin, "asin")
     with unit_of_work(dsn) as conn:
-        row = lock_open(conn, exception_id, types={"SKU_MISMATCH"}, action="resolve with a SKU")
+        row = lock_open(conn, exception_id, types=offering("sku"), action="resolve with a SKU")
         sku = row["sku"]
         if not sku and row["return_id"] is not None:
             found = conn.execute(
@@ -289,9 +305,7 @@ def resolve_over_receipt(
             f"the quantity to credit must be a whole number, got {quantity!r}"
         ) from None
     with unit_of_work(dsn_or_conn) as conn:
-        row = lock_open(
-            conn, exception_id, types={"QUANTITY_MISMATCH"}, action="choose the credit quantity for"
-        )
+        row = lock_open(conn, exception_id, types=offering("credit"), action="choose the credit quantity for")
         if row["return_id"] is None or row["line"] is None:
             raise ExceptionActionError(f"exception {exception_id} names no return line")
         line = conn.execute(

@@ -1,5 +1,5 @@
-"""EVENT_CONFLICT: one ReBound event id delivered with more than one body, and a person choosing the
-body that is right.
+"""A conflict of bodies: one ReBound event id delivered with more than one body (the registry's
+``Release.PICK`` type), and a person choosing the body that is right.
 
 The chosen body goes on through the sync; every other body of the event id is SUPERSEDED (kept, never
 applied). A body the ledger applied before the conflict was seen cannot be taken back, so when one was
@@ -29,7 +29,7 @@ WHERE c.event_id = %s ORDER BY c.raw_id FOR UPDATE OF c
 
 
 def conflict_event_id(row: dict) -> str:
-    """The event id an EVENT_CONFLICT is about (from its subject ``event:<id>``)."""
+    """The event id a conflict of bodies is about (from its subject ``event:<id>``)."""
     key = row["subject_key"]
     if not key.startswith("event:"):
         raise ExceptionActionError(f"exception {row['exception_id']} names no event id ({key!r})")
@@ -67,7 +67,7 @@ def chosen_raw_id(conn: psycopg.Connection, row: dict, text: str) -> int:
 def pick_body(
     conn: psycopg.Connection, row: dict, raw_id: int, *, actor: str, at: datetime, why: str | None
 ) -> dict:
-    """Choose ``raw_id`` for the locked EVENT_CONFLICT ``row``, supersede the other bodies, close it."""
+    """Choose ``raw_id`` for the locked conflict-of-bodies ``row``, supersede the other bodies, close it."""
     exception_id, event_id = row["exception_id"], conflict_event_id(row)
     undecided = [v for v in _versions(conn, row) if v["chosen"] is not False]
     if raw_id not in {v["raw_id"] for v in undecided}:

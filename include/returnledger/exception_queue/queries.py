@@ -11,7 +11,8 @@ from psycopg.rows import dict_row
 
 from returnledger.exception_queue.queue import ExceptionNotFound, exception_columns, exception_subject
 from returnledger.exception_queue.sla import SLA_CTE, overdue_sql, sla_params
-from returnledger.models import ExceptionStatus, ExceptionType
+from returnledger.exception_types import is_known, kind
+from returnledger.models import ExceptionStatus
 
 _LIST_SQL = f"""
 WITH {SLA_CTE}
@@ -56,7 +57,7 @@ def list_exceptions(
     """
     if status is not None and status not in {s.value for s in ExceptionStatus}:
         raise ValueError(f"unknown status {status!r}: use open, resolved or dismissed")
-    if type is not None and type not in {t.value for t in ExceptionType}:
+    if type is not None and not is_known(type):
         raise ValueError(f"unknown exception type {type!r}")
     params = {
         **sla_params(),
@@ -80,6 +81,7 @@ def exception_detail(conn: psycopg.Connection, exception_id: int) -> dict:
         if exc is None:
             raise ExceptionNotFound(f"exception {exception_id} does not exist")
         rid, line = exc["return_id"], exc["line"]
+        sections = kind(exc["type"]).sections  # the parts only some types show (the registry's)
         out: dict[str, Any] = {
             "exception": exc,
             "return_order": None,
@@ -113,7 +115,7 @@ def exception_detail(conn: psycopg.Connection, exception_id: int) -> dict:
                 " ORDER BY kind",
                 (rid, line),
             ).fetchall()
-            if exc["type"] in ("AMAZON_REJECTED", "CREDIT_MISSING", "CREDIT_MISMATCH"):
+            if "send_log" in sections:
                 # the send log: every HTTP attempt of the line's submissions, what Amazon answered
                 out["send_log"] = cur.execute(
                     "SELECT a.attempt_id, a.kind, a.document_id, a.attempt, a.http_status, a.outcome,"
@@ -135,11 +137,11 @@ def exception_detail(conn: psycopg.Connection, exception_id: int) -> dict:
             {"id": exception_id, "rid": rid, "line": line},
         ).fetchall()
         # raw payloads: the exception's own event, held events, and every event of the line (or return);
-        # for an EVENT_CONFLICT every body of the event id. Bytes the payload column could not hold as
-        # received are shown as stored (bytea, escape format) with the reason.
+        # for a type showing "event_bodies" every body of the event id. Bytes the payload column could not
+        # hold as received are shown as stored (bytea, escape format) with the reason.
         conflict_of = (
             exc["subject_key"][len("event:") :]
-            if exc["type"] == "EVENT_CONFLICT" and exc["subject_key"].startswith("event:")
+            if "event_bodies" in sections and exc["subject_key"].startswith("event:")
             else None
         )
         out["raw_events"] = cur.execute(
@@ -157,7 +159,7 @@ def exception_detail(conn: psycopg.Connection, exception_id: int) -> dict:
             " ORDER BY r.delivered_at NULLS LAST, raw_id",
             {"raw": exc["raw_id"], "id": exception_id, "rid": rid, "line": line, "eid": conflict_of},
         ).fetchall()
-        if exc["type"] == "INVALID_RETURN_ORDER":
+        if "rejected_return_orders" in sections:
             out["rejected_return_orders"] = cur.execute(
                 "SELECT rejected_id, return_id, problems, payload,"
                 " encode(body, 'escape') AS body_as_received,"

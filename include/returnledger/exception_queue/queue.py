@@ -82,12 +82,12 @@ def line_subject(return_id: str, line: int) -> str:
 
 
 def event_subject(event_id: str) -> str:
-    """Subject of an EVENT_CONFLICT: the event id that arrived with more than one body."""
+    """Subject of a conflict of bodies: the event id that arrived with more than one body."""
     return f"event:{event_id}"
 
 
 def order_subject(return_id: str) -> str:
-    """Subject of an INVALID_RETURN_ORDER: the return whose order failed its own checks."""
+    """Subject of a failing return order: the return whose order failed its own checks."""
     return f"order:{return_id}"
 
 

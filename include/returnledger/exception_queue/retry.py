@@ -16,6 +16,7 @@ from returnledger.exception_queue.queue import (
     lock_open,
     required,
 )
+from returnledger.exception_types import offering
 from returnledger.store.audit import record_one
 from returnledger.store.db import unit_of_work
 
@@ -64,7 +65,7 @@ def retry_submission(dsn_or_conn, exception_id: int, *, actor: str, at: datetime
     """
     actor = required(actor, "actor")
     with unit_of_work(dsn_or_conn) as conn:
-        row = lock_open(conn, exception_id, types={"AMAZON_REJECTED"}, action="retry")
+        row = lock_open(conn, exception_id, types=offering("retry"), action="retry")
         if row["return_id"] is None or row["line"] is None:
             raise ExceptionActionError(f"cannot retry exception {exception_id}: it names no return line")
         with conn.cursor(row_factory=dict_row) as cur:

@@ -2,7 +2,7 @@
 
 Every delivery is kept (``ledger.raw_event`` is append-only): bytes jsonb cannot hold are kept beside a
 visible payload, a redelivery only counts, and another body under a known event id becomes a version of
-its own (an EVENT_CONFLICT a person decides).
+its own (a conflict of bodies a person decides).
 """
 
 from __future__ import annotations
