@@ -35,7 +35,6 @@ from returnledger.clients.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
-EU_ENDPOINT = "https://sellingpartnerapi-eu.amazon.com"
 LWA_URL = "https://api.amazon.com/auth/o2/token"
 UK_MARKETPLACE_ID = "A1F83G8C2ARO7P"
 OPERATIONS = ("submitInvoices", "getTransaction", "submitInventoryUpdate", "getTransactionStatus")

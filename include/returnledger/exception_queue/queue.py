@@ -143,18 +143,6 @@ def raise_exceptions(
     return cur.rowcount
 
 
-def open_exception_ids(
-    conn: psycopg.Connection, type_: ExceptionType, subject_keys: list[str]
-) -> dict[str, int]:
-    """subject_key -> exception_id of the open exceptions of one type."""
-    rows = conn.execute(
-        "SELECT subject_key, exception_id FROM ledger.exception"
-        " WHERE status = 'open' AND type = %s AND subject_key = ANY(%s)",
-        (str(type_), subject_keys),
-    ).fetchall()
-    return dict(rows)
-
-
 def resolve_open(
     conn: psycopg.Connection,
     type_: ExceptionType,
