@@ -180,7 +180,8 @@ def test_burst_is_throttled_then_retries_take_every_note_in_exactly_once(sandbox
     run = sandbox(sc)
     notes = notes_for(sc, 30)
     assert len(notes) == 30
-    no_retry = run.client(rate_per_s=1000, burst=1000, max_attempts=1)
+    # deaf to the stated plan (x-amzn-RateLimit-Limit): this test is about riding out 429s
+    no_retry = run.client(rate_per_s=1000, burst=1000, max_attempts=1, learn_rate_limit=False)
     refused = []
     for note in notes:
         try:
@@ -192,7 +193,7 @@ def test_burst_is_throttled_then_retries_take_every_note_in_exactly_once(sandbox
     assert run.sim.summary()["credit_notes_taken_in"] == 30 - len(refused)
 
     # faster than the bucket on purpose (20/s against 5/s): the wrapper must ride out the 429s
-    client = run.client(rate_per_s=20, burst=20, backoff_max_s=2)
+    client = run.client(rate_per_s=20, burst=20, backoff_max_s=2, learn_rate_limit=False)
     tids = {n["id"]: client.submit_invoices([n]) for n in notes}
     log = read_log(run.out)
     after_first = log[len(notes) + 1 :]
@@ -329,3 +330,56 @@ def test_request_rate_through_the_client(sandbox, scenario, capsys):
             f"{parallel:.0f} req/s with 8 threads"
         )
     assert sequential > 100 and parallel > 100
+
+
+# --- the usage plan: the client follows what Amazon states (x-amzn-RateLimit-Limit), issue 26 ---------
+def _timed_push(run, notes, **client_kwargs) -> tuple[float, AmazonVendorClient]:
+    client = run.client(backoff_max_s=2, **client_kwargs)
+    t0 = time.perf_counter()
+    for n in notes:
+        client.submit_invoices([n])
+    return time.perf_counter() - t0, client
+
+
+def _throttled(run) -> int:
+    return sum(1 for r in read_log(run.out) if r["path"] == INVOICES and r["status"] == 429)
+
+
+def test_the_sandbox_connection_is_the_documented_plan_not_the_scenarios_throttle(scenario, tmp_path):
+    from returnledger_dev.sandbox.harness import Sandbox
+    from returnledger_dev.sandbox.scenario import Scenario
+
+    sc = with_faults(scenario, throttle={"rate": 5, "burst": 5})
+    sb = Sandbox(Scenario.from_dict(sc), tmp_path, tmp_path, rebound_url="", amazon_url="")
+    assert (sb.amazon_extra["rate_per_s"], sb.amazon_extra["burst"]) == (10.0, 10)
+
+
+def test_a_plan_below_the_default_is_learned_no_note_lost_within_10pct_of_the_known_plan(sandbox, scenario):
+    sc = with_faults(scenario, throttle={"rate": 5, "burst": 5})
+    notes = notes_for(sc, 30)
+    known_run = sandbox(sc)
+    known, _ = _timed_push(known_run, notes, rate_per_s=5, burst=5, learn_rate_limit=False)
+    assert known_run.sim.summary()["credit_notes_taken_in"] == 30
+    known_run.stop()
+    learned_run = sandbox(sc)
+    learned, client = _timed_push(learned_run, notes)  # the documented default: 10 req/s, burst 10
+    summary = learned_run.sim.summary()
+    assert summary["credit_notes_taken_in"] == 30 and summary["credit_notes_conflicting"] == 0
+    assert learned <= 1.1 * known, (learned, known, _throttled(learned_run))
+    assert client.plans.stated["submitInvoices"] == 5.0
+    assert client.buckets["submitInvoices"].rate < 5.0 and client.buckets["submitInvoices"].burst == 5
+
+
+def test_a_plan_above_the_default_is_learned_and_speeds_up(sandbox, scenario):
+    sc = with_faults(scenario, throttle={"rate": 20, "burst": 20})
+    notes = notes_for(sc, 60)
+    assert len(notes) == 60
+    fixed_run = sandbox(sc)
+    fixed, _ = _timed_push(fixed_run, notes, learn_rate_limit=False)  # stays at the default 10 req/s
+    fixed_run.stop()
+    learned_run = sandbox(sc)
+    learned, client = _timed_push(learned_run, notes)
+    assert learned_run.sim.summary()["credit_notes_taken_in"] == 60
+    assert learned <= 0.7 * fixed, (learned, fixed)
+    assert client.plans.stated["submitInvoices"] == 20.0
+    assert _throttled(learned_run) == 0

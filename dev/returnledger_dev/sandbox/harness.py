@@ -48,16 +48,19 @@ class Sandbox:
 
     @property
     def amazon_extra(self) -> dict:
-        """The ``amazon_sp_api`` connection extra for this sandbox (see airflow_adapter)."""
+        """The ``amazon_sp_api`` connection extra for this sandbox (see airflow_adapter).
+
+        The rate is Amazon's documented default, never the scenario's ``faults.amazon.throttle``: the
+        client learns the simulator's plan from its answers (``x-amzn-RateLimit-Limit``, 429s), as in
+        production."""
         s = self.scenario
-        throttle = s.faults.amazon.throttle
         return {
             "refresh_token": self.lwa_refresh_token,
             "lwa_url": self.lwa_url,
             "marketplace_id": s.vendor.marketplace_id,
             "region": "eu",
-            "rate_per_s": throttle.rate if throttle else DEFAULT_RATE,
-            "burst": throttle.burst if throttle else DEFAULT_BURST,
+            "rate_per_s": DEFAULT_RATE,
+            "burst": DEFAULT_BURST,
             "party_id": s.vendor.party_id,
             "warehouse_id": s.vendor.warehouse_id,
             "currency": s.vendor.currency,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import secrets
 import threading
@@ -28,6 +29,39 @@ OPERATIONS = {
     "getTransactionStatus": (10.0, 10),
 }
 DUPLICATE_CODE = "DuplicateInvoiceNumber"
+#: knobs for benches and cluster runs (the simulators run in processes of their own): seconds a transaction
+#: answers Processing after its submission ("30" or a range "20-90"), and the usage plan ("20/20": every
+#: operation at 20 req/s, burst 20; or "getTransaction=20/20,submitInvoices=20/10")
+PROCESSING_S_ENV = "RETURNLEDGER_SIM_PROCESSING_S"
+USAGE_PLAN_ENV = "RETURNLEDGER_SIM_USAGE_PLAN"
+
+
+def parse_processing_s(value) -> tuple[float, float]:
+    """``30`` / ``"30"`` / ``"20-90"`` / ``(20, 90)`` -> (low, high) seconds."""
+    if value is None or value == "":
+        return 0.0, 0.0
+    if isinstance(value, (int, float)):
+        return float(value), float(value)
+    if isinstance(value, (tuple, list)):
+        lo, hi = value
+        return float(lo), float(hi)
+    lo, _, hi = str(value).partition("-")
+    return float(lo), float(hi or lo)
+
+
+def parse_usage_plan(value) -> dict[str, tuple[float, int]]:
+    """``"20/20"`` (every operation) or ``"op=rate/burst,..."`` or a dict -> operation -> (rate, burst)."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return {op: (float(r), int(b)) for op, (r, b) in value.items()}
+    plan = {}
+    for part in str(value).split(","):
+        op, _, rb = part.strip().rpartition("=")
+        rate, _, burst = rb.partition("/")
+        for name in [op] if op else OPERATIONS:
+            plan[name] = (float(rate), int(burst or float(rate)))
+    return plan
 
 
 def export_rows_by_period(scenario: dict) -> dict[str, list[dict]]:
@@ -68,6 +102,8 @@ class SpApiSimulator:
         lwa_client_secret: str = "sandbox-lwa-secret",
         refresh_token: str = "sandbox-refresh-token",
         processing_polls: int = 1,
+        processing_s=None,
+        usage_plan=None,
     ):
         self.scenario = scenario
         self.out_dir = Path(out_dir)
@@ -75,8 +111,14 @@ class SpApiSimulator:
         self.landing_dir = Path(landing_dir) if landing_dir else None
         self.lwa = (lwa_client_id, lwa_client_secret, refresh_token)
         self.processing_polls = processing_polls
+        # a transaction answers Processing until this many seconds after its submission (and its first
+        # ``processing_polls`` polls): 0 by default, so scenarios and demos stay fast
+        self.processing_s = parse_processing_s(
+            processing_s if processing_s is not None else os.environ.get(PROCESSING_S_ENV)
+        )
         self.lock = threading.RLock()
         self.rng = random.Random(seed)
+        self.delay_rng = random.Random(seed + 1)  # processing delays: the fault draws stay as they were
         amazon = scenario.get("amazon") or {}
         self.outcomes = {o["returns_notice"]: o for o in amazon.get("credit_outcomes") or []}
         self.duplicate_mode = amazon.get("duplicate_credit_note", "same_note")
@@ -96,11 +138,15 @@ class SpApiSimulator:
                 f"faults.amazon.duplicate_details: unknown value {self.duplicate_details!r} "
                 "(expected 'named' or 'empty')"
             )
+        # the usage plan per operation (stated in every answer's x-amzn-RateLimit-Limit): Amazon's
+        # documented default, the scenario's faults.amazon.throttle, or the caller's (bench) plan
         throttle = faults.get("throttle")
+        plan = parse_usage_plan(usage_plan if usage_plan is not None else os.environ.get(USAGE_PLAN_ENV))
         self.buckets = {}
         for op, (rate, burst) in OPERATIONS.items():
             if throttle:
                 rate, burst = throttle.get("rate", rate), throttle.get("burst", burst)
+            rate, burst = plan.get(op, (rate, burst))
             self.buckets[op] = TokenBucket(rate, burst)
         self.tokens: dict[str, float] = {}  # access token -> expiry (monotonic seconds)
         self.asin = {c["sku"]: c.get("asin", "") for c in scenario.get("catalog") or []}
@@ -188,6 +234,9 @@ class SpApiSimulator:
                 "transactions": len(self.transactions),
                 "tokens_issued": self.stats["tokens"],
                 "faults": {"error": self.stats["fault:error"], "lost_response": self.stats["fault:lost"]},
+                "usage_plan": {op: [b.rate, b.burst] for op, b in self.buckets.items()},
+                "processing_s": list(self.processing_s),
+                "polls": {"processing": self.stats["polls_processing"], "ready": self.stats["polls_ready"]},
             }
 
     def close(self) -> None:
@@ -308,6 +357,7 @@ class SpApiSimulator:
                     "kind": "invoices",
                     "note_ids": ids,
                     "polls": 0,
+                    "ready_at": self.ready_at(),
                     "fate": "Failure",
                     "errors": errors,
                 }
@@ -340,6 +390,7 @@ class SpApiSimulator:
                 "kind": "invoices",
                 "note_ids": ids,
                 "polls": 0,
+                "ready_at": self.ready_at(),
                 "fate": fate,
                 "errors": errors,
             }
@@ -365,20 +416,32 @@ class SpApiSimulator:
                 "kind": "inventory",
                 "note_ids": [],
                 "polls": 0,
+                "ready_at": self.ready_at(),
                 "fate": "Success",
                 "errors": [],
             }
             return tid
 
+    def ready_at(self) -> float:
+        """When a transaction submitted now is processed (monotonic seconds): ``processing_s`` from now."""
+        lo, hi = self.processing_s
+        return time.monotonic() + (lo if hi <= lo else self.delay_rng.uniform(lo, hi))
+
     def transaction_state(self, tid: str, kind: str) -> dict | None:
         """Status of a transaction after one more poll: ``Processing`` for the first ``processing_polls``
-        polls, then its fate (Success, or Failure with its errors; a stuck one stays Processing)."""
+        polls and until ``processing_s`` after its submission, then its fate (Success, or Failure with its
+        errors; a stuck one stays Processing)."""
         with self.lock:
             tx = self.transactions.get(tid)
             if tx is None or tx["kind"] != kind:
                 return None
             tx["polls"] += 1
-            if tx["polls"] <= self.processing_polls or tx["fate"] == "Processing":
+            self.stats["polls_processing" if time.monotonic() < tx.get("ready_at", 0) else "polls_ready"] += 1
+            if (
+                tx["polls"] <= self.processing_polls
+                or time.monotonic() < tx.get("ready_at", 0)
+                or tx["fate"] == "Processing"
+            ):
                 return {"transactionId": tid, "status": "Processing"}
             if tx["fate"] == "Failure":
                 return {"transactionId": tid, "status": "Failure", "errors": [dict(e) for e in tx["errors"]]}

@@ -7,7 +7,11 @@ returnledger.clients.amazon_auth).
 Retries and idempotency: throttling (429), Amazon's 5xx, timeouts and connection
 errors are retried with exponential back-off behind a client-side token bucket per
 operation, which keeps ``jitter_s`` worth of tokens in hand so that jitter on the
-way does not turn a request sent at the rate into a 429. What retrying cannot fix
+way does not turn a request sent at the rate into a 429. The buckets start at the
+configured plan (Amazon's documented default) and then follow the plan Amazon states
+in every answer's ``x-amzn-RateLimit-Limit`` header, higher or lower, less
+``rate_margin`` (a lower plan scales the burst down with it); a 429 still drains the
+bucket and backs off. What retrying cannot fix
 raises at once, with Amazon's ``errors``: ``AmazonRequestError`` when Amazon refused
 the request itself (400 and other 4xx), ``AmazonAuthError`` for refused credentials.
 When retries run out the call raises ``AmazonUnavailableError``; the work should
@@ -31,7 +35,7 @@ import threading
 from dataclasses import dataclass, field
 
 from returnledger.clients.amazon_auth import Marketplace, sp_api_client, token_client_class
-from returnledger.clients.ratelimit import TokenBucket
+from returnledger.clients.ratelimit import UsagePlans
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +111,8 @@ class AmazonVendorClient:
         rate_per_s: float = 10.0,
         burst: int = 10,
         jitter_s: float = 0.1,
+        rate_margin: float = 0.03,
+        learn_rate_limit: bool = True,
         max_attempts: int = 8,
         backoff_max_s: float = 10.0,
         timeout: float = 30.0,
@@ -124,7 +130,10 @@ class AmazonVendorClient:
         self.timeout = timeout
         # Amazon's bucket refills at the same rate as ours: keep jitter_s worth of tokens in hand, so that
         # requests arriving closer together than we sent them are not throttled (see TokenBucket.reserve)
-        self.buckets = {op: TokenBucket(rate_per_s, burst, rate_per_s * jitter_s) for op in OPERATIONS}
+        self.plans = UsagePlans(
+            OPERATIONS, rate_per_s, burst, jitter_s=jitter_s, margin=rate_margin, learn=learn_rate_limit
+        )
+        self.buckets = self.plans.buckets
         self.attempts = {op: 0 for op in OPERATIONS}  # requests sent, for run statistics
         self._local = threading.local()
         self._jitter = random.Random()
@@ -156,8 +165,11 @@ class AmazonVendorClient:
             wait = max(wait, 1.0 / self.buckets[op].rate)
         return wait * (0.5 + self._jitter.random() / 2)
 
-    def _call(self, op: str, api: str, fn, on_attempt=None, before_attempt=None):
+    def _call(self, op: str, api: str, fn, on_attempt=None, before_attempt=None, parse=None):
         """Run ``fn(client)`` under the bucket with retries; Amazon refusals become AmazonRequestError.
+
+        ``fn`` returns sp_api's ApiResponse, whose headers state the usage plan (``learn``); ``parse(op,
+        response)`` turns it into the result.
 
         ``before_attempt(attempt)`` is called before every HTTP attempt and may stop the call by raising
         (nothing is sent then); ``on_attempt(attempt, http_status, result, errors)`` is told of every HTTP
@@ -200,6 +212,15 @@ class AmazonVendorClient:
                 on_attempt(tries, 202 if op.startswith("submit") else 200, result, None)
             return result
 
+        def _answer(client):
+            try:
+                response = fn(client)
+            except spx.SellingApiException as e:  # a refusal states the plan too (429s above all)
+                self.plans.learn(op, getattr(e, "headers", None))
+                raise
+            self.plans.learn(op, getattr(response, "headers", None))
+            return parse(op, response) if parse is not None else response
+
         def _attempt():
             nonlocal refreshed
             # built before the token is taken: a first sp_api client takes ~0.1 s to build, and a request
@@ -208,7 +229,7 @@ class AmazonVendorClient:
             self.buckets[op].acquire()
             self.attempts[op] += 1
             try:
-                return fn(client)
+                return _answer(client)
             except spx.SellingApiRequestThrottledException as e:
                 self.buckets[op].drain()
                 raise _Retry(f"throttled: {getattr(e, 'message', '')}", throttled=True) from e
@@ -305,7 +326,8 @@ class AmazonVendorClient:
         return self._call(
             "submitInvoices",
             "invoices",
-            lambda c: self._transaction_id("submitInvoices", c.submit_invoices(body)),
+            lambda c: c.submit_invoices(body),
+            parse=self._transaction_id,
             on_attempt=on_attempt,
             before_attempt=before_attempt,
         )
@@ -314,7 +336,8 @@ class AmazonVendorClient:
         return self._call(
             "getTransaction",
             "transactions",
-            lambda c: self._status("getTransaction", c.get_transaction(transaction_id)),
+            lambda c: c.get_transaction(transaction_id),
+            parse=self._status,
         )
 
     def submit_inventory_update(
@@ -336,9 +359,8 @@ class AmazonVendorClient:
         return self._call(
             "submitInventoryUpdate",
             "df_inventory",
-            lambda c: self._transaction_id(
-                "submitInventoryUpdate", c.submit_inventory_update(warehouse_id, inventory=inventory)
-            ),
+            lambda c: c.submit_inventory_update(warehouse_id, inventory=inventory),
+            parse=self._transaction_id,
             on_attempt=on_attempt,
             before_attempt=before_attempt,
         )
@@ -347,7 +369,8 @@ class AmazonVendorClient:
         return self._call(
             "getTransactionStatus",
             "df_transactions",
-            lambda c: self._status("getTransactionStatus", c.get_transaction_status(transaction_id)),
+            lambda c: c.get_transaction_status(transaction_id),
+            parse=self._status,
         )
 
     def __enter__(self):
