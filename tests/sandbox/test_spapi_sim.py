@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -240,6 +241,41 @@ def test_processing_outcome_never_resolves(served, scenario):
         for _ in range(5)
     }
     assert statuses == {"Processing"}
+
+
+def test_a_transaction_answers_processing_for_a_time_after_submission(served, scenario):
+    """Issue 26: Processing for ``processing_s`` seconds after submission, not for a number of polls."""
+    _base, http, sim = served(processing_polls=0, processing_s=1.0)
+    row = next(r for r in rebound_rows(scenario) if r["returns_notice"] not in _listed(scenario))
+    t0 = time.monotonic()
+    tid = http.post("/vendor/payments/v1/invoices", json={"invoices": [credit_note(scenario, row)]}).json()[
+        "payload"
+    ]["transactionId"]
+
+    def status() -> str:
+        got = http.get(f"/vendor/transactions/v1/transactions/{tid}").json()["payload"]
+        return got["transactionStatus"]["status"]
+
+    seen = [status(), status()]
+    assert time.monotonic() - t0 < 1.0 and seen == ["Processing", "Processing"]
+    time.sleep(max(0.0, 1.05 - (time.monotonic() - t0)))
+    assert status() == "Success"
+    assert sim.summary()["polls"] == {"processing": 2, "ready": 1}
+
+
+def test_the_usage_plan_is_a_knob_and_is_stated_in_every_answer(served, scenario, monkeypatch):
+    monkeypatch.setenv("RETURNLEDGER_SIM_USAGE_PLAN", "getTransaction=20/20,submitInvoices=15/10")
+    _base, http, sim = served()
+    row = next(r for r in rebound_rows(scenario) if r["returns_notice"] not in _listed(scenario))
+    r = http.post("/vendor/payments/v1/invoices", json={"invoices": [credit_note(scenario, row)]})
+    assert r.headers["x-amzn-RateLimit-Limit"] == "15"
+    tid = r.json()["payload"]["transactionId"]
+    assert http.get(f"/vendor/transactions/v1/transactions/{tid}").headers["x-amzn-RateLimit-Limit"] == "20"
+    assert sim.summary()["usage_plan"]["submitInventoryUpdate"] == [10.0, 10]
+
+
+def _listed(scenario: dict) -> set[str]:
+    return {o["returns_notice"] for o in scenario["amazon"]["credit_outcomes"]}
 
 
 def test_same_credit_note_id_is_the_same_credit_note(served, scenario):
