@@ -11,7 +11,8 @@ Not a test. What it does, in this order:
    reference data and the scenario's reference data, and both simulators in their own process
    (ReBound, and the SP-API at Amazon's default 10 req/s unless ``--amazon-rate`` says otherwise);
 3. brings the ledger to steady state for day D: the fast sync path outside Airflow (extract, validate,
-   quarantine, apply, finish: what returns_sync does, without its pushes) for every day before D, the
+   quarantine, apply, finish: the steps of returns_sync that do not talk to Amazon, from the same
+   definition as the DAG, returnledger.sync.steps) for every day before D, the
    scenario's operator actions on their days. Bench setup only: the outbox those days wrote is then
    settled in SQL as if Amazon had taken it (every PENDING row ACCEPTED under a made-up transaction, the
    credit lines moved to CLOSED with their history), so D's pushes carry D's work only and ``confirm``
@@ -52,23 +53,15 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from returnledger.store import db
+from returnledger.sync.steps import STEPS
 from returnledger_dev import scratch_db
 from simulators import SandboxProcess  # bench/: this script's folder is on sys.path
 from targets import report
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNC = "returns_sync"
-ORDER = (
-    "extract",
-    "validate",
-    "route",
-    "quarantine",
-    "apply",
-    "push_inventory",
-    "push_credits",
-    "confirm",
-    "finish",
-)
+#: the run's tasks in their order (the DAG makes one task per step)
+ORDER = tuple(s.name for s in STEPS)
 #: the settled outbox rows' made-up transaction ids start with this (bench setup only)
 SETTLED = "bench-settled:"
 
@@ -185,13 +178,11 @@ class Simulators(SandboxProcess):
 
 
 def preload(dsn: str, sims: Simulators, scenario: dict, first: date, day: date) -> dict:
-    """The fast sync path outside Airflow for every day first..D-1 (the steps of returns_sync without its
-    pushes, one window per day), each day's operator actions applied before its run (D's come later)."""
+    """The fast sync path outside Airflow for every day first..D-1 (the steps of returns_sync that do not talk
+    to Amazon, one window per day), each day's operator actions applied before its run (D's come later)."""
     from returnledger.clients.rebound import ReboundClient
-    from returnledger.intake.feed import extract
-    from returnledger.ledger.apply import apply
-    from returnledger.ledger.runs import batch_id_for, finish_run
-    from returnledger.screening.screen import batch_outcome, quarantine, validate
+    from returnledger.moment import RunMoment
+    from returnledger_dev.run_window import ClientsEnv, run_steps
     from returnledger_dev.sandbox import harness as h
     from returnledger_dev.scenarios import reference as scenario_reference
 
@@ -201,24 +192,18 @@ def preload(dsn: str, sims: Simulators, scenario: dict, first: date, day: date) 
     rebound = ReboundClient(
         sims.rebound_url, h.REBOUND_CLIENT_ID, h.REBOUND_CLIENT_SECRET, page_size=500, timeout=30
     )
-    currency = scenario["vendor"]["currency"]
+    env = ClientsEnv(dsn, rebound, vendor={"currency": scenario["vendor"]["currency"]})
+    amazon_steps = {s.name for s in STEPS if s.amazon}
     totals: Counter = Counter()
     d = first
     while d < day:
         for op in ops.get(d.isoformat(), []):
             scenario_reference.apply_operation(dsn, op, at=utc(d), actor="operator (scenario)")
             totals["operations"] += 1
-        start, end = utc(d), utc(d + timedelta(days=1))
-        batch = batch_id_for(end)
-        x = extract(dsn, rebound, window_end=end, batch_id=batch)
-        v = validate(dsn, batch_id=batch)
-        outcome = batch_outcome(v)
-        if outcome.failures:
-            quarantine(dsn, batch_id=batch, at=end)
-        a = apply(dsn, batch_id=batch, at=end, currency=currency) if outcome.applicable else {}
-        finish_run(dsn, batch_id=batch, window_end=end, window_start=start, stats={"extract": x}, at=end)
+        done = run_steps(env, RunMoment(utc(d + timedelta(days=1)), utc(d)), skip=amazon_steps)
+        a = done.get("apply") or {}
         totals["days"] += 1
-        totals["delivered"] += x["delivered"]
+        totals["delivered"] += done["extract"]["delivered"]
         totals["credit_actions"] += a.get("credit_actions") or 0
         totals["inventory_actions"] += a.get("inventory_actions") or 0
         d += timedelta(days=1)

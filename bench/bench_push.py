@@ -48,6 +48,7 @@ from returnledger.clients.amazon import AmazonVendorClient
 from returnledger.ledger import lifecycle
 from returnledger.ledger.submissions import write_submissions
 from returnledger.models import ActionKind, LineState
+from returnledger.moment import RunMoment
 from returnledger.reference import load as reference
 from returnledger.reference.policy import load_policy
 from returnledger.store import db, migrate
@@ -348,12 +349,11 @@ def main() -> int:
             client,
             warehouse_id=VENDOR["warehouse_id"],
             party_id=VENDOR["party_id"],
-            at=AT,
-            batch_id=BATCH,
+            run=RunMoment(AT, batch_id=BATCH),
         )
         inv_secs = time.perf_counter() - t
         t = time.perf_counter()
-        cred = push_credits(dsn, client, party_id=VENDOR["party_id"], at=AT, batch_id=BATCH)
+        cred = push_credits(dsn, client, party_id=VENDOR["party_id"], run=RunMoment(AT, batch_id=BATCH))
         cred_secs = time.perf_counter() - t
         attempts = dict(client.attempts)
         rerun_inv = push_inventory(
@@ -361,10 +361,11 @@ def main() -> int:
             client,
             warehouse_id=VENDOR["warehouse_id"],
             party_id=VENDOR["party_id"],
-            at=AT,
-            batch_id=BATCH + "-rerun",
+            run=RunMoment(AT, batch_id=BATCH + "-rerun"),
         )
-        rerun_cred = push_credits(dsn, client, party_id=VENDOR["party_id"], at=AT, batch_id=BATCH + "-rerun")
+        rerun_cred = push_credits(
+            dsn, client, party_id=VENDOR["party_id"], run=RunMoment(AT, batch_id=BATCH + "-rerun")
+        )
         stats, log, stock = sim.stats(), sim.requests(), sim.stock()
         probe = batching_probe(client, sim, catalog)
         client.close()

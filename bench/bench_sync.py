@@ -37,8 +37,8 @@ from returnledger.intake.orders import store_return_orders
 from returnledger.intake.raw import RAW_COLUMNS, event_key, raw_rows
 from returnledger.ledger import lifecycle
 from returnledger.ledger.apply import apply
-from returnledger.ledger.runs import batch_id_for
 from returnledger.models import EventType, LineState
+from returnledger.moment import RunMoment, batch_id_for
 from returnledger.reference import load as reference
 from returnledger.reference.policy import load_policy
 from returnledger.screening.screen import quarantine, validate
@@ -301,16 +301,16 @@ def main() -> int:
         phases = {}
         t0 = time.perf_counter()
         t = t0
-        stats = extract(dsn, rebound, window_end=window_end, batch_id=batch)
+        stats = extract(dsn, rebound, run=RunMoment(window_end, batch_id=batch))
         phases["extract (HTTP + raw + return orders)"] = time.perf_counter() - t
         t = time.perf_counter()
         v = validate(dsn, batch_id=batch)
         phases["validate (GX, incl. its import)"] = time.perf_counter() - t
         t = time.perf_counter()
-        quarantine(dsn, batch_id=batch, at=window_end)
+        quarantine(dsn, run=RunMoment(window_end, batch_id=batch))
         phases["quarantine"] = time.perf_counter() - t
         t = time.perf_counter()
-        applied = apply(dsn, batch_id=batch, at=window_end)
+        applied = apply(dsn, run=RunMoment(window_end, batch_id=batch))
         phases["apply + outbox"] = time.perf_counter() - t
         total = time.perf_counter() - t0
         delivered = stats["delivered"]
@@ -394,10 +394,11 @@ def main() -> int:
                 amazon,
                 warehouse_id=vendor["warehouse_id"],
                 party_id=vendor["party_id"],
-                at=window_end,
-                batch_id=batch,
+                run=RunMoment(window_end, batch_id=batch),
             )
-            cred = push_credits(dsn, amazon, party_id=vendor["party_id"], at=window_end, batch_id=batch)
+            cred = push_credits(
+                dsn, amazon, party_id=vendor["party_id"], run=RunMoment(window_end, batch_id=batch)
+            )
             secs = time.perf_counter() - t
             print(
                 f"\npushes: inventory {inv['calls']} calls for {skus} SKUs (minimum ceil({skus}/100) = "

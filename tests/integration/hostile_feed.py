@@ -17,7 +17,7 @@ import msgspec
 from returnledger.clients.rebound_feed import EventPage
 from returnledger.intake.feed import extract
 from returnledger.ledger.apply import apply
-from returnledger.ledger.runs import batch_id_for
+from returnledger.moment import RunMoment, batch_id_for
 from returnledger.screening.screen import quarantine, validate
 from returnledger.store import db
 
@@ -104,10 +104,10 @@ def run_pass(dsn: str, client, *, day: int, currency: str = "GBP") -> dict:
     """extract -> validate -> quarantine -> apply, as the DAG runs them (no Amazon steps)."""
     end = datetime(2026, 10, day, tzinfo=UTC)
     batch = batch_id_for(end)
-    stats = {"extract": extract(dsn, client, window_end=end, batch_id=batch)}
+    stats = {"extract": extract(dsn, client, run=RunMoment(end, batch_id=batch))}
     stats["validate"] = validate(dsn, batch_id=batch)
-    stats["quarantine"] = quarantine(dsn, batch_id=batch, at=end)
-    stats["apply"] = apply(dsn, batch_id=batch, at=end, currency=currency)
+    stats["quarantine"] = quarantine(dsn, run=RunMoment(end, batch_id=batch))
+    stats["apply"] = apply(dsn, run=RunMoment(end, batch_id=batch), currency=currency)
     return stats
 
 

@@ -29,7 +29,7 @@ from returnledger.amazon.confirm import confirm
 from returnledger.amazon.push import push_credits, push_inventory
 from returnledger.intake.feed import extract
 from returnledger.ledger.apply import apply
-from returnledger.ledger.runs import batch_id_for
+from returnledger.moment import RunMoment, batch_id_for
 from returnledger.screening.screen import quarantine, validate
 from returnledger.store import db, migrate
 from returnledger_dev import scratch_db
@@ -155,17 +155,21 @@ def _sync_month(dsn, sb, *, crash=None) -> None:
     rebound, amazon = sb.rebound_client(timeout=0.5, backoff_max_s=0.2), _amazon(sb)
     end = _utc(date(2026, 10, 9))
     batch = batch_id_for(end)
-    extract(dsn, rebound, window_end=end, batch_id=batch)
+    extract(dsn, rebound, run=RunMoment(end, batch_id=batch))
     validate(dsn, batch_id=batch)
-    quarantine(dsn, batch_id=batch, at=end)
+    quarantine(dsn, run=RunMoment(end, batch_id=batch))
     if crash is not None:
-        crash(lambda: apply(dsn, batch_id=batch, at=end))
-    apply(dsn, batch_id=batch, at=end)  # the task's retry (or the only run)
+        crash(lambda: apply(dsn, run=RunMoment(end, batch_id=batch)))
+    apply(dsn, run=RunMoment(end, batch_id=batch))  # the task's retry (or the only run)
     push_inventory(
-        dsn, amazon, warehouse_id=_vendor(sb)["warehouse_id"], party_id="VNDR1", at=end, batch_id=batch
+        dsn,
+        amazon,
+        warehouse_id=_vendor(sb)["warehouse_id"],
+        party_id="VNDR1",
+        run=RunMoment(end, batch_id=batch),
     )
-    push_credits(dsn, amazon, party_id="VNDR1", at=end, batch_id=batch)
-    confirm(dsn, amazon, at=end, batch_id=batch, rounds=6, wait_s=0.3)
+    push_credits(dsn, amazon, party_id="VNDR1", run=RunMoment(end, batch_id=batch))
+    confirm(dsn, amazon, run=RunMoment(end, batch_id=batch), rounds=6, wait_s=0.3)
 
 
 def test_postgresql_crash_in_the_middle_of_apply(cluster, tmp_path):
@@ -226,6 +230,7 @@ import sys, time, json
 from datetime import datetime
 from returnledger.amazon.push import push_credits
 from returnledger.clients.amazon import AmazonVendorClient
+from returnledger.moment import RunMoment
 cfg = json.loads(sys.argv[1])
 real = AmazonVendorClient(cfg["url"], lwa_url=cfg["lwa"], refresh_token=cfg["rt"], lwa_client_id=cfg["id"],
                           lwa_client_secret=cfg["secret"], rate_per_s=50, burst=50, backoff_max_s=0.2)
@@ -233,8 +238,8 @@ class Slow:
     def submit_invoices(self, invoices, **kw):
         time.sleep(0.15)
         return real.submit_invoices(invoices, **kw)
-push_credits(cfg["dsn"], Slow(), party_id="VNDR1", at=datetime.fromisoformat(cfg["at"]),
-             batch_id=cfg["batch"])
+push_credits(cfg["dsn"], Slow(), party_id="VNDR1",
+             run=RunMoment(datetime.fromisoformat(cfg["at"]), batch_id=cfg["batch"]))
 print("finished", flush=True)
 """
 
@@ -253,9 +258,9 @@ def test_push_process_killed_mid_batch(fresh_db, tmp_path, rule, monkeypatch):
         rebound = sb.rebound_client(timeout=0.5, backoff_max_s=0.2)
         end = _utc(date(2026, 10, 6))
         batch = batch_id_for(end)
-        extract(fresh_db, rebound, window_end=end, batch_id=batch)
+        extract(fresh_db, rebound, run=RunMoment(end, batch_id=batch))
         validate(fresh_db, batch_id=batch)
-        apply(fresh_db, batch_id=batch, at=end)
+        apply(fresh_db, run=RunMoment(end, batch_id=batch))
         cfg = {
             "url": sb.amazon_url,
             "lwa": sb.lwa_url,
@@ -287,8 +292,10 @@ def test_push_process_killed_mid_batch(fresh_db, tmp_path, rule, monkeypatch):
         assert 0 < left < 20, f"the kill must land mid-batch ({left} notes not submitted)"
         time.sleep(1.3)  # the task's retry comes after the dead pusher's leases ran out
         amazon = _amazon(sb)
-        push_credits(fresh_db, amazon, party_id="VNDR1", at=end, batch_id=batch)  # the task's retry
-        confirm(fresh_db, amazon, at=end, batch_id=batch, rounds=8, wait_s=0.3)
+        push_credits(
+            fresh_db, amazon, party_id="VNDR1", run=RunMoment(end, batch_id=batch)
+        )  # the task's retry
+        confirm(fresh_db, amazon, run=RunMoment(end, batch_id=batch), rounds=8, wait_s=0.3)
         sb.dump()
     expected = {f"RN-K{i}|SKU-A": {"quantity": 1, "amount": "10.00"} for i in range(20)}
     assert _credits(_requests(tmp_path / "out")) == expected

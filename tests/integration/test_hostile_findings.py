@@ -16,6 +16,7 @@ from returnledger.exception_queue import actions as ex
 from returnledger.exception_queue.queue import ExceptionActionError
 from returnledger.intake.feed import extract
 from returnledger.ledger.runs import SYSTEM_ACTOR
+from returnledger.moment import RunMoment
 
 pytestmark = pytest.mark.integration
 
@@ -188,6 +189,23 @@ def test_an_invalid_event_comes_back_by_itself_once_rebound_knows_its_return(dsn
     assert (_outcome(dsn, "u-recv"), _outcome(dsn, "u-grade")) == ("APPLIED", "APPLIED")
     assert _open(dsn, "INVALID_EVENT") == [] and _open(dsn, "OUT_OF_SEQUENCE") == []
     assert one(dsn, "SELECT resolved_by FROM ledger.exception WHERE type = 'INVALID_EVENT'") == SYSTEM_ACTOR
+
+
+def test_an_unknown_return_is_matched_by_its_check_not_by_the_wording_of_its_detail(dsn):
+    """The sync asks ReBound again for events that failed return_known / line_known: by the failure's
+    check name, a structured column; rewording the human-readable detail changes nothing."""
+    rb = FakeRebound({})
+    rb.serve([raw(event("w-recv", "RECEIVED", "R-16", 1, quantity=1))])
+    run_pass(dsn, rb, day=3)
+    assert one(dsn, "SELECT check_name FROM ledger.validation_failure") == "return_known"
+    from returnledger.store import db
+
+    with db.connect(dsn) as conn:  # a reworded explanation, without the check's name in front
+        conn.execute("UPDATE ledger.validation_failure SET detail = 'ReBound has never heard of R-16'")
+    rb.orders["R-16"] = order("R-16", [(1, 1)])
+    rb.serve([])
+    run_pass(dsn, rb, day=4)
+    assert _outcome(dsn, "w-recv") == "APPLIED" and _open(dsn, "INVALID_EVENT") == []
 
 
 def test_resolving_an_invalid_event_replays_it_and_the_line_goes_on(dsn):
@@ -369,7 +387,7 @@ def test_a_feed_that_stops_advancing_is_reported_and_the_run_goes_on(fresh_db):
     ok = json.dumps(event("ev-stall-1", "RETURN_CREATED", "RB-STALL")).encode()
     client = Stalling({"RB-STALL": order("RB-STALL")})
     client.serve([ok], [ok])
-    stats = extract(fresh_db, client, window_end=datetime(2026, 10, 3, tzinfo=UTC), batch_id="stall-1")
+    stats = extract(fresh_db, client, run=RunMoment(datetime(2026, 10, 3, tzinfo=UTC), batch_id="stall-1"))
     assert "FeedStalledError" in stats["feed_problem"] and stats["new"] == 1
     with store.connect(fresh_db) as conn:
         assert conn.execute("SELECT position FROM ledger.sync_cursor").fetchone()[0] == "cursor-1"
@@ -379,7 +397,7 @@ def test_a_feed_that_stops_advancing_is_reported_and_the_run_goes_on(fresh_db):
         ).fetchall() == [("integration", "open")]
     healthy = FakeRebound({"RB-STALL": order("RB-STALL")})
     healthy.serve([])
-    stats = extract(fresh_db, healthy, window_end=datetime(2026, 10, 4, tzinfo=UTC), batch_id="stall-2")
+    stats = extract(fresh_db, healthy, run=RunMoment(datetime(2026, 10, 4, tzinfo=UTC), batch_id="stall-2"))
     assert "feed_problem" not in stats
     with store.connect(fresh_db) as conn:
         assert (

@@ -31,7 +31,7 @@ from returnledger.amazon.confirm import confirm
 from returnledger.amazon.push import push_credits
 from returnledger.intake.feed import extract
 from returnledger.ledger.apply import apply
-from returnledger.ledger.runs import batch_id_for
+from returnledger.moment import RunMoment, batch_id_for
 from returnledger.reference import load as reference
 from returnledger.screening.screen import quarantine, validate
 from returnledger.store import db, migrate
@@ -334,10 +334,10 @@ def _sync_without_push(dsn, sb, day: date):
     rebound = sb.rebound_client(timeout=0.5, backoff_max_s=0.2)
     end = _utc(day + timedelta(days=1))
     batch = batch_id_for(end)
-    extract(dsn, rebound, window_end=end, batch_id=batch)
+    extract(dsn, rebound, run=RunMoment(end, batch_id=batch))
     validate(dsn, batch_id=batch)
-    quarantine(dsn, batch_id=batch, at=end)
-    apply(dsn, batch_id=batch, at=end)
+    quarantine(dsn, run=RunMoment(end, batch_id=batch))
+    apply(dsn, run=RunMoment(end, batch_id=batch))
     return end, batch
 
 
@@ -366,7 +366,9 @@ def test_two_pushers_at_once_send_each_note_once(ledger, tmp_path):
             try:
                 barrier.wait()
                 results.append(
-                    push_credits(ledger, SlowClient(_amazon(sb)), party_id="VNDR1", at=end, batch_id=batch)
+                    push_credits(
+                        ledger, SlowClient(_amazon(sb)), party_id="VNDR1", run=RunMoment(end, batch_id=batch)
+                    )
                 )
             except Exception as e:
                 errors.append(e)
@@ -414,7 +416,9 @@ def test_push_killed_between_202_and_ledger_update(ledger, tmp_path, monkeypatch
                 return tx
 
         with pytest.raises(_Crash):
-            push_credits(ledger, DiesAfter202(_amazon(sb)), party_id="VNDR1", at=end, batch_id=batch)
+            push_credits(
+                ledger, DiesAfter202(_amazon(sb)), party_id="VNDR1", run=RunMoment(end, batch_id=batch)
+            )
         with db.connect(ledger) as conn:
             assert (
                 conn.execute(
@@ -425,8 +429,8 @@ def test_push_killed_between_202_and_ledger_update(ledger, tmp_path, monkeypatch
         # the retry: the dead claim is taken over once its lease ran out, the note resent with the same id
         time.sleep(1.2)
         amazon = _amazon(sb)
-        push_credits(ledger, amazon, party_id="VNDR1", at=end, batch_id=batch)
-        stats = confirm(ledger, amazon, at=end, batch_id=batch, rounds=6, wait_s=0.3)
+        push_credits(ledger, amazon, party_id="VNDR1", run=RunMoment(end, batch_id=batch))
+        stats = confirm(ledger, amazon, run=RunMoment(end, batch_id=batch), rounds=6, wait_s=0.3)
         sb.dump()
     requests = _requests(tmp_path / "out")
     posts = _note_posts(requests)
@@ -540,7 +544,9 @@ def test_circuit_breaker_stops_a_push_step_during_an_outage(ledger, tmp_path):
     with run_sandbox(path, tmp_path / "out", faults=True) as sb:
         end, batch = _sync_without_push(ledger, sb, date(2026, 10, 5))
         with pytest.raises(amazon_push.AmazonOutage) as outage:
-            push_credits(ledger, _amazon(sb, max_attempts=3), party_id="VNDR1", at=end, batch_id=batch)
+            push_credits(
+                ledger, _amazon(sb, max_attempts=3), party_id="VNDR1", run=RunMoment(end, batch_id=batch)
+            )
     assert outage.value.failed == amazon_push.BREAKER_FAILURES and outage.value.stopped
     with db.connect(ledger) as conn:
         assert dict(

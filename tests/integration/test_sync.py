@@ -16,6 +16,7 @@ import pytest
 
 from returnledger.amazon.confirm import confirm
 from returnledger.ledger.runs import SYSTEM_ACTOR
+from returnledger.moment import RunMoment
 from returnledger.reference import load as reference
 from returnledger.store import db
 from returnledger_dev import scratch_db
@@ -268,7 +269,7 @@ def test_confirm_survives_a_transaction_amazon_does_not_know(month, tmp_path):
     assert stuck, "the scenario has credit notes stuck in Processing"
     with run_sandbox(month["scenario"], tmp_path, faults=False) as fresh:
         end = _utc(date.fromisoformat(month["scenario"]["run"]["to"]) + timedelta(days=1))
-        stats = confirm(month["dsn"], _amazon(fresh), at=end, batch_id="test:confirm", rounds=1)
+        stats = confirm(month["dsn"], _amazon(fresh), run=RunMoment(end, batch_id="test:confirm"), rounds=1)
     assert stats["unknown"] >= 1
     with db.connect(month["dsn"]) as conn:
         rows = conn.execute(

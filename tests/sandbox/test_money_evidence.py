@@ -27,6 +27,7 @@ import pytest
 from returnledger.amazon import push as amazon_push
 from returnledger.amazon.confirm import confirm
 from returnledger.amazon.push import push_credits, push_inventory
+from returnledger.moment import RunMoment
 from returnledger.store import db, migrate
 from returnledger_dev import scratch_db
 
@@ -158,8 +159,8 @@ def test_duplicate_refusal_without_evidence_does_not_accept(ledger, tmp_path, re
             other.submit_invoices([_foreign_invoice(note_id)])  # Amazon holds the id, not from us
             sim.buckets["submitInvoices"] = TokenBucket(1.0, 1)
             sim.buckets["submitInvoices"].take()  # our first attempt meets an empty bucket: 429
-            push_credits(ledger, amazon, party_id="VNDR1", at=end, batch_id=batch)
-            confirm(ledger, amazon, at=end, batch_id=batch, rounds=4, wait_s=0.2)
+            push_credits(ledger, amazon, party_id="VNDR1", run=RunMoment(end, batch_id=batch))
+            confirm(ledger, amazon, run=RunMoment(end, batch_id=batch), rounds=4, wait_s=0.2)
             with db.connect(ledger) as conn:
                 statuses = [
                     r[0]
@@ -171,8 +172,8 @@ def test_duplicate_refusal_without_evidence_does_not_accept(ledger, tmp_path, re
                 ]
             assert statuses[0] == 429 and statuses[-1] == 202, statuses
         else:
-            push_credits(ledger, amazon, party_id="VNDR1", at=end, batch_id=batch)
-            confirm(ledger, amazon, at=end, batch_id=batch, rounds=4, wait_s=0.2)
+            push_credits(ledger, amazon, party_id="VNDR1", run=RunMoment(end, batch_id=batch))
+            confirm(ledger, amazon, run=RunMoment(end, batch_id=batch), rounds=4, wait_s=0.2)
             with db.connect(ledger) as conn:
                 exc_id, state = conn.execute(
                     "SELECT e.exception_id, l.state FROM ledger.exception e JOIN ledger.return_line l"
@@ -182,8 +183,8 @@ def test_duplicate_refusal_without_evidence_does_not_accept(ledger, tmp_path, re
             other.submit_invoices([_foreign_invoice(note_id)])  # meanwhile, the id was taken elsewhere
             later = _utc(DAY + timedelta(days=1))
             retry_submission(ledger, exc_id, actor="integration lead", at=later)
-            push_credits(ledger, amazon, party_id="VNDR1", at=later, batch_id=batch + "-retry")
-            confirm(ledger, amazon, at=later, batch_id=batch + "-retry", rounds=4, wait_s=0.2)
+            push_credits(ledger, amazon, party_id="VNDR1", run=RunMoment(later, batch_id=batch + "-retry"))
+            confirm(ledger, amazon, run=RunMoment(later, batch_id=batch + "-retry"), rounds=4, wait_s=0.2)
         sb.dump()
     refusals = [
         e for t in sim.transactions.values() for e in t["errors"] if e["code"] == "DuplicateInvoiceNumber"
@@ -277,15 +278,17 @@ def test_claim_survives_a_lost_connection(cluster, tmp_path, rule, fault):  # no
 
         def meanwhile() -> None:
             try:
-                second["stats"] = push_credits(dsn, _amazon(sb), party_id="VNDR1", at=end, batch_id=batch)
+                second["stats"] = push_credits(
+                    dsn, _amazon(sb), party_id="VNDR1", run=RunMoment(end, batch_id=batch)
+                )
             except Exception as e:
                 second["error"] = e
 
         client = _FaultAfter202(
             _amazon(sb), 3, kill if fault == "pg_terminate_backend" else cluster.crash_restart, meanwhile
         )
-        first = push_credits(dsn, client, party_id="VNDR1", at=end, batch_id=batch)
-        stats = confirm(dsn, _amazon(sb), at=end, batch_id=batch, rounds=6, wait_s=0.3)
+        first = push_credits(dsn, client, party_id="VNDR1", run=RunMoment(end, batch_id=batch))
+        stats = confirm(dsn, _amazon(sb), run=RunMoment(end, batch_id=batch), rounds=6, wait_s=0.3)
         sb.dump()
         state = _money_state(dsn, sb.amazon_app.state.sim)
     assert "error" not in second, second
@@ -329,11 +332,13 @@ def test_unlogged_send_is_resent_and_judged_by_evidence(ledger, tmp_path, rule, 
                 return self.real.submit_invoices(invoices, **kw)
 
         with pytest.raises(_Crash):
-            push_credits(ledger, DiesBeforeLogging(_amazon(sb)), party_id="VNDR1", at=end, batch_id=batch)
+            push_credits(
+                ledger, DiesBeforeLogging(_amazon(sb)), party_id="VNDR1", run=RunMoment(end, batch_id=batch)
+            )
         time.sleep(1.3)  # the dead pusher's lease runs out
         amazon = _amazon(sb)
-        push_credits(ledger, amazon, party_id="VNDR1", at=end, batch_id=batch)
-        confirm(ledger, amazon, at=end, batch_id=batch, rounds=6, wait_s=0.3)
+        push_credits(ledger, amazon, party_id="VNDR1", run=RunMoment(end, batch_id=batch))
+        confirm(ledger, amazon, run=RunMoment(end, batch_id=batch), rounds=6, wait_s=0.3)
         sb.dump()
         state = _money_state(ledger, sb.amazon_app.state.sim)
     requests = _requests(tmp_path / "out")
@@ -373,7 +378,9 @@ def test_outage_signal_is_the_same_for_push_and_confirm(ledger, tmp_path):
         sim = sb.amazon_app.state.sim
         amazon = _amazon(sb, max_attempts=2)
         end, batch = _sync_without_push(ledger, sb, DAY)
-        push_credits(ledger, amazon, party_id="VNDR1", at=end, batch_id=batch)  # SUBMITTED, not confirmed
+        push_credits(
+            ledger, amazon, party_id="VNDR1", run=RunMoment(end, batch_id=batch)
+        )  # SUBMITTED, not confirmed
         end, batch = _sync_without_push(ledger, sb, DAY + timedelta(days=1))
         sim.error_rate = 1.0  # Amazon is down
         outages = {}
@@ -385,12 +392,17 @@ def test_outage_signal_is_the_same_for_push_and_confirm(ledger, tmp_path):
                     amazon,
                     warehouse_id=_vendor(sb)["warehouse_id"],
                     party_id="VNDR1",
-                    at=end,
-                    batch_id=batch,
+                    run=RunMoment(end, batch_id=batch),
                 ),
             ),
-            ("push_credits", lambda: push_credits(ledger, amazon, party_id="VNDR1", at=end, batch_id=batch)),
-            ("confirm", lambda: confirm(ledger, amazon, at=end, batch_id=batch, rounds=2, wait_s=0.1)),
+            (
+                "push_credits",
+                lambda: push_credits(ledger, amazon, party_id="VNDR1", run=RunMoment(end, batch_id=batch)),
+            ),
+            (
+                "confirm",
+                lambda: confirm(ledger, amazon, run=RunMoment(end, batch_id=batch), rounds=2, wait_s=0.1),
+            ),
         ):
             with pytest.raises(Exception) as err:
                 run()
@@ -403,10 +415,14 @@ def test_outage_signal_is_the_same_for_push_and_confirm(ledger, tmp_path):
             )
         sim.error_rate = 0.0  # Amazon is back: the next run goes on from there
         push_inventory(
-            ledger, amazon, warehouse_id=_vendor(sb)["warehouse_id"], party_id="VNDR1", at=end, batch_id=batch
+            ledger,
+            amazon,
+            warehouse_id=_vendor(sb)["warehouse_id"],
+            party_id="VNDR1",
+            run=RunMoment(end, batch_id=batch),
         )
-        push_credits(ledger, amazon, party_id="VNDR1", at=end, batch_id=batch)
-        confirm(ledger, amazon, at=end, batch_id=batch, rounds=6, wait_s=0.3)
+        push_credits(ledger, amazon, party_id="VNDR1", run=RunMoment(end, batch_id=batch))
+        confirm(ledger, amazon, run=RunMoment(end, batch_id=batch), rounds=6, wait_s=0.3)
         sb.dump()
         state = _money_state(ledger, sim)
     for step, e in outages.items():

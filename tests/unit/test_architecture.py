@@ -115,6 +115,7 @@ BUSINESS_ORDER = (
     "amazon",
     "reconciliation",
     "reports",
+    "sync",  # one sync run's steps (returnledger.sync.steps): they call into the business below
 )
 
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime
 
 from returnledger.amazon.answers import accept, follow, reject, unproven
 from returnledger.models import ActionKind
+from returnledger.moment import RunMoment
 from returnledger.store.db import connect
 
 log = logging.getLogger(__name__)
@@ -89,11 +89,12 @@ def _unproven_detail(note_id: str | None, why: str, errors) -> str:
     )
 
 
-def confirm(dsn: str, client, *, at: datetime, batch_id: str, rounds: int = 3, wait_s: float = 1.0) -> dict:
+def confirm(dsn: str, client, *, run: RunMoment, rounds: int = 3, wait_s: float = 1.0) -> dict:
     """Poll Amazon for submitted transactions: ``rounds`` times, ``wait_s`` apart while some still process."""
     from returnledger.amazon.push import BREAKER_FAILURES, AmazonOutage
     from returnledger.clients.amazon import AmazonRequestError, AmazonUnavailableError
 
+    batch_id, at = run.batch_id, run.as_of
     stats = {
         "accepted": 0,
         "rejected": 0,

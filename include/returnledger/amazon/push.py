@@ -22,7 +22,6 @@ import json
 import logging
 import os
 from collections import defaultdict
-from datetime import datetime
 
 import psycopg
 
@@ -41,6 +40,7 @@ from returnledger.amazon.claims import (
 )
 from returnledger.amazon.credit_note import build_credit_note
 from returnledger.ledger import lifecycle
+from returnledger.moment import RunMoment
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,15 @@ def _unavailable(e: BaseException) -> bool:
     return isinstance(e, AmazonUnavailableError)
 
 
-def push_credits(dsn: str, client, *, party_id: str, at: datetime, batch_id: str) -> dict:
-    """Send every pending credit note, one note per submitInvoices call.
+def push_credits(dsn: str, client, *, party_id: str, run: RunMoment) -> dict:
+    """Send every pending credit note, one note per submitInvoices call (as of the run's end).
 
     One note per call keeps Amazon's transaction status unambiguous per note (a Failure or
     a stuck Processing for one note never drags another with it).
     """
     from returnledger.clients.amazon import AmazonAuthError, AmazonRequestError
+
+    batch_id, at = run.batch_id, run.as_of
 
     stats = {
         "credit_notes": 0,
@@ -207,12 +209,13 @@ def push_inventory(
     *,
     warehouse_id: str,
     party_id: str,
-    at: datetime,
-    batch_id: str,
+    run: RunMoment,
     items_per_call: int = 100,
 ) -> dict:
     """Send the new absolute available quantity of every SKU with pending restocks, in batches."""
     from returnledger.clients.amazon import AmazonAuthError
+
+    batch_id, at = run.batch_id, run.as_of
 
     stats = {"skus": 0, "lines": 0, "calls": 0, "failed": 0, "stopped_by_breaker": 0, "claims_lost": 0}
     errors = []

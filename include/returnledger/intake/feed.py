@@ -16,6 +16,7 @@ from returnledger.intake.orders import fetch_return_orders
 from returnledger.intake.raw import land_rows, raw_rows
 from returnledger.ledger.runs import SYSTEM_ACTOR, no_cyclic_gc, start_run
 from returnledger.models import ExceptionType
+from returnledger.moment import RunMoment
 from returnledger.store.db import connect, unit_of_work
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,13 @@ def _set_cursor(conn, position: str, *, at: datetime, batch_id: str) -> None:
     )
 
 
-def extract(dsn: str, client, *, window_end: datetime, batch_id: str, chunk: int = 20_000) -> dict:
-    """Read the feed from the stored cursor up to the window end; land raw rows, then move the cursor.
+def extract(dsn: str, client, *, run: RunMoment, chunk: int = 20_000) -> dict:
+    """Read the feed from the stored cursor up to the run's end; land raw rows, then move the cursor.
 
     Raw rows and the cursor move commit together per chunk, so a crash re-reads
     at most one chunk, and the event-key dedupe absorbs the re-read.
     """
+    window_end, batch_id = run.end, run.batch_id
     stats = {
         "delivered": 0,
         "new": 0,

@@ -15,13 +15,14 @@ from datetime import datetime
 import psycopg
 
 from returnledger.exception_queue.queue import NewException, raise_exceptions
+from returnledger.exception_types import Release, released_by, replay_only_types, sql_in
 from returnledger.fields import int4_sql
 from returnledger.ledger import lifecycle
-from returnledger.exception_types import Release, released_by, replay_only_types, sql_in
 from returnledger.ledger.holds import blocked_sql, record_outcomes, release_reference_holds
 from returnledger.ledger.runs import no_cyclic_gc
 from returnledger.ledger.writes import HISTORY_COLUMNS, Changes, load_lines, write_changes
 from returnledger.models import LINE_EVENTS, Disposition, EventType, ExceptionType, Grade
+from returnledger.moment import RunMoment
 from returnledger.reference.policy import load_policy
 from returnledger.store.db import copy_into, unit_of_work
 
@@ -71,8 +72,9 @@ def _refuse_unfit(
     return len(ids)
 
 
-def apply(dsn: str, *, batch_id: str, at: datetime, currency: str = "GBP") -> dict:
+def apply(dsn: str, *, run: RunMoment, currency: str = "GBP") -> dict:
     """Lifecycle rules over passing events plus every held event that may now go on."""
+    batch_id, at = run.batch_id, run.as_of
     stats = defaultdict(int)
     blocked, replay_only = blocked_sql(), sql_in(replay_only_types())  # the registry's hold rules
     (waits_for_earlier,) = released_by(Release.EARLIER_EVENT)

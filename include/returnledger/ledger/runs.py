@@ -10,8 +10,9 @@ import gc
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 
+from returnledger.moment import RunMoment
 from returnledger.store.db import unit_of_work
 
 #: the actor of every automatic change a sync run makes (exceptions it raises or resolves, audit rows)
@@ -31,27 +32,14 @@ def no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def batch_id_for(window_end: datetime) -> str:
-    """The batch id of the run that ends at ``window_end``: every row the run writes carries it."""
-    return f"returns_sync:{window_end.astimezone(UTC):%Y-%m-%dT%H:%M}Z"
-
-
-def finish_run(
-    dsn: str,
-    *,
-    batch_id: str,
-    window_end: datetime,
-    stats: dict,
-    at: datetime,
-    window_start: datetime | None = None,
-) -> None:
-    """Book the run: the period it covered, [window_start, window_end), and its counts."""
+def finish_run(dsn: str, *, run: RunMoment, stats: dict) -> None:
+    """Book the run: the period it covered, [run.start, run.end), its counts, finished as of its end."""
     with unit_of_work(dsn) as conn:
-        start_run(conn, batch_id, window_end)
+        start_run(conn, run.batch_id, run.end)
         conn.execute(
             """UPDATE ledger.sync_run SET finished_at = %s, stats = %s::jsonb,
                                window_start = COALESCE(%s, window_start) WHERE batch_id = %s""",
-            (at, json.dumps(stats, default=str), window_start, batch_id),
+            (run.as_of, json.dumps(stats, default=str), run.start, run.batch_id),
         )
 
 

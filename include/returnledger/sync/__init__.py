@@ -1,0 +1,1 @@
+"""One sync run of the returns ledger (the DAG ``returns_sync``): its steps, in their order, defined once."""
