@@ -120,7 +120,7 @@ def seed_small_ledger(dsn: str) -> None:
             (d(2026, 10, 8),),
         )
         c.execute(
-            "INSERT INTO ledger.sync_run (batch_id, window_end, started_at, finished_at) VALUES"
+            "INSERT INTO ledger.sync_run (batch_id, window_end, started_as_of, finished_at) VALUES"
             " ('returns_sync:2026-10-09', %s, %s, %s)",
             (AS_OF, d(2026, 10, 9, 0, 1), d(2026, 10, 9, 0, 9)),
         )

@@ -157,7 +157,7 @@ def seed(dsn: str) -> None:
                 (raw, rid, held_at),
             )
         c.execute(
-            "INSERT INTO ledger.sync_run (batch_id, window_end, started_at, finished_at)"
+            "INSERT INTO ledger.sync_run (batch_id, window_end, started_as_of, finished_at)"
             " VALUES ('returns_sync:2026-10-07', %s, %s, %s)",
             (utc(2026, 10, 8), utc(2026, 10, 8, 0, 5), utc(2026, 10, 8, 6)),
         )
@@ -272,7 +272,7 @@ def test_check_stalled_flows_raises_once_and_resolves_what_moved(ledger):
 def test_a_fresh_sync_clears_the_late_sync_flag(ledger):
     with db.connect(ledger) as c:
         c.execute(
-            "INSERT INTO ledger.sync_run (batch_id, window_end, started_at, finished_at)"
+            "INSERT INTO ledger.sync_run (batch_id, window_end, started_as_of, finished_at)"
             " VALUES ('returns_sync:2026-10-10', %s, %s, %s)",
             (AS_OF, utc(2026, 10, 10, 0, 5), utc(2026, 10, 10, 0, 20)),
         )

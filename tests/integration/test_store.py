@@ -257,3 +257,23 @@ def test_raw_events_and_lines_cannot_be_removed(conn):
         for statement in (f"DELETE FROM ledger.{table}", f"TRUNCATE ledger.{table} CASCADE"):
             with pytest.raises(psycopg.errors.RaiseException, match="keeps every row"), conn.transaction():
                 conn.execute(statement)
+
+
+def test_a_sync_runs_row_says_its_start_is_an_as_of_moment_not_a_clock_time(fresh_db):
+    """ledger.sync_run keeps the moment a run is as of under a name that says so (it was started_at,
+    which read like a wall-clock start while it held the window end)."""
+    from returnledger.ledger.runs import finish_run
+    from returnledger.moment import RunMoment
+
+    end = datetime(2026, 10, 6, tzinfo=UTC)
+    finish_run(fresh_db, run=RunMoment(end, start=datetime(2026, 10, 5, tzinfo=UTC)), stats={"n": 1})
+    with db.connect(fresh_db) as c:
+        columns = {
+            r[0]
+            for r in c.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = 'ledger' AND table_name = 'sync_run'"
+            )
+        }
+        assert "started_at" not in columns
+        assert c.execute("SELECT started_as_of, window_end FROM ledger.sync_run").fetchall() == [(end, end)]

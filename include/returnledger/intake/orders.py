@@ -32,9 +32,12 @@ from returnledger.intake.order_lookup import ask_rebound, release_orders, report
 from returnledger.intake.raw import REFUSED, screen_body, storable
 from returnledger.ledger.runs import SYSTEM_ACTOR
 from returnledger.models import LINE_EVENTS_SQL, RETURN_ID_PATTERN, ExceptionType
+from returnledger.screening.suite import FIXABLE_CHECKS
 from returnledger.store.db import copy_rows, raw_json, unit_of_work
 
 _ID_RE = re.compile(RETURN_ID_PATTERN)
+#: the checks whose failures ReBound may fix later, as an SQL list (matched by check name, not detail text)
+_FIXABLE_SQL = "(" + ", ".join(f"'{c}'" for c in FIXABLE_CHECKS) + ")"
 
 _REFRESH_SQL = f"""
 SELECT DISTINCT return_id FROM (
@@ -53,7 +56,7 @@ SELECT DISTINCT return_id FROM (
     -- events reported invalid because the return or line was unknown: asked again while the exception is open
     SELECT x.return_id FROM ledger.exception x JOIN ledger.validation_failure f ON f.raw_id = x.raw_id
     WHERE x.status = 'open' AND x.type = 'INVALID_EVENT' AND x.return_id IS NOT NULL
-      AND (f.detail LIKE 'return_known:%' OR f.detail LIKE 'line_known:%')
+      AND f.check_name IN {_FIXABLE_SQL}
     UNION ALL
     SELECT return_id FROM ledger.exception
     WHERE status = 'open' AND type = 'INVALID_RETURN_ORDER' AND return_id IS NOT NULL
@@ -197,7 +200,7 @@ WITH fixed AS (
     JOIN ledger.raw_event r ON r.raw_id = x.raw_id
     JOIN ledger.return_order o ON o.return_id = r.return_id
     WHERE x.status = 'open' AND x.type = 'INVALID_EVENT'
-      AND (f.detail LIKE 'return_known:%%' OR f.detail LIKE 'line_known:%%')
+      AND f.check_name IN {_FIXABLE_SQL}
       AND (r.event_type NOT IN {LINE_EVENTS_SQL}
            OR EXISTS (SELECT 1 FROM ledger.return_line l WHERE l.return_id = r.return_id AND l.line = r.line))
 )

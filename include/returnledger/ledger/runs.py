@@ -46,7 +46,7 @@ def finish_run(dsn: str, *, run: RunMoment, stats: dict) -> None:
 def start_run(conn, batch_id: str, window_end: datetime) -> None:
     """The run's row in ``ledger.sync_run`` (once per batch id); the caller commits."""
     conn.execute(
-        """INSERT INTO ledger.sync_run (batch_id, window_end, started_at) VALUES (%s, %s, %s)
+        """INSERT INTO ledger.sync_run (batch_id, window_end, started_as_of) VALUES (%s, %s, %s)
                     ON CONFLICT (batch_id) DO NOTHING""",
         (batch_id, window_end, window_end),
     )

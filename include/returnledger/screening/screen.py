@@ -42,9 +42,11 @@ def validate(dsn: str, *, batch_id: str, result_dir: Path | None = None) -> dict
             conn.execute(
                 """
                 INSERT INTO ledger.validation_failure (raw_id, batch_id, exception_type, detail, return_id,
-                                                       line, sku)
-                SELECT r, %b, t, d, rid, ln, s FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[],
-                                                           %b::int[], %b::text[]) AS x(r, t, d, rid, ln, s)
+                                                       line, sku, check_name)
+                SELECT r, %b, t, d, rid, ln, s, c
+                  FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::int[], %b::text[],
+                              %b::text[])
+                       AS x(r, t, d, rid, ln, s, c)
                 ON CONFLICT (raw_id) DO NOTHING""",
                 (
                     batch_id,
@@ -54,6 +56,7 @@ def validate(dsn: str, *, batch_id: str, result_dir: Path | None = None) -> dict
                     [v.return_id for v in f],
                     [v.line for v in f],
                     [v.sku for v in f],
+                    [v.check for v in f],
                 ),
             )
         conn.commit()

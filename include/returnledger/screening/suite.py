@@ -42,6 +42,7 @@ class Verdict:
     return_id: str | None = None
     line: int | None = None
     sku: str | None = None
+    check: str | None = None  # the check that failed (Check.name): code matches it, never the detail text
 
 
 @dataclass
@@ -246,6 +247,7 @@ def build_checks() -> list[Check]:
 
 #: failures of these checks can be fixed later (ReBound adds the return or line): the sync asks ReBound
 #: for the order again on every run while the INVALID_EVENT is open, and replays the event once it fits
+#: (intake.orders matches them by ``ledger.validation_failure.check_name``)
 FIXABLE_CHECKS = ("return_known", "line_known")
 
 #: frame fields a failure's explanation may quote
@@ -311,6 +313,7 @@ def validate_frame(df) -> ValidationOutcome:
                     return_id=fields["return_id"],
                     line=None if fields["line"] is None else int(fields["line"]),
                     sku=fields["sku"],
+                    check=check.name,
                 )
             )
     passed = [x for x in df.index.tolist() if x not in first]
