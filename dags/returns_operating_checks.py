@@ -18,9 +18,10 @@ open at that moment, "new" means opened in the 24 hours of the interval.
    moving again are resolved.
 2. `build` - per owner team: open exceptions by type, new since yesterday,
    over-SLA list, stalled flows (integration), lines received but not
-   dispositioned for 5+ days (warehouse). Written as HTML files to the folder
-   in Variable `returnledger_digest_dir` (default `$RETURNLEDGER_HOME/.local/digests`).
-3. `send` - one mail per team through the `smtp_default` connection to the
+   dispositioned for 5+ days (warehouse). Written as HTML files to `digests/` of
+   the shared object store (Variable `returnledger_object_store`; S3 in production).
+3. `send` - reads each digest back from the object store (it may run on
+   another worker) and mails it: one mail per team through `smtp_default` to the
    address in Variable `returnledger_team_emails` (JSON, default
    `<team>@localhost`). One mapped task per team: a failed mail retries alone.
 
@@ -69,14 +70,14 @@ def returns_operating_checks():
 
     @task
     def build() -> list[dict]:
-        """Write one daily digest per owner team (HTML) to Variable `returnledger_digest_dir`."""
-        from returnledger.airflow.defaults import variable
+        """Write one daily digest per owner team (HTML) to `digests/` of the object store."""
         from returnledger.airflow.hooks import ledger_dsn
+        from returnledger.airflow.objects import object_store
         from returnledger.airflow.schedule import run_moment
         from returnledger.reports.digests import build_and_write
 
         return build_and_write(
-            ledger_dsn(), as_of=run_moment(), kind="daily", out_dir=variable("returnledger_digest_dir")
+            ledger_dsn(), as_of=run_moment(), kind="daily", out_dir=object_store("digests")
         )
 
     digests = build()

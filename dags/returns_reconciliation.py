@@ -19,13 +19,15 @@ interval start: results go to `daily:<D>` and never touch a closed month. The
 results replace the period's rows as of its data interval end, and the report is
 written.
 
-**Reads / writes.** Reads the ledger (`returns_db` connection) and the export base
-(Variable `returnledger_export_base`). Writes `ledger.amazon_return`,
-`ledger.import_file`, `ledger.recon_result`, `ledger.exception`, post-hoc returns in
-ReBound (`rebound_api` connection) and the report under Variable
-`returnledger_report_base` `/<period>/`. Finance mail goes to Variable
-`returnledger_finance_to`. The Variables' defaults (a folder under
-`$RETURNLEDGER_HOME/.local`) are listed in returnledger.airflow.defaults.
+**Reads / writes.** Reads the ledger (`returns_db` connection) and the export from
+`exports/` of the shared object store (Variable `returnledger_object_store`, S3
+through `aws_default` in production; Variable `returnledger_export_base` if the
+exports arrive elsewhere). Writes `ledger.amazon_return`, `ledger.import_file`,
+`ledger.recon_result`, `ledger.exception`, post-hoc returns in ReBound
+(`rebound_api` connection) and the report under `reports/<period>/` of the store
+(or Variable `returnledger_report_base`). Finance mail goes to Variable
+`returnledger_finance_to`. The Variables' defaults are listed in
+returnledger.airflow.defaults.
 
 **What a run covers.** Every line of every return created before the month's end
 that no earlier close settled (MATCHED or NO_CREDIT_DUE), whatever month it was
@@ -89,8 +91,8 @@ def returns_reconciliation():
     @task(multiple_outputs=False)
     def import_amazon_export(window: dict) -> dict:
         """Validate and load the month's Vendor Central returns export (required on close runs)."""
-        from returnledger.airflow.defaults import variable
         from returnledger.airflow.hooks import ledger_dsn
+        from returnledger.airflow.objects import export_base
         from returnledger.airflow.tasks import fail_fast
         from returnledger.reconciliation.amazon_export import import_amazon_export as run_import
         from returnledger.reconciliation.closes import closed_run
@@ -101,7 +103,7 @@ def returns_reconciliation():
         with fail_fast():  # a rejected export is rejected again on every try
             result = run_import(
                 ledger_dsn(),
-                variable("returnledger_export_base"),
+                export_base(),
                 window["period"],
                 at=datetime.fromisoformat(window["as_of"]),
                 missing_ok=not window["close"],
@@ -145,18 +147,16 @@ def returns_reconciliation():
 
     @task(outlets=[REPORT], on_success_callback=[finance_notice()], multiple_outputs=False)
     def write_report(window: dict) -> dict:
-        """month_end_report.csv + .html under <returnledger_report_base>/<period>/ (s3: aws_default), stored
-        with its sha256 as the month's close; a closed month's stored report is written out as it was."""
-        from returnledger.airflow.defaults import variable
+        """month_end_report.csv + .html under `reports/<period>/` of the object store (s3: aws_default),
+        stored with its sha256 as the month's close; a closed month's stored report is written out again."""
         from returnledger.airflow.hooks import ledger_dsn
-        from returnledger.reconciliation.storage import storage_path
+        from returnledger.airflow.objects import report_base
         from returnledger.reports.month_close import close_month
 
-        out = storage_path(variable("returnledger_report_base")) / window["period"]
         return close_month(
             ledger_dsn(),
             window["period"],
-            str(out),
+            report_base() / window["period"],
             as_of=datetime.fromisoformat(window["as_of"]),
             batch_id=window["batch_id"],
         )

@@ -16,9 +16,10 @@ computed as of its data interval end.
 - the owner of dark returns (warehouse): dark returns still unresolved.
 Routing follows `ledger.owner_team` (include/reference/owners.yaml).
 
-**Steps**: `build` writes the HTML files to Variable `returnledger_digest_dir`
-(default `$RETURNLEDGER_HOME/.local/digests`); `send` mails each team through `smtp_default`
-(addresses: Variable `returnledger_team_emails`), one mapped task per team.
+**Steps**: `build` writes the HTML files to `digests/` of the shared object store
+(Variable `returnledger_object_store`); `send` reads each back from there (it may run on
+another worker) and mails it through `smtp_default` (addresses: Variable
+`returnledger_team_emails`), one mapped task per team.
 
 **Rerunning is safe**: the review only reads the ledger; a rerun for the same
 week rebuilds the same digest (as-of counts) and overwrites its files. It does
@@ -51,14 +52,14 @@ from returnledger.airflow.tasks import send
 def returns_weekly_review():
     @task
     def build() -> list[dict]:
-        """Write one weekly review per owner team (HTML) to Variable `returnledger_digest_dir`."""
-        from returnledger.airflow.defaults import variable
+        """Write one weekly review per owner team (HTML) to `digests/` of the object store."""
         from returnledger.airflow.hooks import ledger_dsn
+        from returnledger.airflow.objects import object_store
         from returnledger.airflow.schedule import run_moment
         from returnledger.reports.digests import build_and_write
 
         return build_and_write(
-            ledger_dsn(), as_of=run_moment(), kind="weekly", out_dir=variable("returnledger_digest_dir")
+            ledger_dsn(), as_of=run_moment(), kind="weekly", out_dir=object_store("digests")
         )
 
     send.expand(digest=build())

@@ -332,7 +332,7 @@ def test_dag_test_of_operating_checks_mails_one_digest_per_team(airflow_env, smt
         {
             "AIRFLOW_CONN_SMTP_DEFAULT": smtp_uri(smtp.port),
             "AIRFLOW_CONN_RETURNS_DB": _returns_db(fresh_db),
-            "AIRFLOW_VAR_RETURNLEDGER_DIGEST_DIR": str(tmp_path / "digests"),
+            "AIRFLOW_VAR_RETURNLEDGER_OBJECT_STORE": (tmp_path / "store").as_uri(),
         },
         # the run listed under 9 Oct covers [9 Oct 07:00, 10 Oct 07:00): dag.test() asks for it by
         # its interval end, and its "as of" is that end
@@ -355,7 +355,7 @@ def test_dag_test_of_operating_checks_mails_one_digest_per_team(airflow_env, smt
         team = rcpt[0].split("@")[0]
         got = counts_of(msg)
         assert {k: got[k] for k in expected[team]} == expected[team], team
-    assert sorted(p.name for p in (tmp_path / "digests").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "store" / "digests").iterdir()) == [
         "daily-2026-10-10-finance.html",
         "daily-2026-10-10-integration.html",
         "daily-2026-10-10-operations.html",
@@ -378,7 +378,7 @@ def test_dag_test_of_weekly_review_mails_one_review_per_team(airflow_env, smtp, 
         {
             "AIRFLOW_CONN_SMTP_DEFAULT": smtp_uri(smtp.port),
             "AIRFLOW_CONN_RETURNS_DB": _returns_db(fresh_db),
-            "AIRFLOW_VAR_RETURNLEDGER_DIGEST_DIR": str(tmp_path),
+            "AIRFLOW_VAR_RETURNLEDGER_OBJECT_STORE": tmp_path.as_uri(),
         },
         logical=week_end.isoformat(),
     )
@@ -427,3 +427,101 @@ def test_month_end_notice_without_a_mail_server_is_one_error_line(monkeypatch):
     message, kw = calls[0]
     assert "finance@localhost" in message and "refused" in message.lower(), message
     assert "exc_info" not in kw  # one line, no traceback
+
+
+# --- one notifier class, and digests read back from the shared store (issue 24) ---------------------------
+
+
+def test_every_mail_goes_through_one_notifier_class():
+    """Failure alerts (task, DAG run), the month-end notice and the digests: one class, an SmtpNotifier."""
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    from returnledger.airflow import notifiers
+    from returnledger.reports.digest_sections import Digest
+
+    digest = Digest("finance", "s", "<p>x</p>", {}, "daily", AS_OF)
+    made = [
+        notifiers.failure_callbacks()[0],
+        notifiers.dag_failure_callbacks()[0],
+        notifiers.finance_notice(),
+        notifiers.MailNotifier("digest", digest=digest),
+    ]
+    assert {type(n) for n in made} == {notifiers.MailNotifier}
+    assert issubclass(notifiers.MailNotifier, SmtpNotifier)
+    assert [n.about for n in made] == ["task_failure", "dag_failure", "month_end", "digest"]
+    with pytest.raises(ValueError, match="about"):
+        notifiers.MailNotifier("weekly_letter")
+    with pytest.raises(ValueError, match="digest"):
+        notifiers.MailNotifier("digest")
+
+
+def test_one_notifier_instance_mails_each_failure_its_own_text(smtp, monkeypatch):
+    """Airflow shares one callback instance between failures: the second mail says the second failure."""
+    from returnledger.airflow.notifiers import failure_callbacks
+
+    monkeypatch.setenv("AIRFLOW_VAR_RETURNLEDGER_ALERT_TO", "oncall@test.local")
+    mail = failure_callbacks()[0]
+
+    class Other(_TI):
+        task_id, try_number = "confirm", 1
+
+    mail({"ti": _TI(), "run_id": "r1", "ds": "2026-10-05", "exception": RuntimeError("first")})
+    mail({"ti": Other(), "run_id": "r2", "ds": "2026-10-06", "exception": RuntimeError("second")})
+    msgs = smtp.wait_for(2)
+    assert [m["Subject"] for _, m in msgs] == [
+        "[returnledger] returns_sync / push_credits failed for 2026-10-05",
+        "[returnledger] returns_sync / confirm failed for 2026-10-06",
+    ]
+    assert "first" in html_of(msgs[0][1]) and "second" in html_of(msgs[1][1])
+    assert "first" not in html_of(msgs[1][1])
+
+
+def test_month_end_notice_says_period_as_of_and_totals(smtp, monkeypatch):
+    """Built in Python from the close run's context: the period (param), the as-of (interval end) and the
+    write_report XCom, its braces escaped, to Variable returnledger_finance_to."""
+    from returnledger.airflow.notifiers import finance_notice
+
+    monkeypatch.setenv("AIRFLOW_VAR_RETURNLEDGER_FINANCE_TO", "ap@test.local")
+
+    class TI:
+        def xcom_pull(self, task_ids):
+            assert task_ids == "write_report"
+            return {"period": "2026-10", "rows": 7, "total": {"credited_amount": "12.50"}}
+
+    notice = finance_notice()
+    notice(
+        {
+            "ti": TI(),
+            "params": {"close_period": "2026-10"},
+            "data_interval_end": datetime(2026, 11, 4, tzinfo=UTC),
+        }
+    )
+    (rcpt, msg), *_ = smtp.wait_for(1)
+    assert rcpt == ["ap@test.local"]
+    assert msg["Subject"] == "[returnledger] month-end returns report 2026-10 is ready"
+    body = html_of(msg)
+    assert "<b>2026-10</b>" in body and "2026-11-04" in body
+    assert "&#34;rows&#34;: 7" in body or "&quot;rows&quot;: 7" in body, body
+    assert "{" not in body and "&#123;" in body
+
+
+def test_send_reads_the_digest_from_the_store_not_from_where_build_ran(fresh_db, smtp, tmp_path):
+    """build on one host, send on another: the summary's path is a folder send's host does not have; the
+    store's digests folder is what send reads."""
+    import shutil as sh
+
+    from returnledger.airflow import notifiers as notify
+    from returnledger.reports import digests as oc
+
+    seed_small_ledger(fresh_db)
+    host_a, store = tmp_path / "host-a", tmp_path / "store" / "digests"
+    summaries = oc.build_and_write(fresh_db, as_of=AS_OF, kind="daily", out_dir=host_a)
+    sh.copytree(host_a, store)  # what the store holds; host A's folder is not there for host B
+    sh.rmtree(host_a)
+    sent = [notify.send_digest(s, folder=store) for s in summaries]
+    assert len(sent) == 4
+    msgs = smtp.wait_for(4)
+    by_to = {rcpt[0]: m for rcpt, m in msgs}
+    assert html_of(by_to["operations@localhost"]).strip() == (
+        (store / "daily-2026-10-10-operations.html").read_text().strip()
+    )

@@ -89,7 +89,7 @@ def _export_csv() -> tuple[bytes, int]:
 
 def test_export_read_and_report_written_through_aws_default(s3, fresh_db):
     from returnledger.reconciliation.amazon_export import import_amazon_export
-    from returnledger.reconciliation.storage import storage_path
+    from returnledger.airflow.objects import storage_path
     from returnledger.reports.finance import write_month_end_report
 
     body, n = _export_csv()
@@ -97,18 +97,17 @@ def test_export_read_and_report_written_through_aws_default(s3, fresh_db):
     at = datetime(2026, 11, 3, tzinfo=UTC)
 
     assert storage_path(f"s3://{BUCKET}/x").conn_id == "aws_default"
-    result = import_amazon_export(fresh_db, f"s3://{BUCKET}/vendor-central", "2026-10", at=at)
+    exports = storage_path(f"s3://{BUCKET}/vendor-central")
+    result = import_amazon_export(fresh_db, exports, "2026-10", at=at)
     assert (result.status, result.rows, result.inserted) == ("IMPORTED", n, n)
-    again = import_amazon_export(fresh_db, f"s3://{BUCKET}/vendor-central", "2026-10", at=at)
+    again = import_amazon_export(fresh_db, exports, "2026-10", at=at)
     assert again.status == "UNCHANGED"  # same sha256: nothing re-imported
 
-    missing = import_amazon_export(
-        fresh_db, f"s3://{BUCKET}/vendor-central", "2026-09", at=at, missing_ok=True
-    )
+    missing = import_amazon_export(fresh_db, exports, "2026-09", at=at, missing_ok=True)
     assert missing.status == "MISSING"
 
     # the close run's report path, as dags/returns_reconciliation.py builds it
     out = storage_path(f"s3://{BUCKET}/month-end") / "2026-10"
-    write_month_end_report(fresh_db, "2026-10", str(out), allow_empty=True)
+    write_month_end_report(fresh_db, "2026-10", out, allow_empty=True)
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="month-end/")["Contents"]}
     assert {"month-end/2026-10/month_end_report.csv", "month-end/2026-10/month_end_report.html"} <= keys

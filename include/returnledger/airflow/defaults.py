@@ -3,12 +3,13 @@
 Variables (set in the UI, by ``AIRFLOW_VAR_<NAME>`` or from a secrets backend; airflow_settings.yaml has
 the local values). Each has a default under the data folder ``$RETURNLEDGER_HOME/.local`` (the image sets
 ``RETURNLEDGER_HOME=/opt/returnledger``), meant for a single machine; a deployment sets them:
-- ``returnledger_export_base``: where Amazon's Vendor Central returns exports arrive (``file://`` or
-  ``s3://`` through ``aws_default``), default ``file://<data>/landing``;
-- ``returnledger_report_base``: where month-end reports go, default ``file://<data>/reports``;
-- ``returnledger_digest_dir``: the folder for the owner-team digests, default ``<data>/digests``;
-- ``returnledger_validation_dir``: the folder for each sync run's validation result, default
-  ``$RETURNLEDGER_VALIDATION_DIR`` else ``<data>/validation``.
+- ``returnledger_object_store``: the one object store for every file tasks share (digests, validation
+  results, exports, month-end reports, Data Docs; returnledger.store.objects has the layout):
+  ``s3://<bucket>/<prefix>`` through ``aws_default`` in production, default ``file://<data>/store``;
+- ``returnledger_export_base``: only where Amazon's exports arrive somewhere else than the store's
+  ``exports/`` (``file://`` or ``s3://``), default empty (the store's);
+- ``returnledger_report_base``: only where month-end reports go somewhere else than the store's
+  ``reports/``, default empty (the store's).
 The mail addresses are Variables too (``returnledger_alert_to``, ``returnledger_team_emails``);
 returnledger.airflow.notifiers documents them. ``variable`` is the one reader of them all.
 """
@@ -55,12 +56,10 @@ def _variable_defaults() -> dict[str, str]:
     return {
         "returnledger_alert_to": DEFAULT_ALERT_TO,
         "returnledger_team_emails": "{}",
-        "returnledger_export_base": f"file://{data}/landing",
-        "returnledger_report_base": f"file://{data}/reports",
-        "returnledger_digest_dir": str(data / "digests"),
-        "returnledger_validation_dir": (
-            os.environ.get("RETURNLEDGER_VALIDATION_DIR") or str(data / "validation")
-        ),
+        "returnledger_finance_to": "finance@localhost",
+        "returnledger_object_store": f"file://{data}/store",
+        "returnledger_export_base": "",
+        "returnledger_report_base": "",
     }
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import logging
 
+from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
 from returnledger.airflow.defaults import DEFAULT_ALERT_TO, variable
 from returnledger.render import render
 
@@ -80,39 +82,63 @@ def failure_message(context, level: str) -> tuple[str, str]:
     return subject, body
 
 
-class FailureNotifier:
-    """``on_failure_callback`` for tasks (level='task') and DAG runs (level='dag'): mails the alert address.
+class MailNotifier(SmtpNotifier):
+    """The one notifier of every mail returnledger sends, through ``smtp_default``: ``about`` says what the
+    mail is, and so who gets it and what it says, built in Python from the context when it goes out:
 
-    A fresh SmtpNotifier per failure: Airflow renders notifier fields in place, so one shared instance
-    would carry the first failure's text into the next.
+    - ``"task_failure"`` / ``"dag_failure"``: a failed task / DAG run, to ``returnledger_alert_to``;
+    - ``"month_end"``: the month-end report is written (success callback of ``write_report``), its totals,
+      to ``returnledger_finance_to``;
+    - ``"digest"``: one operating digest (``digest=``, a reports.digest_sections.Digest) to its team.
+
+    Nothing is rendered by Jinja (``template_fields`` is empty; the bodies are escaped and brace-free), so
+    one instance serves every call and no failure's text is carried into the next. A failure alert or the
+    month-end notice that cannot be sent is one error line (no traceback, never a failed task: what it was
+    about is logged or already done); a digest that cannot be sent raises, so its mapped task retries.
     """
 
-    def __init__(self, level: str = "task", to: str | None = None, smtp_conn_id: str = SMTP_CONN_ID):
-        if level not in ("task", "dag"):
-            raise ValueError("level must be 'task' or 'dag'")
-        self.level, self.to, self.smtp_conn_id = level, to, smtp_conn_id
-        self.__name__ = f"returnledger_{level}_failure_mail"
+    template_fields = ()
+    ABOUT = ("task_failure", "dag_failure", "month_end", "digest")
 
-    def __call__(self, context) -> None:
-        to = self.to
+    def __init__(self, about: str, *, to: str | None = None, digest=None, smtp_conn_id: str = SMTP_CONN_ID):
+        if about not in self.ABOUT:
+            raise ValueError(f"about must be one of {self.ABOUT}, not {about!r}")
+        if (about == "digest") != (digest is not None):
+            raise ValueError("a digest mail needs its digest, and only a digest mail takes one")
+        super().__init__(to=to or "", smtp_conn_id=smtp_conn_id)
+        self.about, self.fixed_to, self.digest = about, to, digest
+        self.__name__ = f"returnledger_{about}_mail"
+
+    def compose(self, context) -> tuple[str, str, str, dict | None]:
+        """Recipient, subject, HTML body and extra headers of this mail for ``context``."""
+        if self.about in ("task_failure", "dag_failure"):
+            subject, body = failure_message(context, self.about.split("_")[0])
+            to = self.fixed_to or variable("returnledger_alert_to", quiet=True) or DEFAULT_ALERT_TO
+            return to, subject, body, None
+        if self.about == "month_end":
+            return (
+                self.fixed_to or variable("returnledger_finance_to", quiet=True),
+                *month_end_message(context),
+                None,
+            )
+        d = self.digest
+        headers = {"X-Returnledger-Digest": f"{d.kind}:{d.owner}"}
+        return self.fixed_to or team_address(d.owner), d.subject, d.html, headers
+
+    def notify(self, context) -> None:
+        to = self.fixed_to
         try:
-            from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-
-            subject, body = failure_message(context, self.level)
-            to = to or variable("returnledger_alert_to", quiet=True) or DEFAULT_ALERT_TO
-            SmtpNotifier(
-                to=to,
-                from_email=_from_email(self.smtp_conn_id),
-                subject=subject,
-                html_content=body,
-                smtp_conn_id=self.smtp_conn_id,
-            ).notify(context)
+            to, self.subject, self.html_content, self.custom_headers = self.compose(context)
+            self.to, self.from_email = to, _from_email(self.smtp_conn_id)
+            super().notify(context)
         except Exception as e:
+            if self.about == "digest":
+                raise  # the send task fails and retries: the team must get its digest
             # an error, not a traceback: no mail server (connection refused, timeout) is an operating
-            # condition, and the failure this mail was about is logged by log_failure / Airflow anyway
+            # condition, and what this mail was about is logged by log_failure / Airflow, or already done
             log.error(
-                "returnledger: could not send the %s failure mail to %s through connection %s: %s: %s",
-                self.level,
+                "returnledger: could not send the %s mail to %s through connection %s: %s: %s",
+                self.about.replace("_", " "),
                 to or "?",
                 self.smtp_conn_id,
                 type(e).__name__,
@@ -120,17 +146,17 @@ class FailureNotifier:
             )
 
     def __repr__(self) -> str:
-        return f"FailureNotifier(level={self.level!r}, to={self.to!r})"
+        return f"MailNotifier({self.about!r}, to={self.fixed_to!r})"
 
 
 def failure_callbacks(to: str | None = None) -> list:
     """Callbacks for a task's ``on_failure_callback`` (``default_args``): a mail and a log line."""
-    return [FailureNotifier("task", to), log_failure]
+    return [MailNotifier("task_failure", to=to), log_failure]
 
 
 def dag_failure_callbacks(to: str | None = None) -> list:
     """Callbacks for a DAG's ``on_failure_callback`` (the ``@dag(...)`` argument): a mail and a log line."""
-    return [FailureNotifier("dag", to), log_dag_failure]
+    return [MailNotifier("dag_failure", to=to), log_dag_failure]
 
 
 def log_failure(context) -> None:
@@ -155,68 +181,44 @@ def log_dag_failure(context) -> None:
     )
 
 
-def digest_notifier(digest, to: str | None = None, smtp_conn_id: str = SMTP_CONN_ID):
-    """An SmtpNotifier that mails one operating digest (returnledger.reports.digests.Digest) to its team.
-
-    Call it with a context (``notifier(context)``) or ``notifier.notify({})`` outside a task. The digest's
-    HTML carries no Jinja markers (braces are entities), so Airflow's rendering leaves it as built.
-    """
-    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-
-    return SmtpNotifier(
-        to=to or team_address(digest.owner),
-        from_email=_from_email(smtp_conn_id),
-        subject=digest.subject,
-        html_content=digest.html,
-        smtp_conn_id=smtp_conn_id,
-        custom_headers={"X-Returnledger-Digest": f"{digest.kind}:{digest.owner}"},
-    )
-
-
-def send_digest(summary: dict, context=None) -> str:
-    """Mail one digest written by reports.digests.write_digests (its summary dict); returns the address."""
+def send_digest(summary: dict, context=None, folder=None) -> str:
+    """Mail one digest written by reports.digests.write_digests (its summary dict), read back from
+    ``folder`` (the object store's digests folder; else the summary's path); returns the address."""
     from returnledger.reports.digests import digest_from_file
 
-    digest = digest_from_file(summary)
+    digest = digest_from_file(summary, folder)
     to = team_address(digest.owner)
-    notifier = digest_notifier(digest, to=to)
+    notifier = MailNotifier("digest", to=to, digest=digest)
     if context is None:
         notifier.notify({})
     else:
-        notifier(context)  # renders template fields (nothing to render: the digest has no Jinja markers)
+        notifier(context)
     return to
 
 
-def finance_notice(smtp_conn_id: str = SMTP_CONN_ID):
-    """Mail finance that the month-end report is written, with its totals (success callback of write_report).
+def finance_notice(smtp_conn_id: str = SMTP_CONN_ID) -> MailNotifier:
+    """The month-end notice to finance (success callback of ``write_report``): a MailNotifier."""
+    return MailNotifier("month_end", smtp_conn_id=smtp_conn_id)
 
-    A mail that cannot be sent (no mail server, refused login) is one error line in the task log naming the
-    recipient and the cause, never a traceback and never a failed close run: the report is already written.
-    """
-    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-    class FinanceNotice(SmtpNotifier):
-        def notify(self, context):
-            try:
-                super().notify(context)
-            except Exception as e:
-                log.error(
-                    "returnledger: the month-end notice to %s was not sent through connection %s: %s: %s",
-                    self.to,
-                    self.smtp_conn_id,
-                    type(e).__name__,
-                    e,
-                )
-
-    return FinanceNotice(
-        to="{{ var.value.get('returnledger_finance_to', 'finance@localhost') }}",
-        subject="[returnledger] month-end returns report {{ params.close_period }} is ready",
-        html_content=(
-            "<p>The returns month-end report for <b>{{ params.close_period }}</b> is written "
-            "(as of {{ data_interval_end }}).</p>"
-            "<p>Totals: <pre>{{ ti.xcom_pull(task_ids='write_report') | tojson }}</pre></p>"
-            "<p>CREDIT_MISSING, CREDIT_MISMATCH, CREDIT_REJECTED and DARK_RETURN rows need action; "
-            "see docs/reconciliation.md.</p>"
-        ),
-        smtp_conn_id=smtp_conn_id,
+def month_end_message(context) -> tuple[str, str]:
+    """Subject and HTML body of the month-end notice: the period, its as-of and the report's totals (the
+    ``write_report`` task's XCom), escaped and brace-free."""
+    params = context.get("params") or {}
+    period = params.get("close_period") or "?"
+    ti = context.get("ti")
+    totals = None
+    if ti is not None:
+        try:
+            totals = ti.xcom_pull(task_ids="write_report")
+        except Exception as e:  # the notice still goes out, without the totals
+            log.warning("returnledger: the month-end notice has no totals: %s: %s", type(e).__name__, e)
+    subject = f"[returnledger] month-end returns report {period} is ready"
+    body = render(
+        "month_end_mail.html",
+        mail=True,
+        period=period,
+        as_of=context.get("data_interval_end") or "?",
+        totals=json.dumps(totals, default=str, sort_keys=True) if totals is not None else None,
     )
+    return subject, body

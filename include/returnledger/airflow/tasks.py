@@ -20,10 +20,11 @@ One mapped task per team, listed under the team's name: a failed mail retries al
 def send(digest: dict) -> str:
     """See SEND_DOC."""
     from returnledger.airflow.notifiers import send_digest
+    from returnledger.airflow.objects import object_store
 
     ctx = get_current_context()
     ctx["team"] = digest["owner"]  # type: ignore[typeddict-unknown-key]  # read by map_index_template
-    return send_digest(digest, ctx)
+    return send_digest(digest, ctx, folder=object_store("digests"))  # build may have run on another host
 
 
 @contextmanager
@@ -49,6 +50,6 @@ def fail_fast() -> Iterator[None]:
     except AmazonExportRejected as e:
         raise AirflowFailException(
             f"{e}\nFix the export (or get a corrected one from Vendor Central), put it in place of "
-            f"{e.source} (under the Variable returnledger_export_base), then clear this task; retrying "
-            f"the same file would reject it again."
+            f"{e.source} (in exports/ of the object store, or the Variable returnledger_export_base), "
+            f"then clear this task; retrying the same file would reject it again."
         ) from e

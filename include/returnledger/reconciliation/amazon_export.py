@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from returnledger.reconciliation.period import PERIOD_RE
-from returnledger.reconciliation.storage import join_uri, storage_path
 from returnledger.store.db import connect, unit_of_work
+from returnledger.store.objects import as_path
 
 log = logging.getLogger(__name__)
 
@@ -307,9 +307,12 @@ def _blank_none(v: str):
 
 
 def import_amazon_export(
-    dsn: str, base_uri: str, period: str, *, at: datetime, missing_ok: bool = False
+    dsn: str, base, period: str, *, at: datetime, missing_ok: bool = False
 ) -> ImportResult:
-    """Validate and load ``<base_uri>/vendor_central_returns_<period>.csv``; all or nothing.
+    """Validate and load ``<base>/vendor_central_returns_<period>.csv``; all or nothing.
+
+    ``base``: the exports folder, a path-like object of the object store (returnledger.store.objects) or a
+    local folder / URI.
 
     ``missing_ok`` lets the daily rolling check run before Amazon's export for
     the month exists; the close run requires the file.
@@ -317,8 +320,8 @@ def import_amazon_export(
     if not PERIOD_RE.match(period or ""):
         raise ValueError(f"period must be YYYY-MM, got {period!r}")
     source = export_name(period)
-    uri = join_uri(base_uri, source)
-    path = storage_path(uri)
+    path = as_path(base) / source
+    uri = str(path)
     if not path.exists():
         if missing_ok:
             log.info("no Amazon returns export at %s yet", uri)

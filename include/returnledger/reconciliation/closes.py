@@ -22,9 +22,9 @@ from datetime import datetime
 from psycopg.types.json import Jsonb
 
 from returnledger.reconciliation.period import PeriodClosed, period_bounds
-from returnledger.reconciliation.storage import join_uri, storage_path
 from returnledger.store import audit
 from returnledger.store.db import connect, unit_of_work
+from returnledger.store.objects import as_path, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +143,11 @@ def closed_run(dsn: str, period: str, *, step: str) -> dict | None:
     return {**close.as_dict(), "stored": True}
 
 
-def write_files(out_base_uri: str, files: dict[str, bytes]) -> None:
-    storage_path(out_base_uri).mkdir(parents=True, exist_ok=True)
+def write_files(out_base, files: dict[str, bytes]) -> None:
+    """Write ``files`` (name -> bytes) into the folder ``out_base`` (a path-like object of the store)."""
+    out = as_path(out_base)
     for name, data in files.items():
-        with storage_path(join_uri(out_base_uri, name)).open("wb") as fh:
-            fh.write(data)
+        write_bytes(out / name, data)
 
 
 def _files_of(conn, period: str, version: int) -> tuple[bytes, bytes]:
@@ -163,7 +163,7 @@ def _files_of(conn, period: str, version: int) -> tuple[bytes, bytes]:
     return csv_bytes, bytes(html)
 
 
-def write_stored(dsn: str, period: str, out_base_uri: str) -> dict | None:
+def write_stored(dsn: str, period: str, out_base) -> dict | None:
     """A closed month's report, written out as it was stored (checked against its sha256); None when the
     month is open."""
     with connect(dsn) as conn:
@@ -171,7 +171,7 @@ def write_stored(dsn: str, period: str, out_base_uri: str) -> dict | None:
         if close is None:
             return None
         csv_bytes, html = _files_of(conn, period, close.version)
-    write_files(out_base_uri, {CSV_NAME: csv_bytes, HTML_NAME: html})
+    write_files(out_base, {CSV_NAME: csv_bytes, HTML_NAME: html})
     log.info(
         "%s is closed (version %s, as of %s, run %s): wrote its stored report, csv sha256 %s; nothing "
         "recomputed",
@@ -184,8 +184,8 @@ def write_stored(dsn: str, period: str, out_base_uri: str) -> dict | None:
     return {
         **close.as_dict(),
         "stored": True,
-        "csv": join_uri(out_base_uri, CSV_NAME),
-        "html": join_uri(out_base_uri, HTML_NAME),
+        "csv": str(as_path(out_base) / CSV_NAME),
+        "html": str(as_path(out_base) / HTML_NAME),
     }
 
 

@@ -2,6 +2,10 @@
 returnledger.exception_queue.stalled). Building, writing and reading them back; what they say is in
 returnledger.reports.digest_sections, the queries in returnledger.reports.digest_sql.
 
+The DAGs' ``build`` and ``send`` tasks may run on different hosts: the files go to the ``digests/`` folder
+of the shared object store (returnledger.store.objects), and ``send`` reads them back from there by the
+file name in the summary ``build`` returned, never from a local disk.
+
 Every number is computed *as of* the run's date (the data interval end), never
 the wall clock, so rerunning a past day's check gives that day's digest again:
 an exception counts as open at ``as_of`` when it was opened before and not yet
@@ -17,13 +21,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from pathlib import Path
 from typing import Literal
 
 import psycopg
 
 from returnledger.reports.digest_sections import Digest, Thresholds, daily_digests
 from returnledger.reports.weekly_digest import weekly_digests
+from returnledger.store.objects import as_path, write_bytes
 
 Kind = Literal["daily", "weekly"]
 DEFAULT_THRESHOLDS = Thresholds()
@@ -54,35 +58,44 @@ def digest_filename(d: Digest) -> str:
     return f"{d.kind}-{d.as_of:%Y-%m-%d}-{safe}.html"
 
 
-def write_digests(digests: list[Digest], out_dir) -> list[Path]:
-    """Write each digest as HTML plus one JSON index of subjects and counts; returns the HTML paths.
+def _summary(d: Digest, path) -> dict:
+    """The digest's summary (XCom) naming its file: ``file`` in the digests folder, ``path`` in full."""
+    return {**d.summary(str(path)), "file": path.name}
+
+
+def write_digests(digests: list[Digest], out_dir) -> list:
+    """Write each digest as HTML plus one JSON index of subjects and counts into ``out_dir`` (the store's
+    ``digests/`` folder, a path-like object, or a local folder); returns the HTML paths.
 
     Same run date, same file names: a rerun overwrites its own files.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = as_path(out_dir)
     paths = []
     for d in digests:
         p = out / digest_filename(d)
-        p.write_text(d.html, encoding="utf-8")
+        write_bytes(p, d.html.encode("utf-8"))
         paths.append(p)
     if digests:
         d0 = digests[0]
-        index = out / f"{d0.kind}-{d0.as_of:%Y-%m-%d}.json"
-        index.write_text(
-            json.dumps([d.summary(str(p)) for d, p in zip(digests, paths, strict=True)], indent=2),
-            encoding="utf-8",
-        )
+        index = [_summary(d, p) for d, p in zip(digests, paths, strict=True)]
+        write_bytes(out / f"{d0.kind}-{d0.as_of:%Y-%m-%d}.json", json.dumps(index, indent=2).encode("utf-8"))
     return paths
 
 
-def digest_from_file(summary: dict) -> Digest:
-    """Rebuild a Digest from write_digests' index entry (the send task reads what the build task wrote)."""
+def digest_from_file(summary: dict, folder=None) -> Digest:
+    """Rebuild a Digest from write_digests' index entry (the send task reads what the build task wrote):
+    the file ``summary["file"]`` in ``folder`` (the store's digests folder), else ``summary["path"]``."""
     as_of = datetime.fromisoformat(summary["as_of"]) if summary.get("as_of") else None
+    if folder is not None and summary.get("file"):
+        path = as_path(folder) / summary["file"]
+    else:
+        path = as_path(summary["path"])
+    with path.open("rb") as fh:
+        html = fh.read().decode("utf-8")
     return Digest(
         summary["owner"],
         summary["subject"],
-        Path(summary["path"]).read_text(encoding="utf-8"),
+        html,
         dict(summary["counts"]),
         summary.get("kind", "daily"),
         as_of,
@@ -92,7 +105,8 @@ def digest_from_file(summary: dict) -> Digest:
 def build_and_write(
     dsn, *, as_of: datetime, kind: Kind, out_dir, thresholds: Thresholds = DEFAULT_THRESHOLDS
 ) -> list[dict]:
-    """The DAG's build step: digests for the run date, written to ``out_dir``; returns their summaries."""
+    """The DAG's build step: digests for the run date, written to ``out_dir`` (the store's digests folder);
+    returns their summaries (what ``send`` gets through XCom, the file name among them)."""
     digests = build_digests(dsn, as_of=as_of, kind=kind, thresholds=thresholds)
     paths = write_digests(digests, out_dir)
-    return [d.summary(str(p)) for d, p in zip(digests, paths, strict=True)]
+    return [_summary(d, p) for d, p in zip(digests, paths, strict=True)]

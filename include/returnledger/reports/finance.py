@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from returnledger.models import ReconStatus
-from returnledger.reconciliation.storage import join_uri, storage_path
 from returnledger.render import cell, render, spreadsheet_text
 from returnledger.reports.carry_over import (
     CARRY_SQL,
@@ -34,6 +33,7 @@ from returnledger.reports.carry_over import (
     trend_of,
 )
 from returnledger.store.db import connect
+from returnledger.store.objects import as_path
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +229,8 @@ class WrittenReport:
     totals: dict
 
 
-def write_month_end_report(dsn: str, period: str, out_base_uri: str, *, allow_empty: bool = False) -> dict:
-    """Write month_end_report.csv and .html under ``out_base_uri``; returns the totals.
+def write_month_end_report(dsn: str, period: str, out_base, *, allow_empty: bool = False) -> dict:
+    """Write month_end_report.csv and .html under ``out_base`` (a folder of the store); returns the totals.
 
     A closed month's report is final: its stored files are written out as they were. Refuses to write an
     empty report unless ``allow_empty``: no rows for a period almost always means reconciliation has not
@@ -238,22 +238,22 @@ def write_month_end_report(dsn: str, period: str, out_base_uri: str, *, allow_em
     """
     from returnledger.reconciliation import closes
 
-    stored = closes.write_stored(dsn, period, out_base_uri)
+    stored = closes.write_stored(dsn, period, out_base)
     if stored is not None:
         return stored
-    return write_report(dsn, period, out_base_uri, allow_empty=allow_empty).result
+    return write_report(dsn, period, out_base, allow_empty=allow_empty).result
 
 
-def write_report(dsn: str, period: str, out_base_uri: str, *, allow_empty: bool = False) -> WrittenReport:
+def write_report(dsn: str, period: str, out_base, *, allow_empty: bool = False) -> WrittenReport:
     """Write the report from the period's results as they are now (the close stores what this returns)."""
     attention = ["CREDIT_MISSING", "CREDIT_MISMATCH", "CREDIT_REJECTED", "DARK_RETURN", "QUARANTINED"]
     details: dict[str, list[list[str]]] = {s: [] for s in attention}
     counts: dict[str, int] = dict.fromkeys(attention, 0)
     status_idx = REPORT_COLUMNS.index("recon_status")
 
-    base = storage_path(out_base_uri)
+    base = as_path(out_base)
     base.mkdir(parents=True, exist_ok=True)
-    csv_path = storage_path(join_uri(out_base_uri, CSV_NAME))
+    csv_path = base / CSV_NAME
     csv_hash = hashlib.sha256()
     packed = io.BytesIO()
     with connect(dsn) as conn:
@@ -300,7 +300,7 @@ def write_report(dsn: str, period: str, out_base_uri: str, *, allow_empty: bool 
     html = _render_html(
         period, meta, by_status, total, details, counts, carry=carry, trend=trend, versions=versions
     ).encode("utf-8")
-    html_path = storage_path(join_uri(out_base_uri, HTML_NAME))
+    html_path = base / HTML_NAME
     with html_path.open("wb") as fb:
         fb.write(html)
 

@@ -35,8 +35,11 @@ def project_root() -> Path:
 
 
 def local_dir() -> Path:
-    d = project_root() / ".local"
-    d.mkdir(exist_ok=True)
+    """This host's data folder: ``RETURNLEDGER_LOCAL_DIR``, else ``.local`` in the checkout (``make cluster``
+    gives each worker its own, as separate hosts would have)."""
+    d = Path(os.environ["RETURNLEDGER_LOCAL_DIR"]) if os.environ.get("RETURNLEDGER_LOCAL_DIR") else None
+    d = d or project_root() / ".local"
+    d.mkdir(parents=True, exist_ok=True)
     return d
 
 
