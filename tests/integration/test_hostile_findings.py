@@ -208,23 +208,6 @@ def test_an_unknown_return_is_matched_by_its_check_not_by_the_wording_of_its_det
     assert _outcome(dsn, "w-recv") == "APPLIED" and _open(dsn, "INVALID_EVENT") == []
 
 
-def test_an_unknown_return_is_matched_by_its_check_not_by_the_wording_of_its_detail(dsn):
-    """The sync asks ReBound again for events that failed return_known / line_known: by the failure's
-    check name, a structured column; rewording the human-readable detail changes nothing."""
-    rb = FakeRebound({})
-    rb.serve([raw(event("w-recv", "RECEIVED", "R-16", 1, quantity=1))])
-    run_pass(dsn, rb, day=3)
-    assert one(dsn, "SELECT check_name FROM ledger.validation_failure") == "return_known"
-    from returnledger.store import db
-
-    with db.connect(dsn) as conn:  # a reworded explanation, without the check's name in front
-        conn.execute("UPDATE ledger.validation_failure SET detail = 'ReBound has never heard of R-16'")
-    rb.orders["R-16"] = order("R-16", [(1, 1)])
-    rb.serve([])
-    run_pass(dsn, rb, day=4)
-    assert _outcome(dsn, "w-recv") == "APPLIED" and _open(dsn, "INVALID_EVENT") == []
-
-
 def test_resolving_an_invalid_event_replays_it_and_the_line_goes_on(dsn):
     rb = FakeRebound({"R-7": order("R-7", [(1, 1)])})
     rb.serve(
