@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from returnledger.console.glossary import GLOSSARY, say
+from returnledger.console.glossary import glossary, say
 from returnledger.console.story import ReturnNotFound, return_story, search_returns
 from returnledger.console.teams import team_counts, team_queue
 
@@ -56,7 +56,8 @@ INSERT INTO ledger.exception (type, owner, status, subject_key, return_id, line,
   'ReBound reason LID_LOOSE has no active Amazon mapping', '2026-10-03T00:00Z', 'returns_sync:2026-10-02',
   NULL, NULL, NULL),
  ('INVALID_EVENT', 'integration', 'dismissed', 'raw:4', 'RB-3001', 2, NULL, 'grade Z is not a grade',
-  '2026-10-04T00:00Z', 'returns_sync:2026-10-03', '2026-10-05T10:00Z', 'ian.integration', 'ReBound resent it'),
+  '2026-10-04T00:00Z', 'returns_sync:2026-10-03', '2026-10-05T10:00Z', 'ian.integration',
+  'ReBound resent it'),
  ('SKU_MISMATCH', 'operations', 'open', 'RB-3002|1', 'RB-3002', 1, 'SKU-KETTLE', 'not in the catalog',
   '2026-10-08T00:00Z', 'returns_sync:2026-10-08', NULL, NULL, NULL),
  ('QUANTITY_MISMATCH', 'warehouse', 'open', 'RB-3003|1', 'RB-3003', 1, 'SKU-IRON', 'received 2 of 3',
@@ -71,17 +72,17 @@ INSERT INTO ledger.credit_note (credit_note_id, return_id, returns_notice, creat
                                 first_transaction_id, held_transaction_id, confirmed_by, confirmed_at)
 VALUES ('CN-RB-3001-1', 'RB-3001', 'RN-801', '2026-10-05T00:00Z', 'returns_sync:2026-10-05', 'tx-1', 'tx-1',
         'SUCCESS', '2026-10-06T00:00Z');
-INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity, unit_amount,
-                                      currency, document_id, status, transaction_id, attempts, created_at,
-                                      created_batch, submitted_at, resolved_at) VALUES
+INSERT INTO ledger.amazon_submission (idempotency_key, kind, return_id, line, sku, asin, quantity,
+                                      unit_amount, currency, document_id, status, transaction_id, attempts,
+                                      created_at, created_batch, submitted_at, resolved_at) VALUES
  ('credit:RB-3001:1', 'CREDIT_NOTE', 'RB-3001', 1, 'SKU-KETTLE', 'B0KETTLE', 1, 24.99, 'GBP', 'CN-RB-3001-1',
   'ACCEPTED', 'tx-1', 2, '2026-10-05T00:00Z', 'returns_sync:2026-10-05', '2026-10-05T00:00Z',
   '2026-10-06T00:00Z'),
  ('inventory:RB-3001:1', 'INVENTORY', 'RB-3001', 1, 'SKU-KETTLE', 'B0KETTLE', 1, NULL, NULL, NULL,
   'ACCEPTED', 'tx-inv-1', 1, '2026-10-05T00:00Z', 'returns_sync:2026-10-05', '2026-10-05T00:00Z',
   '2026-10-05T00:00Z');
-INSERT INTO ledger.submission_attempt (kind, document_id, submission_ids, attempt, request_sha256, http_status,
-                                       transaction_id, errors, outcome, batch_id, at) VALUES
+INSERT INTO ledger.submission_attempt (kind, document_id, submission_ids, attempt, request_sha256,
+                                       http_status, transaction_id, errors, outcome, batch_id, at) VALUES
  ('CREDIT_NOTE', 'CN-RB-3001-1', '{1}', 1, 'aa', 503, NULL, NULL, 'RETRY', 'returns_sync:2026-10-05',
   '2026-10-05T00:00Z'),
  ('CREDIT_NOTE', 'CN-RB-3001-1', '{1}', 2, 'aa', 202, 'tx-1', NULL, 'ACCEPTED_202', 'returns_sync:2026-10-05',
@@ -219,9 +220,11 @@ def test_an_unknown_return_is_not_found(ledger):
 def test_the_glossary_says_every_code_the_ledger_has():
     from returnledger.models import ExceptionType, LineState, ReconStatus
 
-    assert set(GLOSSARY["line_state"]) == {s.value for s in LineState}
-    assert set(GLOSSARY["exception_type"]) == {t.value for t in ExceptionType}
-    assert set(GLOSSARY["recon_status"]) == {s.value for s in ReconStatus}
+    words = glossary()
+    assert set(words["line_state"]) == {s.value for s in LineState}
+    assert set(words["exception_type"]) == {t.value for t in ExceptionType}
+    assert set(words["recon_status"]) == {s.value for s in ReconStatus}
+    assert all(words["exception_type"].values())
     assert say("line_state", "SOMETHING_NEW") == "SOMETHING_NEW"
 
 

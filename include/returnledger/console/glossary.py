@@ -2,11 +2,14 @@
 customer-team agent reads a return's story without knowing the ledger's vocabulary.
 
 ``say(kind, code)`` is the one lookup (the templates get it as ``say``); an unknown code is said as the
-code itself, so a new code shows up unexplained rather than breaking a page. ``GLOSSARY`` is the whole
-mapping, also shown as the console's glossary page.
+code itself, so a new code shows up unexplained rather than breaking a page. ``glossary()`` is the whole
+mapping (``GLOSSARY`` here, the exception types' words from the exception-type registry's summaries), also
+shown as the console's glossary page.
 """
 
 from __future__ import annotations
+
+from returnledger.exception_types import KINDS
 
 GLOSSARY: dict[str, dict[str, str]] = {
     "line_state": {
@@ -37,20 +40,8 @@ GLOSSARY: dict[str, dict[str, str]] = {
         "NEW": "not processed yet: the next sync run takes it",
         "CONFLICT": "conflict: ReBound sent this event id with different contents; someone must pick one",
     },
-    "exception_type": {
-        "UNMAPPED_REASON_CODE": "ReBound's return reason has no matching Amazon reason yet",
-        "SKU_MISMATCH": "the product (SKU) is not in our catalog",
-        "INVALID_EVENT": "ReBound sent an event the ledger cannot use",
-        "OUT_OF_SEQUENCE": "an event arrived before an earlier step of the same line",
-        "QUANTITY_MISMATCH": "the units received differ from the units announced",
-        "AMAZON_REJECTED": "Amazon refused the credit note or the stock update",
-        "CREDIT_MISSING": "Amazon shows no credit for a return that is owed one",
-        "DARK_RETURN": "Amazon has a return that ReBound never told us about (prepaid label)",
-        "CREDIT_MISMATCH": "Amazon's amount differs from the credit we sent",
-        "SYNC_STALLED": "something stopped moving (sync run or Amazon submission)",
-        "EVENT_CONFLICT": "the same ReBound event arrived twice with different contents",
-        "INVALID_RETURN_ORDER": "ReBound's return order fails its own checks",
-    },
+    # in plain words from the exception-type registry (returnledger.exception_types), one per type
+    "exception_type": {code: k.summary for code, k in KINDS.items()},
     "exception_status": {
         "open": "open: someone has to act",
         "resolved": "resolved: fixed",
@@ -136,6 +127,12 @@ KIND_TITLES = {
     "disposition": "Dispositions",
     "grade": "Grades",
 }
+
+
+def glossary() -> dict[str, dict[str, str]]:
+    """Every kind of code with its words: ``GLOSSARY``, the exception types' words read from the
+    exception-type registry's summaries now (``returnledger.exception_types``)."""
+    return {**GLOSSARY, "exception_type": {code: k.summary for code, k in KINDS.items()}}
 
 
 def say(kind: str, code: object) -> str:

@@ -14,7 +14,7 @@ from urllib.parse import quote
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from returnledger.console.glossary import GLOSSARY, KIND_TITLES, say
+from returnledger.console.glossary import KIND_TITLES, glossary, say
 
 #: the references "Find a return" takes, as its form says them
 REFERENCES = "return id, order reference, RMA, VRET, returns notice, SKU or credit-note id"
@@ -82,5 +82,5 @@ def add_return_pages(
     def glossary_page(request: Request):
         """Every code the console shows, in plain words."""
         return render_page(
-            request, "glossary", caller=request.state.caller, glossary=GLOSSARY, titles=KIND_TITLES
+            request, "glossary", caller=request.state.caller, glossary=glossary(), titles=KIND_TITLES
         )
