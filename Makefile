@@ -15,7 +15,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := false
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt pyproject.toml dev/pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-runtime.txt pyproject.toml dev/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "returnledger needs Python 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip

