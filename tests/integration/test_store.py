@@ -163,7 +163,9 @@ def test_negative_and_zero_quantities_are_rejected(conn):
 
 def test_unknown_states_grades_and_dispositions_are_rejected(conn):
     add_line(conn, "RB-T-3")
-    for column, value in (("state", "LOST"), ("grade", "Z"), ("disposition", "SOLD")):
+    # QUARANTINED is a disposition and a reconciliation status, never a line state
+    wrong = (("state", "LOST"), ("state", "QUARANTINED"), ("grade", "Z"), ("disposition", "SOLD"))
+    for column, value in wrong:
         with pytest.raises(errors.CheckViolation), conn.transaction():
             conn.execute(
                 sql.SQL("UPDATE return_line SET {} = %s WHERE return_id = 'RB-T-3'").format(

@@ -16,7 +16,7 @@ from returnledger.ledger.lifecycle import (
     on_credit_submitted,
     replay,
 )
-from returnledger.models import ActionKind, EventType, ExceptionType, LineState
+from returnledger.models import ActionKind, Disposition, EventType, ExceptionType, LineState, ReconStatus
 from returnledger.reference.policy import Policy
 
 S = LineState
@@ -237,9 +237,10 @@ def test_a_second_disposition_is_ignored_and_never_credits_twice(state):
     assert out.line == current and out.actions == () and out.ignored
 
 
-def test_quarantined_line_refuses_events():
-    with pytest.raises(ValueError, match="QUARANTINED"):
-        apply_event(line(S.QUARANTINED), ev("IN_TRANSIT"), POLICY)
+def test_quarantined_is_a_disposition_and_a_reconciliation_status_not_a_line_state():
+    """No rule ever put a line in a QUARANTINED state: a held line keeps its state and its events wait."""
+    assert "QUARANTINED" not in {s.value for s in S}
+    assert "QUARANTINED" in {d.value for d in Disposition} | {r.value for r in ReconStatus}
 
 
 def test_received_without_quantity_is_a_programming_error():

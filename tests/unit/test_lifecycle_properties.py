@@ -23,8 +23,8 @@ STORY = [
 ]
 GRADES = [g.value for g in Grade]
 DISPOSITIONS = [d.value for d in Disposition]
-#: every state a line can be in when events reach the lifecycle (QUARANTINED lines are held by the sync)
-STATES = [s for s in LineState if s != LineState.QUARANTINED]
+#: every state a line can be in when events reach the lifecycle
+STATES = list(LineState)
 
 policies = st.builds(
     Policy,

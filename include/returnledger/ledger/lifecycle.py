@@ -129,18 +129,9 @@ def _hold(line: LineView, why: str) -> Outcome:
     return Outcome(line=line, transitions=(), actions=(), hold=ExceptionType.OUT_OF_SEQUENCE, hold_detail=why)
 
 
-def _check_line(line: LineView) -> None:
-    if line.state == _S.QUARANTINED:
-        # A quarantined line's events are held by the sync (unmapped reason, unknown SKU) before they
-        # reach the lifecycle; applying one here would guess at the state the line had before.
-        raise ValueError("line is QUARANTINED: its events are held until the quarantine is released")
-
-
 def apply_event(line: LineView, event: LineEvent, policy: Policy) -> Outcome:
     """Apply one event to a line (rules 1-4 and 6)."""
     state = _state(line.state)
-    if state is _S.QUARANTINED:
-        _check_line(line)
     rank = _RANK[state]
     etype = event.type if type(event.type) is EventType else EventType(event.type)
 

@@ -13,3 +13,10 @@ UPDATE ledger.validation_failure SET check_name = substring(detail FROM '^([a-z_
  WHERE check_name IS NULL;
 COMMENT ON COLUMN ledger.validation_failure.check_name IS
     'the events-suite check that failed (screening.suite), e.g. return_known; detail explains it to people';
+
+-- QUARANTINED is a disposition (ReBound's) and a reconciliation status; no rule ever put a line in a
+-- QUARANTINED state (a held line keeps its state while its events wait), so it is no line state.
+ALTER TABLE ledger.return_line DROP CONSTRAINT return_line_state_check;
+ALTER TABLE ledger.return_line ADD CONSTRAINT return_line_state_check
+    CHECK (state IN ('ANNOUNCED', 'IN_TRANSIT', 'RECEIVED', 'GRADED', 'DISPOSITIONED', 'CREDIT_SUBMITTED',
+                     'CREDIT_ACCEPTED', 'CLOSED', 'REJECTED'));
