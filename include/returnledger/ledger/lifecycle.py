@@ -303,7 +303,6 @@ def replay(
 
 def on_credit_submitted(line: LineView) -> Outcome:
     """Amazon took the credit note (202): DISPOSITIONED -> CREDIT_SUBMITTED."""
-    _check_line(line)
     state = _state(line.state)
     if state == _S.DISPOSITIONED:
         return Outcome(
@@ -317,7 +316,6 @@ def on_credit_submitted(line: LineView) -> Outcome:
 def on_credit_result(line: LineView, accepted: bool) -> Outcome:
     """Amazon's transaction status for the credit note: Success closes the line (rule 4), Failure
     rejects it."""
-    _check_line(line)
     state = _state(line.state)
     if state not in (_S.DISPOSITIONED, _S.CREDIT_SUBMITTED):
         if _RANK[state] > _RANK[_S.CREDIT_SUBMITTED]:
