@@ -9,7 +9,6 @@ it from there, so a cleared task redoes the same run.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from returnledger.airflow.defaults import AMAZON_POOL, LEDGER
@@ -57,10 +56,11 @@ class AirflowEnv:
     def vendor(self) -> dict:
         return self._hook().vendor
 
-    def result_dir(self) -> Path | None:
-        from returnledger.airflow.defaults import variable
+    def result_dir(self):
+        """validation/ of the shared object store (an ObjectStoragePath: S3 through aws_default)."""
+        from returnledger.airflow.objects import object_store
 
-        return Path(variable("returnledger_validation_dir"))
+        return object_store("validation")
 
 
 def run_step(step: Step, window: dict | None, earlier: dict) -> Any:

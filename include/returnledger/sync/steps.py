@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from returnledger.moment import RunMoment
@@ -33,7 +32,7 @@ class StepEnv(Protocol):
 
     def vendor(self) -> dict: ...  # party_id, warehouse_id, currency
 
-    def result_dir(self) -> Path | None: ...  # where validate writes its result JSON
+    def result_dir(self) -> Any: ...  # where validate writes its result JSON: a path-like folder or None
 
 
 #: a step's work: (what it needs, the run, the results of the steps it reads) -> its result (one XCom);
@@ -139,7 +138,7 @@ STEPS: tuple[Step, ...] = (
     Step(
         "validate",
         "Great Expectations suite: schema and values, return/line known to ReBound, reason code mapped, "
-        "SKU in the catalog. Result JSON per run (Variable `returnledger_validation_dir`).",
+        "SKU in the catalog. Result JSON per run in validation/ of the object store.",
         _validate,
     ),
     Step(
