@@ -1,8 +1,10 @@
 """Airflow plugin: the returns exceptions console in the Airflow UI.
 
 Mounts returnledger.console.app under ``/returnledger`` on the api-server and
-adds "Returns exceptions" to the Browse menu (shown inside the UI as an
-embedded view). Every route of the console requires a signed-in Airflow
+adds "Returns exceptions", "Find a return" and one "Queue: <team> (N overdue /
+M open)" per owner team to the Browse menu (shown inside the UI as embedded
+views; the counts are read when the UI loads its navigation, see
+returnledger.console.nav). Every route of the console requires a signed-in Airflow
 user; reading needs any role, every state-changing action (resolve, dismiss,
 retry, add a mapping or a SKU) needs Op or Admin under the SimpleAuthManager
 (the "can edit" permission on "Returns exceptions" under FAB); see
