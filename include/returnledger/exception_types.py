@@ -106,7 +106,7 @@ class ExceptionKind:
 
     code: str
     subject: Subject
-    summary: str
+    summary: str  # in plain words: the console's glossary and the operating guide show it
     holds: Holds = Holds.NOTHING
     released_by: Release = Release.NOTHING_HELD
     hold_key: str | None = None
@@ -124,7 +124,7 @@ KINDS: dict[str, ExceptionKind] = {
         ExceptionKind(
             "UNMAPPED_REASON_CODE",
             Subject.LINE,
-            "A ReBound reason code has no active mapping to an Amazon CR- code",
+            "ReBound's return reason has no matching Amazon reason yet",
             Holds.LINE,
             Release.REFERENCE_DATA,
             _LINE_KEY,
@@ -135,7 +135,7 @@ KINDS: dict[str, ExceptionKind] = {
         ExceptionKind(
             "SKU_MISMATCH",
             Subject.LINE,
-            "The line's SKU is not in the catalog (or has no ASIN)",
+            "the product (SKU) is not in our catalog",
             Holds.LINE,
             Release.REFERENCE_DATA,
             _LINE_KEY,
@@ -145,13 +145,13 @@ KINDS: dict[str, ExceptionKind] = {
         ExceptionKind(
             "INVALID_EVENT",
             Subject.RAW_EVENT,
-            "A ReBound event fails its checks (schema, values, unknown return or line)",
+            "ReBound sent an event the ledger cannot use",
             on_resolve=Replay.RAW_EVENT,
         ),
         ExceptionKind(
             "OUT_OF_SEQUENCE",
             Subject.LINE,
-            "An event came before the one it follows",
+            "an event arrived before an earlier step of the same line",
             Holds.LINE,
             Release.EARLIER_EVENT,
             _LINE_KEY,
@@ -159,37 +159,37 @@ KINDS: dict[str, ExceptionKind] = {
         ExceptionKind(
             "QUANTITY_MISMATCH",
             Subject.LINE,
-            "Units received differ from those announced (line) or from Amazon's export (reconciliation row)",
+            "the units received differ from the units announced",
             actions=("credit", "resolve", "dismiss"),
         ),
         ExceptionKind(
             "AMAZON_REJECTED",
             Subject.LINE,
-            "Amazon answered a credit note with Failure",
+            "Amazon refused the credit note or the stock update",
             actions=("retry", "resolve", "dismiss"),
             sections=("send_log",),
         ),
         ExceptionKind(
             "CREDIT_MISSING",
             Subject.AMAZON_ROW,
-            "A dispositioned line has no accepted credit within the credit window",
+            "Amazon shows no credit for a return that is owed one",
             sections=("send_log",),
         ),
         ExceptionKind(
             "DARK_RETURN",
             Subject.AMAZON_ROW,
-            "An Amazon return has no ReBound return",
+            "Amazon has a return that ReBound never told us about (prepaid label)",
         ),
         ExceptionKind(
             "CREDIT_MISMATCH",
             Subject.AMAZON_ROW,
-            "Amazon charged another amount than the accepted credit note credited",
+            "Amazon's amount differs from the credit we sent",
             sections=("send_log",),
         ),
         ExceptionKind(
             "SYNC_STALLED",
             Subject.FEED,
-            "The sync is stuck (no run, a stuck submission, long-held events) or a return order is unread",
+            "something stopped moving (sync run or Amazon submission)",
             Holds.RETURN,
             Release.ORDER_READ,
             "order-fetch:{return_id}",
@@ -199,7 +199,7 @@ KINDS: dict[str, ExceptionKind] = {
         ExceptionKind(
             "EVENT_CONFLICT",
             Subject.EVENT,
-            "One event id was delivered with different bodies",
+            "the same ReBound event arrived twice with different contents",
             Holds.EVENT,
             Release.PICK,
             "event:{event_id}",
@@ -209,7 +209,7 @@ KINDS: dict[str, ExceptionKind] = {
         ExceptionKind(
             "INVALID_RETURN_ORDER",
             Subject.RETURN,
-            "A ReBound return order fails its own checks",
+            "ReBound's return order fails its own checks",
             Holds.RETURN,
             Release.ORDER_PASSES,
             "order:{return_id}",
@@ -316,3 +316,25 @@ def registry_problems() -> list[str]:
         out += [f"{c}: unknown action {a!r}" for a in k.actions if a not in ACTIONS]
         out += [f"{c}: unknown section {s!r}" for s in k.sections if s not in EXTRA_SECTIONS]
     return out
+
+
+#: the operating guide's generated type table sits between these lines (docs/operating-guide.md)
+GUIDE_BEGIN = "<!-- exception-types: generated from returnledger.exception_types and owners.yaml -->"
+GUIDE_END = "<!-- /exception-types -->"
+
+
+def render_guide_table(owners) -> str:
+    """The operating guide's type table from the registry and ``owners`` (type -> an object with ``owner``
+    and ``sla_days``: ``reference.owners.default_owners()``). ``python -m returnledger_dev.exception_guide``
+    writes it into docs/operating-guide.md; a test checks the guide holds exactly this."""
+    cols = ("exception", "in plain words", "about", "owner", "SLA", "what waits", "what lets it go on",
+            "resolve / dismiss send back", "actions (console and CLI)")  # fmt: skip
+    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for c, k in KINDS.items():
+        o = owners[c]
+        acts = ", ".join(f"`{a}`" for a in k.actions)
+        rows.append(
+            f"| **{c}** | {k.summary} | {k.subject} | {o.owner} | {o.sla_days} day(s) | {k.holds} |"
+            f" {k.released_by} | {k.on_resolve} / {k.on_dismiss} | {acts} |"
+        )
+    return "\n".join([GUIDE_BEGIN, *rows, GUIDE_END])

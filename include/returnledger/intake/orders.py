@@ -1,7 +1,8 @@
 """ReBound return orders: fetched for the events that name them, checked, stored or rejected.
 
-An order that fails its own checks is kept as returned in ``ledger.return_order_rejected`` and raises
-INVALID_RETURN_ORDER (only that return's events wait); one that passes later releases what it held, and
+An order that fails its own checks is kept as returned in ``ledger.return_order_rejected`` and raises the
+exception the registry releases when an order passes (``Release.ORDER_PASSES``: only that return's events
+wait); one that passes later releases what it held, and
 INVALID_EVENTs whose return or line ReBound has since added are examined again.
 
 An order the sync cannot read (ReBound down through the retries, an answer without its ``returns`` list)
@@ -27,6 +28,7 @@ from returnledger.exception_queue.queue import (
     raise_exceptions,
     replay_events,
 )
+from returnledger.exception_types import Release, released_by, sql_in
 from returnledger.fields import INT4_MAX, as_int4, as_whole, is_db_text, parse_time
 from returnledger.intake.order_lookup import ask_rebound, release_orders, report_unread
 from returnledger.intake.raw import REFUSED, screen_body, storable
@@ -36,6 +38,14 @@ from returnledger.screening.suite import FIXABLE_CHECKS
 from returnledger.store.db import copy_rows, raw_json, unit_of_work
 
 _ID_RE = re.compile(RETURN_ID_PATTERN)
+
+
+def rejected_order_type() -> ExceptionType:
+    """The exception a failing return order raises: the registry's type released when the order passes."""
+    (code,) = released_by(Release.ORDER_PASSES)
+    return ExceptionType(code)
+
+
 #: the checks whose failures ReBound may fix later, as an SQL list (matched by check name, not detail text)
 _FIXABLE_SQL = "(" + ", ".join(f"'{c}'" for c in FIXABLE_CHECKS) + ")"
 
@@ -59,7 +69,7 @@ SELECT DISTINCT return_id FROM (
       AND f.check_name IN {_FIXABLE_SQL}
     UNION ALL
     SELECT return_id FROM ledger.exception
-    WHERE status = 'open' AND type = 'INVALID_RETURN_ORDER' AND return_id IS NOT NULL
+    WHERE status = 'open' AND type IN {sql_in(released_by(Release.ORDER_PASSES))} AND return_id IS NOT NULL
     UNION ALL
     -- orders an earlier run could not read: their events are held until ReBound answers
     SELECT return_id FROM ledger.exception
@@ -79,7 +89,7 @@ def fetch_return_orders(
 
     Each order is checked before anything is stored: one that fails (a quantity of 0 or beyond int4, a
     missing SKU, a line number given twice, wrong types, text no column can hold) is kept as returned in
-    ``return_order_rejected`` and raises INVALID_RETURN_ORDER; only that return's events wait. An order
+    ``return_order_rejected`` and raises the failing-order exception; only that return's events wait. An order
     that passes clears its earlier rejection and releases the events it held; INVALID_EVENTs whose return
     or line now exists are resolved and their events examined again (the same path as a new delivery).
     """
@@ -122,7 +132,7 @@ def fetch_return_orders(
         )
         release_orders(
             conn,
-            ExceptionType.INVALID_RETURN_ORDER,
+            rejected_order_type(),
             cleared,
             [order_subject(r) for r in cleared],
             at=at,
@@ -146,7 +156,7 @@ def _order_bytes(o: Any) -> bytes:
 def _reject_orders(
     conn, bad: list[tuple[str | None, bytes, str, str]], *, at: datetime, batch_id: str
 ) -> None:
-    """Keep failing orders as returned (each distinct version once) and raise INVALID_RETURN_ORDER."""
+    """Keep failing orders as returned (each distinct version once) and raise the failing-order exception."""
     sql = """
         INSERT INTO ledger.return_order_rejected (return_id, body, payload, body_md5, problems, first_seen_at,
                                                   last_seen_at, batch_id)
@@ -180,7 +190,7 @@ def _reject_orders(
         conn,
         [
             NewException(
-                ExceptionType.INVALID_RETURN_ORDER,
+                rejected_order_type(),
                 order_subject(rid) if rid else f"order:?{digest}",
                 f"ReBound return order {rid or '(no usable return id)'} fails its own checks: {problems}. "
                 "It is kept as returned; its events wait until ReBound corrects it",

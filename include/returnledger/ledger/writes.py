@@ -1,7 +1,7 @@
 """The writes of apply: what applying a batch changed, and how it goes into the ledger in sets.
 
 History rows stream into a COPY while the rules run; the new line states go in by binary COPY and one
-UPDATE join; then the submissions the rules earned, OUT_OF_SEQUENCE holds and every event's outcome.
+UPDATE join; then the submissions the rules earned, holds of events that came early and every event's outcome.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from returnledger.exception_queue.queue import NewException, line_subject, raise_exceptions, resolve_open
+from returnledger.exception_types import Release, released_by
 from returnledger.ledger import lifecycle
 from returnledger.ledger.holds import hold, record_outcomes
 from returnledger.ledger.runs import SYSTEM_ACTOR
@@ -241,15 +242,17 @@ def write_changes(
     closed = _close_lines_chosen_at_zero(
         conn, [k for k in keys if lines[k].state == LineState.DISPOSITIONED], batch_id=batch_id, at=at
     )
-    # holds: OUT_OF_SEQUENCE exceptions for lines that now wait; resolve those whose wait is over
+    # holds: the exception of lines that now wait for an earlier event (the registry's type released by
+    # Release.EARLIER_EVENT); resolve those whose wait is over
+    (waits,) = released_by(Release.EARLIER_EVENT)
     oos: dict[tuple[str, int], NewException] = {}
     for item in to_hold:
         rid, ln, etype = item[1], item[2], item[3]
-        if etype == ExceptionType.OUT_OF_SEQUENCE:
+        if etype == waits:
             oos.setdefault(
                 (rid, ln),
                 NewException(
-                    ExceptionType.OUT_OF_SEQUENCE,
+                    ExceptionType(waits),
                     line_subject(rid, ln),
                     "an event arrived before the event it follows (e.g. a disposition before the receipt); "
                     "held until the missing event arrives",
@@ -279,13 +282,13 @@ def write_changes(
     waiting = {
         (r[0], r[1])
         for r in conn.execute(
-            "SELECT DISTINCT return_id, line FROM ledger.held_event WHERE reason = 'OUT_OF_SEQUENCE'"
+            "SELECT DISTINCT return_id, line FROM ledger.held_event WHERE reason = %s", (waits,)
         )
     }
     cleared = [line_subject(rid, ln) for rid, ln in ch.touched if (rid, ln) not in waiting]
     resolved = resolve_open(
         conn,
-        ExceptionType.OUT_OF_SEQUENCE,
+        waits,
         cleared,
         at=at,
         actor=SYSTEM_ACTOR,

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import yaml
 
-from returnledger.models import ExceptionType
+from returnledger.exception_types import all_codes
 from returnledger.reference.change import OWNERS_FILE, clean, default_folder
 from returnledger.store.audit import record
 
@@ -29,8 +29,9 @@ class Owner:
 
 def owners_from_dict(data: Mapping) -> dict[str, Owner]:
     """Validate the owners block: every exception type named, SLAs positive whole days."""
-    unknown = set(data) - {t.value for t in ExceptionType}
-    missing = {t.value for t in ExceptionType} - set(data)
+    codes = set(all_codes())  # the exception-type registry's
+    unknown = set(data) - codes
+    missing = codes - set(data)
     if unknown or missing:
         raise ValueError(f"owners: unknown exception types {sorted(unknown)}, missing {sorted(missing)}")
     out = {}

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 import psycopg
 from psycopg.rows import dict_row
 
+from returnledger.exception_types import offering
 from returnledger.reports.digest_sections import Digest, Section, Thresholds, team_digest
 from returnledger.reports.digest_sql import (
     BACKLOG_TREND_SQL,
@@ -37,7 +38,7 @@ def weekly_digests(conn: psycopg.Connection, as_of: datetime, t: Thresholds) -> 
         ).fetchall()
         stale = cur.execute(STALE_MAPPINGS_SQL, {"as_of": as_of, "days": t.mapping_review_days}).fetchall()
         dark = cur.execute(DARK_RETURNS_SQL, query_params(as_of)).fetchall()
-    mapping_owner = owners["UNMAPPED_REASON_CODE"]
+    mapping_owner = owners[min(offering("map"))]  # who adds reason mappings: the type the map action fixes
     dark_owner = owners["DARK_RETURN"]
     week_ends = [as_of - timedelta(days=7 * n) for n in range(t.trend_weeks - 1, -1, -1)]
     digests = []
