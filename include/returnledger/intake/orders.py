@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from hashlib import md5
 from typing import Any
 
@@ -80,7 +80,7 @@ SELECT DISTINCT return_id FROM (
 
 
 def fetch_return_orders(
-    conn: psycopg.Connection, client, *, at: datetime | None = None, batch_id: str = SYSTEM_ACTOR
+    conn: psycopg.Connection, client, *, at: datetime, batch_id: str
 ) -> tuple[int, int, int]:
     """Fetch from ReBound the return orders that events name and the ledger cannot place: returns it does
     not hold, lines their order lacks, orders that failed their checks, and the returns of open
@@ -93,7 +93,6 @@ def fetch_return_orders(
     that passes clears its earlier rejection and releases the events it held; INVALID_EVENTs whose return
     or line now exists are resolved and their events examined again (the same path as a new delivery).
     """
-    at = at or datetime.now(UTC)
     ids = [r[0] for r in conn.execute(_REFRESH_SQL)]
     ids = [i for i in ids if _ID_RE.match(i)]
     if not ids:

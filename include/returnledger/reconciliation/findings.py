@@ -128,9 +128,9 @@ SELECT r.row_key FROM ledger.recon_result r
 """
 
 
-def raise_found(conn, params: dict, *, as_of: datetime, window_days, batch_id: str) -> dict[str, int]:
+def raise_found(conn, params: dict, *, as_of: datetime, window_days) -> dict[str, int]:
     """Raise what a period's fresh results call for; returns, per type found, how many were new to the
-    queue. ``params``: the reconciliation's query parameters."""
+    queue. ``params``: the reconciliation's query parameters (the run's batch id among them, ``batch``)."""
     owners = default_owners()
     rows = conn.execute(
         _RAISE_SQL,

@@ -347,9 +347,7 @@ def reconcile(
         results.analyze(conn, "ledger.exception")
         step("analyze")
 
-        summary.exceptions_raised = findings.raise_found(
-            conn, params, as_of=as_of, window_days=window_days, batch_id=batch_id
-        )
+        summary.exceptions_raised = findings.raise_found(conn, params, as_of=as_of, window_days=window_days)
         step("raise_exceptions")
         summary.exceptions_resolved += findings.resolve_settled(conn, params, at=as_of, batch_id=batch_id)
         step("resolve_settled")
