@@ -172,3 +172,30 @@ def _console_page(dsn: str, exception_id: int) -> str:
             assert listed.status_code == 200
             assert re.search(rf'data-exception-id="{exception_id}"', listed.text)
             return r.text
+
+
+def test_the_type_recipe_names_the_files_the_type_touched():
+    """The recipe names what the throwaway type above needed (registry, owners.yaml, the guide), the
+    files a new action needs, and only files that exist."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "docs" / "architecture.md").read_text()
+    title = "How to add an exception type with its owner and console action"
+    m = re.search(rf"^### {re.escape(title)}\n(.*?)(?=^#|\Z)", text, re.S | re.M)
+    assert m, "docs/architecture.md has no exception-type recipe"
+    named = set(re.findall(r"`((?:include|dags|dev|tests|docs)/[\w./-]+\.(?:py|yaml|md|sql|html))`", m[1]))
+    touched = {
+        "include/returnledger/exception_types.py",
+        "include/reference/owners.yaml",
+        "docs/operating-guide.md",
+        "tests/integration/test_exception_type_recipe.py",
+    }
+    new_action = {
+        "include/returnledger/exception_queue/actions.py",
+        "include/returnledger/cli/exceptions.py",
+        "include/returnledger/console/pages.py",
+        "include/returnledger/templates/console/detail.html",
+    }
+    assert touched | new_action <= named, sorted((touched | new_action) - named)
+    assert all((root / f).exists() for f in named), sorted(f for f in named if not (root / f).exists())
