@@ -34,11 +34,17 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
+from returnledger.store.objects import DIGESTS, EXPORTS, REPORTS
+from returnledger_dev.cluster import hosts
 from returnledger_dev.demo.airflow_run import day_start
+from returnledger_dev.demo.mail import MailSink
 from returnledger_dev.demo.month import closes_by_day
-from returnledger_dev.demo.outputs import CLOSES_DIR, RUN_OUTPUTS, publish_close
+from returnledger_dev.demo.outputs import CLOSES_DIR, RUN_OUTPUTS, digest_counts, digests_of, publish_close
+
+MAIL = "mail"
 
 SYNC, RECON = "returns_sync", "returns_reconciliation"
+CHECKS, WEEKLY = "returns_operating_checks", "returns_weekly_review"
 OUTPUTS = (*RUN_OUTPUTS, "cluster.json")
 FINISHED = {"success", "failed"}
 
@@ -119,6 +125,22 @@ def future_days_problem(last: date, now: datetime) -> str | None:
         f"scheduler starts no task whose logical date is in the future, so the runs from {first_blocked} on "
         "would never start. Run it with make demo (dag.test), or on the cluster once its last day has begun."
     )
+
+
+def period_run_body(kind: str, start: datetime, length: timedelta, now: datetime) -> dict:
+    """The REST body of a scheduled run of the digest DAGs: data interval [start, start + length), listed
+    under ``start`` (their cron is 07:00: the operating check of day D covers [D 07:00, D+1 07:00), the
+    weekly review of Monday W [W 07:00, W+7 07:00))."""
+    end = start + length
+    return {
+        "dag_run_id": f"{kind}__{start:%Y-%m-%dT%H%M}",
+        "logical_date": _iso(start),
+        "data_interval_start": _iso(start),
+        "data_interval_end": _iso(end),
+        "run_after": _iso(min(end, now.astimezone(UTC))),
+        "conf": {},
+        "note": "scenario day, created by make cluster-demo",
+    }
 
 
 def trigger_day(api, dag_id: str, day: date, conf: dict | None = None) -> str:
@@ -299,7 +321,9 @@ def run_cluster_scenario(
         f"{len(scenario['rebound']['events'])} events, days {first}..{last}, mode {mode}, {workers} worker(s)"
     )
     report: dict = {"mode": mode, "workers": workers, "runs": {}, "rerun": None}
-    with run_sandbox(scenario_path, out_dir, faults=faults) as sandbox:
+    for folder in (DIGESTS, MAIL, "validation"):  # this run's digests, mail and results only
+        shutil.rmtree(out_dir / folder, ignore_errors=True)
+    with run_sandbox(scenario_path, out_dir, faults=faults) as sandbox, MailSink(out_dir / MAIL) as sink:
         spec = ClusterSpec(
             root=root or db.local_dir() / "cluster-demo",
             ledger_dsn=dsn,
@@ -317,36 +341,38 @@ def run_cluster_scenario(
                     "extra": {"page_size": 500, "timeout": 2},
                 },
                 "amazon_sp_api": {"host": sandbox.amazon_url, "port": None, "extra": sandbox.amazon_extra},
+                "smtp_default": {"host": "127.0.0.1", "port": sink.port},  # the demo's mail sink
             },
-            extra_env={
-                "AIRFLOW_VAR_RETURNLEDGER_EXPORT_BASE": sandbox.landing_dir.as_uri(),
-                # each close run writes <report base>/<period>/: OUT/closes/<period>/
-                "AIRFLOW_VAR_RETURNLEDGER_REPORT_BASE": (out_dir / CLOSES_DIR).as_uri(),
-                "AIRFLOW_VAR_RETURNLEDGER_DIGEST_DIR": str(out_dir / "digests"),
-                "RETURNLEDGER_VALIDATION_DIR": str(out_dir / "validation"),
-                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "false",
-            },
+            # no local folder of this machine: every file the tasks share is in the cluster's S3 store
+            # (exports/, reports/, digests/, validation/), each worker on a disk of its own (hosts.py)
+            extra_env={"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "false"},
         )
         state = start(spec, progress=progress)
         report["cluster_ready_s"] = state.get("ready_s")
+        report["object_store"] = {"url": state["s3_url"], "bucket": hosts.BUCKET}
+        # Vendor Central's exports land in the store, where the close run reads them
+        for export in sorted(sandbox.landing_dir.glob("*.csv")):
+            hosts.upload(state["s3_url"], export, f"{EXPORTS}/{export.name}")
         api = None
         try:
             api = AirflowAPI(state)
             t = time.monotonic()
-            dag_ids = [SYNC, RECON, "returns_operating_checks", "returns_weekly_review"]
+            dag_ids = [SYNC, RECON, CHECKS, WEEKLY]
             wait_dag_parsed(api, dag_ids)
             unpause(api, dag_ids)
             progress(f"DAGs parsed and unpaused ({time.monotonic() - t:.0f}s)")
 
             def close_day(day: date) -> None:
-                """The close runs of ``day``, after its sync: each writes OUT/closes/<period>/."""
+                """The close runs of ``day``, after its sync: each writes reports/<period>/ in the store,
+                copied to OUT/closes/<period>/."""
                 for period in closes.get(day, []):
-                    _close(api, day, period, out_dir, report, progress, state["log_dir"])
+                    _close(api, day, period, out_dir, report, progress, state)
 
             if mode == "backfill":
                 _month_by_backfill(api, first, last, ops_by_day, dsn, report, progress, (closes, close_day))
             else:
-                _month_by_runs(api, first, last, ops_by_day, dsn, report, progress, close_day)
+                digests = _Digests(api, state, out_dir, report, first, last)
+                _month_by_runs(api, first, last, ops_by_day, dsn, report, progress, close_day, digests)
             report["closes"] = [period for periods in closes.values() for period in periods]
             if rerun:
                 report["rerun"] = _rerun_push_credits(api, out_dir, progress)
@@ -359,6 +385,7 @@ def run_cluster_scenario(
                 "task instances by worker (hostname): "
                 + ", ".join(f"{h} {n}" for h, n in sorted(report["task_instances_by_hostname"].items()))
             )
+            hosts.download(state["s3_url"], "validation/", out_dir / "validation")
         finally:
             if api is not None:
                 api.close()
@@ -366,6 +393,8 @@ def run_cluster_scenario(
         sandbox.dump()
     export_exceptions(dsn, out_dir)
     s = summary(dsn)
+    s["digests"] = digest_counts(out_dir / DIGESTS)
+    s["mail"] = sink.summary()
     s["seconds"] = round(time.monotonic() - t0, 1)
     s["cluster"] = report
     (out_dir / "summary.json").write_text(json.dumps(s, indent=1, default=str))
@@ -381,8 +410,10 @@ def _apply_operations(dsn: str, day: date, ops_by_day: dict, progress) -> None:
         progress(f"  {day}: operator {op['action']} {scenario_reference.operation_subject(op)}")
 
 
-def _close(api, day: date, period: str, out_dir: Path, report: dict, progress, log_dir) -> None:
-    """The close run of ``period`` listed under ``day``; its report becomes the top-level one."""
+def _close(api, day: date, period: str, out_dir: Path, report: dict, progress, state: dict) -> None:
+    """The close run of ``period`` listed under ``day``; its report (reports/<period>/ in the store, copied
+    to OUT/closes/<period>/) becomes the top-level one."""
+    log_dir = state["log_dir"]
     t = time.monotonic()
     run_id = trigger_day(api, RECON, day, {"close_period": period})
     run = wait_run(api, RECON, run_id)
@@ -390,13 +421,14 @@ def _close(api, day: date, period: str, out_dir: Path, report: dict, progress, l
     progress(f"  {day}: {RECON} close {period} {run['state']} ({time.monotonic() - t:.1f}s)")
     if run["state"] != "success":
         raise RuntimeError(f"{RECON} close run {run_id} failed; logs under {log_dir}")
+    hosts.download(state["s3_url"], f"{REPORTS}/{period}/", out_dir / CLOSES_DIR / period)
     if not publish_close(out_dir, period):
         raise RuntimeError(
             f"{RECON} close run {run_id} wrote no report under {out_dir / CLOSES_DIR / period}"
         )
 
 
-def _run_day(api, day: date, report: dict, progress) -> None:
+def _run_day(api, day: date, report: dict, progress, digests: str = "") -> None:
     """The returns_sync run listed under ``day``, created through the REST API and waited for."""
     t = time.monotonic()
     run_id = trigger_day(api, SYNC, day)
@@ -405,18 +437,73 @@ def _run_day(api, day: date, report: dict, progress) -> None:
     report["runs"][f"{SYNC}:{run_id}"] = timing
     progress(
         f"  {day}: {SYNC} {run['state']} ({time.monotonic() - t:.1f}s; tasks running "
-        f"{timing['tasks_running_s']}s of {timing['wall_s']}s)"
+        f"{timing['tasks_running_s']}s of {timing['wall_s']}s){digests}"
     )
     if run["state"] != "success":
         raise RuntimeError(f"{SYNC} for {day} failed")
 
 
-def _month_by_runs(api, first, last, ops_by_day, dsn, report, progress, close_day) -> None:
+class _Digests:
+    """The digest runs of make demo, in its order: the operating check after each day's sync (and close),
+    the weekly review of a week on the Monday after it (before that day's sync), the last week's right
+    after its Sunday. Their files are read back from the store's digests/ into OUT/digests/."""
+
+    def __init__(self, api, state: dict, out_dir: Path, report: dict, first: date, last: date):
+        from returnledger_dev.demo.month import weekly_reviews
+
+        self.api, self.state, self.out, self.report = api, state, out_dir / DIGESTS, report
+        self.weeks, self.last = weekly_reviews(first, last), last
+
+    def _run(self, dag_id: str, kind: str, start: datetime, length: timedelta) -> int:
+        body = period_run_body(kind, start, length, datetime.now(UTC))
+        self.api.post(f"/dags/{dag_id}/dagRuns", body)
+        run = wait_run(self.api, dag_id, body["dag_run_id"])
+        self.report["runs"][f"{dag_id}:{body['dag_run_id']}"] = run_timing(
+            run, task_instances(self.api, dag_id, body["dag_run_id"])
+        )
+        if run["state"] != "success":
+            raise RuntimeError(f"{dag_id} {body['dag_run_id']} failed; logs under {self.state['log_dir']}")
+        as_of = start + length
+        prefix = f"{DIGESTS}/{'daily' if kind == 'checks' else 'weekly'}-{as_of:%Y-%m-%d}"
+        hosts.download(self.state["s3_url"], prefix, self.out, relative_to=f"{DIGESTS}/")
+        return digests_of(self.out, "daily" if kind == "checks" else "weekly", as_of)
+
+    def weekly_before(self, day: date) -> int | None:
+        got = None
+        for week in self.weeks:  # the review of the week that ended last night starts Monday 07:00
+            if week + timedelta(days=7) == day:
+                got = self._run(WEEKLY, "weekly", day_start(week) + timedelta(hours=7), timedelta(days=7))
+        return got
+
+    def after(self, day: date) -> tuple[int, int | None]:
+        """The operating check of ``day`` (after its sync and closes), then, on the last day, the review
+        of the week that ends with it; (daily digests, weekly reviews or None)."""
+        n = self._run(CHECKS, "checks", day_start(day) + timedelta(hours=7), timedelta(days=1))
+        weekly = None
+        for week in self.weeks:  # the scenario ends on a Sunday: its last week's review starts right after
+            if day == self.last and week + timedelta(days=6) == day:
+                weekly = self._run(WEEKLY, "weekly", day_start(week) + timedelta(hours=7), timedelta(days=7))
+        return n, weekly
+
+
+def _month_by_runs(api, first, last, ops_by_day, dsn, report, progress, close_day, digests=None) -> None:
     day = first
     while day <= last:
         _apply_operations(dsn, day, ops_by_day, progress)
-        _run_day(api, day, report, progress)
+        weekly = digests.weekly_before(day) if digests else None
+        t = time.monotonic()
+        _run_day(api, day, report, progress if digests is None else (lambda _text: None))
         close_day(day)
+        if digests is not None:
+            n, last_weekly = digests.after(day)
+            weekly = last_weekly if last_weekly is not None else weekly
+            run = report["runs"][f"{SYNC}:day__{day.isoformat()}"]
+            progress(
+                f"  {day}: {SYNC} success ({run['wall_s']}s wall, tasks running {run['tasks_running_s']}s), "
+                f"{n} digests"
+                + (f", weekly review {weekly}" if weekly is not None else "")
+                + f" ({time.monotonic() - t:.1f}s)"
+            )
         day += timedelta(days=1)
 
 

@@ -34,6 +34,7 @@ import uuid
 from datetime import UTC
 from pathlib import Path
 
+from returnledger_dev.cluster import hosts
 from returnledger_dev.cluster.spec import (
     ADMIN_USER,
     COMPONENTS,
@@ -82,12 +83,13 @@ def _reap() -> None:
             return
 
 
-def _spawn(args: list[str], env: dict, log_path: Path) -> subprocess.Popen:
+def _spawn(args: list[str], env: dict, log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
             args,
             env=env,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -148,7 +150,8 @@ def start(spec: ClusterSpec, *, progress=print, timeout_s: float = 300) -> dict:
     meta = metadata_dsn(spec.ledger_dsn)
     ensure_database(spec.ledger_dsn, psycopg.conninfo.conninfo_to_dict(meta)["dbname"], fresh=spec.fresh)
     password_file, _password = admin_password(spec.root)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETURNLEDGER_DSN"))}
+    # nothing of this shell's AWS settings: the store is reached through aws_default only
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETURNLEDGER_DSN", "AWS_"))}
     env.update(airflow_env(spec, api_port=spec.api_port, meta_dsn=meta, password_file=password_file))
     env.update(connections_env(spec))
     env.update(spec.extra_env)
@@ -200,16 +203,31 @@ def start(spec: ClusterSpec, *, progress=print, timeout_s: float = 300) -> dict:
         "started_at": time.time(),
         "throwaway": spec.fresh,
     }
+    if spec.fresh:
+        hosts.clear_hosts(spec.root)
     try:
+        # the shared object store: S3 on loopback (hosts.py), up before anything that may use it
+        s3_port = free_port()
+        s3_dirs = hosts.host_dirs(spec.root, "s3")
+        procs["s3"] = _spawn(hosts.s3_command(s3_port), env, spec.log_dir / "s3.log", cwd=s3_dirs["cwd"]).pid
+        state["s3_url"] = hosts.s3_url(s3_port)
+        _write_state(spec.root, state)  # stop() finds the server if what follows fails
+        hosts.wait_s3(state["s3_url"], alive=lambda: group_alive(procs["s3"]))
+        env.update(hosts.store_env(state["s3_url"]))
+        progress(f"object store: s3://{hosts.BUCKET}/ on {state['s3_url']} (aws_default)")
         for name in COMPONENTS:
             args = [_airflow(), name]
             if name == "api-server":
                 args += ["--host", "127.0.0.1", "--port", str(spec.api_port)]
-            procs[name] = _spawn(args, env, spec.log_dir / f"{name}.log").pid
+            dirs = hosts.host_dirs(spec.root, name)
+            cenv = dict(env, **hosts.host_env(dirs))
+            procs[name] = _spawn(args, cenv, spec.log_dir / f"{name}.log", cwd=dirs["cwd"]).pid
         for i in range(1, spec.workers + 1):
             node = f"{spec.name}-worker-{i}"
+            dirs = hosts.host_dirs(spec.root, f"worker-{i}")  # its own disk, as on a host of its own
             wenv = dict(
                 env,
+                **hosts.host_env(dirs),
                 **{
                     "AIRFLOW__CORE__HOSTNAME_CALLABLE": "returnledger_dev.cluster.spec.worker_hostname",
                     WORKER_HOSTNAME_ENV: node,
@@ -227,7 +245,7 @@ def start(spec: ClusterSpec, *, progress=print, timeout_s: float = 300) -> dict:
                 "--queues",
                 spec.queue,
             ]
-            procs[f"worker-{i}"] = _spawn(args, wenv, spec.log_dir / f"worker-{i}.log").pid
+            procs[f"worker-{i}"] = _spawn(args, wenv, spec.log_dir / f"worker-{i}.log", cwd=dirs["cwd"]).pid
             workers[f"worker-{i}"] = node
         _write_state(spec.root, state)
         _wait_ready(state, deadline=time.monotonic() + timeout_s, progress=progress)
@@ -335,7 +353,10 @@ def stop(root: Path | None = None, *, grace_s: float = 30.0, progress=print) -> 
         progress("no cluster state in " + str(root))
         return 0
     tree = {p.pid: p for p in _cluster_processes(state)}
-    order = sorted(state["pids"].items(), key=lambda kv: not kv[0].startswith("worker"))
+    # workers first (a warm shutdown lets running tasks finish), the object store last
+    order = sorted(
+        state["pids"].items(), key=lambda kv: 0 if kv[0].startswith("worker") else 1 + (kv[0] == "s3")
+    )
     for _name, pid in order:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)

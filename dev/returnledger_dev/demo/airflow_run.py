@@ -53,8 +53,9 @@ def prepare_airflow(
     os.environ["AIRFLOW_VAR_RETURNLEDGER_EXPORT_BASE"] = sandbox.landing_dir.as_uri()
     # each close run writes <report base>/<period>/: OUT/closes/<period>/ (scenarios README, outputs)
     os.environ["AIRFLOW_VAR_RETURNLEDGER_REPORT_BASE"] = (out_dir / CLOSES_DIR).as_uri()
-    os.environ["AIRFLOW_VAR_RETURNLEDGER_DIGEST_DIR"] = str(out_dir / "digests")
-    os.environ["RETURNLEDGER_VALIDATION_DIR"] = str(out_dir / "validation")
+    # the object store is OUT itself: digests in OUT/digests, validation results in OUT/validation (the
+    # exports and reports above keep the places the scenarios README names; make cluster-demo uses S3)
+    os.environ["AIRFLOW_VAR_RETURNLEDGER_OBJECT_STORE"] = out_dir.as_uri()
     if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in os.environ:
         name = _metadata_database(dsn)
         meta = scratch_db.with_database(dsn, name)
