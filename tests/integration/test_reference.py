@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from returnledger.cli import ledger as ledger_cli
+from returnledger.cli import reference as reference_cli
 from returnledger.models import Disposition, ExceptionType
 from returnledger.reference.change import default_folder
 from returnledger.reference.load import load_reference
@@ -323,7 +323,7 @@ def test_scenario_with_an_incomplete_policy_is_refused(fresh_db):
 def test_cli_commands(fresh_db, monkeypatch, capsys):
     monkeypatch.setenv(db.ENV_DSN, fresh_db)
     parser = argparse.ArgumentParser(prog="returnledger")
-    ledger_cli.register(parser.add_subparsers(dest="command", required=True))
+    reference_cli.register(parser.add_subparsers(dest="command", required=True))
 
     args = parser.parse_args(["reference", "load", "--at", "2026-10-01T06:00:00"])
     assert args.func(args) == 0

@@ -13,7 +13,7 @@ import logging
 import sys
 from importlib.metadata import entry_points
 
-from returnledger.cli import exceptions, ledger, reconciliation, reports
+from returnledger.cli import database, exceptions, reconciliation, reference, reports
 
 #: the entry-point group other distributions add commands through (each a ``register(subparsers)``)
 COMMANDS_GROUP = "returnledger.commands"
@@ -22,7 +22,7 @@ COMMANDS_GROUP = "returnledger.commands"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="returnledger", description=(__doc__ or "").splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for group in (ledger, exceptions, reports, reconciliation):
+    for group in (database, reference, exceptions, reports, reconciliation):
         group.register(sub)
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         entry.load()(sub)

@@ -1,42 +1,12 @@
-"""``returnledger migrate|db|reference|mapping|sku``: the ledger database and its reference data."""
+"""``returnledger reference|mapping|sku``: the reference data operators maintain (seed files, the reason-code
+map, the SKU catalog)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from returnledger.cli.common import login_name, print_json, refusing, utc_time
-
-
-def _cmd_migrate(args) -> int:
-    from returnledger.store import db, migrate
-
-    dsn = db.resolve_dsn()
-    if args.create_database and migrate.ensure_database(dsn):
-        print("created the ledger database")
-    if args.reset:
-        migrate.reset(dsn, database=args.database)
-    applied = migrate.migrate(
-        dsn,
-        owner=args.owner,
-        runtime=args.runtime_role,
-        runtime_password=os.environ.get("RETURNLEDGER_LEDGER_PASSWORD"),
-    )
-    print("applied: " + (", ".join(applied) if applied else "nothing (schema is current)"))
-    return 0
-
-
-def _cmd_db(args) -> int:
-    from returnledger.store import db
-
-    if args.action == "start":
-        print(db.embedded_dsn())
-    elif args.action == "stop":
-        print("stopped" if db.stop_embedded() else "not running")
-    else:
-        print(db.resolve_dsn())
-    return 0
 
 
 def _cmd_reference_load(args) -> int:
@@ -99,7 +69,9 @@ def _reference_actor() -> str:
     return f"cli:{name}" if name else "cli"
 
 
-def _register_reference(subparsers) -> None:
+def register(subparsers) -> None:
+    """``reference load``, ``mapping add|deactivate`` and ``sku add``."""
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--actor", default=_reference_actor(), help="who makes the change (audit log)")
         p.add_argument("--at", default=None, help="ISO timestamp of the change (default: now)")
@@ -134,32 +106,3 @@ def _register_reference(subparsers) -> None:
     p.add_argument("available", type=int, help="starting available stock at the warehouse")
     common(p)
     p.set_defaults(func=refusing(_cmd_sku_add))
-
-
-def register(subparsers) -> None:
-    """``migrate``, ``db``, ``reference load``, ``mapping add|deactivate`` and ``sku add``."""
-    m = subparsers.add_parser("migrate", help="apply pending schema migrations (idempotent)")
-    m.add_argument(
-        "--reset",
-        action="store_true",
-        help="drop the ledger schema first (loses every ledger row); needs --database naming the database",
-    )
-    m.add_argument(
-        "--database", help="with --reset: the name of the DSN's database, to confirm which is wiped"
-    )
-    m.add_argument("--create-database", action="store_true", help="create the DSN's database if missing")
-    m.add_argument(
-        "--owner",
-        help="role that owns the ledger schema and its objects; nobody logs in as it (created NOLOGIN if "
-        "missing; default returnledger_owner when --runtime-role is given)",
-    )
-    m.add_argument(
-        "--runtime-role",
-        help="least-privilege login role the DAGs, workers and console use: rows only, owns nothing "
-        "(created if missing; password from RETURNLEDGER_LEDGER_PASSWORD), e.g. returnledger",
-    )
-    m.set_defaults(func=_cmd_migrate)
-    d = subparsers.add_parser("db", help="the embedded PostgreSQL under .local/")
-    d.add_argument("action", choices=["start", "stop", "dsn"])
-    d.set_defaults(func=_cmd_db)
-    _register_reference(subparsers)
