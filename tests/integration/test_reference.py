@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 AT = datetime(2026, 10, 1, 6, tzinfo=UTC)
 FOLDER = default_folder()
-#: design.md's owner table
+#: the owner table of include/reference/owners.yaml
 DESIGN_OWNERS = {
     "UNMAPPED_REASON_CODE": "operations",
     "SKU_MISMATCH": "operations",

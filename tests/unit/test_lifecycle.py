@@ -1,4 +1,4 @@
-"""The return-line lifecycle rules (design.md 1-8, 10), one behaviour per test."""
+"""The return-line lifecycle rules (ledger.lifecycle), one behaviour per test."""
 
 from __future__ import annotations
 

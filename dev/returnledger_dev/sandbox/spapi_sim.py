@@ -21,7 +21,7 @@ An id counts as taken in once a submission of it was applied (202, or a lost
 response) and its transaction does not end in Failure; a note whose
 transaction fails may be sent again and is judged afresh. The fault
 ``faults.amazon.duplicate_details: "empty"`` makes that refusal name nothing
-(empty ``details``), for the ledger's evidence rule (design.md rule 11).
+(empty ``details``), for the ledger's evidence rule (docs/operating-guide.md "Amazon's evidence").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The return-line state machine: which ReBound event moves a line where, and
-which Amazon action it earns (design.md, rules 1-8 and 10).
+which Amazon action it earns (docs/architecture.md "One event, from the feed to an accepted credit note").
 
 Pure functions, no I/O: the sync reads a line's current state from the
 ledger, calls ``replay`` with the line's held events plus the new ones, and

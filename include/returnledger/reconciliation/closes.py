@@ -1,4 +1,5 @@
-"""Closed months are final (design.md rule 12, scenarios/README.md "Periods").
+"""Closed months are final (docs/operating-guide.md "Periods: what a close covers, carry-over and ageing,
+reopening a month").
 
 A close stores its report as written (the CSV gzip-compressed, the HTML as is, the sha256 of each file) in
 ``ledger.period_close``, and records what later closes must know in ``ledger.recon_carry``: the lines it

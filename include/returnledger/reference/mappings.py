@@ -158,7 +158,7 @@ def add_reason_mapping(
 ) -> bool:
     """Map (or remap, or reactivate) a ReBound reason; True when something changed.
 
-    Lines held for this reason are released by the next sync run (design.md rule 6).
+    Lines held for this reason are released by the next sync run.
     """
     reason = clean(rebound_reason, "rebound_reason")
     code = check_amazon_reason(amazon_reason)
