@@ -1,8 +1,7 @@
 """A ledger that lives for months (scenarios/README.md and docs/operating-guide.md, "Periods"): a close
-reports every
-line no earlier close settled, whatever month it was created in, and dark returns once; daily checks follow
-the same rule as of their day; a closed month's report is final, and reopening it is an audited action
-that keeps the old report beside the new version."""
+reports every line no earlier close settled, whatever month it was created in, and dark returns once; daily
+checks follow the same rule as of their day; a closed month's report is final, and reopening it is an audited
+action that keeps the old report beside the new version."""
 
 from __future__ import annotations
 
