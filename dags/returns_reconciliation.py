@@ -47,15 +47,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, Param, dag, get_current_context, task
+from airflow.sdk import AssetOrTimeSchedule, Param, dag, get_current_context, task
 
-from returnledger.airflow.defaults import LEDGER, default_args
+# postgres:// tables and object-store folders: what this DAG reads and produces (never LEDGER itself: that
+# would trigger this DAG again); OpenLineage reports them as the runs' inputs and outputs
+from returnledger.airflow.assets import AMAZON_EXPORTS, LEDGER, RECON_RESULTS, REPORT
+from returnledger.airflow.defaults import default_args
 from returnledger.airflow.notifiers import dag_failure_callbacks, finance_notice
 from returnledger.airflow.schedule import period_schedule
-
-# what this DAG produces (never LEDGER itself: that would trigger this DAG again)
-RECON_RESULTS = Asset(name="returns_recon_results", uri="returnledger://ledger/recon_result")
-REPORT = Asset(name="returns_month_end_report", uri="returnledger://reports/month_end_report")
 
 
 @dag(
@@ -88,7 +87,7 @@ def returns_reconciliation():
         start, end = run_interval()
         return recon_window(start, end, get_current_context()["params"].get("close_period")).as_dict()
 
-    @task(multiple_outputs=False)
+    @task(inlets=[AMAZON_EXPORTS], multiple_outputs=False)
     def import_amazon_export(window: dict) -> dict:
         """Validate and load the month's Vendor Central returns export (required on close runs)."""
         from returnledger.airflow.hooks import ledger_dsn
@@ -110,7 +109,7 @@ def returns_reconciliation():
             )
         return result.as_dict()
 
-    @task(outlets=[RECON_RESULTS], multiple_outputs=False)
+    @task(inlets=[LEDGER], outlets=[RECON_RESULTS], multiple_outputs=False)
     def reconcile(window: dict, imported: dict) -> dict:
         """Match the period's lines and Amazon records; raise the exceptions; replace the results."""
         from returnledger.airflow.hooks import ledger_dsn

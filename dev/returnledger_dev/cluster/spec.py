@@ -192,6 +192,9 @@ def airflow_env(spec: ClusterSpec, *, api_port: int, meta_dsn: str, password_fil
         "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
         **TUNING,
         "GX_ANALYTICS_ENABLED": "false",
+        # lineage events of every task and DAG run into the task logs, as the compose file's default
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "returnledger",
+        "OPENLINEAGE__TRANSPORT__TYPE": "console",
         "RETURNLEDGER_HOME": str(root),
     }
     return env

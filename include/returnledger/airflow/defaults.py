@@ -1,4 +1,5 @@
-"""What every returnledger DAG shares: task defaults, the pool and the ledger asset, and the Variables.
+"""What every returnledger DAG shares: task defaults, the pool and the Variables (the Assets are in
+returnledger.airflow.assets).
 
 Variables (set in the UI, by ``AIRFLOW_VAR_<NAME>`` or from a secrets backend; airflow_settings.yaml has
 the local values). Each has a default under the data folder ``$RETURNLEDGER_HOME/.local`` (the image sets
@@ -19,12 +20,8 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from airflow.sdk import Asset
-
 #: the pool every SP-API task runs in (its slots keep the vendor operations under Amazon's rate)
 AMAZON_POOL = "amazon_sp_api"
-#: the ledger: returns_sync emits it, returns_reconciliation follows it
-LEDGER = Asset(name="returns_ledger", uri="returnledger://ledger/return_line")
 #: no task may hold a worker (or the amazon_sp_api pool) longer than this; the push and confirm steps'
 #: circuit breakers and the clients' retry budgets end well before it: an outage fails the task
 #: (AmazonOutage), retried by Airflow, with the work PENDING or SUBMITTED for the retry or the next run

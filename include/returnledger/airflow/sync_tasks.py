@@ -11,7 +11,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any
 
-from returnledger.airflow.defaults import AMAZON_POOL, LEDGER
+from returnledger.airflow.assets import LEDGER
+from returnledger.airflow.defaults import AMAZON_POOL
 from returnledger.moment import RunMoment
 from returnledger.sync import steps
 from returnledger.sync.steps import Step, steps_doc  # noqa: F401  (steps_doc: for the DAG's doc)
