@@ -27,7 +27,7 @@ class StallLimits:
 
     pending_submission: timedelta = timedelta(hours=24)  # earned, not yet sent to Amazon
     submitted_unanswered: timedelta = timedelta(hours=48)  # sent, Amazon's transaction still not final
-    held_event: timedelta = timedelta(days=3)  # an event waiting in quarantine
+    held_event: timedelta = timedelta(days=3)  # an event held (ledger.held_event) waiting for its release
     sync_expected: timedelta = timedelta(hours=26)  # daily sync plus slack
 
 

@@ -151,7 +151,7 @@ WITH covered AS MATERIALIZED (  -- materialised: measured faster at 1M lines tha
                                 UNION SELECT o.returns_notice FROM carried k
                                         JOIN ledger.return_order o ON o.return_id = k.return_id)
      ORDER BY a.returns_notice COLLATE "C", a.sku COLLATE "C", a.imported_at DESC, a.amazon_return_id
-), held_lines AS (      -- lines held by an open quarantine exception
+), held_lines AS (      -- lines held by an open holding exception (reported as QUARANTINED)
     SELECT e.return_id, e.line FROM ledger.exception e
      WHERE e.status = 'open' AND e.type = ANY(%(holding)s) AND e.return_id IS NOT NULL AND e.line IS NOT NULL
     UNION

@@ -170,7 +170,7 @@ def add_reason_mapping(
 def deactivate_reason_mapping(
     dsn_or_conn, rebound_reason: str, *, at: datetime, actor: str, why: str | None = None
 ) -> bool:
-    """Stop using a mapping (kept for history); new lines with that reason are quarantined again."""
+    """Stop using a mapping (kept for history); new events with that reason are held again."""
     reason = clean(rebound_reason, "rebound_reason")
     actor = clean(actor, "actor")
     with unit_of_work(dsn_or_conn, lock=REFERENCE_LOCK) as conn:
