@@ -82,6 +82,14 @@ def test_month_through_the_scheduler_on_two_celery_workers(tmp_path, pg_server, 
             scratch_db.drop_database(pg_server, ledger)
             scratch_db.drop_database(pg_server, lc.metadata_dsn(ledger))
     assert lc.read_state(root) is None  # stopped, nothing left running
+    # as separate hosts: every worker on its own folders, what tasks share in the cluster's S3 (issue 24)
+    assert (root / "hosts" / "worker-1" / "work").is_dir() and (root / "hosts" / "worker-2" / "tmp").is_dir()
+    assert s["cluster"]["object_store"]["bucket"] == "returnledger-store"
+    days = (date.fromisoformat(scenario["run"]["to"]) - date.fromisoformat(scenario["run"]["from"])).days + 1
+    assert len(list((out / "validation").glob("*.json"))) == days  # each run's GX result, read back from S3
+    assert not [
+        p for w in (1, 2) for p in (root / "hosts" / f"worker-{w}" / "data").rglob("*") if p.is_file()
+    ]
     # each worker imported the heavy libraries once at start (returnledger.airflow.celery), for its tasks
     for i in (1, 2):
         assert "preloaded in the Celery worker" in (root / "logs" / f"worker-{i}.log").read_text()
