@@ -81,10 +81,10 @@ clean: ## remove outputs and the local state (embedded database included)
 .PHONY: cluster cluster-stop cluster-status cluster-demo bench-cluster
 CLUSTER_OUT ?= out-cluster
 
-cluster: venv ## Airflow on CeleryExecutor here: api-server :8080, scheduler, dag-processor, triggerer, 2 Celery workers (REDIS_URL)
+cluster: venv ## Airflow on CeleryExecutor here: api-server :8080, scheduler, dag-processor, triggerer, 2 Celery workers (REDIS_URL), each on folders of its own; shared store on a local S3 (moto)
 	$(VENV)/bin/returnledger cluster start
 
-cluster-stop: venv ## stop `make cluster` (every process of it, task processes included)
+cluster-stop: venv ## stop `make cluster` (every process of it, task processes and the S3 server included)
 	$(VENV)/bin/returnledger cluster stop
 
 cluster-status: venv ## components, Airflow health and the Celery workers that answer
