@@ -9,6 +9,8 @@ the least-privilege ``returnledger`` role. Every component gets the variables of
 are the ones the compose file sets (tests/deploy checks that they stay the same): one JWT secret, one
 Fernet key, one API secret key (made once, kept in ``.local/cluster/secrets.json``), one execution API URL.
 Only hosts, ports and folders differ, plus what only two workers on one host need (``LOCAL_ONLY``).
+As on separate hosts, each component runs in folders of its own and what tasks share is in S3, a moto
+server the cluster starts first and stops last (``returnledger_dev.cluster.hosts``).
 
 Each component runs in its own process group (log: ``.local/cluster/logs/<component>.log``), and every
 process the cluster starts carries ``RETURNLEDGER_CLUSTER=<id>`` in its environment: ``stop`` sends
