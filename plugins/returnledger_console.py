@@ -1,7 +1,7 @@
 """Airflow plugin: the returns exceptions console in the Airflow UI.
 
 Mounts returnledger.console.app under ``/returnledger`` on the api-server and
-adds "Returns exceptions", "Find a return" and one "Queue: <team> (N overdue /
+adds "Returns exceptions", "Finance", "Find a return" and one "Queue: <team> (N overdue /
 M open)" per owner team to the Browse menu (shown inside the UI as embedded
 views; the counts are read when the UI loads its navigation, see
 returnledger.console.nav). Every route of the console requires a signed-in Airflow
@@ -9,7 +9,10 @@ user; reading needs any role, every state-changing action (resolve, dismiss,
 retry, add a mapping or a SKU) needs Op or Admin under the SimpleAuthManager
 (the "can edit" permission on "Returns exceptions" under FAB); see
 returnledger.console.auth. The ledger is reached through the ``returns_db``
-connection.
+connection. Each task of returns_sync and returns_reconciliation that raised
+exceptions or sent credit notes gets the extra links "exceptions raised by this
+run" and "credit notes sent by this run" (the console's /runs page filtered to
+that run; returnledger.airflow.links).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from functools import cache
 from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
+
+from returnledger.airflow.links import RaisedExceptionsLink, SentCreditNotesLink
 
 URL_PREFIX = "/returnledger"
 
@@ -40,8 +45,18 @@ class ReturnledgerConsolePlugin(AirflowPlugin):
             "url_route": "returns-exceptions",  # UI path /plugin/returns-exceptions embeds the console
             "destination": "nav",
             "category": "browse",
-        }
+        },
+        {
+            "name": "Finance",
+            "href": f"{URL_PREFIX}/finance",
+            "url_route": "returns-finance",
+            "destination": "nav",
+            "category": "browse",
+        },
     ]
+    #: on each task of returns_sync / returns_reconciliation that raised exceptions or sent credit notes:
+    #: the console filtered to that run (returnledger.airflow.links)
+    global_operator_extra_links: ClassVar[list[Any]] = [RaisedExceptionsLink(), SentCreditNotesLink()]
 
     @property
     def external_views(self) -> list[dict[str, Any]]:

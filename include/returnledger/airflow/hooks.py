@@ -59,7 +59,9 @@ def ledger_dsn(conn_id: str = DB_CONN_ID) -> str:
     if password:
         parts["password"] = password
     parts.update((k, v) for k, v in extra.items() if k not in hook.ignored_extra_options)
-    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()})
+    from returnledger.airflow.links import run_dsn  # inside a task: its run, for the rows it writes
+
+    return run_dsn(psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()}))
 
 
 def base_url(c: Connection) -> str:

@@ -20,7 +20,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from returnledger.console.auth import CSRF_FIELD, AirflowAuth, Caller, csrf_token_for, require_may_act
 from returnledger.console.closes import add_close_pages
+from returnledger.console.finance_pages import add_finance_pages
 from returnledger.console.returns import add_return_pages
+from returnledger.console.runs import add_run_pages
 from returnledger.exception_types import CONSOLE_PATHS, all_codes, is_known, kind, offering
 from returnledger.models import ExceptionStatus
 from returnledger.reference.mappings import AMAZON_REASON_CODES
@@ -145,6 +147,8 @@ def add_pages(
     act_guard = [Depends(require_may_act)]
     add_close_pages(app, dsn_provider=dsn_provider, clock=clock, act_guard=act_guard)
     add_return_pages(app, dsn_provider=dsn_provider, clock=clock, list_limit=list_limit)
+    add_finance_pages(app, dsn_provider=dsn_provider, list_limit=list_limit)
+    add_run_pages(app, dsn_provider=dsn_provider, list_limit=list_limit)
 
     def connect():
         from returnledger.store.db import connect as db_connect

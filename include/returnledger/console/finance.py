@@ -1,0 +1,237 @@
+"""Finance's page: the current month (from the latest daily check) and every closed month, each number
+linking to its rows, the month-end report and its CSV to download.
+
+Plain query functions on an open psycopg connection (the pages, the tests and the bench call them):
+
+* ``finance_summary(conn, key)`` -> one result key's figures (``'YYYY-MM'``, a close; ``'daily:YYYY-MM-DD'``,
+  a daily check): rows and money (credited, owed) per reconciliation status with the grand total, and money
+  at risk (credit owed and not accepted by Amazon: CREDIT_MISSING, CREDIT_REJECTED, PENDING with an amount
+  owed) by age and by month of origin. One pass over the key's partition of ``ledger.recon_result``, the
+  rows the month-end report is written from; the per-status totals must add up to the grand total.
+* ``latest_daily_key(conn)`` -> the latest daily check's result key, None when there is none.
+* ``closed_months(conn)`` -> every closed month in force with its stored per-status totals (the trend).
+* ``finance_rows(conn, key, status=None, bucket=None, origin=None, at_risk=False, limit=500)`` -> the rows
+  behind one number, by row key (through the partition's primary key).
+* ``report_file(conn, period, name, base=None)`` -> a closed month's ``month_end_report.csv``/``.html``: from
+  the object store (``reports/<period>/``, returnledger.airflow.objects.report_base) when the file there is
+  the close's (its sha256), else the bytes the close stored.
+
+The routes are in ``console.finance_pages``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+from datetime import date
+from decimal import Decimal
+
+import psycopg
+from psycopg.rows import dict_row
+
+from returnledger.reconciliation.results import partitions
+from returnledger.reports.carry_over import AGE_BUCKETS, AT_RISK, STATUS_ORDER
+
+log = logging.getLogger(__name__)
+
+#: the files of a close, as the month-end report names them (returnledger.reports.finance)
+REPORT_FILES = {"month_end_report.csv": "csv_gzip", "month_end_report.html": "html"}
+_AGE = "(computed_at AT TIME ZONE 'UTC')::date - origin_date"
+_BUCKET = {
+    "0-30": f"{_AGE} <= 30",
+    "31-60": f"{_AGE} BETWEEN 31 AND 60",
+    "61-90": f"{_AGE} BETWEEN 61 AND 90",
+    ">90": f"{_AGE} > 90",
+}
+_AT_RISK_WHERE = "recon_status = ANY(%(at_risk)s) AND amount_owed <> 0"
+
+# one pass: per status, age bucket and month of origin, the rows and the money; the at-risk part counted
+# apart (rows of an at-risk status whose credit owed is not zero)
+_SUMMARY_SQL = f"""
+SELECT recon_status, bucket, origin, count(*) AS rows,
+       COALESCE(sum(credited_amount), 0) AS credited_amount, COALESCE(sum(amount_owed), 0) AS amount_owed,
+       COALESCE(sum(quantity_received), 0) AS units_received,
+       count(*) FILTER (WHERE at_risk) AS risk_rows, COALESCE(sum(amount_owed) FILTER (WHERE at_risk), 0)
+           AS risk_amount,
+       max(computed_at) AS computed_at, GROUPING(recon_status) AS is_total
+  FROM (SELECT recon_status, credited_amount, amount_owed, quantity_received, computed_at,
+               CASE WHEN {_AGE} <= 30 THEN '0-30' WHEN {_AGE} <= 60 THEN '31-60'
+                    WHEN {_AGE} <= 90 THEN '61-90' ELSE '>90' END AS bucket,
+               to_char(origin_date, 'YYYY-MM') AS origin,
+               ({_AT_RISK_WHERE}) IS TRUE AS at_risk
+          FROM ledger.recon_result WHERE period = %(key)s) r
+ GROUP BY GROUPING SETS ((recon_status, bucket, origin), ())
+"""
+
+_CLOSED_SQL = """
+SELECT period, version, as_of, batch_id, rows, totals, csv_sha256, html_sha256
+  FROM ledger.period_close WHERE reopened_at IS NULL ORDER BY period
+"""
+
+_ROWS_SQL = """
+SELECT row_key, return_id, line, amazon_return_id, sku, recon_status, amazon_status, credit_note_id,
+       credited_quantity, credited_amount, amount_owed, currency, first_reported, origin_date,
+       {age} AS age_days
+  FROM ledger.recon_result
+ WHERE period = %(key)s {where}
+ ORDER BY row_key
+ LIMIT %(limit)s
+"""
+
+_MEASURES = ("rows", "credited_amount", "amount_owed", "units_received")
+
+
+class TotalsDoNotAddUp(AssertionError):
+    """The per-status figures do not add up to the grand total: the page says so instead of a wrong sum."""
+
+
+def latest_daily_key(conn: psycopg.Connection) -> str | None:
+    """The result key of the latest daily check (``daily:YYYY-MM-DD``)."""
+    daily = [k for k in partitions(conn) if k.startswith("daily:")]
+    return max(daily) if daily else None
+
+
+def key_period(key: str) -> str:
+    """The month a result key checks: ``YYYY-MM`` itself, or the month of a daily check's day."""
+    return key[len("daily:") : len("daily:") + 7] if key.startswith("daily:") else key
+
+
+def finance_summary(conn: psycopg.Connection, key: str) -> dict:
+    """One result key's figures: per status, the grand total, money at risk by age and month of origin."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        groups = cur.execute(_SUMMARY_SQL, {"key": key, "at_risk": AT_RISK}).fetchall()
+    zero = dict.fromkeys(_MEASURES, 0)
+    by_status: dict[str, dict] = {}
+    by_age = {b: {"rows": 0, "amount": Decimal("0")} for b in AGE_BUCKETS}
+    by_origin: dict[str, dict] = {}
+    risk_by_status: dict[str, dict] = {}
+    computed_at = None
+    counted = None  # the grand total, counted in the same pass: the parts must add up to it
+    for g in groups:
+        if g["is_total"]:
+            counted = (g["rows"], g["amount_owed"], g["credited_amount"])
+            continue
+        s = by_status.setdefault(g["recon_status"], dict(zero))
+        for m in _MEASURES:
+            s[m] += g[m]
+        if g["risk_rows"]:
+            for table, k in (
+                (by_age, g["bucket"]),
+                (by_origin, g["origin"] or ""),
+                (risk_by_status, g["recon_status"]),
+            ):
+                t = table.setdefault(k, {"rows": 0, "amount": Decimal("0")})
+                t["rows"] += g["risk_rows"]
+                t["amount"] += g["risk_amount"]
+        computed_at = max(filter(None, (computed_at, g["computed_at"])), default=None)
+    total = {m: sum((s[m] for s in by_status.values()), 0) for m in _MEASURES}
+    if counted != (total["rows"], total["amount_owed"], total["credited_amount"]):
+        raise TotalsDoNotAddUp(f"{key}: per status {total}, counted {counted}")
+    return {
+        "key": key,
+        "period": key_period(key),
+        "daily": key.startswith("daily:"),
+        "computed_at": computed_at,
+        "by_status": {st: by_status[st] for st in STATUS_ORDER if st in by_status},
+        "total": total,
+        "at_risk": {
+            "by_age": by_age,
+            "by_origin": dict(sorted(by_origin.items())),
+            "by_status": {st: risk_by_status[st] for st in STATUS_ORDER if st in risk_by_status},
+            "rows": sum(v["rows"] for v in by_age.values()),
+            "amount": sum((v["amount"] for v in by_age.values()), Decimal("0")),
+        },
+    }
+
+
+def closed_months(conn: psycopg.Connection) -> list[dict]:
+    """Every closed month in force, oldest first, with its stored per-status totals (rows, amount owed)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        months = cur.execute(_CLOSED_SQL).fetchall()
+    for m in months:
+        m["totals"] = {s: m["totals"][s] for s in STATUS_ORDER if s in (m["totals"] or {})}
+        m["amount_owed"] = sum((Decimal(v["amount_owed"]) for v in m["totals"].values()), Decimal("0"))
+        m["at_risk"] = sum(
+            (Decimal(v["amount_owed"]) for s, v in m["totals"].items() if s in AT_RISK), Decimal("0")
+        )
+    return months
+
+
+def _origin_bounds(origin: str) -> tuple[date, date]:
+    year, month = int(origin[:4]), int(origin[5:7])
+    return date(year, month, 1), date(year + (month == 12), month % 12 + 1, 1)
+
+
+def finance_rows(
+    conn: psycopg.Connection,
+    key: str,
+    *,
+    status: str | None = None,
+    bucket: str | None = None,
+    origin: str | None = None,
+    at_risk: bool = False,
+    limit: int = 500,
+) -> list[dict]:
+    """The rows behind one number of the page (the same filters the summary counts by)."""
+    where, params = [], {"key": key, "limit": limit, "at_risk": AT_RISK}
+    if status:
+        if status not in STATUS_ORDER:
+            raise ValueError(f"unknown reconciliation status {status!r}")
+        where.append("recon_status = %(status)s")
+        params["status"] = status
+    if at_risk:
+        where.append(_AT_RISK_WHERE)
+    if bucket:
+        if bucket not in _BUCKET:
+            raise ValueError(f"age must be one of {', '.join(_BUCKET)}")
+        where.append(_BUCKET[bucket])
+    if origin is not None:
+        if origin == "":
+            where.append("origin_date IS NULL")
+        else:
+            try:
+                params["from"], params["to"] = _origin_bounds(origin)
+            except (ValueError, IndexError):
+                raise ValueError("origin must be a month, YYYY-MM") from None
+            where.append("origin_date >= %(from)s AND origin_date < %(to)s")
+    sql = _ROWS_SQL.format(age=_AGE, where="".join(f" AND {w}" for w in where))
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(sql, params).fetchall()
+
+
+def report_file(conn: psycopg.Connection, period: str, name: str, base=None) -> tuple[bytes, str]:
+    """A closed month's report file and where it came from (``object store`` or ``stored close``)."""
+    if name not in REPORT_FILES:
+        raise LookupError(f"no report file {name!r}")
+    kind = "csv" if name.endswith(".csv") else "html"
+    row = conn.execute(
+        f"SELECT {REPORT_FILES[name]}, {kind}_sha256, version FROM ledger.period_close"
+        " WHERE period = %s AND reopened_at IS NULL",
+        (period,),
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"{period} is not closed: no month-end report")
+    stored, sha, version = row
+    try:
+        from returnledger.store.objects import read_bytes
+
+        if base is None:
+            from returnledger.airflow.objects import report_base
+
+            base = report_base()
+        data = read_bytes(base / period / name)
+        if hashlib.sha256(data).hexdigest() == sha:
+            return data, "object store"
+        log.warning(
+            "%s/%s in the object store is not version %s's (sha256): the stored close is served",
+            period,
+            name,
+            version,
+        )
+    except Exception as exc:  # not in the store (or the store unreachable): the close stored the bytes
+        log.info("%s/%s not read from the object store (%s: %s)", period, name, type(exc).__name__, exc)
+    data = gzip.decompress(stored) if kind == "csv" else bytes(stored)
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise RuntimeError(f"the stored {name} of {period} version {version} does not match its sha256")
+    return data, "stored close"

@@ -1,0 +1,184 @@
+"""From a run to what it did: the exceptions a run raised and the credit notes it sent, each with the task
+instance that did it and a link back to that task's log in the Airflow UI.
+
+The rows name their run in their ``run_*`` columns (migration 0022_run_links; written from the identity
+the Airflow edge puts in the task's ledger DSN, ``returnledger.airflow.links``). Plain query functions on
+an open psycopg connection (the page, the extra links and the bench call them):
+
+* ``run_exceptions(conn, dag_id, run_id, task_id=None, limit=500)`` -> the exceptions the run (that task
+  of it) opened, oldest first.
+* ``run_credit_notes(conn, dag_id, run_id, task_id=None, limit=500)`` -> the credit notes the run sent:
+  per note its attempts in the run, the last outcome and the note's Amazon status.
+* ``recent_runs(conn, limit=50)`` -> the latest runs that raised or sent anything, with their counts.
+* ``task_did(conn, what, dag_id, run_id, task_id)`` -> whether that task of that run raised exceptions
+  (``what="exceptions"``) or sent credit notes (``"credit_notes"``): the extra links ask it.
+* ``task_log_url(dag_id, run_id, task_id, map_index, try_number)`` -> the Airflow 3 UI's page of that task
+  instance (its log), ``/dags/<dag>/runs/<run>/tasks/<task>[/mapped/<i>]?try_number=<n>``.
+
+Page: GET /runs (``?dag_id=&run_id=[&task_id=]``), readable by every role; it changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import quote, urlencode
+
+import psycopg
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from psycopg.rows import dict_row
+
+_RUN_COLUMNS = "run_dag_id, run_id, run_task_id, run_map_index, run_try_number"
+
+_EXCEPTIONS_SQL = f"""
+SELECT exception_id, type, owner, status, subject_key, return_id, line, sku, detail, opened_at,
+       opened_by_batch, resolved_at, resolved_by, {_RUN_COLUMNS}
+  FROM ledger.exception
+ WHERE run_dag_id = %(dag_id)s AND run_id = %(run_id)s
+   AND (%(task_id)s::text IS NULL OR run_task_id = %(task_id)s)
+ ORDER BY opened_at, exception_id
+ LIMIT %(limit)s
+"""
+
+# A note's attempts in this run (the send log is append-only, one row per HTTP attempt), the last one's
+# outcome, and what Amazon said of the note since.
+_CREDIT_NOTES_SQL = """
+SELECT a.document_id AS credit_note_id, n.return_id, count(*) AS attempts,
+       (array_agg(a.outcome ORDER BY a.attempt_id DESC))[1] AS last_outcome,
+       (array_agg(a.http_status ORDER BY a.attempt_id DESC))[1] AS last_http_status,
+       (array_agg(a.transaction_id ORDER BY a.attempt_id DESC))[1] AS transaction_id,
+       min(a.at) AS at, max(a.batch_id) AS batch_id,
+       n.confirmed_by, n.confirmed_at,
+       a.run_dag_id, a.run_id, a.run_task_id, max(a.run_map_index) AS run_map_index,
+       max(a.run_try_number) AS run_try_number
+  FROM ledger.submission_attempt a
+  LEFT JOIN ledger.credit_note n ON n.credit_note_id = a.document_id
+ WHERE a.kind = 'CREDIT_NOTE' AND a.run_dag_id = %(dag_id)s AND a.run_id = %(run_id)s
+   AND (%(task_id)s::text IS NULL OR a.run_task_id = %(task_id)s)
+ GROUP BY a.document_id, n.return_id, n.confirmed_by, n.confirmed_at, a.run_dag_id, a.run_id, a.run_task_id
+ ORDER BY min(a.attempt_id)
+ LIMIT %(limit)s
+"""
+
+_RECENT_SQL = """
+SELECT run_dag_id, run_id, sum(exceptions)::int AS exceptions, sum(attempts)::int AS attempts,
+       count(DISTINCT note) FILTER (WHERE note IS NOT NULL) AS credit_notes, max(at) AS at
+  FROM (SELECT run_dag_id, run_id, 1 AS exceptions, 0 AS attempts, NULL::text AS note, opened_at AS at
+          FROM ledger.exception WHERE run_id IS NOT NULL
+        UNION ALL
+        SELECT run_dag_id, run_id, 0, 1, document_id, at
+          FROM ledger.submission_attempt WHERE run_id IS NOT NULL AND kind = 'CREDIT_NOTE') x
+ GROUP BY run_dag_id, run_id
+ ORDER BY max(at) DESC, run_id DESC
+ LIMIT %(limit)s
+"""
+
+_DID_SQL = {
+    "exceptions": "SELECT EXISTS (SELECT 1 FROM ledger.exception"
+    " WHERE run_dag_id = %s AND run_id = %s AND run_task_id = %s)",
+    "credit_notes": "SELECT EXISTS (SELECT 1 FROM ledger.submission_attempt"
+    " WHERE run_dag_id = %s AND run_id = %s AND run_task_id = %s AND kind = 'CREDIT_NOTE')",
+}
+
+
+def task_log_url(
+    dag_id: str, run_id: str, task_id: str, map_index: int | None = None, try_number: int | None = None
+) -> str:
+    """The Airflow 3 UI's page of one task instance, which opens on its log."""
+    url = f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}/tasks/{quote(task_id, safe='')}"
+    if map_index is not None and map_index >= 0:
+        url += f"/mapped/{map_index}"
+    return url + (f"?try_number={try_number}" if try_number else "")
+
+
+def run_url(dag_id: str, run_id: str) -> str:
+    """The Airflow 3 UI's page of one DAG run."""
+    return f"/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
+def _with_links(rows: list[dict]) -> list[dict]:
+    for r in rows:
+        if r.get("run_id"):
+            r["log_url"] = task_log_url(
+                r["run_dag_id"], r["run_id"], r["run_task_id"], r["run_map_index"], r["run_try_number"]
+            )
+    return rows
+
+
+def _params(dag_id: str, run_id: str, task_id: str | None, limit: int) -> dict:
+    return {"dag_id": dag_id, "run_id": run_id, "task_id": task_id or None, "limit": limit}
+
+
+def run_exceptions(
+    conn: psycopg.Connection, dag_id: str, run_id: str, task_id: str | None = None, limit: int = 500
+) -> list[dict]:
+    """The exceptions the run (or that task of it) opened, oldest first, each with its task's log link."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return _with_links(cur.execute(_EXCEPTIONS_SQL, _params(dag_id, run_id, task_id, limit)).fetchall())
+
+
+def run_credit_notes(
+    conn: psycopg.Connection, dag_id: str, run_id: str, task_id: str | None = None, limit: int = 500
+) -> list[dict]:
+    """The credit notes the run (or that task of it) sent, each with its task's log link."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return _with_links(cur.execute(_CREDIT_NOTES_SQL, _params(dag_id, run_id, task_id, limit)).fetchall())
+
+
+def recent_runs(conn: psycopg.Connection, limit: int = 50) -> list[dict]:
+    """The latest runs that raised exceptions or sent credit notes."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(_RECENT_SQL, {"limit": limit}).fetchall()
+
+
+def task_did(conn: psycopg.Connection, what: str, dag_id: str, run_id: str, task_id: str) -> bool:
+    """Whether that task of that run raised exceptions / sent credit notes (``what``)."""
+    if what not in _DID_SQL:
+        raise ValueError(f"what must be one of {sorted(_DID_SQL)}, not {what!r}")
+    return bool(conn.execute(_DID_SQL[what], (dag_id, run_id, task_id)).fetchone()[0])
+
+
+def add_run_pages(app: FastAPI, *, dsn_provider: Callable[[], str], list_limit: int) -> None:
+    """GET /runs on ``app`` (read only)."""
+    from returnledger.console.pages import render_page
+
+    @app.get("/runs", response_class=HTMLResponse)
+    def runs_page(
+        request: Request,
+        dag_id: str | None = None,
+        run_id: str | None = None,
+        task_id: str | None = None,
+        show: str | None = None,
+    ):
+        """What one run (one task of it) did; without a run, the latest runs that did anything."""
+        from returnledger.store.db import connect
+
+        if bool(dag_id) != bool(run_id):
+            raise HTTPException(400, "give both dag_id and run_id (or neither, for the latest runs)")
+        if show not in (None, "", "exceptions", "credit_notes"):
+            raise HTTPException(400, "show must be exceptions or credit_notes")
+        with connect(dsn_provider()) as conn:
+            if not run_id:
+                runs = recent_runs(conn)
+                for r in runs:
+                    r["console_url"] = "runs?" + urlencode({"dag_id": r["run_dag_id"], "run_id": r["run_id"]})
+                    r["airflow_url"] = run_url(r["run_dag_id"], r["run_id"])
+                return render_page(request, "runs", caller=request.state.caller, run=None, runs=runs)
+            exceptions = run_exceptions(conn, dag_id, run_id, task_id, limit=list_limit)
+            notes = run_credit_notes(conn, dag_id, run_id, task_id, limit=list_limit)
+        return render_page(
+            request,
+            "runs",
+            caller=request.state.caller,
+            run={
+                "dag_id": dag_id,
+                "run_id": run_id,
+                "task_id": task_id or "",
+                "airflow_url": run_url(dag_id, run_id),
+                "whole_run": "runs?" + urlencode({"dag_id": dag_id, "run_id": run_id}),
+            },
+            show=show or "",
+            exceptions=exceptions,
+            notes=notes,
+            limit=list_limit,
+        )
