@@ -245,3 +245,43 @@ def test_a_team_queue_lists_its_overdue_exceptions_first(ledger):
     assert counts["finance"] == {"open": 0, "overdue": 0}
     early = team_counts(ledger, datetime(2026, 10, 4, tzinfo=UTC))
     assert early["operations"] == {"open": 2, "overdue": 0}
+
+
+@pytest.mark.parametrize(
+    "label",
+    ["search", "events", "history", "notes", "submissions", "send_log", "recon", "queue"],
+)
+def test_every_page_query_reads_through_an_index(ledger, label):
+    """With sequential scans priced out, a table read without a usable index still shows a Seq Scan:
+    every big table the pages read (orders, lines, events, history, notes, send log, results, exceptions)
+    is reached through an index (migration 0021_console_lookup for the references, notes and queues)."""
+    from returnledger.console import story, teams
+    from returnledger.exception_queue.sla import sla_params
+
+    as_of = datetime(2026, 10, 9, tzinfo=UTC)
+    sql, params = {
+        "search": (story._SEARCH_SQL, {"t": "RMA-81", "n": 50}),
+        "events": (story._EVENTS_SQL, {"rid": "RB-3001"}),
+        "history": (story._HISTORY_SQL, {"rid": "RB-3001"}),
+        "notes": (story._NOTES_SQL, {"rid": "RB-3001"}),
+        "submissions": (story._SUBMISSIONS_SQL, {"rid": "RB-3001"}),
+        "send_log": (story._SEND_LOG_SQL, {"notes": ["CN-RB-3001-1"]}),
+        "recon": (story._RECON_SQL, {"periods": ["2026-10"], "keys": ["RB-3001|1"]}),
+        "queue": (teams._QUEUE_SQL, {"team": "operations", "as_of": as_of, "limit": 500, **sla_params()}),
+    }[label]
+    big = {
+        "return_order",
+        "return_line",
+        "raw_event",
+        "line_history",
+        "credit_note",
+        "amazon_submission",
+        "submission_attempt",
+        "exception",
+        "event_outcome",
+    }
+    with ledger.transaction():
+        ledger.execute("SET LOCAL enable_seqscan = off")
+        plan = [r[0] for r in ledger.execute("EXPLAIN " + sql, params).fetchall()]
+    seq = [ln.strip() for ln in plan if "Seq Scan on" in ln and ln.split("Seq Scan on ")[1].split()[0] in big]
+    assert seq == [], "\n".join(plan)
