@@ -50,12 +50,14 @@ def running_api_server(
     extra_env: dict[str, str] | None = None,
     migrate_timeout: float = 180,
     up_timeout: float = 90,
+    metadata_dsn: str | None = None,
 ) -> Iterator[str]:
     """Start the api-server (``users``: name -> role, ``passwords``: name -> password) and yield its base
-    URL once the console answers; stopped and its metadata database dropped afterwards."""
+    URL once the console answers; stopped and its metadata database dropped afterwards. ``metadata_dsn``:
+    an existing Airflow metadata database (a demo's, with its runs) used as it is and left in place."""
     from returnledger_dev import scratch_db
 
-    meta_dsn = scratch_db.create_scratch_database(pg_server, prefix="airflow_meta")
+    meta_dsn = metadata_dsn or scratch_db.create_scratch_database(pg_server, prefix="airflow_meta")
     proc = log = None
     try:
         home = workdir / "airflow_home"
@@ -116,4 +118,5 @@ def running_api_server(
             stop(proc)
         if log is not None:
             log.close()
-        scratch_db.drop_database(pg_server, meta_dsn)
+        if metadata_dsn is None:
+            scratch_db.drop_database(pg_server, meta_dsn)
