@@ -8,6 +8,7 @@ it from there, so a cleared task redoes the same run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,7 +31,7 @@ class AirflowEnv:
     """What the steps take from outside, through the Airflow connections and Variables."""
 
     def __init__(self) -> None:
-        self._amazon = None
+        self._amazon: Any = None
 
     def dsn(self) -> str:
         from returnledger.airflow.hooks import ledger_dsn
@@ -80,25 +81,20 @@ def run_step(step: Step, window: dict | None, earlier: dict) -> Any:
     return {**run.to_xcom(), first: result} if window is None else result
 
 
-def _callable(step: Step, first: bool):
-    if first:
+def _callable(step: Step, first: bool) -> Callable[..., Any]:
+    def first_task() -> dict:
+        return run_step(step, None, {})
 
-        def task_callable() -> dict:
-            return run_step(step, None, {})
+    def branch_task(**earlier: Any) -> list[str]:  # a branch reads only the results it decides on (no run)
+        return step.call(AirflowEnv(), None, earlier)
 
-    elif step.branch:  # a branch reads only the results it decides on (no run)
+    def step_task(window: dict, **earlier: Any) -> Any:
+        return run_step(step, window, earlier)
 
-        def task_callable(**earlier: Any) -> list[str]:
-            return step.call(AirflowEnv(), None, earlier)
-
-    else:
-
-        def task_callable(window: dict, **earlier: Any) -> Any:
-            return run_step(step, window, earlier)
-
-    task_callable.__name__ = task_callable.__qualname__ = step.name
-    task_callable.__doc__ = step.doc
-    return task_callable
+    fn: Callable[..., Any] = first_task if first else branch_task if step.branch else step_task
+    fn.__name__ = fn.__qualname__ = step.name
+    fn.__doc__ = step.doc
+    return fn
 
 
 def sync_tasks() -> dict:
@@ -112,14 +108,14 @@ def sync_tasks() -> dict:
         if step.branch:
             decorator = task.branch(task_id=step.name, doc_md=step.doc)
         else:
-            decorator = task(
-                task_id=step.name,
-                doc_md=step.doc,
-                multiple_outputs=False,
-                trigger_rule=step.trigger_rule,
-                **({"pool": AMAZON_POOL} if step.amazon else {}),
-                **({"outlets": [LEDGER]} if step.emits_ledger else {}),
-            )
+            options: dict[str, Any] = {
+                "task_id": step.name,
+                "doc_md": step.doc,
+                "trigger_rule": step.trigger_rule,
+            }
+            options |= {"pool": AMAZON_POOL} if step.amazon else {}
+            options |= {"outlets": [LEDGER]} if step.emits_ledger else {}
+            decorator = task(multiple_outputs=False, **options)
         if i == 0:
             made[step.name] = window = decorator(fn)()
         else:

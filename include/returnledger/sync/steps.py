@@ -37,7 +37,7 @@ class StepEnv(Protocol):
 
 #: a step's work: (what it needs, the run, the results of the steps it reads) -> its result (one XCom);
 #: a branch step gets no run (it decides from the results it reads)
-StepCall = Callable[[StepEnv, RunMoment | None, dict], Any]
+StepCall = Callable[[StepEnv, Any, dict], Any]  # Any: a RunMoment (None for a branch)
 
 
 @dataclass(frozen=True)
