@@ -147,9 +147,9 @@ def test_a_tasks_rows_name_its_run(led):
             batch_id="returns_sync:2026-10-05T00:00Z",
         )
         conn.execute(
-            "INSERT INTO ledger.submission_attempt (kind, document_id, submission_ids, attempt, request_sha256,"
-            " http_status, outcome, batch_id, at) VALUES ('CREDIT_NOTE', 'CN-RX-1', '{}', 1, 'x', 202,"
-            " 'ACCEPTED_202', 'b', %s)",
+            "INSERT INTO ledger.submission_attempt (kind, document_id, submission_ids, attempt,"
+            " request_sha256, http_status, outcome, batch_id, at)"
+            " VALUES ('CREDIT_NOTE', 'CN-RX-1', '{}', 1, 'x', 202, 'ACCEPTED_202', 'b', %s)",
             (AS_OF,),
         )
     with psycopg.connect(led.dsn, autocommit=True) as conn:  # outside a task: no run
@@ -181,3 +181,63 @@ def test_a_tasks_rows_name_its_run(led):
     assert console_run_url("returns_sync", "r 1", "confirm", "exceptions") == (
         "/returnledger/runs?dag_id=returns_sync&run_id=r+1&task_id=confirm&show=exceptions"
     )
+
+
+def test_the_pages_render_for_a_viewer(led, tmp_path, monkeypatch):
+    """Every finance and run page answers a Viewer (token checked by Airflow's SimpleAuthManager) with the
+    figures of the ledger; the CSV download is the close's report."""
+    pytest.importorskip("airflow.api_fastapi.auth.managers.simple.simple_auth_manager")
+    from airflow.api_fastapi import app as airflow_app
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.models.revoked_token import RevokedToken
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from returnledger.console.app import create_console_app
+
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "finance-test-secret-not-for-production-" + "x" * 40)
+    monkeypatch.setenv("AIRFLOW_VAR_RETURNLEDGER_REPORT_BASE", tmp_path.as_uri())
+    manager = SimpleAuthManager()
+    monkeypatch.setattr(airflow_app._AuthManagerState, "instance", manager)
+    monkeypatch.setattr(RevokedToken, "is_revoked", classmethod(lambda cls, jti, **kw: False))
+    token = manager.generate_jwt(SimpleAuthManagerUser(username="vera", role="VIEWER"))
+
+    reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id=BATCH, result_key="daily:2026-10-31")
+    reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id=BATCH)
+    close_month(led.dsn, PERIOD, str(tmp_path / PERIOD), as_of=AS_OF, batch_id=BATCH)
+    written = (tmp_path / PERIOD / CSV_NAME).read_bytes()
+    expected, at_risk = _csv_figures(written)
+    with psycopg.connect(run_dsn(led.dsn, IDENTITY), autocommit=True) as conn:
+        raise_exceptions(
+            conn,
+            [NewException(ExceptionType.AMAZON_REJECTED, "RZ|1", "refused", return_id="RZ", line=1)],
+            at=AS_OF,
+            batch_id="b",
+        )
+
+    root = FastAPI()
+    root.mount("/returnledger", create_console_app(dsn_provider=lambda: led.dsn))
+    with TestClient(root, base_url="http://airflow.test", headers={"Authorization": f"Bearer {token}"}) as c:
+        overview = c.get("/returnledger/finance")
+        assert overview.status_code == 200, overview.text
+        assert "daily check of 2026-10-31" in overview.text and 'data-period="2026-10"' in overview.text
+        month = c.get("/returnledger/finance/month/2026-10")
+        assert month.status_code == 200, month.text
+        for status, v in expected.items():
+            assert f'finance/rows?key=2026-10&amp;status={status}">{v["rows"]}</a>' in month.text
+        assert f">{at_risk}</a></span> GBP" in month.text
+        rows = c.get("/returnledger/finance/rows", params={"key": PERIOD, "at_risk": "1", "age": "0-30"})
+        assert rows.status_code == 200 and rows.text.count("data-row-key=") >= 0
+        assert c.get("/returnledger/finance/rows", params={"key": PERIOD, "age": "old"}).status_code == 400
+        csv_file = c.get("/returnledger/finance/report/2026-10/month_end_report.csv")
+        assert csv_file.status_code == 200 and csv_file.content == written
+        assert csv_file.headers["x-returnledger-source"] == "object store"
+        assert c.get("/returnledger/finance/report/2026-09/month_end_report.csv").status_code == 404
+        assert c.get("/returnledger/finance/report/2026-10/secrets.txt").status_code == 404
+        run = c.get("/returnledger/runs", params={"dag_id": "returns_sync", "run_id": IDENTITY["run_id"]})
+        assert run.status_code == 200 and 'data-exception-id="' in run.text
+        assert "/tasks/confirm?try_number=2" in run.text
+        listing = c.get("/returnledger/runs")
+        assert listing.status_code == 200 and IDENTITY["run_id"] in listing.text
+        assert c.get("/returnledger/finance", headers={"Authorization": ""}).status_code == 401
