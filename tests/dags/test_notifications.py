@@ -315,7 +315,7 @@ def test_dag_test_of_a_failing_dag_mails_task_and_dag_failure(airflow_env, smtp)
     assert "STATE failed" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
     msgs = smtp.wait_for(2)
     subjects = sorted(m["Subject"] for _, m in msgs)
-    assert len(msgs) == 2, subjects
+    assert len(msgs) == 2, [*subjects, out.stdout[-3000:], out.stderr[-5000:]]
     assert subjects[0].startswith("[returnledger] DAG failing_on_purpose failed for ")
     assert subjects[1].startswith("[returnledger] failing_on_purpose / boom failed for ")
     task_mail = next(m for _, m in msgs if "/ boom" in m["Subject"])

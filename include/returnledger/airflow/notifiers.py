@@ -125,6 +125,10 @@ class MailNotifier(SmtpNotifier):
         headers = {"X-Returnledger-Digest": f"{d.kind}:{d.owner}"}
         return self.fixed_to or team_address(d.owner), d.subject, d.html, headers
 
+    def render_template_fields(self, context, jinja_env=None) -> None:
+        """Nothing to render: every field is built in Python by ``compose``. (A DAG-level callback gets a
+        SerializedDAG, which has no Jinja environment: BaseNotifier's rendering would raise there.)"""
+
     def notify(self, context) -> None:
         to = self.fixed_to
         try:
