@@ -238,6 +238,21 @@ def test_the_pages_render_for_a_viewer(led, tmp_path, monkeypatch):
         run = c.get("/returnledger/runs", params={"dag_id": "returns_sync", "run_id": IDENTITY["run_id"]})
         assert run.status_code == 200 and 'data-exception-id="' in run.text
         assert "/tasks/confirm?try_number=2" in run.text
+        raised = run.text.split('data-exception-id="')[1].split('"')[0]
+        to_run = c.get("/returnledger/runs", params={"exception_id": raised}, follow_redirects=False)
+        assert to_run.status_code == 303
+        assert to_run.headers["location"].endswith("&task_id=confirm&show=exceptions")
+        with psycopg.connect(led.dsn) as conn:  # raised by reconcile here, outside Airflow: no run
+            no_run = conn.execute(
+                "SELECT min(exception_id) FROM ledger.exception WHERE run_id IS NULL"
+            ).fetchone()[0]
+        assert c.get("/returnledger/runs", params={"exception_id": no_run}).status_code == 404
+        with psycopg.connect(led.dsn) as conn:
+            note, rid = conn.execute(
+                "SELECT credit_note_id, return_id FROM ledger.credit_note LIMIT 1"
+            ).fetchone()
+        story = c.get(f"/returnledger/returns/{rid}")  # the return's story links each note to its sender
+        assert story.status_code == 200 and f"runs?credit_note_id={note}" in story.text
         listing = c.get("/returnledger/runs")
         assert listing.status_code == 200 and IDENTITY["run_id"] in listing.text
         assert c.get("/returnledger/finance", headers={"Authorization": ""}).status_code == 401

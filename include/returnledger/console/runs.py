@@ -10,12 +10,15 @@ an open psycopg connection (the page, the extra links and the bench call them):
 * ``run_credit_notes(conn, dag_id, run_id, task_id=None, limit=500)`` -> the credit notes the run sent:
   per note its attempts in the run, the last outcome and the note's Amazon status.
 * ``recent_runs(conn, limit=50)`` -> the latest runs that raised or sent anything, with their counts.
+* ``producer(conn, exception_id=None, credit_note_id=None)`` -> (dag_id, run_id, task_id) of the run that
+  raised that exception / last sent that credit note, None when it names no run.
 * ``task_did(conn, what, dag_id, run_id, task_id)`` -> whether that task of that run raised exceptions
   (``what="exceptions"``) or sent credit notes (``"credit_notes"``): the extra links ask it.
 * ``task_log_url(dag_id, run_id, task_id, map_index, try_number)`` -> the Airflow 3 UI's page of that task
   instance (its log), ``/dags/<dag>/runs/<run>/tasks/<task>[/mapped/<i>]?try_number=<n>``.
 
-Page: GET /runs (``?dag_id=&run_id=[&task_id=]``), readable by every role; it changes nothing.
+Page: GET /runs (``?dag_id=&run_id=[&task_id=]``; ``?exception_id=`` or ``?credit_note_id=`` opens the run
+that produced that row), readable by every role; it changes nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from urllib.parse import quote, urlencode
 
 import psycopg
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from psycopg.rows import dict_row
 
 _RUN_COLUMNS = "run_dag_id, run_id, run_task_id, run_map_index, run_try_number"
@@ -72,6 +75,13 @@ SELECT run_dag_id, run_id, sum(exceptions)::int AS exceptions, sum(attempts)::in
  ORDER BY max(at) DESC, run_id DESC
  LIMIT %(limit)s
 """
+
+# the run that raised one exception, the latest run that sent one credit note
+_PRODUCER_SQL = {
+    "exception_id": "SELECT run_dag_id, run_id, run_task_id FROM ledger.exception WHERE exception_id = %s",
+    "credit_note_id": "SELECT run_dag_id, run_id, run_task_id FROM ledger.submission_attempt"
+    " WHERE document_id = %s AND kind = 'CREDIT_NOTE' ORDER BY attempt_id DESC LIMIT 1",
+}
 
 _DID_SQL = {
     "exceptions": "SELECT EXISTS (SELECT 1 FROM ledger.exception"
@@ -131,6 +141,16 @@ def recent_runs(conn: psycopg.Connection, limit: int = 50) -> list[dict]:
         return cur.execute(_RECENT_SQL, {"limit": limit}).fetchall()
 
 
+def producer(conn: psycopg.Connection, exception_id: int | None = None, credit_note_id: str | None = None):
+    """(dag_id, run_id, task_id) of the run that raised the exception / last sent the credit note; None
+    when it names no run (written outside Airflow, or never sent)."""
+    what, value = (
+        ("exception_id", exception_id) if exception_id is not None else ("credit_note_id", credit_note_id)
+    )
+    row = conn.execute(_PRODUCER_SQL[what], (value,)).fetchone()
+    return tuple(row) if row and row[1] else None
+
+
 def task_did(conn: psycopg.Connection, what: str, dag_id: str, run_id: str, task_id: str) -> bool:
     """Whether that task of that run raised exceptions / sent credit notes (``what``)."""
     if what not in _DID_SQL:
@@ -149,9 +169,26 @@ def add_run_pages(app: FastAPI, *, dsn_provider: Callable[[], str], list_limit: 
         run_id: str | None = None,
         task_id: str | None = None,
         show: str | None = None,
+        exception_id: int | None = None,
+        credit_note_id: str | None = None,
     ):
         """What one run (one task of it) did; without a run, the latest runs that did anything."""
+        from returnledger.console.pages import base_of
         from returnledger.store.db import connect
+
+        if exception_id is not None or credit_note_id:
+            with connect(dsn_provider()) as conn:
+                found = producer(conn, exception_id, credit_note_id)
+            what = (
+                f"exception {exception_id}" if exception_id is not None else f"credit note {credit_note_id}"
+            )
+            if found is None:
+                raise HTTPException(
+                    404, f"{what} names no Airflow run (written outside Airflow, or never sent)"
+                )
+            query = {"dag_id": found[0], "run_id": found[1], "task_id": found[2]}
+            query["show"] = "exceptions" if exception_id is not None else "credit_notes"
+            return RedirectResponse(f"{base_of(request)}/runs?{urlencode(query)}", status_code=303)
 
         if bool(dag_id) != bool(run_id):
             raise HTTPException(400, "give both dag_id and run_id (or neither, for the latest runs)")
