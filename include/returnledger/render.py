@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup, escape
 
+from returnledger.exception_types import CONSOLE_PATHS, KINDS
 from returnledger.money import money_text
 
 
@@ -74,6 +75,12 @@ def _brace_safe(text: str) -> str:
     return text.replace("{", "&#123;").replace("}", "&#125;")
 
 
+def type_actions(code: Any) -> tuple[str, ...]:
+    """The actions people have on an exception type (the exception-type registry's); resolve and dismiss
+    for a type the registry does not know."""
+    return KINDS[code].actions if code in KINDS else ("resolve", "dismiss")
+
+
 @cache
 def environment(mail: bool = False) -> jinja2.Environment:
     env = jinja2.Environment(
@@ -83,7 +90,8 @@ def environment(mail: bool = False) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(cell=cell, show=show, columns=columns, money=money_text)
+    env.filters.update(cell=cell, show=show, columns=columns, money=money_text, actions=type_actions)
+    env.globals["action_paths"] = CONSOLE_PATHS
     if mail:
         env.finalize = lambda v: Markup(_brace_safe(str(escape(v))))
     return env

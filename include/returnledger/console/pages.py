@@ -23,7 +23,7 @@ from returnledger.console.closes import add_close_pages
 from returnledger.console.finance_pages import add_finance_pages
 from returnledger.console.returns import add_return_pages
 from returnledger.console.runs import add_run_pages
-from returnledger.exception_types import CONSOLE_PATHS, all_codes, is_known, kind, offering
+from returnledger.exception_types import CONSOLE_PATHS, all_codes, is_known, offering
 from returnledger.models import ExceptionStatus
 from returnledger.reference.mappings import AMAZON_REASON_CODES
 from returnledger.render import render
@@ -243,9 +243,6 @@ def add_pages(
             csrf=csrf_token_for(caller.token) if caller.may_act else "",
             reason_codes=AMAZON_REASON_CODES,
             rebound_reason=line.get("reason"),
-            # the actions the registry offers on this type (the CLI offers the same), and their routes
-            actions=kind(x["type"]).actions if is_known(x.get("type")) else ("resolve", "dismiss"),
-            paths=CONSOLE_PATHS,
             over_received=_over_received(x, line),
             message=message,
             error=error,
