@@ -18,9 +18,10 @@ from returnledger.exception_types import Holds, Subject, kind, screening_outcome
 from returnledger.ledger.holds import hold, hold_subject, record_outcomes
 from returnledger.moment import RunMoment
 from returnledger.screening.frame import read_validation_frame
-from returnledger.screening.gx import import_gx
+from returnledger.screening.gx import docs_page, import_gx
 from returnledger.screening.suite import validate_frame, write_result
 from returnledger.store.db import connect, unit_of_work
+from returnledger.store.objects import DATA_DOCS
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def validate(dsn: str, *, batch_id: str, result_dir: Path | None = None) -> dict
     with connect(dsn) as conn:
         frame = read_validation_frame(conn)
         warm.join()
-        outcome = validate_frame(frame)
+        outcome = validate_frame(frame, run_name=batch_id)
         if outcome.failed:
             f = outcome.failed
             conn.execute(
@@ -67,7 +68,10 @@ def validate(dsn: str, *, batch_id: str, result_dir: Path | None = None) -> dict
         )
         held = _count(conn, "SELECT count(*) FROM ledger.held_event")
     if result_dir is not None:
-        write_result(outcome, result_dir, batch_id)
+        written = write_result(outcome, result_dir, batch_id)
+        if outcome.gx_key is not None:  # the run's log links its Data Docs page
+            page = result_dir.parent / DATA_DOCS / docs_page("rebound_events", batch_id, "rebound", "events")
+            log.info("validate %s: result %s; Data Docs page %s", batch_id, written, page)
     stats = {"rows": outcome.rows, "passed": len(outcome.passed), "failed": pending, "held": held}
     log.info("validate %s: %s", batch_id, stats)
     return stats

@@ -17,7 +17,8 @@ from typing import Any
 from returnledger.exception_types import screening_outcome
 from returnledger.fields import INT4_MAX
 from returnledger.models import RETURN_ID_PATTERN, Disposition, EventType, ExceptionType, Grade
-from returnledger.screening.gx import ephemeral_context, run_suite
+from returnledger.screening.gx import ephemeral_context, publish_data_docs, run_checkpoint
+from returnledger.store.objects import DATA_DOCS
 
 MAX_QUANTITY = 100_000
 MAX_LINE = INT4_MAX  # ledger line numbers are int4
@@ -51,6 +52,8 @@ class ValidationOutcome:
     passed: list[int]
     failed: list[Verdict]
     gx_result: Any = field(repr=False, default=None)  # GX's validation result object
+    gx_context: Any = field(repr=False, default=None)  # the context that ran it, and the result's key
+    gx_key: Any = field(repr=False, default=None)  # (what its Data Docs are built from: write_result)
 
     @property
     def result_json(self) -> dict:
@@ -254,8 +257,9 @@ FIXABLE_CHECKS = ("return_known", "line_known")
 EXPLAIN_FIELDS = ("return_id", "line", "reason", "sku", "event_id", "line_given", "quantity_given")
 
 
-def validate_frame(df) -> ValidationOutcome:
-    """Run the events suite over a batch; each failing row gets its first (highest-priority) failure."""
+def validate_frame(df, run_name: str | None = None) -> ValidationOutcome:
+    """Run the events suite over a batch (its Validation Definition, by a Checkpoint run named
+    ``run_name``, the batch id); each failing row gets its first (highest-priority) failure."""
     if not len(df):
         return ValidationOutcome(rows=0, passed=[], failed=[])
     ctx = ephemeral_context()
@@ -275,13 +279,14 @@ def validate_frame(df) -> ValidationOutcome:
     for c in checks:
         suite.add_expectation(getattr(gx.expectations, c.kind)(**c.kwargs, meta={"check": c.name}))
     # raw_id is the frame's named index: GX then lists failing ids as one vector per expectation
-    result = run_suite(
+    result, key = run_checkpoint(
         ctx,
         gx_frame,
         suite,
         source="rebound",
         asset="events",
         batch="batch",
+        run_name=run_name,
         result_format={
             "result_format": "COMPLETE",
             "unexpected_index_column_names": ["raw_id"],
@@ -317,7 +322,7 @@ def validate_frame(df) -> ValidationOutcome:
                 )
             )
     passed = [x for x in df.index.tolist() if x not in first]
-    return ValidationOutcome(rows=len(df), passed=passed, failed=failed, gx_result=result)
+    return ValidationOutcome(len(df), passed, failed, gx_result=result, gx_context=ctx, gx_key=key)
 
 
 def _isna(v) -> bool:
@@ -333,7 +338,11 @@ def _plain(v):
 
 
 def write_result(outcome: ValidationOutcome, folder: Path, batch_id: str) -> Path:
-    """Keep the GX validation result of the run beside the ledger (one JSON file per batch)."""
+    """Keep the GX validation result of the run in ``folder`` (the store's ``validation/``, one JSON file
+    per batch) and its Data Docs in the store's ``data-docs/`` beside it; the JSON names the page."""
+    docs = None
+    if outcome.gx_key is not None:
+        docs = publish_data_docs(outcome.gx_context, outcome.gx_key, folder.parent / DATA_DOCS)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (batch_id.replace(":", "_").replace("/", "_") + ".json")
     path.write_text(
@@ -343,6 +352,7 @@ def write_result(outcome: ValidationOutcome, folder: Path, batch_id: str) -> Pat
                 "rows": outcome.rows,
                 "passed": len(outcome.passed),
                 "failed": len(outcome.failed),
+                "data_docs": docs and f"{DATA_DOCS}/{docs}",
                 "gx_result": outcome.result_json,
             },
             default=str,
