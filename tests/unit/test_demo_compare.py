@@ -47,7 +47,7 @@ def test_same_digests_and_mail_from_different_stores_and_arrival_orders(tmp_path
     demo = _run(tmp_path / "demo", "file:///work/out/closes/..")
     cluster = _run(tmp_path / "cluster", "s3://aws_default@returnledger-store", order=(1, 0))
     counts, diffs = compare.compare(demo, cluster)
-    assert counts == {"digest_files": [2, 2], "mails": [2, 2]}
+    assert counts == {"digest_files": [2, 2], "mails": [2, 2], "ids_only": []}
     assert diffs == []
     assert compare.main([str(demo), str(cluster)]) == 0
 
@@ -63,3 +63,17 @@ def test_a_different_digest_or_a_missing_mail_is_reported(tmp_path):
         "mail daily-2026-10-02-finance: differs",
     ]
     assert compare.main([str(demo), str(cluster)]) == 1
+
+
+def test_exception_ids_alone_are_counted_apart_but_type_and_subject_must_match(tmp_path):
+    row = '<tr><td class="n">{id}</td><td>AMAZON_REJECTED</td><td>{subject}</td></tr>'
+    demo = _run(tmp_path / "demo", "file:///o", body=row.format(id=123, subject="RB-1|1"))
+    cluster = _run(tmp_path / "cluster", "s3://b", body=row.format(id=124, subject="RB-1|1"))
+    counts, diffs = compare.compare(demo, cluster)
+    assert diffs == []
+    assert counts["ids_only"] == ["digest daily-2026-10-02-finance.html", "mail daily-2026-10-02-finance"]
+    other = _run(tmp_path / "other", "s3://b", body=row.format(id=123, subject="RB-2|1"))
+    assert compare.compare(demo, other)[1] == [
+        "digest daily-2026-10-02-finance.html: differs",
+        "mail daily-2026-10-02-finance: differs",
+    ]

@@ -7,7 +7,10 @@ Compared: every digest file (``OUT/digests/*.html`` byte for byte, the JSON inde
 each entry names, which says where the run's store was), and every mail (``OUT/mail/*.eml``) by what it is
 (the sink's label without its arrival number: mapped sends arrive in any order): recipients, subject,
 digest header and HTML body. Where a store path appears in a body (the month-end notice's totals name the
-report's files) it is compared as ``<store>/<file name>``. Exit status 1 when anything differs.
+report's files) it is compared as ``<store>/<file name>``. Exception ids (the id column of a digest's
+lists: the order in which exceptions were raised, which concurrent polling may change between two runs)
+are compared apart: a digest or mail that differs only in them is counted, not reported as different; its
+type and subject, in the cells beside the id, must still match. Exit status 1 when anything else differs.
 """
 
 from __future__ import annotations
@@ -20,10 +23,16 @@ from email.header import decode_header, make_header
 from pathlib import Path
 
 _STORE_PATH = re.compile(r"(?:file|s3)://[^\s&\"'<>]*?/([^/\s&\"'<>]+\.(?:csv|html|json))")
+#: an exception's id cell: a number right before its type (AMAZON_REJECTED, ...) in a digest's list
+_EXCEPTION_ID = re.compile(r'<td class="n">\d+</td>(\s*<td>[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+</td>)')
 
 
 def _normalise(text: str) -> str:
     return _STORE_PATH.sub(r"<store>/\1", text)
+
+
+def without_exception_ids(text: str) -> str:
+    return _EXCEPTION_ID.sub(r'<td class="n">#</td>\1', text)
 
 
 def digest_files(out: Path) -> dict[str, str]:
@@ -64,22 +73,37 @@ def mails(out: Path) -> dict[str, list[dict]]:
     return got
 
 
-def _diff_maps(what: str, a: dict, b: dict) -> list[str]:
+def _ids_free(value):
+    """A digest's text, or a label's mails, without exception ids."""
+    if isinstance(value, str):
+        return without_exception_ids(value)
+    return [{k: _ids_free(v) if isinstance(v, str) else v for k, v in m.items()} for m in value]
+
+
+def _diff_maps(what: str, a: dict, b: dict, ids_only: list[str]) -> list[str]:
     out = [f"{what} {k}: only in the first run" for k in sorted(a.keys() - b.keys())]
     out += [f"{what} {k}: only in the second run" for k in sorted(b.keys() - a.keys())]
-    out += [f"{what} {k}: differs" for k in sorted(a.keys() & b.keys()) if a[k] != b[k]]
+    for k in sorted(a.keys() & b.keys()):
+        if a[k] == b[k]:
+            continue
+        same = _ids_free(a[k]) == _ids_free(b[k])
+        (ids_only.append(f"{what} {k}") if same else out.append(f"{what} {k}: differs"))
     return out
 
 
 def compare(first: Path, second: Path) -> tuple[dict, list[str]]:
-    """(counts, differences) of the digests and mail of two runs' OUT folders."""
+    """(counts, differences) of the digests and mail of two runs' OUT folders; ``counts["ids_only"]``
+    names what differs only in exception ids."""
     da, db_ = digest_files(first), digest_files(second)
     ma, mb = mails(first), mails(second)
+    ids_only: list[str] = []
+    diffs = _diff_maps("digest", da, db_, ids_only) + _diff_maps("mail", ma, mb, ids_only)
     counts = {
         "digest_files": [len(da), len(db_)],
         "mails": [sum(map(len, ma.values())), sum(map(len, mb.values()))],
+        "ids_only": ids_only,
     }
-    return counts, _diff_maps("digest", da, db_) + _diff_maps("mail", ma, mb)
+    return counts, diffs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     counts, diffs = compare(Path(args[0]), Path(args[1]))
     print(
         f"digest files {counts['digest_files'][0]} / {counts['digest_files'][1]}, "
-        f"mails {counts['mails'][0]} / {counts['mails'][1]}"
+        f"mails {counts['mails'][0]} / {counts['mails'][1]}; "
+        f"{len(counts['ids_only'])} differ only in exception ids (the order they were raised in)"
     )
     for d in diffs:
         print("  " + d)

@@ -4,6 +4,10 @@ Every number is *as of* the run's date (the data interval end), never the wall c
 counts as open at ``as_of`` when it was opened before and not yet resolved then. It is *carried over*
 when it was opened in a month before the month of ``as_of`` (the backlog from earlier months, counted
 apart from the month's own).
+
+Lists are in the order of what they are about (time, type, subject); the exception id, which only says
+in which order exceptions were raised (answers polled concurrently arrive in any order), breaks ties
+last, so the same ledger gives the same digest whichever worker raised what first.
 """
 
 from __future__ import annotations
@@ -57,19 +61,21 @@ ORDER BY owner, type
 OPEN_LIST_SQL = (
     _EXCEPTIONS_AS_OF
     + """, ranked AS (
-    SELECT e.*, row_number() OVER (PARTITION BY owner ORDER BY over_sla DESC, opened_at, exception_id) AS rn
+    SELECT e.*, row_number() OVER (
+        PARTITION BY owner ORDER BY over_sla DESC, opened_at, type, subject_key, exception_id
+    ) AS rn
     FROM e WHERE open_at
 )
 SELECT exception_id, owner, type, subject_key, detail, opened_at, age_days, sla_days, over_sla, carried_over
 FROM ranked WHERE rn <= %(limit)s
-ORDER BY owner, over_sla DESC, opened_at, exception_id
+ORDER BY owner, over_sla DESC, opened_at, type, subject_key, exception_id
 """
 )
 
 NEW_LIST_SQL = (
     "SELECT exception_id, owner, type, subject_key, detail, opened_at"
     " FROM ledger.exception WHERE opened_at > %s AND opened_at <= %s"
-    " ORDER BY opened_at, exception_id"
+    " ORDER BY opened_at, type, subject_key, exception_id"
 )
 
 TREND_SQL = """
@@ -149,7 +155,7 @@ SELECT e.exception_id, e.owner, e.amazon_return_id, a.returns_notice, a.sku, a.a
        a.returned_at, a.linked_return_id, e.age_days, e.over_sla
 FROM e LEFT JOIN ledger.amazon_return a ON a.amazon_return_id = e.amazon_return_id
 WHERE e.type = 'DARK_RETURN' AND e.open_at
-ORDER BY e.opened_at, e.exception_id
+ORDER BY e.opened_at, e.amazon_return_id, e.exception_id
 """
 )
 
