@@ -27,6 +27,7 @@ from returnledger.console.finance import (
     finance_summary,
     latest_daily_key,
     report_file,
+    ties_out,
 )
 from returnledger.console.runs import run_credit_notes, run_exceptions, task_did, task_log_url
 from returnledger.exception_queue.queue import NewException, raise_exceptions
@@ -87,6 +88,9 @@ def test_a_closed_months_figures_equal_its_month_end_report(led, tmp_path):
             st: v["rows"] for st, v in expected.items()
         }
         assert month["at_risk"] == at_risk
+        assert ties_out(s, month)
+        changed = {**month, "totals": {**month["totals"], "MATCHED": {"rows": 0, "amount_owed": "0"}}}
+        assert not ties_out(s, changed)
         # each number's rows are its rows
         for st, v in expected.items():
             rows = finance_rows(conn, PERIOD, status=st)
@@ -227,6 +231,7 @@ def test_the_pages_render_for_a_viewer(led, tmp_path, monkeypatch):
         for status, v in expected.items():
             assert f'finance/rows?key=2026-10&amp;status={status}">{v["rows"]}</a>' in month.text
         assert f">{at_risk}</a></span> GBP" in month.text
+        assert 'id="ties-out" class="msg"' in month.text
         rows = c.get("/returnledger/finance/rows", params={"key": PERIOD, "at_risk": "1", "age": "0-30"})
         assert rows.status_code == 200 and rows.text.count("data-row-key=") >= 0
         assert c.get("/returnledger/finance/rows", params={"key": PERIOD, "age": "old"}).status_code == 400

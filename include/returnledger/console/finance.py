@@ -7,7 +7,8 @@ Plain query functions on an open psycopg connection (the pages, the tests and th
   a daily check): rows and money (credited, owed) per reconciliation status with the grand total, and money
   at risk (credit owed and not accepted by Amazon: CREDIT_MISSING, CREDIT_REJECTED, PENDING with an amount
   owed) by age and by month of origin. One pass over the key's partition of ``ledger.recon_result``, the
-  rows the month-end report is written from; the per-status totals must add up to the grand total.
+  rows the month-end report is written from. ``ties_out(summary, close)``: a closed month's figures are
+  what its close stored with its report.
 * ``latest_daily_key(conn)`` -> the latest daily check's result key, None when there is none.
 * ``closed_months(conn)`` -> every closed month in force with its stored per-status totals (the trend).
 * ``finance_rows(conn, key, status=None, bucket=None, origin=None, at_risk=False, limit=500)`` -> the rows
@@ -24,7 +25,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-from datetime import date
+from datetime import UTC, date
 from decimal import Decimal
 
 import psycopg
@@ -42,26 +43,20 @@ _BUCKET = {
     "0-30": f"{_AGE} <= 30",
     "31-60": f"{_AGE} BETWEEN 31 AND 60",
     "61-90": f"{_AGE} BETWEEN 61 AND 90",
-    ">90": f"{_AGE} > 90",
+    ">90": f"({_AGE} > 90 OR origin_date IS NULL)",
 }
 _AT_RISK_WHERE = "recon_status = ANY(%(at_risk)s) AND amount_owed <> 0"
 
-# one pass: per status, age bucket and month of origin, the rows and the money; the at-risk part counted
-# apart (rows of an at-risk status whose credit owed is not zero)
-_SUMMARY_SQL = f"""
-SELECT recon_status, bucket, origin, count(*) AS rows,
+# One pass over the key's partition, grouped by what the page breaks the figures down by: status, the day of
+# origin and the run's moment (a few hundred groups for a million rows); age buckets and months of origin are
+# made from the groups. No expression per row, so PostgreSQL scans and aggregates in parallel.
+_SUMMARY_SQL = """
+SELECT recon_status, origin_date, computed_at, count(*) AS rows,
        COALESCE(sum(credited_amount), 0) AS credited_amount, COALESCE(sum(amount_owed), 0) AS amount_owed,
        COALESCE(sum(quantity_received), 0) AS units_received,
-       count(*) FILTER (WHERE at_risk) AS risk_rows, COALESCE(sum(amount_owed) FILTER (WHERE at_risk), 0)
-           AS risk_amount,
-       max(computed_at) AS computed_at, GROUPING(recon_status) AS is_total
-  FROM (SELECT recon_status, credited_amount, amount_owed, quantity_received, computed_at,
-               CASE WHEN {_AGE} <= 30 THEN '0-30' WHEN {_AGE} <= 60 THEN '31-60'
-                    WHEN {_AGE} <= 90 THEN '61-90' ELSE '>90' END AS bucket,
-               to_char(origin_date, 'YYYY-MM') AS origin,
-               ({_AT_RISK_WHERE}) IS TRUE AS at_risk
-          FROM ledger.recon_result WHERE period = %(key)s) r
- GROUP BY GROUPING SETS ((recon_status, bucket, origin), ())
+       count(*) FILTER (WHERE amount_owed <> 0) AS owing_rows
+  FROM ledger.recon_result WHERE period = %(key)s
+ GROUP BY recon_status, origin_date, computed_at
 """
 
 _CLOSED_SQL = """
@@ -82,10 +77,6 @@ SELECT row_key, return_id, line, amazon_return_id, sku, recon_status, amazon_sta
 _MEASURES = ("rows", "credited_amount", "amount_owed", "units_received")
 
 
-class TotalsDoNotAddUp(AssertionError):
-    """The per-status figures do not add up to the grand total: the page says so instead of a wrong sum."""
-
-
 def latest_daily_key(conn: psycopg.Connection) -> str | None:
     """The result key of the latest daily check (``daily:YYYY-MM-DD``)."""
     daily = [k for k in partitions(conn) if k.startswith("daily:")]
@@ -97,37 +88,42 @@ def key_period(key: str) -> str:
     return key[len("daily:") : len("daily:") + 7] if key.startswith("daily:") else key
 
 
+def age_bucket(age_days: int | None) -> str:
+    """The report's age bucket of a row ``age_days`` old (no origin: the oldest, as in the report)."""
+    if age_days is None or age_days > 90:
+        return ">90"
+    return "0-30" if age_days <= 30 else "31-60" if age_days <= 60 else "61-90"
+
+
 def finance_summary(conn: psycopg.Connection, key: str) -> dict:
     """One result key's figures: per status, the grand total, money at risk by age and month of origin."""
     with conn.cursor(row_factory=dict_row) as cur:
-        groups = cur.execute(_SUMMARY_SQL, {"key": key, "at_risk": AT_RISK}).fetchall()
+        groups = cur.execute(_SUMMARY_SQL, {"key": key}).fetchall()
     zero = dict.fromkeys(_MEASURES, 0)
     by_status: dict[str, dict] = {}
     by_age = {b: {"rows": 0, "amount": Decimal("0")} for b in AGE_BUCKETS}
     by_origin: dict[str, dict] = {}
     risk_by_status: dict[str, dict] = {}
     computed_at = None
-    counted = None  # the grand total, counted in the same pass: the parts must add up to it
     for g in groups:
-        if g["is_total"]:
-            counted = (g["rows"], g["amount_owed"], g["credited_amount"])
-            continue
         s = by_status.setdefault(g["recon_status"], dict(zero))
         for m in _MEASURES:
             s[m] += g[m]
-        if g["risk_rows"]:
-            for table, k in (
-                (by_age, g["bucket"]),
-                (by_origin, g["origin"] or ""),
-                (risk_by_status, g["recon_status"]),
-            ):
-                t = table.setdefault(k, {"rows": 0, "amount": Decimal("0")})
-                t["rows"] += g["risk_rows"]
-                t["amount"] += g["risk_amount"]
-        computed_at = max(filter(None, (computed_at, g["computed_at"])), default=None)
+        at = g["computed_at"]
+        computed_at = max(computed_at, at) if computed_at else at
+        if g["recon_status"] not in AT_RISK or not g["owing_rows"]:
+            continue
+        origin = g["origin_date"]
+        age = (at.astimezone(UTC).date() - origin).days if origin else None
+        for table, k in (
+            (by_age, age_bucket(age)),
+            (by_origin, f"{origin:%Y-%m}" if origin else ""),
+            (risk_by_status, g["recon_status"]),
+        ):
+            t = table.setdefault(k, {"rows": 0, "amount": Decimal("0")})
+            t["rows"] += g["owing_rows"]
+            t["amount"] += g["amount_owed"]
     total = {m: sum((s[m] for s in by_status.values()), 0) for m in _MEASURES}
-    if counted != (total["rows"], total["amount_owed"], total["credited_amount"]):
-        raise TotalsDoNotAddUp(f"{key}: per status {total}, counted {counted}")
     return {
         "key": key,
         "period": key_period(key),
@@ -143,6 +139,13 @@ def finance_summary(conn: psycopg.Connection, key: str) -> dict:
             "amount": sum((v["amount"] for v in by_age.values()), Decimal("0")),
         },
     }
+
+
+def ties_out(summary: dict, close: dict) -> bool:
+    """Whether a closed month's figures are what its close stored with its report (rows and credit owed
+    per status): the page says so beside them."""
+    stored = {s: (v["rows"], Decimal(v["amount_owed"])) for s, v in close["totals"].items()}
+    return stored == {s: (v["rows"], Decimal(v["amount_owed"])) for s, v in summary["by_status"].items()}
 
 
 def closed_months(conn: psycopg.Connection) -> list[dict]:

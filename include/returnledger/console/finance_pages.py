@@ -34,6 +34,7 @@ def add_finance_pages(app: FastAPI, *, dsn_provider: Callable[[], str], list_lim
         finance_summary,
         latest_daily_key,
         report_file,
+        ties_out,
     )
     from returnledger.console.glossary import say
     from returnledger.console.pages import render_page
@@ -89,6 +90,7 @@ def add_finance_pages(app: FastAPI, *, dsn_provider: Callable[[], str], list_lim
             months=[],
             one=summary,
             close=closed.get(key),
+            tie=ties_out(summary, closed[key]) if key in closed else None,
             **common,
         )
 

@@ -46,21 +46,26 @@ SELECT exception_id, type, owner, status, subject_key, return_id, line, sku, det
 # A note's attempts in this run (the send log is append-only, one row per HTTP attempt), the last one's
 # outcome, and what Amazon said of the note since.
 _CREDIT_NOTES_SQL = """
-SELECT a.document_id AS credit_note_id, n.return_id, count(*) AS attempts,
-       (array_agg(a.outcome ORDER BY a.attempt_id DESC))[1] AS last_outcome,
-       (array_agg(a.http_status ORDER BY a.attempt_id DESC))[1] AS last_http_status,
-       (array_agg(a.transaction_id ORDER BY a.attempt_id DESC))[1] AS transaction_id,
-       min(a.at) AS at, max(a.batch_id) AS batch_id,
-       n.confirmed_by, n.confirmed_at,
-       a.run_dag_id, a.run_id, a.run_task_id, max(a.run_map_index) AS run_map_index,
-       max(a.run_try_number) AS run_try_number
-  FROM ledger.submission_attempt a
-  LEFT JOIN ledger.credit_note n ON n.credit_note_id = a.document_id
- WHERE a.kind = 'CREDIT_NOTE' AND a.run_dag_id = %(dag_id)s AND a.run_id = %(run_id)s
-   AND (%(task_id)s::text IS NULL OR a.run_task_id = %(task_id)s)
- GROUP BY a.document_id, n.return_id, n.confirmed_by, n.confirmed_at, a.run_dag_id, a.run_id, a.run_task_id
- ORDER BY min(a.attempt_id)
- LIMIT %(limit)s
+WITH sent AS (
+    SELECT document_id, count(*) AS attempts,
+           (array_agg(outcome ORDER BY attempt_id DESC))[1] AS last_outcome,
+           (array_agg(http_status ORDER BY attempt_id DESC))[1] AS last_http_status,
+           (array_agg(transaction_id ORDER BY attempt_id DESC))[1] AS transaction_id,
+           min(at) AS at, max(batch_id) AS batch_id, min(attempt_id) AS first_attempt,
+           run_dag_id, run_id, run_task_id, max(run_map_index) AS run_map_index,
+           max(run_try_number) AS run_try_number
+      FROM ledger.submission_attempt
+     WHERE kind = 'CREDIT_NOTE' AND run_dag_id = %(dag_id)s AND run_id = %(run_id)s
+       AND (%(task_id)s::text IS NULL OR run_task_id = %(task_id)s)
+     GROUP BY document_id, run_dag_id, run_id, run_task_id
+     ORDER BY min(attempt_id)
+     LIMIT %(limit)s
+)
+SELECT s.document_id AS credit_note_id, n.return_id, s.attempts, s.last_outcome, s.last_http_status,
+       s.transaction_id, s.at, s.batch_id, n.confirmed_by, n.confirmed_at,
+       s.run_dag_id, s.run_id, s.run_task_id, s.run_map_index, s.run_try_number
+  FROM sent s LEFT JOIN ledger.credit_note n ON n.credit_note_id = s.document_id
+ ORDER BY s.first_attempt
 """
 
 _RECENT_SQL = """
