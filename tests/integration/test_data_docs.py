@@ -108,3 +108,57 @@ def test_data_docs_go_to_any_path_like_store_static_files_once(fresh_db, tmp_pat
     write_result(validate_frame(frame, run_name="b2"), store / "validation", "b2")
     assert (store / "data-docs" / docs_page("rebound_events", "b2", "rebound", "events")).exists()
     assert (store / "data-docs").fs.info(static[0]) == first
+
+
+def test_an_exception_from_a_failed_check_links_its_data_docs_page(fresh_db, tmp_path, monkeypatch):
+    """The exception page links the Data Docs page of the validation that raised the exception, and the
+    console serves that page (and nothing outside the site) from the store to a signed-in user."""
+    pytest.importorskip("airflow.api_fastapi.auth.managers.simple.simple_auth_manager")
+    from airflow.api_fastapi import app as airflow_app
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.models.revoked_token import RevokedToken
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from returnledger.console.app import create_console_app
+    from returnledger.moment import RunMoment
+    from returnledger.screening.screen import quarantine
+
+    _land(fresh_db)
+    store = tmp_path / "store"
+    validate(fresh_db, batch_id=BATCH, result_dir=store / "validation")
+    quarantine(fresh_db, run=RunMoment(T0, batch_id=BATCH))
+    with db.connect(fresh_db) as conn:
+        (exception_id,) = conn.execute(
+            "SELECT exception_id FROM ledger.exception WHERE raw_id IS NOT NULL"
+        ).fetchone()
+    (tmp_path / "secret.txt").write_text("not part of the site")
+
+    monkeypatch.setenv(
+        "AIRFLOW__API_AUTH__JWT_SECRET", "data-docs-test-secret-not-for-production-" + "x" * 40
+    )
+    manager = SimpleAuthManager()
+    monkeypatch.setattr(airflow_app._AuthManagerState, "instance", manager)
+    monkeypatch.setattr(RevokedToken, "is_revoked", classmethod(lambda cls, jti, **kw: False))
+    token = manager.generate_jwt(SimpleAuthManagerUser(username="vera", role="VIEWER"))
+    root = FastAPI()
+    root.mount(
+        "/returnledger",
+        create_console_app(dsn_provider=lambda: fresh_db, data_docs=lambda: store / "data-docs"),
+    )
+    page = docs_page("rebound_events", BATCH, "rebound", "events")
+    with TestClient(root, base_url="http://airflow.test", headers={"Authorization": f"Bearer {token}"}) as c:
+        detail = c.get(f"/returnledger/exceptions/{exception_id}")
+        assert detail.status_code == 200, detail.text
+        assert f'href="/returnledger/data-docs/{page}"' in detail.text
+        served = c.get(f"/returnledger/data-docs/{page}")
+        assert served.status_code == 200 and served.headers["content-type"].startswith("text/html")
+        assert served.content == (store / "data-docs" / page).read_bytes()
+        assert c.get("/returnledger/data-docs/index.html").status_code == 200
+        assert c.get("/returnledger/data-docs/../../secret.txt").status_code == 404
+        assert c.get("/returnledger/data-docs/%2E%2E/%2E%2E/secret.txt").status_code == 404
+        assert c.get("/returnledger/data-docs/validations/none.html").status_code == 404
+    # without a token nothing is served
+    with TestClient(root, base_url="http://airflow.test") as anonymous:
+        assert anonymous.get(f"/returnledger/data-docs/{page}").status_code == 401

@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response
@@ -26,6 +27,7 @@ from returnledger.console.auth import (
     authenticate,
     check_change,
 )
+from returnledger.console.data_docs import add_data_docs
 from returnledger.console.pages import add_pages, base_of, render_page
 
 log = logging.getLogger(__name__)
@@ -63,12 +65,14 @@ def create_console_app(
     auth: AirflowAuth | None = None,
     clock: Callable[[], datetime] | None = None,
     list_limit: int = 500,
+    data_docs: Callable[[], Any] | None = None,
 ) -> FastAPI:
     """The console as a FastAPI app; the plugin mounts it under /returnledger.
 
     ``dsn_provider`` returns the ledger DSN on each request (default: the returns_db connection,
     checked here so a missing one stops the start with ConsoleConfigError); ``auth`` validates tokens
-    (default: the api-server's auth manager); ``clock`` gives the time actions are recorded at.
+    (default: the api-server's auth manager); ``clock`` gives the time actions are recorded at;
+    ``data_docs`` returns the folder of the GX Data Docs site (default: the object store's ``data-docs/``).
     """
     if dsn_provider is None:
         default_dsn()  # refuse to start without the returns_db connection, not on the first request
@@ -108,6 +112,7 @@ def create_console_app(
         request.state.caller = caller
         return await call_next(request)
 
+    add_data_docs(app, data_docs)
     add_pages(
         app,
         dsn_provider=dsn_provider or default_dsn,

@@ -216,6 +216,7 @@ def add_pages(
         error: str | None = None,
         status_code: int = 200,
     ) -> HTMLResponse:
+        from returnledger.console.data_docs import validation_page
         from returnledger.exception_queue.queries import exception_detail
 
         caller: Caller = request.state.caller
@@ -224,6 +225,7 @@ def add_pages(
                 detail = exception_detail(conn, exception_id)
             except LookupError:
                 raise HTTPException(404, f"exception {exception_id} not found") from None
+            data_docs = validation_page(conn, detail["exception"].get("raw_id"))
         x = dict(detail["exception"])
         sections = [
             (SECTION_TITLES.get(k, k.replace("_", " ").capitalize()), v)
@@ -247,6 +249,7 @@ def add_pages(
             message=message,
             error=error,
             what_to_do=x.get("what_to_do"),
+            data_docs=data_docs,
         )
 
     @app.get("/exceptions/{exception_id}", response_class=HTMLResponse)

@@ -18,8 +18,8 @@ from returnledger.exception_types import Holds, Subject, kind, screening_outcome
 from returnledger.ledger.holds import hold, hold_subject, record_outcomes
 from returnledger.moment import RunMoment
 from returnledger.screening.frame import read_validation_frame
-from returnledger.screening.gx import docs_page, import_gx
-from returnledger.screening.suite import validate_frame, write_result
+from returnledger.screening.gx import import_gx
+from returnledger.screening.suite import events_docs_page, validate_frame, write_result
 from returnledger.store.db import connect, unit_of_work
 from returnledger.store.objects import DATA_DOCS
 
@@ -70,7 +70,7 @@ def validate(dsn: str, *, batch_id: str, result_dir: Path | None = None) -> dict
     if result_dir is not None:
         written = write_result(outcome, result_dir, batch_id)
         if outcome.gx_key is not None:  # the run's log links its Data Docs page
-            page = result_dir.parent / DATA_DOCS / docs_page("rebound_events", batch_id, "rebound", "events")
+            page = result_dir.parent / DATA_DOCS / events_docs_page(batch_id)
             log.info("validate %s: result %s; Data Docs page %s", batch_id, written, page)
     stats = {"rows": outcome.rows, "passed": len(outcome.passed), "failed": pending, "held": held}
     log.info("validate %s: %s", batch_id, stats)

@@ -17,7 +17,7 @@ from typing import Any
 from returnledger.exception_types import screening_outcome
 from returnledger.fields import INT4_MAX
 from returnledger.models import RETURN_ID_PATTERN, Disposition, EventType, ExceptionType, Grade
-from returnledger.screening.gx import ephemeral_context, publish_data_docs, run_checkpoint
+from returnledger.screening.gx import docs_page, ephemeral_context, publish_data_docs, run_checkpoint
 from returnledger.store.objects import DATA_DOCS
 
 MAX_QUANTITY = 100_000
@@ -335,6 +335,11 @@ def _plain(v):
     if v is None or _isna(v):
         return None
     return v.item() if hasattr(v, "item") else v
+
+
+def events_docs_page(batch_id: str) -> str:
+    """The Data Docs page of a sync batch's events validation, relative to the store's ``data-docs/``."""
+    return docs_page("rebound_events", batch_id, "rebound", "events")
 
 
 def write_result(outcome: ValidationOutcome, folder: Path, batch_id: str) -> Path:
