@@ -101,7 +101,7 @@ class SpApiSimulator:
         lwa_client_id: str = "sandbox-lwa-client",
         lwa_client_secret: str = "sandbox-lwa-secret",
         refresh_token: str = "sandbox-refresh-token",
-        processing_polls: int = 1,
+        processing_polls: int = 0,
         processing_s=None,
         usage_plan=None,
     ):

@@ -8,6 +8,7 @@ it from there, so a cleared task redoes the same run.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
@@ -116,7 +117,11 @@ def sync_tasks() -> dict:
             options |= {"pool": AMAZON_POOL} if step.amazon else {}
             options |= {"outlets": [LEDGER]} if step.emits_ledger else {}
             decorator = task(multiple_outputs=False, **options)
-        if i == 0:
+        if step.operator and i > 0:  # e.g. a deferrable task: its waits hold no worker slot
+            module, _, name = step.operator.rpartition(".")
+            op = getattr(importlib.import_module(module), name)(window=window, **options)
+            made[step.name] = op.output
+        elif i == 0:
             made[step.name] = window = decorator(fn)()
         else:
             given = {r: made[r] for r in step.reads}

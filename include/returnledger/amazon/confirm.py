@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+import threading
+from contextlib import contextmanager
 
 from returnledger.amazon.answers import accept, follow, reject, unproven
+from returnledger.amazon.status_checks import EXPECTED_S, Answer, Pending, Readiness, pending, run_checks
 from returnledger.models import ActionKind
 from returnledger.moment import RunMoment
 from returnledger.store.db import connect
@@ -89,137 +91,103 @@ def _unproven_detail(note_id: str | None, why: str, errors) -> str:
     )
 
 
-def confirm(dsn: str, client, *, run: RunMoment, rounds: int = 3, wait_s: float = 1.0) -> dict:
-    """Poll Amazon for submitted transactions: ``rounds`` times, ``wait_s`` apart while some still process."""
-    from returnledger.amazon.push import BREAKER_FAILURES, AmazonOutage
-    from returnledger.clients.amazon import AmazonRequestError, AmazonUnavailableError
+STATS = (
+    "accepted",
+    "rejected",
+    "processing",
+    "inventory_accepted",
+    "inventory_failed",
+    "polls",
+    "duplicates_followed",
+    "unproven",
+    "unavailable",
+)
 
+
+def new_stats() -> dict:
+    return dict.fromkeys(STATS, 0)
+
+
+def record_answer(conn, p: Pending, answer: Answer, *, run: RunMoment, stats: dict) -> list[Pending]:
+    """Write down what one status check found (whichever driver ran it); returns the transactions to check
+    next (the one a duplicate refusal names, when that is evidence worth following)."""
     batch_id, at = run.batch_id, run.as_of
-    stats = {
-        "accepted": 0,
-        "rejected": 0,
-        "processing": 0,
-        "inventory_accepted": 0,
-        "inventory_failed": 0,
-        "polls": 0,
-        "duplicates_followed": 0,
-        "unproven": 0,
-        "unavailable": 0,
-    }
-    consecutive, last_unavailable, stopped = 0, None, False
-    with connect(dsn) as conn:
-        for attempt in range(rounds):
-            pending = conn.execute("""
-                SELECT transaction_id, kind, array_agg(submission_id), min(document_id),
-                       min(refused_transaction_id)
-                  FROM ledger.amazon_submission
-                WHERE status = 'SUBMITTED' AND transaction_id IS NOT NULL
-                GROUP BY transaction_id, kind ORDER BY transaction_id""").fetchall()
+    tx, kind, ids, note_id = p.tx, p.kind, p.ids, p.note_id
+    if answer.outcome == "unavailable":  # retries ran out: the rows stay SUBMITTED for the next try
+        stats["unavailable"] += 1
+        return []
+    if answer.outcome in ("unknown", "auth"):
+        # Amazon refuses to report this transaction (e.g. 404: unknown or expired). Keep the rows
+        # SUBMITTED with the reason; the operating checks raise SYNC_STALLED if it persists.
+        if answer.outcome == "unknown":
+            conn.execute(
+                "UPDATE ledger.amazon_submission SET last_error = %s WHERE submission_id = ANY(%s)",
+                (answer.message, ids),
+            )
             conn.commit()
-            if not pending:
-                break
-            still, followed = 0, 0
-            for tx, kind, ids, note_id, refused in pending:
-                if consecutive >= BREAKER_FAILURES:
-                    stopped = True
-                    break
-                stats["polls"] += 1
-                try:
-                    status = (
-                        client.get_transaction(tx)
-                        if kind == ActionKind.CREDIT_NOTE
-                        else client.get_df_transaction(tx)
-                    )
-                except (
-                    AmazonUnavailableError
-                ) as e:  # retries ran out: the rows stay SUBMITTED for the next try
-                    consecutive += 1
-                    stats["unavailable"] += 1
-                    last_unavailable = e
-                    continue
-                except AmazonRequestError as e:
-                    # Amazon refuses to report this transaction (e.g. 404: unknown or expired). Keep the rows
-                    # SUBMITTED with the reason; the operating checks raise SYNC_STALLED if it persists.
-                    conn.execute(
-                        "UPDATE ledger.amazon_submission SET last_error = %s WHERE submission_id = ANY(%s)",
-                        (f"{type(e).__name__}: {e}"[:2000], ids),
-                    )
-                    conn.commit()
-                    stats["unknown"] = stats.get("unknown", 0) + 1
-                    consecutive = 0
-                    continue
-                consecutive = 0
-                if status.status == "Success":
-                    accept(conn, kind, ids, tx, note_id, at=at, batch_id=batch_id, evidence="SUCCESS")
-                    stats["accepted" if kind == ActionKind.CREDIT_NOTE else "inventory_accepted"] += 1
-                elif status.status == "Failure" and kind == ActionKind.CREDIT_NOTE:
-                    dup, named = _duplicate_of(status.errors)
-                    if dup:
-                        worth, why = judge_refusal(conn, note_id, tx, named)
-                        if worth and named is not None:
-                            follow(conn, ids, tx, named, note_id)
-                            followed += 1
-                            stats["duplicates_followed"] += 1
-                        else:
-                            unproven(
-                                conn,
-                                ids,
-                                _unproven_detail(note_id, why, status.errors),
-                                at=at,
-                                batch_id=batch_id,
-                            )
-                            stats["unproven"] += 1
-                        conn.commit()
-                        continue
-                    if (
-                        refused
-                    ):  # the transaction a duplicate refusal named failed: the refusal proved nothing
-                        why = f"naming transaction {tx}, which ended in Failure"
-                        unproven(
-                            conn, ids, _unproven_detail(note_id, why, status.errors), at=at, batch_id=batch_id
-                        )
-                        stats["unproven"] += 1
-                        conn.commit()
-                        continue
-                    rows = [
-                        dict(zip(("submission_id", "return_id", "line", "sku"), r, strict=True))
-                        for r in conn.execute(
-                            "SELECT submission_id, return_id, line, sku"
-                            " FROM ledger.amazon_submission WHERE submission_id = ANY(%s)",
-                            (ids,),
-                        )
-                    ]
-                    reject(
-                        conn,
-                        rows,
-                        json.dumps(status.errors, default=str),
-                        at=at,
-                        batch_id=batch_id,
-                        expect="SUBMITTED",
-                    )
-                    stats["rejected"] += 1
-                elif status.status == "Failure":
-                    with conn.transaction():
-                        conn.execute(
-                            """UPDATE ledger.amazon_submission SET status = 'FAILED', last_error = %s,
-                                               resolved_at = %s
-                                         WHERE submission_id = ANY(%s) AND status = 'SUBMITTED'""",
-                            (json.dumps(status.errors, default=str), at, ids),
-                        )
-                    stats["inventory_failed"] += 1
-                else:
-                    still += 1
-                conn.commit()
-            stats["processing"] = still
-            if stopped:
-                break
-            if followed:
-                continue  # poll the transactions Amazon named at once
-            if still and attempt < rounds - 1:
-                time.sleep(wait_s)
+            stats["unknown"] = stats.get("unknown", 0) + 1
+        return []
+    if answer.outcome == "processing":  # given up for this run: still SUBMITTED
+        stats["processing"] += 1
+        return []
+    followed: list[Pending] = []
+    if answer.status == "Success":
+        accept(conn, kind, ids, tx, note_id, at=at, batch_id=batch_id, evidence="SUCCESS")
+        stats["accepted" if kind == ActionKind.CREDIT_NOTE else "inventory_accepted"] += 1
+    elif kind == ActionKind.CREDIT_NOTE:
+        dup, named = _duplicate_of(answer.errors)
+        if dup:
+            worth, why = judge_refusal(conn, note_id, tx, named)
+            if worth and named is not None:
+                follow(conn, ids, tx, named, note_id)
+                followed.append(Pending(named, kind, ids, note_id, refused=tx))
+                stats["duplicates_followed"] += 1
             else:
-                break
-    log.info("confirm %s: %s", batch_id, stats)
+                unproven(conn, ids, _unproven_detail(note_id, why, answer.errors), at=at, batch_id=batch_id)
+                stats["unproven"] += 1
+        elif p.refused:  # the transaction a duplicate refusal named failed: the refusal proved nothing
+            why = f"naming transaction {tx}, which ended in Failure"
+            unproven(conn, ids, _unproven_detail(note_id, why, answer.errors), at=at, batch_id=batch_id)
+            stats["unproven"] += 1
+        else:
+            rows = [
+                dict(zip(("submission_id", "return_id", "line", "sku"), r, strict=True))
+                for r in conn.execute(
+                    "SELECT submission_id, return_id, line, sku"
+                    " FROM ledger.amazon_submission WHERE submission_id = ANY(%s)",
+                    (ids,),
+                )
+            ]
+            reject(
+                conn,
+                rows,
+                json.dumps(answer.errors, default=str),
+                at=at,
+                batch_id=batch_id,
+                expect="SUBMITTED",
+            )
+            stats["rejected"] += 1
+    else:
+        with conn.transaction():
+            conn.execute(
+                """UPDATE ledger.amazon_submission SET status = 'FAILED', last_error = %s, resolved_at = %s
+                    WHERE submission_id = ANY(%s) AND status = 'SUBMITTED'""",
+                (json.dumps(answer.errors, default=str), at, ids),
+            )
+        stats["inventory_failed"] += 1
+    conn.commit()
+    return followed
+
+
+def finish_confirm(dsn: str, stats: dict, *, run: RunMoment, stopped: bool, last: str = "") -> dict:
+    """End the step: ``AmazonOutage`` when checks ran out of retries (the rows stay SUBMITTED), else the
+    counts; refused credentials raise AmazonAuthError (configuration, not the payload)."""
+    from returnledger.amazon.push import AmazonOutage
+    from returnledger.clients.amazon import AmazonAuthError, AmazonUnavailableError
+
+    log.info("confirm %s: %s", run.batch_id, stats)
+    if stats.get("auth_refused"):
+        raise AmazonAuthError("getTransaction", [{"code": "Unauthorized", "message": last}], 403)
     if stats["unavailable"]:
         with connect(dsn) as conn:
             left = conn.execute(
@@ -231,6 +199,84 @@ def confirm(dsn: str, client, *, run: RunMoment, rounds: int = 3, wait_s: float 
             failed=stats["unavailable"],
             stopped=stopped,
             left=f"{left[0]} transaction(s) left SUBMITTED, to be polled again",
-            last=last_unavailable,
+            last=AmazonUnavailableError("getTransaction", [{"code": "RetriesExhausted", "message": last}]),
         )
     return stats
+
+
+def confirm(
+    dsn: str,
+    client,
+    *,
+    run: RunMoment,
+    rounds: int = 3,
+    wait_s: float = 1.0,
+    expected_s: float = EXPECTED_S,
+) -> dict:
+    """Check every SUBMITTED transaction by expected readiness (returnledger.amazon.status_checks) until it
+    is final, or given up after ``rounds`` checks that found it Processing (``wait_s``: the first step
+    between checks of one transaction, doubling). The deferrable task does the same from the triggerer."""
+    from returnledger.amazon.push import BREAKER_FAILURES
+
+    stats = new_stats()
+    schedule = Readiness(expected_s, step_s=wait_s, max_checks=rounds)
+    last = [""]
+    with connect(dsn) as conn:
+        for p in pending(conn):
+            schedule.add(p)
+
+        def on_answer(p: Pending, answer: Answer) -> list[Pending]:
+            stats["polls"] += 1
+            last[0] = answer.message or last[0]
+            return record_answer(conn, p, answer, run=run, stats=stats)
+
+        ran = run_checks(client, schedule, on_answer, breaker=BREAKER_FAILURES)
+    stats["auth_refused"] = ran["auth_refused"]
+    stats["checks_per_transaction"] = round(ran["checks"] / max(1, len(schedule.checks)), 3)
+    return finish_confirm(dsn, stats, run=run, stopped=ran["stopped_by_breaker"], last=last[0])
+
+
+@contextmanager
+def checks_beside(dsn: str, client, *, run: RunMoment, expected_s: float = EXPECTED_S):
+    """Status checks while a push sends (issue 26): a thread checks the transactions the ledger holds
+    SUBMITTED as each comes due, at getTransaction's own rate, and records what is final; when the block
+    ends it stops and leaves the rest to ``confirm``. Yields its counts (filled when the block ends).
+    Amazon unavailable or refusing credentials only stops it: the rows stay SUBMITTED for confirm."""
+    from returnledger.amazon.push import BREAKER_FAILURES
+
+    stats = new_stats()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            with connect(dsn) as conn:
+                schedule = Readiness(expected_s, max_checks=1_000_000)  # never given up: confirm goes on
+
+                def on_answer(p: Pending, answer: Answer) -> list[Pending]:
+                    stats["polls"] += 1
+                    if answer.outcome in ("unavailable", "auth", "processing"):
+                        return []
+                    return record_answer(conn, p, answer, run=run, stats=stats)
+
+                ran = run_checks(
+                    client,
+                    schedule,
+                    on_answer,
+                    refresh=lambda: pending(conn, schedule.checks.keys()),
+                    stop=stop,
+                    breaker=BREAKER_FAILURES,
+                )
+                stats.update(
+                    stopped_by_breaker=ran["stopped_by_breaker"], expected_s=round(schedule.expected, 1)
+                )
+        except Exception as e:  # the push goes on; confirm checks what is left
+            log.warning("status checks beside the push stopped: %s: %s", type(e).__name__, e)
+            stats["error"] = f"{type(e).__name__}: {e}"[:500]
+
+    thread = threading.Thread(target=work, name="status-checks", daemon=True)
+    thread.start()
+    try:
+        yield stats
+    finally:
+        stop.set()
+        thread.join(timeout=120)

@@ -73,12 +73,24 @@ def _unavailable(e: BaseException) -> bool:
     return isinstance(e, AmazonUnavailableError)
 
 
-def push_credits(dsn: str, client, *, party_id: str, run: RunMoment) -> dict:
+def push_credits(dsn: str, client, *, party_id: str, run: RunMoment, check_beside: bool = True) -> dict:
     """Send every pending credit note, one note per submitInvoices call (as of the run's end).
 
     One note per call keeps Amazon's transaction status unambiguous per note (a Failure or
-    a stuck Processing for one note never drags another with it).
+    a stuck Processing for one note never drags another with it). With ``check_beside``, the status
+    checks start as soon as the first transactions exist, each operation at its own rate
+    (returnledger.amazon.confirm.checks_beside); ``confirm`` checks what is left.
     """
+    if not check_beside:
+        return _push_credits(dsn, client, party_id=party_id, run=run)
+    from returnledger.amazon.confirm import checks_beside
+
+    with checks_beside(dsn, client, run=run) as checked:
+        stats = _push_credits(dsn, client, party_id=party_id, run=run)
+    return {**stats, "status_checks": checked}
+
+
+def _push_credits(dsn: str, client, *, party_id: str, run: RunMoment) -> dict:
     from returnledger.clients.amazon import AmazonAuthError, AmazonRequestError
 
     batch_id, at = run.batch_id, run.as_of

@@ -56,6 +56,9 @@ class Step:
     amazon: bool = False  # talks to Amazon: the amazon_sp_api pool; bad credentials fail at once
     trigger_rule: str = "all_success"  # Airflow's rule, for steps after a branch
     emits_ledger: bool = False  # the DAG's ledger Asset is updated when this step ends
+    # the Airflow operator (import path) that runs this step in the DAG in place of a plain task: a
+    # deferrable one waits in the triggerer (confirm: returnledger.airflow.deferred_confirm)
+    operator: str = ""
 
     def upstream(self) -> tuple[str, ...]:
         """The steps that end before this one (the DAG's edges into its task)."""
@@ -199,6 +202,7 @@ STEPS: tuple[Step, ...] = (
         amazon=True,
         trigger_rule="none_failed",
         emits_ledger=True,
+        operator="returnledger.airflow.deferred_confirm.ConfirmOperator",
     ),
     Step(
         "finish",

@@ -1,0 +1,95 @@
+"""Status checks by expected readiness, beside the push (issue 26): Amazon answers Processing for a time
+after each submission (the simulator's processing_s); the checks start while later notes are still being
+sent, each transaction is checked about once, and the outcome is the one a check after the push gives.
+
+Real PostgreSQL, the SP-API simulator over HTTP and the production client (python-amazon-sp-api).
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from returnledger.amazon.confirm import confirm
+from returnledger.amazon.push import push_credits
+from returnledger.moment import RunMoment
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
+from test_money_path import (
+    _amazon,
+    _requests,
+    _scenario,
+    _start,
+    _sync_without_push,
+    ledger,  # noqa: F401  (fixture)
+)
+
+DAY = date(2026, 10, 5)
+TRANSACTIONS = "/vendor/transactions/v1/transactions/"
+
+
+def _rows(n: int) -> list[tuple]:
+    return [(f"RB-8-{i:07d}", f"RN-S{i}", "SKU-A", DAY.isoformat(), 1, 1) for i in range(1, n + 1)]
+
+
+@pytest.mark.integration
+def test_checks_start_during_the_push_and_each_transaction_is_checked_about_once(
+    ledger,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    from returnledger_dev.sandbox.harness import run_sandbox
+
+    monkeypatch.setenv("RETURNLEDGER_SIM_PROCESSING_S", "1.5")
+    n = 30
+    path = _start(ledger, _scenario(_rows(n)), tmp_path)
+    with run_sandbox(path, tmp_path / "out", faults=False) as sb:
+        end, batch = _sync_without_push(ledger, sb, DAY)
+        run = RunMoment(end, batch_id=batch)
+        amazon = _amazon(sb)
+        pushed = push_credits(ledger, amazon, party_id="VNDR1", run=run)
+        confirmed = confirm(ledger, amazon, run=run, rounds=8, wait_s=0.3)
+    log = _requests(tmp_path / "out")
+    posts = [
+        r for r in log if r["method"] == "POST" and r["path"].endswith("/invoices") and r["status"] == 202
+    ]
+    gets = [r for r in log if r["method"] == "GET" and TRANSACTIONS in r["path"]]
+    assert len(posts) == n
+    # overlap: the first status check went out before the last note was sent, and found some final
+    assert min(g["at"] for g in gets) < max(p["at"] for p in posts)
+    assert pushed["status_checks"]["accepted"] > 0
+    assert pushed["status_checks"]["accepted"] + confirmed["accepted"] == n
+    # by expected readiness: about one check per transaction (the old rounds checked most twice)
+    assert len(gets) / n <= 1.3, (len(gets), n)
+
+
+def test_readiness_learns_the_processing_time_and_checks_each_transaction_about_once():
+    """300 transactions submitted at 10/s, Amazon processes each in 30 s; checks at 10/s (fake clock)."""
+    from returnledger.amazon.status_checks import Answer, Pending, Readiness
+
+    clock = [0.0]
+    delay, n = 30.0, 300
+    submitted = {f"T{i}": i / 10 for i in range(n)}
+    schedule = Readiness()  # first estimate: ready at once
+    for tx, at in submitted.items():
+        schedule.add(Pending(tx, "CREDIT_NOTE", submitted=at + 1e9))  # epoch-like times
+    clock[0] = 1e9
+    checks, finals = 0, {}
+    while len(schedule):
+        p, wait = schedule.due(clock[0])
+        if p is None:
+            clock[0] += wait
+            continue
+        checks += 1
+        clock[0] += 0.1  # the getTransaction rate
+        ready = clock[0] >= p.submitted + delay
+        answer = Answer(p.tx, "final" if ready else "processing", "Success" if ready else "Processing")
+        if not schedule.answered(p, answer, clock[0]) and ready:
+            finals[p.tx] = clock[0] - 1e9
+    assert len(finals) == n and not schedule.given_up
+    assert checks / n <= 1.3, checks
+    # the last one is final within a few seconds of when Amazon is done with it
+    assert max(finals.values()) <= (n - 1) / 10 + delay + 5.0, max(finals.values())
