@@ -29,6 +29,7 @@ import argparse
 import inspect
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -66,6 +67,7 @@ CREDS = {
     "lwa_client_secret": "sandbox-lwa-secret",
 }
 INVOICES, INVENTORY = "/vendor/payments/v1/invoices", "/items"
+TRANSACTIONS = "/vendor/transactions/v1/transactions/"
 PROBE_FAIL_NOTICE = "RN-PROBE-FAIL"
 SERVE = """
 import json, sys, uvicorn
@@ -216,6 +218,15 @@ class Simulator:
         self.log.close()
 
 
+def first_to_last(log: list[dict]) -> tuple[float, int, float]:
+    """(rate, 200s, seconds) of the getTransaction checks in ``log``: answered 200, first to last."""
+    times = [datetime.fromisoformat(r["at"]).timestamp() for r in log if r["status"] == 200]
+    if len(times) < 2:
+        return float("nan"), len(times), 0.0
+    span = times[-1] - times[0]
+    return (len(times) - 1) / span, len(times), span
+
+
 def sustained(log: list[dict], suffix: str, burst: int) -> tuple[float, int, float]:
     """(rate, 202s, seconds): the operation's 202 answers beyond the bucket's burst per second between the
     first and the last, from the simulator's log. A token bucket lets through at most ``burst + rate * T``
@@ -299,8 +310,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--notes", type=int, default=2000)
     ap.add_argument("--skus", type=int, default=5000)
-    ap.add_argument("--rate", type=float, default=rate0, help="the client's rate_per_s (and the simulator's)")
-    ap.add_argument("--burst", type=int, default=burst0)
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=rate0,
+        help="the simulator's usage plan, req/s per operation (the client starts at Amazon's documented "
+        "default and learns this one from x-amzn-RateLimit-Limit)",
+    )
+    ap.add_argument("--burst", type=int, default=burst0, help="the plan's burst (getTransaction: twice)")
     ap.add_argument("--duplicate-rule", choices=("same_note", "reject"), default="same_note")
     ap.add_argument("--server", default=None, help="PostgreSQL server DSN (default: RETURNLEDGER_DSN)")
     a = ap.parse_args()
@@ -332,17 +349,20 @@ def main() -> int:
             ],
             "duplicate_credit_note": a.duplicate_rule,
         },
-        "faults": {"amazon": {"throttle": {"rate": a.rate, "burst": a.burst}}},
+        "faults": {},
     }
+    # the simulator's usage plan (stated in every answer); the client is not told it (issue 26)
+    os.environ["RETURNLEDGER_SIM_USAGE_PLAN"] = (
+        f"{a.rate:g}/{a.burst},getTransaction={a.rate:g}/{2 * a.burst}"
+    )
     sim = Simulator(scenario, work)
     print(
-        f"simulated SP-API throttled at {a.rate:g} req/s, burst {a.burst} per operation "
-        f"(the client's configured rate); duplicate rule {a.duplicate_rule}"
+        f"simulated SP-API usage plan {a.rate:g} req/s, burst {a.burst} per operation (getTransaction burst "
+        f"{2 * a.burst}); the client starts at its default {rate0:g} req/s, burst {burst0} and learns the "
+        f"plan from the answers; duplicate rule {a.duplicate_rule}"
     )
     try:
-        client = AmazonVendorClient(
-            sim.url, lwa_url=f"{sim.url}/auth/o2/token", rate_per_s=a.rate, burst=a.burst, **CREDS
-        )
+        client = AmazonVendorClient(sim.url, lwa_url=f"{sim.url}/auth/o2/token", **CREDS)
         t = time.perf_counter()
         inv = push_inventory(
             dsn,
@@ -408,6 +428,17 @@ def main() -> int:
     inv_ideal, cred_ideal = inv_min / a.rate, n_notes / a.rate
     inv_rate, inv_n, inv_span = sustained(log, INVENTORY, a.burst)
     cred_rate, cred_n, cred_span = sustained(log, INVOICES, a.burst)
+    # getTransaction checks beside push_credits (issue 26): those sent while the push ran
+    push_window = [r for r in log if r["method"] == "POST" and r["path"] == INVOICES]
+    first_post, last_post = (push_window[0]["at"], push_window[-1]["at"]) if push_window else ("", "")
+    during = [
+        r
+        for r in log
+        if r["method"] == "GET" and TRANSACTIONS in r["path"] and first_post <= r["at"] <= last_post
+    ]
+    get_rate, get_n, get_span = first_to_last(during)
+    get_429 = sum(1 for r in during if r["status"] == 429)
+    checks = cred.get("status_checks") or {}
     print(
         f"\npush_inventory: {inv['calls']} calls for {n_skus} SKUs in {inv_secs:.1f}s "
         f"(ideal at {a.rate:g}/s: {inv_ideal:.1f}s = {inv_ideal / inv_secs:.0%}); "
@@ -449,7 +480,21 @@ def main() -> int:
     for k, (status, n_kept, calls) in probe.items():
         print(f"  {k:<28}transaction {status:<18}{n_kept:>3} new notes taken in and kept, {calls:>3} calls")
     print()
+    print(
+        f"status checks beside push_credits: {checks.get('polls', 0)} getTransaction checks, "
+        f"{checks.get('accepted', 0)} notes accepted while the push ran; {get_n} answered 200 between the "
+        f"first and the last POST ({get_span:.1f}s): {get_rate:.2f} req/s, {get_429} answered 429"
+    )
     cred_share, inv_share = cred_rate / a.rate, inv_rate / a.rate
+    get_share = get_rate / a.rate
+    report(
+        "push both operations at once",
+        f"submitInvoices {cred_rate:.2f} req/s = {cred_share:.0%} and getTransaction {get_rate:.2f} req/s = "
+        f"{get_share:.0%} of {a.rate:g}/s while push_credits ran (checks beside it); 429s answered "
+        f"{sim_429['credit notes']} + {get_429}, unhandled {unhandled}",
+        ">= 90% each, 0 unhandled 429s",
+        cred_share >= 0.9 and get_share >= 0.9 and unhandled == 0,
+    )
     report(
         "push credit-note rate",
         f"{cred_rate:.2f} req/s = {cred_share:.0%} of {a.rate:g}/s sustained "
