@@ -272,7 +272,7 @@ def test_the_extra_link_on_a_runs_task_opens_the_console_filtered_to_that_run(se
         browser = _browser(p)
         try:
             page = _login(browser, server, "/returnledger/runs")
-            page.goto(f"{server}/dags/{dag_id}/runs/{run_id}/tasks/{task_id}")
+            page.goto(f"{server}/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/details")  # its extra links
             link = page.get_by_role("link", name="exceptions raised by this run")
             expect(link).to_be_visible(timeout=60_000)
             link.click()
@@ -289,7 +289,7 @@ def test_the_extra_link_on_a_runs_task_opens_the_console_filtered_to_that_run(se
             log_link.click()  # back to the task instance, its log
             page.wait_for_url(f"**/dags/{dag_id}/runs/**/tasks/{task_id}**")
             # the credit notes a push_credits task sent
-            page.goto(f"{server}/dags/{dag_id}/runs/{sent[0]}/tasks/push_credits")
+            page.goto(f"{server}/dags/{dag_id}/runs/{sent[0]}/tasks/push_credits/details")
             page.get_by_role("link", name="credit notes sent by this run").click()
             page.wait_for_url("**/returnledger/runs?**")
             expect(page.locator("#run-credit-notes tr[data-credit-note]")).to_have_count(sent[1])
