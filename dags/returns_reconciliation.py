@@ -91,7 +91,7 @@ def returns_reconciliation():
     def import_amazon_export(window: dict) -> dict:
         """Validate and load the month's Vendor Central returns export (required on close runs)."""
         from returnledger.airflow.hooks import ledger_dsn
-        from returnledger.airflow.objects import export_base
+        from returnledger.airflow.objects import export_base, object_store
         from returnledger.airflow.tasks import fail_fast
         from returnledger.reconciliation.amazon_export import import_amazon_export as run_import
         from returnledger.reconciliation.closes import closed_run
@@ -106,6 +106,7 @@ def returns_reconciliation():
                 window["period"],
                 at=datetime.fromisoformat(window["as_of"]),
                 missing_ok=not window["close"],
+                docs=object_store("data-docs"),  # the GX Data Docs of the export's validation
             )
         return result.as_dict()
 

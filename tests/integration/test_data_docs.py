@@ -162,3 +162,25 @@ def test_an_exception_from_a_failed_check_links_its_data_docs_page(fresh_db, tmp
     # without a token nothing is served
     with TestClient(root, base_url="http://airflow.test") as anonymous:
         assert anonymous.get(f"/returnledger/data-docs/{page}").status_code == 401
+
+
+def test_a_rejected_export_names_the_data_docs_page_of_its_validation(fresh_db, tmp_path):
+    """The Vendor Central export gate runs by a Checkpoint too: with a docs folder, its Data Docs land
+    there and the rejection (the task's failure message) names the page."""
+    from returnledger.reconciliation.amazon_export import COLUMNS, AmazonExportRejected, import_amazon_export
+
+    exports = tmp_path / "store" / "exports"
+    exports.mkdir(parents=True)
+    row = ["AR-1", "RN0001", "", "", "", "SKU-A", "minus one", "REBOUND", "2026-10-10", ""]
+    (exports / "vendor_central_returns_2026-10.csv").write_text(
+        ",".join(COLUMNS) + "\n" + ",".join(row) + "\n"
+    )
+    docs = tmp_path / "store" / "data-docs"
+    with pytest.raises(AmazonExportRejected) as err:
+        import_amazon_export(fresh_db, exports, "2026-10", at=T0, docs=docs)
+    page = docs_page(
+        "vendor_central_returns_export", "vendor_central_returns_2026-10.csv", "amazon_export", "returns"
+    )
+    assert err.value.data_docs == str(docs / page)
+    assert f"Data Docs: {docs / page}" in str(err.value)
+    assert "expect_column_values_to" in (docs / page).read_text() or "quantity" in (docs / page).read_text()

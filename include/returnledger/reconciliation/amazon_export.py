@@ -77,15 +77,17 @@ class Problem:
 class AmazonExportRejected(ValueError):
     """The export failed validation; nothing was imported."""
 
-    def __init__(self, source: str, problems: list[Problem]):
+    def __init__(self, source: str, problems: list[Problem], data_docs: str | None = None):
         self.source = source
         self.problems = problems
+        self.data_docs = data_docs  # the Data Docs page of the validation that rejected it, if built
         listed = "\n".join(f"  {source} {p}" for p in problems[:MAX_LISTED_PROBLEMS])
         more = len(problems) - MAX_LISTED_PROBLEMS
         tail = f"\n  ... and {more} more" if more > 0 else ""
         super().__init__(
             f"Amazon returns export {source} rejected, nothing imported "
             f"({len(problems)} problem(s)):\n{listed}{tail}"
+            + (f"\n  Data Docs: {data_docs}" if data_docs else "")
         )
 
 
@@ -189,14 +191,16 @@ def _suite(columns: list[str]):
     return suite, messages
 
 
-def validate_export(raw: bytes, source: str):
-    """Run the GX gate; returns the validated DataFrame or raises AmazonExportRejected."""
-    from returnledger.screening.gx import ephemeral_context, run_suite
+def validate_export(raw: bytes, source: str, docs=None):
+    """Run the GX gate (a Validation Definition by a Checkpoint); returns the validated DataFrame or
+    raises AmazonExportRejected. ``docs``: a path-like folder (the store's ``data-docs/``) for its
+    Data Docs."""
+    from returnledger.screening.gx import ephemeral_context, publish_data_docs, run_checkpoint
 
     header, df, problems = _read_rows(raw, source)
     ctx = ephemeral_context()
     suite, messages = _suite(header)
-    result = run_suite(
+    result, key = run_checkpoint(
         ctx,
         df,
         suite,
@@ -204,7 +208,12 @@ def validate_export(raw: bytes, source: str):
         asset="returns",
         batch="file",
         result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [_LINE]},
+        run_name=source,
     )
+    page = None
+    if docs is not None:
+        page = str(docs / publish_data_docs(ctx, key, docs))
+        log.info("%s validated: Data Docs page %s", source, page)
     for r in result.results:
         if r.success:
             continue
@@ -251,7 +260,7 @@ def validate_export(raw: bytes, source: str):
             if (p.line, p.column) not in seen:  # one problem per cell is enough to fix it
                 seen.add((p.line, p.column))
                 unique.append(p)
-        raise AmazonExportRejected(source, unique)
+        raise AmazonExportRejected(source, unique, data_docs=page)
     return df
 
 
@@ -307,7 +316,7 @@ def _blank_none(v: str):
 
 
 def import_amazon_export(
-    dsn: str, base, period: str, *, at: datetime, missing_ok: bool = False
+    dsn: str, base, period: str, *, at: datetime, missing_ok: bool = False, docs=None
 ) -> ImportResult:
     """Validate and load ``<base>/vendor_central_returns_<period>.csv``; all or nothing.
 
@@ -315,7 +324,7 @@ def import_amazon_export(
     local folder / URI.
 
     ``missing_ok`` lets the daily rolling check run before Amazon's export for
-    the month exists; the close run requires the file.
+    the month exists; the close run requires the file. ``docs``: where its validation's Data Docs go.
     """
     if not PERIOD_RE.match(period or ""):
         raise ValueError(f"period must be YYYY-MM, got {period!r}")
@@ -337,7 +346,7 @@ def import_amazon_export(
         log.info("%s already imported (sha256 %s), nothing to do", source, sha[:12])
         return ImportResult(source, uri, period, "UNCHANGED", sha, known[1])
 
-    df = validate_export(raw, source)
+    df = validate_export(raw, source, docs=docs)
     records = [
         (
             r["amazon_return_id"].strip(),
