@@ -27,7 +27,7 @@ def _ledger_counts() -> dict[str, dict[str, int]]:
     from returnledger.console.teams import team_counts
     from returnledger.store.db import connect
 
-    with connect(default_dsn()) as conn:
+    with connect(default_dsn(), connect_timeout=3) as conn:  # a ledger that does not answer: no counts
         conn.execute("SET LOCAL statement_timeout = '2s'")
         return team_counts(conn, datetime.now(UTC))
 
