@@ -23,6 +23,7 @@ from test_reconcile_helpers import AS_OF, PERIOD, Ledger, build_month
 from returnledger.airflow.links import console_run_url, current_identity, run_dsn
 from returnledger.console.finance import (
     closed_months,
+    closed_summary,
     finance_rows,
     finance_summary,
     latest_daily_key,
@@ -89,6 +90,13 @@ def test_a_closed_months_figures_equal_its_month_end_report(led, tmp_path):
         }
         assert month["at_risk"] == at_risk
         assert ties_out(s, month)
+        assert closed_summary(conn, month) == s  # read once per close version, then kept
+        conn.execute(
+            "DELETE FROM ledger.recon_result WHERE period = %s AND recon_status = 'MATCHED'", (PERIOD,)
+        )
+        assert closed_summary(conn, month) == s
+        assert closed_summary(conn, {**month, "version": 2})["by_status"].get("MATCHED") is None
+        conn.rollback()
         changed = {**month, "totals": {**month["totals"], "MATCHED": {"rows": 0, "amount_owed": "0"}}}
         assert not ties_out(s, changed)
         # each number's rows are its rows

@@ -9,6 +9,8 @@ Plain query functions on an open psycopg connection (the pages, the tests and th
   owed) by age and by month of origin. One pass over the key's partition of ``ledger.recon_result``, the
   rows the month-end report is written from. ``ties_out(summary, close)``: a closed month's figures are
   what its close stored with its report.
+* ``closed_summary(conn, close)`` -> the same for a closed month, read once per close version (a close is
+  final: its results are not recomputed while it is in force).
 * ``latest_daily_key(conn)`` -> the latest daily check's result key, None when there is none.
 * ``closed_months(conn)`` -> every closed month in force with its stored per-status totals (the trend).
 * ``finance_rows(conn, key, status=None, bucket=None, origin=None, at_risk=False, limit=500)`` -> the rows
@@ -139,6 +141,25 @@ def finance_summary(conn: psycopg.Connection, key: str) -> dict:
             "amount": sum((v["amount"] for v in by_age.values()), Decimal("0")),
         },
     }
+
+
+#: closed months' figures, by (ledger, period, version, csv sha256): a close is final (its results are not
+#: recomputed while it is in force; reopening ends it, the next close is a new version), so they are read once
+_CLOSED_FIGURES: dict[tuple, dict] = {}
+_CLOSED_KEPT = 24
+
+
+def closed_summary(conn: psycopg.Connection, close: dict) -> dict:
+    """``finance_summary`` of a closed month (a ``closed_months`` entry), read once per close version."""
+    info = conn.info
+    key = (info.host, info.port, info.dbname, close["period"], close["version"], close["csv_sha256"])
+    found = _CLOSED_FIGURES.get(key)
+    if found is None:
+        found = finance_summary(conn, close["period"])
+        if len(_CLOSED_FIGURES) >= _CLOSED_KEPT:
+            _CLOSED_FIGURES.pop(next(iter(_CLOSED_FIGURES)), None)
+        _CLOSED_FIGURES[key] = found
+    return found
 
 
 def ties_out(summary: dict, close: dict) -> bool:

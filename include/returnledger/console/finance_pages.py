@@ -30,6 +30,7 @@ def rows_link(key: str, **filters) -> str:
 def add_finance_pages(app: FastAPI, *, dsn_provider: Callable[[], str], list_limit: int) -> None:
     from returnledger.console.finance import (
         closed_months,
+        closed_summary,
         finance_rows,
         finance_summary,
         latest_daily_key,
@@ -78,8 +79,8 @@ def add_finance_pages(app: FastAPI, *, dsn_provider: Callable[[], str], list_lim
     def month_page(request: Request, key: str):
         """One closed month or one daily check, with the report to download for a closed month."""
         with connect() as conn:
-            summary = finance_summary(conn, key)
             closed = {m["period"]: m for m in closed_months(conn)}
+            summary = closed_summary(conn, closed[key]) if key in closed else finance_summary(conn, key)
         if not summary["total"]["rows"] and key not in closed:
             raise HTTPException(404, f"no reconciliation results under {key!r}")
         return render_page(
