@@ -12,7 +12,8 @@ month twice (its close, its report stored; a daily check) the way the DAG does. 
 queries, as the page calls them, median of ``--repeat`` runs on a warm cache:
 
 * finance (``console.finance``): the overview (latest daily check's figures, closed months), a closed
-  month, the rows behind a number (a status; money at risk of an age);
+  month (its first view reads its partition; later views answer from the figures kept per close version),
+  the rows behind a number (a status; money at risk of an age);
 * runs (``console.runs``): what one run raised and sent;
 * find a return, the return's story, a team's queue (helper D's ``console.story`` and ``console.teams``:
   ``search_returns``, ``return_story``, ``team_queue``, ``team_counts``).
@@ -146,6 +147,7 @@ class Explaining:
 
     def __init__(self, conn):
         self.conn, self.plans = conn, []
+        self.info = conn.info
 
     def execute(self, query, params=None, **kw):
         text = query if isinstance(query, str) else query.as_string(self.conn)
@@ -182,7 +184,13 @@ def pages(conn, sample: dict) -> dict[str, Callable[[object], object]]:
             finance.finance_summary(c, finance.latest_daily_key(c)),
             finance.closed_months(c),
         ),
-        "finance: closed month": lambda c: (finance.finance_summary(c, PERIOD), finance.closed_months(c)),
+        "finance: closed month, first view": lambda c: (
+            finance.finance_summary(c, PERIOD),
+            finance.closed_months(c),
+        ),
+        "finance: closed month, later views": lambda c: finance.closed_summary(
+            c, finance.closed_months(c)[-1]
+        ),
         "finance: rows of a status": lambda c: finance.finance_rows(c, PERIOD, status="CREDIT_MISMATCH"),
         "finance: rows at risk of an age": lambda c: finance.finance_rows(
             c, key, at_risk=True, bucket="0-30"
