@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -24,6 +25,7 @@ from returnledger.airflow.links import console_run_url, current_identity, run_ds
 from returnledger.console.finance import (
     closed_months,
     closed_summary,
+    daily_summary,
     finance_rows,
     finance_summary,
     latest_daily_key,
@@ -137,6 +139,21 @@ def test_the_current_month_is_the_latest_daily_check(led):
             "SELECT count(*) FROM ledger.recon_result WHERE period = 'daily:2026-10-21'"
         ).fetchone()[0]
     assert s["period"] == PERIOD and s["daily"] and s["total"]["rows"] == counted > 0
+    # the page's figures are kept until the check's rows are written again
+    with psycopg.connect(led.dsn) as conn:
+        assert daily_summary(conn, "daily:2026-10-21") == s
+    with psycopg.connect(led.dsn) as writer:  # a rerun of the check that changes a row (its session ends)
+        writer.execute(
+            "DELETE FROM ledger.recon_result WHERE period = 'daily:2026-10-21'"
+            " AND row_key = (SELECT min(row_key) FROM ledger.recon_result WHERE period = 'daily:2026-10-21')"
+        )
+    for _ in range(50):  # the writer's statistics reach the shared counts as its session ends
+        with psycopg.connect(led.dsn) as conn:
+            rows = daily_summary(conn, "daily:2026-10-21")["total"]["rows"]
+        if rows != counted:
+            break
+        time.sleep(0.1)
+    assert rows == counted - 1
 
 
 IDENTITY = {

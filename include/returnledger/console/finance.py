@@ -11,6 +11,8 @@ Plain query functions on an open psycopg connection (the pages, the tests and th
   what its close stored with its report.
 * ``closed_summary(conn, close)`` -> the same for a closed month, read once per close version (a close is
   final: its results are not recomputed while it is in force).
+* ``daily_summary(conn, key)`` -> the same for a daily check, read again only when its rows were written
+  since (PostgreSQL's counts of the writes to its partition).
 * ``latest_daily_key(conn)`` -> the latest daily check's result key, None when there is none.
 * ``closed_months(conn)`` -> every closed month in force with its stored per-status totals (the trend).
 * ``finance_rows(conn, key, status=None, bucket=None, origin=None, at_risk=False, limit=500)`` -> the rows
@@ -159,6 +161,32 @@ def closed_summary(conn: psycopg.Connection, close: dict) -> dict:
         if len(_CLOSED_FIGURES) >= _CLOSED_KEPT:
             _CLOSED_FIGURES.pop(next(iter(_CLOSED_FIGURES)), None)
         _CLOSED_FIGURES[key] = found
+    return found
+
+
+# What changes when a daily check's rows change: its partition (a new one after a drop) and PostgreSQL's
+# counts of the rows written to it (shared statistics, flushed by the writing session within seconds)
+_WRITES_SQL = """
+SELECT c.oid::bigint, c.relfilenode::bigint, s.n_tup_ins, s.n_tup_upd, s.n_tup_del
+  FROM pg_class c JOIN pg_stat_all_tables s ON s.relid = c.oid
+ WHERE c.oid = to_regclass(format('ledger.%%I', ledger.recon_partition_name(%s)))
+"""
+_DAILY_FIGURES: dict[tuple, dict] = {}
+
+
+def daily_summary(conn: psycopg.Connection, key: str) -> dict:
+    """``finance_summary`` of a daily check, read again only when its rows were written since (its partition
+    and the rows written to it, as PostgreSQL counts them); without those counts, read every time."""
+    writes = conn.execute(_WRITES_SQL, (key,)).fetchone()
+    if writes is None:
+        return finance_summary(conn, key)
+    info = conn.info
+    version = (info.host, info.port, info.dbname, key, *writes)
+    found = _DAILY_FIGURES.get(version)
+    if found is None:
+        found = finance_summary(conn, key)
+        _DAILY_FIGURES.clear()  # only the latest check's figures are kept
+        _DAILY_FIGURES[version] = found
     return found
 
 

@@ -31,6 +31,7 @@ def add_finance_pages(app: FastAPI, *, dsn_provider: Callable[[], str], list_lim
     from returnledger.console.finance import (
         closed_months,
         closed_summary,
+        daily_summary,
         finance_rows,
         finance_summary,
         latest_daily_key,
@@ -60,7 +61,7 @@ def add_finance_pages(app: FastAPI, *, dsn_provider: Callable[[], str], list_lim
         """The current month (latest daily check) and every closed month."""
         with connect() as conn:
             key = latest_daily_key(conn)
-            current = finance_summary(conn, key) if key else None
+            current = daily_summary(conn, key) if key else None
             months = closed_months(conn)
         trend = [{"period": m["period"], "totals": m["totals"]} for m in months]
         return render_page(
