@@ -21,7 +21,6 @@ GLOSSARY: dict[str, dict[str, str]] = {
         "CREDIT_SUBMITTED": "the credit note was sent to Amazon; waiting for Amazon to accept it",
         "CREDIT_ACCEPTED": "Amazon accepted the credit note",
         "CLOSED": "finished: nothing more is owed or expected on this line",
-        "QUARANTINED": "the items are held in quarantine; no credit until someone decides",
         "REJECTED": "the return was rejected at the hub; no credit is due",
     },
     "event_type": {
