@@ -3,8 +3,9 @@ resolving or dismissing it sends back through the sync, which actions people hav
 the CLI offer the same ones) and which extra parts its page shows. People's data (owner team, SLA days,
 what to do) stays in ``include/reference/owners.yaml``; a test checks both name the same types.
 
-Everything else reads this table instead of naming types: ``ExceptionType`` is built from it; the
-sync's holds and releases (``ledger.holds``, ``ledger.apply``), screening's quarantine, the actions
+Everything else reads this table instead of naming types (``ExceptionType`` only lists the codes, and
+``KINDS`` is keyed by it): the sync's holds and releases (``ledger.holds``, ``ledger.apply``), screening's
+quarantine, the actions
 (``exception_queue.actions``), the queue's detail, the console page and the CLI, the database's
 ``ledger.exception_type`` table (seeded by ``store.migrate``) and the operating guide's type table
 (``render_guide_table``).
@@ -117,12 +118,31 @@ class ExceptionKind:
     sections: tuple[str, ...] = ()  # of EXTRA_SECTIONS; COMMON_SECTIONS are always shown
 
 
+class ExceptionType(StrEnum):
+    """Exception types: one member per entry of ``KINDS`` below, which says what each one does (written out
+    so that type checkers see the members; ``KINDS`` is keyed by them and a test checks the two agree).
+    ``returnledger.models`` re-exports it."""
+
+    UNMAPPED_REASON_CODE = "UNMAPPED_REASON_CODE"
+    SKU_MISMATCH = "SKU_MISMATCH"
+    INVALID_EVENT = "INVALID_EVENT"
+    OUT_OF_SEQUENCE = "OUT_OF_SEQUENCE"
+    QUANTITY_MISMATCH = "QUANTITY_MISMATCH"
+    AMAZON_REJECTED = "AMAZON_REJECTED"
+    CREDIT_MISSING = "CREDIT_MISSING"
+    DARK_RETURN = "DARK_RETURN"
+    CREDIT_MISMATCH = "CREDIT_MISMATCH"
+    SYNC_STALLED = "SYNC_STALLED"
+    EVENT_CONFLICT = "EVENT_CONFLICT"
+    INVALID_RETURN_ORDER = "INVALID_RETURN_ORDER"
+
+
 _LINE_KEY = "{return_id}|{line}"
 KINDS: dict[str, ExceptionKind] = {
     k.code: k
     for k in (
         ExceptionKind(
-            "UNMAPPED_REASON_CODE",
+            ExceptionType.UNMAPPED_REASON_CODE,
             Subject.LINE,
             "ReBound's return reason has no matching Amazon reason yet",
             Holds.LINE,
@@ -133,7 +153,7 @@ KINDS: dict[str, ExceptionKind] = {
             actions=("map", "resolve", "dismiss"),
         ),
         ExceptionKind(
-            "SKU_MISMATCH",
+            ExceptionType.SKU_MISMATCH,
             Subject.LINE,
             "the product (SKU) is not in our catalog",
             Holds.LINE,
@@ -143,13 +163,13 @@ KINDS: dict[str, ExceptionKind] = {
             actions=("sku", "resolve", "dismiss"),
         ),
         ExceptionKind(
-            "INVALID_EVENT",
+            ExceptionType.INVALID_EVENT,
             Subject.RAW_EVENT,
             "ReBound sent an event the ledger cannot use",
             on_resolve=Replay.RAW_EVENT,
         ),
         ExceptionKind(
-            "OUT_OF_SEQUENCE",
+            ExceptionType.OUT_OF_SEQUENCE,
             Subject.LINE,
             "an event arrived before an earlier step of the same line",
             Holds.LINE,
@@ -157,37 +177,37 @@ KINDS: dict[str, ExceptionKind] = {
             _LINE_KEY,
         ),
         ExceptionKind(
-            "QUANTITY_MISMATCH",
+            ExceptionType.QUANTITY_MISMATCH,
             Subject.LINE,
             "the units received differ from the units announced",
             actions=("credit", "resolve", "dismiss"),
         ),
         ExceptionKind(
-            "AMAZON_REJECTED",
+            ExceptionType.AMAZON_REJECTED,
             Subject.LINE,
             "Amazon refused the credit note or the stock update",
             actions=("retry", "resolve", "dismiss"),
             sections=("send_log",),
         ),
         ExceptionKind(
-            "CREDIT_MISSING",
+            ExceptionType.CREDIT_MISSING,
             Subject.AMAZON_ROW,
             "Amazon shows no credit for a return that is owed one",
             sections=("send_log",),
         ),
         ExceptionKind(
-            "DARK_RETURN",
+            ExceptionType.DARK_RETURN,
             Subject.AMAZON_ROW,
             "Amazon has a return that ReBound never told us about (prepaid label)",
         ),
         ExceptionKind(
-            "CREDIT_MISMATCH",
+            ExceptionType.CREDIT_MISMATCH,
             Subject.AMAZON_ROW,
             "Amazon's amount differs from the credit we sent",
             sections=("send_log",),
         ),
         ExceptionKind(
-            "SYNC_STALLED",
+            ExceptionType.SYNC_STALLED,
             Subject.FEED,
             "something stopped moving (sync run or Amazon submission)",
             Holds.RETURN,
@@ -197,7 +217,7 @@ KINDS: dict[str, ExceptionKind] = {
             on_dismiss=Replay.HELD_EVENTS,
         ),
         ExceptionKind(
-            "EVENT_CONFLICT",
+            ExceptionType.EVENT_CONFLICT,
             Subject.EVENT,
             "the same ReBound event arrived twice with different contents",
             Holds.EVENT,
@@ -207,7 +227,7 @@ KINDS: dict[str, ExceptionKind] = {
             sections=("event_bodies",),
         ),
         ExceptionKind(
-            "INVALID_RETURN_ORDER",
+            ExceptionType.INVALID_RETURN_ORDER,
             Subject.RETURN,
             "ReBound's return order fails its own checks",
             Holds.RETURN,
@@ -219,10 +239,6 @@ KINDS: dict[str, ExceptionKind] = {
         ),
     )
 }
-
-#: the exception types, as an enum built from the registry (``returnledger.models`` re-exports it)
-ExceptionType = StrEnum("ExceptionType", {c: c for c in KINDS})
-ExceptionType.__doc__ = "Exception types: one member per entry of ``returnledger.exception_types.KINDS``."
 
 
 def kind(code: str) -> ExceptionKind:
