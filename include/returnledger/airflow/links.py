@@ -66,7 +66,7 @@ def run_dsn(dsn: str, identity: dict | None = None) -> str:
     if not identity or not identity.get("run_id"):
         return dsn
     parts = psycopg.conninfo.conninfo_to_dict(dsn)
-    parts["options"] = " ".join(p for p in (parts.get("options"), identity_options(identity)) if p)
+    parts["options"] = " ".join(str(p) for p in (parts.get("options"), identity_options(identity)) if p)
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()})
 
 

@@ -97,7 +97,8 @@ class MailNotifier(SmtpNotifier):
     about is logged or already done); a digest that cannot be sent raises, so its mapped task retries.
     """
 
-    template_fields = ()
+    # BaseNotifier declares Sequence[str]; SmtpNotifier's un-annotated tuple makes mypy infer its 11 names
+    template_fields = ()  # type: ignore[assignment]
     ABOUT = ("task_failure", "dag_failure", "month_end", "digest")
 
     def __init__(self, about: str, *, to: str | None = None, digest=None, smtp_conn_id: str = SMTP_CONN_ID):

@@ -105,7 +105,7 @@ def finance_summary(conn: psycopg.Connection, key: str) -> dict:
         groups = cur.execute(_SUMMARY_SQL, {"key": key}).fetchall()
     zero = dict.fromkeys(_MEASURES, 0)
     by_status: dict[str, dict] = {}
-    by_age = {b: {"rows": 0, "amount": Decimal("0")} for b in AGE_BUCKETS}
+    by_age: dict[str, dict] = {b: {"rows": 0, "amount": Decimal("0")} for b in AGE_BUCKETS}
     by_origin: dict[str, dict] = {}
     risk_by_status: dict[str, dict] = {}
     computed_at = None

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, HTTPException, Request
@@ -47,7 +48,7 @@ def add_finance_pages(app: FastAPI, *, dsn_provider: Callable[[], str], list_lim
 
         return db_connect(dsn_provider())
 
-    common = {
+    common: dict[str, Any] = {
         "rows_link": rows_link,
         "say": say,
         "actions": STATUS_ACTIONS,

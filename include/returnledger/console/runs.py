@@ -160,7 +160,8 @@ def task_did(conn: psycopg.Connection, what: str, dag_id: str, run_id: str, task
     """Whether that task of that run raised exceptions / sent credit notes (``what``)."""
     if what not in _DID_SQL:
         raise ValueError(f"what must be one of {sorted(_DID_SQL)}, not {what!r}")
-    return bool(conn.execute(_DID_SQL[what], (dag_id, run_id, task_id)).fetchone()[0])
+    row = conn.execute(_DID_SQL[what], (dag_id, run_id, task_id)).fetchone()
+    return bool(row and row[0])
 
 
 def add_run_pages(app: FastAPI, *, dsn_provider: Callable[[], str], list_limit: int) -> None:
@@ -200,7 +201,7 @@ def add_run_pages(app: FastAPI, *, dsn_provider: Callable[[], str], list_limit: 
         if show not in (None, "", "exceptions", "credit_notes"):
             raise HTTPException(400, "show must be exceptions or credit_notes")
         with connect(dsn_provider()) as conn:
-            if not run_id:
+            if not dag_id or not run_id:  # neither (checked above): the latest runs
                 runs = recent_runs(conn)
                 for r in runs:
                     r["console_url"] = "runs?" + urlencode({"dag_id": r["run_dag_id"], "run_id": r["run_id"]})

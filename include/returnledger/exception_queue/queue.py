@@ -11,6 +11,7 @@ raising and system resolution, sending events back through the sync, and locking
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -145,7 +146,7 @@ def raise_exceptions(
 
 def resolve_open(
     conn: psycopg.Connection,
-    type_: ExceptionType,
+    type_: str,  # a registry code (ExceptionType, or a type added to KINDS at run time)
     subject_keys: list[str],
     *,
     at: datetime,
@@ -195,7 +196,7 @@ def replay_events(conn: psycopg.Connection, raw_ids: list[int]) -> int:
 
 
 def lock_open(
-    conn: psycopg.Connection, exception_id: int, *, types: set[str] | None = None, action: str
+    conn: psycopg.Connection, exception_id: int, *, types: Collection[str] | None = None, action: str
 ) -> dict:
     """Lock the exception row for an action; refuses one that is closed or of a type the action does
     not apply to (the message says who closed it, or which types it applies to)."""

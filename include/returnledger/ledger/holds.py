@@ -137,7 +137,8 @@ def blocked_sql() -> str:
     """Lines (or whole returns: line null) whose held events wait, as (return_id, line, type, subject):
     the open exceptions of the types that block their line or return while open, and the lines of an
     event id whose bodies are still undecided (``Release.PICK``). Read from the registry when called."""
-    (pick,) = sorted(released_by(Release.PICK)) or [None]
+    picks: list[str | None] = [*sorted(released_by(Release.PICK))]
+    (pick,) = picks or [None]
     conflicts = (
         f"""
     UNION ALL

@@ -116,7 +116,8 @@ def seed_exception_types(conn: psycopg.Connection) -> int:
     exceptions still name it)."""
     from returnledger.exception_types import KINDS
 
-    if conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.exception_type",)).fetchone()[0] is None:
+    (table,) = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.exception_type",)).fetchone() or (None,)
+    if table is None:
         return 0
     rows = [(k.code, k.subject.value, k.holds.value, k.released_by.value, k.summary) for k in KINDS.values()]
     with conn.transaction(), conn.cursor() as cur:
