@@ -208,6 +208,7 @@ def pages(conn, sample: dict) -> dict[str, Callable[[object], object]]:
             runs.run_exceptions(c, RUN_DAG, sample["run_id"]),
             runs.run_credit_notes(c, RUN_DAG, sample["run_id"]),
         ),
+        "runs: the latest runs": lambda c: runs.recent_runs(c),
         "extra link: did the task raise/send": lambda c: (
             runs.task_did(c, "exceptions", RUN_DAG, sample["run_id"], "apply"),
             runs.task_did(c, "credit_notes", RUN_DAG, sample["run_id"], "push_credits"),

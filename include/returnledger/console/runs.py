@@ -9,7 +9,8 @@ an open psycopg connection (the page, the extra links and the bench call them):
   of it) opened, oldest first.
 * ``run_credit_notes(conn, dag_id, run_id, task_id=None, limit=500)`` -> the credit notes the run sent:
   per note its attempts in the run, the last outcome and the note's Amazon status.
-* ``recent_runs(conn, limit=50)`` -> the latest runs that raised or sent anything, with their counts.
+* ``recent_runs(conn, limit=50)`` -> the runs of the latest ``RECENT_ROWS`` exceptions and credit-note
+  sends, newest first, with their counts among those rows.
 * ``producer(conn, exception_id=None, credit_note_id=None)`` -> (dag_id, run_id, task_id) of the run that
   raised that exception / last sent that credit note, None when it names no run.
 * ``task_did(conn, what, dag_id, run_id, task_id)`` -> whether that task of that run raised exceptions
@@ -68,14 +69,20 @@ SELECT s.document_id AS credit_note_id, n.return_id, s.attempts, s.last_outcome,
  ORDER BY s.first_attempt
 """
 
+#: how many of the latest exceptions and credit-note sends the runs listing reads
+RECENT_ROWS = 5000
+# The runs of the latest rows (newest first by primary key, so the listing reads a few thousand index
+# entries, not every row a run ever wrote); their counts are those among these rows.
 _RECENT_SQL = """
-SELECT run_dag_id, run_id, sum(exceptions)::int AS exceptions, sum(attempts)::int AS attempts,
-       count(DISTINCT note) FILTER (WHERE note IS NOT NULL) AS credit_notes, max(at) AS at
-  FROM (SELECT run_dag_id, run_id, 1 AS exceptions, 0 AS attempts, NULL::text AS note, opened_at AS at
-          FROM ledger.exception WHERE run_id IS NOT NULL
-        UNION ALL
-        SELECT run_dag_id, run_id, 0, 1, document_id, at
-          FROM ledger.submission_attempt WHERE run_id IS NOT NULL AND kind = 'CREDIT_NOTE') x
+WITH slice AS (
+    (SELECT run_dag_id, run_id, opened_at AS at, 1 AS exceptions, 0 AS sends FROM ledger.exception
+      WHERE run_id IS NOT NULL ORDER BY exception_id DESC LIMIT %(rows)s)
+    UNION ALL
+    (SELECT run_dag_id, run_id, at, 0, 1 FROM ledger.submission_attempt
+      WHERE run_id IS NOT NULL AND kind = 'CREDIT_NOTE' ORDER BY attempt_id DESC LIMIT %(rows)s)
+)
+SELECT run_dag_id, run_id, max(at) AS at, sum(exceptions)::int AS exceptions, sum(sends)::int AS sends
+  FROM slice
  GROUP BY run_dag_id, run_id
  ORDER BY max(at) DESC, run_id DESC
  LIMIT %(limit)s
@@ -143,7 +150,7 @@ def run_credit_notes(
 def recent_runs(conn: psycopg.Connection, limit: int = 50) -> list[dict]:
     """The latest runs that raised exceptions or sent credit notes."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(_RECENT_SQL, {"limit": limit}).fetchall()
+        return cur.execute(_RECENT_SQL, {"limit": limit, "rows": RECENT_ROWS}).fetchall()
 
 
 def producer(conn: psycopg.Connection, exception_id: int | None = None, credit_note_id: str | None = None):
@@ -206,7 +213,9 @@ def add_run_pages(app: FastAPI, *, dsn_provider: Callable[[], str], list_limit: 
                 for r in runs:
                     r["console_url"] = "runs?" + urlencode({"dag_id": r["run_dag_id"], "run_id": r["run_id"]})
                     r["airflow_url"] = run_url(r["run_dag_id"], r["run_id"])
-                return render_page(request, "runs", caller=request.state.caller, run=None, runs=runs)
+                return render_page(
+                    request, "runs", caller=request.state.caller, run=None, runs=runs, recent_rows=RECENT_ROWS
+                )
             exceptions = run_exceptions(conn, dag_id, run_id, task_id, limit=list_limit)
             notes = run_credit_notes(conn, dag_id, run_id, task_id, limit=list_limit)
         return render_page(
