@@ -403,14 +403,14 @@ def main() -> int:
             accepted.update(inv["id"] for inv in r["body"]["invoices"])
     with db.connect(dsn) as conn:
         ledger = conn.execute(
-            """SELECT count(DISTINCT document_id) FILTER (WHERE status = 'SUBMITTED'),
+            """SELECT count(DISTINCT document_id) FILTER (WHERE status IN ('SUBMITTED', 'ACCEPTED')),
                       count(DISTINCT transaction_id) FILTER (WHERE kind = 'CREDIT_NOTE'),
-                      count(*) FILTER (WHERE status <> 'SUBMITTED'),
-                      count(*) FILTER (WHERE kind = 'INVENTORY' AND status = 'SUBMITTED')
+                      count(*) FILTER (WHERE status NOT IN ('SUBMITTED', 'ACCEPTED')),
+                      count(*) FILTER (WHERE kind = 'INVENTORY' AND status IN ('SUBMITTED', 'ACCEPTED'))
                  FROM ledger.amazon_submission"""
         ).fetchone()
         lines_moved = conn.execute(
-            "SELECT count(*) FROM ledger.return_line WHERE state = 'CREDIT_SUBMITTED'"
+            "SELECT count(*) FROM ledger.return_line WHERE state IN ('CREDIT_SUBMITTED', 'CLOSED')"
         ).fetchone()[0]
         attempts_log = dict(
             conn.execute(
@@ -464,8 +464,9 @@ def main() -> int:
         f"outcomes: {len(accepted)} note ids accepted by Amazon, {sum(accepted.values())} 202s; "
         f"simulator took in "
         f"{stats['credit_notes_taken_in']} (resubmitted {stats['credit_notes_resubmitted']}, conflicting "
-        f"{stats['credit_notes_conflicting']}); ledger: {ledger[0]} notes SUBMITTED under {ledger[1]} "
-        f"transactions, {ledger[2]} rows not SUBMITTED, {lines_moved} lines CREDIT_SUBMITTED; "
+        f"{stats['credit_notes_conflicting']}); ledger: {ledger[0]} notes SUBMITTED or ACCEPTED (checked "
+        f"beside the push) under {ledger[1]} transactions, {ledger[2]} rows neither, {lines_moved} lines "
+        f"CREDIT_SUBMITTED or CLOSED; "
         f"{wrong_skus} SKUs off the ledger's stock"
     )
     print(f"send log: {dict(sorted(attempts_log.items()))}")

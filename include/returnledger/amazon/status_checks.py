@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 
 #: the first estimate of Amazon's processing time (seconds after submission); learned upwards from there
 EXPECTED_S = 0.0
+#: the estimate never grows beyond this (a transaction processing longer is checked when it comes due)
+MAX_EXPECTED_S = 600.0
 
 _PENDING_SQL = """
 SELECT s.transaction_id, s.kind, array_agg(s.submission_id ORDER BY s.submission_id), min(s.document_id),
@@ -125,6 +127,7 @@ class Readiness:
         self._heap: list[tuple[float, int, Pending]] = []
         self._seq = itertools.count()
         self.checks: dict[str, int] = {}
+        self.since: dict[str, float] = {}
         self.given_up: list[Pending] = []
         self.unavailable_in_a_row = 0
         self.seen_ready = False  # a transaction was seen final: the estimate is no longer a guess
@@ -138,6 +141,7 @@ class Readiness:
     def add(self, p: Pending, at: float | None = None) -> None:
         """Schedule ``p``: at its expected readiness, or at ``at`` (epoch seconds)."""
         self.checks.setdefault(p.tx, 0)
+        self.since.setdefault(p.tx, p.submitted or time.time())  # its age counts from here if unknown
         due = at if at is not None else self._first_due(p)
         heapq.heappush(self._heap, (due, next(self._seq), p))
 
@@ -170,11 +174,14 @@ class Readiness:
         if a.outcome != "processing":
             self.seen_ready = self.seen_ready or a.outcome == "final"
             return False
-        age = now - p.submitted if p.submitted else 0.0
+        age = now - self.since.get(p.tx, now)
         # ready later than we thought: learn. Until a first transaction is seen final, only the oldest is
         # probed (each of its checks moves the estimate past the younger ones); then first checks only
-        if (n == 1 or not self.seen_ready) and p.submitted and age >= self.expected - 0.5:
-            self.expected = max(self.expected, age + self.step())
+        # (only from a check made near its due time: one long overdue, e.g. left by an earlier run, is
+        # rather stuck, and says nothing of the time Amazon takes)
+        on_time = self.expected - 0.5 <= age <= self.expected + 2 * self.step() + 1.0
+        if (n == 1 or not self.seen_ready) and p.submitted and on_time:
+            self.expected = min(MAX_EXPECTED_S, max(self.expected, age + self.step()))
         if n >= self.max_checks and age > self.patience * self.expected + self.grace_s:
             self.given_up.append(p)
             return False
