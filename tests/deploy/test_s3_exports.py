@@ -36,6 +36,9 @@ def s3(monkeypatch):
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     url = f"http://127.0.0.1:{port}"
+    __import__("httpx").post(f"{url}/moto-api/reset")  # moto's state is per process: each test starts empty
+    # Airflow keeps one filesystem per connection and process: this test's endpoint, not an earlier test's
+    monkeypatch.setattr("airflow.sdk.io.store._STORE_CACHE", {})
     try:
         for key in (
             "AWS_ACCESS_KEY_ID",
@@ -88,8 +91,8 @@ def _export_csv() -> tuple[bytes, int]:
 
 
 def test_export_read_and_report_written_through_aws_default(s3, fresh_db):
-    from returnledger.reconciliation.amazon_export import import_amazon_export
     from returnledger.airflow.objects import storage_path
+    from returnledger.reconciliation.amazon_export import import_amazon_export
     from returnledger.reports.finance import write_month_end_report
 
     body, n = _export_csv()
@@ -111,3 +114,37 @@ def test_export_read_and_report_written_through_aws_default(s3, fresh_db):
     write_month_end_report(fresh_db, "2026-10", out, allow_empty=True)
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="month-end/")["Contents"]}
     assert {"month-end/2026-10/month_end_report.csv", "month-end/2026-10/month_end_report.html"} <= keys
+
+
+def test_the_command_line_reaches_s3_through_aws_default_too(s3, fresh_db, capsys):
+    """``returnledger import-amazon-export --base-uri s3://...`` reads as the DAG does: through the
+    connection (no AWS_* variables here, so fsspec's own credentials would fail), and ``month-end-report
+    --out s3://...`` writes there."""
+    from returnledger.cli.main import main
+
+    body, n = _export_csv()
+    s3.put_object(Bucket=BUCKET, Key="exports/vendor_central_returns_2026-10.csv", Body=body)
+    assert (
+        main(
+            [
+                "import-amazon-export",
+                "2026-10",
+                "--base-uri",
+                f"s3://{BUCKET}/exports",
+                "--at",
+                "2026-11-03T00:00:00Z",
+                "--dsn",
+                fresh_db,
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert f'"inserted": {n}' in out and '"status": "IMPORTED"' in out, out
+    assert main(["reconcile", "2026-10", "--as-of", "2026-11-03T00:00:00Z", "--dsn", fresh_db]) == 0
+    assert (
+        main(["month-end-report", "2026-10", "--out", f"s3://{BUCKET}/reports/2026-10", "--dsn", fresh_db])
+        == 0
+    )
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="reports/")["Contents"]}
+    assert "reports/2026-10/month_end_report.csv" in keys

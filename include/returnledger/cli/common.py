@@ -50,3 +50,15 @@ def refusing(fn: Callable[[Any], int], *errors: type[Exception]) -> Callable[[An
             return 2
 
     return run
+
+
+def store_path(where: str):
+    """A folder of the object store given on the command line: an ``s3://`` URI through the Airflow
+    connection (``aws_default``), as the DAGs reach it; a local folder or ``file://`` URI as it is."""
+    from urllib.parse import urlsplit
+
+    if urlsplit(where).scheme in ("s3", "s3a"):
+        from returnledger.airflow.objects import storage_path
+
+        return storage_path(where)
+    return where

@@ -5,7 +5,7 @@ version)."""
 
 from __future__ import annotations
 
-from returnledger.cli.common import login_name, print_json, refusing, utc_time
+from returnledger.cli.common import login_name, print_json, refusing, store_path, utc_time
 
 
 def _cmd_import(args) -> int:
@@ -13,7 +13,8 @@ def _cmd_import(args) -> int:
     from returnledger.store.db import resolve_dsn
 
     try:
-        r = import_amazon_export(resolve_dsn(args.dsn), args.base_uri, args.period, at=utc_time(args.at))
+        exports = store_path(args.base_uri)
+        r = import_amazon_export(resolve_dsn(args.dsn), exports, args.period, at=utc_time(args.at))
     except AmazonExportRejected as e:
         print(e)
         return 2
@@ -40,7 +41,7 @@ def _close(dsn: str, period: str, out: str, as_of, batch_id: str) -> dict:
 
     if not is_closed(dsn, period):
         reconcile(dsn, period, as_of=as_of, batch_id=batch_id)
-    return close_month(dsn, period, out, as_of=as_of, batch_id=batch_id)
+    return close_month(dsn, period, store_path(out), as_of=as_of, batch_id=batch_id)
 
 
 def _cmd_close(args) -> int:

@@ -3,7 +3,7 @@ mapping review, and finance's month-end report."""
 
 from __future__ import annotations
 
-from returnledger.cli.common import login_name, now, print_json, utc_time
+from returnledger.cli.common import login_name, now, print_json, store_path, utc_time
 
 
 def _cmd_digest(args) -> int:
@@ -16,7 +16,7 @@ def _cmd_digest(args) -> int:
     if args.check and args.kind == "daily":
         print_json(check_stalled_flows(dsn, as_of=as_of))
     out_dir = args.out or str(local_dir() / "digests")
-    for s in build_and_write(dsn, as_of=as_of, kind=args.kind, out_dir=out_dir):
+    for s in build_and_write(dsn, as_of=as_of, kind=args.kind, out_dir=store_path(out_dir)):
         print(f"{s['path']}: {s['subject']}")
     return 0
 
@@ -40,7 +40,8 @@ def _cmd_month_end_report(args) -> int:
     from returnledger.reports.finance import write_month_end_report
     from returnledger.store.db import resolve_dsn
 
-    return print_json(write_month_end_report(resolve_dsn(args.dsn), args.period, args.out), indent=1)
+    report = write_month_end_report(resolve_dsn(args.dsn), args.period, store_path(args.out))
+    return print_json(report, indent=1)
 
 
 def register(subparsers) -> None:
