@@ -355,7 +355,6 @@ def run_on_cluster(a, scenario: dict, ledger: str, sims: Simulators, day: date, 
             },
         },
         extra_env={
-            "RETURNLEDGER_VALIDATION_DIR": str(work / "validation"),
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "false",
             **dict(kv.split("=", 1) for kv in a.airflow_env),
         },
