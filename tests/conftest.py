@@ -24,6 +24,25 @@ SCENARIOS = ROOT / "scenarios"
 GENERATED = ROOT / "tests" / "fixtures" / "scenarios"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_airflow_token_keys():
+    """Each test signs and checks console tokens under the JWT secret it sets: Airflow's auth manager caches
+    its token signer and validator per class (``functools.cache``), so one built under an earlier test's
+    secret would refuse this test's tokens ("Invalid JWT token", depending on the order of the tests).
+    Cleared only where Airflow's auth manager is already imported (no import for the other tests)."""
+    import sys
+
+    def clear() -> None:
+        base = sys.modules.get("airflow.api_fastapi.auth.managers.base_auth_manager")
+        if base is not None:
+            base.BaseAuthManager._get_token_signer.cache_clear()
+            base.BaseAuthManager._get_token_validator.cache_clear()
+
+    clear()
+    yield
+    clear()
+
+
 def _server_dsn() -> str:
     from returnledger.store import db
 
