@@ -194,7 +194,9 @@ STEPS: tuple[Step, ...] = (
     ),
     Step(
         "confirm",
-        "Polls Amazon's transaction status: Success closes the line, Failure raises AMAZON_REJECTED, and a "
+        "Checks Amazon's transaction status (from the triggerer: the task defers while Amazon processes, "
+        "and the checks began beside `push_credits`): Success closes the line, Failure raises "
+        "AMAZON_REJECTED, and a "
         "`DuplicateInvoiceNumber` refusal is followed to the transaction it names only when that is one of "
         "the note's own sends; a refusal naming nothing closes nothing (AMAZON_REJECTED, the line waits).",
         _confirm,
