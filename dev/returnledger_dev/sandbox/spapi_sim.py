@@ -53,7 +53,8 @@ QUOTA_EXCEEDED = {
 def build_spapi_app(scenario: dict, *, out_dir: Path, **options: Any):
     """FastAPI app of the simulated SP-API for one scenario; state is on ``app.state.sim``.
 
-    ``options`` are ``SpApiSimulator``'s (seed, landing_dir, LWA credentials, processing_polls, processing_s, usage_plan).
+    ``options`` are ``SpApiSimulator``'s (seed, landing_dir, LWA credentials, processing_polls, processing_s,
+    usage_plan).
     """
     sim = SpApiSimulator(scenario, out_dir=out_dir, **options)
 

@@ -21,6 +21,7 @@ import heapq
 import itertools
 import math
 import time
+from collections.abc import Container
 from dataclasses import asdict, dataclass, field
 
 #: the first estimate of Amazon's processing time (seconds after submission); learned upwards from there
@@ -68,7 +69,7 @@ class Answer:
         return asdict(self)
 
 
-def pending(conn, known: set[str] | frozenset = frozenset()) -> list[Pending]:
+def pending(conn, known: Container[str] = frozenset()) -> list[Pending]:
     """The SUBMITTED transactions of the ledger not in ``known``, oldest submission first."""
     out = []
     for tx, kind, ids, note_id, refused, sent in conn.execute(_PENDING_SQL).fetchall():
