@@ -26,7 +26,8 @@ name)`` is one of the folders above, ``write_bytes`` / ``read_bytes`` one file, 
 
 The Airflow edge builds the base once: ``returnledger.airflow.objects.object_store(area)`` returns the
 ``ObjectStoragePath`` of a folder above, bound to ``aws_default`` for ``s3://``; tasks pass it down.
-A new kind of shared file (Data Docs) takes a new folder name in ``AREAS`` and this table.
+GX Data Docs, for example: a task builds the site into ``object_store(DATA_DOCS)`` and links to
+``<that folder>/index.html``. A new kind of shared file takes a new folder name in ``AREAS`` and this table.
 """
 
 from __future__ import annotations
