@@ -44,9 +44,10 @@ class TransactionStatusTrigger(BaseTrigger):
         step_s: float = 1.0,
         max_checks: int = 8,
         breaker: int = 5,
+        carry: dict | None = None,
     ):
         super().__init__()
-        self.transactions, self.conn_id = transactions, conn_id
+        self.transactions, self.conn_id, self.carry = transactions, conn_id, carry or {}
         self.expected_s, self.step_s, self.max_checks, self.breaker = expected_s, step_s, max_checks, breaker
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -59,6 +60,7 @@ class TransactionStatusTrigger(BaseTrigger):
                 "step_s": self.step_s,
                 "max_checks": self.max_checks,
                 "breaker": self.breaker,
+                "carry": self.carry,
             },
         )
 
@@ -100,6 +102,8 @@ class TransactionStatusTrigger(BaseTrigger):
                 "stopped": stopped,
                 "expected_s": schedule.expected,
                 "wall_s": time.time() - started,
+                # the task's counts so far, handed back (dag.test() resumes with the event alone)
+                "carry": self.carry,
             }
         )
 
@@ -137,20 +141,28 @@ class ConfirmOperator(BaseOperator):
         from returnledger.amazon.push import BREAKER_FAILURES
 
         self.defer(
-            trigger=TransactionStatusTrigger(transactions, conn_id=self.conn_id, breaker=BREAKER_FAILURES),
+            trigger=TransactionStatusTrigger(
+                transactions, conn_id=self.conn_id, breaker=BREAKER_FAILURES, carry=stats
+            ),
             method_name="resume",
-            kwargs={"stats": stats},
         )
 
-    def resume(self, context, event: dict | None = None, stats: dict | None = None):
+    def resume(self, context, event: dict | None = None, **_: Any):
         from returnledger.airflow.hooks import ledger_dsn
         from returnledger.airflow.tasks import fail_fast
-        from returnledger.amazon.confirm import finish_confirm, record_answer
+        from returnledger.amazon.confirm import finish_confirm, new_stats, record_answer
         from returnledger.amazon.status_checks import Answer, Pending
         from returnledger.store.db import connect
 
         t0 = time.monotonic()
-        stats, event, run = dict(stats or {}), event or {}, self._run()
+        event, run = event or {}, self._run()
+        stats = {
+            **new_stats(),
+            "worker_s": 0.0,
+            "trigger_s": 0.0,
+            "transactions": 0,
+            **(event.get("carry") or {}),
+        }
         stats["polls"] += event.get("checks", 0)
         stats["transactions"] += event.get("transactions", 0)
         stats["trigger_s"] = round(stats.get("trigger_s", 0.0) + event.get("wall_s", 0.0), 3)
