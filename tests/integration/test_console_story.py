@@ -237,6 +237,7 @@ def test_a_team_queue_lists_its_overdue_exceptions_first(ledger):
         ("SKU_MISMATCH", False),
     ]
     assert ops[0]["age_days"] == 6 and ops[0]["sla_days"] == 2
+    assert [r["type"] for r in team_queue(ledger, "operations", as_of, limit=1)] == ["UNMAPPED_REASON_CODE"]
     integration = team_queue(ledger, "integration", as_of)
     assert [r["type"] for r in integration] == ["EVENT_CONFLICT"]  # the dismissed one is not in the queue
     counts = team_counts(ledger, as_of)

@@ -39,11 +39,19 @@ SELECT e.exception_id, e.type, e.owner, e.status, e.subject_key, e.return_id, e.
        e.opened_at + make_interval(days => sla.sla_days) AS sla_due_at,
        GREATEST(floor(extract(epoch FROM (%(as_of)s - e.opened_at)) / 86400), 0)::int AS age_days,
        {overdue_sql("e", "%(as_of)s")} AS overdue
-  FROM ledger.exception e JOIN sla ON sla.type = e.type
- WHERE e.owner = %(team)s AND e.status = 'open'
- ORDER BY overdue DESC, sla_due_at, e.exception_id
+  FROM sla
+ CROSS JOIN LATERAL (
+       SELECT * FROM ledger.exception x
+        WHERE x.owner = %(team)s AND x.status = 'open' AND x.type = sla.type
+        ORDER BY x.opened_at, x.exception_id
+        LIMIT %(limit)s) e
+ ORDER BY sla_due_at, e.exception_id
  LIMIT %(limit)s
 """
+#: Overdue first, then the soonest due, is one order: the due time (an exception is overdue when its due
+#: time has passed). Within one type the due time follows the opening time, so each type's first
+#: ``limit`` open exceptions come straight from ``exception_open_team_idx`` (owner, type, opened_at) and
+#: only those are merged: the page reads at most ``limit`` rows per type, not the team's whole backlog.
 
 _COUNTS_SQL = f"""
 WITH {SLA_CTE}
