@@ -93,6 +93,9 @@ def sandbox(tmp_path):
 
     def start(sc: dict, client_kwargs: dict | None = None, **kwargs):
         out = tmp_path / f"out{len(running)}"
+        # these tests follow a transaction through Processing to its fate: one Processing answer first
+        # (the simulator's default is 0 since it answers by time, ca6887d)
+        kwargs.setdefault("processing_polls", 1)
         app = build_spapi_app(sc, out_dir=out, landing_dir=tmp_path / "landing", **kwargs)
         cm = serve_in_thread(app)
         base = cm.__enter__()

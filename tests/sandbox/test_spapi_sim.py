@@ -81,6 +81,9 @@ def served(scenario, tmp_path):
     stack = []
 
     def start(sc: dict | None = None, **kwargs):
+        # these tests follow a transaction through Processing to its fate: one Processing answer first
+        # (the simulator's default is 0 since it answers by time, ca6887d)
+        kwargs.setdefault("processing_polls", 1)
         app = build_spapi_app(
             sc or scenario, out_dir=tmp_path / "out", landing_dir=tmp_path / "landing", **kwargs
         )
