@@ -272,6 +272,8 @@ def test_the_pages_render_for_a_viewer(led, tmp_path, monkeypatch):
         to_run = c.get("/returnledger/runs", params={"exception_id": raised}, follow_redirects=False)
         assert to_run.status_code == 303
         assert to_run.headers["location"].endswith("&task_id=confirm&show=exceptions")
+        detail = c.get(f"/returnledger/exceptions/{raised}")  # the exception's own page links to its run
+        assert detail.status_code == 200 and f"runs?exception_id={raised}" in detail.text
         with psycopg.connect(led.dsn) as conn:  # raised by reconcile here, outside Airflow: no run
             no_run = conn.execute(
                 "SELECT min(exception_id) FROM ledger.exception WHERE run_id IS NULL"
