@@ -42,7 +42,7 @@ class TransactionStatusTrigger(BaseTrigger):
         conn_id: str | None = None,
         expected_s: float = 0.0,
         step_s: float = 1.0,
-        max_checks: int = 8,
+        max_checks: int = 3,
         breaker: int = 5,
         carry: dict | None = None,
     ):
@@ -135,6 +135,9 @@ class ConfirmOperator(BaseOperator):
         stats["worker_s"] += time.monotonic() - t0
         if not todo:
             return finish_confirm(ledger_dsn(), stats, run=self._run(), stopped=False)
+        # the processing time the checks beside push_credits learned: the trigger starts from it
+        pushed = context["ti"].xcom_pull(task_ids="push_credits") if context and "ti" in context else None
+        stats["expected_s"] = float(((pushed or {}).get("status_checks") or {}).get("expected_s") or 0.0)
         self._defer([p.to_json() for p in todo], stats)
 
     def _defer(self, transactions: list[dict], stats: dict):
@@ -142,7 +145,11 @@ class ConfirmOperator(BaseOperator):
 
         self.defer(
             trigger=TransactionStatusTrigger(
-                transactions, conn_id=self.conn_id, breaker=BREAKER_FAILURES, carry=stats
+                transactions,
+                conn_id=self.conn_id,
+                expected_s=float(stats.get("expected_s") or 0.0),
+                breaker=BREAKER_FAILURES,
+                carry=stats,
             ),
             method_name="resume",
         )

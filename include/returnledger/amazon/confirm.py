@@ -253,7 +253,6 @@ def checks_beside(dsn: str, client, *, run: RunMoment, expected_s: float = EXPEC
                 schedule = Readiness(expected_s, max_checks=1_000_000)  # never given up: confirm goes on
 
                 def on_answer(p: Pending, answer: Answer) -> list[Pending]:
-                    stats["polls"] += 1
                     if answer.outcome in ("unavailable", "auth", "processing"):
                         return []
                     return record_answer(conn, p, answer, run=run, stats=stats)
@@ -267,7 +266,9 @@ def checks_beside(dsn: str, client, *, run: RunMoment, expected_s: float = EXPEC
                     breaker=BREAKER_FAILURES,
                 )
                 stats.update(
-                    stopped_by_breaker=ran["stopped_by_breaker"], expected_s=round(schedule.expected, 1)
+                    polls=ran["checks"],
+                    stopped_by_breaker=ran["stopped_by_breaker"],
+                    expected_s=round(schedule.expected, 1),  # confirm starts from this estimate
                 )
         except Exception as e:  # the push goes on; confirm checks what is left
             log.warning("status checks beside the push stopped: %s: %s", type(e).__name__, e)

@@ -116,8 +116,8 @@ class Readiness:
         *,
         step_s: float = 1.0,
         max_checks: int = 8,
-        patience: float = 2.0,
-        grace_s: float = 3.0,
+        patience: float = 1.25,
+        grace_s: float = 5.0,
     ):
         self.expected, self.step_s, self.max_checks = (
             max(0.0, expected_s),
@@ -188,8 +188,8 @@ class Readiness:
             return False
         if p.submitted and age < self.expected:  # not due yet by the (new) estimate: then
             self.add(p, max(now + self.step(), p.submitted + self.expected))
-        else:  # slower than the others: back off
-            self.add(p, now + self.step() * 2 ** (n - 1))
+        else:  # slower than the others: back off, a few seconds at most
+            self.add(p, now + min(self.step() * 2 ** (n - 1), max(5.0, 0.25 * self.expected)))
         return True
 
 
