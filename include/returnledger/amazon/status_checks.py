@@ -21,6 +21,7 @@ import heapq
 import itertools
 import math
 import time
+from collections import deque
 from collections.abc import Container
 from dataclasses import asdict, dataclass, field
 
@@ -132,6 +133,7 @@ class Readiness:
         self.given_up: list[Pending] = []
         self.unavailable_in_a_row = 0
         self.seen_ready = False  # a transaction was seen final: the estimate is no longer a guess
+        self.recent: deque[bool] = deque(maxlen=10)  # the last first checks: found Processing?
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -174,6 +176,8 @@ class Readiness:
         n = self.checks[p.tx] = self.checks.get(p.tx, 0) + 1
         if a.outcome != "processing":
             self.seen_ready = self.seen_ready or a.outcome == "final"
+            if n == 1:
+                self.recent.append(False)
             return False
         age = now - self.since.get(p.tx, now)
         # ready later than we thought: learn. Until a first transaction is seen final, only the oldest is
@@ -181,7 +185,12 @@ class Readiness:
         # (only from a check made near its due time: one long overdue, e.g. left by an earlier run, is
         # rather stuck, and says nothing of the time Amazon takes)
         on_time = self.expected - 0.5 <= age <= self.expected + 2 * self.step() + 1.0
-        if (n == 1 or not self.seen_ready) and p.submitted and on_time:
+        if n == 1:
+            self.recent.append(True)
+        # once transactions are seen final, one first check alone moves nothing: a transaction stuck in
+        # Processing (it happens) would push every later check back; two of the last ten do
+        learn = not self.seen_ready or (n == 1 and sum(self.recent) >= 2)
+        if learn and p.submitted and on_time:
             self.expected = min(MAX_EXPECTED_S, max(self.expected, age + self.step()))
         if n >= self.max_checks and age > self.patience * self.expected + self.grace_s:
             self.given_up.append(p)
