@@ -120,3 +120,24 @@ def test_a_few_stuck_transactions_do_not_push_the_others_back():
     assert schedule.expected < 40, schedule.expected  # not one step per stuck transaction
     # (the first one is stuck: the ramp probes it once too often, so the estimate ends a few s above 30)
     assert max(finals.values()) <= (n - 1) / 10 + delay + 8.0, max(finals.values())
+
+
+def test_a_lone_stuck_transaction_is_given_up():
+    """The only transaction of a run stays Processing: confirm gives it up after its checks (it once
+    followed it for ever: each re-check moved the estimate past its age)."""
+    from returnledger.amazon.status_checks import Answer, Pending, Readiness
+
+    clock = [1e9]
+    schedule = Readiness(max_checks=3)
+    schedule.add(Pending("T0", "CREDIT_NOTE", submitted=1e9))
+    checks = 0
+    while len(schedule) and checks < 100:
+        p, wait = schedule.due(clock[0])
+        if p is None:
+            clock[0] += wait
+            continue
+        checks += 1
+        clock[0] += 0.1
+        schedule.answered(p, Answer(p.tx, "processing", "Processing"), clock[0])
+    assert [p.tx for p in schedule.given_up] == ["T0"] and checks < 20, checks
+    assert clock[0] - 1e9 < 60, clock[0] - 1e9

@@ -189,7 +189,9 @@ class Readiness:
             self.recent.append(True)
         # once transactions are seen final, one first check alone moves nothing: a transaction stuck in
         # Processing (it happens) would push every later check back; two of the last ten do
-        learn = not self.seen_ready or (n == 1 and sum(self.recent) >= 2)
+        # (a transaction's own re-checks move it for its first max_checks checks at most: a lone stuck
+        # one would otherwise be followed for ever)
+        learn = (not self.seen_ready and n <= self.max_checks) or (n == 1 and sum(self.recent) >= 2)
         if learn and p.submitted and on_time:
             self.expected = min(MAX_EXPECTED_S, max(self.expected, age + self.step()))
         if n >= self.max_checks and age > self.patience * self.expected + self.grace_s:
