@@ -117,7 +117,7 @@ class Readiness:
         *,
         step_s: float = 1.0,
         max_checks: int = 8,
-        patience: float = 1.25,
+        patience: float = 1.0,
         grace_s: float = 5.0,
     ):
         self.expected, self.step_s, self.max_checks = (
