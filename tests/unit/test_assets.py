@@ -37,7 +37,8 @@ def _openlineage(asset):
 def test_ledger_tables_are_postgres_uris_from_the_returns_db_connection(monkeypatch):
     conn = {"conn_type": "postgres", "host": "db.internal", "port": 6432, "schema": "ledger_prod"}
     assets = _assets(monkeypatch, AIRFLOW_CONN_RETURNS_DB=json.dumps(conn))
-    assert assets.LEDGER.name == "returns_ledger"
+    assert assets.LEDGER.extra == {"label": "returns_ledger"}
+    assert assets.LEDGER.name == assets.LEDGER.uri  # a ledger at a new address is a new Asset, not a clash
     assert assets.LEDGER.uri == "postgres://db.internal:6432/ledger_prod/ledger/return_line"
     assert assets.RECON_RESULTS.uri == "postgres://db.internal:6432/ledger_prod/ledger/recon_result"
     assert _openlineage(assets.LEDGER) == ("postgres://db.internal:6432", "ledger_prod.ledger.return_line")

@@ -47,10 +47,17 @@ def ledger_address(conn_id: str = LEDGER_CONN_ID) -> tuple[str, int, str]:
     return (host or DEFAULT_LEDGER[0], int(port or DEFAULT_LEDGER[1]), database or DEFAULT_LEDGER[2])
 
 
+def _asset(uri: str, label: str) -> Asset:
+    """An Asset named by its URI (the readable label in ``extra``): Airflow keeps names and URIs unique,
+    so a fixed name on a URI that moves (a ledger on a new host or database, a demo's own ledger next to
+    another's in one metadata database) would leave the new Asset inactive and fail the tasks naming it."""
+    return Asset(name=uri, uri=uri, extra={"label": label})
+
+
 def ledger_table(table: str, *, name: str) -> Asset:
     """The Asset of one ledger table: ``postgres://host:port/database/ledger/<table>``."""
     host, port, database = ledger_address()
-    return Asset(name=name, uri=f"postgres://{host}:{port}/{database}/{LEDGER_SCHEMA}/{table}")
+    return _asset(f"postgres://{host}:{port}/{database}/{LEDGER_SCHEMA}/{table}", name)
 
 
 def _store_uri(variable: str) -> str:
@@ -70,8 +77,8 @@ def store_folder(area: str, *, name: str, override: str | None = None) -> Asset:
     """The Asset of one folder of the shared object store (returnledger.store.objects: ``exports``,
     ``reports``, ...); ``override`` names the Variable that may put it elsewhere (export/report base)."""
     if override and os.environ.get(f"AIRFLOW_VAR_{override.upper()}"):
-        return Asset(name=name, uri=_store_uri(override))
-    return Asset(name=name, uri=f"{_store_uri('returnledger_object_store')}/{area}")
+        return _asset(_store_uri(override), name)
+    return _asset(f"{_store_uri('returnledger_object_store')}/{area}", name)
 
 
 #: the ledger: returns_sync emits it, returns_reconciliation follows it
