@@ -90,3 +90,12 @@ def test_the_dags_use_these_assets():
         "from returnledger.airflow.assets import LEDGER"
         in (root / "include" / "returnledger" / "airflow" / "sync_tasks.py").read_text()
     )
+
+
+def test_a_ledger_on_a_unix_socket_is_named_on_this_host(monkeypatch):
+    """The embedded server (and any local socket) gives no TCP host: the postgres asset scheme needs one."""
+    conn = {"conn_type": "postgres", "host": "/tmp/pg-socket-dir", "port": 5432, "schema": "ledger_x"}
+    assets = _assets(monkeypatch, AIRFLOW_CONN_RETURNS_DB=json.dumps(conn))
+    assert assets.LEDGER.uri == "postgres://localhost:5432/ledger_x/ledger/return_line"
+    uri = "postgresql://postgres@/ledger_x?host=/tmp/pg-socket-dir"
+    assert _assets(monkeypatch, AIRFLOW_CONN_RETURNS_DB=uri).LEDGER.uri == assets.LEDGER.uri

@@ -44,7 +44,9 @@ def ledger_address(conn_id: str = LEDGER_CONN_ID) -> tuple[str, int, str]:
     else:
         parts = urlsplit(raw)
         host, port, database = parts.hostname, parts.port, unquote(parts.path.lstrip("/"))
-    return (host or DEFAULT_LEDGER[0], int(port or DEFAULT_LEDGER[1]), database or DEFAULT_LEDGER[2])
+    if not host or host.startswith("/"):  # a Unix socket (the embedded server): this machine's ledger
+        host = DEFAULT_LEDGER[0]
+    return (host, int(port or DEFAULT_LEDGER[1]), database or DEFAULT_LEDGER[2])
 
 
 def _asset(uri: str, label: str) -> Asset:
