@@ -102,7 +102,8 @@ def test_a_reconciliation_run_emits_lineage_events_for_its_assets(pg_server, fre
         }
 
     assert {e["job"]["namespace"] for e in events} == {"returnledger"}
-    ledger_ns = f"postgres://{host}:{port}"
+    # a Unix-socket ledger (the embedded server) is named on localhost (returnledger.airflow.assets)
+    ledger_ns = f"postgres://{host if host and not host.startswith('/') else 'localhost'}:{port}"
     assert datasets("reconcile", "inputs") == {(ledger_ns, f"{database}.ledger.return_line")}
     assert datasets("reconcile", "outputs") == {(ledger_ns, f"{database}.ledger.recon_result")}
     assert datasets("import_amazon_export", "inputs") == {("file", f"{store}/exports")}
