@@ -38,12 +38,13 @@ def e2e(tmp_path_factory, pg_server, generated_month):
     base = tmp_path_factory.mktemp("e2e")
     scenario = _generate(generated_month, base, returns=25, seed=11, faults=True)
     ledger = scratch_db.create_scratch_database(pg_server, "rl_e2e")
-    meta = scratch_db.create_scratch_database(pg_server, "rl_e2e_airflow")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETURNLEDGER"))}
     env.update(
         {
             "RETURNLEDGER_DSN": ledger,
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": scratch_db.sqlalchemy_url(meta),
+            # no shared Airflow metadata: each demo keeps its own beside its own ledger (<ledger>_airflow,
+            # dropped below), as `make demo` does; one shared by demos of different ledgers held the ledger
+            # Asset of the first (its URI names the database) and refused the next demo's ("inactive assets")
             "RETURNLEDGER_AIRFLOW_HOME": str(base / "airflow_home"),
             "GX_ANALYTICS_ENABLED": "false",
         }
@@ -71,7 +72,6 @@ def e2e(tmp_path_factory, pg_server, generated_month):
         "dsn": ledger,
     }
     scratch_db.drop_database(pg_server, ledger)
-    scratch_db.drop_database(pg_server, meta)
     for recorded in base.glob("*/ledger_database.txt"):  # the ledgers the demos made for themselves
         own = scratch_db.with_database(pg_server, recorded.read_text().strip())
         scratch_db.drop_database(pg_server, own)
