@@ -54,19 +54,18 @@ def demo_env(tmp_path_factory, pg_server, generated_month):
     scenario["run"].update({"from": FIRST.isoformat(), "to": LAST.isoformat()})
     (base / "scenario.json").write_text(json.dumps(scenario))
     ledger = scratch_db.create_scratch_database(pg_server, "rl_demo")
-    meta = scratch_db.create_scratch_database(pg_server, "rl_demo_airflow")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETURNLEDGER"))}
     env.update(
         {
             "RETURNLEDGER_DSN": ledger,
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": scratch_db.sqlalchemy_url(meta),
+            # each demo keeps its own Airflow metadata beside its own ledger (<ledger>_airflow, dropped
+            # below): one shared by demos of different ledgers refused the next one's ledger Asset
             "RETURNLEDGER_AIRFLOW_HOME": str(base / "airflow_home"),
             "GX_ANALYTICS_ENABLED": "false",
         }
     )
     yield {"base": base, "scenario": base / "scenario.json", "env": env}
     scratch_db.drop_database(pg_server, ledger)
-    scratch_db.drop_database(pg_server, meta)
     for recorded in base.glob("*/ledger_database.txt"):  # the ledgers the demos made for themselves
         own = scratch_db.with_database(pg_server, recorded.read_text().strip())
         scratch_db.drop_database(pg_server, own)
