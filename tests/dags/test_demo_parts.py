@@ -239,3 +239,29 @@ def test_cluster_demo_refuses_a_scenario_that_ends_after_this_machines_clock():
         "the scenario runs to 2027-01-03, but this machine's clock is at 2026-12-04 09:30"
     )
     assert "2026-12-05" in problem and "make demo" in problem
+
+
+def test_cluster_demo_counts_amazon_submissions_not_token_requests(tmp_path):
+    """The rerun check of make cluster-demo (a cleared push_credits sends Amazon nothing new) counts the
+    submissions: credit notes and inventory updates. A token request (POST /auth/o2/token, made whenever a
+    worker's access token has expired) is no submission: counted as one, it failed a generated month's
+    rerun with 0 new credit notes."""
+    import json
+
+    from returnledger_dev.cluster.demo import amazon_submissions
+
+    at = "2026-10-18T10:00:00.000+00:00"
+    rows = [
+        ("POST", "/auth/o2/token"),
+        ("POST", "/vendor/payments/v1/invoices"),
+        ("GET", "/vendor/transactions/v1/transactions/t-1"),
+        ("POST", "/vendor/directFulfillment/inventory/v1/warehouses/W1/items"),
+        ("POST", "/_sandbox/dump"),
+        ("POST", "/auth/o2/token"),
+    ]
+    (tmp_path / "amazon_requests.jsonl").write_text(
+        "".join(json.dumps({"at": at, "method": m, "path": p, "status": 200}) + "\n" for m, p in rows)
+    )
+    assert amazon_submissions(tmp_path) == 2
+    assert amazon_submissions(tmp_path, "/invoices") == 1
+    assert amazon_submissions(tmp_path / "none") == 0

@@ -117,4 +117,4 @@ def test_month_through_the_scheduler_on_two_celery_workers(tmp_path, pg_server, 
     # a cleared push_credits ran again and Amazon saw nothing new
     rerun = facts["rerun"]
     assert rerun["state"] == "success" and rerun["try_number"][1] > rerun["try_number"][0]
-    assert rerun["new_amazon_posts"] == 0
+    assert rerun["new_submissions"] == 0

@@ -57,18 +57,25 @@ def _parse(ts: str | None) -> datetime | None:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else None
 
 
-def amazon_posts(out_dir: Path, path_part: str = "") -> int:
-    """POSTs the SP-API simulator has logged so far (amazon_requests.jsonl is written as requests arrive)."""
+SUBMISSION_PATHS = ("/vendor/payments/v1/invoices", "/vendor/directFulfillment/inventory/v1/warehouses/")
+
+
+def is_submission(r: dict) -> bool:
+    """A request that hands Amazon something (credit notes, inventory updates): not a token request
+    (``POST /auth/o2/token``, made whenever an access token has expired), a status check or the
+    simulator's own ``/_sandbox/`` endpoints."""
+    return r["method"] == "POST" and r["path"].startswith(SUBMISSION_PATHS)
+
+
+def amazon_submissions(out_dir: Path, path_part: str = "") -> int:
+    """Submissions the SP-API simulator has logged so far (amazon_requests.jsonl is written as requests
+    arrive), those whose path holds ``path_part`` (``/invoices``: credit notes)."""
     try:
         lines = (out_dir / "amazon_requests.jsonl").read_text().splitlines()
     except OSError:
         return 0
-    n = 0
-    for line in lines:
-        if line.strip():
-            r = json.loads(line)
-            n += r["method"] == "POST" and path_part in r["path"]
-    return n
+    rows = (json.loads(line) for line in lines if line.strip())
+    return sum(1 for r in rows if is_submission(r) and path_part in r["path"])
 
 
 # --------------------------------------------------------------------------- runs through the REST API
@@ -567,7 +574,7 @@ def credit_posts_by_run(api, out_dir: Path) -> dict[str, int]:
         ]
     except OSError:
         rows = []
-    posts = [_parse(r["at"]) for r in rows if r["method"] == "POST" and "/invoices" in r["path"]]
+    posts = [_parse(r["at"]) for r in rows if is_submission(r) and "/invoices" in r["path"]]
     out = {}
     for ti in task_instances(api, SYNC):
         if ti["task_id"] == "push_credits" and ti.get("start_date") and ti.get("end_date"):
@@ -577,13 +584,14 @@ def credit_posts_by_run(api, out_dir: Path) -> dict[str, int]:
 
 
 def _rerun_push_credits(api, out_dir: Path, progress) -> dict:
-    """Clear ``push_credits`` of the day that sent the most credit notes and let it run again: no new POST."""
+    """Clear ``push_credits`` of the day that sent the most credit notes and let it run again: no new
+    submission (a token request it may make is not one)."""
     credit_posts = credit_posts_by_run(api, out_dir)
     if not credit_posts:
         raise RuntimeError("no returns_sync run has a finished push_credits to clear")
     run_id = max(sorted(credit_posts), key=lambda r: credit_posts[r])
     ti = api.get(f"/dags/{SYNC}/dagRuns/{run_id}/taskInstances/push_credits")
-    before_all, before_credits = amazon_posts(out_dir), amazon_posts(out_dir, "/invoices")
+    before_all, before_credits = amazon_submissions(out_dir), amazon_submissions(out_dir, "/invoices")
     clear_task(api, SYNC, run_id, "push_credits")
     deadline = time.monotonic() + 600
     while True:
@@ -601,15 +609,15 @@ def _rerun_push_credits(api, out_dir: Path, progress) -> dict:
         "state": again["state"],
         "hostname": [ti.get("hostname"), again.get("hostname")],
         "run_state": run["state"],
-        "new_amazon_posts": amazon_posts(out_dir) - before_all,
-        "new_credit_posts": amazon_posts(out_dir, "/invoices") - before_credits,
+        "new_submissions": amazon_submissions(out_dir) - before_all,
+        "new_credit_posts": amazon_submissions(out_dir, "/invoices") - before_credits,
     }
     progress(
         f"  rerun: cleared push_credits of {run_id} (first run sent {result['credit_posts_first_time']} "
         f"credit POSTs) -> try {result['try_number'][1]} {result['state']} on {result['hostname'][1]}: "
-        f"{result['new_amazon_posts']} new Amazon POST(s)"
+        f"{result['new_submissions']} new submission(s) to Amazon"
     )
-    if again["state"] != "success" or result["new_amazon_posts"]:
+    if again["state"] != "success" or result["new_submissions"]:
         raise RuntimeError(f"the rerun of push_credits was not a no-op: {result}")
     return result
 
