@@ -235,6 +235,21 @@ def _naive_apply(conn, ev, p, line_no, policy) -> None:
         )
 
 
+def _line_event(p: dict) -> lifecycle.LineEvent:
+    """A validated payload as the lifecycle's event (the rules alone, without apply's set reads)."""
+    occurred_at = parse_time(p["occurred_at"])
+    if occurred_at is None:
+        raise ValueError(f"event {p.get('event_id')!r}: occurred_at {p.get('occurred_at')!r} is no timestamp")
+    return lifecycle.LineEvent(
+        event_id=p["event_id"],
+        type=EventType(p["type"]),
+        occurred_at=occurred_at,
+        quantity=p.get("quantity"),
+        grade=p.get("grade"),
+        disposition=p.get("disposition"),
+    )
+
+
 def copy_ceiling(dsn: str, events: list) -> float:
     """Seconds to COPY the same raw rows (as the fast path stages them) into a plain table, no indexes."""
     rows = list(raw_rows(events).values())
@@ -414,18 +429,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _line_event(p: dict) -> lifecycle.LineEvent:
-    """A validated payload as the lifecycle's event (the rules alone, without apply's set reads)."""
-    occurred_at = parse_time(p["occurred_at"])
-    if occurred_at is None:
-        raise ValueError(f"event {p.get('event_id')!r}: occurred_at {p.get('occurred_at')!r} is no timestamp")
-    return lifecycle.LineEvent(
-        event_id=p["event_id"],
-        type=EventType(p["type"]),
-        occurred_at=occurred_at,
-        quantity=p.get("quantity"),
-        grade=p.get("grade"),
-        disposition=p.get("disposition"),
-    )
