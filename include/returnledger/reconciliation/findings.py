@@ -128,12 +128,27 @@ SELECT r.row_key FROM ledger.recon_result r
 """
 
 
-def raise_found(conn, params: dict, *, as_of: datetime, window_days) -> dict[str, int]:
+# A re-match (reconciliation.incremental) reads only the rows it inserted or updated: a row it left as it
+# was raised what it calls for when it was written, and a subject once raised is not raised again.
+_RAISE_TOUCHED_SQL = _RAISE_SQL.replace(
+    "WHERE r.period = %(key)s\n",
+    "WHERE r.period = %(key)s\n"
+    "       AND r.row_key IN (SELECT row_key FROM pg_temp.recon_touched WHERE kind <> 'gone')\n",
+    1,
+)
+if _RAISE_TOUCHED_SQL == _RAISE_SQL:
+    raise AssertionError("the findings' candidate scan changed shape: review _RAISE_TOUCHED_SQL")
+
+
+def raise_found(
+    conn, params: dict, *, as_of: datetime, window_days, touched_only: bool = False
+) -> dict[str, int]:
     """Raise what a period's fresh results call for; returns, per type found, how many were new to the
-    queue. ``params``: the reconciliation's query parameters (the run's batch id among them, ``batch``)."""
+    queue. ``params``: the reconciliation's query parameters (the run's batch id among them, ``batch``).
+    ``touched_only``: only the rows this run inserted or updated (a rolling check's re-match)."""
     owners = default_owners()
     rows = conn.execute(
-        _RAISE_SQL,
+        _RAISE_TOUCHED_SQL if touched_only else _RAISE_SQL,
         {
             **params,
             "as_of_day": f"{as_of:%Y-%m-%d}",

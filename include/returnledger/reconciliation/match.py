@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from returnledger.models import HOLDING_TYPES
-from returnledger.reconciliation import findings, results
+from returnledger.reconciliation import findings, incremental, results
 from returnledger.reconciliation.dark_returns import DARK_ROWS_SQL, REBOUND_ORDER
 from returnledger.reconciliation.period import PeriodClosed, period_bounds
 from returnledger.store.db import unit_of_work
@@ -54,6 +54,8 @@ class ReconSummary:
     written: dict[str, int] = field(default_factory=dict)
     #: the earlier close this run carries from (None before any close)
     carries_from: str | None = None
+    #: a rolling check built on its last run: the returns notices it re-matched (None: it matched everything)
+    rematched_notices: int | None = None
 
     def as_dict(self) -> dict:
         """Small, JSON-safe summary for XCom."""
@@ -70,6 +72,7 @@ class ReconSummary:
             "steps": {k: round(v, 3) for k, v in self.steps.items()},
             "written": self.written,
             "carries_from": self.carries_from,
+            "rematched_notices": self.rematched_notices,
         }
 
 
@@ -249,6 +252,9 @@ WITH fresh ({_COLS}) AS (
 SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM changed), (SELECT count(*) FROM gone)
 """
 
+#: a rolling check's later run: only the returns notices whose inputs changed (reconciliation.incremental)
+_REMATCH_SQL = incremental.apply_sql(incremental.scoped_rows_sql(_LINES_SQL, DARK_ROWS_SQL), RESULT_COLUMNS)
+
 _COUNT_SQL = "SELECT recon_status, count(*) FROM ledger.recon_result WHERE period = %(key)s GROUP BY 1"
 
 # The earlier close a run builds on: the latest close in force of a month before the run's period; a daily
@@ -333,21 +339,37 @@ def reconcile(
             oldest = f"daily:{(as_of - timedelta(days=DAILY_RETENTION_DAYS)).date().isoformat()}"
             results.expire_daily(conn, oldest)
         step("retention")
+        # a rolling check builds on its last run when it covers the same lines under the same policy
+        last = None
+        if daily:
+            snap = incremental.snapshot(conn)
+            policy_print = incremental.fingerprint(conn, params)
+            last = incremental.base(conn, key, params, policy_print)
         # the period's results become exactly this run's rows; unchanged rows are not rewritten
-        if results.has_partition(conn, key):
+        if last is not None:  # only the returns notices whose inputs changed since the last run
+            summary.rematched_notices, added, changed, gone = incremental.rematch(
+                conn, params, last, _REMATCH_SQL
+            )
+        elif results.has_partition(conn, key):
             added, changed, gone = conn.execute(_APPLY_SQL, params).fetchall()[0]
         else:  # the key's first run: its partition is built from the rows, then attached
             added, changed, gone = results.load_partition(conn, key, _ROWS_SQL, _COLS, params), 0, 0
+        if daily and last is None:
+            conn.execute("SELECT ledger.recon_partition_group_index(%s)", (key,))
         summary.written = {"inserted": added, "updated": changed, "deleted": gone}
         step("match")
         # fresh statistics: the queries below read the rows just written and the exception queue
-        # (stale stats of a once-empty table send the planner into nested loops over a million rows)
-        if added or changed or gone:
-            results.analyze_partition(conn, key)
-        results.analyze(conn, "ledger.exception")
+        # (stale stats of a once-empty table send the planner into nested loops over a million rows); a
+        # re-match wrote a few rows of a million and its findings read only those
+        if last is None:
+            if added or changed or gone:
+                results.analyze_partition(conn, key)
+            results.analyze(conn, "ledger.exception")
         step("analyze")
 
-        summary.exceptions_raised = findings.raise_found(conn, params, as_of=as_of, window_days=window_days)
+        summary.exceptions_raised = findings.raise_found(
+            conn, params, as_of=as_of, window_days=window_days, touched_only=last is not None
+        )
         step("raise_exceptions")
         summary.exceptions_resolved += findings.resolve_settled(conn, params, at=as_of, batch_id=batch_id)
         step("resolve_settled")
@@ -355,6 +377,10 @@ def reconcile(
         summary.by_status = {s: n for s, n in conn.execute(_COUNT_SQL, params)}
         summary.rows = sum(summary.by_status.values())
         step("count")
+        if daily:  # what the next run builds on, and the changes no rolling key needs any more
+            incremental.save(conn, key, params, policy_print, snap)
+            incremental.prune(conn)
+            step("state")
     summary.seconds = time.perf_counter() - t0
     log.info(
         "reconciled %s as of %s (carrying from the close of %s): %s rows %s, exceptions %s",

@@ -1,8 +1,10 @@
 """Which month a reconciliation run checks, as of when, and under which result key and batch id.
 
-A daily run is a rolling check of the month its day falls in: results go to ``daily:<day>`` and never
-touch a closed month. A close run (``close_period=YYYY-MM``) replaces that period's results as of its
-end. Everything follows from the run's interval, never from the clock, so a rerun redoes the same work.
+A daily run is a rolling check of the month its day falls in: results go to the month's rolling key
+``daily:<YYYY-MM>``, which each day's run brings up to date by re-matching only what changed
+(reconciliation.incremental), and never touch a closed month. A close run (``close_period=YYYY-MM``)
+replaces that period's results as of its end. Everything follows from the run's interval, never from the
+clock, so a rerun redoes the same work.
 """
 
 from __future__ import annotations
@@ -67,6 +69,6 @@ def recon_window(start: datetime, end: datetime, close_period: str | None = None
         period=period,
         as_of=as_of,
         close=bool(close),
-        result_key=period if close else f"daily:{start.date().isoformat()}",
+        result_key=period if close else f"daily:{period}",
         batch_id=f"returns_reconciliation:{kind}:{period}:{as_of:%Y-%m-%dT%H:%M}",
     )

@@ -1,0 +1,222 @@
+"""The daily rolling check re-matches only what changed since its last run (issue 26, target 4).
+
+A rolling result key (``daily:YYYY-MM``, one per month checked) is brought up to date by each day's run.
+Its first run, or a run whose coverage (the Periods rule: the earlier close it builds on, the month's end)
+or policy (disposition policy, credit window) differs from the last one's, matches everything
+(returnledger.reconciliation.match). Otherwise the run re-matches only the returns notices whose inputs
+changed since the last run, and writes only the rows that differ:
+
+- the writes: every table the match reads logs what it touched in ``ledger.recon_change`` (migration
+  0025), with its transaction id; the changes are those the last run's snapshot could not see;
+- time: lines whose credit window ended between the last run's as-of and this one (PENDING becomes
+  CREDIT_MISSING with no write at all).
+
+The unit is the returns notice: the match's window sums a notice and SKU's credits and units, and Amazon's
+rows and dark returns are per notice and SKU, so re-matching every line and Amazon row of a dirty notice
+gives each of them exactly what a full match gives (a test compares the two on a generated month).
+A row no change reached keeps its values, with the ``computed_at`` and ``batch_id`` of the run that last
+changed it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from psycopg.types.json import Jsonb
+
+from returnledger.reconciliation import results
+
+_STATE_SQL = (
+    "SELECT as_of, coverage, fingerprint, snapshot::text FROM ledger.recon_state WHERE result_key = %s"
+)
+_FINGERPRINT_SQL = """
+SELECT md5(COALESCE((SELECT string_agg(disposition || '=' || COALESCE(credit_fraction::text, 'hold'), ','
+                                       ORDER BY disposition) FROM ledger.disposition_policy), '')
+           || '|' || %(window)s::text || '|' || array_to_string(%(holding)s::text[], ','))
+"""
+_SAVE_SQL = """
+INSERT INTO ledger.recon_state (result_key, as_of, coverage, fingerprint, snapshot)
+VALUES (%(key)s, %(as_of)s, %(coverage)s, %(fingerprint)s, %(snapshot)s::pg_snapshot)
+ON CONFLICT (result_key) DO UPDATE SET as_of = EXCLUDED.as_of, coverage = EXCLUDED.coverage,
+       fingerprint = EXCLUDED.fingerprint, snapshot = EXCLUDED.snapshot
+"""
+# the change log is kept while a rolling key may still need it: a key without a partition has no state
+_PRUNE_SQL = [
+    "DELETE FROM ledger.recon_state s WHERE NOT (s.result_key = ANY(%(keys)s))",
+    """DELETE FROM ledger.recon_change
+        WHERE xid < COALESCE((SELECT min(pg_snapshot_xmin(snapshot)) FROM ledger.recon_state),
+                             pg_snapshot_xmin(pg_current_snapshot()))""",
+]
+
+# The returns notices to re-match (a NULL notice as ''): those the changes name, those of the return
+# orders they name, those of the lines of the SKUs whose catalog row changed, and those of the lines whose
+# credit window ended between the two runs' as-of dates.
+_DIRTY_SQL = """
+WITH ch AS (
+    SELECT DISTINCT c.return_id, c.returns_notice, c.sku FROM ledger.recon_change c
+     WHERE c.xid >= pg_snapshot_xmin(%(base)s::pg_snapshot)
+       AND NOT pg_visible_in_snapshot(c.xid, %(base)s::pg_snapshot)
+)
+INSERT INTO pg_temp.recon_dirty_notice (n)
+SELECT DISTINCT COALESCE(x.n, '') FROM (
+    SELECT c.returns_notice AS n FROM ch c WHERE c.returns_notice IS NOT NULL
+    UNION ALL
+    SELECT o.returns_notice FROM ch c JOIN ledger.return_order o ON o.return_id = c.return_id
+    UNION ALL
+    SELECT o.returns_notice FROM ch c JOIN ledger.return_line l ON l.sku = c.sku
+      JOIN ledger.return_order o ON o.return_id = l.return_id
+     WHERE c.return_id IS NULL AND c.returns_notice IS NULL
+    UNION ALL
+    SELECT o.returns_notice FROM ledger.return_line l JOIN ledger.return_order o ON o.return_id = l.return_id
+     WHERE l.dispositioned_at BETWEEN %(lo)s AND %(hi)s
+) x
+"""
+_SCOPE_SQL = """
+INSERT INTO pg_temp.recon_scope_order (return_id)
+SELECT o.return_id FROM ledger.return_order o
+ WHERE o.returns_notice IN (SELECT n FROM pg_temp.recon_dirty_notice)
+UNION
+SELECT o.return_id FROM ledger.return_order o
+ WHERE o.returns_notice IS NULL AND EXISTS (SELECT 1 FROM pg_temp.recon_dirty_notice WHERE n = '')
+"""
+_TEMP_SQL = [
+    "CREATE TEMP TABLE IF NOT EXISTS recon_dirty_notice (n text PRIMARY KEY) ON COMMIT DROP",
+    "CREATE TEMP TABLE IF NOT EXISTS recon_scope_order (return_id text PRIMARY KEY) ON COMMIT DROP",
+    "CREATE TEMP TABLE IF NOT EXISTS recon_touched (row_key text PRIMARY KEY, kind text NOT NULL)"
+    " ON COMMIT DROP",
+]
+
+#: the values a run compares: not when and by which run a row was last computed
+_KEEP = ("computed_at", "batch_id")
+
+
+def coverage_json(params: dict) -> dict:
+    """What a run covered (match.coverage's parameters), as JSON text values."""
+    out = {}
+    for name in ("since", "end", "prior", "prior_as_of", "report_period"):
+        value = params.get(name)
+        out[name] = value.isoformat() if isinstance(value, datetime) else value
+    return out
+
+
+def snapshot(conn) -> str:
+    """The snapshot this run's changes are measured against, taken before it reads anything: a change
+    committed after it is seen by this run's queries or not, and the next run re-matches it either way."""
+    return conn.execute("SELECT pg_current_snapshot()::text").fetchall()[0][0]
+
+
+def fingerprint(conn, params: dict) -> str:
+    return conn.execute(
+        _FINGERPRINT_SQL, {"window": str(params["window"]), "holding": params["holding"]}
+    ).fetchall()[0][0]
+
+
+def base(conn, key: str, params: dict, print_: str) -> dict | None:
+    """The key's last run when this run can build on it: its partition is there and it covered the same
+    lines under the same policy. None means: match everything."""
+    row = conn.execute(_STATE_SQL, (key,)).fetchone()
+    if row is None or not results.has_partition(conn, key):
+        return None
+    as_of, cov, fp, snap = row
+    if cov != coverage_json(params) or fp != print_:
+        return None
+    return {"as_of": as_of, "snapshot": snap}
+
+
+def save(conn, key: str, params: dict, print_: str, snap: str) -> None:
+    conn.execute(
+        _SAVE_SQL,
+        {
+            "key": key,
+            "as_of": params["as_of"],
+            "coverage": Jsonb(coverage_json(params)),
+            "fingerprint": print_,
+            "snapshot": snap,
+        },
+    )
+
+
+def prune(conn) -> int:
+    """Forget the states of keys gone with their partitions, and the changes every state has seen."""
+    keys = [k for k in results.partitions(conn) if k.startswith("daily:")]
+    conn.execute(_PRUNE_SQL[0], {"keys": keys})
+    return conn.execute(_PRUNE_SQL[1]).rowcount
+
+
+def scoped_rows_sql(lines_sql: str, dark_sql: str) -> str:
+    """The match's row query restricted to the return orders and Amazon rows of the dirty notices: every
+    order of such a notice is read, so each notice and SKU window is whole."""
+    scoped_order = (
+        "(SELECT * FROM ledger.return_order"
+        " WHERE return_id IN (SELECT return_id FROM pg_temp.recon_scope_order)) o"
+    )
+    if lines_sql.count("ledger.return_order o") != 4:
+        raise AssertionError("the match's row query changed shape: review incremental.scoped_rows_sql")
+    lines = lines_sql.replace("ledger.return_order o", scoped_order)
+    marker = "FROM ledger.amazon_return ar\n WHERE "
+    if dark_sql.count(marker) != 1:
+        raise AssertionError("the dark-return query changed shape: review incremental.scoped_rows_sql")
+    dark = dark_sql.replace(
+        marker, f"{marker}COALESCE(ar.returns_notice, '') IN (SELECT n FROM pg_temp.recon_dirty_notice) AND "
+    )
+    return f"{lines}\nUNION ALL\n{dark}"
+
+
+def apply_sql(rows_sql: str, columns: tuple[str, ...]) -> str:
+    """Write the difference between the dirty notices' fresh rows and their stored ones; records the row
+    keys inserted ('added') or updated ('changed') in pg_temp.recon_touched (the findings read them)."""
+    cols = ", ".join(columns)
+    values = [c for c in columns if c not in ("period", "row_key")]
+    compared = [c for c in values if c not in _KEEP]
+    return f"""
+WITH fresh ({cols}) AS MATERIALIZED (
+{rows_sql}
+), stored AS (
+    SELECT r.* FROM ledger.recon_result r
+     WHERE r.period = %(key)s AND COALESCE(r.returns_notice, '') IN (SELECT n FROM pg_temp.recon_dirty_notice)
+    UNION ALL  -- a row that left its notice unlogged (not expected): found by its key all the same
+    SELECT r.* FROM ledger.recon_result r
+     WHERE r.period = %(key)s AND r.row_key IN (SELECT row_key FROM fresh)
+       AND COALESCE(r.returns_notice, '') NOT IN (SELECT n FROM pg_temp.recon_dirty_notice)
+), diff AS MATERIALIZED (
+    SELECT f.*, r.row_key AS stored_key
+      FROM fresh f FULL JOIN stored r ON r.row_key = f.row_key
+     WHERE f.row_key IS NULL OR r.row_key IS NULL
+        OR ({", ".join("r." + c for c in compared)})
+           IS DISTINCT FROM ({", ".join("f." + c for c in compared)})
+), gone AS (
+    DELETE FROM ledger.recon_result r USING diff d
+     WHERE d.row_key IS NULL AND r.period = %(key)s AND r.row_key = d.stored_key
+    RETURNING r.row_key
+), changed AS (
+    UPDATE ledger.recon_result r SET ({", ".join(values)}) = ({", ".join("d." + c for c in values)})
+      FROM diff d
+     WHERE d.row_key IS NOT NULL AND d.stored_key IS NOT NULL
+       AND r.period = %(key)s AND r.row_key = d.stored_key
+    RETURNING r.row_key
+), added AS (
+    INSERT INTO ledger.recon_result ({cols}) SELECT {", ".join("d." + c for c in columns)} FROM diff d
+     WHERE d.row_key IS NOT NULL AND d.stored_key IS NULL
+    RETURNING row_key
+)
+INSERT INTO pg_temp.recon_touched (row_key, kind)
+SELECT row_key, 'added' FROM added UNION ALL SELECT row_key, 'changed' FROM changed
+UNION ALL SELECT row_key, 'gone' FROM gone
+"""
+
+
+def rematch(conn, params: dict, last: dict, sql: str) -> tuple[int, int, int, int]:
+    """Re-match the notices changed since ``last`` (``base``); returns (dirty notices, inserted, updated,
+    deleted)."""
+    for stmt in _TEMP_SQL:
+        conn.execute(stmt)
+    window = params["window"]
+    lo, hi = sorted((last["as_of"], params["as_of"]))
+    conn.execute(_DIRTY_SQL, {"base": last["snapshot"], "lo": lo - window, "hi": hi - window})
+    conn.execute(_SCOPE_SQL)
+    conn.execute("ANALYZE pg_temp.recon_dirty_notice")
+    conn.execute("ANALYZE pg_temp.recon_scope_order")
+    dirty = conn.execute("SELECT count(*) FROM pg_temp.recon_dirty_notice").fetchall()[0][0]
+    conn.execute(sql, params)
+    counts = dict(conn.execute("SELECT kind, count(*) FROM pg_temp.recon_touched GROUP BY kind").fetchall())
+    return dirty, counts.get("added", 0), counts.get("changed", 0), counts.get("gone", 0)
