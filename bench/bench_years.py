@@ -218,7 +218,8 @@ class Ledger:
             secs[step.name] = time.perf_counter() - t
             waits[step.name] = WAITS.slept - slept
         settle_outbox(self.dsn, run.end)
-        return {"secs": secs, "waits": waits, "delivered": results["extract"]["delivered"]}
+        counts = {k: results[k] for k in AMAZON_STEPS if isinstance(results.get(k), dict)}
+        return {"secs": secs, "waits": waits, "delivered": results["extract"]["delivered"], "amazon": counts}
 
     def daily_check(self, d: date) -> float:
         from returnledger.reconciliation.match import reconcile
@@ -230,9 +231,10 @@ class Ledger:
         return time.perf_counter() - t
 
     def close(self, period: str, on: date) -> dict:
-        """The close run of ``period`` on ``on`` (after that day's sync), as returns_reconciliation makes it
-        (less the post-hoc ReBound returns for dark returns: they are a call per dark return to ReBound)."""
+        """The close run of ``period`` on ``on`` (after that day's sync), as returns_reconciliation makes it:
+        import, reconcile, post-hoc ReBound returns for the dark returns (the simulator), the report."""
         from returnledger.reconciliation.amazon_export import import_amazon_export
+        from returnledger.reconciliation.dark_returns import create_post_hoc_returns
         from returnledger.reconciliation.match import reconcile
         from returnledger.reconciliation.period import recon_window
         from returnledger.reports.month_close import close_month
@@ -242,12 +244,15 @@ class Ledger:
         imp = import_amazon_export(self.dsn, self.exports, period, at=w.as_of)
         t1 = time.perf_counter()
         s = reconcile(self.dsn, period, as_of=w.as_of, batch_id=w.batch_id, result_key=w.result_key)
+        with self.env.rebound() as rebound:
+            linked = create_post_hoc_returns(self.dsn, rebound, at=w.as_of, batch_id=w.batch_id)
         t2 = time.perf_counter()
         close_month(self.dsn, period, self.work / "reports" / period, as_of=w.as_of, batch_id=w.batch_id)
         t3 = time.perf_counter()
         return {
             "import": t1 - t0,
             "reconcile": t2 - t1,
+            "post_hoc": linked,
             "report": t3 - t2,
             "total": t3 - t0,
             "rows": s.rows,
@@ -303,7 +308,7 @@ def day_line(label: str, d: date, r: dict) -> str:
         f"  {label} D={d} ({r['delivered']:,} deliveries, {r['load']}): own work {own_work(r):.2f}s = every "
         f"step {sum(r['secs'].values()):.2f}s (Amazon's steps at {SIM_RATE} req/s, no processing delay: "
         f"{amz:.2f}s) less Amazon's waits {sum(r['waits'].values()):.2f}s; daily check {r['check']:.2f}s\n"
-        f"    steps: {steps}"
+        f"    steps: {steps}\n    Amazon's steps: {json.dumps(r['amazon'], default=str)[:600]}"
     )
 
 
@@ -384,7 +389,9 @@ def main() -> int:
                 sizes[period] = led.sizes()
                 say(
                     f"close {period} on {end - timedelta(days=1)}: {c['total']:.2f}s = import "
-                    f"{c['import']:.2f} + reconcile {c['reconcile']:.2f} + report {c['report']:.2f} "
+                    f"{c['import']:.2f} + reconcile and {c['post_hoc']} post-hoc returns "
+                    f"{c['reconcile']:.2f} + "
+                    f"report {c['report']:.2f} "
                     f"({c['rows']:,} result rows, {c['amazon_rows']:,} Amazon rows; {c['load']}); month "
                     f"built in {time.monotonic() - t_month:.0f}s\n    reconcile steps: {c['steps']}"
                 )
