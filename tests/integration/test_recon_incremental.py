@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from test_reconcile_helpers import Ledger
 
-from returnledger.reconciliation import match
+from returnledger.reconciliation import match, results
 from returnledger.reconciliation.match import reconcile
 from returnledger.reconciliation.period import recon_window
 from returnledger.reports.month_close import close_month
@@ -122,8 +122,8 @@ DAY_SQL = [
 ]
 
 
-def _rows(led: Ledger, key: str) -> dict[str, tuple]:
-    cols = ", ".join(VALUES)
+def _rows(led: Ledger, key: str, values: list[str] = VALUES) -> dict[str, tuple]:
+    cols = ", ".join(values)
     return {
         r[0]: r[1:]
         for r in led.conn.execute(
@@ -195,6 +195,28 @@ def test_a_days_changes_rematch_only_their_notices_and_give_the_full_answer(led)
     assert priced.written["updated"] > 0
     _daily(led, "2026-10-30", key="daily:full-priced")
     assert _rows(led, KEY) == _rows(led, "daily:full-priced")
+
+
+def test_a_close_built_on_the_rolling_check_is_the_close_matched_from_scratch(led):
+    _daily(led, "2026-10-19")
+    for sql in DAY_SQL:
+        led.conn.execute(sql)
+    _daily(led, "2026-10-30")
+    # changes after the last daily check, then the close on 3 November (credit windows end meanwhile)
+    led.conn.execute("UPDATE ledger.amazon_submission SET status = 'ACCEPTED' WHERE document_id = 'CN-220'")
+    led.conn.execute("UPDATE ledger.return_line SET sku = 'SKU-A' WHERE return_id = 'RB-240' AND line = 2")
+    as_of = datetime(2026, 11, 4, tzinfo=UTC)
+    close = reconcile(led.dsn, "2026-10", as_of=as_of, batch_id="close:2026-10")
+    assert close.rematched_notices is not None  # built on daily:2026-10
+    with led.conn.transaction():
+        results.drop_partitions(led.conn, [KEY])  # no rolling check: the same close matched from scratch
+    cold = reconcile(led.dsn, "2026-10", as_of=as_of, batch_id="close:2026-10", result_key="cold:2026-10")
+    assert cold.rematched_notices is None
+    every = [c for c in match.RESULT_COLUMNS if c != "period"]
+    built, scratch = _rows(led, "2026-10", every), _rows(led, "cold:2026-10", every)
+    assert built == scratch
+    assert {r[every.index("first_reported")] for r in built.values()} == {"2026-09", "2026-10"}
+    assert close.by_status == cold.by_status and sum(cold.exceptions_raised.values()) == 0
 
 
 def test_the_change_log_names_the_holding_types_the_match_reads(led):

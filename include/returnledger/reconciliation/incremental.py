@@ -113,14 +113,30 @@ def fingerprint(conn, params: dict) -> str:
 
 def base(conn, key: str, params: dict, print_: str) -> dict | None:
     """The key's last run when this run can build on it: its partition is there and it covered the same
-    lines under the same policy. None means: match everything."""
+    lines under the same policy (a close built on its month's rolling check: the same lines, only the
+    report period differs). None means: match everything."""
     row = conn.execute(_STATE_SQL, (key,)).fetchone()
     if row is None or not results.has_partition(conn, key):
         return None
     as_of, cov, fp, snap = row
-    if cov != coverage_json(params) or fp != print_:
+    mine = coverage_json(params)
+    if {**cov, "report_period": None} != {**mine, "report_period": None} or fp != print_:
         return None
     return {"as_of": as_of, "snapshot": snap}
+
+
+def seed_sql(columns: tuple[str, ...]) -> str:
+    """A close's rows taken from its month's rolling check (``%(seed)s``), as the close reports them: its
+    key, its as-of and batch, and this close as the first report of every row no earlier close reported
+    (as the row query writes them). ``rematch`` then brings the changed notices up to date."""
+    made = {
+        "period": "%(key)s",
+        "computed_at": "%(as_of)s",
+        "batch_id": "%(batch)s",
+        "first_reported": "COALESCE(first_reported, %(report_period)s)",
+    }
+    cols = ", ".join(made.get(c, c) for c in columns)
+    return f"SELECT {cols} FROM ledger.recon_result WHERE period = %(seed)s"
 
 
 def save(conn, key: str, params: dict, print_: str, snap: str) -> None:

@@ -339,17 +339,22 @@ def reconcile(
             oldest = f"daily:{(as_of - timedelta(days=DAILY_RETENTION_DAYS)).date().isoformat()}"
             results.expire_daily(conn, oldest)
         step("retention")
-        # a rolling check builds on its last run when it covers the same lines under the same policy
+        # a rolling check builds on its last run when it covers the same lines under the same policy, and
+        # a close's first run on its month's rolling check (the daily runs before it matched the month)
         last = None
-        if daily:
-            snap = incremental.snapshot(conn)
-            policy_print = incremental.fingerprint(conn, params)
-            last = incremental.base(conn, key, params, policy_print)
+        snap, policy_print = incremental.snapshot(conn), incremental.fingerprint(conn, params)
+        if daily or not results.has_partition(conn, key):
+            last = incremental.base(conn, key if daily else f"daily:{period}", params, policy_print)
         # the period's results become exactly this run's rows; unchanged rows are not rewritten
-        if last is not None:  # only the returns notices whose inputs changed since the last run
+        if last is not None:  # only the returns notices whose inputs changed since that run
+            seeded = 0
+            if not daily:  # a close starts from the rolling check's rows, as the close reports them
+                seed = {**params, "seed": f"daily:{period}"}
+                seeded = results.load_partition(conn, key, incremental.seed_sql(RESULT_COLUMNS), _COLS, seed)
             summary.rematched_notices, added, changed, gone = incremental.rematch(
                 conn, params, last, _REMATCH_SQL
             )
+            added += seeded
         elif results.has_partition(conn, key):
             added, changed, gone = conn.execute(_APPLY_SQL, params).fetchall()[0]
         else:  # the key's first run: its partition is built from the rows, then attached
@@ -361,7 +366,7 @@ def reconcile(
         # fresh statistics: the queries below read the rows just written and the exception queue
         # (stale stats of a once-empty table send the planner into nested loops over a million rows); a
         # re-match wrote a few rows of a million and its findings read only those
-        if last is None:
+        if last is None or not daily:
             if added or changed or gone:
                 results.analyze_partition(conn, key)
             results.analyze(conn, "ledger.exception")
