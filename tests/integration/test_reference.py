@@ -309,6 +309,34 @@ def test_scenario_reference_and_operations(fresh_db, generator):
     assert not any(apply_operation(fresh_db, op, at=AT) for op in ops)  # a rerun changes nothing
 
 
+def test_a_refused_operator_action_does_not_stop_the_days_other_operations(fresh_db):
+    """A resolve_over_receipt for a line with no over-receipt is refused with its reason; the mapping listed
+    after it is still added (a scenario with such an operation stopped the whole demo on that day)."""
+    from returnledger_dev.scenarios.reference import apply_operations
+
+    ops = [
+        {
+            "on": "2026-11-13",
+            "action": "resolve_over_receipt",
+            "return_id": "RB-NONE",
+            "line": 1,
+            "quantity": 2,
+        },
+        {
+            "on": "2026-11-13",
+            "action": "add_reason_mapping",
+            "rebound_reason": "LATE_X",
+            "amazon_reason": "CR-OTHER",
+        },
+    ]
+    refused = apply_operations(fresh_db, ops, at=AT)
+    assert [(op["action"], "no open QUANTITY_MISMATCH" in why) for op, why in refused] == [
+        ("resolve_over_receipt", True)
+    ]
+    with db.connect(fresh_db) as conn:
+        assert active_mappings(conn)["LATE_X"] == "CR-OTHER"
+
+
 def test_scenario_with_an_incomplete_policy_is_refused(fresh_db):
     bad = {
         "policy": {"sellable_grades": ["A"], "credit": {"RESTOCKED": 1.0}, "credit_window_days": 7},

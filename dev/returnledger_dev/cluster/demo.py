@@ -412,9 +412,12 @@ def run_cluster_scenario(
 def _apply_operations(dsn: str, day: date, ops_by_day: dict, progress) -> None:
     from returnledger_dev.scenarios import reference as scenario_reference
 
-    for op in ops_by_day.get(day.isoformat(), []):
-        scenario_reference.apply_operation(dsn, op, at=day_start(day), actor="operator (scenario)")
+    ops = ops_by_day.get(day.isoformat(), [])
+    refused = scenario_reference.apply_operations(dsn, ops, at=day_start(day), actor="operator (scenario)")
+    for op in ops:
         progress(f"  {day}: operator {op['action']} {scenario_reference.operation_subject(op)}")
+    for op, why in refused:
+        progress(f"  {day}: operator {op['action']} REFUSED: {why}")
 
 
 def _close(api, day: date, period: str, out_dir: Path, report: dict, progress, state: dict) -> None:

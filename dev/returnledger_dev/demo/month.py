@@ -158,9 +158,13 @@ def run_scenario(
             stage("day", day=day.isoformat(), n=(day - start).days + 1, of=n_days)
             t, before = time.monotonic(), ledger_counts(dsn)
             ops = ops_by_day.get(day.isoformat(), [])
+            refused = scenario_reference.apply_operations(
+                dsn, ops, at=day_start(day), actor="operator (scenario)"
+            )
             for op in ops:
-                scenario_reference.apply_operation(dsn, op, at=day_start(day), actor="operator (scenario)")
                 log.info("%s: operator %s %s", day, op["action"], scenario_reference.operation_subject(op))
+            for op, why in refused:
+                log.warning("%s: operator %s REFUSED: %s", day, op["action"], why)
             weekly = None
             for week in weeks:  # the review of the week that ended last night starts Monday 07:00
                 if week + timedelta(days=7) == day:
@@ -181,6 +185,7 @@ def run_scenario(
                     digests=digests,
                     weekly=weekly,
                     operator=len(ops),
+                    refused=len(refused),
                     seconds=time.monotonic() - t,
                     closes=closed,
                 )

@@ -170,6 +170,7 @@ def day_line(
     weekly: int | None,
     operator: int,
     seconds: float,
+    refused: int = 0,
     closes: Sequence[tuple[str, bool]] = (),
 ) -> str:
     """A scenario day on the screen; ``closes``: (period, report written) of the close runs made that day."""
@@ -184,7 +185,9 @@ def day_line(
     if weekly is not None:
         parts.append(f"weekly review {weekly}")
     if operator:
-        parts.append(f"operator actions {operator}")
+        parts.append(
+            f"operator actions {operator}" + (f" ({refused} refused: see the log)" if refused else "")
+        )
     for period, written in closes:
         parts.append(f"closed {period}" + ("" if written else " (report NOT written)"))
     return "  ".join(parts) + f"  ({seconds:.0f}s)"

@@ -6,7 +6,7 @@ codes and catalog, and the operations people do by hand on given days.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -86,3 +86,21 @@ def apply_operation(dsn_or_conn, op: Mapping, *, at: datetime, actor: str = "sce
         )
         return True
     raise ValueError(f"unknown operation {action!r}")
+
+
+def apply_operations(
+    dsn_or_conn, ops: Sequence[Mapping], *, at: datetime, actor: str = "scenario"
+) -> list[tuple[Mapping, str]]:
+    """A day's operations in order; one the ledger refuses (an operator's request it cannot honour, e.g. an
+    over-receipt choice for a line with no over-receipt) is returned with the reason and the rest still
+    run, as a person told "no" by the console does not stop the nightly run. Malformed operations still
+    raise: they are the scenario's error, not the operator's."""
+    from returnledger.exception_queue.queue import ExceptionActionError
+
+    refused: list[tuple[Mapping, str]] = []
+    for op in ops:
+        try:
+            apply_operation(dsn_or_conn, op, at=at, actor=actor)
+        except ExceptionActionError as e:
+            refused.append((op, str(e)))
+    return refused
