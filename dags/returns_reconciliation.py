@@ -13,7 +13,9 @@ writes the month-end report (`month_end_report.csv` + `.html`) and tells finance
 **When it runs.** The daily run for day D covers [D, D+1) UTC (listed under D,
 starts at D+1 00:00), and a run follows whenever the `returns_sync` DAG updates
 the ledger asset. A daily run is a rolling check of the month of its data
-interval start: results go to `daily:<D>` and never touch a closed month. The
+interval start: results go to the month's rolling key `daily:<YYYY-MM>`, which
+each day's run brings up to date by re-matching only the returns notices whose
+inputs changed since its last run, and never touch a closed month. The
 **close run** is a manual (or backfill) run with the param
 `close_period=YYYY-MM`, made after the month's last sync (e.g. on the 3rd): its
 results replace the period's rows as of its data interval end, and the report is
