@@ -5,42 +5,16 @@ PostgreSQL): the stored report comes back byte for byte and the task log says no
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from airflow_dag_run import throwaway_airflow
 from returnledger_dev import scratch_db
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
-
-RUNNER = """
-import sys
-from datetime import datetime
-from airflow.dag_processing.dagbag import DagBag
-
-bag = DagBag(dag_folder=sys.argv[1])
-assert not bag.import_errors, bag.import_errors
-dag = bag.dags["returns_reconciliation"]
-dr = dag.test(logical_date=datetime.fromisoformat(sys.argv[2]), run_conf={"close_period": sys.argv[3]})
-print("STATE", dr.state)
-"""
-
-
-def _returns_db(dsn: str) -> str:
-    info = __import__("psycopg").conninfo.conninfo_to_dict(dsn)
-    return json.dumps(
-        {
-            "conn_type": "postgres",
-            "host": info.get("host", "127.0.0.1"),
-            "port": int(info.get("port", 5432)),
-            "login": info.get("user", "postgres"),
-            "schema": info["dbname"],
-        }
-    )
 
 
 @pytest.mark.slow
@@ -67,44 +41,22 @@ def test_a_cleared_close_run_of_a_closed_month_returns_the_stored_report(pg_serv
     finally:
         led.close()
 
-    home = tmp_path / "airflow_home"
-    dags = home / "dags"
-    dags.mkdir(parents=True)
-    (dags / "returns_reconciliation.py").write_bytes(
-        (ROOT / "dags" / "returns_reconciliation.py").read_bytes()
-    )
-    (home / "runner.py").write_text(RUNNER)
-    meta = scratch_db.create_scratch_database(pg_server, prefix="close_rerun_airflow_meta")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
-    env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=scratch_db.sqlalchemy_url(meta),
-        AIRFLOW__CORE__LOAD_EXAMPLES="false",
-        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
-        AIRFLOW__CORE__UNIT_TEST_MODE="false",
-        AIRFLOW_CONN_RETURNS_DB=_returns_db(fresh_db),
-        AIRFLOW_CONN_REBOUND_API=json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": 9}),
-        AIRFLOW_VAR_RETURNLEDGER_REPORT_BASE=f"file://{reports}",
-        AIRFLOW_VAR_RETURNLEDGER_EXPORT_BASE=f"file://{tmp_path / 'landing'}",
-    )
-    try:
-        subprocess.run(
-            [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+    with throwaway_airflow(
+        pg_server,
+        tmp_path / "airflow_home",
+        dag_files={"returns_reconciliation.py": (ROOT / "dags" / "returns_reconciliation.py").read_bytes()},
+        prefix="close_rerun_airflow_meta",
+        extra_env={
+            "AIRFLOW_CONN_RETURNS_DB": scratch_db.airflow_connection_json(fresh_db),
+            "AIRFLOW_CONN_REBOUND_API": json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": 9}),
+            "AIRFLOW_VAR_RETURNLEDGER_REPORT_BASE": f"file://{reports}",
+            "AIRFLOW_VAR_RETURNLEDGER_EXPORT_BASE": f"file://{tmp_path / 'landing'}",
+        },
+    ) as airflow:
         # the close run of October (made on 3 November), run again
-        proc = subprocess.run(
-            [sys.executable, str(home / "runner.py"), str(dags), "2026-11-03T00:00:00+00:00", OCT],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
+        proc = airflow.test(
+            "returns_reconciliation", logical="2026-11-03T00:00:00+00:00", conf={"close_period": OCT}
         )
-    finally:
-        scratch_db.drop_database(pg_server, meta)
     out = proc.stdout + proc.stderr
     assert "STATE success" in proc.stdout, out[-6000:]
     assert {p.name: p.read_bytes() for p in (reports / OCT).iterdir()} == stored

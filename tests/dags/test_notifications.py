@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import email
 import json
-import os
 import re
-import shutil
 import socket
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from airflow_dag_run import throwaway_airflow
 from returnledger.store import db
 from returnledger_dev import scratch_db
 
@@ -233,81 +230,30 @@ def failing_on_purpose():
 failing_on_purpose()
 '''
 
-RUNNER = """
-import sys
-from datetime import datetime, timezone
-from airflow.dag_processing.dagbag import DagBag
-
-bag = DagBag(dag_folder=sys.argv[1])
-assert not bag.import_errors, bag.import_errors
-dag = bag.dags[sys.argv[2]]
-logical = datetime.fromisoformat(sys.argv[3]) if len(sys.argv) > 3 else None
-dr = dag.test(logical_date=logical) if logical else dag.test()
-print("STATE", dr.state)
-"""
-
 
 @pytest.fixture(scope="module")
 def airflow_env(pg_server, tmp_path_factory):
     """A throwaway Airflow: own home, metadata in a fresh PostgreSQL database, migrated once."""
-    home = tmp_path_factory.mktemp("airflow_home")
-    meta = scratch_db.create_scratch_database(pg_server, prefix="d1_airflow_meta")
-    sa = scratch_db.sqlalchemy_url(meta)
-    dags = home / "dags"
-    dags.mkdir()
-    (dags / "failing_on_purpose.py").write_text(FAILING_DAG)
-    shutil.copy(ROOT / "dags" / "returns_operating_checks.py", dags)
-    shutil.copy(ROOT / "dags" / "returns_weekly_review.py", dags)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
-    env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sa,
-        AIRFLOW__CORE__LOAD_EXAMPLES="false",
-        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
-        AIRFLOW__CORE__UNIT_TEST_MODE="false",
-        AIRFLOW__LOGGING__LOGGING_LEVEL="WARNING",
-    )
-    subprocess.run(
-        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
-    (home / "runner.py").write_text(RUNNER)
-    yield {"env": env, "home": home, "dags": dags}
-    scratch_db.drop_database(pg_server, meta)
-
-
-def _returns_db(dsn: str) -> str:
-    """The RETURNS_DB connection (JSON) of the ledger at ``dsn``, as the DAGs under ``dag.test()`` read it."""
-    info = __import__("psycopg").conninfo.conninfo_to_dict(dsn)
-    return json.dumps(
-        {
-            "conn_type": "postgres",
-            "host": info.get("host", "127.0.0.1"),
-            "port": int(info.get("port", 5432)),
-            "login": info.get("user", "postgres"),
-            "schema": info["dbname"],
-        }
-    )
-
-
-def _dag_test(airflow_env, dag_id: str, extra_env: dict, logical: str | None = None):
-    args = [sys.executable, str(airflow_env["home"] / "runner.py"), str(airflow_env["dags"]), dag_id]
-    if logical:
-        args.append(logical)
-    return subprocess.run(
-        args, env={**airflow_env["env"], **extra_env}, capture_output=True, text=True, timeout=300
-    )
+    dag_files: dict[str, str | bytes] = {"failing_on_purpose.py": FAILING_DAG}
+    for name in ("returns_operating_checks.py", "returns_weekly_review.py"):
+        dag_files[name] = (ROOT / "dags" / name).read_bytes()
+    with throwaway_airflow(
+        pg_server,
+        tmp_path_factory.mktemp("airflow_home"),
+        dag_files=dag_files,
+        prefix="d1_airflow_meta",
+        extra_env={"AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"},
+        migrate_timeout=180,
+    ) as airflow:
+        yield airflow
 
 
 @pytest.mark.slow
 def test_dag_test_of_a_failing_dag_mails_task_and_dag_failure(airflow_env, smtp):
-    out = _dag_test(
-        airflow_env,
+    out = airflow_env.test(
         "failing_on_purpose",
-        {
+        timeout=300,
+        extra_env={
             "AIRFLOW_CONN_SMTP_DEFAULT": smtp_uri(smtp.port),
             "AIRFLOW_VAR_RETURNLEDGER_ALERT_TO": "oncall@test.local",
         },
@@ -326,12 +272,12 @@ def test_dag_test_of_a_failing_dag_mails_task_and_dag_failure(airflow_env, smtp)
 @pytest.mark.slow
 def test_dag_test_of_operating_checks_mails_one_digest_per_team(airflow_env, smtp, fresh_db, tmp_path):
     seed_small_ledger(fresh_db)
-    out = _dag_test(
-        airflow_env,
+    out = airflow_env.test(
         "returns_operating_checks",
-        {
+        timeout=300,
+        extra_env={
             "AIRFLOW_CONN_SMTP_DEFAULT": smtp_uri(smtp.port),
-            "AIRFLOW_CONN_RETURNS_DB": _returns_db(fresh_db),
+            "AIRFLOW_CONN_RETURNS_DB": scratch_db.airflow_connection_json(fresh_db),
             "AIRFLOW_VAR_RETURNLEDGER_OBJECT_STORE": (tmp_path / "store").as_uri(),
         },
         # the run listed under 9 Oct covers [9 Oct 07:00, 10 Oct 07:00): dag.test() asks for it by
@@ -372,12 +318,12 @@ def test_dag_test_of_operating_checks_mails_one_digest_per_team(airflow_env, smt
 def test_dag_test_of_weekly_review_mails_one_review_per_team(airflow_env, smtp, fresh_db, tmp_path):
     seed_small_ledger(fresh_db)
     week_end = datetime(2026, 10, 12, 7, tzinfo=UTC)
-    out = _dag_test(
-        airflow_env,
+    out = airflow_env.test(
         "returns_weekly_review",
-        {
+        timeout=300,
+        extra_env={
             "AIRFLOW_CONN_SMTP_DEFAULT": smtp_uri(smtp.port),
-            "AIRFLOW_CONN_RETURNS_DB": _returns_db(fresh_db),
+            "AIRFLOW_CONN_RETURNS_DB": scratch_db.airflow_connection_json(fresh_db),
             "AIRFLOW_VAR_RETURNLEDGER_OBJECT_STORE": tmp_path.as_uri(),
         },
         logical=week_end.isoformat(),
