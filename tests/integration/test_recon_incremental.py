@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from test_reconcile_helpers import Ledger
 
+from returnledger.console.finance import finance_summary
 from returnledger.reconciliation import match, results
 from returnledger.reconciliation.match import reconcile
 from returnledger.reconciliation.period import recon_window
@@ -189,6 +190,10 @@ def test_a_days_changes_rematch_only_their_notices_and_give_the_full_answer(led)
     assert _rows(led, KEY) == _rows(led, "daily:full-later")
     assert later.by_status == full_later.by_status
     assert later.by_status != day.by_status  # windows ended: PENDING lines became CREDIT_MISSING
+    # finance's page ages every row as of the check's last run, not as of the run that last changed it
+    rolling, recomputed_page = finance_summary(led.conn, KEY), finance_summary(led.conn, "daily:full-later")
+    assert rolling["computed_at"] == recomputed_page["computed_at"] == later.as_of
+    assert rolling["at_risk"] == recomputed_page["at_risk"] and rolling["at_risk"]["rows"] > 0
 
     led.conn.execute("UPDATE ledger.sku SET asin = 'B0B0000099' WHERE sku = 'SKU-B'")  # every line of a SKU
     priced = _daily(led, "2026-10-30")

@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 
 #: the files of a close, as the month-end report names them (returnledger.reports.finance)
 REPORT_FILES = {"month_end_report.csv": "csv_gzip", "month_end_report.html": "html"}
-_AGE = "(computed_at AT TIME ZONE 'UTC')::date - origin_date"
+#: the moment a key's figures are as of: a rolling daily check's last run (its rows keep the moment of the run
+#: that last changed them, reconciliation.incremental), else the rows' own (a close's are all the same)
+_AS_OF = "COALESCE((SELECT s.as_of FROM ledger.recon_state s WHERE s.result_key = %(key)s), computed_at)"
+_AGE = f"({_AS_OF} AT TIME ZONE 'UTC')::date - origin_date"
 _BUCKET = {
     "0-30": f"{_AGE} <= 30",
     "31-60": f"{_AGE} BETWEEN 31 AND 60",
@@ -103,6 +106,7 @@ def finance_summary(conn: psycopg.Connection, key: str) -> dict:
     """One result key's figures: per status, the grand total, money at risk by age and month of origin."""
     with conn.cursor(row_factory=dict_row) as cur:
         groups = cur.execute(_SUMMARY_SQL, {"key": key}).fetchall()
+        state = cur.execute("SELECT as_of FROM ledger.recon_state WHERE result_key = %s", (key,)).fetchone()
     zero = dict.fromkeys(_MEASURES, 0)
     by_status: dict[str, dict] = {}
     by_age: dict[str, dict] = {b: {"rows": 0, "amount": Decimal("0")} for b in AGE_BUCKETS}
@@ -113,7 +117,7 @@ def finance_summary(conn: psycopg.Connection, key: str) -> dict:
         s = by_status.setdefault(g["recon_status"], dict(zero))
         for m in _MEASURES:
             s[m] += g[m]
-        at = g["computed_at"]
+        at = state["as_of"] if state else g["computed_at"]
         computed_at = max(computed_at, at) if computed_at else at
         if g["recon_status"] not in AT_RISK or not g["owing_rows"]:
             continue

@@ -292,7 +292,7 @@ def reconcile(
     """Classify the period's lines and dark returns, replace its results, raise exceptions.
 
     ``result_key`` (default: the period) is where the rows go: the close run
-    writes 'YYYY-MM'; a daily rolling check writes 'daily:YYYY-MM-DD' so it
+    writes 'YYYY-MM'; a daily rolling check writes 'daily:YYYY-MM' so it
     never overwrites a closed period's results.
     """
     if as_of.tzinfo is None:
