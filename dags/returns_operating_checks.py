@@ -44,7 +44,7 @@ from airflow.sdk import dag, task
 from returnledger.airflow.defaults import default_args
 from returnledger.airflow.notifiers import dag_failure_callbacks
 from returnledger.airflow.schedule import period_schedule
-from returnledger.airflow.tasks import send
+from returnledger.airflow.tasks import build_digests, send
 
 
 @dag(
@@ -66,21 +66,9 @@ def returns_operating_checks():
         from returnledger.airflow.schedule import run_moment
         from returnledger.exception_queue.stalled import check_stalled_flows
 
-        return check_stalled_flows(ledger_dsn(), as_of=run_moment())
+        return check_stalled_flows(ledger_dsn(), as_of=run_moment().as_of)
 
-    @task
-    def build() -> list[dict]:
-        """Write one daily digest per owner team (HTML) to `digests/` of the object store."""
-        from returnledger.airflow.hooks import ledger_dsn
-        from returnledger.airflow.objects import object_store
-        from returnledger.airflow.schedule import run_moment
-        from returnledger.reports.digests import build_and_write
-
-        return build_and_write(
-            ledger_dsn(), as_of=run_moment(), kind="daily", out_dir=object_store("digests")
-        )
-
-    digests = build()
+    digests = build_digests("daily")
     check_flows() >> digests  # the digests count the SYNC_STALLED exceptions just raised
     send.expand(digest=digests)
 

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag
 
 from returnledger.airflow.defaults import default_args
 from returnledger.airflow.notifiers import dag_failure_callbacks
 from returnledger.airflow.schedule import period_schedule
-from returnledger.airflow.tasks import send
+from returnledger.airflow.tasks import build_digests, send
 
 
 @dag(
@@ -50,19 +50,7 @@ from returnledger.airflow.tasks import send
     doc_md=__doc__,
 )
 def returns_weekly_review():
-    @task
-    def build() -> list[dict]:
-        """Write one weekly review per owner team (HTML) to `digests/` of the object store."""
-        from returnledger.airflow.hooks import ledger_dsn
-        from returnledger.airflow.objects import object_store
-        from returnledger.airflow.schedule import run_moment
-        from returnledger.reports.digests import build_and_write
-
-        return build_and_write(
-            ledger_dsn(), as_of=run_moment(), kind="weekly", out_dir=object_store("digests")
-        )
-
-    send.expand(digest=build())
+    send.expand(digest=build_digests("weekly"))
 
 
 returns_weekly_review()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from datetime import datetime
 
+from returnledger.moment import RunMoment
+
 #: cron presets a user may set in RETURNLEDGER_SYNC_SCHEDULE, as the cron lines they stand for
 CRON_PRESETS = {
     "@hourly": "0 * * * *",
@@ -47,9 +49,11 @@ def run_interval() -> tuple[datetime, datetime]:
     return start, end
 
 
-def run_moment() -> datetime:
-    """The moment the run stands for (its "as of"): the end of :func:`run_interval`.
+def run_moment() -> RunMoment:
+    """The moment the running task's run stands for, made here at the Airflow edge from :func:`run_interval`:
+    its window ``[start, end)``, ``end`` its "as of".
 
     A cleared and rerun task sees the same moment, so it redoes the same work.
     """
-    return run_interval()[1]
+    start, end = run_interval()
+    return RunMoment(end, start)

@@ -2,7 +2,7 @@
 
 One task per step, with the step's name, doc, pool, trigger rule and upstream tasks; the branch step
 becomes a branch task with a labelled edge to each step it picks. The first step resolves the run once
-from the DAG run's data interval (:func:`this_run`) and hands it on in its XCom; every later task reads
+from the DAG run's data interval (``schedule.run_moment``) and hands it on in its XCom; every later task reads
 it from there, so a cleared task redoes the same run.
 """
 
@@ -15,17 +15,10 @@ from typing import Any
 
 from returnledger.airflow.assets import LEDGER
 from returnledger.airflow.defaults import AMAZON_POOL
+from returnledger.airflow.schedule import run_moment
 from returnledger.moment import RunMoment
 from returnledger.sync import steps
 from returnledger.sync.steps import Step, steps_doc  # noqa: F401  (steps_doc: for the DAG's doc)
-
-
-def this_run() -> RunMoment:
-    """The running task's run: its data interval ``[start, end)`` (made once, by the first step)."""
-    from returnledger.airflow.schedule import run_interval
-
-    start, end = run_interval()
-    return RunMoment(end, start)
 
 
 class AirflowEnv:
@@ -71,7 +64,7 @@ def run_step(step: Step, window: dict | None, earlier: dict) -> Any:
     from returnledger.airflow.tasks import fail_fast
 
     first = steps.STEPS[0].name
-    run = RunMoment.from_xcom(window) if window is not None else this_run()
+    run = RunMoment.from_xcom(window) if window is not None else run_moment()
     results = {first: window.get(first)} if window is not None else {}
     results.update(earlier)
     if step.amazon:

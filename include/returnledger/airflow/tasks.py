@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from returnledger.airflow.hooks import AMAZON_CONN_ID
+
+if TYPE_CHECKING:
+    from returnledger.reports.digests import Kind
 
 # given as doc_md: a mapped task does not take its docs from the function's docstring
 SEND_DOC = """Mail one owner team its digest through `smtp_default` (Variable `returnledger_team_emails`).
@@ -25,6 +29,19 @@ def send(digest: dict) -> str:
     ctx = get_current_context()
     ctx["team"] = digest["owner"]  # type: ignore[typeddict-unknown-key]  # read by map_index_template
     return send_digest(digest, ctx, folder=object_store("digests"))  # build may have run on another host
+
+
+@task(task_id="build")
+def build_digests(kind: Kind) -> list[dict]:
+    """Write one digest per owner team (HTML) to `digests/` of the object store, every number as of the run's
+    end: the daily digest (``kind`` daily) or the weekly review (weekly)."""
+    from returnledger.airflow.hooks import ledger_dsn
+    from returnledger.airflow.objects import object_store
+    from returnledger.airflow.schedule import run_moment
+    from returnledger.reports.digests import build_and_write
+
+    run = run_moment()
+    return build_and_write(ledger_dsn(), as_of=run.as_of, kind=kind, out_dir=object_store("digests"))
 
 
 @contextmanager
