@@ -18,16 +18,31 @@ def _field(label: str, kind: str, default=None, description: str | None = None, 
     return {"label": label, "schema": schema, **({"description": description} if description else {})}
 
 
-REBOUND = {
-    "connection-type": "rebound",
-    "hook-class-name": "returnledger.airflow.hooks.ReboundHook",
-    "hook-name": "ReBound returns API",
-    "ui-field-behaviour": {
-        "hidden-fields": ["schema", "extra"],
-        "relabeling": {"host": "Base URL", "login": "OAuth client id", "password": "OAuth client secret"},
-        "placeholders": {"host": "https://api.rebound.example"},
-    },
-    "conn-fields": {
+def _connection_type(
+    conn_type: str, hook: str, name: str, *, relabeling: dict[str, str], host: str, fields: dict[str, dict]
+) -> dict:
+    """A connection type of ours: its hook in returnledger.airflow.hooks, its form (schema and the raw extra
+    hidden: each extra is a field of its own), ``host``: the placeholder of the host field."""
+    return {
+        "connection-type": conn_type,
+        "hook-class-name": f"returnledger.airflow.hooks.{hook}",
+        "hook-name": name,
+        "ui-field-behaviour": {
+            "hidden-fields": ["schema", "extra"],
+            "relabeling": relabeling,
+            "placeholders": {"host": host},
+        },
+        "conn-fields": fields,
+    }
+
+
+REBOUND = _connection_type(
+    "rebound",
+    "ReboundHook",
+    "ReBound returns API",
+    relabeling={"host": "Base URL", "login": "OAuth client id", "password": "OAuth client secret"},
+    host="https://api.rebound.example",
+    fields={
         "flow_key": _field("Flow key", "string", description="ReBound flow key, when the account uses one"),
         "page_size": _field("Feed page size", "integer", 500, "events per feed page (1..1000)"),
         "timeout": _field("Request timeout (s)", "number", 10),
@@ -35,18 +50,15 @@ REBOUND = {
         "retry_budget_s": _field("Total wait per request (s)", "number", 300),
         "max_empty_pages": _field("Empty pages before the feed counts as stalled", "integer", 10),
     },
-}
+)
 
-AMAZON = {
-    "connection-type": "amazon_sp_api",
-    "hook-class-name": "returnledger.airflow.hooks.AmazonSpApiHook",
-    "hook-name": "Amazon SP-API (Vendor Central)",
-    "ui-field-behaviour": {
-        "hidden-fields": ["schema", "extra"],
-        "relabeling": {"host": "SP-API endpoint", "login": "LWA client id", "password": "LWA client secret"},
-        "placeholders": {"host": "https://sellingpartnerapi-eu.amazon.com"},
-    },
-    "conn-fields": {
+AMAZON = _connection_type(
+    "amazon_sp_api",
+    "AmazonSpApiHook",
+    "Amazon SP-API (Vendor Central)",
+    relabeling={"host": "SP-API endpoint", "login": "LWA client id", "password": "LWA client secret"},
+    host="https://sellingpartnerapi-eu.amazon.com",
+    fields={
         "refresh_token": _field("LWA refresh token", "string", secret=True),
         "lwa_url": _field("LWA token URL", "string", "https://api.amazon.com/auth/o2/token"),
         "marketplace_id": _field("Marketplace id", "string", "A1F83G8C2ARO7P"),
@@ -57,7 +69,7 @@ AMAZON = {
         "warehouse_id": _field("Warehouse id", "string", description="the warehouse stock updates are for"),
         "currency": _field("Currency", "string", "GBP"),
     },
-}
+)
 
 
 def get_provider_info() -> dict:
