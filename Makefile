@@ -66,6 +66,8 @@ lint: venv ## ruff format --check, ruff (Airflow AIR, UP, SIM, RUF rules) and my
 	$(VENV)/bin/mypy
 
 BENCH_LOG ?= .local/bench.log
+# bench_years: returns a month over its 12 months (hours at 100k; YEARS_RETURNS=5000 for a quick run)
+YEARS_RETURNS ?= 100000
 bench: venv ## benchmarks: ratios against baselines measured in the same run, then one TARGET line per target
 	@mkdir -p $(dir $(BENCH_LOG)) && : > $(BENCH_LOG)
 	set -o pipefail; $(PY) bench/bench_sync.py | tee -a $(BENCH_LOG)
@@ -73,6 +75,7 @@ bench: venv ## benchmarks: ratios against baselines measured in the same run, th
 	set -o pipefail; $(PY) bench/bench_push.py | tee -a $(BENCH_LOG)
 	set -o pipefail; $(PY) bench/bench_daily.py --returns 100000 --workers 2 | tee -a $(BENCH_LOG)
 	set -o pipefail; $(PY) bench/bench_console.py | tee -a $(BENCH_LOG)
+	set -o pipefail; $(PY) bench/bench_years.py --returns $(YEARS_RETURNS) --months 12 | tee -a $(BENCH_LOG)
 	@echo; echo "== summary (docs/performance.md)"; grep '^TARGET ' $(BENCH_LOG)
 
 clean: ## remove outputs and the local state (embedded database included)
