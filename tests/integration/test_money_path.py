@@ -389,16 +389,24 @@ class _Crash(BaseException):
     """Stands for the process dying: not an Exception, so no handler in the push path catches it."""
 
 
-def test_push_killed_between_202_and_ledger_update(ledger, tmp_path, monkeypatch):
+@pytest.mark.parametrize("record_batch", ["1", "8"])
+def test_push_killed_between_202_and_ledger_update(ledger, tmp_path, monkeypatch, record_batch):
     """Amazon took the note (202); the pusher dies before the ledger update; the task is rerun once the
     dead pusher's lease has run out. Under the reject rule the resend is refused as a duplicate naming the
-    logged transaction: one note at Amazon, one accepted credit."""
+    logged transaction: one note at Amazon, one accepted credit. Sent notes are recorded several per
+    transaction (returnledger.amazon.recording): with batches of 8 the first note's 202 dies with the
+    pusher too, and both unrecorded notes are resent and judged by evidence; with batches of 1 only the
+    second is."""
     import time
 
     from returnledger.amazon.claims import LEASE_ENV
+    from returnledger.amazon.recording import RECORD_ENV
     from returnledger_dev.sandbox.harness import run_sandbox
 
     monkeypatch.setenv(LEASE_ENV, "1")
+    monkeypatch.setenv(RECORD_ENV, record_batch)
+    monkeypatch.setattr("returnledger.amazon.recording.RECORD_WAIT_S", 60.0)  # by size only, however slow
+    unrecorded = 1 if record_batch == "1" else 2
 
     path, _scenario = _seed_pending_notes(ledger, tmp_path, n=3)
     with run_sandbox(path, tmp_path / "out", faults=False) as sb:
@@ -417,8 +425,23 @@ def test_push_killed_between_202_and_ledger_update(ledger, tmp_path, monkeypatch
 
         with pytest.raises(_Crash):
             push_credits(
-                ledger, DiesAfter202(_amazon(sb)), party_id="VNDR1", run=RunMoment(end, batch_id=batch)
+                ledger,
+                DiesAfter202(_amazon(sb)),
+                party_id="VNDR1",
+                run=RunMoment(end, batch_id=batch),
             )
+        with db.connect(ledger) as conn:
+            # what the dead pusher left: its unrecorded (and unsent) notes SENDING, the unrecorded ones'
+            # attempts without an outcome
+            left = conn.execute(
+                """SELECT count(DISTINCT s.document_id) FILTER (WHERE s.status = 'SENDING'),
+                          (SELECT count(*) FROM ledger.submission_attempt a WHERE a.outcome = 'SENDING'
+                              AND NOT EXISTS (SELECT 1 FROM ledger.submission_attempt r
+                                               WHERE r.send_id = a.send_id AND r.outcome <> 'SENDING')),
+                          count(*) FILTER (WHERE s.status IN ('SUBMITTED', 'ACCEPTED'))
+                     FROM ledger.amazon_submission s WHERE s.kind = 'CREDIT_NOTE'"""
+            ).fetchone()
+        assert left == (1 + unrecorded, unrecorded, 2 - unrecorded), left
         with db.connect(ledger) as conn:
             assert (
                 conn.execute(
@@ -434,7 +457,10 @@ def test_push_killed_between_202_and_ledger_update(ledger, tmp_path, monkeypatch
         sb.dump()
     requests = _requests(tmp_path / "out")
     posts = _note_posts(requests)
-    assert len(posts) == 3 and sorted(posts.values()) == [1, 1, 2], posts  # one resend, refused at Amazon
+    # each unrecorded note resent once (refused at Amazon under the reject rule), the others sent once
+    assert len(posts) == 3 and sorted(posts.values()) == sorted([1] * (3 - unrecorded) + [2] * unrecorded), (
+        posts
+    )
     assert stats["duplicates_followed"] >= 1
     assert _credits(requests) == {f"RN-{i}|SKU-A": {"quantity": 1, "amount": "10.00"} for i in range(1, 4)}
     with db.connect(ledger) as conn:

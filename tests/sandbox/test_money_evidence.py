@@ -308,15 +308,21 @@ def test_claim_survives_a_lost_connection(cluster, tmp_path, rule, fault):  # no
     }
 
 
+@pytest.mark.parametrize("record_batch", ["1", "8"])
 @pytest.mark.parametrize("rule", ["same_note", "reject"])
-def test_unlogged_send_is_resent_and_judged_by_evidence(ledger, tmp_path, rule, monkeypatch):
+def test_unlogged_send_is_resent_and_judged_by_evidence(ledger, tmp_path, rule, monkeypatch, record_batch):
     """A pusher dies after Amazon's 202 and before it could write the answer down: the send log shows an
     attempt with no known outcome. Once its lease has run out the note is sent again under the same id;
     under "reject" the refusal names the lost transaction, which the ledger follows and Amazon confirms.
-    Never REJECTED as "an invoice this ledger never sent"."""
+    Never REJECTED as "an invoice this ledger never sent". Sent notes are recorded several per transaction
+    (returnledger.amazon.recording): in batches of 8 the first note's 202, not yet written down, dies with
+    the pusher too and that note is resent and judged the same way."""
     from returnledger_dev.sandbox.harness import run_sandbox
 
     monkeypatch.setenv("RETURNLEDGER_CLAIM_LEASE_S", "1")  # returnledger.amazon.claims.LEASE_ENV
+    monkeypatch.setenv("RETURNLEDGER_PUSH_RECORD_BATCH", record_batch)  # amazon.recording.RECORD_ENV
+    monkeypatch.setattr("returnledger.amazon.recording.RECORD_WAIT_S", 60.0)  # by size only, however slow
+    resent = 1 if record_batch == "1" else 2
     n = 4
     path = _start(ledger, _scenario(_rows(n), duplicate=rule), tmp_path)
     with run_sandbox(path, tmp_path / "out", faults=False) as sb:
@@ -344,7 +350,8 @@ def test_unlogged_send_is_resent_and_judged_by_evidence(ledger, tmp_path, rule, 
         sb.dump()
         state = _money_state(ledger, sb.amazon_app.state.sim)
     requests = _requests(tmp_path / "out")
-    assert sorted(_note_posts(requests).values()) == [1] * (n - 1) + [2]  # the unlogged note, resent
+    # the unlogged note (and, in batches of 8, the unrecorded one before it) resent
+    assert sorted(_note_posts(requests).values()) == [1] * (n - resent) + [2] * resent
     assert _credits(requests) == _expected(n)
     assert state == {
         "submissions": {"ACCEPTED": n},

@@ -141,3 +141,58 @@ def test_a_lone_stuck_transaction_is_given_up():
         schedule.answered(p, Answer(p.tx, "processing", "Processing"), clock[0])
     assert [p.tx for p in schedule.given_up] == ["T0"] and checks < 20, checks
     assert clock[0] - 1e9 < 60, clock[0] - 1e9
+
+
+def test_stuck_transactions_scattered_through_a_big_day_do_not_ratchet_the_estimate():
+    """A 100k-returns day: 5,000 transactions at 10/s, checked at 10/s as they are submitted, 30 s of
+    processing, 3.4 % of them stuck in Processing at random (bench_daily at 100k: the checks beside
+    push_credits ended at an estimate of 342.6 s: each time two of the last ten first checks were stuck
+    ones the estimate moved one step, 10 % up, and it never came down; the trigger then waited minutes
+    before it checked anything)."""
+    import random
+
+    from returnledger.amazon.status_checks import Answer, Pending, Readiness
+
+    rnd = random.Random(26)
+    clock, delay, n, base = [1e9], 30.0, 5000, 1e9
+    stuck = {f"T{i}" for i in range(n) if rnd.random() < 0.034}
+    schedule = Readiness(max_checks=3)
+    added = checks = 0
+    finals: dict[str, float] = {}
+    while added < n or len(schedule):
+        while added < n and base + added / 10 <= clock[0]:  # submitted as the push goes
+            schedule.add(Pending(f"T{added}", "CREDIT_NOTE", submitted=base + added / 10))
+            added += 1
+        p, wait = schedule.due(clock[0])
+        if p is None:
+            clock[0] += min(wait, 0.1)
+            continue
+        clock[0] += 0.1
+        checks += 1
+        ready = p.tx not in stuck and clock[0] >= p.submitted + delay
+        answer = Answer(p.tx, "final" if ready else "processing", "Success" if ready else "Processing")
+        if not schedule.answered(p, answer, clock[0]) and ready:
+            finals[p.tx] = clock[0] - base
+    assert len(finals) == n - len(stuck) and {p.tx for p in schedule.given_up} == stuck
+    assert schedule.expected < 40, schedule.expected
+    assert checks / n <= 1.3, checks / n
+    # no wait but the checks' own: the last final once every check had its turn at 10/s after the delay
+    assert max(finals.values()) <= delay + checks / 10 + 5.0, (max(finals.values()), checks)
+
+
+def test_a_transaction_checked_a_thousand_times_backs_off_without_overflow():
+    """The checks beside a push never give up (confirm goes on): a stuck transaction's back-off doubled
+    until 2 ** n overflowed a float (OverflowError) after about 1,000 checks."""
+    from returnledger.amazon.status_checks import Answer, Pending, Readiness
+
+    schedule = Readiness(30.0, max_checks=1_000_000)
+    p = Pending("T0", "CREDIT_NOTE", submitted=1e9)
+    schedule.add(p)
+    now = 1e9
+    for _ in range(1_100):
+        q, wait = schedule.due(now)
+        now += wait if q is None else 0.0
+        q, _ = schedule.due(now)
+        assert q is p
+        assert schedule.answered(p, Answer("T0", "processing", "Processing"), now)
+    assert schedule.step() * 2 <= 0.25 * schedule.expected + 5.0

@@ -74,13 +74,16 @@ class Ledger:
             self.conn = connect(self.dsn, autocommit=True)
         return self.conn
 
-    def run(self, step: Callable[[psycopg.Connection], T]) -> T:
-        """``step(conn)`` in one committed transaction; run again on a new connection if it was lost."""
+    def run(self, step: Callable[[psycopg.Connection], T], *, transaction: bool = True) -> T:
+        """``step(conn)`` in one committed transaction (``transaction=False``: each statement its own, for a
+        step of one statement); run again on a new connection if it was lost."""
         deadline = time.monotonic() + self.wait_s
         delay = 0.1
         while True:
             try:
                 conn = self._open()
+                if not transaction:
+                    return step(conn)
                 with conn.transaction():
                     return step(conn)
             except (psycopg.OperationalError, psycopg.InterfaceError) as e:
@@ -112,18 +115,8 @@ class Claim:
         self.lease_s = lease_seconds() if lease_s is None else lease_s
         self._renewed = time.monotonic()
 
-    def renew(self, conn, ids: list[int]) -> None:
-        """Extend the lease on ``ids`` (all of them still ours, or ClaimLost), and on every other row this
-        pusher holds once a quarter of the lease has gone by."""
-        held = conn.execute(
-            """UPDATE ledger.amazon_submission SET lease_until = clock_timestamp() + make_interval(secs => %s)
-                WHERE submission_id = ANY(%s) AND status = 'SENDING' AND claim_key = %s""",
-            (self.lease_s, ids, self.key),
-        ).rowcount
-        if held != len(ids):
-            raise ClaimLost(
-                f"{len(ids) - held} of {len(ids)} rows are no longer claimed by {self.name} (lease ran out)"
-            )
+    def renew_all(self, conn) -> None:
+        """Extend the lease on every row this pusher holds, once a quarter of the lease has gone by."""
         if time.monotonic() - self._renewed > self.lease_s / 4:
             conn.execute(
                 """UPDATE ledger.amazon_submission
@@ -235,6 +228,25 @@ def mark_submitted(conn, ids: list[int], claim: Claim, tx: str, at: datetime) ->
     ).fetchall()
 
 
+# before an HTTP attempt: the rows all still ours (locked), their lease renewed, the send counted on its
+# first attempt, its SENDING row; or none of it
+_BEFORE_SQL = """
+WITH mine AS (SELECT submission_id FROM ledger.amazon_submission
+               WHERE submission_id = ANY(%(ids)s) AND status = 'SENDING' AND claim_key = %(me)s FOR UPDATE),
+     ok AS (SELECT count(*) AS held FROM mine),
+     renewed AS (UPDATE ledger.amazon_submission s
+                    SET lease_until = clock_timestamp() + make_interval(secs => %(lease)s),
+                        attempts = s.attempts + %(count)s
+                   FROM ok WHERE ok.held = %(n)s AND s.submission_id IN (SELECT submission_id FROM mine)
+                 RETURNING 1),
+     logged AS (INSERT INTO ledger.submission_attempt (kind, document_id, submission_ids, attempt,
+                       request_sha256, outcome, claimed_by, batch_id, at, send_id)
+                SELECT %(kind)s, %(doc)s, %(ids)s, %(attempt)s, %(sha)s, 'SENDING', %(name)s, %(batch)s,
+                       %(at)s, %(send)s FROM ok WHERE ok.held = %(n)s
+                ON CONFLICT (send_id, attempt, outcome) WHERE send_id IS NOT NULL DO NOTHING RETURNING 1)
+SELECT held FROM ok"""
+
+
 def _sha256(body: Any) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -254,10 +266,13 @@ class SendLog:
         claim: Claim,
         batch_id: str,
         at: datetime,
+        defer_accepted: bool = False,
     ):
         self.ledger, self.kind, self.credit_note_id, self.ids = ledger, kind, credit_note_id, ids
         self.sha, self.claim, self.batch_id, self.at = _sha256(body), claim, batch_id, at
         self.send_id = uuid.uuid4().hex
+        self.defer_accepted = defer_accepted
+        self.accepted: tuple[int, int, str] | None = None  # a 202 not yet written (defer_accepted)
 
     def _row(self, conn, attempt: int, status: int | None, tx: str | None, errors: Any, outcome: str) -> None:
         conn.execute(
@@ -284,13 +299,37 @@ class SendLog:
         )
 
     def before(self, attempt: int) -> None:
-        """Before HTTP attempt ``attempt``: still ours (lease renewed), and written down as SENDING."""
+        """Before HTTP attempt ``attempt``: still ours (lease renewed; the send counted on its first), and
+        written down as SENDING; all in one statement (one round trip, committed before the request
+        leaves), or nothing and ClaimLost when a row is no longer this pusher's."""
 
         def step(conn) -> None:
-            self.claim.renew(conn, self.ids)
-            self._row(conn, attempt, None, None, None, "SENDING")
+            held = conn.execute(
+                _BEFORE_SQL,
+                {
+                    "ids": self.ids,
+                    "n": len(self.ids),
+                    "me": self.claim.key,
+                    "lease": self.claim.lease_s,
+                    "count": int(attempt == 1),
+                    "kind": self.kind,
+                    "doc": self.credit_note_id,
+                    "attempt": attempt,
+                    "sha": self.sha,
+                    "name": self.claim.name,
+                    "batch": self.batch_id,
+                    "at": self.at,
+                    "send": self.send_id,
+                },
+            ).fetchone()[0]
+            if held != len(self.ids):
+                raise ClaimLost(
+                    f"{len(self.ids) - held} of {len(self.ids)} rows are no longer claimed by "
+                    f"{self.claim.name} (lease ran out)"
+                )
+            self.claim.renew_all(conn)
 
-        self.ledger.run(step)
+        self.ledger.run(step, transaction=False)
 
     def __call__(self, attempt: int, status: int | None, tx: str | None, errors: Any) -> None:
         outcome = (
@@ -302,7 +341,16 @@ class SendLog:
             if status == 429 or status >= 500
             else "REFUSED"
         )
+        if outcome == "ACCEPTED_202" and self.defer_accepted and tx:
+            self.accepted = (attempt, status or 202, tx)  # written with the rows' SUBMITTED (write_accepted)
+            return
         self.ledger.run(lambda conn: self._row(conn, attempt, status, tx, errors, outcome))
+
+    def write_accepted(self, conn) -> None:
+        """The deferred 202's outcome row, in the caller's transaction (the one that records the send)."""
+        if self.accepted is not None:
+            attempt, status, tx = self.accepted
+            self._row(conn, attempt, status, tx, None, "ACCEPTED_202")
 
 
 def begin_send(
@@ -315,16 +363,12 @@ def begin_send(
     body: Any,
     batch_id: str,
     at: datetime,
+    defer_accepted: bool = False,
 ) -> SendLog:
-    """Count the send on the claimed rows and return the send log that records each HTTP try of it
-    (``before`` and the log itself go to the client as ``before_attempt`` and ``on_attempt``)."""
-    ledger.run(
-        lambda conn: conn.execute(
-            "UPDATE ledger.amazon_submission SET attempts = attempts + 1"
-            " WHERE submission_id = ANY(%s) AND claim_key = %s",
-            (ids, claim.key),
-        )
-    )
+    """The send log that records each HTTP try of a send (``before`` and the log itself go to the client as
+    ``before_attempt`` and ``on_attempt``); the send is counted on the claimed rows with its first
+    attempt's lease renewal (one transaction before the request leaves). ``defer_accepted``: the 202's
+    outcome row is written by the caller with the rows' SUBMITTED (returnledger.amazon.recording)."""
     return SendLog(
         ledger,
         kind=kind,
@@ -334,4 +378,5 @@ def begin_send(
         claim=claim,
         batch_id=batch_id,
         at=at,
+        defer_accepted=defer_accepted,
     )

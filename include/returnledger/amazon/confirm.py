@@ -29,6 +29,9 @@ from returnledger.store.db import connect
 log = logging.getLogger(__name__)
 
 DUPLICATE_CODE = "DuplicateInvoiceNumber"
+#: Success answers the checks beside a push record per transaction (a crash loses none: they stay
+#: SUBMITTED and are checked again)
+SUCCESS_BATCH = 8
 
 
 def _duplicate_of(errors: list[dict]) -> tuple[bool, str | None]:
@@ -108,9 +111,12 @@ def new_stats() -> dict:
     return dict.fromkeys(STATS, 0)
 
 
-def record_answer(conn, p: Pending, answer: Answer, *, run: RunMoment, stats: dict) -> list[Pending]:
+def record_answer(
+    conn, p: Pending, answer: Answer, *, run: RunMoment, stats: dict, commit: bool = True
+) -> list[Pending]:
     """Write down what one status check found (whichever driver ran it); returns the transactions to check
-    next (the one a duplicate refusal names, when that is evidence worth following)."""
+    next (the one a duplicate refusal names, when that is evidence worth following). ``commit=False``:
+    inside the caller's transaction (several answers recorded at once)."""
     batch_id, at = run.batch_id, run.as_of
     tx, kind, ids, note_id = p.tx, p.kind, p.ids, p.note_id
     if answer.outcome == "unavailable":  # retries ran out: the rows stay SUBMITTED for the next try
@@ -124,7 +130,8 @@ def record_answer(conn, p: Pending, answer: Answer, *, run: RunMoment, stats: di
                 "UPDATE ledger.amazon_submission SET last_error = %s WHERE submission_id = ANY(%s)",
                 (answer.message, ids),
             )
-            conn.commit()
+            if commit:
+                conn.commit()
             stats["unknown"] = stats.get("unknown", 0) + 1
         return []
     if answer.outcome == "processing":  # given up for this run: still SUBMITTED
@@ -175,7 +182,8 @@ def record_answer(conn, p: Pending, answer: Answer, *, run: RunMoment, stats: di
                 (json.dumps(answer.errors, default=str), at, ids),
             )
         stats["inventory_failed"] += 1
-    conn.commit()
+    if commit:
+        conn.commit()
     return followed
 
 
@@ -239,8 +247,9 @@ def confirm(
 @contextmanager
 def checks_beside(dsn: str, client, *, run: RunMoment, expected_s: float = EXPECTED_S):
     """Status checks while a push sends (issue 26): a thread checks the transactions the ledger holds
-    SUBMITTED as each comes due, at getTransaction's own rate, and records what is final; when the block
-    ends it stops and leaves the rest to ``confirm``. Yields its counts (filled when the block ends).
+    SUBMITTED as each comes due, at getTransaction's own rate, and records what is final (Success answers
+    several per transaction, at least every second); when the block ends it stops and leaves the rest to
+    ``confirm``. Yields its counts (filled when the block ends).
     Amazon unavailable or refusing credentials only stops it: the rows stay SUBMITTED for confirm."""
     from returnledger.amazon.push import BREAKER_FAILURES
 
@@ -250,21 +259,41 @@ def checks_beside(dsn: str, client, *, run: RunMoment, expected_s: float = EXPEC
     def work() -> None:
         try:
             with connect(dsn) as conn:
-                schedule = Readiness(expected_s, max_checks=1_000_000)  # never given up: confirm goes on
+                # a transaction still Processing after its checks is left to confirm (at 100k returns a day
+                # ~170 stuck ones re-checked every few seconds took more than getTransaction's whole rate)
+                schedule = Readiness(expected_s, max_checks=3)
+                successes: list[
+                    tuple[Pending, Answer]
+                ] = []  # recorded RECORD_BATCH at a time, or each second
+
+                def record_successes() -> None:
+                    if not successes:
+                        return
+                    for p, answer in successes:  # one transaction (the connection is not autocommit)
+                        record_answer(conn, p, answer, run=run, stats=stats, commit=False)
+                    conn.commit()
+                    successes.clear()
 
                 def on_answer(p: Pending, answer: Answer) -> list[Pending]:
                     if answer.outcome in ("unavailable", "auth", "processing"):
                         return []
+                    if answer.status == "Success":  # follows nothing: it can wait for the others
+                        successes.append((p, answer))
+                        if len(successes) >= SUCCESS_BATCH:
+                            record_successes()
+                        return []
                     return record_answer(conn, p, answer, run=run, stats=stats)
 
-                ran = run_checks(
-                    client,
-                    schedule,
-                    on_answer,
-                    refresh=lambda: pending(conn, schedule.checks.keys()),
-                    stop=stop,
-                    breaker=BREAKER_FAILURES,
-                )
+                def refresh() -> list[Pending]:
+                    record_successes()
+                    return pending(conn, schedule.checks.keys())
+
+                try:
+                    ran = run_checks(
+                        client, schedule, on_answer, refresh=refresh, stop=stop, breaker=BREAKER_FAILURES
+                    )
+                finally:
+                    record_successes()
                 stats.update(
                     polls=ran["checks"],
                     stopped_by_breaker=ran["stopped_by_breaker"],

@@ -5,7 +5,9 @@ tests/sandbox/test_money_evidence.py):
 - **One id, one note** (returnledger.ledger.submissions).
 - **Claimed before sent**: a claim is a lease in the rows, renewed before every HTTP attempt, so a lost
   database connection takes nothing from a living pusher; **a send log** writes every HTTP attempt down
-  before it leaves and after it ends (returnledger.amazon.claims).
+  before it leaves and after it ends (returnledger.amazon.claims); a credit note's 202 is written with its
+  rows' SUBMITTED, several notes per transaction (returnledger.amazon.recording: a crash in between
+  leaves attempts of unknown outcome, resent under the same ids and judged by evidence).
 - **Either duplicate rule.** A resend (lost response, 5xx, crash, task retry) reuses the id. Whether Amazon
   answers it as the same note or as a new transaction failing with ``DuplicateInvoiceNumber``, the outcome
   is the same (returnledger.amazon.confirm): accepted only on Amazon's evidence, never REJECTED for a
@@ -25,7 +27,7 @@ from collections import defaultdict
 
 import psycopg
 
-from returnledger.amazon.answers import reject, transition
+from returnledger.amazon.answers import reject
 from returnledger.amazon.claims import (
     Claim,
     ClaimLost,
@@ -39,7 +41,7 @@ from returnledger.amazon.claims import (
     release_all,
 )
 from returnledger.amazon.credit_note import build_credit_note
-from returnledger.ledger import lifecycle
+from returnledger.amazon.recording import Recorder, Sent
 from returnledger.moment import RunMoment
 
 log = logging.getLogger(__name__)
@@ -109,8 +111,23 @@ def _push_credits(dsn: str, client, *, party_id: str, run: RunMoment) -> dict:
     consecutive = 0
     ledger = Ledger(dsn)
     claim = Claim(batch_id)
+    recorder = Recorder(ledger, claim, at=at, batch_id=batch_id)
+
+    def recorded(done: list) -> None:
+        for sent, held in done:
+            if held < len(sent.ids):  # our lease ran out while the note waited for the ledger: the 202 is
+                log.warning(  # in the send log, and confirm judges the other pusher's resend by it
+                    "push_credits %s: %s sent (transaction %s) after its claim was taken over",
+                    batch_id,
+                    sent.note_id,
+                    sent.tx,
+                )
+            stats["credit_notes"] += 1
+            stats["lines"] += held
+
     try:
         while consecutive < BREAKER_FAILURES:
+            recorded(recorder.flush())  # our own SENDING rows are claimable by us: record them first
             notes = claim_credit_notes(ledger, claim)
             if not notes:
                 break
@@ -120,6 +137,8 @@ def _push_credits(dsn: str, client, *, party_id: str, run: RunMoment) -> dict:
                     release(ledger, ids, claim, None)
                     stats["stopped_by_breaker"] += 1
                     continue
+                if recorder.due():
+                    recorded(recorder.flush())
                 body = build_credit_note(note_id, rows, party_id=party_id)
                 stats["calls"] += 1
                 sendlog = begin_send(
@@ -131,6 +150,7 @@ def _push_credits(dsn: str, client, *, party_id: str, run: RunMoment) -> dict:
                     body=body,
                     batch_id=batch_id,
                     at=at,
+                    defer_accepted=True,
                 )
                 try:
                     tx = client.submit_invoices([body], on_attempt=sendlog, before_attempt=sendlog.before)
@@ -149,6 +169,7 @@ def _push_credits(dsn: str, client, *, party_id: str, run: RunMoment) -> dict:
                     consecutive = 0
                     continue
                 except AmazonAuthError as e:  # every next call would be refused too: stop, all stay PENDING
+                    recorded(recorder.flush())  # what Amazon took in before is SUBMITTED, not released
                     release(ledger, ids, claim, f"{type(e).__name__}: {e}"[:2000])
                     release_all(ledger, claim)
                     raise
@@ -163,38 +184,12 @@ def _push_credits(dsn: str, client, *, party_id: str, run: RunMoment) -> dict:
                         unavailable, last_unavailable = unavailable + 1, e
                     continue
                 consecutive = 0
-
-                def submitted(conn, ids=ids, tx=tx, note_id=note_id) -> list:
-                    done = mark_submitted(conn, ids, claim, tx, at)
-                    conn.execute(
-                        """UPDATE ledger.credit_note
-                              SET first_transaction_id = COALESCE(first_transaction_id, %s)
-                            WHERE credit_note_id = %s""",
-                        (tx, note_id),
-                    )
-                    transition(
-                        conn,
-                        [tuple(k) for k in done],
-                        lifecycle.on_credit_submitted,
-                        cause="CREDIT_SUBMITTED",
-                        at=at,
-                        batch_id=batch_id,
-                    )
-                    return done
-
-                done = ledger.run(submitted)
-                if len(done) < len(ids):  # our lease ran out while we waited for the ledger: the 202 is
-                    log.warning(  # in the send log, and confirm judges the other pusher's resend by it
-                        "push_credits %s: %s sent (transaction %s) after its claim was taken over",
-                        batch_id,
-                        note_id,
-                        tx,
-                    )
-                stats["credit_notes"] += 1
-                stats["lines"] += len(done)
+                recorded(recorder.add(Sent(note_id, ids, tx, sendlog)))
+        recorded(recorder.flush())
         release_all(ledger, claim)
     finally:
         ledger.close()
+    stats["record_transactions"] = recorder.transactions
     log.info("push_credits %s: %s", batch_id, stats)
     if unavailable:
         left = (
