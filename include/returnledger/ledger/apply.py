@@ -20,6 +20,7 @@ from returnledger.fields import int4_sql
 from returnledger.ledger import lifecycle
 from returnledger.ledger.holds import blocked_sql, record_outcomes, release_reference_holds
 from returnledger.ledger.runs import no_cyclic_gc
+from returnledger.ledger.setapply import apply_common
 from returnledger.ledger.writes import HISTORY_COLUMNS, Changes, load_lines, write_changes
 from returnledger.models import LINE_EVENTS, Disposition, EventType, ExceptionType, Grade
 from returnledger.moment import RunMoment
@@ -72,7 +73,12 @@ def _refuse_unfit(
     return len(ids)
 
 
-def apply(dsn: str, *, run: RunMoment, currency: str = "GBP") -> dict:
+#: whole returns of common transitions take the set-based path (returnledger.ledger.setapply); the
+#: per-event path alone when False (the tests compare the two)
+SET_BASED = True
+
+
+def apply(dsn: str, *, run: RunMoment, currency: str = "GBP", set_based: bool | None = None) -> dict:
     """Lifecycle rules over passing events plus every held event that may now go on."""
     batch_id, at = run.batch_id, run.as_of
     stats = defaultdict(int)
@@ -83,12 +89,13 @@ def apply(dsn: str, *, run: RunMoment, currency: str = "GBP") -> dict:
         stats["released_exceptions"] = release_reference_holds(conn, at=at)
         # events to (re)apply: new passing events, and held events no longer blocked. Fields only some event
         # types carry are read for those types alone and never cast blindly: a poison value is null here.
-        rows = conn.execute(f"""
+        conn.execute(f"""
+            CREATE TEMP TABLE apply_candidate ON COMMIT DROP AS
             WITH blocked AS ({blocked})
             SELECT r.raw_id, r.event_id, r.event_type, r.return_id, r.line, r.occurred_at,
-                   CASE WHEN r.event_type = 'RECEIVED' THEN {int4_sql("quantity", 1)} END,
-                   CASE WHEN r.event_type = 'GRADED' THEN r.payload->>'grade' END,
-                   CASE WHEN r.event_type = 'DISPOSITIONED' THEN r.payload->>'disposition' END,
+                   CASE WHEN r.event_type = 'RECEIVED' THEN {int4_sql("quantity", 1)} END AS quantity,
+                   CASE WHEN r.event_type = 'GRADED' THEN r.payload->>'grade' END AS grade,
+                   CASE WHEN r.event_type = 'DISPOSITIONED' THEN r.payload->>'disposition' END AS disposition,
                    (h.raw_id IS NOT NULL) AS was_held
             FROM ledger.raw_event r LEFT JOIN ledger.held_event h USING (raw_id)
             LEFT JOIN ledger.event_outcome o USING (raw_id)
@@ -101,7 +108,17 @@ def apply(dsn: str, *, run: RunMoment, currency: str = "GBP") -> dict:
                OR (o.status = 'HELD' AND bl.return_id IS NULL AND br.return_id IS NULL
                    AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f WHERE f.raw_id = r.raw_id
                                      AND f.exception_type IN {replay_only}))
-            ORDER BY r.raw_id""").fetchall()
+            """)
+        conn.execute("ANALYZE apply_candidate")
+        common = None
+        if SET_BASED if set_based is None else set_based:  # whole returns of common transitions, in SQL
+            common = apply_common(conn, policy, blocked, batch_id=batch_id, at=at)
+        rest = "WHERE NOT EXISTS (SELECT 1 FROM set_return s WHERE s.return_id = c.return_id)"
+        rows = conn.execute(f"""
+            SELECT raw_id, event_id, event_type, return_id, line, occurred_at, quantity, grade, disposition,
+                   was_held
+              FROM apply_candidate c {rest if common is not None else ""}
+             ORDER BY raw_id""").fetchall()
         blocked_lines: dict[tuple[str, int], tuple[str, str]] = {}
         blocked_returns: dict[str, tuple[str, str]] = {}
         for rid, ln, etype, subject in conn.execute(blocked):
@@ -191,6 +208,10 @@ def apply(dsn: str, *, run: RunMoment, currency: str = "GBP") -> dict:
                     record(rid, ln, raw_id, event, out)
                     done.append(raw_id)
                 lines[key] = final
+        if common is not None:  # the set path's Amazon actions: submissions are built in one place
+            changes.actions.extend(common["actions"])
+            lines.update(common["lines"])
+            line_info.update(common["info"])
         stats.update(
             write_changes(
                 conn,
@@ -205,5 +226,8 @@ def apply(dsn: str, *, run: RunMoment, currency: str = "GBP") -> dict:
                 currency=currency,
             )
         )
-    log.info("apply %s: %s", batch_id, dict(stats))
+    if common is not None:
+        stats["applied"] += common["set_applied"]
+        stats["lines_changed"] += common["set_lines_changed"]
+    log.info("apply %s: %s (set-based: %s)", batch_id, dict(stats), common and common["set_applied"])
     return dict(stats)
