@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,9 +59,8 @@ def pg_server():
     db.release_embedded()
 
 
-@pytest.fixture(scope="session")
-def db_dsn(pg_server):
-    """DSN of this session's own fresh, migrated database (dropped afterwards)."""
+def _migrated_scratch_database(pg_server: str) -> Iterator[str]:
+    """DSN of a fresh scratch database on the server, migrated (dropped when the fixture ends)."""
     from returnledger.store import migrate
     from returnledger_dev import scratch_db
 
@@ -68,18 +68,18 @@ def db_dsn(pg_server):
     migrate.migrate(dsn)
     yield dsn
     scratch_db.drop_database(pg_server, dsn)
+
+
+@pytest.fixture(scope="session")
+def db_dsn(pg_server):
+    """DSN of this session's own fresh, migrated database (dropped afterwards)."""
+    yield from _migrated_scratch_database(pg_server)
 
 
 @pytest.fixture
 def fresh_db(pg_server):
     """A database of its own for a test that needs an empty ledger."""
-    from returnledger.store import migrate
-    from returnledger_dev import scratch_db
-
-    dsn = scratch_db.create_scratch_database(pg_server)
-    migrate.migrate(dsn)
-    yield dsn
-    scratch_db.drop_database(pg_server, dsn)
+    yield from _migrated_scratch_database(pg_server)
 
 
 @pytest.fixture
