@@ -196,3 +196,23 @@ def test_a_transaction_checked_a_thousand_times_backs_off_without_overflow():
         assert q is p
         assert schedule.answered(p, Answer("T0", "processing", "Processing"), now)
     assert schedule.step() * 2 <= 0.25 * schedule.expected + 5.0
+
+
+def test_with_no_processing_time_a_stuck_transaction_is_given_up_within_a_few_seconds():
+    """The demo (the simulator answers at once): a transaction stuck in Processing held each day's confirm
+    8.5 s (given up 5 s past the estimate its checks moved to 3.3 s, and checked 5 s after its 4th check);
+    now the grace is a fifth of the estimate, 1 to 5 s, and its last check is made when it is due to be
+    given up."""
+    from returnledger.amazon.status_checks import Answer, Pending, Readiness
+
+    clock = [1e9]
+    schedule = Readiness(0.0, step_s=1.0, max_checks=3)  # confirm's trigger
+    schedule.add(Pending("T0", "CREDIT_NOTE", submitted=1e9))
+    while len(schedule):
+        p, wait = schedule.due(clock[0])
+        if p is None:
+            clock[0] += wait
+            continue
+        clock[0] += 0.1
+        schedule.answered(p, Answer("T0", "processing", "Processing"), clock[0])
+    assert schedule.given_up and clock[0] - 1e9 <= 5.0, clock[0] - 1e9

@@ -108,7 +108,8 @@ class Readiness:
     """Which transaction to check next, and when: by expected readiness (see the module's doc).
 
     A transaction still processing is given up (left SUBMITTED) after ``max_checks`` checks once its age
-    passes ``patience`` x the estimate plus ``grace_s`` (slower than the others by far: stuck).
+    passes ``patience`` x the estimate plus ``grace()`` (slower than the others by far: stuck); its last
+    check is made when that time comes.
     """
 
     def __init__(
@@ -140,6 +141,11 @@ class Readiness:
 
     def step(self) -> float:
         return max(self.step_s, 0.1 * self.expected)
+
+    def grace(self) -> float:
+        """How long past the estimate a transaction still Processing is followed: a fifth of the estimate,
+        1 s to ``grace_s`` (a demo's estimate of 0 gave a stuck transaction 5 s, about 7 s of each day)."""
+        return min(self.grace_s, max(1.0, 0.2 * self.expected))
 
     def add(self, p: Pending, at: float | None = None) -> None:
         """Schedule ``p``: at its expected readiness, or at ``at`` (epoch seconds)."""
@@ -198,13 +204,19 @@ class Readiness:
         )
         if learn and p.submitted and on_time:
             self.expected = min(MAX_EXPECTED_S, max(self.expected, age + self.step()))
-        if n >= self.max_checks and age > self.patience * self.expected + self.grace_s:
+        if n >= self.max_checks and age > self.patience * self.expected + self.grace():
             self.given_up.append(p)
             return False
         if p.submitted and age < self.expected:  # not due yet by the (new) estimate: then
             self.add(p, max(now + self.step(), p.submitted + self.expected))
         else:  # slower than the others: back off, a few seconds at most
-            self.add(p, now + min(self.step() * 2 ** min(n - 1, 30), max(5.0, 0.25 * self.expected)))
+            later = now + min(self.step() * 2 ** min(n - 1, 30), max(5.0, 0.25 * self.expected))
+            if n >= self.max_checks:  # its last check: when it is due to be given up, not later
+                since = self.since.get(p.tx, now)
+                later = min(
+                    later, max(now + 0.1, since + self.patience * self.expected + self.grace() + 0.05)
+                )
+            self.add(p, later)
         return True
 
 
