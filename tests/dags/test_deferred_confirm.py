@@ -18,31 +18,14 @@ import pytest
 
 from returnledger.amazon.push import push_credits
 from returnledger.moment import RunMoment
-from returnledger.store import db, migrate
-from returnledger_dev import scratch_db
+from returnledger.store import db
+from returnledger_dev.demo.airflow_run import load_dag
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from test_money_path import _seed_pending_notes, _sync_without_push  # noqa: E402
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def ledger(pg_server, monkeypatch):
-    dsn = scratch_db.create_scratch_database(pg_server, "rl_defer")
-    migrate.migrate(dsn)
-    monkeypatch.setenv("AIRFLOW_CONN_RETURNS_DB", scratch_db.airflow_connection_json(dsn))
-    yield dsn
-    scratch_db.drop_database(pg_server, dsn)
-
-
-def _confirm_task():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(ROOT / "dags" / "returns_sync.py"))
-    assert not bag.import_errors, bag.import_errors
-    return bag.dags["returns_sync"].get_task("confirm")
 
 
 async def _fire(trigger) -> list:
@@ -75,7 +58,7 @@ def test_confirm_defers_the_wait_to_the_triggerer_and_resumes_only_to_record(led
         from returnledger.airflow.hooks import AmazonSpApiHook
 
         push_credits(ledger, AmazonSpApiHook().get_conn(), party_id="VNDR1", run=run, check_beside=False)
-        task = _confirm_task()
+        task = load_dag("returns_sync").get_task("confirm")
         assert type(task).__name__ == "ConfirmOperator"
         task.window = run.to_xcom()
         with pytest.raises(TaskDeferred) as deferred:

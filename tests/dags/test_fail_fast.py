@@ -15,31 +15,14 @@ from pathlib import Path
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from returnledger.store import db, migrate
-from returnledger_dev import scratch_db
+from returnledger.store import db
+from returnledger_dev.demo.airflow_run import load_dag
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from test_money_path import _seed_pending_notes, _sync_without_push  # noqa: E402
 
 pytestmark = pytest.mark.integration
-
-
-def _task(dag_file: str, dag_id: str, task_id: str):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(ROOT / "dags" / dag_file))
-    assert not bag.import_errors, bag.import_errors
-    return bag.dags[dag_id].get_task(task_id).python_callable
-
-
-@pytest.fixture
-def ledger(pg_server, monkeypatch):
-    dsn = scratch_db.create_scratch_database(pg_server, "rl_failfast")
-    migrate.migrate(dsn)
-    monkeypatch.setenv("AIRFLOW_CONN_RETURNS_DB", scratch_db.airflow_connection_json(dsn))
-    yield dsn
-    scratch_db.drop_database(pg_server, dsn)
 
 
 def test_bad_amazon_credentials_fail_push_credits_at_once_saying_what_to_fix(ledger, tmp_path, monkeypatch):
@@ -60,7 +43,7 @@ def test_bad_amazon_credentials_fail_push_credits_at_once_saying_what_to_fix(led
                 }
             ),
         )
-        push_credits = _task("returns_sync.py", "returns_sync", "push_credits")
+        push_credits = load_dag("returns_sync").get_task("push_credits").python_callable
         with pytest.raises(AirflowFailException) as err:
             push_credits({"window_end": end.isoformat(), "batch_id": batch})
     message = str(err.value)
@@ -80,7 +63,7 @@ def test_a_rejected_export_fails_the_import_at_once_saying_what_to_fix(ledger, t
         ",".join(COLUMNS) + "\nAR-1,RN1,RMA1,VRET1,B000000001,SKU-A,not-a-number,REBOUND,2026-10-03,\n"
     )
     monkeypatch.setenv("AIRFLOW_VAR_RETURNLEDGER_EXPORT_BASE", f"file://{tmp_path}")
-    import_export = _task("returns_reconciliation.py", "returns_reconciliation", "import_amazon_export")
+    import_export = load_dag("returns_reconciliation").get_task("import_amazon_export").python_callable
     window = {"close": False, "period": "2026-10", "as_of": datetime(2026, 11, 1, tzinfo=UTC).isoformat()}
     with pytest.raises(AirflowFailException) as err:
         import_export(window)
