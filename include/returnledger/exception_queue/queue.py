@@ -188,6 +188,9 @@ def replay_events(conn: psycopg.Connection, raw_ids: list[int]) -> int:
     events never go back. Returns how many events will be examined again."""
     if not raw_ids:
         return 0
+    from returnledger.intake.floor import lower_floor
+
+    lower_floor(conn, list(raw_ids))  # the sync's readers start at the raw floor: below these again
     (count,) = conn.execute(_REPLAY_SQL, {"ids": list(raw_ids)}).fetchone() or (0,)
     return count
 

@@ -30,6 +30,7 @@ from returnledger.exception_queue.queue import (
 )
 from returnledger.exception_types import Release, released_by, sql_in
 from returnledger.fields import INT4_MAX, as_int4, as_whole, is_db_text, parse_time
+from returnledger.intake.floor import FLOOR_MARK, at_floor, current_floor
 from returnledger.intake.order_lookup import ask_rebound, release_orders, report_unread
 from returnledger.intake.raw import REFUSED, screen_body, storable
 from returnledger.ledger.runs import SYSTEM_ACTOR
@@ -56,7 +57,7 @@ SELECT DISTINCT return_id FROM (
     SELECT e.return_id FROM ledger.raw_event e
     LEFT JOIN ledger.return_order o ON o.return_id = e.return_id
     LEFT JOIN ledger.return_line l ON l.return_id = e.return_id AND l.line = e.line
-    WHERE e.return_id IS NOT NULL
+    WHERE e.return_id IS NOT NULL AND e.raw_id >= {FLOOR_MARK}  -- below the floor every event was examined
       AND NOT EXISTS (SELECT 1 FROM ledger.event_outcome x WHERE x.raw_id = e.raw_id)
       AND (o.return_id IS NULL
            OR (l.return_id IS NULL AND e.line IS NOT NULL AND e.event_type IN {LINE_EVENTS_SQL})
@@ -93,7 +94,7 @@ def fetch_return_orders(
     that passes clears its earlier rejection and releases the events it held; INVALID_EVENTs whose return
     or line now exists are resolved and their events examined again (the same path as a new delivery).
     """
-    ids = [r[0] for r in conn.execute(_REFRESH_SQL)]
+    ids = [r[0] for r in conn.execute(at_floor(_REFRESH_SQL, current_floor(conn)))]
     ids = [i for i in ids if _ID_RE.match(i)]
     if not ids:
         return 0, 0, 0

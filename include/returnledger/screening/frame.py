@@ -11,12 +11,14 @@ import psycopg
 
 from returnledger.exception_queue.queue import ORDER_FETCH_PREFIX
 from returnledger.fields import given_sql, number_sql, text_sql, whole_sql
+from returnledger.intake.floor import FLOOR_MARK, at_floor
 from returnledger.models import LINE_EVENTS, LINE_EVENTS_SQL
 
 # The frame the events suite runs on, built in PostgreSQL from the unprocessed raw rows. The typed columns
 # of raw_event were filled at extract by the same rules (wrong JSON type -> null, which fails its check);
 # the fields only some event types carry are read from the payload for those types alone. Conflicting
-# bodies of one event id and rejected return orders come from their own (small) tables.
+# bodies of one event id and rejected return orders come from their own (small) tables. Every raw event
+# below the raw floor has been examined (returnledger.intake.floor): the frame reads from it up.
 VALIDATION_FRAME_SQL = f"""
     SELECT r.raw_id, r.event_id, r.event_type AS type, r.return_id, r.line,
            date_part('epoch', r.occurred_at) AS occurred_at,
@@ -48,14 +50,17 @@ VALIDATION_FRAME_SQL = f"""
     LEFT JOIN (SELECT DISTINCT return_id FROM ledger.exception
                WHERE status = 'open' AND type = 'SYNC_STALLED' AND subject_key LIKE '{ORDER_FETCH_PREFIX}%'
                  AND return_id IS NOT NULL) u ON u.return_id = r.return_id
-    WHERE NOT EXISTS (SELECT 1 FROM ledger.event_outcome x WHERE x.raw_id = r.raw_id)
+    WHERE r.raw_id >= {FLOOR_MARK}
+      AND NOT EXISTS (SELECT 1 FROM ledger.event_outcome x WHERE x.raw_id = r.raw_id)
       AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f WHERE f.raw_id = r.raw_id)"""
 
 
-def read_validation_frame(conn: psycopg.Connection):
-    """The unprocessed events as a DataFrame: COPY ... TO STDOUT as CSV into pandas' C reader."""
+def read_validation_frame(conn: psycopg.Connection, floor: int = 0):
+    """The unprocessed events from the raw floor up (returnledger.intake.floor) as a DataFrame: COPY ... TO
+    STDOUT as CSV into pandas' C reader."""
     buf = bytearray()
-    with conn.cursor().copy(f"COPY ({VALIDATION_FRAME_SQL}) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
+    sql = at_floor(VALIDATION_FRAME_SQL, floor)
+    with conn.cursor().copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
         for block in copy:
             buf += block
     return frame_from_csv(bytes(buf))

@@ -15,6 +15,7 @@ import psycopg
 
 from returnledger.exception_queue.queue import NewException, raise_exceptions
 from returnledger.exception_types import Holds, Subject, kind, screening_outcome
+from returnledger.intake.floor import FLOOR_MARK, at_floor, current_floor, raise_floor
 from returnledger.ledger.holds import hold, hold_subject, record_outcomes
 from returnledger.moment import RunMoment
 from returnledger.screening.frame import read_validation_frame
@@ -35,7 +36,8 @@ def validate(dsn: str, *, batch_id: str, result_dir: Path | None = None) -> dict
     warm = threading.Thread(target=import_gx, name="import-gx", daemon=True)
     warm.start()
     with connect(dsn) as conn:
-        frame = read_validation_frame(conn)
+        floor = raise_floor(conn)  # the frame reads from the raw floor up (every event below it was examined)
+        frame = read_validation_frame(conn, floor)
         warm.join()
         outcome = validate_frame(frame, run_name=batch_id)
         if outcome.failed:
@@ -63,8 +65,9 @@ def validate(dsn: str, *, batch_id: str, result_dir: Path | None = None) -> dict
         conn.commit()
         pending = _count(
             conn,
-            "SELECT count(*) FROM ledger.validation_failure f JOIN ledger.raw_event r USING"
-            " (raw_id) WHERE NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id)",
+            "SELECT count(*) FROM ledger.validation_failure f JOIN ledger.raw_event r USING (raw_id)"
+            f" WHERE f.raw_id >= {int(floor)}"  # below the floor every event has its outcome
+            " AND NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id)",
         )
         held = _count(conn, "SELECT count(*) FROM ledger.held_event")
     if result_dir is not None:
@@ -103,11 +106,13 @@ def quarantine(dsn: str, *, run: RunMoment) -> dict:
     per return for a failing return order); hold the events that wait on it."""
     batch_id, at = run.batch_id, run.as_of
     with unit_of_work(dsn) as conn:
-        rows = conn.execute("""
+        sql = f"""
             SELECT f.raw_id, f.exception_type, f.detail, f.return_id, f.line, f.sku, r.event_id
             FROM ledger.validation_failure f JOIN ledger.raw_event r USING (raw_id)
-            WHERE NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id)
-            ORDER BY f.raw_id""").fetchall()
+            WHERE f.raw_id >= {FLOOR_MARK}  -- below the raw floor every event has its outcome
+              AND NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id)
+            ORDER BY f.raw_id"""
+        rows = conn.execute(at_floor(sql, current_floor(conn))).fetchall()
         invalid, held = [], []
         for raw_id, etype, detail, rid, ln, sku, event_id in rows:
             if screening_outcome(etype) == "refuse":  # the registry: a raw-event type that holds nothing
