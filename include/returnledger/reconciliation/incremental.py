@@ -148,10 +148,11 @@ def base(conn, key: str, params: dict, print_: str) -> dict | None:
     if row is None or not results.has_partition(conn, key):
         return None
     as_of, cov, fp, snap = row
+    counts = cov.pop("by_status", None)  # the rows per status the run left (saved beside its coverage)
     mine = coverage_json(params)
     if {**cov, "report_period": None} != {**mine, "report_period": None} or fp != print_:
         return None
-    return {"as_of": as_of, "snapshot": snap}
+    return {"as_of": as_of, "snapshot": snap, "by_status": counts}
 
 
 def seed_sql(columns: tuple[str, ...]) -> str:
@@ -168,13 +169,25 @@ def seed_sql(columns: tuple[str, ...]) -> str:
     return f"SELECT {cols} FROM ledger.recon_result WHERE period = %(seed)s"
 
 
-def save(conn, key: str, params: dict, print_: str, snap: str) -> None:
+def counts(conn, last: dict) -> dict[str, int] | None:
+    """The key's rows per status after a re-match, without reading them all: the last run's counts, less
+    the stored rows of the dirty notices as they were, plus their fresh rows. None: not known."""
+    if last.get("by_status") is None:
+        return None
+    out = dict(last["by_status"])
+    for sign, table in ((-1, "recon_stored"), (1, "recon_fresh")):
+        for status, n in conn.execute(f"SELECT recon_status, count(*) FROM pg_temp.{table} GROUP BY 1"):
+            out[status] = out.get(status, 0) + sign * n
+    return {s: n for s, n in out.items() if n}
+
+
+def save(conn, key: str, params: dict, print_: str, snap: str, by_status: dict[str, int]) -> None:
     conn.execute(
         _SAVE_SQL,
         {
             "key": key,
             "as_of": params["as_of"],
-            "coverage": Jsonb(coverage_json(params)),
+            "coverage": Jsonb({**coverage_json(params), "by_status": by_status}),
             "fingerprint": print_,
             "snapshot": snap,
         },

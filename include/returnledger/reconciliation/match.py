@@ -379,11 +379,12 @@ def reconcile(
         summary.exceptions_resolved += findings.resolve_settled(conn, params, at=as_of, batch_id=batch_id)
         step("resolve_settled")
 
-        summary.by_status = {s: n for s, n in conn.execute(_COUNT_SQL, params)}
+        known = incremental.counts(conn, last) if daily and last is not None else None
+        summary.by_status = known if known is not None else dict(conn.execute(_COUNT_SQL, params).fetchall())
         summary.rows = sum(summary.by_status.values())
         step("count")
         if daily:  # what the next run builds on, and the changes no rolling key needs any more
-            incremental.save(conn, key, params, policy_print, snap)
+            incremental.save(conn, key, params, policy_print, snap, summary.by_status)
             incremental.prune(conn)
             step("state")
     summary.seconds = time.perf_counter() - t0
