@@ -365,8 +365,8 @@ def reconcile(
         step("match")
         # fresh statistics: the queries below read the rows just written and the exception queue
         # (stale stats of a once-empty table send the planner into nested loops over a million rows); a
-        # re-match wrote a few rows of a million and its findings read only those
-        if last is None or not daily:
+        # re-match (a close's too) wrote a few rows or copied them, and its findings read only the re-matched
+        if last is None:
             if added or changed or gone:
                 results.analyze_partition(conn, key)
             results.analyze(conn, "ledger.exception")
