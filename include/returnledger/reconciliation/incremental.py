@@ -270,7 +270,8 @@ UNION ALL SELECT row_key, 'gone' FROM gone
 _LOOKUPS = ("enable_seqscan", "enable_hashjoin", "enable_mergejoin")
 
 
-def _lookups(conn, on: bool) -> None:
+def lookups(conn, on: bool) -> None:
+    """Index lookups only (``on``), or the planner's own choice again."""
     for setting in _LOOKUPS:
         conn.execute(f"SET LOCAL {setting} = {'off' if on else 'on'}")
 
@@ -283,19 +284,19 @@ def rematch(conn, params: dict, last: dict, sql: tuple[str, str, str]) -> tuple[
         conn.execute(stmt)
     window = params["window"]
     lo, hi = sorted((last["as_of"], params["as_of"]))
-    _lookups(conn, True)
+    lookups(conn, True)
     conn.execute(_DIRTY_SQL, {"base": last["snapshot"], "lo": lo - window, "hi": hi - window})
     conn.execute("ANALYZE pg_temp.recon_dirty_notice")
     for stmt in _SCOPE_SQL:
         conn.execute(stmt)
     for copy in _COPIES.values():  # without statistics the match over the copies took 22 s, not 0.2 s
         conn.execute(f"ANALYZE {copy}")
-    _lookups(conn, False)
+    lookups(conn, False)
     conn.execute(fresh, params)
-    _lookups(conn, True)
+    lookups(conn, True)
     conn.execute(stored, params)
     conn.execute(write, params)  # the full join is a hash or merge join all the same: the only ways
-    _lookups(conn, False)
+    lookups(conn, False)
     dirty = conn.execute("SELECT count(*) FROM pg_temp.recon_dirty_notice").fetchall()[0][0]
     counts = dict(conn.execute("SELECT kind, count(*) FROM pg_temp.recon_touched GROUP BY kind").fetchall())
     return dirty, counts.get("added", 0), counts.get("changed", 0), counts.get("gone", 0)

@@ -363,20 +363,20 @@ def reconcile(
             conn.execute("SELECT ledger.recon_partition_group_index(%s)", (key,))
         summary.written = {"inserted": added, "updated": changed, "deleted": gone}
         step("match")
-        # fresh statistics: the queries below read the rows just written and the exception queue
-        # (stale stats of a once-empty table send the planner into nested loops over a million rows); a
-        # re-match (a close's too) wrote a few rows or copied them, and its findings read only the re-matched
+        # fresh statistics for the queries below (stale ones sent the planner into nested loops over a million
+        # rows); not after a re-match (a close's too): its findings read only the rows it re-matched
         if last is None:
             if added or changed or gone:
                 results.analyze_partition(conn, key)
             results.analyze(conn, "ledger.exception")
         step("analyze")
-
+        incremental.lookups(conn, last is not None)  # after a re-match: a few rows, found by key
         summary.exceptions_raised = findings.raise_found(
             conn, params, as_of=as_of, window_days=window_days, touched_only=last is not None
         )
         step("raise_exceptions")
         summary.exceptions_resolved += findings.resolve_settled(conn, params, at=as_of, batch_id=batch_id)
+        incremental.lookups(conn, False)
         step("resolve_settled")
 
         known = incremental.counts(conn, last) if daily and last is not None else None
