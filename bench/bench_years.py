@@ -68,12 +68,27 @@ def utc(d: date) -> datetime:
 
 
 class Waits:
-    """Seconds the main thread sleeps (``time.sleep``) while a step runs: the client's rate limit and
-    retry back-off, confirm's waits for Amazon's processing. A step's own work is its wall less these."""
+    """What the main thread spends waiting on Amazon while a step runs: its sleeps (``time.sleep``: the
+    client's rate limit and retry back-off, confirm's waits for Amazon's processing) and, counted for
+    Amazon's steps only, its HTTP round trips (``httpx.Client.send``: the simulator's answers, which a
+    loaded machine slows). A step's own work is its wall less these."""
 
     def __init__(self) -> None:
-        self.slept, self._sleep = 0.0, time.sleep
+        import httpx
+
+        self.slept, self.http, self._sleep, self._send = 0.0, 0.0, time.sleep, httpx.Client.send
         time.sleep = self._sleep_counted  # type: ignore[assignment]
+        waits = self
+
+        def send(client, *args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return waits._send(client, *args, **kwargs)
+            finally:
+                if threading.current_thread() is threading.main_thread():
+                    waits.http += time.perf_counter() - t
+
+        httpx.Client.send = send  # type: ignore[method-assign]
 
     def _sleep_counted(self, seconds: float) -> None:
         t = time.perf_counter()
@@ -213,10 +228,11 @@ class Ledger:
         for step in sync_steps.STEPS:
             if step.name in skip or (step.branch_of and step.name not in results.get(step.branch_of, ())):
                 continue
-            t, slept = time.perf_counter(), WAITS.slept
+            t, slept, http = time.perf_counter(), WAITS.slept, WAITS.http
             results[step.name] = step.call(self.env, None if step.branch else run, results)
             secs[step.name] = time.perf_counter() - t
-            waits[step.name] = WAITS.slept - slept
+            amazon = WAITS.http - http if step.name in AMAZON_STEPS else 0.0
+            waits[step.name] = WAITS.slept - slept + amazon
         settle_outbox(self.dsn, run.end)
         counts = {k: results[k] for k in AMAZON_STEPS if isinstance(results.get(k), dict)}
         return {"secs": secs, "waits": waits, "delivered": results["extract"]["delivered"], "amazon": counts}
@@ -294,7 +310,7 @@ def size_line(period: str, s: dict) -> str:
 
 
 def own_work(r: dict) -> float:
-    """A timed day's own work: every step's wall less the waits it slept on Amazon."""
+    """A timed day's own work: every step's wall less its waits on Amazon (sleeps, Amazon's answers)."""
     return sum(r["secs"].values()) - sum(r["waits"].values())
 
 
@@ -307,7 +323,8 @@ def day_line(label: str, d: date, r: dict) -> str:
     return (
         f"  {label} D={d} ({r['delivered']:,} deliveries, {r['load']}): own work {own_work(r):.2f}s = every "
         f"step {sum(r['secs'].values()):.2f}s (Amazon's steps at {SIM_RATE} req/s, no processing delay: "
-        f"{amz:.2f}s) less Amazon's waits {sum(r['waits'].values()):.2f}s; daily check {r['check']:.2f}s\n"
+        f"{amz:.2f}s) less Amazon's waits and answers {sum(r['waits'].values()):.2f}s; daily check "
+        f"{r['check']:.2f}s\n"
         f"    steps: {steps}\n    Amazon's steps: {json.dumps(r['amazon'], default=str)[:600]}"
     )
 
