@@ -480,6 +480,30 @@ def test_push_killed_between_202_and_ledger_update(ledger, tmp_path, monkeypatch
     assert all(c == "SUCCESS" and first for c, first in held), held
 
 
+def test_a_deferred_202_is_stamped_with_the_time_amazon_answered(ledger, tmp_path, monkeypatch):
+    """Sent notes are recorded several per transaction (returnledger.amazon.recording); each 202's send-log
+    row still carries the time of Amazon's answer (the status checks count Amazon's processing from it):
+    after its own SENDING row and before the next note's."""
+    from returnledger.amazon.recording import RECORD_ENV
+    from returnledger_dev.sandbox.harness import run_sandbox
+
+    monkeypatch.setenv(RECORD_ENV, "8")
+    monkeypatch.setattr("returnledger.amazon.recording.RECORD_WAIT_S", 60.0)
+    path, _scenario = _seed_pending_notes(ledger, tmp_path, n=3)
+    with run_sandbox(path, tmp_path / "out", faults=False) as sb:
+        end, batch = _sync_without_push(ledger, sb, date(2026, 10, 5))
+        stats = push_credits(
+            ledger, _amazon(sb), party_id="VNDR1", run=RunMoment(end, batch_id=batch), check_beside=False
+        )
+    assert stats["credit_notes"] == 3 and stats["record_transactions"] == 1
+    with db.connect(ledger) as conn:
+        rows = conn.execute(
+            """SELECT outcome, sent_at FROM ledger.submission_attempt WHERE kind = 'CREDIT_NOTE'
+                ORDER BY sent_at"""
+        ).fetchall()
+    assert [r[0] for r in rows] == ["SENDING", "ACCEPTED_202"] * 3, rows
+
+
 def test_over_receipt_holds_the_credit_until_the_warehouse_chooses(ledger, tmp_path):
     """Announced 1, received 5: no credit, recon ON_HOLD; the warehouse chooses 2: exactly 2 credited,
     once."""

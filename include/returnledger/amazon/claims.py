@@ -25,7 +25,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psycopg
@@ -272,14 +272,24 @@ class SendLog:
         self.sha, self.claim, self.batch_id, self.at = _sha256(body), claim, batch_id, at
         self.send_id = uuid.uuid4().hex
         self.defer_accepted = defer_accepted
-        self.accepted: tuple[int, int, str] | None = None  # a 202 not yet written (defer_accepted)
+        self.accepted: tuple[int, int, str, datetime] | None = None  # a 202 not yet written (deferred)
 
-    def _row(self, conn, attempt: int, status: int | None, tx: str | None, errors: Any, outcome: str) -> None:
+    def _row(
+        self,
+        conn,
+        attempt: int,
+        status: int | None,
+        tx: str | None,
+        errors: Any,
+        outcome: str,
+        sent_at: datetime | None = None,
+    ) -> None:
         conn.execute(
             """
             INSERT INTO ledger.submission_attempt (kind, document_id, submission_ids, attempt, request_sha256,
-                   http_status, transaction_id, errors, outcome, claimed_by, batch_id, at, send_id)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s)
+                   http_status, transaction_id, errors, outcome, claimed_by, batch_id, at, send_id, sent_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s,
+                    COALESCE(%s, clock_timestamp()))
             ON CONFLICT (send_id, attempt, outcome) WHERE send_id IS NOT NULL DO NOTHING""",
             (
                 self.kind,
@@ -295,6 +305,7 @@ class SendLog:
                 self.batch_id,
                 self.at,
                 self.send_id,
+                sent_at,
             ),
         )
 
@@ -342,15 +353,17 @@ class SendLog:
             else "REFUSED"
         )
         if outcome == "ACCEPTED_202" and self.defer_accepted and tx:
-            self.accepted = (attempt, status or 202, tx)  # written with the rows' SUBMITTED (write_accepted)
+            # written with the rows' SUBMITTED (write_accepted), stamped with the time of the answer: the
+            # status checks count Amazon's processing from it
+            self.accepted = (attempt, status or 202, tx, datetime.now(UTC))
             return
         self.ledger.run(lambda conn: self._row(conn, attempt, status, tx, errors, outcome))
 
     def write_accepted(self, conn) -> None:
         """The deferred 202's outcome row, in the caller's transaction (the one that records the send)."""
         if self.accepted is not None:
-            attempt, status, tx = self.accepted
-            self._row(conn, attempt, status, tx, None, "ACCEPTED_202")
+            attempt, status, tx, at = self.accepted
+            self._row(conn, attempt, status, tx, None, "ACCEPTED_202", sent_at=at)
 
 
 def begin_send(
