@@ -204,7 +204,9 @@ class Readiness:
         )
         if learn and p.submitted and on_time:
             self.expected = min(MAX_EXPECTED_S, max(self.expected, age + self.step()))
-        if n >= self.max_checks and age > self.patience * self.expected + self.grace():
+        deadline = self.patience * self.expected + self.grace()
+        # long past any estimate at its first check (left Processing by an earlier run): one check a run
+        if (n >= self.max_checks or (n == 1 and age > 2 * deadline + 10.0)) and age > deadline:
             self.given_up.append(p)
             return False
         if p.submitted and age < self.expected:  # not due yet by the (new) estimate: then
