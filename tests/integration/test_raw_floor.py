@@ -14,9 +14,9 @@ from hostile_feed import FakeRebound, event, one, order, raw, run_pass, seed
 
 from returnledger.exception_queue import actions as ex
 from returnledger.intake.feed import extract
-from returnledger.intake.floor import raise_floor
 from returnledger.moment import RunMoment, batch_id_for
 from returnledger.store import db
+from returnledger.store.raw_floor import raise_floor
 
 pytestmark = pytest.mark.integration
 

@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 from returnledger.models import ExceptionType
 from returnledger.reference.owners import default_owners
 from returnledger.store.audit import record_one
+from returnledger.store.raw_floor import lower_floor
 
 #: the columns of ledger.exception every reader shows
 EXCEPTION_COLUMNS = (
@@ -188,8 +189,6 @@ def replay_events(conn: psycopg.Connection, raw_ids: list[int]) -> int:
     events never go back. Returns how many events will be examined again."""
     if not raw_ids:
         return 0
-    from returnledger.intake.floor import lower_floor
-
     lower_floor(conn, list(raw_ids))  # the sync's readers start at the raw floor: below these again
     (count,) = conn.execute(_REPLAY_SQL, {"ids": list(raw_ids)}).fetchone() or (0,)
     return count

@@ -30,13 +30,13 @@ from returnledger.exception_queue.queue import (
 )
 from returnledger.exception_types import Release, released_by, sql_in
 from returnledger.fields import INT4_MAX, as_int4, as_whole, is_db_text, parse_time
-from returnledger.intake.floor import FLOOR_MARK, at_floor, current_floor
 from returnledger.intake.order_lookup import ask_rebound, release_orders, report_unread
 from returnledger.intake.raw import REFUSED, screen_body, storable
 from returnledger.ledger.runs import SYSTEM_ACTOR
 from returnledger.models import LINE_EVENTS_SQL, RETURN_ID_PATTERN, ExceptionType
 from returnledger.screening.suite import FIXABLE_CHECKS
 from returnledger.store.db import copy_rows, raw_json, unit_of_work
+from returnledger.store.raw_floor import FLOOR_MARK, at_floor, current_floor
 
 _ID_RE = re.compile(RETURN_ID_PATTERN)
 

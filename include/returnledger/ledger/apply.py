@@ -26,6 +26,7 @@ from returnledger.models import LINE_EVENTS, Disposition, EventType, ExceptionTy
 from returnledger.moment import RunMoment
 from returnledger.reference.policy import load_policy
 from returnledger.store.db import copy_into, unit_of_work
+from returnledger.store.raw_floor import current_floor
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ def apply(dsn: str, *, run: RunMoment, currency: str = "GBP", set_based: bool | 
         stats["released_exceptions"] = release_reference_holds(conn, at=at)
         # events to (re)apply: new passing events, and held events no longer blocked. Fields only some event
         # types carry are read for those types alone and never cast blindly: a poison value is null here.
+        # An event with no outcome is at or above the raw floor (returnledger.store.raw_floor): the candidates
+        # are those and the held ones, not every raw event ever landed.
         conn.execute(f"""
             CREATE TEMP TABLE apply_candidate ON COMMIT DROP AS
             WITH blocked AS ({blocked})
@@ -97,7 +100,9 @@ def apply(dsn: str, *, run: RunMoment, currency: str = "GBP", set_based: bool | 
                    CASE WHEN r.event_type = 'GRADED' THEN r.payload->>'grade' END AS grade,
                    CASE WHEN r.event_type = 'DISPOSITIONED' THEN r.payload->>'disposition' END AS disposition,
                    (h.raw_id IS NOT NULL) AS was_held
-            FROM ledger.raw_event r LEFT JOIN ledger.held_event h USING (raw_id)
+            FROM (SELECT raw_id FROM ledger.raw_event WHERE raw_id >= {current_floor(conn)}  -- no outcome
+                  UNION SELECT raw_id FROM ledger.event_outcome WHERE status = 'HELD') k
+            JOIN ledger.raw_event r USING (raw_id) LEFT JOIN ledger.held_event h USING (raw_id)
             LEFT JOIN ledger.event_outcome o USING (raw_id)
             LEFT JOIN (SELECT DISTINCT return_id, line FROM blocked WHERE line IS NOT NULL) bl
                    ON bl.return_id = r.return_id AND bl.line = r.line

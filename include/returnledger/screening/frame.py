@@ -11,14 +11,14 @@ import psycopg
 
 from returnledger.exception_queue.queue import ORDER_FETCH_PREFIX
 from returnledger.fields import given_sql, number_sql, text_sql, whole_sql
-from returnledger.intake.floor import FLOOR_MARK, at_floor
 from returnledger.models import LINE_EVENTS, LINE_EVENTS_SQL
+from returnledger.store.raw_floor import FLOOR_MARK, at_floor
 
 # The frame the events suite runs on, built in PostgreSQL from the unprocessed raw rows. The typed columns
 # of raw_event were filled at extract by the same rules (wrong JSON type -> null, which fails its check);
 # the fields only some event types carry are read from the payload for those types alone. Conflicting
 # bodies of one event id and rejected return orders come from their own (small) tables. Every raw event
-# below the raw floor has been examined (returnledger.intake.floor): the frame reads from it up.
+# below the raw floor has been examined (returnledger.store.raw_floor): the frame reads from it up.
 VALIDATION_FRAME_SQL = f"""
     SELECT r.raw_id, r.event_id, r.event_type AS type, r.return_id, r.line,
            date_part('epoch', r.occurred_at) AS occurred_at,
@@ -56,7 +56,7 @@ VALIDATION_FRAME_SQL = f"""
 
 
 def read_validation_frame(conn: psycopg.Connection, floor: int = 0):
-    """The unprocessed events from the raw floor up (returnledger.intake.floor) as a DataFrame: COPY ... TO
+    """The unprocessed events from the raw floor up (returnledger.store.raw_floor) as a DataFrame: COPY ... TO
     STDOUT as CSV into pandas' C reader."""
     buf = bytearray()
     sql = at_floor(VALIDATION_FRAME_SQL, floor)

@@ -15,7 +15,6 @@ import psycopg
 
 from returnledger.exception_queue.queue import NewException, raise_exceptions
 from returnledger.exception_types import Holds, Subject, kind, screening_outcome
-from returnledger.intake.floor import FLOOR_MARK, at_floor, current_floor, raise_floor
 from returnledger.ledger.holds import hold, hold_subject, record_outcomes
 from returnledger.moment import RunMoment
 from returnledger.screening.frame import read_validation_frame
@@ -23,6 +22,7 @@ from returnledger.screening.gx import import_gx
 from returnledger.screening.suite import events_docs_page, validate_frame, write_result
 from returnledger.store.db import connect, unit_of_work
 from returnledger.store.objects import DATA_DOCS
+from returnledger.store.raw_floor import FLOOR_MARK, at_floor, current_floor, raise_floor
 
 log = logging.getLogger(__name__)
 

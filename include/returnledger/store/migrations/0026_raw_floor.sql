@@ -6,7 +6,7 @@
 -- one raw_id below which every raw event has been examined (it has an outcome: applied, held, ignored,
 -- or invalid once quarantined), so those readers start there (a range of the primary key: the last
 -- run's events, not the ledger's years).
--- validate moves the floor up to the lowest event still unexamined (returnledger.intake.floor); sending
+-- validate moves the floor up to the lowest event still unexamined (returnledger.store.raw_floor); sending
 -- events back through the sync (replay_events) moves it down to them in the same transaction, before their
 -- outcomes go. Runs of returns_sync do not overlap (max_active_runs=1), so no event is landed while
 -- validate moves the floor.
