@@ -101,6 +101,16 @@ _SCOPE_SQL = [
         WHERE a.linked_return_id IN (SELECT return_id FROM pg_temp.recon_s_order)
           AND a.returns_notice NOT IN (SELECT n FROM pg_temp.recon_dirty_notice)""",
 ]
+# the copies' keys, as the tables they copy have them (a correlated subquery of the match probes them)
+_SCOPE_SQL += [
+    "CREATE INDEX ON pg_temp.recon_s_order (return_id)",
+    "CREATE INDEX ON pg_temp.recon_s_order (returns_notice)",
+    "CREATE INDEX ON pg_temp.recon_s_line (return_id, line)",
+    "CREATE INDEX ON pg_temp.recon_s_submission (return_id, line)",
+    "CREATE INDEX ON pg_temp.recon_s_note (credit_note_id)",
+    "CREATE INDEX ON pg_temp.recon_s_amazon (returns_notice, sku)",
+    "CREATE INDEX ON pg_temp.recon_s_amazon (linked_return_id)",
+]
 _TEMP_SQL = [
     "CREATE TEMP TABLE IF NOT EXISTS recon_dirty_notice (n text PRIMARY KEY) ON COMMIT DROP",
     "CREATE TEMP TABLE IF NOT EXISTS recon_touched (row_key text PRIMARY KEY, kind text NOT NULL)"
