@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import subprocess
-import sys
 from collections import defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -38,62 +35,17 @@ import psycopg
 import pytest
 
 from airflow_api_server import running_api_server
+from console_browser import MARKS, api_token, launch, login
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 IMG = ROOT / "docs" / "img"
-SCENARIO = ROOT / "scenarios" / "small-month-faults.json"
 PERIOD = "2026-10"
 DAILY_KEY = "daily:2026-11-03"
 DAILY_BATCH = "returns_reconciliation:daily:2026-11:2026-11-04T00:00"
 AT_RISK = ("CREDIT_MISSING", "CREDIT_REJECTED", "PENDING")
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)",
-    ),
-]
+pytestmark = MARKS
 VIEWER, VIEWER_PASSWORD = "fiona.finance", "console-finance-viewer-pw"
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory, pg_server):
-    """(ledger DSN, Airflow metadata DSN, OUT) of a demo month: run here, or the one given."""
-    from returnledger.store import db
-    from returnledger_dev import scratch_db
-
-    given = os.environ.get("RETURNLEDGER_CONSOLE_DEMO_OUT")
-    out = Path(given) if given else tmp_path_factory.mktemp("finance-demo") / "out"
-    if not given:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETURNLEDGER"))}
-        env.update(
-            {
-                "RETURNLEDGER_DSN": pg_server,
-                "RETURNLEDGER_AIRFLOW_HOME": str(out.parent / "airflow_home"),
-                "GX_ANALYTICS_ENABLED": "false",
-            }
-        )
-        cli = str(Path(sys.executable).with_name("returnledger"))
-        proc = subprocess.run(
-            [cli, "demo", "--scenario", str(SCENARIO), "--out", str(out)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1800,
-        )
-    ledger = scratch_db.with_database(pg_server, (out / "ledger_database.txt").read_text().strip())
-    meta = scratch_db.with_database(pg_server, f"{db.database_name(ledger)}_airflow"[:63])
-    try:
-        if not given:
-            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        yield ledger, meta, out
-    finally:
-        if not given:
-            scratch_db.drop_database(pg_server, ledger)
-            scratch_db.drop_database(pg_server, meta)
 
 
 def daily_check(ledger: str) -> str:
@@ -124,24 +76,9 @@ def server(tmp_path_factory, pg_server, demo):
         yield base
 
 
-def _browser(p):
-    return p.chromium.launch(
-        executable_path=str(CHROMIUM),
-        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-    )
-
-
 def _login(browser, base: str, path: str):
-    page = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True).new_page()
-    page.set_default_timeout(30_000)
-    assert page.goto(f"{base}{path}").status == 401
-    page.click("#login-link")
-    page.wait_for_url("**/auth/login**")
-    page.get_by_label("Username").fill(VIEWER)
-    page.get_by_label("Password").fill(VIEWER_PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"{base}/returnledger/**")
-    return page
+    """Signed in as the Viewer, in a page that may download (the report)."""
+    return login(browser, base, path, VIEWER, VIEWER_PASSWORD, height=1100, accept_downloads=True)
 
 
 def _csv_figures(data: bytes) -> tuple[dict, dict, Decimal]:
@@ -173,7 +110,7 @@ def test_finance_totals_equal_the_month_end_report(server, demo):
 
     IMG.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = _browser(p)
+        browser = launch(p)
         try:
             page = _login(browser, server, "/returnledger/finance")
             expect(page.locator("nav")).to_contain_text(f"signed in as {VIEWER} (read only)")
@@ -246,10 +183,7 @@ def test_the_extra_link_on_a_runs_task_opens_the_console_filtered_to_that_run(se
                 WHERE run_dag_id = %s AND run_id = %s AND run_task_id = 'finish')""",
             ("finish", dag_id, run_id),
         ).fetchone()
-    token = httpx.post(
-        f"{server}/auth/token", json={"username": VIEWER, "password": VIEWER_PASSWORD}, timeout=30
-    ).json()["access_token"]
-    auth = {"Authorization": f"Bearer {token}"}
+    auth = {"Authorization": f"Bearer {api_token(server, VIEWER, VIEWER_PASSWORD)}"}
 
     def links(run: str, task: str) -> dict:
         r = httpx.get(
@@ -269,7 +203,7 @@ def test_the_extra_link_on_a_runs_task_opens_the_console_filtered_to_that_run(se
         assert links(run_id, "finish")["exceptions raised by this run"] is None
 
     with sync_playwright() as p:
-        browser = _browser(p)
+        browser = launch(p)
         try:
             page = _login(browser, server, "/returnledger/runs")
             page.goto(f"{server}/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/details")  # its extra links

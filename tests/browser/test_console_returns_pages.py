@@ -18,10 +18,7 @@ instead of running the month again (it is then left in place).
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,62 +28,21 @@ import pytest
 import yaml
 
 from airflow_api_server import running_api_server
+from console_browser import MARKS, api_token, launch, login
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 IMG = ROOT / "docs" / "img"
-SCENARIO = ROOT / "scenarios" / "small-month-faults.json"
 AS_OF = "2026-11-04"  # the team queue's reference day: the day after the demo's last (its last run)
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)",
-    ),
-]
+pytestmark = MARKS
 OP, OP_PASSWORD = "olga.op", "console-returns-op-pw"
 VIEWER, VIEWER_PASSWORD = "carl.customer", "console-returns-viewer-pw"
 
 
 @pytest.fixture(scope="module")
-def demo_ledger(tmp_path_factory, pg_server):
-    """The ledger of a demo month: run here, or the one RETURNLEDGER_CONSOLE_DEMO_OUT's demo made."""
-    from returnledger.store import db
-    from returnledger_dev import scratch_db
-
-    given = os.environ.get("RETURNLEDGER_CONSOLE_DEMO_OUT")
-    if given:
-        yield scratch_db.with_database(pg_server, (Path(given) / "ledger_database.txt").read_text().strip())
-        return
-    base = tmp_path_factory.mktemp("console-demo")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETURNLEDGER"))}
-    env.update(
-        {
-            "RETURNLEDGER_DSN": pg_server,
-            "RETURNLEDGER_AIRFLOW_HOME": str(base / "airflow_home"),
-            "GX_ANALYTICS_ENABLED": "false",
-        }
-    )
-    cli = str(Path(sys.executable).with_name("returnledger"))
-    out = base / "out"
-    proc = subprocess.run(
-        [cli, "demo", "--scenario", str(SCENARIO), "--out", str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    own = scratch_db.with_database(pg_server, (out / "ledger_database.txt").read_text().strip())
-    try:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        yield own
-    finally:
-        scratch_db.drop_database(pg_server, own)
-        scratch_db.drop_database(
-            pg_server, scratch_db.with_database(pg_server, f"{db.database_name(own)}_airflow")
-        )
+def demo_ledger(demo):
+    """The ledger of the demo month (tests/browser/conftest.py)."""
+    return demo[0]
 
 
 @pytest.fixture(scope="module")
@@ -132,19 +88,6 @@ def _a_return_with_everything(c) -> dict:
     return dict(zip(keys, row, strict=True))
 
 
-def _login(browser, base: str, path: str, user: str, password: str):
-    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    page.set_default_timeout(30_000)
-    assert page.goto(f"{base}{path}").status == 401
-    page.click("#login-link")
-    page.wait_for_url("**/auth/login**")
-    page.get_by_label("Username").fill(user)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"{base}/returnledger/**")
-    return page
-
-
 def _find(page, base: str, text: str, return_id: str) -> None:
     """Type ``text`` in the search box; open the return from the results when there are several."""
     from playwright.sync_api import expect
@@ -182,12 +125,9 @@ def test_a_viewer_finds_a_return_by_each_reference_and_reads_its_story(server, d
         ).fetchone()[0]
     IMG.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = launch(p)
         try:
-            page = _login(browser, server, "/returnledger/returns", VIEWER, VIEWER_PASSWORD)
+            page = login(browser, server, "/returnledger/returns", VIEWER, VIEWER_PASSWORD)
             expect(page.locator("nav")).to_contain_text(f"signed in as {VIEWER} (read only)")
             for field in (
                 "return_id",
@@ -260,12 +200,9 @@ def test_a_team_queue_lists_its_overdue_exceptions_first_and_a_viewer_cannot_act
     }
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = launch(p)
         try:
-            page = _login(browser, server, f"/returnledger/teams?as_of={AS_OF}", VIEWER, VIEWER_PASSWORD)
+            page = login(browser, server, f"/returnledger/teams?as_of={AS_OF}", VIEWER, VIEWER_PASSWORD)
             cells = page.locator(f"#teams tr[data-team='{team}'] td")
             expect(cells.nth(1)).to_have_text(str(len(expected_overdue)))
             expect(cells.nth(2)).to_have_text(str(len(by_team[team])))
@@ -286,9 +223,7 @@ def test_a_team_queue_lists_its_overdue_exceptions_first_and_a_viewer_cannot_act
             rows.first.locator("a").first.click()
             expect(page.locator("#read-only")).to_contain_text("need the Op or Admin role")
             expect(page.locator("form[method=post]")).to_have_count(0)
-            token = httpx.post(
-                f"{server}/auth/token", json={"username": VIEWER, "password": VIEWER_PASSWORD}, timeout=30
-            ).json()["access_token"]
+            token = api_token(server, VIEWER, VIEWER_PASSWORD)
             refused = httpx.post(
                 f"{server}/returnledger/exceptions/{first}/resolve",
                 data={"resolution": "viewer tries"},

@@ -19,18 +19,11 @@ import psycopg
 import pytest
 
 from airflow_api_server import running_api_server
+from console_browser import MARKS, launch, login, sign_in
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)",
-    ),
-]
+pytestmark = MARKS
 USER, PASSWORD = "olivia.ops", "console-browser-test-pw"
 VIEWER, VIEWER_PASSWORD = "vera.viewer", "console-browser-viewer-pw"
 
@@ -106,23 +99,10 @@ def test_exceptions_page_in_airflow(airflow_server, tmp_path):
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = launch(p)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(20_000)
-            # 1. unauthenticated: the console refuses and links to the Airflow login page
-            resp = page.goto(f"{base}/returnledger/?owner=operations")
-            assert resp.status == 401
-            page.click("#login-link")
-            # 2. the real Airflow login form
-            page.wait_for_url("**/auth/login**")
-            page.get_by_label("Username").fill(USER)
-            page.get_by_label("Password").fill(PASSWORD)
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url(f"{base}/returnledger/**")
+            # 1. unauthenticated: the console refuses and links to 2. the real Airflow login form
+            page = login(browser, base, "/returnledger/?owner=operations", USER, PASSWORD, timeout=20_000)
             expect(page.locator("nav")).to_contain_text(f"signed in as {USER}")
             # 3. filter: operations' open unmapped reason codes
             page.select_option("select[name=owner]", "operations")
@@ -153,12 +133,7 @@ def test_exceptions_page_in_airflow(airflow_server, tmp_path):
             viewer = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
             viewer.set_default_timeout(20_000)
             viewer.goto(f"{base}/returnledger/exceptions/2")
-            viewer.click("#login-link")
-            viewer.wait_for_url("**/auth/login**")
-            viewer.get_by_label("Username").fill(VIEWER)
-            viewer.get_by_label("Password").fill(VIEWER_PASSWORD)
-            viewer.get_by_role("button", name="Sign in").click()
-            viewer.wait_for_url(f"{base}/returnledger/**")
+            sign_in(viewer, base, VIEWER, VIEWER_PASSWORD)
             expect(viewer.locator("nav")).to_contain_text(f"signed in as {VIEWER} (read only)")
             expect(viewer.locator("h1")).to_contain_text("SKU_MISMATCH")
             expect(viewer.locator("#read-only")).to_contain_text("need the Op or Admin role")
