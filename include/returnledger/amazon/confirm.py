@@ -262,9 +262,8 @@ def checks_beside(dsn: str, client, *, run: RunMoment, expected_s: float = EXPEC
                 # a transaction still Processing after its checks is left to confirm (at 100k returns a day
                 # ~170 stuck ones re-checked every few seconds took more than getTransaction's whole rate)
                 schedule = Readiness(expected_s, max_checks=3)
-                successes: list[
-                    tuple[Pending, Answer]
-                ] = []  # recorded RECORD_BATCH at a time, or each second
+                # Success answers, recorded SUCCESS_BATCH at a time (and at every refresh, each second)
+                successes: list[tuple[Pending, Answer]] = []
 
                 def record_successes() -> None:
                     if not successes:
