@@ -9,6 +9,7 @@ returnledger.ledger.submissions), all in one transaction.
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from datetime import datetime
 
@@ -74,9 +75,11 @@ def _refuse_unfit(
     return len(ids)
 
 
-#: whole returns of common transitions take the set-based path (returnledger.ledger.setapply); the
-#: per-event path alone when False (the tests compare the two)
-SET_BASED = True
+#: whole returns of common transitions take the set-based path (returnledger.ledger.setapply) when True;
+#: the per-event path alone when False. Off by default: it writes the same ledger (tests/integration/
+#: test_set_apply.py) with a third of this process's CPU, but at 10k returns under load 17-19 its extra
+#: PostgreSQL statements made apply's wall 24-26 s against 17-20 s (docs/performance.md, issue 26 target 3)
+SET_BASED = os.environ.get("RETURNLEDGER_SET_BASED_APPLY") == "1"
 
 
 def apply(dsn: str, *, run: RunMoment, currency: str = "GBP", set_based: bool | None = None) -> dict:
@@ -92,8 +95,7 @@ def apply(dsn: str, *, run: RunMoment, currency: str = "GBP", set_based: bool | 
         # types carry are read for those types alone and never cast blindly: a poison value is null here.
         # An event with no outcome is at or above the raw floor (returnledger.store.raw_floor): the candidates
         # are those and the held ones, not every raw event ever landed.
-        conn.execute(f"""
-            CREATE TEMP TABLE apply_candidate ON COMMIT DROP AS
+        candidates = f"""
             WITH blocked AS ({blocked})
             SELECT r.raw_id, r.event_id, r.event_type, r.return_id, r.line, r.occurred_at,
                    CASE WHEN r.event_type = 'RECEIVED' THEN {int4_sql("quantity", 1)} END AS quantity,
@@ -112,18 +114,21 @@ def apply(dsn: str, *, run: RunMoment, currency: str = "GBP", set_based: bool | 
                                                     WHERE f.raw_id = r.raw_id))
                OR (o.status = 'HELD' AND bl.return_id IS NULL AND br.return_id IS NULL
                    AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f WHERE f.raw_id = r.raw_id
-                                     AND f.exception_type IN {replay_only}))
-            """)
-        conn.execute("ANALYZE apply_candidate")
+                                     AND f.exception_type IN {replay_only}))"""
+        columns = "raw_id, event_id, event_type, return_id, line, occurred_at, quantity, grade, disposition"
         common = None
         if SET_BASED if set_based is None else set_based:  # whole returns of common transitions, in SQL
+            conn.execute(f"CREATE TEMP TABLE apply_candidate ON COMMIT DROP AS {candidates}")
+            conn.execute("ANALYZE apply_candidate")
             common = apply_common(conn, policy, blocked, batch_id=batch_id, at=at)
-        rest = "WHERE NOT EXISTS (SELECT 1 FROM set_return s WHERE s.return_id = c.return_id)"
-        rows = conn.execute(f"""
-            SELECT raw_id, event_id, event_type, return_id, line, occurred_at, quantity, grade, disposition,
-                   was_held
-              FROM apply_candidate c {rest if common is not None else ""}
-             ORDER BY raw_id""").fetchall()
+            rows = conn.execute(f"""
+                SELECT {columns}, was_held FROM apply_candidate c
+                 WHERE NOT EXISTS (SELECT 1 FROM set_return s WHERE s.return_id = c.return_id)
+                 ORDER BY raw_id""").fetchall()
+        else:
+            rows = conn.execute(
+                f"SELECT {columns}, was_held FROM ({candidates}) c ORDER BY raw_id"
+            ).fetchall()
         blocked_lines: dict[tuple[str, int], tuple[str, str]] = {}
         blocked_returns: dict[str, tuple[str, str]] = {}
         for rid, ln, etype, subject in conn.execute(blocked):

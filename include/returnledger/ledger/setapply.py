@@ -48,20 +48,21 @@ HAVING bool_and(NOT c.was_held AND c.occurred_at IS NOT NULL AND c.event_id IS N
 # returns that need the per-event path after all: what the rules' table cannot see
 _NOT_COMMON_SQL = """
 WITH blocked AS ({blocked})
-DELETE FROM set_return s WHERE
-    EXISTS (SELECT 1 FROM blocked b WHERE b.return_id = s.return_id)
- OR EXISTS (SELECT 1 FROM ledger.exception x WHERE x.status = 'open' AND x.return_id = s.return_id)
- OR EXISTS (SELECT 1 FROM ledger.held_event h WHERE h.return_id = s.return_id)
- OR EXISTS (SELECT 1 FROM ledger.return_line l
-             WHERE l.return_id = s.return_id AND l.credit_quantity IS NOT NULL)
- OR NOT EXISTS (SELECT 1 FROM ledger.return_line l WHERE l.return_id = s.return_id)
- OR EXISTS (SELECT 1 FROM apply_candidate c WHERE c.return_id = s.return_id AND c.line IS NOT NULL
-              AND c.event_type IN ('RECEIVED', 'GRADED', 'DISPOSITIONED')
-              AND NOT EXISTS (SELECT 1 FROM ledger.return_line l
-                               WHERE l.return_id = c.return_id AND l.line = c.line))
- OR EXISTS (SELECT 1 FROM apply_candidate c WHERE c.return_id = s.return_id
-              AND c.event_type IN ('RECEIVED', 'GRADED', 'DISPOSITIONED')
-            GROUP BY c.line, c.event_id HAVING count(*) > 1)
+DELETE FROM set_return s USING (
+    SELECT return_id FROM blocked
+    UNION SELECT return_id FROM ledger.exception WHERE status = 'open'
+    UNION SELECT return_id FROM ledger.held_event
+    UNION SELECT return_id FROM ledger.return_line WHERE credit_quantity IS NOT NULL
+    UNION SELECT c.return_id FROM apply_candidate c
+            LEFT JOIN ledger.return_line l ON l.return_id = c.return_id AND l.line = c.line
+           WHERE c.event_type IN ('RECEIVED', 'GRADED', 'DISPOSITIONED') AND l.return_id IS NULL
+    UNION SELECT c.return_id FROM apply_candidate c
+           WHERE c.event_type IN ('RECEIVED', 'GRADED', 'DISPOSITIONED')
+           GROUP BY c.return_id, c.line, c.event_id HAVING count(*) > 1) bad
+ WHERE bad.return_id = s.return_id
+"""
+_NO_LINES_SQL = """
+DELETE FROM set_return s WHERE NOT EXISTS (SELECT 1 FROM ledger.return_line l WHERE l.return_id = s.return_id)
 """
 
 # each line's events in the order the per-event path applies them: the return's milestones first, by time
@@ -127,22 +128,27 @@ SELECT c.raw_id, 'APPLIED', NULL, %(batch)s, %(at)s
 # receipt and of the disposition that moved them, and the last event that moved them
 _LINES_SQL = """
 UPDATE ledger.return_line l
-   SET state = x.state, quantity_received = x.qr, grade = x.grade, disposition = x.disp,
-       received_at = COALESCE(x.rat, l.received_at), dispositioned_at = COALESCE(x.dat, l.dispositioned_at),
-       updated_at = %(at)s, last_event_id = x.ev
+   SET state = f.state, quantity_received = f.qr, grade = f.grade, disposition = f.disp,
+       received_at = COALESCE(m.rat, l.received_at), dispositioned_at = COALESCE(m.dat, l.dispositioned_at),
+       updated_at = %(at)s, last_event_id = m.ev
   FROM (SELECT w.rid, w.ln,
-               (array_agg(w.state ORDER BY w.seq DESC))[1] AS state,
-               (array_agg(w.qr ORDER BY w.seq DESC))[1] AS qr,
-               (array_agg(w.grade ORDER BY w.seq DESC))[1] AS grade,
-               (array_agg(w.disp ORDER BY w.seq DESC))[1] AS disp,
+               (array_agg(w.occurred_at ORDER BY w.seq DESC) FILTER (WHERE w.type = 'RECEIVED'))[1] AS rat,
                (array_agg(w.occurred_at ORDER BY w.seq DESC)
-                    FILTER (WHERE w.type = 'RECEIVED' AND cardinality(w.frs) > 0))[1] AS rat,
-               (array_agg(w.occurred_at ORDER BY w.seq DESC)
-                    FILTER (WHERE w.type = 'DISPOSITIONED' AND cardinality(w.frs) > 0))[1] AS dat,
-               (array_agg(w.event_id ORDER BY w.seq DESC) FILTER (WHERE cardinality(w.frs) > 0))[1] AS ev
+                    FILTER (WHERE w.type = 'DISPOSITIONED'))[1] AS dat,
+               (array_agg(w.event_id ORDER BY w.seq DESC))[1] AS ev
           FROM set_walk w JOIN set_return s ON s.return_id = w.rid
-         GROUP BY w.rid, w.ln HAVING bool_or(cardinality(w.frs) > 0)) x
- WHERE l.return_id = x.rid AND l.line = x.ln
+         WHERE cardinality(w.frs) > 0
+         GROUP BY w.rid, w.ln) m
+  JOIN set_final f ON f.rid = m.rid AND f.ln = m.ln
+ WHERE l.return_id = m.rid AND l.line = m.ln
+"""
+
+# each line's state after its last step
+_FINAL_SQL = """
+CREATE TEMP TABLE set_final ON COMMIT DROP AS
+SELECT DISTINCT ON (w.rid, w.ln) w.rid, w.ln, w.state, w.qa, w.qr, w.grade, w.disp
+  FROM set_walk w JOIN set_return s ON s.return_id = w.rid
+ ORDER BY w.rid, w.ln, w.seq DESC
 """
 
 # the lines that earned an Amazon action: their final state and what a submission needs of them
@@ -153,8 +159,7 @@ SELECT a.rid, a.ln, a.kinds, f.state, f.qa, f.qr, f.grade, f.disp, l.sku, k.asin
           FROM set_walk w JOIN set_return s ON s.return_id = w.rid
          CROSS JOIN LATERAL unnest(w.acts) AS x(kind)
          GROUP BY w.rid, w.ln) a
-  JOIN LATERAL (SELECT * FROM set_walk f WHERE f.rid = a.rid AND f.ln = a.ln ORDER BY f.seq DESC LIMIT 1) f
-       ON true
+  JOIN set_final f ON f.rid = a.rid AND f.ln = a.ln
   JOIN ledger.return_line l ON l.return_id = a.rid AND l.line = a.ln
   JOIN ledger.return_order o ON o.return_id = a.rid
   LEFT JOIN ledger.sku k ON k.sku = l.sku
@@ -173,15 +178,15 @@ def apply_common(conn, policy, blocked: str, *, batch_id: str, at: datetime) -> 
         )
     conn.execute(_RETURNS_SQL)
     conn.execute(_NOT_COMMON_SQL.format(blocked=blocked))
+    conn.execute(_NO_LINES_SQL)
     conn.execute("ANALYZE set_return")
     conn.execute(_STEPS_SQL)
     conn.execute("CREATE INDEX ON set_step (rid, ln, seq)")
-    conn.execute("ANALYZE set_step")
     conn.execute(_WALK_SQL)
-    conn.execute("ANALYZE set_walk")
     conn.execute(_INCOMPLETE_SQL)
     conn.execute("ANALYZE set_return")
     params = {"batch": batch_id, "at": at}
+    conn.execute(_FINAL_SQL)
     history = conn.execute(_HISTORY_SQL, params).rowcount
     events = conn.execute(_OUTCOMES_SQL, params).rowcount
     changed = conn.execute(_LINES_SQL, params).rowcount
