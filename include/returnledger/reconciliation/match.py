@@ -132,8 +132,8 @@ WITH covered AS MATERIALIZED (  -- materialised: measured faster at 1M lines tha
            l.credit_quantity
       FROM carried k
       JOIN ledger.return_line l ON l.return_id = k.return_id AND l.line = k.line
-      JOIN ledger.return_order o ON o.return_id = k.return_id
-     WHERE {REBOUND_ORDER}
+      CROSS JOIN LATERAL (SELECT o.* FROM ledger.return_order o  -- by key, not all orders x carried lines
+                           WHERE o.return_id = k.return_id AND {REBOUND_ORDER} OFFSET 0) o
 ), period_lines AS (
     SELECT p.*,
            c.asin AS credit_asin, c.document_id AS credit_note_id, c.quantity AS credited_quantity,
