@@ -16,7 +16,6 @@ import queue
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -26,6 +25,8 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+
+import demo_runs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +47,6 @@ def _teams() -> list[str]:
 
 @pytest.fixture(scope="module")
 def demo_env(tmp_path_factory, pg_server, generated_month):
-    from returnledger.store import db
     from returnledger_dev import scratch_db
 
     base = tmp_path_factory.mktemp("demo")
@@ -54,35 +54,19 @@ def demo_env(tmp_path_factory, pg_server, generated_month):
     scenario["run"].update({"from": FIRST.isoformat(), "to": LAST.isoformat()})
     (base / "scenario.json").write_text(json.dumps(scenario))
     ledger = scratch_db.create_scratch_database(pg_server, "rl_demo")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETURNLEDGER"))}
-    env.update(
-        {
-            "RETURNLEDGER_DSN": ledger,
-            # each demo keeps its own Airflow metadata beside its own ledger (<ledger>_airflow, dropped
-            # below): one shared by demos of different ledgers refused the next one's ledger Asset
-            "RETURNLEDGER_AIRFLOW_HOME": str(base / "airflow_home"),
-            "GX_ANALYTICS_ENABLED": "false",
-        }
-    )
-    yield {"base": base, "scenario": base / "scenario.json", "env": env}
+    # each demo keeps its own Airflow metadata beside its own ledger (<ledger>_airflow, dropped below)
+    yield {
+        "base": base,
+        "scenario": base / "scenario.json",
+        "env": demo_runs.demo_env(ledger, base / "airflow_home"),
+    }
     scratch_db.drop_database(pg_server, ledger)
     for recorded in base.glob("*/ledger_database.txt"):  # the ledgers the demos made for themselves
-        own = scratch_db.with_database(pg_server, recorded.read_text().strip())
-        scratch_db.drop_database(pg_server, own)
-        scratch_db.drop_database(
-            pg_server, scratch_db.with_database(pg_server, f"{db.database_name(own)}_airflow")
-        )
+        demo_runs.drop_demo_databases(pg_server, recorded.parent)
 
 
 def _command(demo_env, out: str) -> list[str]:
-    return [
-        str(Path(sys.executable).parent / "returnledger"),
-        "demo",
-        "--scenario",
-        str(demo_env["scenario"]),
-        "--out",
-        str(demo_env["base"] / out),
-    ]
+    return demo_runs.demo_command(demo_env["scenario"], demo_env["base"] / out)
 
 
 def test_demo_shows_a_line_per_day_and_writes_digests_and_mail(demo_env):
