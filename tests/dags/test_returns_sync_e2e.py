@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from demo_runs import demo_command, demo_env, drop_demo_databases
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,34 +33,16 @@ def _generate(generated_month, out: Path, *, returns: int, seed: int, faults: bo
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory, pg_server, generated_month):
     """A scenario with faults, its own ledger and Airflow metadata databases, and a runner."""
-    from returnledger.store import db
     from returnledger_dev import scratch_db
 
     base = tmp_path_factory.mktemp("e2e")
     scenario = _generate(generated_month, base, returns=25, seed=11, faults=True)
     ledger = scratch_db.create_scratch_database(pg_server, "rl_e2e")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RETURNLEDGER"))}
-    env.update(
-        {
-            "RETURNLEDGER_DSN": ledger,
-            # no shared Airflow metadata: each demo keeps its own beside its own ledger (<ledger>_airflow,
-            # dropped below), as `make demo` does; one shared by demos of different ledgers held the ledger
-            # Asset of the first (its URI names the database) and refused the next demo's ("inactive assets")
-            "RETURNLEDGER_AIRFLOW_HOME": str(base / "airflow_home"),
-            "GX_ANALYTICS_ENABLED": "false",
-        }
-    )
+    # no shared Airflow metadata: each demo keeps its own beside its own ledger (dropped below)
+    env = demo_env(ledger, base / "airflow_home")
 
     def run(out: str, *args: str) -> subprocess.CompletedProcess:
-        cmd = [
-            str(Path(sys.executable).parent / "returnledger"),
-            "demo",
-            "--scenario",
-            str(scenario),
-            "--out",
-            str(base / out),
-            *args,
-        ]
+        cmd = demo_command(scenario, base / out, *args)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500, cwd=ROOT)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
         return proc
@@ -73,11 +56,7 @@ def e2e(tmp_path_factory, pg_server, generated_month):
     }
     scratch_db.drop_database(pg_server, ledger)
     for recorded in base.glob("*/ledger_database.txt"):  # the ledgers the demos made for themselves
-        own = scratch_db.with_database(pg_server, recorded.read_text().strip())
-        scratch_db.drop_database(pg_server, own)
-        scratch_db.drop_database(
-            pg_server, scratch_db.with_database(pg_server, f"{db.database_name(own)}_airflow")
-        )
+        drop_demo_databases(pg_server, recorded.parent)
 
 
 def _check(e2e, out: str) -> dict[str, str]:
