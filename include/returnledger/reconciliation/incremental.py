@@ -228,6 +228,36 @@ def scoped_rows_sql(lines_sql: str, dark_sql: str) -> str:
     return sql
 
 
+def diff_writes(fresh: str, stored: str, columns: tuple[str, ...], compared: list[str]) -> str:
+    """The CTEs (``diff``, then ``gone``, ``changed``, ``added``, each returning the row keys it wrote) that
+    bring the period's stored rows (``stored``) to the ``fresh`` ones: rows that are new, rows whose
+    ``compared`` values changed, rows no longer produced. One full join finds them; a rerun that finds the
+    same answer writes nothing. Both the full match and the re-match write through it."""
+    values = [c for c in columns if c not in ("period", "row_key")]
+    return f"""diff AS MATERIALIZED (
+    SELECT f.*, r.row_key AS stored_key
+      FROM {fresh} f FULL JOIN {stored} r ON r.row_key = f.row_key
+     WHERE f.row_key IS NULL OR r.row_key IS NULL
+        OR ({", ".join("r." + c for c in compared)})
+           IS DISTINCT FROM ({", ".join("f." + c for c in compared)})
+), gone AS (
+    DELETE FROM ledger.recon_result r USING diff d
+     WHERE d.row_key IS NULL AND r.period = %(key)s AND r.row_key = d.stored_key
+    RETURNING r.row_key
+), changed AS (
+    UPDATE ledger.recon_result r SET ({", ".join(values)}) = ({", ".join("d." + c for c in values)})
+      FROM diff d
+     WHERE d.row_key IS NOT NULL AND d.stored_key IS NOT NULL
+       AND r.period = %(key)s AND r.row_key = d.stored_key
+    RETURNING r.row_key
+), added AS (
+    INSERT INTO ledger.recon_result ({", ".join(columns)})
+    SELECT {", ".join("d." + c for c in columns)} FROM diff d
+     WHERE d.row_key IS NOT NULL AND d.stored_key IS NULL
+    RETURNING row_key
+)"""
+
+
 def apply_sql(rows_sql: str, columns: tuple[str, ...]) -> tuple[str, str, str]:
     """Three statements: the dirty notices' fresh rows (into pg_temp.recon_fresh), their stored rows (into
     pg_temp.recon_stored), and the writes of the difference, which record the row keys inserted ('added'),
@@ -246,27 +276,7 @@ SELECT r.* FROM ledger.recon_result r
    AND COALESCE(r.returns_notice, '') NOT IN (SELECT n FROM pg_temp.recon_dirty_notice)
 """
     write = f"""
-WITH diff AS MATERIALIZED (
-    SELECT f.*, r.row_key AS stored_key
-      FROM pg_temp.recon_fresh f FULL JOIN pg_temp.recon_stored r ON r.row_key = f.row_key
-     WHERE f.row_key IS NULL OR r.row_key IS NULL
-        OR ({", ".join("r." + c for c in compared)})
-           IS DISTINCT FROM ({", ".join("f." + c for c in compared)})
-), gone AS (
-    DELETE FROM ledger.recon_result r USING diff d
-     WHERE d.row_key IS NULL AND r.period = %(key)s AND r.row_key = d.stored_key
-    RETURNING r.row_key
-), changed AS (
-    UPDATE ledger.recon_result r SET ({", ".join(values)}) = ({", ".join("d." + c for c in values)})
-      FROM diff d
-     WHERE d.row_key IS NOT NULL AND d.stored_key IS NOT NULL
-       AND r.period = %(key)s AND r.row_key = d.stored_key
-    RETURNING r.row_key
-), added AS (
-    INSERT INTO ledger.recon_result ({cols}) SELECT {", ".join("d." + c for c in columns)} FROM diff d
-     WHERE d.row_key IS NOT NULL AND d.stored_key IS NULL
-    RETURNING row_key
-)
+WITH {diff_writes("pg_temp.recon_fresh", "pg_temp.recon_stored", columns, compared)}
 INSERT INTO pg_temp.recon_touched (row_key, kind)
 SELECT row_key, 'added' FROM added UNION ALL SELECT row_key, 'changed' FROM changed
 UNION ALL SELECT row_key, 'gone' FROM gone

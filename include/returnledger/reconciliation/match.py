@@ -223,32 +223,11 @@ UNION ALL
 # A later run writes only the difference: rows that are new, rows whose values changed, rows no longer
 # produced. One full join of the fresh rows with the stored ones finds it; a rerun that finds the same
 # answer writes nothing.
+_STORED = "(SELECT * FROM ledger.recon_result WHERE period = %(key)s)"
 _APPLY_SQL = f"""
 WITH fresh ({_COLS}) AS (
 {_ROWS_SQL}
-), diff AS MATERIALIZED (
-    SELECT f.*, r.row_key AS stored_key
-      FROM fresh f
-      FULL JOIN (SELECT * FROM ledger.recon_result WHERE period = %(key)s) r ON r.row_key = f.row_key
-     WHERE f.row_key IS NULL OR r.row_key IS NULL
-        OR ({", ".join("r." + c for c in _VALUE_COLS)})
-           IS DISTINCT FROM ({", ".join("f." + c for c in _VALUE_COLS)})
-), gone AS (
-    DELETE FROM ledger.recon_result r USING diff d
-     WHERE d.row_key IS NULL AND r.period = %(key)s AND r.row_key = d.stored_key
-    RETURNING 1
-), changed AS (
-    UPDATE ledger.recon_result r SET ({", ".join(_VALUE_COLS)}) = ({", ".join("d." + c for c in _VALUE_COLS)})
-      FROM diff d
-     WHERE d.row_key IS NOT NULL AND d.stored_key IS NOT NULL AND r.period = %(key)s
-       AND r.row_key = d.stored_key
-    RETURNING 1
-), added AS (
-    INSERT INTO ledger.recon_result ({_COLS})
-    SELECT {", ".join("d." + c for c in RESULT_COLUMNS)} FROM diff d
-     WHERE d.row_key IS NOT NULL AND d.stored_key IS NULL
-    RETURNING 1
-)
+), {incremental.diff_writes("fresh", _STORED, RESULT_COLUMNS, _VALUE_COLS)}
 SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM changed), (SELECT count(*) FROM gone)
 """
 
