@@ -36,7 +36,7 @@ CREATE TEMP TABLE set_return ON COMMIT DROP AS
 SELECT c.return_id FROM apply_candidate c
  WHERE c.return_id IS NOT NULL
  GROUP BY c.return_id
-HAVING bool_and(NOT c.was_held AND c.occurred_at IS NOT NULL AND c.event_id IS NOT NULL AND (
+HAVING bool_and(NOT c.was_held AND NOT c.held AND c.occurred_at IS NOT NULL AND c.event_id IS NOT NULL AND (
            c.event_type IN ('{EventType.RETURN_CREATED}', '{EventType.IN_TRANSIT}')
            OR (c.line IS NOT NULL AND CASE c.event_type
                    WHEN '{EventType.RECEIVED}' THEN c.quantity IS NOT NULL
