@@ -687,6 +687,14 @@ def main() -> int:
     )
     ap.add_argument("--amazon-burst", type=int, default=None)
     ap.add_argument(
+        "--plans",
+        default=None,
+        metavar="RATE[,RATE...]",
+        help="run D once per SP-API usage plan (req/s per operation, e.g. '10,20'), each on a copy of the "
+        "one preloaded ledger (CREATE DATABASE ... TEMPLATE) with fresh simulators and a fresh cluster; "
+        "one TARGET line per plan (default: --amazon-rate alone)",
+    )
+    ap.add_argument(
         "--processing-s",
         default="30",
         help="seconds the simulator answers Processing after a submission ('30' or a range '20-90')",
@@ -717,12 +725,12 @@ def main() -> int:
     from returnledger_dev.scenarios import reference as scenario_reference
 
     server = a.server or os.environ.get("RETURNLEDGER_TEST_SERVER_DSN") or db.resolve_dsn()
-    rate = a.amazon_rate if a.amazon_rate is not None else 10.0
-    burst = a.amazon_burst if a.amazon_burst is not None else 10
+    plans: list[float | None] = (
+        [float(x) for x in a.plans.split(",") if x.strip()] if a.plans else [a.amazon_rate]
+    )
     # the simulators run in a process of their own: their knobs go by environment (spapi_state)
     os.environ["RETURNLEDGER_SIM_PROCESSING_S"] = str(a.processing_s)
-    if a.amazon_rate is not None:
-        os.environ["RETURNLEDGER_SIM_USAGE_PLAN"] = f"{rate:g}/{burst},getTransaction={rate:g}/{2 * burst}"
+    use_plan(plans[0], a.amazon_burst)
     work = Path(a.out).resolve() / f"{a.returns}-{a.seed}-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     say(f"== bench_daily: {a.returns:,} returns/month, seed {a.seed}, {a.workers} Celery worker(s); {load()}")
@@ -776,17 +784,72 @@ def main() -> int:
         )
         if settled["left_pending"] or settled["left_submitted"]:
             raise RuntimeError("the outbox was not settled: D's run would carry earlier days' work")
-        say(
-            f"== {a.warmups} warm-up run(s), then the run for {day}, on a fresh cluster ({a.workers} workers)"
-        )
-        res = run_on_cluster(a, scenario, ledger, sims, day, work, 10.0, 10)  # the documented default
-        reqs = sims.requests()
+        snapshot = None
+        if len(plans) > 1:
+            t = time.monotonic()
+            snapshot = copy_database(server, ledger, "rl_bench_daily_snapshot")
+            say(f"preloaded ledger copied for the other plans ({time.monotonic() - t:.1f}s; {load()})")
+        done: list[tuple[dict, list[dict]]] = []
+        for i, plan in enumerate(plans):
+            rate = plan if plan is not None else 10.0
+            if i:  # the same preloaded ledger, fresh simulators at this plan, a fresh cluster
+                sims.stop()
+                sims = None
+                scratch_db.drop_database(server, ledger)
+                assert snapshot is not None
+                ledger = copy_database(server, snapshot, "rl_bench_daily")
+                use_plan(plan, a.amazon_burst)
+                sims = Simulators(path, work / f"plan-{rate:g}")
+            say(
+                f"== plan {rate:g} req/s: {a.warmups} warm-up run(s), then the run for {day}, on a fresh "
+                f"cluster ({a.workers} workers)"
+            )
+            root = work if len(plans) == 1 else work / f"plan-{rate:g}"
+            root.mkdir(parents=True, exist_ok=True)
+            res = run_on_cluster(a, scenario, ledger, sims, day, root, 10.0, 10)  # the documented default
+            done.append(
+                ({"rate": rate, "res": res, "log": str(sims.out / "amazon_requests.jsonl")}, sims.requests())
+            )
     finally:
         if sims is not None:
             sims.stop()
         path.unlink(missing_ok=True)  # the generated month (160 MB at 100k returns); logs stay in `work`
         scratch_db.drop_database(server, ledger)
         scratch_db.drop_database(server, metadata_dsn(ledger))
+        if snapshot is not None:
+            scratch_db.drop_database(server, snapshot)
+    status = 0
+    for plan_facts, reqs in done:
+        status |= report_plan(
+            a,
+            code,
+            day,
+            per_day,
+            t0,
+            work if len(done) == 1 else work / f"plan-{plan_facts['rate']:g}",
+            plan_facts,
+            reqs,
+        )
+    return status
+
+
+def use_plan(rate: float | None, burst: int | None) -> None:
+    """The SP-API simulator's usage plan for the simulators started next (None: its documented default)."""
+    if rate is None:
+        os.environ.pop("RETURNLEDGER_SIM_USAGE_PLAN", None)
+        return
+    b = burst if burst is not None else 10
+    os.environ["RETURNLEDGER_SIM_USAGE_PLAN"] = f"{rate:g}/{b},getTransaction={rate:g}/{2 * b}"
+
+
+def copy_database(server: str, source_dsn: str, prefix: str) -> str:
+    """A copy of the preloaded ledger (``CREATE DATABASE ... TEMPLATE``: seconds, where the preload took
+    minutes)."""
+    return scratch_db.create_scratch_database(server, prefix, created_by="bench_daily", template=source_dsn)
+
+
+def report_plan(a, code: str, day: date, per_day, t0: float, work: Path, plan: dict, reqs: list[dict]) -> int:
+    res, rate = plan["res"], plan["rate"]
     facts = {
         "returns": a.returns,
         "seed": a.seed,
@@ -799,7 +862,7 @@ def main() -> int:
         "day_deliveries": per_day[day.isoformat()],
         "bench_s": round(time.monotonic() - t0, 1),
         "load_end": os.getloadavg(),
-        "requests_log": str(sims.out / "amazon_requests.jsonl"),
+        "requests_log": plan["log"],
         "root": str(res["root"]),
         **{k: res[k] for k in ("cluster_ready_s", "downstream", "warmups", "main")},
     }

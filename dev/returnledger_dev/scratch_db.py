@@ -33,10 +33,16 @@ class NotScratchDatabase(RuntimeError):
 
 
 def create_scratch_database(
-    server_dsn: str, prefix: str = "returnledger_test", *, created_by: str = "a test run"
+    server_dsn: str,
+    prefix: str = "returnledger_test",
+    *,
+    created_by: str = "a test run",
+    template: str | None = None,
 ) -> str:
     """A fresh, empty database on the server, uniquely named and marked as a scratch database (a COMMENT
-    naming who made it); returns its DSN. Two runs at once never get the same one."""
+    naming who made it); returns its DSN. Two runs at once never get the same one. With ``template`` (a
+    scratch database's DSN) it is a file-level copy of that one instead: its other sessions are ended first,
+    as PostgreSQL copies only a database nobody is connected to."""
     from datetime import UTC, datetime
 
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
@@ -46,7 +52,21 @@ def create_scratch_database(
         " UTC); demos and tests may wipe it, nothing else lives here"
     )
     with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        if template is None:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        else:
+            require_scratch(template, action="copy")
+            source = database_name(template)
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (source,),
+            )
+            conn.execute(
+                psycopg.sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    psycopg.sql.Identifier(name), psycopg.sql.Identifier(source)
+                )
+            )
         conn.execute(
             psycopg.sql.SQL("COMMENT ON DATABASE {} IS {}").format(
                 psycopg.sql.Identifier(name), psycopg.sql.Literal(mark)

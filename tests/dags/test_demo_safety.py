@@ -121,3 +121,28 @@ def test_reset_asks_for_the_database_by_name(real_ledger):
             os.environ.pop(db.ENV_DSN, None)
         else:
             os.environ[db.ENV_DSN] = old
+
+
+def test_a_scratch_copy_keeps_the_rows_and_the_mark_and_a_real_ledger_is_never_copied(real_ledger, pg_server):
+    """The benches copy a preloaded ledger (CREATE DATABASE ... TEMPLATE) for a second run: the copy holds
+    the same rows, is itself marked scratch (so demos may drop it), and a database no demo made is refused."""
+    source = scratch_db.create_scratch_database(pg_server, "rl_copy_src")
+    copy = None
+    try:
+        with psycopg.connect(source, autocommit=True) as conn:
+            conn.execute("CREATE TABLE preloaded (n int)")
+            conn.execute("INSERT INTO preloaded SELECT generate_series(1, 1000)")
+        # a session left open on the source would make PostgreSQL refuse the copy: it is ended first
+        idle = psycopg.connect(source)
+        copy = scratch_db.create_scratch_database(pg_server, "rl_copy", template=source)
+        with pytest.raises(psycopg.OperationalError):
+            idle.execute("SELECT 1")
+        with psycopg.connect(copy) as conn:
+            assert conn.execute("SELECT count(*), sum(n) FROM preloaded").fetchone() == (1000, 500500)
+        scratch_db.require_scratch(copy, action="wipe")
+        with pytest.raises(scratch_db.NotScratchDatabase):
+            scratch_db.create_scratch_database(pg_server, "rl_copy", template=real_ledger)
+    finally:
+        scratch_db.drop_database(pg_server, source)
+        if copy is not None:
+            scratch_db.drop_database(pg_server, copy)
