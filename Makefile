@@ -73,7 +73,7 @@ bench: venv ## benchmarks: ratios against baselines measured in the same run, th
 	set -o pipefail; $(PY) bench/bench_sync.py | tee -a $(BENCH_LOG)
 	set -o pipefail; $(PY) bench/bench_reconcile.py | tee -a $(BENCH_LOG)
 	set -o pipefail; $(PY) bench/bench_push.py | tee -a $(BENCH_LOG)
-	set -o pipefail; $(PY) bench/bench_daily.py --returns 100000 --workers 2 | tee -a $(BENCH_LOG)
+	set -o pipefail; $(PY) bench/bench_daily.py --returns 100000 --workers 2 --plans 10,20 | tee -a $(BENCH_LOG)
 	set -o pipefail; $(PY) bench/bench_console.py | tee -a $(BENCH_LOG)
 	set -o pipefail; $(PY) bench/bench_years.py --returns $(YEARS_RETURNS) --months 12 | tee -a $(BENCH_LOG)
 	@echo; echo "== summary (docs/performance.md)"; grep '^TARGET ' $(BENCH_LOG)
