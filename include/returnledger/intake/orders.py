@@ -58,7 +58,8 @@ SELECT DISTINCT return_id FROM (
     LEFT JOIN ledger.return_order o ON o.return_id = e.return_id
     LEFT JOIN ledger.return_line l ON l.return_id = e.return_id AND l.line = e.line
     WHERE e.return_id IS NOT NULL AND e.raw_id >= {FLOOR_MARK}  -- below the floor every event was examined
-      AND NOT EXISTS (SELECT 1 FROM ledger.event_outcome x WHERE x.raw_id = e.raw_id)
+      AND NOT EXISTS (SELECT 1 FROM ledger.event_outcome x WHERE x.raw_id = e.raw_id
+                                                               AND x.raw_id >= {FLOOR_MARK})
       AND (o.return_id IS NULL
            OR (l.return_id IS NULL AND e.line IS NOT NULL AND e.event_type IN {LINE_EVENTS_SQL})
            OR e.return_id IN (SELECT j.return_id FROM ledger.return_order_rejected j

@@ -51,8 +51,10 @@ VALIDATION_FRAME_SQL = f"""
                WHERE status = 'open' AND type = 'SYNC_STALLED' AND subject_key LIKE '{ORDER_FETCH_PREFIX}%'
                  AND return_id IS NOT NULL) u ON u.return_id = r.return_id
     WHERE r.raw_id >= {FLOOR_MARK}
-      AND NOT EXISTS (SELECT 1 FROM ledger.event_outcome x WHERE x.raw_id = r.raw_id)
-      AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f WHERE f.raw_id = r.raw_id)"""
+      AND NOT EXISTS (SELECT 1 FROM ledger.event_outcome x WHERE x.raw_id = r.raw_id
+                                                               AND x.raw_id >= {FLOOR_MARK})
+      AND NOT EXISTS (SELECT 1 FROM ledger.validation_failure f WHERE f.raw_id = r.raw_id
+                                                                  AND f.raw_id >= {FLOOR_MARK})"""
 
 
 def read_validation_frame(conn: psycopg.Connection, floor: int = 0):

@@ -67,7 +67,8 @@ def validate(dsn: str, *, batch_id: str, result_dir: Path | None = None) -> dict
             conn,
             "SELECT count(*) FROM ledger.validation_failure f JOIN ledger.raw_event r USING (raw_id)"
             f" WHERE f.raw_id >= {int(floor)}"  # below the floor every event has its outcome
-            " AND NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id)",
+            " AND NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id"
+            f" AND o.raw_id >= {int(floor)})",
         )
         held = _count(conn, "SELECT count(*) FROM ledger.held_event")
     if result_dir is not None:
@@ -110,7 +111,8 @@ def quarantine(dsn: str, *, run: RunMoment) -> dict:
             SELECT f.raw_id, f.exception_type, f.detail, f.return_id, f.line, f.sku, r.event_id
             FROM ledger.validation_failure f JOIN ledger.raw_event r USING (raw_id)
             WHERE f.raw_id >= {FLOOR_MARK}  -- below the raw floor every event has its outcome
-              AND NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id)
+              AND NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id
+                                                                   AND o.raw_id >= {FLOOR_MARK})
             ORDER BY f.raw_id"""
         rows = conn.execute(at_floor(sql, current_floor(conn))).fetchall()
         invalid, held = [], []

@@ -35,7 +35,7 @@ def current_floor(conn: psycopg.Connection) -> int:
 _UNEXAMINED_FROM_SQL = """
 SELECT min(r.raw_id) FROM ledger.raw_event r
  WHERE r.raw_id >= %(floor)s
-   AND NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id)
+   AND NOT EXISTS (SELECT 1 FROM ledger.event_outcome o WHERE o.raw_id = r.raw_id AND o.raw_id >= %(floor)s)
 """
 
 
