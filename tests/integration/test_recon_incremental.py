@@ -231,3 +231,18 @@ def test_the_change_log_names_the_holding_types_the_match_reads(led):
     listed = "('UNMAPPED_REASON_CODE', 'SKU_MISMATCH', 'OUT_OF_SEQUENCE')"
     assert src.count(listed) == 3
     assert {str(t) for t in HOLDING_TYPES} == {"UNMAPPED_REASON_CODE", "SKU_MISMATCH", "OUT_OF_SEQUENCE"}
+
+
+def test_a_row_whose_notice_moved_unlogged_is_found_by_its_key(led):
+    """A stored row that left its notice without a log entry (not expected: every write is logged) is not
+    among the dirty notices' stored rows; the re-match finds it by its key and updates it, rather than adding
+    its key a second time."""
+    _daily(led, "2026-10-19")
+    led.conn.execute("SET session_replication_role = replica")  # the change log's triggers off
+    led.conn.execute("UPDATE ledger.return_order SET returns_notice = 'RN2' WHERE return_id = 'RB-151'")
+    led.conn.execute("SET session_replication_role = origin")
+    led.conn.execute("UPDATE ledger.return_line SET grade = grade WHERE return_id = 'RB-4'")  # RN2 is dirty
+    day = _daily(led, "2026-10-20")
+    assert day.rematched_notices is not None and day.written["updated"] >= 2
+    moved = _rows(led, KEY)
+    assert {moved[f"RB-151|{n}"][VALUES.index("returns_notice")] for n in (1, 2)} == {"RN2"}

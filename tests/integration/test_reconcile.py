@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -30,6 +31,47 @@ def test_every_status_first_that_applies(led):
     assert summary.rows == len(expected)
     assert sum(summary.by_status.values()) == len(expected)
     assert summary.by_status["DARK_RETURN"] == 4  # AR-OLD-DARK too: no September close reported it
+
+
+_TUPLES = """SELECT n.nspname || '.' || c.relname, c.reltuples
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY(%s::regclass[])"""
+_INPUTS = ["ledger.return_order", "ledger.return_line", "ledger.amazon_return", "ledger.amazon_submission"]
+
+
+def _tuples(led) -> dict[str, float]:
+    return dict(led.conn.execute(_TUPLES, (_INPUTS,)).fetchall())
+
+
+def test_a_full_match_is_planned_from_fresh_statistics_of_its_inputs(led):
+    """A ledger never analyzed (autovacuum off, as on the test server) had the close's dark-return anti-join
+    compare every Amazon row of the run with every ReBound line ever kept; a full match first analyzes the
+    inputs with no statistics, and those with more rows written since their last ANALYZE than autovacuum
+    allows (50 + 10 %), and no others."""
+    build_month(led)
+    if any(n >= 0 for n in _tuples(led).values()):
+        pytest.skip("autovacuum analyzed the inputs before the run")
+    summary = reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="day1")
+    assert "statistics" in summary.steps
+    counts = {t: led.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in _INPUTS}
+    assert _tuples(led) == {t: float(n) for t, n in counts.items()}
+
+    # a load of more than 10 % of the orders since: analyzed again by the next full match; the lines, not
+    led.conn.execute(
+        "INSERT INTO ledger.return_order (return_id, created_at, returns_notice, rma_id, vret)"
+        " SELECT 'RB-LOAD-' || g, timestamptz '2026-10-20Z', 'RN-LOAD-' || g, 'RMA-L' || g, 'VRET-L' || g"
+        " FROM generate_series(1, 60) g"
+    )
+    led.conn.execute("SELECT pg_stat_force_next_flush()")
+    modified = (
+        "SELECT n_mod_since_analyze FROM pg_stat_user_tables WHERE relid = 'ledger.return_order'::regclass"
+    )
+    for _ in range(50):  # the inserting session reports its counts when it goes idle
+        if led.conn.execute(modified).fetchone()[0] >= 60:
+            break
+        time.sleep(0.1)
+    reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="day2", result_key="daily:2026-10-30")
+    assert _tuples(led)["ledger.return_order"] == counts["ledger.return_order"] + 60
+    assert _tuples(led)["ledger.return_line"] == counts["ledger.return_line"]
 
 
 def test_exceptions_raised_once_with_owner_and_subject(led):

@@ -258,30 +258,52 @@ def diff_writes(fresh: str, stored: str, columns: tuple[str, ...], compared: lis
 )"""
 
 
-def apply_sql(rows_sql: str, columns: tuple[str, ...]) -> tuple[str, str, str]:
-    """Three statements: the dirty notices' fresh rows (into pg_temp.recon_fresh), their stored rows (into
-    pg_temp.recon_stored), and the writes of the difference, which record the row keys inserted ('added'),
-    updated ('changed') or deleted ('gone') in pg_temp.recon_touched (the findings read them)."""
+def apply_sql(rows_sql: str, columns: tuple[str, ...]) -> tuple[str, list[tuple[str, bool]], str]:
+    """The statements: the dirty notices' fresh rows (into pg_temp.recon_fresh), their stored rows (into
+    pg_temp.recon_stored: ``STORED_SQL``, each with whether it looks rows up by key), and the writes of the
+    difference, which record the row keys inserted ('added'), updated ('changed') or deleted ('gone') in
+    pg_temp.recon_touched (the findings read them)."""
     cols = ", ".join(columns)
     values = [c for c in columns if c not in ("period", "row_key")]
     compared = [c for c in values if c not in _KEEP]
     fresh = f"CREATE TEMP TABLE recon_fresh ({cols}) ON COMMIT DROP AS\n{rows_sql}"
-    stored = """
-CREATE TEMP TABLE recon_stored ON COMMIT DROP AS
-SELECT r.* FROM ledger.recon_result r
- WHERE r.period = %(key)s AND COALESCE(r.returns_notice, '') IN (SELECT n FROM pg_temp.recon_dirty_notice)
-UNION ALL  -- a row that left its notice unlogged (not expected): found by its key all the same
-SELECT r.* FROM ledger.recon_result r
- WHERE r.period = %(key)s AND r.row_key IN (SELECT row_key FROM pg_temp.recon_fresh)
-   AND COALESCE(r.returns_notice, '') NOT IN (SELECT n FROM pg_temp.recon_dirty_notice)
-"""
-    write = f"""
+    return fresh, STORED_SQL, _write_sql(columns, compared)
+
+
+# The dirty notices' stored rows, by the rolling key's group index; then a fresh row whose key is not among
+# them (a row that left its notice unlogged: not expected) is looked up by its key all the same. Only those
+# keys are probed (found by a hash anti-join of the two copies, ``None``: the planner's choice), not every
+# fresh row's: that probed 32k keys to find none at 1M lines with 16k notices dirty (0.48 s of the run).
+STORED_SQL: list[tuple[str, bool]] = [
+    (
+        """CREATE TEMP TABLE recon_stored ON COMMIT DROP AS
+           SELECT r.* FROM ledger.recon_result r
+            WHERE r.period = %(key)s
+              AND COALESCE(r.returns_notice, '') IN (SELECT n FROM pg_temp.recon_dirty_notice)""",
+        True,
+    ),
+    (
+        """CREATE TEMP TABLE recon_stray ON COMMIT DROP AS
+           SELECT f.row_key FROM pg_temp.recon_fresh f
+            WHERE NOT EXISTS (SELECT 1 FROM pg_temp.recon_stored s WHERE s.row_key = f.row_key)""",
+        False,
+    ),
+    (
+        """INSERT INTO pg_temp.recon_stored
+           SELECT r.* FROM ledger.recon_result r
+            WHERE r.period = %(key)s AND r.row_key IN (SELECT row_key FROM pg_temp.recon_stray)""",
+        True,
+    ),
+]
+
+
+def _write_sql(columns: tuple[str, ...], compared: list[str]) -> str:
+    return f"""
 WITH {diff_writes("pg_temp.recon_fresh", "pg_temp.recon_stored", columns, compared)}
 INSERT INTO pg_temp.recon_touched (row_key, kind)
 SELECT row_key, 'added' FROM added UNION ALL SELECT row_key, 'changed' FROM changed
 UNION ALL SELECT row_key, 'gone' FROM gone
 """
-    return fresh, stored, write
 
 
 #: a few thousand notices of a million rows: found by index lookups, one by one. The planner, costing
@@ -296,7 +318,9 @@ def lookups(conn, on: bool) -> None:
         conn.execute(f"SET LOCAL {setting} = {'off' if on else 'on'}")
 
 
-def rematch(conn, params: dict, last: dict, sql: tuple[str, str, str]) -> tuple[int, int, int, int]:
+def rematch(
+    conn, params: dict, last: dict, sql: tuple[str, list[tuple[str, bool]], str]
+) -> tuple[int, int, int, int]:
     """Re-match the notices changed since ``last`` (``base``); returns (dirty notices, inserted, updated,
     deleted)."""
     fresh, stored, write = sql
@@ -313,8 +337,10 @@ def rematch(conn, params: dict, last: dict, sql: tuple[str, str, str]) -> tuple[
         conn.execute(f"ANALYZE {copy}")
     lookups(conn, False)
     conn.execute(fresh, params)
+    for stmt, by_key in stored:
+        lookups(conn, by_key)
+        conn.execute(stmt, params)
     lookups(conn, True)
-    conn.execute(stored, params)
     conn.execute(write, params)  # the full join is a hash or merge join all the same: the only ways
     lookups(conn, False)
     dirty = conn.execute("SELECT count(*) FROM pg_temp.recon_dirty_notice").fetchall()[0][0]
