@@ -246,3 +246,48 @@ def test_a_row_whose_notice_moved_unlogged_is_found_by_its_key(led):
     assert day.rematched_notices is not None and day.written["updated"] >= 2
     moved = _rows(led, KEY)
     assert {moved[f"RB-151|{n}"][VALUES.index("returns_notice")] for n in (1, 2)} == {"RN2"}
+
+
+def _open(led: Ledger, type_: str) -> set[str]:
+    return {
+        r[0]
+        for r in led.conn.execute(
+            "SELECT subject_key FROM ledger.exception WHERE type = %s AND status = 'open'", (type_,)
+        ).fetchall()
+    }
+
+
+def test_a_rematch_settles_what_it_matched_and_what_another_run_opened_since(led):
+    """A re-match settles open CREDIT_MISSING exceptions of the rows it changed, and those opened since its
+    last run (by another result key's run) on a row it had matched already, without reading every open one."""
+    _daily(led, "2026-10-19")
+    _daily(led, "2026-10-20")  # the exceptions the first run raised are older than this run's snapshot
+    rows = _rows(led, KEY)
+    status, amazon = VALUES.index("recon_status"), VALUES.index("amazon_status")
+    unconfirmed = sorted(
+        k for k, v in rows.items() if v[status] == "CREDIT_MISSING" and v[amazon] == "ACCEPTED"
+    )
+    matched = sorted(k for k, v in rows.items() if v[status] == "MATCHED")
+    assert unconfirmed and matched and unconfirmed[0] in _open(led, "CREDIT_MISSING")
+    # Amazon confirms the accepted credit of one (its row becomes MATCHED or CREDIT_MISMATCH) ...
+    note = rows[unconfirmed[0]][VALUES.index("credit_note_id")]
+    led.conn.execute(
+        "UPDATE ledger.credit_note SET confirmed_by = 'SUCCESS' WHERE credit_note_id = %s", (note,)
+    )
+    # ... and another run opened CREDIT_MISSING on a line matched here (no change the re-match would see)
+    rid, line = matched[0].split("|")
+    led.conn.execute(
+        """INSERT INTO ledger.exception (type, owner, subject_key, return_id, line, detail, opened_at,
+                                         opened_by_batch)
+           VALUES ('CREDIT_MISSING', 'finance', %s, %s, %s, 'another run', '2026-10-19Z', 'other')""",
+        (matched[0], rid, int(line)),
+    )
+    day = _daily(led, "2026-10-21")
+    assert day.rematched_notices is not None
+    assert _rows(led, KEY)[unconfirmed[0]][status] in ("MATCHED", "CREDIT_MISMATCH")
+    still_open = _open(led, "CREDIT_MISSING")
+    assert unconfirmed[0] not in still_open and matched[0] not in still_open
+    assert day.exceptions_resolved >= 2
+    # the rest stay open: what a full recompute settles, the re-match settled
+    full = _daily(led, "2026-10-21", key="daily:full-recompute")
+    assert full.exceptions_resolved == 0 and _open(led, "CREDIT_MISSING") == still_open

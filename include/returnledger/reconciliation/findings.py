@@ -127,6 +127,27 @@ SELECT r.row_key FROM ledger.recon_result r
  WHERE r.period = %(key)s AND r.return_id IS NOT NULL AND r.recon_status IN ('MATCHED', 'CREDIT_MISMATCH')
 """
 
+# After a re-match (reconciliation.incremental), the same for fewer exceptions, without probing the period's
+# rows for every open one (43k probes, 0.45 s, at 1M lines): those of the rows the run inserted or updated
+# (a row it left as it was had the same status in the last run, which settled what it could), and those
+# written since the last run's snapshot (``%(since)s``), which another run (another result key) may have
+# opened on a row already matched here. A row's xmin is made a full transaction id by its age from this
+# transaction's own (``greatest``: a frozen row's age is the largest int4, from long ago).
+_WRITTEN_SINCE = """
+    NOT pg_visible_in_snapshot(greatest(pg_current_xact_id()::text::bigint - age(e.xmin), 3)::text::xid8,
+                               %(since)s::pg_snapshot)
+"""
+_SETTLED_CREDIT_MISSING_REMATCH_SQL = f"""
+SELECT r.row_key FROM pg_temp.recon_touched t
+  JOIN ledger.recon_result r ON r.period = %(key)s AND r.row_key = t.row_key
+  JOIN ledger.exception e ON e.type = 'CREDIT_MISSING' AND e.status = 'open' AND e.subject_key = r.row_key
+ WHERE t.kind <> 'gone' AND r.return_id IS NOT NULL AND r.recon_status IN ('MATCHED', 'CREDIT_MISMATCH')
+UNION
+SELECT r.row_key FROM ledger.exception e
+  JOIN ledger.recon_result r ON r.period = %(key)s AND r.row_key = e.subject_key
+ WHERE e.type = 'CREDIT_MISSING' AND e.status = 'open' AND {_WRITTEN_SINCE}
+   AND r.return_id IS NOT NULL AND r.recon_status IN ('MATCHED', 'CREDIT_MISMATCH')
+"""
 
 # A re-match (reconciliation.incremental) reads only the rows it inserted or updated: a row it left as it
 # was raised what it calls for when it was written, and a subject once raised is not raised again.
@@ -161,10 +182,17 @@ def raise_found(
     return {t: n for t, n in rows}
 
 
-def resolve_settled(conn, params: dict, *, at: datetime, batch_id: str) -> int:
-    """Resolve open CREDIT_MISSING and DARK_RETURN exceptions this run shows are settled; returns how many."""
+def resolve_settled(conn, params: dict, *, at: datetime, batch_id: str, since: str | None = None) -> int:
+    """Resolve open CREDIT_MISSING and DARK_RETURN exceptions this run shows are settled; returns how many.
+    ``since``: after a re-match, the snapshot of the run it built on (the CREDIT_MISSING exceptions read are
+    then ``_SETTLED_CREDIT_MISSING_REMATCH_SQL``'s)."""
     actor = f"reconciliation:{batch_id}"
-    settled = [r[0] for r in conn.execute(_SETTLED_CREDIT_MISSING_SQL, params)]
+    if since is None:
+        settled = [r[0] for r in conn.execute(_SETTLED_CREDIT_MISSING_SQL, params)]
+    else:
+        settled = [
+            r[0] for r in conn.execute(_SETTLED_CREDIT_MISSING_REMATCH_SQL, {**params, "since": since})
+        ]
     resolved = resolve_open(
         conn,
         ExceptionType.CREDIT_MISSING,

@@ -125,6 +125,18 @@ _COPIES = {
     "ledger.amazon_return": "pg_temp.recon_s_amazon",
 }
 
+#: the copies' columns the match joins and filters on: the statistics it plans from (of all columns, the
+#: copies' ANALYZE took 0.3 s of a 3.1 s re-match at 1M lines with 16k notices dirty)
+_KEYS = {
+    "pg_temp.recon_s_order": ("return_id", "returns_notice", "created_at", "source", "amazon_return_id"),
+    "pg_temp.recon_s_line": ("return_id", "line", "sku", "disposition"),
+    "pg_temp.recon_s_submission": ("return_id", "line", "kind", "document_id", "status"),
+    "pg_temp.recon_s_note": ("credit_note_id",),
+    "pg_temp.recon_s_amazon": (
+        "amazon_return_id", "returns_notice", "sku", "linked_return_id", "returned_at", "imported_at",
+    ),
+}  # fmt: skip
+
 #: the values a run compares: not when and by which run a row was last computed
 _KEEP = ("computed_at", "batch_id")
 
@@ -334,7 +346,7 @@ def rematch(
     for stmt in _SCOPE_SQL:
         conn.execute(stmt)
     for copy in _COPIES.values():  # without statistics the match over the copies took 22 s, not 0.2 s
-        conn.execute(f"ANALYZE {copy}")
+        conn.execute(f"ANALYZE {copy} ({', '.join(_KEYS[copy])})")
     lookups(conn, False)
     conn.execute(fresh, params)
     for stmt, by_key in stored:

@@ -387,7 +387,9 @@ def reconcile(
             conn, params, as_of=as_of, window_days=window_days, touched_only=last is not None
         )
         step("raise_exceptions")
-        summary.exceptions_resolved += findings.resolve_settled(conn, params, at=as_of, batch_id=batch_id)
+        summary.exceptions_resolved += findings.resolve_settled(
+            conn, params, at=as_of, batch_id=batch_id, since=last["snapshot"] if last is not None else None
+        )
         incremental.lookups(conn, False)
         step("resolve_settled")
 
