@@ -86,10 +86,10 @@ _SCOPE_SQL = [
     """CREATE TEMP TABLE recon_s_line ON COMMIT DROP AS
        SELECT l.* FROM ledger.return_line l
         WHERE l.return_id IN (SELECT return_id FROM pg_temp.recon_s_order)""",
+    # by order, not by line: every line of the orders is copied, and one probe finds an order's credits
     """CREATE TEMP TABLE recon_s_submission ON COMMIT DROP AS
        SELECT c.* FROM ledger.amazon_submission c
-        WHERE c.kind = 'CREDIT_NOTE'
-          AND (c.return_id, c.line) IN (SELECT return_id, line FROM pg_temp.recon_s_line)""",
+        WHERE c.kind = 'CREDIT_NOTE' AND c.return_id IN (SELECT return_id FROM pg_temp.recon_s_order)""",
     """CREATE TEMP TABLE recon_s_note ON COMMIT DROP AS
        SELECT n.credit_note_id, n.confirmed_by FROM ledger.credit_note n
         WHERE n.credit_note_id IN (SELECT document_id FROM pg_temp.recon_s_submission)""",
