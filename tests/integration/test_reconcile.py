@@ -73,6 +73,13 @@ def test_a_full_match_is_planned_from_fresh_statistics_of_its_inputs(led):
     assert _tuples(led)["ledger.return_order"] == counts["ledger.return_order"] + 60
     assert _tuples(led)["ledger.return_line"] == counts["ledger.return_line"]
 
+    # statistics gone though the table was analyzed (a run's ANALYZE rolled back with it): analyzed again
+    has_stats = "SELECT count(*) FROM pg_stats WHERE schemaname = 'ledger' AND tablename = 'return_line'"
+    led.conn.execute("DELETE FROM pg_statistic WHERE starelid = 'ledger.return_line'::regclass")
+    assert led.conn.execute(has_stats).fetchone()[0] == 0
+    reconcile(led.dsn, PERIOD, as_of=AS_OF, batch_id="day3", result_key="daily:2026-10-31")
+    assert led.conn.execute(has_stats).fetchone()[0] > 0
+
 
 def test_exceptions_raised_once_with_owner_and_subject(led):
     build_month(led)

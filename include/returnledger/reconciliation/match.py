@@ -252,7 +252,11 @@ SELECT quote_ident(s.schemaname) || '.' || quote_ident(s.relname)
   FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
  WHERE s.relid = ANY(%(tables)s::regclass[])
    AND (COALESCE(s.last_analyze, s.last_autoanalyze) IS NULL
-        OR s.n_mod_since_analyze > 50 + 0.1 * greatest(c.reltuples, 0))
+        OR s.n_mod_since_analyze > 50 + 0.1 * greatest(c.reltuples, 0)
+        -- analyzed, but its statistics are gone (the ANALYZE of a run that then rolled back)
+        OR (c.reltuples <> 0
+            AND NOT EXISTS (SELECT 1 FROM pg_stats p
+                             WHERE p.schemaname = s.schemaname AND p.tablename = s.relname)))
 """
 
 
