@@ -32,7 +32,7 @@ EXISTS (SELECT 1 FROM ledger.return_order o JOIN ledger.return_line l ON l.retur
 # rows (1M x 1M: 0.7 s, where asking it per Amazon row through the notice index took 5.5 s), index lookups
 # when few. It needs the inputs' statistics: with none (a ledger never analyzed) it joined every Amazon row of
 # a 2,000-returns month with every ReBound line ever kept (119M comparisons, 8.8 s instead of 0.06 s), which
-# is why reconcile first analyzes the inputs whose statistics are missing or stale (match._STALE_SQL).
+# is why reconcile first analyzes the inputs with missing or stale statistics (reconciliation.planner_stats).
 DARK_ROWS_SQL = f"""
 SELECT %(key)s, ar.amazon_return_id, NULL, NULL, ar.amazon_return_id, ar.sku, ar.asin, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, 'DARK_RETURN', %(as_of)s,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from returnledger.models import HOLDING_TYPES
-from returnledger.reconciliation import findings, incremental, results
+from returnledger.reconciliation import findings, incremental, planner_stats, results
 from returnledger.reconciliation.dark_returns import DARK_ROWS_SQL, REBOUND_ORDER
 from returnledger.reconciliation.period import PeriodClosed, period_bounds
 from returnledger.store.db import unit_of_work
@@ -237,37 +237,6 @@ SELECT (SELECT count(*) FROM added), (SELECT count(*) FROM changed), (SELECT cou
 #: a rolling check's later run: only the returns notices whose inputs changed (reconciliation.incremental)
 _REMATCH_SQL = incremental.apply_sql(incremental.scoped_rows_sql(_LINES_SQL, DARK_ROWS_SQL), RESULT_COLUMNS)
 
-#: the tables a full match reads
-MATCH_INPUTS = (
-    "ledger.return_order", "ledger.return_line", "ledger.amazon_submission", "ledger.credit_note",
-    "ledger.amazon_return", "ledger.recon_carry", "ledger.recon_late_order", "ledger.exception",
-    "ledger.held_event", "ledger.sku",
-)  # fmt: skip
-# Those of them whose statistics are missing or stale, by autovacuum's own rule (more rows written since the
-# last ANALYZE than 50 + 10 % of the table): the row query is planned from them. A ledger never analyzed (a
-# server with autovacuum off, or a month's load not yet analyzed) had the close's dark-return anti-join
-# estimate one ReBound order and compare every Amazon row of the run with every ReBound line ever kept.
-_STALE_SQL = """
-SELECT quote_ident(s.schemaname) || '.' || quote_ident(s.relname)
-  FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
- WHERE s.relid = ANY(%(tables)s::regclass[])
-   AND (COALESCE(s.last_analyze, s.last_autoanalyze) IS NULL
-        OR s.n_mod_since_analyze > 50 + 0.1 * greatest(c.reltuples, 0)
-        -- analyzed, but its statistics are gone (the ANALYZE of a run that then rolled back)
-        OR (c.reltuples <> 0
-            AND NOT EXISTS (SELECT 1 FROM pg_stats p
-                             WHERE p.schemaname = s.schemaname AND p.tablename = s.relname)))
-"""
-
-
-def refresh_statistics(conn) -> list[str]:
-    """ANALYZE the match's inputs whose statistics are missing or stale; returns the tables analyzed."""
-    stale = [r[0] for r in conn.execute(_STALE_SQL, {"tables": list(MATCH_INPUTS)}).fetchall()]
-    for table in stale:
-        results.analyze(conn, table)
-    return stale
-
-
 _COUNT_SQL = "SELECT recon_status, count(*) FROM ledger.recon_result WHERE period = %(key)s GROUP BY 1"
 
 # The earlier close a run builds on: the latest close in force of a month before the run's period; a daily
@@ -359,7 +328,7 @@ def reconcile(
         if daily or not results.has_partition(conn, key):
             last = incremental.base(conn, key if daily else f"daily:{period}", params, policy_print)
         # every query below is planned from the inputs' statistics (a re-match's lookups into them too)
-        refresh_statistics(conn)
+        planner_stats.refresh(conn)
         step("statistics")
         # the period's results become exactly this run's rows; unchanged rows are not rewritten
         if last is not None:  # only the returns notices whose inputs changed since that run
