@@ -796,6 +796,7 @@ def main() -> int:
                 sims.stop()
                 sims = None
                 scratch_db.drop_database(server, ledger)
+                scratch_db.drop_database(server, metadata_dsn(ledger))
                 assert snapshot is not None
                 ledger = copy_database(server, snapshot, "rl_bench_daily")
                 use_plan(plan, a.amazon_burst)
