@@ -137,24 +137,33 @@ _WRITTEN_SINCE = """
     NOT pg_visible_in_snapshot(greatest(pg_current_xact_id()::text::bigint - age(e.xmin), 3)::text::xid8,
                                %(since)s::pg_snapshot)
 """
+# The exceptions come first (materialised): a close's partition, just copied from the rolling check and not
+# analyzed, was otherwise read whole (807k rows, 1.8 s) to probe the exceptions by subject.
 _SETTLED_CREDIT_MISSING_REMATCH_SQL = f"""
+WITH since AS MATERIALIZED (
+    SELECT e.subject_key FROM ledger.exception e
+     WHERE e.type = 'CREDIT_MISSING' AND e.status = 'open' AND {_WRITTEN_SINCE}
+)
 SELECT r.row_key FROM pg_temp.recon_touched t
   JOIN ledger.recon_result r ON r.period = %(key)s AND r.row_key = t.row_key
   JOIN ledger.exception e ON e.type = 'CREDIT_MISSING' AND e.status = 'open' AND e.subject_key = r.row_key
  WHERE t.kind <> 'gone' AND r.return_id IS NOT NULL AND r.recon_status IN ('MATCHED', 'CREDIT_MISMATCH')
 UNION
-SELECT r.row_key FROM ledger.exception e
-  JOIN ledger.recon_result r ON r.period = %(key)s AND r.row_key = e.subject_key
- WHERE e.type = 'CREDIT_MISSING' AND e.status = 'open' AND {_WRITTEN_SINCE}
-   AND r.return_id IS NOT NULL AND r.recon_status IN ('MATCHED', 'CREDIT_MISMATCH')
+SELECT r.row_key FROM since x
+  JOIN ledger.recon_result r ON r.period = %(key)s AND r.row_key = x.subject_key
+ WHERE r.return_id IS NOT NULL AND r.recon_status IN ('MATCHED', 'CREDIT_MISMATCH')
 """
 
 # A re-match (reconciliation.incremental) reads only the rows it inserted or updated: a row it left as it
-# was raised what it calls for when it was written, and a subject once raised is not raised again.
+# was raised what it calls for when it was written, and a subject once raised is not raised again. They are
+# found from the run's row keys, one by one (OFFSET 0): a close's partition, just copied from the rolling
+# check and not analyzed, was otherwise read whole to find them (0.5 s at 1M rows for none).
 _RAISE_TOUCHED_SQL = _RAISE_SQL.replace(
-    "WHERE r.period = %(key)s\n",
-    "WHERE r.period = %(key)s\n"
-    "       AND r.row_key IN (SELECT row_key FROM pg_temp.recon_touched WHERE kind <> 'gone')\n",
+    "SELECT * FROM ledger.recon_result r\n     WHERE r.period = %(key)s\n",
+    "SELECT r.* FROM pg_temp.recon_touched t\n"
+    "     CROSS JOIN LATERAL (SELECT * FROM ledger.recon_result r\n"
+    "                          WHERE r.period = %(key)s AND r.row_key = t.row_key OFFSET 0) r\n"
+    "     WHERE t.kind <> 'gone'\n",
     1,
 )
 if _RAISE_TOUCHED_SQL == _RAISE_SQL:

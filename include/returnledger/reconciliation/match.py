@@ -366,7 +366,9 @@ def reconcile(
         incremental.lookups(conn, False)
         step("resolve_settled")
 
-        known = incremental.counts(conn, last) if daily and last is not None else None
+        # after a re-match (a close's too: it copied its rolling check's rows), the last run's counts moved by
+        # the re-matched rows', not a count of every row (0.4 s at 1M rows)
+        known = incremental.counts(conn, last) if last is not None else None
         summary.by_status = known if known is not None else dict(conn.execute(_COUNT_SQL, params).fetchall())
         summary.rows = sum(summary.by_status.values())
         step("count")
