@@ -284,6 +284,22 @@ def land_rows(
         landing.update(rows)
         rows = landing
     original, version_of = rows.original, rows.version_of
+    without_id = sum(1 for k in rows if k.startswith("noid:"))
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+        # Nearly every chunk holds only keys never stored (a redelivery comes within its chunk, which
+        # raw_rows counts): COPY it whole, under a savepoint, without first looking its keys up. A key stored
+        # before stops that COPY (the unique key) and nothing of it stays; the chunk then takes the lookup
+        # below, which counts the delivery or keeps another body as a version. Outside a transaction the
+        # lookup runs first, as a caller that commits on its own expects.
+        try:
+            with conn.transaction():
+                new = _copy_raw(
+                    conn, [(row, original.get(k)) for k, row in rows.items()], window_end, batch_id
+                )
+                _note_versions(conn, [k for k in rows if k in version_of], version_of, window_end, batch_id)
+            return new, delivered - new, without_id
+        except psycopg.errors.UniqueViolation:
+            pass
     # what is stored under the keys this chunk delivers again (a few rows per chunk outside a re-read): the
     # same event only counts a delivery; another body under a known event id becomes a version of its own
     stored = {
@@ -335,24 +351,29 @@ def land_rows(
             (list(more), list(more.values())),
         )
     new = _copy_raw(conn, [(row, bodies[key]) for key, row in fresh.items()], window_end, batch_id)
-    versions = [k for k in fresh if k in version_of]
-    if versions:
-        # every body of those ids is listed, undecided: their lines wait until a person picks one
-        conflicted = sorted({version_of[k] for k in versions}, key=str)
-        conn.execute(
-            """
-            INSERT INTO ledger.event_conflict (raw_id, event_id, detected_at, batch_id)
-            SELECT raw_id, event_id, %s, %s FROM ledger.raw_event
-            WHERE event_key = ANY(%s::text[]) AND event_id IS NOT NULL
-            ON CONFLICT (raw_id) DO NOTHING""",
-            (window_end, batch_id, conflicted + versions),
-        )
-        conn.execute(
-            """UPDATE ledger.event_conflict SET chosen = NULL, decided_at = NULL, decided_by = NULL
-                        WHERE event_id = ANY(%s::text[]) AND chosen""",
-            (conflicted,),
-        )
-    return new, delivered - new, sum(1 for k in rows if k.startswith("noid:"))
+    _note_versions(conn, [k for k in fresh if k in version_of], version_of, window_end, batch_id)
+    return new, delivered - new, without_id
+
+
+def _note_versions(conn, versions: list[str], version_of: dict, window_end: datetime, batch_id: str) -> None:
+    """Every body of the event ids these new versions belong to is listed, undecided: their lines wait
+    until a person picks one."""
+    if not versions:
+        return
+    conflicted = sorted({version_of[k] for k in versions}, key=str)
+    conn.execute(
+        """
+        INSERT INTO ledger.event_conflict (raw_id, event_id, detected_at, batch_id)
+        SELECT raw_id, event_id, %s, %s FROM ledger.raw_event
+        WHERE event_key = ANY(%s::text[]) AND event_id IS NOT NULL
+        ON CONFLICT (raw_id) DO NOTHING""",
+        (window_end, batch_id, conflicted + versions),
+    )
+    conn.execute(
+        """UPDATE ledger.event_conflict SET chosen = NULL, decided_at = NULL, decided_by = NULL
+                    WHERE event_id = ANY(%s::text[]) AND chosen""",
+        (conflicted,),
+    )
 
 
 # what PostgreSQL refuses in a row it is sent (a number numeric cannot hold, JSON nested too deep, ...)
