@@ -156,3 +156,28 @@ def test_bad_reissue_keeps_the_good_import_and_corrected_reissue_updates(fresh_d
         "AR-APRL-1": None,
     }
     assert files[0][2] == 2 and files[0][1] != before[1][0][1]
+
+
+def test_vanished_rows_are_found_by_an_index_probe_not_a_scan_per_row(fresh_db):
+    """The removal of rows a re-issue dropped is an anti-join of the month's rows, written in the same
+    transaction and so without statistics (the planner expects one), against the staged file: it must not
+    scan the staged rows once per month row (9.5 s at 16,000 rows, quadratic beyond)."""
+    from returnledger.reconciliation import amazon_export as ae
+
+    n = 4000
+    records = [
+        (f"AR-{i}", f"RN-{i}", None, None, None, f"SKU-{i}", 1, "REBOUND", "2026-10-03", None)
+        for i in range(n)
+    ]
+    conn = connect(fresh_db)
+    try:
+        ae.stage_rows(conn, records)
+        conn.execute(ae._UPSERT_SQL, {"source": NAME, "at": AT, "period": "2026-10"})
+        plan = "\n".join(
+            r[0] for r in conn.execute("EXPLAIN " + ae._REMOVE_VANISHED_SQL, {"source": NAME}).fetchall()
+        )
+        assert conn.execute(ae._REMOVE_VANISHED_SQL, {"source": NAME}).rowcount == 0
+    finally:
+        conn.rollback()
+        conn.close()
+    assert "Seq Scan on export_rows" not in plan, plan

@@ -310,6 +310,20 @@ ON CONFLICT (source_file) DO UPDATE SET sha256 = EXCLUDED.sha256, rows = EXCLUDE
 """
 
 
+def stage_rows(conn, records: list[tuple]) -> None:
+    """The file's rows in the transaction's temp table ``export_rows``, indexed by id and analyzed. The
+    removal of vanished rows is an anti-join of the month's ``amazon_return`` rows, just written in this
+    transaction (no statistics yet: the planner expects one row), against this table: without an index
+    it ran as a nested loop over both, 9.5 s for a 16,000-row month and quadratic beyond; with the index
+    the same plan probes it once per row."""
+    conn.execute(_TEMP_SQL)
+    with conn.cursor().copy("COPY export_rows FROM STDIN") as copy:
+        for rec in records:
+            copy.write_row(rec)
+    conn.execute("CREATE INDEX ON export_rows (amazon_return_id)")
+    conn.execute("ANALYZE export_rows")
+
+
 def _blank_none(v: str):
     v = v.strip()
     return v or None
@@ -364,10 +378,7 @@ def import_amazon_export(
     ]
     with unit_of_work(dsn) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('import:' || %s))", (source,))
-        conn.execute(_TEMP_SQL)
-        with conn.cursor().copy("COPY export_rows FROM STDIN") as copy:
-            for rec in records:
-                copy.write_row(rec)
+        stage_rows(conn, records)
         outcome = conn.execute(_UPSERT_SQL, {"source": source, "at": at, "period": period}).fetchall()
         removed = conn.execute(_REMOVE_VANISHED_SQL, {"source": source}).rowcount
         conn.execute(_IMPORT_FILE_SQL, {"source": source, "sha": sha, "rows": len(records), "at": at})
