@@ -31,7 +31,8 @@ from returnledger.exception_queue.queue import (
 from returnledger.exception_types import Release, released_by, sql_in
 from returnledger.fields import INT4_MAX, as_int4, as_whole, is_db_text, parse_time
 from returnledger.intake.order_lookup import ask_rebound, release_orders, report_unread
-from returnledger.intake.raw import REFUSED, screen_body, storable
+from returnledger.intake.raw import REFUSED
+from returnledger.intake.raw_body import screen_body, storable
 from returnledger.ledger.runs import SYSTEM_ACTOR
 from returnledger.models import LINE_EVENTS_SQL, RETURN_ID_PATTERN, ExceptionType
 from returnledger.screening.suite import FIXABLE_CHECKS
