@@ -272,16 +272,14 @@ def apply_sql(rows_sql: str, columns: tuple[str, ...]) -> tuple[str, list[tuple[
     pg_temp.recon_stored: ``STORED_SQL``, each with whether it looks rows up by key), and the writes of the
     difference, which record the row keys inserted ('added'), updated ('changed') or deleted ('gone') in
     pg_temp.recon_touched (the findings read them)."""
-    cols = ", ".join(columns)
-    values = [c for c in columns if c not in ("period", "row_key")]
-    compared = [c for c in values if c not in _KEEP]
-    fresh = f"CREATE TEMP TABLE recon_fresh ({cols}) ON COMMIT DROP AS\n{rows_sql}"
+    compared = [c for c in columns if c not in ("period", "row_key", *_KEEP)]
+    fresh = f"CREATE TEMP TABLE recon_fresh ({', '.join(columns)}) ON COMMIT DROP AS\n{rows_sql}"
     return fresh, STORED_SQL, _write_sql(columns, compared)
 
 
 # The dirty notices' stored rows, by the rolling key's group index; then a fresh row whose key is not among
 # them (a row that left its notice unlogged: not expected) is looked up by its key all the same. Only those
-# keys are probed (found by a hash anti-join of the two copies, ``None``: the planner's choice), not every
+# keys are probed (found by a hash anti-join of the two copies, ``False``: the planner's choice), not every
 # fresh row's: that probed 32k keys to find none at 1M lines with 16k notices dirty (0.48 s of the run).
 STORED_SQL: list[tuple[str, bool]] = [
     (

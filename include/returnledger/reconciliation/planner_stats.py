@@ -19,9 +19,7 @@ MATCH_INPUTS = (
     "ledger.held_event", "ledger.sku",
 )  # fmt: skip
 # Those of them whose statistics are missing or stale, by autovacuum's own rule (more rows written since the
-# last ANALYZE than 50 + 10 % of the table): the row query is planned from them. A ledger never analyzed (a
-# server with autovacuum off, or a month's load not yet analyzed) had the close's dark-return anti-join
-# estimate one ReBound order and compare every Amazon row of the run with every ReBound line ever kept.
+# last ANALYZE than 50 + 10 % of the table)
 _STALE_SQL = """
 SELECT quote_ident(s.schemaname) || '.' || quote_ident(s.relname)
   FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
